@@ -1,0 +1,3 @@
+from facechain.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""The ``facechain`` command. Argument parsing only: each subcommand module builds a typed
+config and calls its stage. Subcommands live in ``facechain/cli/<name>.py`` and define
+``add_arguments(parser)`` and ``run(args) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from facechain.errors import FacechainError
+
+# name -> (module, one-line help). Modules import lazily so `facechain --help` is instant.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "preprocess": ("facechain.cli.preprocess", "photos -> processed training set (crop, mask, caption, report)"),
+    "train": ("facechain.cli.train", "train a face LoRA on a processed set"),
+    "generate": ("facechain.cli.generate", "generate, fuse and rank portraits from a config or flags"),
+    "stylize": ("facechain.cli.stylize", "training-free portrait stylization after a style image"),
+    "make-tiny-model": ("facechain.cli.tiny", "build a tiny offline model for smoke tests"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facechain", description="Digital-twin toolchain.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Build only the parser of the subcommand asked for, so one broken optional import
+    # does not break the others.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in SUBCOMMANDS:
+        parser = argparse.ArgumentParser(prog="facechain")
+        parser.add_argument("-v", "--verbose", action="store_true")
+        sub = parser.add_subparsers(dest="command")
+        module, help_text = SUBCOMMANDS[command]
+        p = sub.add_parser(command, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    else:
+        parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except FacechainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; outputs written so far are complete and a rerun resumes.", file=sys.stderr)
+        return 130

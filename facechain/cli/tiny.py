@@ -1,0 +1,19 @@
+"""`facechain make-tiny-model OUT_DIR [--family sd15|sdxl]`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", help="folder to write the tiny diffusers model to")
+    p.add_argument("--family", choices=["sd15", "sdxl"], default="sd15")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    from facechain.testing import build_tiny_model
+
+    path = build_tiny_model(args.out_dir, args.family, args.seed)
+    print(f"tiny {args.family} model written to {path}")
+    return 0

@@ -1,0 +1,308 @@
+"""Where weights come from. The only module that knows about hubs, folders and checkpoint files.
+
+A base model reference may be:
+
+* a local diffusers folder (``model_index.json`` inside; ``subfolder`` picks a sub-model),
+* a single-file checkpoint as model sites ship them (``.safetensors``; pickle formats
+  ``.ckpt``/``.bin``/``.pt``/``.pth`` only with ``allow_pickle=True``),
+* a Hugging Face hub id (``owner/name``) or a ModelScope id (``owner/name`` + revision such
+  as ``v2.0``; FaceChain's default base ``ly261666/cv_portrait_model`` is one).
+
+Whether a model is SD1.5-family or SDXL is read from the model's own config (the UNet's
+``addition_embed_type`` for folders, the text-conditioner keys for single files), never from
+its name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from facechain.errors import InputError, ModelNotFoundError, UnsafeCheckpointError
+
+logger = logging.getLogger(__name__)
+
+Family = Literal["sd15", "sdxl"]
+Hub = Literal["auto", "huggingface", "modelscope"]
+
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+
+# Hub repos whose configs (UNet/VAE/text-encoder/tokenizer/scheduler JSON) describe the
+# architecture of a single-file checkpoint of each family. Only small config files are
+# fetched from them; pass ``single_file_config`` (a local diffusers folder) to stay offline.
+SINGLE_FILE_CONFIGS: dict[str, str] = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A base model found on disk."""
+
+    path: Path  # a diffusers folder, or a checkpoint file
+    format: Literal["diffusers", "single_file"]
+    family: Family
+    reference: str  # what the user asked for, for messages and saved configs
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "format": self.format, "family": self.family, "reference": self.reference}
+
+
+# --------------------------------------------------------------------------- family detection
+
+
+def family_of_folder(folder: Path) -> Family:
+    """Read SD1.5-family vs SDXL from a diffusers folder's UNet config."""
+    unet_cfg = folder / "unet" / "config.json"
+    if not unet_cfg.is_file():
+        raise InputError(
+            f"model folder {folder} has no unet/config.json, so it is not a diffusers Stable Diffusion "
+            "folder. Pass a folder saved with `pipeline.save_pretrained()`, a single .safetensors "
+            "checkpoint, or a hub id."
+        )
+    cfg = json.loads(unet_cfg.read_text())
+    if cfg.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    if cfg.get("addition_embed_type") in (None, "text") and cfg.get("in_channels", 4) in (4, 9):
+        return "sd15"
+    raise InputError(f"model folder {folder}: UNet config {unet_cfg} describes neither an SD1.5-family nor an SDXL UNet.")
+
+
+def family_of_checkpoint_keys(keys, where: str) -> Family:
+    """SDXL checkpoints carry two text conditioners (``conditioner.embedders.1``); SD1.x/2.x one."""
+    keys = list(keys)
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "sd15"
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        raise InputError(f"checkpoint {where} has a UNet but no text encoder keys; it cannot be used as a base model.")
+    raise InputError(
+        f"checkpoint {where} is not a Stable Diffusion checkpoint (no `model.diffusion_model.*` keys). "
+        "A LoRA file is passed as a LoRA, not as a base model."
+    )
+
+
+def _checkpoint_keys(path: Path) -> list[str]:
+    if path.suffix.lower() in SAFE_SUFFIXES:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return list(fh.keys())
+    import torch
+
+    sd = torch.load(str(path), map_location="cpu", weights_only=False)  # only reached with allow_pickle
+    sd = sd.get("state_dict", sd)
+    return list(sd.keys())
+
+
+def check_checkpoint_file(path: Path, allow_pickle: bool, what: str = "checkpoint") -> None:
+    """Refuse pickle formats unless allowed; refuse unknown suffixes."""
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise UnsafeCheckpointError(
+                f"{what} {path} is a pickle file ({suffix}); loading a pickle can run arbitrary code, so "
+                "facechain refuses it by default. Use a .safetensors version of the file, or pass "
+                "--allow-pickle if you trust its source."
+            )
+    elif suffix not in SAFE_SUFFIXES:
+        raise InputError(f"{what} {path}: unknown file type '{suffix}'. Expected a .safetensors file.")
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _looks_like_path(ref: str) -> bool:
+    return (
+        ref.startswith((".", "/", "~"))
+        or os.sep in ref.strip("/").split("/", 1)[-1]
+        or ref.count("/") != 1
+        or ref.lower().endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES)
+    )
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _download_hf(repo_id: str, revision: str | None) -> Path:
+    from diffusers import DiffusionPipeline
+
+    return Path(DiffusionPipeline.download(repo_id, revision=revision or None))
+
+
+def _download_modelscope(repo_id: str, revision: str | None) -> Path:
+    from modelscope.hub.snapshot_download import snapshot_download
+
+    kwargs = {"revision": revision} if revision else {}
+    return Path(snapshot_download(repo_id, **kwargs))
+
+
+def resolve_model(
+    model: str | os.PathLike,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    *,
+    allow_pickle: bool = False,
+    hub: Hub = "auto",
+) -> ResolvedModel:
+    """Find ``model`` on disk, downloading it from a hub if needed.
+
+    Raises ModelNotFoundError naming every way to provide the model when it cannot be had,
+    UnsafeCheckpointError for a pickle checkpoint without ``allow_pickle``.
+    """
+    ref = str(model)
+    if not ref:
+        raise InputError("base model is empty. Pass a hub id, a local diffusers folder or a .safetensors file.")
+    revision = revision or None
+    subfolder = subfolder or None
+    local = Path(ref).expanduser()
+    if local.exists():
+        return _resolve_local(local, subfolder, allow_pickle, ref)
+    if _looks_like_path(ref):
+        raise ModelNotFoundError(
+            f"base model '{ref}' does not exist on disk. Pass an existing diffusers folder, a .safetensors "
+            "checkpoint file, or a hub id of the form owner/name."
+        )
+    if hub not in ("auto", "huggingface", "modelscope"):
+        raise InputError(f"hub must be one of ['auto', 'huggingface', 'modelscope'], got {hub!r}")
+    attempts: list[str] = []
+    order = ["huggingface", "modelscope"] if hub == "auto" else [hub]
+    for source in order:
+        try:
+            folder = _download_hf(ref, revision) if source == "huggingface" else _download_modelscope(ref, revision)
+        except Exception as exc:  # network, auth, missing repo: report them all together
+            attempts.append(f"{source}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            continue
+        logger.info("base model %s found on %s at %s", ref, source, folder)
+        return _resolve_local(folder, subfolder, allow_pickle, ref)
+    offline = " (HF_HUB_OFFLINE is set)" if _hub_offline() else ""
+    raise ModelNotFoundError(
+        f"base model '{ref}'" + (f" revision '{revision}'" if revision else "")
+        + f" could not be found locally or downloaded{offline}.\n  tried: "
+        + "\n  tried: ".join(attempts)
+        + "\nProvide it one of these ways: (1) download it on a machine with network access and pass the local "
+        "folder (diffusers layout) or .safetensors file; (2) check the hub id and revision; (3) log in with "
+        "`huggingface-cli login` if the repo is gated. To smoke-test an install with no network at all, build a "
+        "tiny model with `facechain make-tiny-model OUT_DIR` and pass OUT_DIR."
+    )
+
+
+def _resolve_local(path: Path, subfolder: str | None, allow_pickle: bool, ref: str) -> ResolvedModel:
+    if subfolder:
+        sub = path / subfolder
+        if not sub.exists():
+            raise ModelNotFoundError(f"base model '{ref}': sub path '{subfolder}' does not exist inside {path}.")
+        path = sub
+    if path.is_file():
+        check_checkpoint_file(path, allow_pickle, "base model checkpoint")
+        family = family_of_checkpoint_keys(_checkpoint_keys(path), str(path))
+        return ResolvedModel(path=path, format="single_file", family=family, reference=ref)
+    if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
+        return ResolvedModel(path=path, format="diffusers", family=family_of_folder(path), reference=ref)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in SAFE_SUFFIXES + PICKLE_SUFFIXES)
+    if len(files) == 1:
+        return _resolve_local(files[0], None, allow_pickle, ref)
+    raise InputError(
+        f"base model folder {path} holds neither a diffusers model (model_index.json) nor exactly one checkpoint "
+        f"file (found {len(files)}). Pass the folder's sub path or the checkpoint file itself."
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_pipeline(
+    resolved: ResolvedModel,
+    *,
+    torch_dtype=None,
+    single_file_config: str | os.PathLike | None = None,
+    **kwargs,
+):
+    """Load the text-to-image pipeline of ``resolved`` (StableDiffusionPipeline or
+    StableDiffusionXLPipeline). Other tasks derive from it with ``Pipeline.from_pipe``.
+
+    ``single_file_config``: a diffusers folder or hub id whose configs describe a single-file
+    checkpoint's architecture (default: the family's reference repo, see SINGLE_FILE_CONFIGS).
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if resolved.family == "sdxl" else StableDiffusionPipeline
+    torch_dtype = torch_dtype or torch.float32
+    if resolved.family == "sd15":
+        kwargs.setdefault("safety_checker", None)
+        kwargs.setdefault("requires_safety_checker", False)
+    try:
+        if resolved.format == "diffusers":
+            return cls.from_pretrained(str(resolved.path), torch_dtype=torch_dtype, **kwargs)
+        config = str(single_file_config or SINGLE_FILE_CONFIGS[resolved.family])
+        return cls.from_single_file(str(resolved.path), config=config, torch_dtype=torch_dtype, **kwargs)
+    except (OSError, EnvironmentError) as exc:
+        if resolved.format == "single_file":
+            raise ModelNotFoundError(
+                f"single-file checkpoint {resolved.path} needs the {resolved.family} architecture configs from "
+                f"'{single_file_config or SINGLE_FILE_CONFIGS[resolved.family]}', which could not be loaded ({exc}). "
+                "Pass --single-file-config with a local diffusers folder of the same architecture."
+            ) from exc
+        raise ModelNotFoundError(f"base model folder {resolved.path} could not be loaded: {exc}") from exc
+
+
+def resolve_weights_file(
+    ref: str | os.PathLike,
+    *,
+    filename: str | None = None,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    what: str = "LoRA",
+) -> Path:
+    """Find a weights file (a LoRA, a face model): a local file, a local folder + ``filename``,
+    or a hub/ModelScope repo id + ``filename``. Pickle files need ``allow_pickle``."""
+    ref = str(ref)
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        if filename:
+            local = local / filename
+        else:
+            cands = sorted(local.glob("*.safetensors"))
+            if len(cands) != 1:
+                raise InputError(f"{what} folder {local} must hold exactly one .safetensors file or name one; found {len(cands)}.")
+            local = cands[0]
+    if local.is_file():
+        check_checkpoint_file(local, allow_pickle, what)
+        return local
+    if _looks_like_path(ref) or not filename:
+        raise ModelNotFoundError(f"{what} '{ref}'{' / ' + filename if filename else ''} does not exist on disk.")
+    attempts = []
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(ref, filename, revision=revision or None))
+        check_checkpoint_file(path, allow_pickle, what)
+        return path
+    except (UnsafeCheckpointError, InputError):
+        raise
+    except Exception as exc:
+        attempts.append(f"huggingface: {type(exc).__name__}")
+    try:
+        from modelscope.hub.file_download import model_file_download
+
+        kwargs = {"revision": revision} if revision else {}
+        path = Path(model_file_download(ref, filename, **kwargs))
+        check_checkpoint_file(path, allow_pickle, what)
+        return path
+    except (UnsafeCheckpointError, InputError):
+        raise
+    except Exception as exc:
+        attempts.append(f"modelscope: {type(exc).__name__}")
+    raise ModelNotFoundError(
+        f"{what} '{ref}' file '{filename}' could not be found locally or downloaded ({'; '.join(attempts)}). "
+        "Download the file on a machine with network access and point to the local path instead."
+    )

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install facechain with everything it needs.
+# Picks onnxruntime-gpu when nvidia-smi sees a GPU, onnxruntime otherwise.
+# dlib compiles from source the first time (about 8 minutes); pip's cache keeps the wheel after that.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip setuptools wheel
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  extra=gpu
+else
+  extra=cpu
+fi
+echo "facechain setup: installing (onnxruntime build: $extra); the first install compiles dlib (~8 min)"
+python -m pip install --quiet -e ".[test,$extra]"
+python -c "import facechain, diffusers, dlib, face_recognition_models; print('facechain setup: ok (diffusers', diffusers.__version__ + ')')" 2>&1 | grep -v pkg_resources || true
