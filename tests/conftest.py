@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests never touch the network: hub access is switched off here, before
+any library that reads these variables is imported."""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory):
+    """Folder of a tiny SD1.5-architecture diffusers model (real classes, seeded)."""
+    from facechain.testing import build_tiny_sd15
+
+    return build_tiny_sd15(tmp_path_factory.mktemp("tiny") / "sd15", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """Folder of a tiny SDXL-architecture diffusers model (real classes, seeded)."""
+    from facechain.testing import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sample_photos():
+    """Real photos shipped inside installed packages (see facechain.samples)."""
+    from facechain import samples
+
+    return samples
+
+
+@pytest.fixture(scope="session")
+def dlib_analyzer():
+    from facechain.face import get_analyzer
+
+    return get_analyzer("dlib")
