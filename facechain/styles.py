@@ -1,0 +1,216 @@
+"""Style registry over ``styles/**/*.json``.
+
+One JSON file per style, in FaceChain's style format (modelscope/facechain ``styles/<base>/*.json``)::
+
+    {
+      "name": "Cyberpunk",                 # what users pick in a config (``styles: [Cyberpunk]``)
+      "img": "",                           # preview image (path or URL); informational only
+      "model_id": null,                    # style LoRA: hub/ModelScope repo id, or a local file/folder; null = prompt-only
+      "revision": null,                    # hub revision / ModelScope version (e.g. "v1.0.0")
+      "bin_file": null,                    # LoRA file name inside model_id
+      "multiplier_style": 0.35,            # adapter weight of the style LoRA
+      "multiplier_human": 0.95,            # adapter weight of the face LoRA
+      "add_prompt_style": "neon lights, ..."  # appended to the prompt
+    }
+
+Styles are grouped by base-model family in folders: a file under a folder named ``sd15`` or
+``sdxl`` belongs to that family; a file elsewhere (a user's own folder) is usable with any base.
+A relative ``model_id`` that exists beside the style file is a local LoRA. A user adds a style by
+dropping a file in a folder; :func:`load_styles` validates every file and refuses duplicate names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+from facechain.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+StyleFamily = Literal["sd15", "sdxl", "any"]
+FAMILY_FOLDERS = ("sd15", "sdxl")
+
+# The 8 fields of FaceChain's style format, with the JSON types each accepts.
+STYLE_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "img": (str, type(None)),
+    "model_id": (str, type(None)),
+    "revision": (str, type(None)),
+    "bin_file": (str, type(None)),
+    "multiplier_style": (int, float),
+    "multiplier_human": (int, float),
+    "add_prompt_style": (str,),
+}
+
+DEFAULT_STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
+
+
+@dataclass(frozen=True)
+class Style:
+    """A validated style. ``lora`` is None for prompt-only styles."""
+
+    name: str
+    img: str | None
+    model_id: str | None
+    revision: str | None
+    bin_file: str | None
+    multiplier_style: float
+    multiplier_human: float
+    add_prompt_style: str
+    family: StyleFamily
+    path: Path  # the JSON file it came from
+
+    @property
+    def has_lora(self) -> bool:
+        return self.model_id is not None
+
+    def lora_reference(self) -> str | None:
+        """``model_id`` as a path when it names a file or folder beside the style file, else as given (a hub id)."""
+        if self.model_id is None:
+            return None
+        local = Path(self.model_id).expanduser()
+        if not local.is_absolute():
+            beside = self.path.parent / local
+            if beside.exists():
+                return str(beside)
+        return self.model_id
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "img": self.img, "model_id": self.model_id, "revision": self.revision,
+            "bin_file": self.bin_file, "multiplier_style": self.multiplier_style,
+            "multiplier_human": self.multiplier_human, "add_prompt_style": self.add_prompt_style,
+            "family": self.family, "path": str(self.path),
+        }
+
+
+def _family_of(path: Path, root: Path) -> StyleFamily:
+    try:
+        parts = path.resolve().relative_to(root.resolve()).parts[:-1]
+    except ValueError:
+        parts = path.parts[:-1]
+    for part in reversed(parts):
+        if part in FAMILY_FOLDERS:
+            return part  # type: ignore[return-value]
+    return "any"
+
+
+def parse_style(data: object, path: Path, family: StyleFamily = "any") -> Style:
+    """Validate one style mapping. Every problem names the file, the field and the fix."""
+    where = f"style file {path}"
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: must hold a JSON object with the fields {list(STYLE_FIELDS)}.")
+    missing = [k for k in STYLE_FIELDS if k not in data]
+    if missing:
+        raise InputError(
+            f"{where}: missing field(s) {missing}. A style file needs all of {list(STYLE_FIELDS)} "
+            "(use null for model_id/revision/bin_file in a prompt-only style)."
+        )
+    unknown = sorted(set(data) - set(STYLE_FIELDS))
+    if unknown:
+        raise InputError(f"{where}: unknown field(s) {unknown}. Valid fields: {list(STYLE_FIELDS)}.")
+    for key, types in STYLE_FIELDS.items():
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise InputError(f"{where}: field '{key}' must be {names}, got {value!r}.")
+    if not data["name"].strip():
+        raise InputError(f"{where}: field 'name' is empty; give the style a name users can pick.")
+    for key in ("multiplier_style", "multiplier_human"):
+        if not 0.0 <= float(data[key]) <= 2.0:
+            raise InputError(f"{where}: field '{key}' must be between 0 and 2 (adapter weight), got {data[key]}.")
+    if data["model_id"] is not None and not data["model_id"].strip():
+        raise InputError(f"{where}: field 'model_id' is an empty string; use null for a prompt-only style.")
+    if data["model_id"] is not None and data["bin_file"] is None:
+        local = Path(data["model_id"]).expanduser()
+        if not local.is_absolute():
+            local = path.parent / local
+        if not local.is_file():
+            raise InputError(
+                f"{where}: 'model_id' {data['model_id']!r} is not a local LoRA file, so 'bin_file' must name the "
+                "LoRA file inside it (e.g. \"style.safetensors\")."
+            )
+    if "(" in data["add_prompt_style"] and ":" in data["add_prompt_style"]:
+        logger.debug("%s: prompt uses A1111 weighting; it is converted at generation time", where)
+    return Style(
+        name=data["name"].strip(), img=data["img"], model_id=data["model_id"], revision=data["revision"],
+        bin_file=data["bin_file"], multiplier_style=float(data["multiplier_style"]),
+        multiplier_human=float(data["multiplier_human"]), add_prompt_style=data["add_prompt_style"],
+        family=family, path=path,
+    )
+
+
+def load_style_file(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Style:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(f"style file {path} does not exist.") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"style file {path} is not valid JSON: {exc}") from exc
+    return parse_style(data, path, _family_of(path, Path(root) if root else path.parent))
+
+
+class StyleRegistry:
+    """Styles by (family, name). :meth:`register` refuses a duplicate name within a family."""
+
+    def __init__(self) -> None:
+        self._styles: dict[tuple[str, str], Style] = {}
+
+    def register(self, style: Style) -> None:
+        key = (style.family, style.name.casefold())
+        if key in self._styles:
+            other = self._styles[key]
+            raise InputError(
+                f"style name '{style.name}' ({style.family}) is defined twice: {other.path} and {style.path}. "
+                "Rename one of them."
+            )
+        self._styles[key] = style
+
+    def __len__(self) -> int:
+        return len(self._styles)
+
+    def __iter__(self):
+        return iter(sorted(self._styles.values(), key=lambda s: (s.family, s.name)))
+
+    def names(self, family: str | None = None) -> list[str]:
+        return sorted(s.name for s in self if family is None or s.family in (family, "any"))
+
+    def get(self, name: str, family: str) -> Style:
+        """The style called ``name`` (or whose file is ``name.json``) usable on a ``family`` base."""
+        want = name.strip().casefold()
+        matches = [
+            s for s in self
+            if s.family in (family, "any") and (s.name.casefold() == want or s.path.stem.casefold() == want)
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InputError(f"style '{name}' is ambiguous: {[str(s.path) for s in matches]}. Use the exact name.")
+        elsewhere = [s for s in self if s.name.casefold() == want or s.path.stem.casefold() == want]
+        if elsewhere:
+            raise InputError(
+                f"style '{name}' is for {elsewhere[0].family} base models ({elsewhere[0].path}), but the base model is "
+                f"{family}. Styles for {family}: {self.names(family)}"
+            )
+        raise InputError(
+            f"unknown style '{name}' for a {family} base model. Available: {self.names(family)}. "
+            "Add a style by dropping a JSON file in a styles folder (see docs/generate.md)."
+        )
+
+
+def load_styles(dirs: Iterable[str | os.PathLike] | None = None) -> StyleRegistry:
+    """Load and validate every ``*.json`` under each folder (recursively) into a registry."""
+    registry = StyleRegistry()
+    for root in list(dirs) if dirs is not None else [DEFAULT_STYLES_DIR]:
+        root = Path(root)
+        if not root.is_dir():
+            raise InputError(f"styles folder {root} does not exist. Pass an existing folder in style_dirs.")
+        for path in sorted(root.rglob("*.json")):
+            registry.register(load_style_file(path, root))
+    return registry
