@@ -219,6 +219,17 @@ def _resolve_local(path: Path, subfolder: str | None, allow_pickle: bool, ref: s
 # --------------------------------------------------------------------------- loading
 
 
+def dtype_kwargs(dtype) -> dict:
+    """``{"dtype": d}`` on diffusers versions that renamed ``torch_dtype`` (0.36+), else ``{"torch_dtype": d}``."""
+    try:
+        from diffusers.utils import deprecation_utils
+
+        renamed = hasattr(deprecation_utils, "_resolve_dtype")
+    except ImportError:
+        renamed = False
+    return {"dtype": dtype} if renamed else {"torch_dtype": dtype}
+
+
 def load_pipeline(
     resolved: ResolvedModel,
     *,
@@ -242,9 +253,9 @@ def load_pipeline(
         kwargs.setdefault("requires_safety_checker", False)
     try:
         if resolved.format == "diffusers":
-            return cls.from_pretrained(str(resolved.path), torch_dtype=torch_dtype, **kwargs)
+            return cls.from_pretrained(str(resolved.path), **dtype_kwargs(torch_dtype), **kwargs)
         config = str(single_file_config or SINGLE_FILE_CONFIGS[resolved.family])
-        return cls.from_single_file(str(resolved.path), config=config, torch_dtype=torch_dtype, **kwargs)
+        return cls.from_single_file(str(resolved.path), config=config, **dtype_kwargs(torch_dtype), **kwargs)
     except (OSError, EnvironmentError) as exc:
         if resolved.format == "single_file":
             raise ModelNotFoundError(

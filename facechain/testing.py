@@ -42,12 +42,14 @@ def make_tokenizer(folder: str | Path, model_max_length: int = 77):
     vocab["<|endoftext|>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(
-        vocab_file=str(folder / "vocab.json"),
-        merges_file=str(folder / "merges.txt"),
-        model_max_length=model_max_length,
-        pad_token="<|endoftext|>",
-    )
+    import inspect
+
+    params = inspect.signature(CLIPTokenizer.__init__).parameters
+    if "vocab_file" in params:  # transformers 4.x: slow tokenizer reads files
+        tok = CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
+                            model_max_length=model_max_length, pad_token="<|endoftext|>")
+    else:  # transformers 5.x: tokenizers-backed, takes the vocabulary itself
+        tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, pad_token="<|endoftext|>")
     tok.save_pretrained(str(folder))
     return tok
 
@@ -181,3 +183,121 @@ def build_tiny_model(folder: str | Path, family: Literal["sd15", "sdxl"] = "sd15
     from facechain.errors import InputError
 
     raise InputError(f"family must be 'sd15' or 'sdxl', got {family!r}")
+
+
+# --------------------------------------------------------------------------- single-file export
+
+
+def _ldm_unet_key(key: str, layers_per_block: int, down_has_attn: list[bool], up_has_attn: list[bool]) -> str:
+    """diffusers UNet2DConditionModel key -> original LDM/SGM ``model.diffusion_model`` key."""
+    import re
+
+    n = layers_per_block + 1
+    resnet = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+              ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))
+
+    def res(rest: str) -> str:
+        for a, b in resnet:
+            if rest.startswith(a + "."):
+                return b + rest[len(a):]
+        raise ValueError(f"unexpected resnet key {rest}")
+
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    for a, b in fixed.items():
+        if key.startswith(a + "."):
+            return b + key[len(a):]
+    if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        return f"input_blocks.{n * int(m[1]) + int(m[2]) + 1}.0.{res(m[3])}"
+    if m := re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
+        return f"input_blocks.{n * int(m[1]) + int(m[2]) + 1}.1.{m[3]}"
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+        return f"input_blocks.{n * (int(m[1]) + 1)}.0.op.{m[2]}"
+    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
+        return f"middle_block.{2 * int(m[1])}.{res(m[2])}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
+        return f"middle_block.1.{m[1]}"
+    if m := re.match(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        return f"output_blocks.{n * int(m[1]) + int(m[2])}.0.{res(m[3])}"
+    if m := re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
+        return f"output_blocks.{n * int(m[1]) + int(m[2])}.1.{m[3]}"
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", key):
+        i = int(m[1])
+        return f"output_blocks.{n * i + n - 1}.{2 if up_has_attn[i] else 1}.{m[2]}"
+    raise ValueError(f"no LDM name for UNet key {key}")
+
+
+def _ldm_vae_key(key: str, num_blocks: int) -> str:
+    import re
+
+    rename = (("conv_shortcut", "nin_shortcut"), ("conv_norm_out", "norm_out"), ("group_norm", "norm"),
+              ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        key = f"encoder.down.{m[1]}.block.{m[2]}.{m[3]}"
+    elif m := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.(.*)", key):
+        key = f"encoder.down.{m[1]}.downsample.{m[2]}"
+    elif m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        key = f"decoder.up.{num_blocks - 1 - int(m[1])}.block.{m[2]}.{m[3]}"
+    elif m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.*)", key):
+        key = f"decoder.up.{num_blocks - 1 - int(m[1])}.upsample.{m[2]}"
+    elif m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key):
+        key = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+    elif m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key):
+        key = f"{m[1]}.mid.attn_1.{m[2]}"
+    parts = key.split(".")
+    for a, b in rename:
+        joined = ".".join(parts)
+        joined = re.sub(rf"(^|\.){re.escape(a)}\.", lambda mm: f"{mm[1]}{b}.", joined)
+        parts = joined.split(".")
+    return ".".join(parts)
+
+
+def export_single_file(diffusers_folder: str | Path, out_file: str | Path) -> Path:
+    """Write a tiny SD1.5-family diffusers folder as one original-LDM-layout ``.safetensors``
+    checkpoint (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.*``),
+    the layout model sites ship. ``from_single_file(out_file, config=diffusers_folder)`` loads it back."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from facechain.errors import InputError
+    from facechain.io import save_safetensors
+
+    folder = Path(diffusers_folder)
+    unet_cfg = UNet2DConditionModel.load_config(str(folder / "unet"))
+    if unet_cfg.get("addition_embed_type") == "text_time":
+        raise InputError("export_single_file writes SD1.5-family models only (SDXL's OpenCLIP encoder layout is not written).")
+    vae_cfg = AutoencoderKL.load_config(str(folder / "vae"))
+    lpb = unet_cfg["layers_per_block"]
+    down_attn = ["CrossAttn" in t for t in unet_cfg["down_block_types"]]
+    up_attn = ["CrossAttn" in t for t in unet_cfg["up_block_types"]]
+    out: dict = {}
+    for k, v in load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")).items():
+        out["model.diffusion_model." + _ldm_unet_key(k, lpb, down_attn, up_attn)] = v
+    nblocks = len(vae_cfg["block_out_channels"])
+    for k, v in load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors")).items():
+        new = _ldm_vae_key(k, nblocks)
+        if ".mid.attn_1." in new and v.ndim == 2:  # LDM VAE attention uses 1x1 convolutions
+            v = v[:, :, None, None]
+        out["first_stage_model." + new] = v
+    for k, v in load_file(str(folder / "text_encoder" / "model.safetensors")).items():
+        out["cond_stage_model.transformer." + k] = v
+    return save_safetensors(out_file, out)
+
+
+def make_processed_folder(folder: str | Path, n: int = 2, size: int = 256, caption: str = "<fcsks>, a beautiful woman") -> Path:
+    """A processed training folder (``NNN.png`` + ``metadata.jsonl``, the layout ``facechain preprocess``
+    writes) made from scikit-image's astronaut photo (one real face), for offline training smoke runs."""
+    from PIL import Image
+    from skimage import data
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = Image.fromarray(data.astronaut())  # 512x512, one face
+    rows = []
+    for i in range(n):
+        crop = photo.crop((8 * i, 0, 512 - 8 * i, 512 - 16 * i)).resize((size, size), Image.Resampling.BICUBIC)
+        crop.save(folder / f"{i:03d}.png")
+        rows.append(json.dumps({"file_name": f"{i:03d}.png", "text": caption}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
