@@ -1,0 +1,75 @@
+"""Geometry: roll angle from the eyes, and FaceChain's portrait crop as one affine warp.
+
+FaceChain's crop rule (facechain/data_process/preprocessing.py, see reference notes): a square
+of side ``face_size / (0.35 / 1.15)`` (about 3.3x the face) with the face centre at x = 0.5,
+y = 0.435 of the crop, white padding where the crop leaves the photo, resized to 512.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from facechain.face.types import Face
+
+CROP_SCALE = 1.15 / 0.35  # crop side / face size (FaceChain: face occupies 0.35/1.15 of the side)
+FACE_CENTER_X = 0.5
+FACE_CENTER_Y = 0.435
+
+
+def roll_degrees(kps: np.ndarray) -> float:
+    """Roll of the face in degrees (positive: the image-right eye is lower), from the two eye keypoints."""
+    (lx, ly), (rx, ry) = kps[0], kps[1]
+    return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    matrix: np.ndarray  # (2, 3) affine: source pixel -> output pixel
+    size: int
+    roll: float
+    face_size: float  # in source pixels
+
+    def apply_points(self, pts: np.ndarray) -> np.ndarray:
+        pts = np.asarray(pts, np.float64)
+        return (pts @ self.matrix[:, :2].T + self.matrix[:, 2]).astype(np.float32)
+
+
+def portrait_crop_transform(face: Face, size: int = 512, align_roll: bool = True,
+                            crop_scale: float = CROP_SCALE, center=(FACE_CENTER_X, FACE_CENTER_Y)) -> CropTransform:
+    """Affine that de-rolls the face about its centre and maps it to FaceChain's crop layout."""
+    roll = roll_degrees(face.kps) if align_roll else 0.0
+    face_size = face.size
+    side = face_size * crop_scale
+    scale = size / side
+    cx, cy = face.center
+    # rotate by -roll about the face centre, scale, then move the face centre to its target
+    m = cv2.getRotationMatrix2D((float(cx), float(cy)), roll, scale)
+    m[0, 2] += center[0] * size - cx
+    m[1, 2] += center[1] * size - cy
+    return CropTransform(matrix=m, size=size, roll=roll, face_size=face_size)
+
+
+def warp_crop(image: np.ndarray, t: CropTransform, border=(255, 255, 255)) -> np.ndarray:
+    """Apply ``t`` to an RGB image with white padding. Large downscales pre-shrink with INTER_AREA
+    first so the crop is not aliased."""
+    scale = float(np.sqrt(abs(np.linalg.det(t.matrix[:, :2]))))
+    m = t.matrix.copy()
+    if scale < 0.5:
+        f = 2 * scale  # pre-shrink so the warp scales by ~0.5
+        h, w = image.shape[:2]
+        image = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        fx, fy = image.shape[1] / w, image.shape[0] / h
+        m[:, 0] /= fx
+        m[:, 1] /= fy
+    return cv2.warpAffine(image, m, (t.size, t.size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src points onto dst; (2, 3)."""
+    m, _ = cv2.estimateAffinePartial2D(np.asarray(src, np.float32), np.asarray(dst, np.float32), method=cv2.LMEDS)
+    if m is None:
+        raise ValueError("could not estimate a similarity transform from the given points")
+    return m

@@ -1,0 +1,112 @@
+"""insightface backend: the buffalo_l / antelopev2 model packs (SCRFD detection, 5 keypoints,
+2d106 landmarks, ArcFace 512-d embeddings, gender/age).
+
+Packs live in insightface's usual folder (``~/.insightface/models/<pack>``, or
+``$INSIGHTFACE_HOME``); insightface fetches them there on first use. With ``HF_HUB_OFFLINE``
+or ``FACECHAIN_OFFLINE`` set, a missing pack is reported at once instead of attempting a download.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from facechain.errors import MissingDependencyError, ModelNotFoundError
+from facechain.face.types import Face
+
+logger = logging.getLogger(__name__)
+
+PACKS = ("buffalo_l", "antelopev2")
+# SCRFD confidence for a real face; insightface's FaceAnalysis default det_thresh is 0.5.
+SCRFD_MIN_SCORE = 0.5
+
+
+def insightface_root() -> Path:
+    return Path(os.environ.get("INSIGHTFACE_HOME", Path.home() / ".insightface"))
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("FACECHAIN_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def onnx_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class InsightFaceAnalyzer:
+    name = "insightface"
+    has_attributes = True
+
+    def __init__(self, pack: str = "buffalo_l", det_size: int = 640):
+        if pack not in PACKS:
+            from facechain.errors import InputError
+
+            raise InputError(f"insightface pack must be one of {list(PACKS)}, got {pack!r}")
+        try:
+            from insightface.app import FaceAnalysis
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"the insightface backend needs 'insightface' and 'onnxruntime' ({exc}). "
+                "Install them with: pip install insightface onnxruntime (onnxruntime-gpu on a GPU machine)."
+            ) from exc
+        root = insightface_root()
+        pack_dir = root / "models" / pack
+        have = pack_dir.is_dir() and any(pack_dir.glob("*.onnx"))
+        if not have and _offline():
+            raise ModelNotFoundError(
+                f"insightface pack '{pack}' is not in {pack_dir} and downloads are off (offline mode). "
+                f"Unzip {pack}.zip from insightface's model releases into {pack_dir}."
+            )
+        self.pack = pack
+        self.min_score = SCRFD_MIN_SCORE
+        providers = onnx_providers()
+        try:
+            self._app = FaceAnalysis(name=pack, root=str(root), providers=providers)
+            self._app.prepare(ctx_id=0 if "CUDAExecutionProvider" in providers else -1, det_size=(det_size, det_size),
+                              det_thresh=0.1)
+        except Exception as exc:  # download failure, corrupt pack
+            raise ModelNotFoundError(
+                f"insightface pack '{pack}' could not be loaded from {pack_dir} or downloaded ({type(exc).__name__}: {exc}). "
+                f"Unzip {pack}.zip from insightface's model releases into {pack_dir}."
+            ) from exc
+        if "recognition" not in self._app.models:
+            raise ModelNotFoundError(f"insightface pack '{pack}' in {pack_dir} has no recognition model.")
+
+    def __repr__(self) -> str:
+        return f"InsightFaceAnalyzer(pack={self.pack!r})"
+
+    def detect(self, image: np.ndarray, *, embed: bool = True, max_faces: int | None = None,
+               min_score: float | None = None) -> list[Face]:
+        thr = self.min_score if min_score is None else min_score
+        bgr = np.ascontiguousarray(image[:, :, ::-1])
+        raw = self._app.get(bgr, max_num=0)
+        faces = []
+        for f in raw:
+            if float(f.det_score) < thr:
+                continue
+            gender = None
+            if getattr(f, "gender", None) is not None:
+                gender = "male" if int(f.gender) == 1 else "female"
+            lmk = getattr(f, "landmark_2d_106", None)
+            emb = getattr(f, "embedding", None) if embed else None
+            faces.append(Face(
+                bbox=np.asarray(f.bbox, np.float32), score=float(f.det_score), kps=np.asarray(f.kps, np.float32),
+                backend=self.name, landmarks=None if lmk is None else np.asarray(lmk, np.float32),
+                embedding=None if emb is None else np.asarray(emb, np.float32),
+                gender=gender, age=None if getattr(f, "age", None) is None else float(f.age),
+            ))
+        faces.sort(key=lambda f: -f.area)
+        return faces[:max_faces] if max_faces else faces
+
+    def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
+        from insightface.app.common import Face as IFace
+
+        rec = self._app.models["recognition"]
+        f = IFace(bbox=face.bbox, kps=face.kps, det_score=face.score)
+        return np.asarray(rec.get(np.ascontiguousarray(image[:, :, ::-1]), f), np.float32)

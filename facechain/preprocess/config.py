@@ -1,0 +1,39 @@
+"""Preprocessing settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from facechain.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic")
+
+
+@dataclass
+class PreprocessConfig:
+    size: int = field(default=512, metadata={"help": "side of the square output images (FaceChain: 512)"})
+    backend: str = field(default="auto", metadata={"help": "face backend: auto, insightface or dlib"})
+    trigger_word: str = field(default="<fcsks>", metadata={"help": "token the LoRA learns for the person (FaceChain: <fcsks>)"})
+    mask: str = field(default="auto", metadata={"help": "head mask: auto (parsing weights if present, else landmarks), parsing, landmarks, none"})
+    retouch: bool = field(default=False, metadata={"help": "edge-preserving skin smoothing (off by default)"})
+    retouch_strength: float = field(default=0.5, metadata={"help": "0..1 blend of the smoothed skin"})
+    several_faces_ratio: float = field(default=4.0, metadata={"help": "keep the largest face only if its area is at least this many times the next real face (FaceChain: 4)"})
+    min_face_size: int = field(default=64, metadata={"help": "reject faces smaller than this many source pixels"})
+    min_detector_score: float | None = field(default=None, metadata={"help": "quality gate on the detector score; default: the backend's real-face score + 0.2"})
+    blur_threshold: float = field(default=30.0, metadata={"help": "reject when the variance of the Laplacian inside the face (at output size) is below this"})
+    identity_check: bool = field(default=True, metadata={"help": "drop photos whose identity is far from the set's medoid (needs 3+ kept photos)"})
+    max_megapixels: float = field(default=150.0, metadata={"help": "reject images larger than this (decompression bombs)"})
+    detect_size: int = field(default=1024, metadata={"help": "long side the photo is resized to for face detection (FaceChain: 1024)"})
+    orient_size: int = field(default=640, metadata={"help": "long side used to pick the rotation (0/90/180/270)"})
+
+    def __post_init__(self):
+        if self.size < 64 or self.size % 8:
+            raise InputError(f"size must be a multiple of 8 and at least 64, got {self.size}")
+        if self.mask not in ("auto", "parsing", "landmarks", "none"):
+            raise InputError(f"mask must be one of ['auto', 'parsing', 'landmarks', 'none'], got {self.mask!r}")
+        if self.several_faces_ratio < 1:
+            raise InputError(f"several_faces_ratio must be >= 1, got {self.several_faces_ratio}")
+        if not 0 <= self.retouch_strength <= 1:
+            raise InputError(f"retouch_strength must be in [0, 1], got {self.retouch_strength}")
+        if not self.trigger_word.strip():
+            raise InputError("trigger_word must not be empty")

@@ -1,0 +1,72 @@
+"""Step 1: load a photo as RGB uint8, whatever its encoding, or reject it with a reason."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facechain.preprocess.errors import PhotoRejected
+
+DECODE_LONG_SIDE = 2048  # JPEGs larger than this are decoded at a reduced DCT scale (Image.draft)
+
+
+def load_photo(path: Path, max_megapixels: float = 150.0) -> np.ndarray:
+    """EXIF-transposed RGB uint8 array. RGBA/LA/P(transparency) are composited on white; CMYK,
+    16-bit and grayscale are converted. Raises PhotoRejected for non-images, truncated files and
+    images over ``max_megapixels``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PhotoRejected(
+            "oversized", f"image is over the decompression-bomb limit of {Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+            f"and was not decoded ({exc}); downscale the photo"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise PhotoRejected("not_an_image", "not an image file PIL can read (wrong extension or corrupt header)") from exc
+    except OSError as exc:
+        raise PhotoRejected("unreadable", f"could not open: {exc}") from exc
+    with img:
+        w, h = img.size
+        mp = w * h / 1e6
+        if mp > max_megapixels:
+            raise PhotoRejected(
+                "oversized", f"{w}x{h} = {mp:.0f} megapixels is over the {max_megapixels:.0f} MP limit "
+                "(decompression-bomb guard); downscale the photo or raise max_megapixels"
+            )
+        if img.format == "JPEG" and max(w, h) > 2 * DECODE_LONG_SIDE:
+            img.draft("RGB", (DECODE_LONG_SIDE, DECODE_LONG_SIDE))
+        try:
+            img.load()
+        except (OSError, SyntaxError) as exc:
+            raise PhotoRejected("truncated", f"image data is incomplete or corrupt ({exc})") from exc
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # malformed EXIF: keep pixels as stored
+            pass
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(img, np.float64)
+        arr = (arr - arr.min()) / (np.ptp(arr) + 1e-12) * 255
+        return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=2)
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))

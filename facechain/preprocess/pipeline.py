@@ -1,0 +1,226 @@
+"""The preprocessing stage: photos -> processed training set.
+
+``preprocess(inputs, output_dir, cfg)`` runs the steps (one module each) on every photo, never
+letting one bad photo stop the run, and writes:
+
+* ``OUTPUT_DIR/NNN.png``: aligned square crops, background white;
+* ``OUTPUT_DIR/metadata.jsonl``: ``{"file_name", "text"}`` per kept photo (Hugging Face imagefolder);
+* ``OUTPUT_DIR/report.json``: one entry per input (kept or rejected, reason, scores, timings);
+* ``OUTPUT_DIR/preprocess_config.json``: the settings used.
+
+Raises :class:`NoPhotosKept` (after writing the report) when no photo is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from facechain.config import save_config, to_dict
+from facechain.errors import InputError
+from facechain.face import get_analyzer
+from facechain.face.align import portrait_crop_transform, warp_crop
+from facechain.face.segment import head_mask, whiten_background
+from facechain.face.types import Face, FaceAnalyzer
+from facechain.io import save_image, write_json, write_jsonl
+from facechain.preprocess.caption import attribute_phrase, caption
+from facechain.preprocess.config import IMAGE_SUFFIXES, PreprocessConfig
+from facechain.preprocess.errors import NoPhotosKept, PhotoRejected
+from facechain.preprocess.identity import medoid_outliers
+from facechain.preprocess.load import load_photo
+from facechain.preprocess.orient import best_rotation, resize_long, rotate
+from facechain.preprocess.quality import check_quality, face_box_mask, laplacian_variance
+from facechain.preprocess.retouch import retouch_skin
+from facechain.preprocess.select import select_face
+
+logger = logging.getLogger(__name__)
+
+# Margin above the backend's real-face score that a training photo's face must reach.
+QUALITY_SCORE_MARGIN = 0.2
+
+
+@dataclass
+class PhotoEntry:
+    input: str
+    status: str = "rejected"  # "kept" | "rejected"
+    reason: str | None = None
+    detail: str | None = None
+    output: str | None = None
+    scores: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    output_dir: Path
+    kept: list[Path]
+    entries: list[PhotoEntry]
+    caption: str
+    backend: str
+
+    @property
+    def rejected(self) -> list[PhotoEntry]:
+        return [e for e in self.entries if e.status != "kept"]
+
+
+@dataclass
+class _Candidate:
+    entry: PhotoEntry
+    image: np.ndarray
+    face: Face
+
+
+def list_photos(inputs) -> list[Path]:
+    """A folder (its non-hidden files, natural order) or an explicit list of files."""
+    if isinstance(inputs, (str, Path)):
+        folder = Path(inputs)
+        if not folder.is_dir():
+            raise InputError(f"input folder {folder} does not exist or is not a folder. Pass the folder holding the photos.")
+        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    else:
+        files = [Path(p) for p in inputs]
+    key = lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]  # noqa: E731
+    files = sorted(files, key=key)
+    if not files:
+        raise InputError(f"no files found in {inputs}. Put the person's photos (jpg/png/webp) there.")
+    return files
+
+
+def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> _Candidate:
+    """Steps 1-7 for one photo. Raises PhotoRejected."""
+    entry = PhotoEntry(input=path.name)
+    t = time.perf_counter()
+    timings = entry.timings
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise PhotoRejected("not_an_image", f"file type '{path.suffix}' is not a photo format ({', '.join(IMAGE_SUFFIXES)})")
+    image = load_photo(path, cfg.max_megapixels)
+    timings["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    degrees, _ = best_rotation(image, analyzer, cfg.orient_size)
+    image = rotate(image, degrees)
+    entry.scores["rotation"] = degrees
+    det, s = resize_long(image, cfg.detect_size)
+    faces = analyzer.detect(det, embed=False)
+    timings["detect"] = time.perf_counter() - t
+    face = select_face(faces, cfg.several_faces_ratio)
+
+    t = time.perf_counter()
+    embedding = analyzer.embed(det, face)
+    timings["embed"] = time.perf_counter() - t
+    full = Face(
+        bbox=face.bbox / s, score=face.score, kps=face.kps / s, backend=face.backend,
+        landmarks=None if face.landmarks is None else face.landmarks / s, embedding=embedding,
+        gender=face.gender, age=face.age,
+    )
+    t = time.perf_counter()
+    tf = portrait_crop_transform(full, cfg.size)
+    crop = warp_crop(image, tf)
+    kps = tf.apply_points(full.kps)
+    lms = None if full.landmarks is None else tf.apply_points(full.landmarks)
+    timings["crop"] = time.perf_counter() - t
+    entry.scores["roll"] = round(tf.roll, 1)
+
+    # quality is measured on the aligned crop before any smoothing or masking
+    region = face_box_mask(crop.shape, lms if lms is not None else kps)
+    blur = laplacian_variance(crop, region)
+    min_score = cfg.min_detector_score if cfg.min_detector_score is not None else analyzer.min_score + QUALITY_SCORE_MARGIN
+    entry.scores.update({"face_size": round(full.size, 1), "detector_score": round(face.score, 3), "blur": round(blur, 1)})
+    check_quality(full.size, face.score, blur, min_face_size=cfg.min_face_size, min_score=min_score, blur_threshold=cfg.blur_threshold)
+
+    t = time.perf_counter()
+    if cfg.retouch:
+        crop = retouch_skin(crop, lms, cfg.retouch_strength)
+    if cfg.mask != "none":
+        mask, method = head_mask(crop, lms, kps, cfg.mask)
+        crop = whiten_background(crop, mask)
+        entry.scores["mask"] = method
+    timings["mask"] = time.perf_counter() - t
+    return _Candidate(entry=entry, image=crop, face=Face(
+        bbox=tf.apply_points(full.bbox.reshape(2, 2)).reshape(4), score=face.score, kps=kps, backend=face.backend,
+        landmarks=lms, embedding=embedding, gender=face.gender, age=face.age))
+
+
+def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer: FaceAnalyzer | None = None,
+               progress: bool = True) -> PreprocessResult:
+    cfg = cfg or PreprocessConfig()
+    files = list_photos(inputs)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    analyzer = analyzer or get_analyzer(cfg.backend)
+
+    entries: list[PhotoEntry] = []
+    candidates: list[_Candidate] = []
+    for path in tqdm(files, desc="preprocess", unit="photo", disable=not progress):
+        t0 = time.perf_counter()
+        try:
+            cand = process_photo(path, analyzer, cfg)
+            candidates.append(cand)
+            entry = cand.entry
+        except PhotoRejected as rej:
+            entry = PhotoEntry(input=path.name, reason=rej.code, detail=rej.detail, scores=rej.scores)
+        except Exception as exc:  # an unexpected failure on one photo is reported, not fatal
+            logger.exception("preprocess: unexpected error on %s", path)
+            entry = PhotoEntry(input=path.name, reason="error", detail=f"{type(exc).__name__}: {exc}")
+        entry.timings = {k: round(v, 4) for k, v in entry.timings.items()}
+        entry.timings["total"] = round(time.perf_counter() - t0, 4)
+        entries.append(entry)
+
+    # step 8: identity consistency over the photos that passed so far
+    if cfg.identity_check and candidates:
+        _, sims, outliers = medoid_outliers([c.face.embedding for c in candidates], candidates[0].face.backend)
+        for c, sim in zip(candidates, sims):
+            c.entry.scores["identity_similarity"] = round(sim, 3)
+        for i in outliers:
+            e = candidates[i].entry
+            e.reason, e.detail = "different_person", (
+                f"identity similarity to the set's medoid photo is {sims[i]:.2f}, below the same-person threshold 0.50; "
+                "this looks like someone else")
+        candidates = [c for i, c in enumerate(candidates) if i not in set(outliers)]
+
+    # step 9: caption by majority over kept photos, then write
+    phrase = attribute_phrase([c.face.gender for c in candidates], [c.face.age for c in candidates])
+    text = caption(cfg.trigger_word, phrase)
+    _remove_stale_outputs(out)
+    kept_paths, rows = [], []
+    for i, c in enumerate(candidates):
+        name = f"{i:03d}.png"
+        save_image(out / name, c.image)
+        c.entry.status, c.entry.output = "kept", name
+        kept_paths.append(out / name)
+        rows.append({"file_name": name, "text": text})
+    write_jsonl(out / "metadata.jsonl", rows)
+    save_config(cfg, out / "preprocess_config.json")
+    report = {
+        "backend": analyzer.name, "caption": text, "kept": len(kept_paths), "rejected": len(entries) - len(kept_paths),
+        "config": to_dict(cfg), "entries": [e.__dict__ for e in entries],
+    }
+    write_json(out / "report.json", report)
+    result = PreprocessResult(output_dir=out, kept=kept_paths, entries=entries, caption=text, backend=analyzer.name)
+    if not kept_paths:
+        lines = "\n".join(f"  {e.input}: {e.reason} ({e.detail})" for e in entries)
+        raise NoPhotosKept(
+            f"no photo was kept out of {len(entries)}; the training set would be empty. Reasons:\n{lines}\n"
+            f"Details are in {out / 'report.json'}. Use clear, well-lit photos with one face each."
+        )
+    return result
+
+
+def summary_line(result: PreprocessResult) -> str:
+    reasons: dict[str, int] = {}
+    for e in result.rejected:
+        reasons[e.reason] = reasons.get(e.reason, 0) + 1
+    why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+    return (f"kept {len(result.kept)} of {len(result.entries)} photos"
+            + (f" (rejected {why})" if why else "") + f"; caption '{result.caption}'; output in {result.output_dir}")
+
+
+def _remove_stale_outputs(out: Path) -> None:
+    for p in out.glob("[0-9][0-9][0-9].png"):
+        p.unlink()

@@ -1,0 +1,81 @@
+"""Real photos that ship inside installed packages, for the demo and the tests.
+
+* scikit-image's ``astronaut`` (Eileen Collins, NASA, public domain): one person, frontal.
+* insightface's sample images (``insightface/data/images``): ``t1.jpg`` (a group of people),
+  ``Tom_Hanks_54745.png`` (another person).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from facechain.errors import MissingDependencyError
+
+
+def astronaut() -> np.ndarray:
+    """512x512 RGB photo of one person."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+def insightface_images_dir() -> Path:
+    spec = importlib.util.find_spec("insightface")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("sample photos need the 'insightface' package: pip install insightface")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "images"
+
+
+def insightface_image(name: str) -> np.ndarray:
+    path = insightface_images_dir() / name
+    if not path.is_file():
+        raise MissingDependencyError(f"insightface sample image {path} is missing; reinstall insightface")
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def group_photo() -> np.ndarray:
+    return insightface_image("t1.jpg")
+
+
+def other_person() -> np.ndarray:
+    return insightface_image("Tom_Hanks_54745.png")
+
+
+def jpeg_with_exif_orientation(image: np.ndarray, orientation: int = 6) -> bytes:
+    """JPEG whose pixels are stored rotated, with the EXIF tag that says how to turn them upright.
+    Orientation 6 means "rotate 90 degrees clockwise to display"; stored pixels are the upright
+    image turned 90 degrees counter-clockwise."""
+    stored = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270, 3: Image.Transpose.ROTATE_180}[orientation]
+    img = Image.fromarray(image).transpose(stored)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def write_demo_photos(folder: str | Path) -> list[Path]:
+    """A small photo folder showing what preprocessing keeps and rejects: the astronaut as an
+    upright PNG, an EXIF-rotated JPEG, a sideways PNG, a mirrored crop; a group photo (rejected:
+    several faces); another person (rejected: different person); a text file named .jpg
+    (rejected: not an image)."""
+    from facechain.io import save_image, write_bytes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    a = astronaut()
+    paths = [
+        save_image(folder / "01_upright.png", a),
+        write_bytes(folder / "02_exif_rotated.jpg", jpeg_with_exif_orientation(a, 6)),
+        save_image(folder / "03_sideways.png", np.ascontiguousarray(np.rot90(a, 1))),
+        save_image(folder / "04_mirrored.png", np.ascontiguousarray(a[:, ::-1])),
+        save_image(folder / "05_group.jpg", group_photo()),
+        save_image(folder / "06_someone_else.png", other_person()),
+        write_bytes(folder / "07_notes.jpg", b"this is a text file, not a photo\n"),
+    ]
+    return paths

@@ -1,0 +1,146 @@
+"""Preprocessing end to end on real photos with dlib's real models."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facechain.face.align import CROP_SCALE, FACE_CENTER_X, FACE_CENTER_Y
+from facechain.preprocess import NoPhotosKept, PreprocessConfig, preprocess
+from facechain.preprocess.load import load_photo
+
+CFG = PreprocessConfig(backend="dlib", mask="landmarks")
+
+
+def _save(path, arr, **kw):
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+def _report(out):
+    return {e["input"]: e for e in json.loads((out / "report.json").read_text())["entries"]}
+
+
+def test_single_face_kept_and_placed(tmp_path, sample_photos, dlib_analyzer):
+    src = tmp_path / "in"
+    src.mkdir()
+    _save(src / "a.png", sample_photos.astronaut())
+    res = preprocess(src, tmp_path / "out", CFG, progress=False)
+    assert [p.name for p in res.kept] == ["000.png"]
+    img = np.asarray(Image.open(res.kept[0]).convert("RGB"))
+    assert img.shape == (512, 512, 3)
+    faces = dlib_analyzer.detect(img)
+    assert len(faces) == 1
+    f = faces[0]
+    cx, cy = f.center / 512
+    assert cx == pytest.approx(FACE_CENTER_X, abs=0.03)
+    assert cy == pytest.approx(FACE_CENTER_Y, abs=0.04)
+    # the face box re-detected in the crop is about 512 / 3.3 px
+    assert f.size == pytest.approx(512 / CROP_SCALE, rel=0.2)
+    # background turned white by the head mask; the face itself is not
+    assert (img[5:40, 5:40] > 245).all()
+    assert img[int(f.center[1]), int(f.center[0])].mean() < 240
+    meta = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert meta == [{"file_name": "000.png", "text": "<fcsks>, a person"}]
+    rep = _report(tmp_path / "out")["a.png"]
+    assert rep["status"] == "kept" and rep["scores"]["rotation"] == 0 and rep["scores"]["mask"] == "landmarks"
+    assert (tmp_path / "out" / "preprocess_config.json").is_file()
+
+
+def test_mixed_folder(tmp_path, sample_photos, dlib_analyzer):
+    """Rotations, colour modes and broken files in one run: the good ones kept, the rest reported."""
+    a = sample_photos.astronaut()
+    src = tmp_path / "in"
+    src.mkdir()
+    _save(src / "upright.png", a)
+    _save(src / "rot90.png", np.ascontiguousarray(np.rot90(a, 1)))
+    (src / "exif.jpg").write_bytes(sample_photos.jpeg_with_exif_orientation(a, 6))
+    Image.fromarray(a).convert("CMYK").save(src / "cmyk.jpg", quality=95)
+    rgba = np.dstack([a, np.full(a.shape[:2], 255, np.uint8)])
+    rgba[:20, :20, 3] = 0
+    _save(src / "rgba.png", rgba)
+    Image.fromarray(a).convert("L").save(src / "gray.png")
+    sixteen = (np.asarray(Image.fromarray(a).convert("L")).astype(np.uint16) * 257)
+    Image.fromarray(sixteen).save(src / "gray16.png")
+    _save(src / "group.jpg", sample_photos.group_photo())
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=95)
+    (src / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    (src / "notes.jpg").write_text("not a photo")
+    Image.new("L", (15000, 12000)).save(src / "huge.png")  # 180 MP: over the 150 MP guard
+    _save(src / "someone_else.png", sample_photos.other_person())
+
+    res = preprocess(src, tmp_path / "out", CFG, progress=False)
+    rep = _report(tmp_path / "out")
+    kept = {k for k, e in rep.items() if e["status"] == "kept"}
+    assert kept == {"upright.png", "rot90.png", "exif.jpg", "cmyk.jpg", "rgba.png", "gray.png", "gray16.png"}
+    assert rep["rot90.png"]["scores"]["rotation"] == 270
+    assert rep["exif.jpg"]["scores"]["rotation"] == 0  # EXIF transpose already made it upright
+    assert rep["group.jpg"]["reason"] == "several_faces"
+    assert rep["truncated.jpg"]["reason"] == "truncated"
+    assert rep["notes.jpg"]["reason"] == "not_an_image"
+    assert rep["huge.png"]["reason"] == "oversized" and "megapixels" in rep["huge.png"]["detail"]
+    assert rep["someone_else.png"]["reason"] == "different_person"
+    assert len(res.kept) == 7 and len(res.rejected) == 5
+    # every kept image shows an upright face of the same person
+    ref = dlib_analyzer.detect(a)[0]
+    from facechain.face import similarity
+
+    for p in res.kept:
+        faces = dlib_analyzer.detect(np.asarray(Image.open(p).convert("RGB")))
+        assert len(faces) == 1, p
+        assert similarity(ref, faces[0]) >= 0.5, p
+
+
+def test_blurry_and_small_rejected(tmp_path, sample_photos):
+    import cv2
+
+    a = sample_photos.astronaut()
+    src = tmp_path / "in"
+    src.mkdir()
+    _save(src / "blurry.png", cv2.GaussianBlur(a, (0, 0), 4))
+    res_dir = tmp_path / "out"
+    with pytest.raises(NoPhotosKept) as exc:
+        preprocess(src, res_dir, CFG, progress=False)
+    assert "blurry.png" in str(exc.value)
+    rep = _report(res_dir)["blurry.png"]
+    assert rep["reason"] in ("blurry", "no_face", "low_detector_score")
+    if rep["reason"] == "blurry":
+        assert rep["scores"]["blur"] < CFG.blur_threshold
+
+
+def test_cli_exits_nonzero_when_nothing_kept(tmp_path, sample_photos):
+    src = tmp_path / "in"
+    src.mkdir()
+    _save(src / "group.jpg", sample_photos.group_photo())
+    (src / "bad.jpg").write_text("nope")
+    proc = subprocess.run([sys.executable, "-m", "facechain", "preprocess", str(src), str(tmp_path / "out"),
+                           "--backend", "dlib", "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "no photo was kept" in proc.stderr
+    assert "group.jpg: several_faces" in proc.stderr and "bad.jpg: not_an_image" in proc.stderr
+    assert (tmp_path / "out" / "report.json").is_file()
+
+
+def test_load_modes(tmp_path, sample_photos):
+    a = sample_photos.astronaut()
+    p = tmp_path / "pal.png"
+    Image.fromarray(a).convert("P").save(p)
+    assert load_photo(p).shape == (512, 512, 3)
+    la = Image.fromarray(a).convert("LA")
+    la.save(tmp_path / "la.png")
+    out = load_photo(tmp_path / "la.png")
+    assert out.shape == (512, 512, 3) and out.dtype == np.uint8
+
+
+def test_bad_config():
+    from facechain.errors import InputError
+
+    with pytest.raises(InputError, match="multiple of 8"):
+        PreprocessConfig(size=500)
+    with pytest.raises(InputError, match="mask"):
+        PreprocessConfig(mask="magic")
