@@ -1,0 +1,203 @@
+"""GenerateConfig: everything one portrait job needs, one YAML file per user.
+
+``load_generate_config(path)`` reads YAML/JSON, resolves relative paths against the config file's
+folder (so ``configs/alice.yaml`` can say ``lora_dir: ../runs/alice/lora``), applies overrides
+(CLI flags) and validates. Defaults reproduce FaceChain's inference settings where they exist;
+each cites its source in the field help.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+from facechain.config import from_dict, load_mapping
+from facechain.errors import InputError
+
+# FaceChain's negative prompt (facechain/constants.py), without A1111 weighting syntax.
+DEFAULT_NEGATIVE_PROMPT = (
+    "nsfw, paintings, sketches, worst quality, low quality, normal quality, lowres, monochrome, grayscale, "
+    "skin spots, acnes, skin blemishes, age spot, glans, extra fingers, fewer fingers, watermark, text, "
+    "deformed, blurry, bad anatomy, disfigured, poorly drawn face, mutation, mutated, extra limb, ugly, "
+    "missing limb, floating limbs, disconnected limbs, malformed hands, out of focus, long neck, long body"
+)
+
+# Public weights per base family. Only used when the config leaves the field empty.
+DEFAULT_LCM_LORA = {"sd15": "latent-consistency/lcm-lora-sdv1-5", "sdxl": "latent-consistency/lcm-lora-sdxl"}
+DEFAULT_OPENPOSE_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_openpose", "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"}
+DEFAULT_DEPTH_CONTROLNET = {"sd15": "lllyasviel/control_v11f1p_sd15_depth", "sdxl": "diffusers/controlnet-depth-sdxl-1.0"}
+
+# Fields holding paths that are resolved against the config file's folder.
+PATH_FIELDS = ("lora_dir", "processed_dir", "output_dir", "swapper_model", "depth_image")
+MAYBE_PATH_FIELDS = (
+    "base_model", "pose", "lcm_lora", "controlnet_openpose", "controlnet_depth", "depth_estimator", "pose_annotator",
+)
+
+
+def _h(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class GenerateConfig:
+    """One portrait job: which model, whose face, which styles, how many images, where to."""
+
+    # --- what to generate from
+    base_model: str = _h("Base model: hub id (owner/name), ModelScope id, local diffusers folder or .safetensors file.")
+    output_dir: Path = _h("Folder for the kept PNGs, candidates/, manifest.json and contact_sheet.png.")
+    revision: str | None = _h("Hub revision / ModelScope version of base_model (e.g. v2.0).", default=None)
+    sub_path: str | None = _h("Sub folder inside base_model (FaceChain's film/film).", default=None)
+    single_file_config: str | None = _h("Diffusers folder describing a single-file checkpoint's architecture.", default=None)
+    lora_dir: Path | None = _h("Face LoRA folder from `facechain train` (pytorch_lora_weights.safetensors). "
+                               "Empty: no face LoRA (likeness then comes from fusion only).", default=None)
+    lora_file: str = _h("File name of the face LoRA inside lora_dir.", default="pytorch_lora_weights.safetensors")
+    processed_dir: Path | None = _h("Processed photos folder from `facechain preprocess`: gives the prompt's "
+                                    "attribute phrase (metadata.jsonl) and the template face for fusion and ranking.",
+                                    default=None)
+    trigger_word: str = _h("Identity token of the face LoRA; used when metadata.jsonl does not start with it.",
+                           default="<fcsks>")
+    styles: list[str] = _h("Style names (files in styles/ or style_dirs). Each style gets its own candidates.",
+                           default_factory=lambda: ["Business suit"])
+    style_dirs: list[Path] = _h("Extra folders of style JSON files, searched together with the shipped styles/.",
+                                default_factory=list)
+    prompt: str = _h("Extra words appended to every prompt.", default="")
+    negative_prompt: str = _h("Negative prompt (FaceChain's list by default).", default=DEFAULT_NEGATIVE_PROMPT)
+    # --- how many
+    num_images: int = _h("Images kept per style after ranking (FaceChain's UI allows up to 6).", default=3)
+    num_candidates: int = _h("Candidates generated per style before ranking (FaceChain: 10).", default=10)
+    batch_size: int = _h("Candidates per pipeline call (FaceChain generates 2 x 5).", default=5)
+    seed: int = _h("Seed of candidate 0; candidate i uses seed + i, so every image is reproducible alone.", default=42)
+    # --- sampling
+    steps: int = _h("Sampling steps with DPM-Solver++ (FaceChain: 40).", default=40)
+    guidance_scale: float = _h("Classifier-free guidance (FaceChain: 7).", default=7.0)
+    height: int | None = _h("Image height; empty = the model's native size (512 SD1.5, 1024 SDXL).", default=None)
+    width: int | None = _h("Image width; empty = the model's native size.", default=None)
+    fast: bool = _h("Fast mode: LCM-LoRA + LCMScheduler in fast_steps steps.", default=False)
+    fast_steps: int = _h("Steps in fast mode (LCM-LoRA paper/model card: 2-8; FaceChain's LCM option: 8).", default=6)
+    fast_guidance_scale: float = _h("Guidance in fast mode (LCM-LoRA model card: 1-2).", default=1.5)
+    lcm_lora: str | None = _h("LCM-LoRA: hub id or local file/folder; empty = latent-consistency/lcm-lora-sdv1-5 "
+                              "or -sdxl by base family.", default=None)
+    fuse_loras: bool = _h("Fuse face+style(+LCM) LoRAs into the weights for speed (unfused after each style).",
+                          default=True)
+    # --- pose / depth
+    pose: str | None = _h("Pose: a pose name from poses/ (e.g. upper_body_front), an OpenPose skeleton map, or a "
+                          "photo (converted with controlnet_aux when its annotator weights are available).",
+                          default=None)
+    depth: bool = _h("Add a depth ControlNet together with pose (FaceChain weights: pose 1.0, depth 0.5).",
+                     default=False)
+    depth_image: Path | None = _h("A ready depth map to use instead of estimating one from the pose photo.",
+                                  default=None)
+    pose_weight: float = _h("ControlNet conditioning scale of the pose (FaceChain: 1.0).", default=1.0)
+    depth_weight: float = _h("ControlNet conditioning scale of depth (FaceChain: 0.5).", default=0.5)
+    controlnet_openpose: str | None = _h("OpenPose ControlNet: hub id or folder; empty = the family default.",
+                                         default=None)
+    controlnet_depth: str | None = _h("Depth ControlNet: hub id or folder; empty = the family default.", default=None)
+    depth_estimator: str = _h("Depth estimation model (transformers) for a pose photo.", default="Intel/dpt-large")
+    pose_annotator: str = _h("controlnet_aux OpenPose annotator weights (hub id or folder) for a pose photo.",
+                             default="lllyasviel/Annotators")
+    # --- post-processing
+    fusion: Literal["auto", "swapper", "landmark", "off"] = _h(
+        "Face fusion: swapper (insightface inswapper_128.onnx), landmark (offline warp + Poisson blend), "
+        "auto (swapper when its model file is present, else landmark), off.", default="auto")
+    fusion_strength: float = _h("Fusion strength in [0, 1]: 0 keeps the generated face, 1 fully fuses.", default=1.0)
+    swapper_model: Path | None = _h("Path of inswapper_128.onnx; empty = ~/.insightface/models/inswapper_128.onnx.",
+                                    default=None)
+    face_backend: str = _h("Face analysis backend: auto, insightface or dlib.", default="auto")
+    rank: bool = _h("Rank candidates by likeness to the template face and keep the top num_images. Off: keep the "
+                    "first num_images (needs no face in the images).", default=True)
+    min_face_frac: float = _h("Smallest usable face side as a fraction of the image's short side "
+                              "(FaceChain keeps faces of 120-300 px at 512 px: 0.23).", default=0.23)
+    max_face_frac: float = _h("Largest usable face side as a fraction of the short side (FaceChain: 300/512).",
+                              default=0.59)
+    upscale: Literal["off", "lanczos"] = _h("Optional upscaling of kept images: off, or plain Lanczos resampling "
+                                            "(no new detail).", default="off")
+    upscale_factor: int = _h("Upscaling factor when upscale is on.", default=2)
+    contact_sheet: bool = _h("Write contact_sheet.png with every candidate and its score.", default=True)
+    # --- runtime
+    device: str = _h("auto (cuda when available), cuda, cuda:N, cpu or mps.", default="auto")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = _h("auto: float16 on GPU, float32 on CPU.",
+                                                                  default="auto")
+    allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (.bin/.ckpt). Only for files you trust.",
+                            default=False)
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}.")
+
+        for name in ("num_images", "num_candidates", "batch_size", "steps", "fast_steps", "upscale_factor"):
+            positive(name)
+        if not self.base_model:
+            raise InputError("base_model is empty. Name a hub id, a local diffusers folder or a .safetensors file.")
+        if self.num_images > self.num_candidates:
+            raise InputError(
+                f"num_images ({self.num_images}) is more than num_candidates ({self.num_candidates}); ranking keeps "
+                "the best num_images of num_candidates. Raise num_candidates or lower num_images."
+            )
+        if not self.styles:
+            raise InputError("styles is empty. Name at least one style (see `facechain generate --list-styles`).")
+        for dim in ("height", "width"):
+            v = getattr(self, dim)
+            if v is not None and (v < 8 or v % 8):
+                raise InputError(f"{dim} must be a positive multiple of 8, got {v}.")
+        if not 0.0 <= self.fusion_strength <= 1.0:
+            raise InputError(f"fusion_strength must be in [0, 1], got {self.fusion_strength}.")
+        if not 0.0 < self.min_face_frac < self.max_face_frac <= 1.0:
+            raise InputError(
+                f"need 0 < min_face_frac < max_face_frac <= 1, got {self.min_face_frac} and {self.max_face_frac}."
+            )
+        if self.guidance_scale < 0 or self.fast_guidance_scale < 0:
+            raise InputError("guidance_scale and fast_guidance_scale must be >= 0.")
+        if self.depth and self.pose is None:
+            raise InputError("depth is on but pose is empty: the depth ControlNet is used together with a pose.")
+        self.output_dir = Path(self.output_dir)
+
+
+def _looks_relative_path(value: str, base: Path) -> bool:
+    return value.startswith(("./", "../")) or (not os.path.isabs(value) and (base / value).exists())
+
+
+def resolve_paths(data: dict, base: Path) -> dict:
+    """Make path settings in ``data`` absolute against ``base`` (the config file's folder).
+
+    Fields that may also be hub ids (base_model, pose name, ControlNets) are resolved only when
+    they start with ./ or ../ or name something that exists under ``base``."""
+    out = dict(data)
+    for key in PATH_FIELDS:
+        v = out.get(key)
+        if isinstance(v, str) and v and not os.path.isabs(os.path.expanduser(v)):
+            out[key] = str((base / v).resolve())
+    for key in MAYBE_PATH_FIELDS:
+        v = out.get(key)
+        if isinstance(v, str) and v and _looks_relative_path(v, base):
+            out[key] = str((base / v).resolve())
+    if isinstance(out.get("style_dirs"), list):
+        out["style_dirs"] = [
+            str((base / d).resolve()) if isinstance(d, str) and not os.path.isabs(d) else d for d in out["style_dirs"]
+        ]
+    return out
+
+
+def load_generate_config(path: str | os.PathLike | None = None, overrides: dict | None = None,
+                         base_dir: str | os.PathLike | None = None) -> GenerateConfig:
+    """Config from a YAML/JSON file (paths relative to its folder) updated with ``overrides``
+    (paths relative to ``base_dir``, default the working directory)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        data = resolve_paths(load_mapping(path), path.resolve().parent)
+    if overrides:
+        data.update(resolve_paths(overrides, Path(base_dir or os.getcwd())))
+    where = f"config {path}" if path is not None else "generate settings"
+    return from_dict(GenerateConfig, data, where=where)
+
+
+def with_overrides(cfg: GenerateConfig, **changes) -> GenerateConfig:
+    """A copy of ``cfg`` with ``changes`` (validated again)."""
+    valid = {f.name for f in fields(GenerateConfig)}
+    unknown = sorted(set(changes) - valid)
+    if unknown:
+        raise InputError(f"unknown setting(s) {unknown}. Valid settings: {sorted(valid)}")
+    return replace(cfg, **changes)

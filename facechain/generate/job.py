@@ -1,0 +1,174 @@
+"""One portrait job end to end: check inputs, generate every style, fuse, rank, write outputs.
+
+Output folder layout::
+
+    out/
+      <style-slug>_<rank>.png       kept images, best first
+      candidates/<style-slug>_<i>.png every candidate (after fusion), for inspection
+      contact_sheet.png             every candidate with its score or drop reason
+      manifest.json                 prompts, seeds, multipliers, scores, dropped + reasons, timings
+      generate_config.json          the config of this job
+
+A style that fails (e.g. its LoRA cannot be downloaded) is reported in the manifest and the job
+goes on with the other styles; the job fails only when every style failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facechain.config import save_config, to_dict
+from facechain.errors import FacechainError, InputError
+from facechain.generate.config import GenerateConfig
+from facechain.io import save_image, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    output_dir: Path
+    kept: list[Path]  # kept image files, per style best first
+    manifest: dict
+
+
+def slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+    return s or "style"
+
+
+def check_inputs(cfg: GenerateConfig):
+    """Everything that can be checked before loading a model. Returns (resolved model, styles, subject)."""
+    from facechain.generate.pipeline import check_face_lora
+    from facechain.generate.prompt import subject_from_metadata
+    from facechain.models import resolve_model
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+
+    registry = load_styles([DEFAULT_STYLES_DIR, *cfg.style_dirs])
+    check_face_lora(cfg)
+    if cfg.processed_dir is None and (cfg.rank or cfg.fusion != "off"):
+        raise InputError(
+            "rank and fusion need the template face from processed_dir, which is empty. Set processed_dir to the "
+            "output folder of `facechain preprocess`, or set rank: false and fusion: off."
+        )
+    if cfg.pose is not None:
+        from facechain.poses import load_pose
+
+        load_pose(cfg.pose, (64, 64), cfg.pose_annotator)  # fails early on a pose with no person
+    subject = subject_from_metadata(cfg.processed_dir, cfg.trigger_word)
+    resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
+    styles = [registry.get(name, resolved.family) for name in cfg.styles]
+    return resolved, styles, subject
+
+
+def run_job(cfg: GenerateConfig) -> JobResult:
+    """Generate, fuse and rank portraits for every style of ``cfg``; write the outputs."""
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.postprocess import contact_sheet, fuse_and_rank, select_template, upscale
+
+    t_job = time.perf_counter()
+    resolved, styles, subject = check_inputs(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "generate_config.json")
+
+    timings: dict[str, float] = {}
+    analyzer = reference = fusion = None
+    if cfg.rank or cfg.fusion != "off":
+        from facechain.face import get_analyzer
+        from facechain.face.fusion import get_fusion
+
+        t0 = time.perf_counter()
+        analyzer = get_analyzer(cfg.face_backend)
+        reference = select_template(cfg.processed_dir, analyzer)
+        if cfg.fusion != "off":
+            fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model)
+        timings["template_s"] = time.perf_counter() - t0
+
+    generator = PortraitGenerator(cfg, resolved)
+    timings["load_s"] = generator.load_seconds
+    manifest: dict = {
+        "base_model": resolved.to_dict(),
+        "face_lora": str(cfg.lora_dir) if cfg.lora_dir else None,
+        "subject": {"trigger": subject[0], "attribute": subject[1]},
+        "template": {"file": reference.file, "reason": reference.reason} if reference else None,
+        "fusion": {"method": fusion.name if fusion else "off", "strength": cfg.fusion_strength},
+        "ranking": {"on": cfg.rank, "backend": getattr(analyzer, "name", None),
+                    "usable_face_frac": [cfg.min_face_frac, cfg.max_face_frac]},
+        "upscale": {"method": cfg.upscale, "factor": cfg.upscale_factor if cfg.upscale != "off" else 1},
+        "styles": [],
+        "timings": timings,
+    }
+    kept_files: list[Path] = []
+    sheet_images: list[np.ndarray] = []
+    sheet_captions: list[str] = []
+    for style in styles:
+        name = slug(style.path.stem)
+        try:
+            batch = generator.generate(style, subject)
+        except FacechainError as exc:  # one bad style never sinks the job
+            logger.error("style '%s' failed: %s", style.name, exc)
+            manifest["styles"].append({"style": style.name, "error": str(exc)})
+            continue
+        t0 = time.perf_counter()
+        images = [np.asarray(c.image.convert("RGB")) for c in batch.candidates]
+        scored = fuse_and_rank(
+            images, reference, analyzer, fusion=fusion, strength=cfg.fusion_strength, rank=cfg.rank,
+            min_face_frac=cfg.min_face_frac, max_face_frac=cfg.max_face_frac,
+        )
+        post_s = time.perf_counter() - t0
+        usable = [s for s in scored if s.dropped is None]
+        keep = usable[: cfg.num_images]
+        keep_idx = {s.index for s in keep}
+        entries = []
+        for s in sorted(scored, key=lambda s: s.index):
+            cand = batch.candidates[s.index]
+            cand_file = f"candidates/{name}_{s.index:03d}.png"
+            save_image(out / cand_file, s.image)
+            entries.append({
+                "index": s.index, "seed": cand.seed, "file": cand_file, "score": s.score, "kept": s.index in keep_idx,
+                "dropped": s.dropped, "fused": s.fused, "faces": s.faces, "face_size": s.face_size, **s.extra,
+            })
+            sheet_images.append(s.image)
+            tag = f"{s.score:.3f}" if s.score is not None else (s.dropped or "unranked")
+            sheet_captions.append(f"{style.name[:16]} #{s.index} s{cand.seed}\n{tag}")
+        kept_entries = []
+        for rank_no, s in enumerate(keep):
+            img = upscale(s.image, cfg.upscale_factor) if cfg.upscale == "lanczos" else s.image
+            path = out / f"{name}_{rank_no:02d}.png"
+            save_image(path, img)
+            kept_files.append(path)
+            kept_entries.append({"file": path.name, "index": s.index, "seed": batch.candidates[s.index].seed,
+                                 "score": s.score})
+        if len(keep) < cfg.num_images:
+            logger.warning(
+                "style '%s': kept %d of %d images; %d of %d candidates were dropped (reasons in manifest.json)",
+                style.name, len(keep), cfg.num_images, len(scored) - len(usable), len(scored),
+            )
+        manifest["styles"].append({
+            "style": style.name, "style_file": str(style.path), "prompt": batch.prompt,
+            "negative_prompt": batch.negative_prompt,
+            "multipliers": {"human": style.multiplier_human if cfg.lora_dir else None,
+                            "style": style.multiplier_style if style.has_lora else None},
+            "adapters": batch.adapters, "style_lora": style.model_id, "settings": batch.settings,
+            "kept": kept_entries, "candidates": entries,
+            "dropped": [{"index": e["index"], "seed": e["seed"], "reason": e["dropped"]} for e in entries if e["dropped"]],
+            "timings": {"generate_s": batch.seconds, "postprocess_s": post_s,
+                        "seconds_per_candidate": batch.seconds / max(1, len(batch.candidates))},
+        })
+    if not any("error" not in s for s in manifest["styles"]):
+        write_json(out / "manifest.json", manifest)
+        raise InputError(f"every style failed: {[s['error'] for s in manifest['styles']]}")
+    if cfg.contact_sheet and sheet_images:
+        save_image(out / "contact_sheet.png", contact_sheet(sheet_images, sheet_captions))
+    timings["total_s"] = time.perf_counter() - t_job
+    manifest["config"] = to_dict(cfg)
+    write_json(out / "manifest.json", manifest)
+    logger.info("wrote %d images, manifest.json and contact_sheet.png to %s", len(kept_files), out)
+    return JobResult(out, kept_files, manifest)

@@ -1,0 +1,290 @@
+"""Candidate generation: text-to-image or ControlNet (pose, pose + depth), face + style LoRA
+mixing through diffusers adapters, fast LCM mode, batching with one seed per candidate.
+
+    gen = PortraitGenerator(cfg)                  # loads the base model, face LoRA, ControlNets
+    batch = gen.generate(style, subject)          # -> StyleBatch with cfg.num_candidates images
+
+LoRA mixing (diffusers PEFT integration): the face LoRA is loaded once as adapter "face"; each
+style's LoRA is loaded as adapter "style"; ``set_adapters(["face", "style"], [multiplier_human,
+multiplier_style])`` weights them (FaceChain's weight-space merge W += m * scale * up @ down, done
+by peft), ``fuse_lora`` merges them into the weights so sampling runs at base-model speed, and
+``unfuse_lora`` restores the base weights before the next style. Fast mode adds LCM-LoRA as a third
+adapter at weight 1 and swaps in LCMScheduler (Luo et al. 2023, "LCM-LoRA", Sec. 3).
+
+Seeds: candidate i of a style uses ``torch.Generator().manual_seed(seed + i)`` for its own initial
+latents (one generator per image in the batch), so it is the same image whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facechain.errors import InputError, ModelNotFoundError
+from facechain.generate.config import (
+    DEFAULT_DEPTH_CONTROLNET,
+    DEFAULT_LCM_LORA,
+    DEFAULT_OPENPOSE_CONTROLNET,
+    GenerateConfig,
+)
+from facechain.generate.prompt import build_prompt, strip_weighting
+from facechain.models import ResolvedModel, load_pipeline, resolve_model, resolve_weights_file
+from facechain.styles import Style
+
+logger = logging.getLogger(__name__)
+
+FACE_ADAPTER, STYLE_ADAPTER, LCM_ADAPTER = "face", "style", "lcm"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated image before post-processing."""
+
+    index: int  # within its style, 0..num_candidates-1
+    seed: int
+    image: object  # PIL.Image.Image
+
+
+@dataclass(frozen=True)
+class StyleBatch:
+    """All candidates of one style and how they were made."""
+
+    style: Style
+    prompt: str
+    negative_prompt: str
+    adapters: dict[str, float]  # adapter name -> weight used
+    candidates: list[Candidate]
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+
+def resolve_device_dtype(device: str, dtype: str):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    return torch.device(device), getattr(torch, dtype)
+
+
+def check_face_lora(cfg: GenerateConfig) -> Path | None:
+    """The face LoRA file, or None when no lora_dir is set. Raises ModelNotFoundError with the fix."""
+    if cfg.lora_dir is None:
+        logger.warning("no lora_dir: generating without a face LoRA (likeness comes from fusion only)")
+        return None
+    folder = Path(cfg.lora_dir)
+    if not folder.is_dir():
+        raise ModelNotFoundError(
+            f"face LoRA folder {folder} (lora_dir) does not exist. Train one with `sh train_lora.sh ...` / "
+            "`facechain train`, then set lora_dir to its output folder."
+        )
+    path = folder / cfg.lora_file
+    if not path.is_file():
+        found = sorted(p.name for p in folder.glob("*.safetensors"))
+        raise ModelNotFoundError(
+            f"face LoRA folder {folder} has no {cfg.lora_file} (found: {found or 'no .safetensors files'}). "
+            "Set lora_file to the LoRA's file name, or point lora_dir at the trainer's output folder."
+        )
+    return path
+
+
+def _load_state_dict(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _load_controlnet(ref: str, dtype, what: str):
+    from diffusers import ControlNetModel
+
+    try:
+        return ControlNetModel.from_pretrained(ref, torch_dtype=dtype)
+    except (OSError, EnvironmentError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"{what} ControlNet '{ref}' could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
+            f"Download it on a machine with network access and set controlnet_{what} to the local folder."
+        ) from exc
+
+
+def estimate_depth(photo: np.ndarray, model: str) -> np.ndarray:
+    """Depth map (RGB uint8) of a pose photo with a transformers depth-estimation model (FaceChain: DPT-large)."""
+    from transformers import pipeline as hf_pipeline
+    from PIL import Image
+
+    try:
+        estimator = hf_pipeline("depth-estimation", model=model)
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"depth estimator '{model}' could not be loaded ({type(exc).__name__}). Download it on a machine with "
+            "network access and set depth_estimator to the local folder, or pass a ready depth_image."
+        ) from exc
+    depth = estimator(Image.fromarray(photo))["depth"]
+    return np.asarray(depth.convert("RGB"))
+
+
+class PortraitGenerator:
+    """Holds the loaded pipeline for one job; :meth:`generate` runs one style."""
+
+    def __init__(self, cfg: GenerateConfig, resolved: ResolvedModel | None = None):
+        import torch
+        from diffusers import DPMSolverMultistepScheduler, LCMScheduler
+
+        self.cfg = cfg
+        t0 = time.perf_counter()
+        self.device, self.dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        self.resolved = resolved or resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
+        self.family = self.resolved.family
+        face_lora = check_face_lora(cfg)
+        pipe = load_pipeline(self.resolved, torch_dtype=self.dtype, single_file_config=cfg.single_file_config)
+        if cfg.fast:
+            pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        else:
+            # DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Alg. 2), 2nd order multistep.
+            pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+                pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
+            )
+        self.adapters: dict[str, float] = {}
+        if face_lora is not None:
+            pipe.load_lora_weights(_load_state_dict(face_lora), adapter_name=FACE_ADAPTER)
+            self.adapters[FACE_ADAPTER] = 1.0
+        if cfg.fast:
+            ref = cfg.lcm_lora or DEFAULT_LCM_LORA[self.family]
+            path = resolve_weights_file(ref, filename="pytorch_lora_weights.safetensors", allow_pickle=cfg.allow_pickle,
+                                        what="LCM-LoRA")
+            pipe.load_lora_weights(_load_state_dict(path), adapter_name=LCM_ADAPTER)
+            self.adapters[LCM_ADAPTER] = 1.0
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.height = cfg.height or native
+        self.width = cfg.width or native
+        self.control_images: list = []
+        self.control_scales: list[float] = []
+        self.control_pipe = None
+        if cfg.pose is not None:
+            self._setup_control()
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.load_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ ControlNet
+
+    def _setup_control(self) -> None:
+        from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+        from PIL import Image
+
+        from facechain.poses import load_pose
+
+        cfg = self.cfg
+        pose_map, photo = load_pose(cfg.pose, (self.width, self.height), cfg.pose_annotator)
+        nets = [_load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family], self.dtype,
+                                 "openpose")]
+        images = [Image.fromarray(pose_map)]
+        scales = [cfg.pose_weight]
+        if cfg.depth:
+            if cfg.depth_image is not None:
+                depth = np.asarray(Image.open(cfg.depth_image).convert("RGB"))
+            elif photo is not None:
+                depth = estimate_depth(photo, cfg.depth_estimator)
+            else:
+                raise InputError(
+                    f"depth is on but pose '{cfg.pose}' is a skeleton map, which has no depth. Use a pose photo, "
+                    "pass a ready depth_image, or turn depth off."
+                )
+            nets.append(_load_controlnet(cfg.controlnet_depth or DEFAULT_DEPTH_CONTROLNET[self.family], self.dtype,
+                                         "depth"))
+            images.append(Image.fromarray(depth).resize((self.width, self.height), Image.BICUBIC))
+            scales.append(cfg.depth_weight)
+        if len(nets) > 1:
+            from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+            controlnet = MultiControlNetModel(nets)
+        else:
+            controlnet = nets[0]
+        cls = StableDiffusionXLControlNetPipeline if self.family == "sdxl" else StableDiffusionControlNetPipeline
+        self.control_pipe = cls.from_pipe(self.pipe, controlnet=controlnet.to(self.device))
+        self.control_pipe.set_progress_bar_config(disable=True)
+        self.control_images = images
+        self.control_scales = scales
+
+    # ------------------------------------------------------------------ LoRA mixing
+
+    def _activate(self, style: Style) -> dict[str, float]:
+        """Load the style LoRA (if any) and set adapter weights. Returns adapter -> weight."""
+        pipe = self.pipe
+        weights = dict(self.adapters)
+        if FACE_ADAPTER in weights:
+            weights[FACE_ADAPTER] = style.multiplier_human
+        if style.has_lora:
+            path = resolve_weights_file(style.lora_reference(), filename=style.bin_file, revision=style.revision,
+                                        allow_pickle=self.cfg.allow_pickle, what=f"style '{style.name}' LoRA")
+            pipe.load_lora_weights(_load_state_dict(path), adapter_name=STYLE_ADAPTER)
+            weights[STYLE_ADAPTER] = style.multiplier_style
+        if weights:
+            pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
+            if self.cfg.fuse_loras:
+                pipe.fuse_lora(adapter_names=list(weights), lora_scale=1.0)
+        return weights
+
+    def _deactivate(self, weights: dict[str, float]) -> None:
+        pipe = self.pipe
+        if weights and self.cfg.fuse_loras:
+            pipe.unfuse_lora()
+        if STYLE_ADAPTER in weights:
+            pipe.delete_adapters(STYLE_ADAPTER)
+
+    # ------------------------------------------------------------------ sampling
+
+    def generate(self, style: Style, subject: tuple[str, str]) -> StyleBatch:
+        """Generate ``cfg.num_candidates`` images of ``style`` for ``subject`` = (trigger, attribute phrase)."""
+        import torch
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        prompt = build_prompt(subject[0], subject[1], style.add_prompt_style, cfg.prompt)
+        negative = strip_weighting(cfg.negative_prompt, "negative_prompt")
+        steps = cfg.fast_steps if cfg.fast else cfg.steps
+        guidance = cfg.fast_guidance_scale if cfg.fast else cfg.guidance_scale
+        t0 = time.perf_counter()
+        weights = self._activate(style)
+        pipe = self.control_pipe or self.pipe
+        extra = {}
+        if self.control_pipe is not None:
+            if len(self.control_images) == 1:
+                extra = {"image": self.control_images[0], "controlnet_conditioning_scale": self.control_scales[0]}
+            else:
+                extra = {"image": self.control_images, "controlnet_conditioning_scale": self.control_scales}
+        gen_device = "cpu" if self.device.type == "mps" else self.device
+        candidates: list[Candidate] = []
+        try:
+            with tqdm(total=cfg.num_candidates, desc=f"style {style.name}", unit="img") as bar:
+                for start in range(0, cfg.num_candidates, cfg.batch_size):
+                    idx = list(range(start, min(start + cfg.batch_size, cfg.num_candidates)))
+                    seeds = [cfg.seed + i for i in idx]
+                    generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
+                    with torch.inference_mode():
+                        out = pipe(
+                            prompt=[prompt] * len(idx), negative_prompt=[negative] * len(idx),
+                            num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                            height=self.height, width=self.width, **extra,
+                        )
+                    candidates += [Candidate(i, s, img) for i, s, img in zip(idx, seeds, out.images)]
+                    bar.update(len(idx))
+        finally:
+            self._deactivate(weights)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        settings = {
+            "scheduler": type(pipe.scheduler).__name__, "steps": steps, "guidance_scale": guidance,
+            "height": self.height, "width": self.width, "batch_size": cfg.batch_size, "fused": cfg.fuse_loras,
+            "controlnets": ["openpose"] + (["depth"] if cfg.depth else []) if self.control_pipe is not None else [],
+            "controlnet_scales": self.control_scales, "family": self.family,
+        }
+        return StyleBatch(style, prompt, negative, weights, candidates, seconds, settings)

@@ -1,0 +1,235 @@
+"""Post-processing of generated candidates: face fusion, likeness ranking, outputs.
+
+    reference = select_template(processed_dir, analyzer)    # the best-quality processed photo
+    scored = rank(images, reference, analyzer, ...)          # -> list[Scored], best first, dropped last
+    contact_sheet(images, captions)                          # one PIL image of every candidate
+
+Ranking follows FaceChain (facechain/inference.py): a candidate is usable when it holds exactly
+one face whose side is within [min_face_frac, max_face_frac] of the image's short side (FaceChain:
+120-300 px at 512 px); usable candidates are scored by identity similarity to the template face
+and the best are kept. Unlike FaceChain, a dropped candidate is reported with its reason, never
+silently discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facechain.errors import InputError
+from facechain.face import Face, FaceAnalyzer, similarity
+from facechain.face.fusion import FusionMethod
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The template face: the best-quality processed photo and its detected face."""
+
+    image: np.ndarray  # RGB uint8
+    face: Face
+    file: str
+    reason: str  # how it was chosen
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One candidate after post-processing."""
+
+    index: int
+    image: np.ndarray  # RGB uint8, fused when fusion ran
+    score: float | None  # identity similarity to the template, None when dropped/unranked
+    dropped: str | None = None  # reason, None when usable
+    fused: bool = False
+    faces: int | None = None
+    face_size: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _sharpness(gray: np.ndarray) -> float:
+    """Variance of the Laplacian (Pertuz et al. 2013, focus measure LAP4): higher is sharper."""
+    import cv2
+
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _report_entries(report: object) -> list[dict]:
+    if isinstance(report, list):
+        return [e for e in report if isinstance(e, dict)]
+    if isinstance(report, dict):
+        for key in ("entries", "items", "photos", "inputs", "results"):
+            if isinstance(report.get(key), list):
+                return [e for e in report[key] if isinstance(e, dict)]
+    return []
+
+
+def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Reference:
+    """Pick the best-quality processed photo and detect its face.
+
+    Quality = detector score x sharpness: from report.json's ``scores`` (``detector_score`` and
+    ``blur``, the sharpness preprocessing measured) when every kept entry has them, else measured
+    here (detector score x variance of the Laplacian of the face crop). FaceChain uses its FQA
+    face-quality model for the same choice; this is the offline equivalent."""
+    folder = Path(processed_dir)
+    if not folder.is_dir():
+        raise InputError(f"processed_dir {folder} does not exist. Pass the output folder of `facechain preprocess`.")
+    ranked: list[tuple[float, Path]] = []
+    how = ""
+    report_path = folder / "report.json"
+    if report_path.is_file():
+        try:
+            entries = _report_entries(json.loads(report_path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError:
+            logger.warning("%s is not valid JSON; measuring photo quality instead", report_path)
+            entries = []
+        kept = [e for e in entries if e.get("status") == "kept" and e.get("output")]
+        scored = [
+            (float(e["scores"]["detector_score"]) * float(e["scores"]["blur"]), folder / e["output"])
+            for e in kept
+            if isinstance(e.get("scores"), dict) and {"detector_score", "blur"} <= set(e["scores"])
+        ]
+        if kept and len(scored) == len(kept):
+            ranked = sorted(scored, key=lambda t: -t[0])
+            how = "report.json detector_score x blur (sharpness)"
+    faces: dict[Path, tuple[np.ndarray, Face]] = {}
+    if not ranked:
+        files = sorted(p for p in folder.glob("*.png") if p.stem.isdigit() or p.stem[:3].isdigit())
+        if not files:
+            raise InputError(f"processed_dir {folder} holds no processed photos (NNN.png). Re-run preprocessing.")
+        for p in files:
+            img = _read_rgb(p)
+            found = analyzer.detect(img, max_faces=1)
+            if not found:
+                continue
+            f = found[0]
+            x1, y1, x2, y2 = [int(v) for v in np.clip(f.bbox, 0, [img.shape[1], img.shape[0]] * 2)]
+            gray = np.asarray(img[y1:y2, x1:x2].mean(axis=2), dtype=np.float32)
+            ranked.append((float(f.score) * _sharpness(gray) if gray.size else 0.0, p))
+            faces[p] = (img, f)
+        ranked.sort(key=lambda t: -t[0])
+        how = "detector score x face sharpness, measured"
+    for quality, path in ranked:
+        if path in faces:
+            img, face = faces[path]
+        else:
+            if not path.is_file():
+                continue
+            img = _read_rgb(path)
+            found = analyzer.detect(img, max_faces=1)
+            if not found:
+                continue
+            face = found[0]
+        logger.info("template face: %s (%s = %.3g)", path.name, how, quality)
+        return Reference(img, face, path.name, f"{how} = {quality:.4g}")
+    raise InputError(
+        f"no face found in any processed photo in {folder}, so there is no template face for fusion and ranking. "
+        "Re-run preprocessing, or set rank: false and fusion: off."
+    )
+
+
+def check_face(faces: list[Face], image_shape: tuple[int, ...], min_frac: float, max_frac: float) -> str | None:
+    """Why a candidate is unusable, or None: exactly one face of usable size (FaceChain's rule)."""
+    short = min(image_shape[:2])
+    if not faces:
+        return "no face detected"
+    if len(faces) > 1:
+        return f"{len(faces)} faces detected (need exactly one)"
+    size = faces[0].size
+    if size < min_frac * short:
+        return f"face too small: {size:.0f} px < {min_frac:.2f} x {short} px"
+    if size > max_frac * short:
+        return f"face too large: {size:.0f} px > {max_frac:.2f} x {short} px"
+    return None
+
+
+def fuse_and_rank(
+    images: list[np.ndarray],
+    reference: Reference | None,
+    analyzer: FaceAnalyzer | None,
+    *,
+    fusion: FusionMethod | None = None,
+    strength: float = 1.0,
+    rank: bool = True,
+    min_face_frac: float = 0.23,
+    max_face_frac: float = 0.59,
+) -> list[Scored]:
+    """Fuse (optional) then score every image; returns usable candidates best first, then dropped ones.
+
+    With ``rank=False`` nothing is dropped or scored and the order is the input order; faces are
+    still detected when fusion runs (a candidate without one usable face is left unfused, with a note)."""
+    from tqdm.auto import tqdm
+
+    if (rank or fusion is not None) and (reference is None or analyzer is None):
+        raise InputError("ranking and fusion need the template face (processed_dir) and a face analyzer.")
+    results: list[Scored] = []
+    for i, img in enumerate(tqdm(images, desc="fuse + rank", unit="img", disable=len(images) < 2)):
+        img = np.ascontiguousarray(img, dtype=np.uint8)
+        if not rank and fusion is None:
+            results.append(Scored(i, img, None))
+            continue
+        faces = analyzer.detect(img)
+        reason = check_face(faces, img.shape, min_face_frac, max_face_frac)
+        size = faces[0].size if faces else None
+        if reason is not None:
+            if rank:
+                results.append(Scored(i, img, None, dropped=reason, faces=len(faces), face_size=size))
+            else:
+                results.append(Scored(i, img, None, faces=len(faces), face_size=size, extra={"fusion_skipped": reason}))
+            continue
+        face = faces[0]
+        out, fused = img, False
+        if fusion is not None:
+            out = fusion.fuse(img, face, reference.image, reference.face, strength).image
+            fused = True
+        score = None
+        if rank:
+            emb = analyzer.embed(out, face) if fused else face.embedding
+            if emb is None:
+                emb = analyzer.embed(out, face)
+            score = float(similarity(np.asarray(emb), reference.face.embedding, backend=reference.face.backend))
+        results.append(Scored(i, out, score, fused=fused, faces=1, face_size=size))
+    if rank:
+        usable = sorted((r for r in results if r.dropped is None), key=lambda r: -r.score)
+        results = usable + [r for r in results if r.dropped is not None]
+    return results
+
+
+def contact_sheet(images: list[np.ndarray], captions: list[str], thumb: int = 192, columns: int = 5):
+    """Grid of thumbnails with a caption under each (PIL image)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not images:
+        raise InputError("contact sheet: no images")
+    columns = max(1, min(columns, len(images)))
+    rows = (len(images) + columns - 1) // columns
+    cap_h = 30
+    sheet = Image.new("RGB", (columns * thumb, rows * (thumb + cap_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for k, (img, cap) in enumerate(zip(images, captions)):
+        r, c = divmod(k, columns)
+        x, y = c * thumb, r * (thumb + cap_h)
+        sheet.paste(Image.fromarray(img).resize((thumb, thumb), Image.LANCZOS), (x, y))
+        for line_no, line in enumerate(cap.split("\n")[:2]):
+            draw.text((x + 3, y + thumb + 2 + 13 * line_no), line[:34], fill="black", font=font)
+    return sheet
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Plain Lanczos resampling by ``factor`` (bigger pixels, no new detail)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((w * factor, h * factor), Image.LANCZOS))

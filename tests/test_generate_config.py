@@ -1,0 +1,121 @@
+"""Generate config, prompt building, pose maps and the CLI flags (no model needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facechain.errors import InputError
+from facechain.generate.config import GenerateConfig, load_generate_config
+from facechain.generate.prompt import build_prompt, strip_weighting, subject_from_metadata
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_strip_a1111_weighting(caplog):
+    assert strip_weighting("(<fcsks>:10), a man") == "<fcsks>, a man"
+    assert strip_weighting("((masterpiece)), [blurry], (best quality:1.2), hires") == "masterpiece, blurry, best quality, hires"
+    assert strip_weighting(r"a \(literal\) bracket") == "a (literal) bracket"
+    assert "weighting syntax removed" in caplog.text
+    caplog.clear()
+    assert strip_weighting("plain words, no syntax") == "plain words, no syntax"
+    assert caplog.text == ""
+
+
+def test_subject_from_metadata_majority(tmp_path):
+    rows = [{"file_name": f"{i:03d}.png", "text": t} for i, t in
+            enumerate(["<fcsks>, a handsome man", "<fcsks>, a mature man", "<fcsks>, a handsome man"])]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert subject_from_metadata(tmp_path, "<x>") == ("<fcsks>", "a handsome man")
+    assert subject_from_metadata(None, "<x>") == ("<x>", "a person")
+    with pytest.raises(InputError, match="has no metadata.jsonl"):
+        subject_from_metadata(tmp_path / "nope", "<x>")
+    prompt = build_prompt("<fcsks>", "a handsome man", "(red scarf:1.3), snow", "smiling")
+    assert prompt == "<fcsks>, a handsome man, red scarf, snow, smiling"
+
+
+def test_config_relative_paths_and_overrides(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "lora").mkdir()
+    path = tmp_path / "cfg" / "bob.yaml"
+    path.write_text("base_model: owner/model\nlora_dir: ../lora\noutput_dir: out\nstyle_dirs: [../mystyles]\n"
+                    "pose: upper_body_front\nnum_images: 2\n")
+    cfg = load_generate_config(path, {"seed": 7, "output_dir": "elsewhere"}, base_dir=tmp_path)
+    assert cfg.base_model == "owner/model"  # a hub id stays a hub id
+    assert cfg.lora_dir == (tmp_path / "lora").resolve()
+    assert cfg.style_dirs == [(tmp_path / "mystyles").resolve()]
+    assert cfg.output_dir == (tmp_path / "elsewhere").resolve()
+    assert cfg.pose == "upper_body_front" and cfg.seed == 7 and cfg.num_images == 2
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("num_images: three", r"num_images: expected an integer, got 'three'"),
+    ("fast: yes please", r"fast: expected true or false"),
+    ("styles: Cyberpunk", r"styles: expected a list"),
+    ("fusion: magic", r"fusion: must be one of \['auto', 'swapper', 'landmark', 'off'\]"),
+    ("num_image: 3", r"unknown setting\(s\) \['num_image'\]"),
+    ("num_images: 20", r"num_images \(20\) is more than num_candidates \(10\)"),
+    ("height: 100", "height must be a positive multiple of 8"),
+])
+def test_config_field_errors(tmp_path, text, msg):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"base_model: owner/model\noutput_dir: out\n{text}\n")
+    with pytest.raises(InputError, match=msg):
+        load_generate_config(path)
+
+
+def test_shipped_configs_parse_and_document_every_field():
+    import yaml
+
+    fields = set(GenerateConfig.__dataclass_fields__)
+    example = load_generate_config(REPO / "configs" / "example.yaml")
+    assert example.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and example.steps == 40
+    raw = yaml.safe_load((REPO / "configs" / "example.yaml").read_text())
+    text = (REPO / "configs" / "example.yaml").read_text()
+    assert fields - set(raw) <= {"negative_prompt"} and "# negative_prompt" in text
+    demo = load_generate_config(REPO / "configs" / "demo.yaml")
+    assert demo.base_model == str((REPO / "runs" / "tiny-sd15").resolve())
+    assert demo.rank is False and demo.fusion == "off"
+
+
+def test_pose_maps_drawn_in_openpose_colours(tmp_path):
+    from facechain.poses import COLORS, is_pose_map, load_pose, named_poses, skeleton_fraction
+
+    assert {"upper_body_front", "full_body_standing"} <= set(named_poses())
+    pose, photo = load_pose("upper_body_front", (64, 64))
+    assert pose.shape == (64, 64, 3) and photo is None
+    full = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(REPO / "poses" / "upper_body_front.png").convert("RGB"))
+    assert is_pose_map(full) and skeleton_fraction(full) > 0.01
+    # keypoint discs carry OpenPose's keypoint colours: nose (0) red, neck (1) orange
+    assert tuple(full[int(0.33 * 512), 256]) == COLORS[0]
+    assert tuple(full[int(0.52 * 512), 256]) == COLORS[1]
+
+
+def test_pose_with_no_person_is_refused(tmp_path):
+    from facechain.io import save_image
+    from facechain.poses import load_pose
+
+    save_image(tmp_path / "black.png", np.zeros((128, 128, 3), np.uint8))
+    with pytest.raises(InputError, match="shows no person"):
+        load_pose(str(tmp_path / "black.png"), (64, 64))
+    with pytest.raises(InputError, match="neither an image file nor a pose name"):
+        load_pose("no_such_pose", (64, 64))
+
+
+def test_cli_flags_cover_every_field():
+    import argparse
+
+    from facechain.cli import generate as cli
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    args = p.parse_args(["--config", "x.yaml", "--num-images", "2", "--styles", "Cyberpunk", "Chef", "--no-rank",
+                         "--fusion", "landmark", "--height", "512"])
+    over = cli.overrides_from_args(args)
+    assert over == {"num_images": 2, "styles": ["Cyberpunk", "Chef"], "rank": False, "fusion": "landmark",
+                    "height": 512}
+    flags = {a.dest[4:] for a in p._actions if a.dest.startswith("set_")}
+    assert flags == set(GenerateConfig.__dataclass_fields__)

@@ -1,0 +1,190 @@
+"""Generation with tiny real-class models: config file -> images + manifest, LoRA mixing
+(fuse/unfuse), seeds, ControlNet pose + depth, SDXL + fast mode, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facechain.errors import InputError, ModelNotFoundError
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def _random_lora(model_dir: Path, out_dir: Path, seed: int, weight_name: str = "pytorch_lora_weights.safetensors",
+                 family: str = "sd15") -> Path:
+    """A LoRA on the tiny UNet made with peft (init_lora_weights=False: random, non-zero B)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGETS, init_lora_weights=False))
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    cls.save_lora_weights(str(out_dir), unet_lora_layers=get_peft_model_state_dict(unet), weight_name=weight_name)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def face_lora(tiny_sd15, tmp_path_factory):
+    return _random_lora(tiny_sd15, tmp_path_factory.mktemp("face_lora"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def style_dir(tiny_sd15, tmp_path_factory):
+    """A user styles folder with one style pointing at a local LoRA file beside it."""
+    folder = tmp_path_factory.mktemp("mystyles")
+    _random_lora(tiny_sd15, folder / "loras", seed=2, weight_name="ink.safetensors")
+    (folder / "ink.json").write_text(json.dumps({
+        "name": "Ink", "img": "", "model_id": "loras/ink.safetensors", "revision": None, "bin_file": None,
+        "multiplier_style": 0.35, "multiplier_human": 0.9, "add_prompt_style": "(ink drawing:1.3), black and white",
+    }))
+    return folder
+
+
+def _cfg(tiny, tmp_path, **kw):
+    from facechain.generate import GenerateConfig
+
+    base = dict(base_model=str(tiny), output_dir=tmp_path / "out", num_candidates=3, num_images=2, batch_size=2,
+                steps=2, rank=False, fusion="off", device="cpu", dtype="float32", styles=["Business suit"])
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def _pixels(batch):
+    return np.stack([np.asarray(c.image, dtype=np.int16) for c in batch.candidates])
+
+
+def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
+    from facechain.cli import main
+
+    cfg_path = tmp_path / "conf" / "user.yaml"
+    cfg_path.parent.mkdir()
+    cfg_path.write_text(
+        f"base_model: {tiny_sd15}\nlora_dir: {face_lora}\noutput_dir: ../out\nstyle_dirs: [{style_dir}]\n"
+        "styles: [Business suit, Ink]\nnum_candidates: 3\nnum_images: 2\nbatch_size: 2\nsteps: 2\nseed: 5\n"
+        "rank: false\nfusion: 'off'\ndevice: cpu\ndtype: float32\n"
+    )
+    assert main(["generate", "--config", str(cfg_path)]) == 0
+    out = tmp_path / "out"  # resolved against the config file's folder
+    kept = sorted(p.name for p in out.glob("*.png"))
+    assert kept == ["business_suit_00.png", "business_suit_01.png", "contact_sheet.png", "ink_00.png", "ink_01.png"]
+    assert len(list((out / "candidates").glob("*.png"))) == 6
+    man = json.loads((out / "manifest.json").read_text())
+    suit, ink = man["styles"]
+    assert suit["prompt"].startswith("<fcsks>, a person, wearing a tailored dark business suit")
+    assert ink["prompt"] == "<fcsks>, a person, ink drawing, black and white"  # weighting syntax stripped
+    assert suit["adapters"] == {"face": 0.95} and ink["adapters"] == {"face": 0.9, "style": 0.35}
+    assert ink["multipliers"] == {"human": 0.9, "style": 0.35}
+    assert [c["seed"] for c in ink["candidates"]] == [5, 6, 7]
+    assert [k["seed"] for k in ink["kept"]] == [5, 6]
+    assert suit["settings"]["scheduler"] == "DPMSolverMultistepScheduler" and suit["settings"]["steps"] == 2
+    assert "nsfw" in suit["negative_prompt"] and set(man["timings"]) >= {"load_s", "total_s"}
+    assert json.loads((out / "generate_config.json").read_text())["_type"] == "GenerateConfig"
+    from PIL import Image
+
+    assert Image.open(out / "ink_00.png").size == (64, 64)
+    # the same job through run_inference.py's entry point (the shipped demo config, tiny model path overridden)
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, str(repo / "run_inference.py"), "--config", str(repo / "configs" / "demo.yaml"),
+                          "--base-model", str(tiny_sd15), "--output-dir", str(tmp_path / "demo"), "--steps", "2",
+                          "--num-candidates", "2", "--num-images", "1", "--styles", "Chef"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "demo" / "chef_00.png").is_file() and (tmp_path / "demo" / "manifest.json").is_file()
+
+
+def test_seeds_batches_and_fusing_are_consistent(tiny_sd15, face_lora, tmp_path):
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import load_styles
+
+    style = load_styles().get("Chef", "sd15")
+    subject = ("<fcsks>", "a person")
+    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, lora_dir=face_lora, batch_size=3))
+    before = {k: v.clone() for k, v in gen.pipe.unet.state_dict().items() if "lora" not in k}
+    fused_batched = _pixels(gen.generate(style, subject))
+    after = {k: v for k, v in gen.pipe.unet.state_dict().items() if "lora" not in k}
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)  # unfused afterwards
+
+    plain = PortraitGenerator(_cfg(tiny_sd15, tmp_path, lora_dir=face_lora, batch_size=1, fuse_loras=False))
+    unfused_single = _pixels(plain.generate(style, subject))
+    assert np.abs(fused_batched - unfused_single).max() <= 2  # same images, numerics aside
+    assert np.abs(fused_batched[0] - fused_batched[1]).mean() > 1  # different seeds, different images
+
+    no_lora = PortraitGenerator(_cfg(tiny_sd15, tmp_path, batch_size=3))
+    assert np.abs(_pixels(no_lora.generate(style, subject)) - fused_batched).mean() > 0.5  # the LoRA acts
+
+
+def test_missing_lora_folder_and_unknown_style(tiny_sd15, tmp_path):
+    from facechain.generate.job import check_inputs
+
+    with pytest.raises(ModelNotFoundError, match=r"face LoRA folder .*nope \(lora_dir\) does not exist"):
+        check_inputs(_cfg(tiny_sd15, tmp_path, lora_dir=tmp_path / "nope"))
+    (tmp_path / "empty_lora").mkdir()
+    with pytest.raises(ModelNotFoundError, match="has no pytorch_lora_weights.safetensors"):
+        check_inputs(_cfg(tiny_sd15, tmp_path, lora_dir=tmp_path / "empty_lora"))
+    with pytest.raises(InputError, match="unknown style 'Nonexistent'"):
+        check_inputs(_cfg(tiny_sd15, tmp_path, styles=["Nonexistent"]))
+    with pytest.raises(InputError, match="need the template face from processed_dir"):
+        check_inputs(_cfg(tiny_sd15, tmp_path, rank=True))
+
+
+def test_pose_and_depth_controlnets(tiny_sd15, tmp_path):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.io import save_image
+    from facechain.styles import load_styles
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16))
+    with torch.no_grad():  # from_unet zero-initialises the output convs; give them weight so the pose acts
+        for p in cn.controlnet_down_blocks.parameters():
+            p.normal_(0, 0.5)
+        for p in cn.controlnet_mid_block.parameters():
+            p.normal_(0, 0.5)
+    cn.save_pretrained(tmp_path / "cn")
+    depth = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[:, None, None], (1, 64, 3))
+    save_image(tmp_path / "depth.png", depth)
+    style = load_styles().get("Chef", "sd15")
+    subject = ("<fcsks>", "a person")
+    plain = _pixels(PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=2)).generate(style, subject))
+    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=2, pose="upper_body_front",
+                                 controlnet_openpose=str(tmp_path / "cn")))
+    posed = gen.generate(style, subject)
+    assert type(gen.control_pipe).__name__ == "StableDiffusionControlNetPipeline"
+    assert posed.settings["controlnets"] == ["openpose"]
+    assert np.abs(_pixels(posed) - plain).mean() > 0.5
+    both = PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=2, pose="upper_body_front", depth=True,
+                                  depth_image=tmp_path / "depth.png", controlnet_openpose=str(tmp_path / "cn"),
+                                  controlnet_depth=str(tmp_path / "cn")))
+    out = both.generate(style, subject)
+    assert out.settings["controlnets"] == ["openpose", "depth"] and out.settings["controlnet_scales"] == [1.0, 0.5]
+    assert np.abs(_pixels(out) - _pixels(posed)).mean() > 0.5
+    with pytest.raises(InputError, match="skeleton map, which has no depth"):
+        PortraitGenerator(_cfg(tiny_sd15, tmp_path, pose="upper_body_front", depth=True,
+                               controlnet_openpose=str(tmp_path / "cn")))
+    with pytest.raises(ModelNotFoundError, match="openpose ControlNet"):
+        PortraitGenerator(_cfg(tiny_sd15, tmp_path, pose="upper_body_front", controlnet_openpose=str(tmp_path / "x")))
+
+
+def test_sdxl_fast_mode_with_lcm_lora(tiny_sdxl, tmp_path):
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import load_styles
+
+    lcm = _random_lora(tiny_sdxl, tmp_path / "lcm", seed=3, family="sdxl")
+    face = _random_lora(tiny_sdxl, tmp_path / "face", seed=4, family="sdxl")
+    gen = PortraitGenerator(_cfg(tiny_sdxl, tmp_path, fast=True, fast_steps=2, lcm_lora=str(lcm), lora_dir=face))
+    batch = gen.generate(load_styles().get("Cyberpunk", "sdxl"), ("<fcsks>", "a person"))
+    assert batch.settings["scheduler"] == "LCMScheduler" and batch.settings["family"] == "sdxl"
+    assert batch.adapters == {"face": 0.9, "lcm": 1.0}
+    assert len(batch.candidates) == 3 and batch.candidates[0].image.size == (64, 64)
