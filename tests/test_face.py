@@ -8,7 +8,7 @@ from facechain.face import SAME_PERSON_THRESHOLD, get_analyzer, similarity
 from facechain.face.align import FACE_CENTER_X, FACE_CENTER_Y, portrait_crop_transform, roll_degrees, warp_crop
 
 
-def _variant(img, angle=8.0, scale=0.85):
+def _variant(img, angle=8.0, scale=1.1):
     """The same photo re-shot: mirrored, rotated, rescaled, darker, JPEG-compressed."""
     import io
 

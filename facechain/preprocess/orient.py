@@ -1,11 +1,12 @@
-"""Step 2: pick the rotation (0/90/180/270 degrees) where the detector finds the best face."""
+"""Step 2: pick the rotation (0/90/180/270 degrees) where the detector finds the best face,
+and return that rotation's faces at a scale fine enough for the several-faces rule."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from facechain.face.types import FaceAnalyzer
+from facechain.face.types import Face, FaceAnalyzer
 
 ROTATIONS = (0, 90, 180, 270)  # counter-clockwise degrees applied to the photo
 
@@ -16,23 +17,56 @@ def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
 
 
 def resize_long(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
+    """Resize so the long side is ``long_side`` (down with INTER_AREA, up with INTER_LINEAR); return (image, scale)."""
     h, w = image.shape[:2]
     s = long_side / max(h, w)
-    if s >= 1:
+    if abs(s - 1) < 1e-3:
         return image, 1.0
-    return cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA), s
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=interp), s
 
 
-def best_rotation(image: np.ndarray, analyzer: FaceAnalyzer, orient_size: int = 640) -> tuple[int, float]:
-    """Return (degrees, best score). The score of a rotation is its best face's detector score
-    weighted by the face's relative size, so one clear face beats a weak false positive."""
-    small, _ = resize_long(image, orient_size)
-    best = (0, -np.inf)
+def _fit(image: np.ndarray, long_side: int, upscale: bool) -> tuple[np.ndarray, float]:
+    if not upscale and max(image.shape[:2]) <= long_side:
+        return image, 1.0
+    return resize_long(image, long_side)
+
+
+def _best(image: np.ndarray, analyzer: FaceAnalyzer, long_side: int, upscale: bool):
+    small, s = _fit(image, long_side, upscale)
+    best = None
     for deg in ROTATIONS:
-        faces = analyzer.detect(rotate(small, deg), embed=False, max_faces=3)
-        if not faces:
-            continue
-        score = max(f.score for f in faces)
-        if score > best[1]:
-            best = (deg, score)
+        rotated = rotate(small, deg)
+        faces = analyzer.detect(rotated, embed=False)
+        if faces and (best is None or max(f.score for f in faces) > best[1]):
+            best = (deg, max(f.score for f in faces), faces, rotated, s)
     return best
+
+
+def orient_and_detect(image: np.ndarray, analyzer: FaceAnalyzer, orient_size: int = 800,
+                      detect_size: int = 1024) -> tuple[int, list[Face], np.ndarray | None, float]:
+    """Return (rotation degrees, faces, the rotated image they were found in, its scale to the photo).
+
+    The rotation pass runs at ``orient_size`` (faces of at least min_face_px there: ~10% of the
+    photo's long side for dlib); if no rotation shows a face it is repeated at twice
+    ``detect_size``. The chosen rotation is then detected at ``detect_size`` (never upscaled), and
+    again enlarged when the largest face is small enough that a face a quarter of its area could
+    have been missed (the several-faces rule needs every face down to 1/4 of the largest's area)."""
+    best = _best(image, analyzer, orient_size, upscale=False)
+    if best is None:
+        best = _best(image, analyzer, 2 * detect_size, upscale=True)
+    if best is None:
+        return 0, [], None, 1.0
+    deg, _, faces, det, s = best
+    rotated = rotate(image, deg)
+    if max(det.shape[:2]) < min(detect_size, max(rotated.shape[:2])):  # the rotation pass ran smaller
+        det, s = _fit(rotated, detect_size, upscale=False)
+        faces = analyzer.detect(det, embed=False)
+    if faces and faces[0].size < 2 * analyzer.min_face_px:
+        # enlarge just enough that a face of half the largest's side is still detectable
+        factor = min(2 * analyzer.min_face_px / faces[0].size * 1.05, 4.0)
+        det2, s2 = resize_long(rotated, round(max(det.shape[:2]) * factor))
+        faces2 = analyzer.detect(det2, embed=False)
+        if faces2:
+            return deg, faces2, det2, s * factor
+    return deg, faces, det, s

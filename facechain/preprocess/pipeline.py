@@ -34,7 +34,7 @@ from facechain.preprocess.config import IMAGE_SUFFIXES, PreprocessConfig
 from facechain.preprocess.errors import NoPhotosKept, PhotoRejected
 from facechain.preprocess.identity import medoid_outliers
 from facechain.preprocess.load import load_photo
-from facechain.preprocess.orient import best_rotation, resize_long, rotate
+from facechain.preprocess.orient import orient_and_detect, rotate
 from facechain.preprocess.quality import check_quality, face_box_mask, laplacian_variance
 from facechain.preprocess.retouch import retouch_skin
 from facechain.preprocess.select import select_face
@@ -103,11 +103,9 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    degrees, _ = best_rotation(image, analyzer, cfg.orient_size)
+    degrees, faces, det, s = orient_and_detect(image, analyzer, cfg.orient_size, cfg.detect_size)
     image = rotate(image, degrees)
     entry.scores["rotation"] = degrees
-    det, s = resize_long(image, cfg.detect_size)
-    faces = analyzer.detect(det, embed=False)
     timings["detect"] = time.perf_counter() - t
     face = select_face(faces, cfg.several_faces_ratio)
 

@@ -42,6 +42,7 @@ def onnx_providers() -> list[str]:
 class InsightFaceAnalyzer:
     name = "insightface"
     has_attributes = True
+    min_face_px = 16  # SCRFD's smallest anchor at the detection size
 
     def __init__(self, pack: str = "buffalo_l", det_size: int = 640):
         if pack not in PACKS:

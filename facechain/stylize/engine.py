@@ -1,0 +1,373 @@
+"""The shared stylization engine: a loaded pipeline (base model + LoRAs, identical in inversion
+and sampling), image preparation, VAE encode/decode, prompt conditioning for SD1.5 and SDXL,
+cached inversion, and one sampling loop over a batch of named branches.
+
+Branches are latents processed side by side in one UNet batch. A *replayed* branch is reset
+at every step to its inversion trajectory (MasaCtrl / Portrait Diffusion's "source" rows: their
+attention features are those of the real image, with no stored Q/K/V); a *free* branch is
+denoised by the schedule. Methods differ only in their branches, their attention policy and
+their per-step update.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from facechain.errors import InputError
+from facechain.stylize.attention import AttentionController
+from facechain.stylize.config import LCM_LORA_FILE, LCM_LORAS, StylizeConfig
+from facechain.stylize.inversion import InversionCache, Schedule, Trajectory, digest, file_digest, invert, make_schedule
+from facechain.stylize.masks import MaskLike, load_mask
+
+logger = logging.getLogger(__name__)
+
+ImageLike = str | os.PathLike | np.ndarray
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An RGB image at the working size, with its mask (if any) carried along."""
+
+    array: np.ndarray  # (H, W, 3) uint8
+    source: str
+    mask: torch.Tensor | None = None  # (H, W) binary float at the working size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.array.shape[1], self.array.shape[0]
+
+    @property
+    def digest(self) -> str:
+        return digest(torch.from_numpy(np.ascontiguousarray(self.array)))
+
+
+def read_image(image: ImageLike, what: str) -> tuple[np.ndarray, str]:
+    """RGB uint8 array from a path or array, with an InputError naming ``what`` if unreadable."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"{what} image {path} does not exist.")
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        except Exception as exc:
+            raise InputError(f"{what} image {path} could not be read: {exc}") from exc
+        return arr, str(path)
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise InputError(f"{what} image array must be (H, W, 3) RGB, got shape {arr.shape}.")
+    if arr.dtype != np.uint8:
+        raise InputError(f"{what} image array must be uint8 (0-255), got {arr.dtype}.")
+    return np.ascontiguousarray(arr[..., :3]), f"array{tuple(arr.shape)}"
+
+
+def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """Long side = ``resolution``, short side rounded to a multiple of 64 (>= 64): latents of
+    every SD UNet level then have whole sizes."""
+    scale = resolution / max(width, height)
+    w, h = (max(64, round(width * scale / 64) * 64), max(64, round(height * scale / 64) * 64))
+    return (resolution if width >= height else w, resolution if height > width else h)
+
+
+def _center_crop_box(w: int, h: int, aspect: float) -> tuple[int, int, int, int]:
+    """Largest centred box of aspect width/height = ``aspect``."""
+    if w / h > aspect:
+        cw = round(h * aspect)
+        left = (w - cw) // 2
+        return left, 0, left + cw, h
+    ch = round(w / aspect)
+    top = (h - ch) // 2
+    return 0, top, w, top + ch
+
+
+def prepare_image(image: ImageLike, size: tuple[int, int] | None, resolution: int, what: str,
+                  mask: MaskLike | None = None) -> PreparedImage:
+    """Read ``image``, centre-crop it to the aspect of ``size`` (default: its own working size)
+    and resize; ``mask`` (checked against the image's original size) goes the same way."""
+    from PIL import Image
+
+    arr, source = read_image(image, what)
+    h0, w0 = arr.shape[:2]
+    m = load_mask(mask, (w0, h0), f"{what} mask") if mask is not None else None
+    size = size or working_size(w0, h0, resolution)
+    box = _center_crop_box(w0, h0, size[0] / size[1])
+    pil = Image.fromarray(arr).crop(box)
+    out = np.asarray(pil.resize(size, Image.LANCZOS)) if pil.size != size else np.asarray(pil)
+    if m is not None:
+        left, top, right, bottom = box
+        mc = m[top:bottom, left:right]
+        mc = torch.nn.functional.interpolate(mc[None, None], size=(size[1], size[0]), mode="nearest")[0, 0]
+        if not bool(mc.any()):
+            raise InputError(f"{what} mask is empty after cropping/resizing the image to {size[0]}x{size[1]}; "
+                             "mark a larger region or use an image of the content's aspect ratio.")
+        m = mc
+    return PreparedImage(np.ascontiguousarray(out), source, m)
+
+
+# --------------------------------------------------------------------------- conditioning
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning of one prompt (and its negative), ready to tile over a batch."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    added: dict | None = None  # SDXL: {"text_embeds", "time_ids"} for cond
+    added_uncond: dict | None = None
+
+    def batch(self, n: int, cfg: bool) -> tuple[torch.Tensor, dict | None]:
+        parts = ([self.uncond] * n if cfg else []) + [self.cond] * n
+        emb = torch.cat(parts)
+        if self.added is None:
+            return emb, None
+        keys = self.added.keys()
+        src = ([self.added_uncond] * n if cfg else []) + [self.added] * n
+        return emb, {k: torch.cat([s[k] for s in src]) for k in keys}
+
+
+@dataclass
+class Branch:
+    name: str
+    init: torch.Tensor  # (C, h, w) latent at step 0
+    replay: Trajectory | None = None  # replayed from this trajectory at every step
+
+
+Update = Callable[[int, dict, dict], dict]  # (step, latents by branch, eps by branch) -> new free latents
+
+
+@dataclass
+class Counters:
+    unet_calls: int = 0
+    unet_images: int = 0  # single-image UNet passes (batch rows)
+    invert_seconds: float = 0.0
+    sample_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Engine:
+    """A loaded model ready to invert and sample. Build once, stylize many times: the
+    inversion cache lives here."""
+
+    def __init__(self, cfg: StylizeConfig, pipe=None):
+        from facechain.models import load_pipeline, resolve_model
+
+        self.device = pick_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        if pipe is None:
+            resolved = resolve_model(cfg.model, cfg.revision, cfg.subfolder, allow_pickle=cfg.allow_pickle)
+            pipe = load_pipeline(resolved, torch_dtype=self.dtype)
+            self.family = resolved.family
+            self.model_id = f"{resolved.reference}@{cfg.revision or ''}/{cfg.subfolder or ''}:{resolved.path}"
+        else:
+            self.family = "sdxl" if type(pipe).__name__.startswith("StableDiffusionXL") else "sd15"
+            self.model_id = f"pipe:{id(pipe)}"
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        self.fast = cfg.fast
+        self.impl = cfg.attention
+        self.lora_signature = self._load_loras(cfg)
+        self.cache = InversionCache(cfg.cache_dir)
+        self.counters = Counters()
+        self._schedules: dict = {}
+        self._conds: dict = {}
+        self.unet.eval()
+
+    def matches(self, cfg: StylizeConfig) -> bool:
+        """Whether this engine was built for ``cfg``'s model, LoRAs, fast mode and device."""
+        return getattr(self, "_cfg_key", None) == _engine_key(cfg)
+
+    # -- LoRAs
+    def _load_loras(self, cfg: StylizeConfig) -> list:
+        from facechain.models import resolve_weights_file
+
+        self._cfg_key = _engine_key(cfg)
+        names, weights, signature = [], [], []
+        refs = list(cfg.loras)
+        scales = list(cfg.lora_scales) or [1.0] * len(refs)
+        if cfg.fast:
+            lcm_ref = cfg.fast_lora or LCM_LORAS[self.family]
+            refs.append(lcm_ref)
+            scales.append(1.0)
+        for i, (ref, scale) in enumerate(zip(refs, scales)):
+            is_lcm = cfg.fast and i == len(refs) - 1
+            path = resolve_weights_file(
+                ref, filename=None if Path(ref).expanduser().exists() else LCM_LORA_FILE,
+                allow_pickle=cfg.allow_pickle, what="LCM-LoRA" if is_lcm else "LoRA",
+            )
+            name = "lcm" if is_lcm else f"lora_{i}"
+            try:
+                self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+            except Exception as exc:
+                raise InputError(
+                    f"{'LCM-LoRA' if is_lcm else 'LoRA'} {path} could not be loaded into the {self.family} model: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}. "
+                    "Pass a diffusers-format LoRA trained for this base model family."
+                ) from exc
+            names.append(name)
+            weights.append(float(scale))
+            signature.append((file_digest(path), float(scale)))
+            logger.info("loaded %s %s (weight %.2f)", "LCM-LoRA" if is_lcm else "LoRA", path, scale)
+        if names:
+            self.pipe.set_adapters(names, adapter_weights=weights)
+        return signature
+
+    # -- schedule, conditioning
+    def schedule(self, steps: int) -> Schedule:
+        kind = "lcm" if self.fast else "ddim"
+        if (kind, steps) not in self._schedules:
+            self._schedules[(kind, steps)] = make_schedule(dict(self.pipe.scheduler.config), steps, kind)
+        return self._schedules[(kind, steps)]
+
+    @torch.no_grad()
+    def conditioning(self, prompt: str, negative_prompt: str, size: tuple[int, int]) -> Conditioning:
+        key = (prompt, negative_prompt, size)
+        if key in self._conds:
+            return self._conds[key]
+        pipe = self.pipe
+        if self.family == "sdxl":
+            pe, ne, pooled, npooled = pipe.encode_prompt(
+                prompt=prompt, device=self.device, num_images_per_prompt=1,
+                do_classifier_free_guidance=True, negative_prompt=negative_prompt,
+            )
+            w, h = size
+            # SDXL micro-conditioning (Podell et al. 2023, Sec. 2.2): original size, crop (0, 0), target size.
+            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=pe.dtype)
+            cond = Conditioning(pe, ne, {"text_embeds": pooled, "time_ids": time_ids},
+                                {"text_embeds": npooled, "time_ids": time_ids})
+        else:
+            pe, ne = pipe.encode_prompt(prompt, self.device, 1, True, negative_prompt)
+            cond = Conditioning(pe, ne)
+        self._conds[key] = cond
+        return cond
+
+    def eps(self, x: torch.Tensor, t: int, emb: torch.Tensor, added: dict | None) -> torch.Tensor:
+        self.counters.unet_calls += 1
+        self.counters.unet_images += x.shape[0]
+        kwargs = {"added_cond_kwargs": added} if added is not None else {}
+        return self.unet(x, t, encoder_hidden_states=emb, **kwargs).sample
+
+    # -- VAE
+    @torch.no_grad()
+    def encode(self, image: PreparedImage) -> torch.Tensor:
+        """Clean latent (C, h, w): the VAE posterior mean times the scaling factor (Portrait Diffusion, MasaCtrl)."""
+        x = torch.from_numpy(image.array).to(self.device, self.dtype).permute(2, 0, 1)[None] / 127.5 - 1.0
+        z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+        return z[0]
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> np.ndarray:
+        x = self.vae.decode(z[None].to(self.dtype) / self.vae.config.scaling_factor).sample[0]
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(1, 2, 0).cpu().numpy()
+
+    # -- inversion
+    def inversion_key(self, image: PreparedImage, prompt: str, steps: int) -> str:
+        sched = self.schedule(steps)
+        return digest("v1", image.digest, self.model_id, sched.signature(), prompt, self.lora_signature,
+                      str(self.dtype), self.impl)
+
+    @torch.no_grad()
+    def invert(self, image: PreparedImage, prompt: str, steps: int, progress: bool = True) -> Trajectory:
+        """The image's trajectory under ``prompt`` (conditional branch only, guidance 1, as all seed methods)."""
+        key = self.inversion_key(image, prompt, steps)
+        traj = self.cache.get(key, self.device)
+        if traj is not None:
+            logger.debug("inversion cache hit for %s", image.source)
+            return traj
+        start = time.perf_counter()
+        z0 = self.encode(image)
+        cond = self.conditioning(prompt, "", image.size)
+        emb, added = cond.batch(1, cfg=False)
+        with AttentionController(self.unet, ("image",), None, impl=self.impl):
+            traj = invert(lambda x, t: self.eps(x, t, emb, added), z0, self.schedule(steps), progress)
+        self.counters.invert_seconds += time.perf_counter() - start
+        self.cache.put(key, traj, {"image": image.source, "prompt": prompt, "steps": steps})
+        return traj
+
+    # -- sampling
+    @torch.no_grad()
+    def sample(self, branches: list[Branch], cond: Conditioning, steps: int, guidance_scale: float,
+               controller: AttentionController | None = None, update: Update | None = None,
+               after_step: Callable[[int, dict], None] | None = None, progress: bool = True,
+               before_step: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+        """Denoise the free branches; returns each branch's final latent (C, h, w).
+
+        ``update(step, x, eps)`` replaces the default per-branch schedule step;
+        ``after_step(step, latents)`` may edit free latents in place (e.g. latent blending);
+        ``before_step(step)`` runs before each UNet call (e.g. to arm a feature hook)."""
+        sched = self.schedule(steps)
+        cfg = guidance_scale > 1.0
+        names = [b.name for b in branches]
+        latents = {b.name: b.init for b in branches}
+        emb, added = cond.batch(len(branches), cfg)
+        start = time.perf_counter()
+        if controller is not None:
+            controller.halves = 2 if cfg else 1
+        for i in tqdm(range(len(sched)), desc="sample", disable=not progress, leave=False):
+            for b in branches:
+                if b.replay is not None:
+                    latents[b.name] = b.replay.at_step(i)
+            x = torch.stack([latents[n] for n in names])
+            x_in = torch.cat([x, x]) if cfg else x
+            if controller is not None:
+                controller.step = i
+            if before_step is not None:
+                before_step(i)
+            out = self.eps(x_in, sched.timesteps[i], emb, added)
+            if cfg:
+                uncond, text = out.chunk(2)
+                out = uncond + guidance_scale * (text - uncond)
+            eps = {n: out[j] for j, n in enumerate(names)}
+            xs = {n: x[j] for j, n in enumerate(names)}
+            if update is not None:
+                new = update(i, xs, eps)
+            else:
+                new = {b.name: sched.step(eps[b.name], i, xs[b.name]) for b in branches if b.replay is None}
+            latents.update(new)
+            if after_step is not None:
+                after_step(i, latents)
+        if controller is not None:
+            controller.step = None
+        self.counters.sample_seconds += time.perf_counter() - start
+        for b in branches:
+            if b.replay is not None:
+                latents[b.name] = b.replay.latents[0]
+        return latents
+
+
+def _engine_key(cfg: StylizeConfig) -> tuple:
+    return (cfg.model, cfg.revision, cfg.subfolder, tuple(cfg.loras), tuple(cfg.lora_scales), cfg.fast,
+            cfg.fast_lora, cfg.device, cfg.dtype, cfg.attention, str(cfg.cache_dir))

@@ -1,0 +1,148 @@
+"""Resumable training checkpoints, written atomically and without pickle.
+
+``OUTPUT_DIR/checkpoints/step-000100/`` holds
+
+* ``lora.safetensors``: the LoRA factors (peft keys, prefixed by component),
+* ``optimizer.safetensors``: every AdamW state tensor (``state.<param>.<name>``),
+* ``rng.safetensors``: the state of the training random generator (one per process),
+* ``state.json``: step, likeness score, optimizer param groups, lr-scheduler state, config.
+
+The folder is assembled under a temporary name and renamed into place, so a folder named
+``step-*`` is always complete; a kill leaves at most a ``.tmp-*`` folder, removed on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from facechain.io import save_safetensors, write_json
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    score: float | None
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints, oldest first."""
+    root = Path(output_dir) / CHECKPOINTS
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _STEP_RE.match(p.name)
+            if m and (p / "state.json").is_file():
+                state = json.loads((p / "state.json").read_text())
+                found.append(Checkpoint(p, int(m[1]), state.get("score")))
+    return sorted(found, key=lambda c: c.step)
+
+
+def remove_partial(output_dir: Path) -> None:
+    root = Path(output_dir) / CHECKPOINTS
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-"):
+                logger.info("removing incomplete checkpoint %s left by an interrupted run", p.name)
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def staging_dir(output_dir: Path, step: int) -> Path:
+    path = Path(output_dir) / CHECKPOINTS / f".tmp-step-{step:06d}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_rng(staging: Path, gen: torch.Generator, process_index: int) -> None:
+    save_safetensors(staging / f"rng-{process_index}.safetensors", {"cpu_generator": gen.get_state()})
+
+
+def read_rng(ckpt: Path, gen: torch.Generator, process_index: int) -> None:
+    from safetensors.torch import load_file
+
+    gen.set_state(load_file(str(ckpt / f"rng-{process_index}.safetensors"))["cpu_generator"])
+
+
+def optimizer_to_safetensors(opt_state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON param groups."""
+    tensors = {}
+    for pid, st in opt_state["state"].items():
+        for name, value in st.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{pid}.{name}"] = t
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt_state["param_groups"]]
+    return tensors, groups
+
+
+def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
+    return {"state": state, "param_groups": groups}
+
+
+def finalize(staging: Path, output_dir: Path, step: int, lora_flat: dict, opt_state: dict, sched_state: dict,
+             score: float | None, extra: dict) -> Path:
+    """Write the main-process files into ``staging`` and rename it to ``step-NNNNNN``."""
+    save_safetensors(staging / "lora.safetensors", lora_flat)
+    tensors, groups = optimizer_to_safetensors(opt_state)
+    save_safetensors(staging / "optimizer.safetensors", tensors)
+    sched = {k: v for k, v in sched_state.items() if _jsonable(v)}
+    write_json(staging / "state.json", {"step": step, "score": score, "optimizer_param_groups": groups,
+                                        "lr_scheduler": sched, **extra})
+    final = checkpoint_dir(output_dir, step)
+    if final.exists():  # re-reached after a resume from an earlier checkpoint
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return final
+
+
+def read_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(state.json, flat LoRA tensors, optimizer state dict)."""
+    from safetensors.torch import load_file
+
+    state = json.loads((ckpt / "state.json").read_text())
+    lora = load_file(str(ckpt / "lora.safetensors"))
+    opt = optimizer_from_safetensors(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer_param_groups"])
+    return state, lora, opt
+
+
+def prune(output_dir: Path, limit: int | None, keep: set[int]) -> None:
+    """Keep at most ``limit`` checkpoints: the latest and the best-scoring (``keep`` is never removed)."""
+    if limit is None:
+        return
+    ckpts = list_checkpoints(output_dir)
+    if len(ckpts) <= limit:
+        return
+    latest = ckpts[-1].step
+    removable = [c for c in ckpts if c.step != latest and c.step not in keep]
+    removable.sort(key=lambda c: (c.score is not None, c.score or 0.0, c.step))  # worst, then oldest first
+    for c in removable[: len(ckpts) - limit]:
+        shutil.rmtree(c.path, ignore_errors=True)
+
+
+def _jsonable(v) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False

@@ -1,0 +1,112 @@
+"""TrainConfig: every setting of a face-LoRA training run, validated on creation and saved
+as ``train_config.json`` beside the LoRA it produced.
+
+Defaults reproduce FaceChain's ``train_lora.sh`` (see the FaceChain reference notes): rank 4,
+learning rate 1.5e-4 with a cosine schedule and no warm-up, batch 1, 512 px, 200 steps per kept
+photo, seed 42, fp32, text encoder frozen, random horizontal flip and FaceCrop augmentation,
+checkpoints every 100 steps (FaceChain's "validate & ensemble" interval, Aug-Sep 2023).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from facechain.errors import InputError
+
+MixedPrecision = Literal["no", "fp16", "bf16"]
+ValidationBackend = Literal["auto", "dlib", "insightface", "none"]
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+# Settings that may change between a killed run and its resume without changing the result.
+RESUME_MUTABLE = ("resume", "checkpoints_total_limit", "allow_pickle", "single_file_config")
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one face-LoRA training run (see ``docs/train.md``)."""
+
+    base_model: str = field(metadata=_h("base model: hub id, ModelScope id, local diffusers folder or .safetensors checkpoint"))
+    train_data_dir: str = field(metadata=_h("processed folder (NNN.png + metadata.jsonl) written by `facechain preprocess`"))
+    output_dir: str = field(metadata=_h("folder for the LoRA, checkpoints, train_config.json and train_log.jsonl"))
+    revision: str = field(default="", metadata=_h("model revision (hub branch/tag, ModelScope version such as v2.0); '' for the default"))
+    sub_path: str = field(default="", metadata=_h("sub folder or file inside the model ('' for none), e.g. film/film"))
+    resolution: int = field(default=512, metadata=_h("training resolution in pixels (square; divisible by 8). FaceChain: 512"))
+    rank: int = field(default=4, metadata=_h("LoRA rank. FaceChain: 4"))
+    lora_alpha: float | None = field(default=None, metadata=_h("LoRA alpha; the update is scaled by alpha/rank. Default: equal to rank (scale 1, as FaceChain)"))
+    target_modules: list[str] = field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        metadata=_h("UNet attention projections that get a LoRA. FaceChain: to_q, to_k, to_v, to_out.0"),
+    )
+    train_text_encoder: bool = field(default=False, metadata=_h("also train a LoRA on the text encoder(s) (q/k/v/out projections). FaceChain: off"))
+    init_lora: str = field(default="", metadata=_h("start from this LoRA (.safetensors, diffusers or kohya keys, same rank). FaceChain starts from a generic face LoRA"))
+    learning_rate: float = field(default=1.5e-4, metadata=_h("AdamW learning rate. FaceChain: 1.5e-4"))
+    lr_scheduler: str = field(default="cosine", metadata=_h(f"learning-rate schedule, one of {list(LR_SCHEDULERS)}. FaceChain: cosine"))
+    lr_warmup_steps: int = field(default=0, metadata=_h("warm-up steps. FaceChain: 0"))
+    adam_weight_decay: float = field(default=1e-2, metadata=_h("AdamW weight decay (diffusers training-script default)"))
+    max_grad_norm: float = field(default=1.0, metadata=_h("gradient clipping norm (diffusers training-script default)"))
+    train_batch_size: int = field(default=1, metadata=_h("images per step. FaceChain: 1"))
+    steps_per_image: int = field(default=200, metadata=_h("training steps per kept photo (FaceChain's 200 epochs at batch 1)"))
+    max_train_steps: int = field(default=800, metadata=_h("cap on the number of steps: steps = min(steps_per_image x photos / batch, max_train_steps)"))
+    seed: int = field(default=42, metadata=_h("seed of augmentation, noise and timesteps. FaceChain: 42"))
+    mixed_precision: MixedPrecision = field(default="no", metadata=_h("'no' (fp32, FaceChain), 'fp16' (GPU only) or 'bf16'; frozen weights in that dtype, LoRA weights in fp32"))
+    gradient_checkpointing: bool = field(default=False, metadata=_h("recompute UNet activations in the backward pass (less memory, ~30% slower)"))
+    random_flip: bool = field(default=True, metadata=_h("horizontal flip augmentation. FaceChain: on"))
+    face_crop: bool = field(default=True, metadata=_h("FaceChain's FaceCrop augmentation (face-size ratio U[0.35,0.45], face centre y U[0.35,0.5])"))
+    aug_variants: int = field(default=16, metadata=_h("augmented variants per photo, encoded once and cached (VAE latents); steps sample from this pool"))
+    checkpointing_steps: int = field(default=100, metadata=_h("write a resumable checkpoint (and score it) every N steps; the last step is always saved"))
+    checkpoints_total_limit: int | None = field(default=None, metadata=_h("keep at most this many checkpoints (lowest-scoring/oldest removed); None keeps all"))
+    resume: bool = field(default=False, metadata=_h("continue the run in output_dir from its latest complete checkpoint"))
+    validation: ValidationBackend = field(default="auto", metadata=_h("face backend that scores checkpoints ('none': no scoring, the last step is the result)"))
+    validation_prompt: str = field(default="", metadata=_h("prompt of the validation portraits ('': the training caption)"))
+    num_validation_images: int = field(default=2, metadata=_h("validation portraits per checkpoint"))
+    validation_inference_steps: int = field(default=20, metadata=_h("sampling steps of each validation portrait"))
+    ensemble_top_k: int = field(default=1, metadata=_h("final LoRA = average of the k best-scoring checkpoints (FaceChain's ensemble used 10); 1 = the best"))
+    allow_pickle: bool = field(default=False, metadata=_h("allow pickle checkpoints (.ckpt/.bin/.pt) for the base model; only for trusted files"))
+    single_file_config: str = field(default="", metadata=_h("diffusers folder (or hub id) describing a single-file checkpoint's architecture ('' = the family's reference repo)"))
+
+    def __post_init__(self) -> None:
+        if not self.base_model:
+            raise InputError("base_model is empty. Pass a hub id, a local diffusers folder or a .safetensors checkpoint.")
+        if self.resolution <= 0 or self.resolution % 8:
+            raise InputError(
+                f"`resolution` has to be a positive multiple of 8 (the VAE downsamples by 8) but is {self.resolution}. "
+                f"Use e.g. {max(8, round(self.resolution / 8) * 8)}."
+            )
+        for name in ("rank", "train_batch_size", "steps_per_image", "max_train_steps", "aug_variants",
+                     "checkpointing_steps", "num_validation_images", "validation_inference_steps", "ensemble_top_k"):
+            value = getattr(self, name)
+            if value < 1:
+                raise InputError(f"`{name}` has to be at least 1 but is {value}.")
+        if self.lr_warmup_steps < 0:
+            raise InputError(f"`lr_warmup_steps` has to be >= 0 but is {self.lr_warmup_steps}.")
+        if self.learning_rate <= 0:
+            raise InputError(f"`learning_rate` has to be positive but is {self.learning_rate}.")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise InputError(f"`lora_alpha` has to be positive but is {self.lora_alpha}.")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise InputError(f"unknown lr_scheduler {self.lr_scheduler!r}. Choose between {list(LR_SCHEDULERS)}.")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise InputError(f"unknown mixed_precision mode {self.mixed_precision!r}. Choose between ['no', 'fp16', 'bf16'].")
+        if self.validation not in ("auto", "dlib", "insightface", "none"):
+            raise InputError(f"unknown validation backend {self.validation!r}. Choose between ['auto', 'dlib', 'insightface', 'none'].")
+        if not self.target_modules:
+            raise InputError("`target_modules` is empty; name at least one UNet module, e.g. to_q.")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < self.ensemble_top_k:
+            raise InputError(
+                f"`checkpoints_total_limit` ({self.checkpoints_total_limit}) is below `ensemble_top_k` ({self.ensemble_top_k}); "
+                "the ensemble needs that many checkpoints. Raise the limit or lower ensemble_top_k."
+            )
+
+    @property
+    def alpha(self) -> float:
+        return float(self.rank if self.lora_alpha is None else self.lora_alpha)
+
+    def num_steps(self, num_images: int) -> int:
+        """FaceChain rule: 200 epochs over the kept photos at batch 1, capped by ``max_train_steps``."""
+        per_epoch = -(-num_images // self.train_batch_size)
+        return max(1, min(self.steps_per_image * per_epoch, self.max_train_steps))

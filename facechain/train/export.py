@@ -1,0 +1,161 @@
+"""LoRA weights in and out: peft state dicts per component, the diffusers file
+(``pytorch_lora_weights.safetensors``, loadable with ``pipe.load_lora_weights``) and the kohya
+file (``*_kohya.safetensors``, the ``lora_unet_*.lora_down/lora_up/alpha`` keys that A1111,
+ComfyUI and kohya's sd-scripts use).
+
+Internally a LoRA is ``{"unet": peft_sd, "text_encoder": peft_sd, "text_encoder_2": peft_sd}``
+where ``peft_sd`` is :func:`peft.get_peft_model_state_dict` of that model (keys
+``<module>.lora_A.weight`` / ``<module>.lora_B.weight``).
+
+Kohya naming: SD1.5-family UNets keep the diffusers module path (kohya's sd-scripts build SD1.5
+LoRAs on a diffusers-layout UNet); SDXL UNets use the original SGM block names
+(``input_blocks.N.1``, ``middle_block.1``, ``output_blocks.N.1``) as sd-scripts does for SDXL.
+Text encoders: ``lora_te_`` (SD1.5), ``lora_te1_``/``lora_te2_`` (SDXL).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from facechain.errors import InputError
+from facechain.io import save_safetensors
+
+logger = logging.getLogger(__name__)
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+LoraDict = dict[str, dict[str, torch.Tensor]]
+
+
+# --------------------------------------------------------------------------- flat <-> nested
+
+
+def flatten(lora: LoraDict) -> dict[str, torch.Tensor]:
+    return {f"{comp}.{k}": v for comp, sd in lora.items() for k, v in sd.items()}
+
+
+def unflatten(flat: dict[str, torch.Tensor]) -> LoraDict:
+    out: LoraDict = {}
+    for key, value in flat.items():
+        comp, rest = key.split(".", 1)
+        if comp not in COMPONENTS:
+            raise InputError(f"LoRA key {key!r} does not start with one of {list(COMPONENTS)}")
+        out.setdefault(comp, {})[rest] = value
+    return out
+
+
+def average(loras: list[LoraDict]) -> LoraDict:
+    """Element-wise mean of LoRA factors (FaceChain's checkpoint "ensemble": averaged state dicts)."""
+    if not loras:
+        raise InputError("no LoRA checkpoints to average")
+    return {
+        comp: {k: torch.stack([l[comp][k].float() for l in loras]).mean(0) for k in sd}
+        for comp, sd in loras[0].items()
+    }
+
+
+# --------------------------------------------------------------------------- diffusers format
+
+
+def save_diffusers(folder: str | Path, lora: LoraDict, family: str, rank: int, alpha: float) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors`` with the pipeline class's own
+    ``save_lora_weights`` (keys ``unet.*``/``text_encoder.*`` + the adapter metadata that records
+    rank and alpha), atomically: written in a temporary folder, then renamed into place."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    meta = {"r": rank, "lora_alpha": alpha}
+    kwargs = {}
+    for comp in COMPONENTS:
+        sd = lora.get(comp)
+        if not sd:
+            continue
+        kwargs[f"{comp}_lora_layers"] = convert_state_dict_to_diffusers({k: v.contiguous() for k, v in sd.items()})
+        kwargs[f"{comp}_lora_adapter_metadata"] = {**meta, "target_modules": sorted(_modules(sd))}
+    tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=folder))
+    try:
+        cls.save_lora_weights(str(tmp), safe_serialization=True, weight_name=LORA_FILE, **kwargs)
+        os.replace(tmp / LORA_FILE, folder / LORA_FILE)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / LORA_FILE
+
+
+def _modules(peft_sd: dict[str, torch.Tensor]) -> set[str]:
+    return {k.rsplit(".lora_", 1)[0] for k in peft_sd if ".lora_" in k}
+
+
+# --------------------------------------------------------------------------- kohya format
+
+
+def _sgm_module(path: str, layers_per_block: int) -> str:
+    """diffusers UNet module path -> original SGM/LDM path (attention blocks only)."""
+    n = layers_per_block + 1
+    m = re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", path)
+    if m:
+        return f"input_blocks.{n * int(m[1]) + int(m[2]) + 1}.1.{m[3]}"
+    m = re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", path)
+    if m:
+        return f"output_blocks.{n * int(m[1]) + int(m[2])}.1.{m[3]}"
+    m = re.match(r"mid_block\.attentions\.0\.(.*)", path)
+    if m:
+        return f"middle_block.1.{m[1]}"
+    raise InputError(f"LoRA module {path!r} is not inside a UNet attention block; it has no kohya SDXL name.")
+
+
+def to_kohya(lora: LoraDict, family: str, alpha: float, layers_per_block: int = 2) -> dict[str, torch.Tensor]:
+    """Kohya keys ``<prefix>_<module_with_underscores>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``."""
+    prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1" if family == "sdxl" else "lora_te", "text_encoder_2": "lora_te2"}
+    out: dict[str, torch.Tensor] = {}
+    for comp, sd in lora.items():
+        for key, value in sd.items():
+            module, kind = key.rsplit(".lora_", 1)  # kind: "A.weight" | "B.weight"
+            if comp == "unet" and family == "sdxl":
+                module = _sgm_module(module, layers_per_block)
+            name = f"{prefixes[comp]}_{module.replace('.', '_')}"
+            out[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value.contiguous()
+            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def save_kohya(folder: str | Path, lora: LoraDict, family: str, alpha: float, layers_per_block: int = 2) -> Path:
+    path = Path(folder) / KOHYA_FILE
+    save_safetensors(path, to_kohya(lora, family, alpha, layers_per_block), metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha)})
+    return path
+
+
+# --------------------------------------------------------------------------- reading a LoRA file (init)
+
+
+def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[LoraDict, float | None]:
+    """Read a diffusers- or kohya-format LoRA file into peft state dicts per component, using
+    diffusers' own key conversion (``lora_state_dict``). Returns (lora, alpha or None)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    kwargs = {"unet_config": unet_config} if unet_config is not None else {}
+    from safetensors.torch import load_file
+
+    out = cls.lora_state_dict(load_file(str(path)), **kwargs)  # a dict: diffusers never unpickles here
+    state_dict, network_alphas = out[0], out[1]
+    lora: LoraDict = {}
+    for key, value in state_dict.items():
+        comp, rest = key.split(".", 1)
+        lora.setdefault(comp, {})[rest] = value
+    lora = {comp: convert_unet_state_dict_to_peft(sd) for comp, sd in lora.items()}
+    alphas = {float(v) for v in (network_alphas or {}).values()}
+    alpha = alphas.pop() if len(alphas) == 1 else None
+    return lora, alpha

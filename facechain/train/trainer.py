@@ -1,0 +1,346 @@
+"""The face-LoRA training loop: accelerate + peft, cached inputs, atomic resumable checkpoints,
+checkpoint scoring by likeness, and export in the diffusers and kohya formats.
+
+    from facechain.train import TrainConfig, train
+    artifact = train(TrainConfig(base_model=..., train_data_dir="processed", output_dir="lora"))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from facechain.config import save_config, to_dict
+from facechain.errors import InputError
+from facechain.io import append_jsonl, read_jsonl, write_jsonl
+from facechain.train import checkpoint as ckpt_io
+from facechain.train import export
+from facechain.train.config import RESUME_MUTABLE, TrainConfig
+from facechain.train.data import build_latent_pool, load_processed
+from facechain.train.text import TextConditioner, sdxl_time_ids
+from facechain.train.validate import LikenessScorer, generate_validation_images, select_checkpoints
+
+logger = logging.getLogger(__name__)
+
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' LoRA scripts
+LOG_FILE = "train_log.jsonl"
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass(frozen=True)
+class LoraArtifact:
+    """What a training run produced."""
+
+    output_dir: Path
+    lora_path: Path  # diffusers format
+    kohya_path: Path
+    config_path: Path
+    log_path: Path
+    family: str
+    steps: int
+    selected_steps: list[int]  # checkpoints that make the final LoRA (best first)
+    scores: dict[int, float | None] = field(default_factory=dict)
+
+
+def _weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+def _check_output_dir(cfg: TrainConfig, out: Path) -> list[ckpt_io.Checkpoint]:
+    existing = ckpt_io.list_checkpoints(out)
+    if cfg.resume:
+        if not existing:
+            logger.info("--resume: no checkpoint in %s yet; starting from step 0", out)
+        return existing
+    if existing or (out / export.LORA_FILE).exists():
+        raise InputError(
+            f"output_dir {out} already holds a training run (checkpoints or {export.LORA_FILE}). "
+            "Pass --resume to continue it, or choose an empty output folder."
+        )
+    return existing
+
+
+def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path) -> None:
+    now = to_dict(cfg)
+    diff = sorted(k for k in now if k not in RESUME_MUTABLE and saved.get(k) != now[k])
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        raise InputError(
+            f"--resume: settings differ from the run being resumed ({where}): {details}. "
+            "Resume with the same settings, or start a new run in an empty output folder."
+        )
+
+
+def _add_lora(unet, text_encoders: list, cfg: TrainConfig) -> None:
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=list(cfg.target_modules)))
+    if cfg.train_text_encoder:
+        for enc in text_encoders:
+            enc.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGETS))
+
+
+def current_lora(models: dict) -> export.LoraDict:
+    """peft state dicts of the models that carry a LoRA, as fp32 CPU tensors."""
+    from peft import get_peft_model_state_dict
+
+    return {name: {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(m).items()} for name, m in models.items()}
+
+
+def load_lora_into(models: dict, lora: export.LoraDict, where: str, strict: bool = True) -> None:
+    """Set the adapter weights of ``models`` from ``lora`` (peft keys); refuse shape mismatches."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    for name, model in models.items():
+        expected = get_peft_model_state_dict(model)
+        given = lora.get(name, {})
+        missing = sorted(set(expected) - set(given))
+        unused = sorted(set(given) - set(expected))
+        for k in set(expected) & set(given):
+            if tuple(expected[k].shape) != tuple(given[k].shape):
+                raise InputError(
+                    f"{where}: {name} weight {k} has shape {tuple(given[k].shape)} but the LoRA being trained has "
+                    f"{tuple(expected[k].shape)} (rank {expected[k].shape[0] if 'lora_A' in k else expected[k].shape[1]}). "
+                    "Use --rank equal to the file's rank."
+                )
+        if strict and (missing or unused):
+            raise InputError(f"{where}: {name} LoRA keys do not match (missing {missing[:3]}, unexpected {unused[:3]}).")
+        if missing or unused:
+            logger.info("%s: %s: %d of %d LoRA weights set from the file (%d keys not used)", where, name,
+                        len(expected) - len(missing), len(expected), len(unused))
+        set_peft_model_state_dict(model, {k: v for k, v in given.items() if k in expected})
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
+    """Train a face LoRA as configured; see the module and ``docs/train.md``."""
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from tqdm.auto import tqdm
+
+    from facechain.models import check_checkpoint_file, load_pipeline, resolve_model
+
+    # ---- inputs first: data, output folder, init LoRA, model
+    examples = load_processed(cfg.train_data_dir)
+    out = Path(cfg.output_dir)
+    existing = _check_output_dir(cfg, out)
+    if cfg.init_lora:
+        init_path = Path(cfg.init_lora)
+        if not init_path.is_file():
+            raise InputError(f"init_lora {init_path} does not exist. Pass a LoRA .safetensors file (diffusers or kohya keys).")
+        check_checkpoint_file(init_path, allow_pickle=False, what="init LoRA")
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise InputError("mixed_precision 'fp16' needs a CUDA GPU; on CPU use --mixed_precision bf16 or no.")
+    resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    main = accelerator.is_main_process
+    device = accelerator.device
+    weight_dtype = _weight_dtype(cfg.mixed_precision)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path, config_path = out / LOG_FILE, out / CONFIG_FILE
+
+    # ---- resume: what step, and is it the same run
+    resume_from = existing[-1] if cfg.resume and existing else None
+    if resume_from is not None:
+        saved = ckpt_io.read_state(resume_from.path)[0]
+        _check_resume_config(cfg, saved["config"], resume_from.path)
+    if main:
+        ckpt_io.remove_partial(out)
+        save_config(cfg, config_path)
+
+    # ---- model
+    pipe = load_pipeline(resolved, torch_dtype=torch.float32, single_file_config=cfg.single_file_config or None)
+    family = resolved.family
+    unet, vae = pipe.unet, pipe.vae
+    cond = TextConditioner.from_pipeline(pipe, family)
+    for m in [unet, vae, *cond.encoders]:
+        m.requires_grad_(False)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    vae.to(device, torch.float32)  # encoded once and decoded at validation only: fp32 (the SDXL VAE overflows in fp16)
+    unet.to(device, weight_dtype)
+    text_dtype = weight_dtype if cfg.train_text_encoder else torch.float32
+    for enc in cond.encoders:
+        enc.to(device, text_dtype)
+    _add_lora(unet, cond.encoders, cfg)
+    lora_models = {"unet": unet}
+    if cfg.train_text_encoder:
+        lora_models.update(zip(["text_encoder", "text_encoder_2"], cond.encoders))
+    if cfg.init_lora and resume_from is None:  # a resumed run takes its weights from the checkpoint
+        lora, file_alpha = export.read_lora_file(cfg.init_lora, family, unet.config)
+        if file_alpha is not None and abs(file_alpha - cfg.alpha) > 1e-6:
+            logger.info("init LoRA %s has alpha %g; training uses alpha %g (set --lora_alpha to match)", cfg.init_lora, file_alpha, cfg.alpha)
+        load_lora_into(lora_models, lora, f"init LoRA {cfg.init_lora}", strict=False)
+    if cfg.mixed_precision != "no":
+        cast_training_params(list(lora_models.values()), dtype=torch.float32)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            for enc in cond.encoders:
+                enc.gradient_checkpointing_enable()
+
+    # ---- cached inputs: VAE latents of the augmentation pool, text embeddings per caption
+    pool = build_latent_pool(examples, vae, cfg.resolution, cfg.aug_variants, cfg.seed, cfg.face_crop, cfg.random_flip,
+                             device, torch.float32, progress=progress and main)
+    pool.mean, pool.std, pool.caption_index = pool.mean.to(device), pool.std.to(device), pool.caption_index.to(device)
+    token_ids = cond.tokenize(pool.captions)
+    cached_embeds = cached_pooled = None
+    if not cfg.train_text_encoder:
+        with torch.no_grad():
+            cached_embeds, cached_pooled = cond.encode(token_ids)
+        cached_embeds = cached_embeds.to(device, weight_dtype)
+        cached_pooled = cached_pooled.to(device, weight_dtype) if cached_pooled is not None else None
+        for enc in cond.encoders:  # kept for validation only
+            enc.to(device, weight_dtype)
+
+    # ---- optimisation
+    params = [p for m in lora_models.values() for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    max_steps = cfg.num_steps(len(examples))
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_steps * accelerator.num_processes)
+    prepared = accelerator.prepare(*lora_models.values(), optimizer, lr_scheduler)
+    optimizer, lr_scheduler = prepared[-2], prepared[-1]
+    train_unet = prepared[0]
+    gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+
+    start_step = 0
+    scores: dict[int, float | None] = {c.step: c.score for c in existing} if resume_from else {}
+    if resume_from is not None:
+        state, lora_flat, opt_state = ckpt_io.read_state(resume_from.path)
+        load_lora_into(lora_models, export.unflatten(lora_flat), f"checkpoint {resume_from.path}")
+        optimizer.load_state_dict(opt_state)
+        lr_scheduler.scheduler.load_state_dict({**lr_scheduler.scheduler.state_dict(), **state["lr_scheduler"]})
+        ckpt_io.read_rng(resume_from.path, gen, accelerator.process_index)
+        start_step = state["step"]
+        if main and log_path.exists():  # drop log rows of steps that will be run again
+            write_jsonl(log_path, [r for r in read_jsonl(log_path) if r.get("step", 0) <= start_step])
+        logger.info("resuming from %s at step %d of %d", resume_from.path.name, start_step, max_steps)
+    elif main and log_path.exists():
+        log_path.unlink()
+
+    scorer = None
+    if cfg.validation != "none" and main:
+        from facechain.face import get_analyzer
+
+        scorer = LikenessScorer.from_photos(get_analyzer(cfg.validation), [e.image for e in examples])
+        if not scorer.reference:
+            logger.warning("validation: no face found in any training photo; checkpoints are not scored and the last step is kept")
+            scorer = None
+    prompt = cfg.validation_prompt or max(pool.captions, key=[e.caption for e in examples].count)
+
+    if main:
+        append_jsonl(log_path, {"event": "start" if resume_from is None else "resume", "step": start_step, "max_train_steps": max_steps,
+                                "photos": len(examples), "pool": len(pool), "family": family, "model": resolved.to_dict(),
+                                "trainable_params": sum(p.numel() for p in params), "device": str(device),
+                                "mixed_precision": cfg.mixed_precision})
+    pred_type = noise_scheduler.config.prediction_type
+    bar = tqdm(total=max_steps, initial=start_step, desc="train LoRA", disable=not (progress and main))
+    for m in lora_models.values():
+        m.train()
+    step = start_step
+    while step < max_steps:
+        t0 = time.perf_counter()
+        latents, cap = pool.sample(cfg.train_batch_size, gen)  # (B, 4, h, w), (B,)
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        if cached_embeds is not None:
+            embeds = cached_embeds[cap]
+            pooled = cached_pooled[cap] if cached_pooled is not None else None
+        else:
+            embeds, pooled = cond.encode([ids[cap.cpu()] for ids in token_ids])
+        added = None
+        if family == "sdxl":
+            added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(cfg.resolution, latents.shape[0], device, embeds.dtype)}
+        target = noise if pred_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+        with accelerator.autocast():
+            pred = train_unet(noisy.to(weight_dtype), timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), target.float())
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        loss_value = loss.detach().item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step}; lower --learning_rate or use --mixed_precision no.")
+        if main:
+            append_jsonl(log_path, {"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
+                                    "seconds": round(time.perf_counter() - t0, 5), "time": time.time()})
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if step % cfg.checkpointing_steps == 0 or step == max_steps:
+            scores[step] = _checkpoint(cfg, accelerator, out, step, lora_models, optimizer, lr_scheduler, gen,
+                                       scorer, pipe, prompt, log_path, resolved)
+    bar.close()
+    accelerator.wait_for_everyone()
+
+    # ---- final LoRA: the best checkpoint or the average of the top k
+    if scorer is None:
+        selected = [max_steps]
+    else:
+        selected = select_checkpoints({s: v for s, v in scores.items() if ckpt_io.checkpoint_dir(out, s).exists()}, cfg.ensemble_top_k)
+    lora_path = out / export.LORA_FILE
+    kohya_path = out / export.KOHYA_FILE
+    if main:
+        from safetensors.torch import load_file
+
+        loras = [export.unflatten(load_file(str(ckpt_io.checkpoint_dir(out, s) / "lora.safetensors"))) for s in selected]
+        final = loras[0] if len(loras) == 1 else export.average(loras)
+        export.save_diffusers(out, final, family, cfg.rank, cfg.alpha)
+        export.save_kohya(out, final, family, cfg.alpha, unet.config.layers_per_block if isinstance(unet.config.layers_per_block, int) else 2)
+        append_jsonl(log_path, {"event": "final", "step": max_steps, "selected_steps": selected,
+                                "scores": {str(s): scores.get(s) for s in selected}, "lora": lora_path.name, "kohya": kohya_path.name})
+        logger.info("LoRA written to %s (checkpoints %s)", lora_path, selected)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return LoraArtifact(out, lora_path, kohya_path, config_path, log_path, family, max_steps, selected, dict(scores))
+
+
+def _checkpoint(cfg, accelerator, out, step, lora_models, optimizer, lr_scheduler, gen, scorer, pipe, prompt, log_path, resolved):
+    """Score (main process), then write the checkpoint atomically. Returns the score."""
+    main = accelerator.is_main_process
+    staging = ckpt_io.staging_dir(out, step)
+    ckpt_io.write_rng(staging, gen, accelerator.process_index)
+    accelerator.wait_for_everyone()
+    score = None
+    if not main:
+        accelerator.wait_for_everyone()
+        return None
+    images = []
+    if scorer is not None:
+        for m in lora_models.values():
+            m.eval()
+        with accelerator.autocast():
+            images = generate_validation_images(pipe, prompt, cfg.num_validation_images, cfg.validation_inference_steps,
+                                                cfg.resolution, seed=cfg.seed)
+        for m in lora_models.values():
+            m.train()
+        result = scorer.score(images)
+        score = result.score
+        append_jsonl(log_path, {"event": "checkpoint", "step": step, "score": score, "per_image": result.per_image,
+                                "faces_found": result.faces_found})
+    else:
+        append_jsonl(log_path, {"event": "checkpoint", "step": step, "score": None})
+    from facechain.io import save_image
+
+    for i, im in enumerate(images):
+        save_image(staging / f"validation_{i}.png", im)
+    final = ckpt_io.finalize(staging, out, step, export.flatten(current_lora(lora_models)), optimizer.state_dict(),
+                             lr_scheduler.scheduler.state_dict(), score, {"config": to_dict(cfg), "model": resolved.to_dict()})
+    keep = set(select_checkpoints({c.step: c.score for c in ckpt_io.list_checkpoints(out)}, cfg.ensemble_top_k))
+    ckpt_io.prune(out, cfg.checkpoints_total_limit, keep)
+    logger.debug("checkpoint %s written", final)
+    accelerator.wait_for_everyone()
+    return score
