@@ -132,13 +132,40 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub's host, so an unreachable hub costs seconds, not the
+    hub clients' own retry loops (tens of seconds each)."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hf_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _modelscope_endpoint() -> str:
+    return "https://" + os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn")
+
+
 def _download_hf(repo_id: str, revision: str | None) -> Path:
     from diffusers import DiffusionPipeline
 
-    return Path(DiffusionPipeline.download(repo_id, revision=revision or None))
+    local_only = _hub_offline() or not _reachable(_hf_endpoint())
+    return Path(DiffusionPipeline.download(repo_id, revision=revision or None, local_files_only=local_only))
 
 
 def _download_modelscope(repo_id: str, revision: str | None) -> Path:
+    if _hub_offline():
+        raise ConnectionError("offline mode (HF_HUB_OFFLINE) is set")
+    if not _reachable(_modelscope_endpoint()):
+        raise ConnectionError(f"{_modelscope_endpoint()} is unreachable")
     from modelscope.hub.snapshot_download import snapshot_download
 
     kwargs = {"revision": revision} if revision else {}
@@ -295,7 +322,8 @@ def resolve_weights_file(
     try:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(ref, filename, revision=revision or None))
+        local_only = _hub_offline() or not _reachable(_hf_endpoint())
+        path = Path(hf_hub_download(ref, filename, revision=revision or None, local_files_only=local_only))
         check_checkpoint_file(path, allow_pickle, what)
         return path
     except (UnsafeCheckpointError, InputError):
@@ -303,6 +331,8 @@ def resolve_weights_file(
     except Exception as exc:
         attempts.append(f"huggingface: {type(exc).__name__}")
     try:
+        if _hub_offline() or not _reachable(_modelscope_endpoint()):
+            raise ConnectionError("offline or unreachable")
         from modelscope.hub.file_download import model_file_download
 
         kwargs = {"revision": revision} if revision else {}
