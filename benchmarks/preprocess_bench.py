@@ -46,6 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--photos", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0, help="0: auto (one per core)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import cv2
@@ -59,7 +60,7 @@ def main() -> None:
         src.mkdir()
         make_photos(src, args.photos)
         analyzer = get_analyzer("dlib")
-        cfg = PreprocessConfig(backend="dlib", identity_check=True)
+        cfg = PreprocessConfig(backend="dlib", identity_check=True, workers=args.workers)
         t = time.perf_counter()
         res = preprocess(src, out, cfg, analyzer=analyzer, progress=False)
         dt = time.perf_counter() - t
@@ -68,11 +69,12 @@ def main() -> None:
             for k, v in e.timings.items():
                 steps[k] = steps.get(k, 0.0) + v
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     n = len(res.entries)
     print(f"photos: {n} x 4000x3000 JPEG (12.0 MP), kept {len(res.kept)}")
     print(f"seconds per photo: {dt / n:.3f}  (total {dt:.2f} s, {os.cpu_count()} cores visible, {args.threads} threads)")
-    print("per step (s/photo): " + ", ".join(f"{k} {v / n:.3f}" for k, v in steps.items() if k != "total"))
-    print(f"peak resident memory: {peak_mb:.0f} MB")
+    print(f"workers: {cfg.workers or 'auto'}; per step, summed over workers (s/photo): " + ", ".join(f"{k} {v / n:.3f}" for k, v in steps.items() if k != "total"))
+    print(f"peak resident memory: {peak_mb:.0f} MB (main process), {child_mb:.0f} MB (largest worker)")
     print(f"python {sys.version.split()[0]}")
 
 

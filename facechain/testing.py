@@ -281,11 +281,11 @@ def export_single_file(diffusers_folder: str | Path, out_file: str | Path) -> Pa
             v = v[:, :, None, None]
         out["first_stage_model." + new] = v
     for k, v in load_file(str(folder / "text_encoder" / "model.safetensors")).items():
-        out["cond_stage_model.transformer." + k] = v
+        out["cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k] = v
     return save_safetensors(out_file, out)
 
 
-def make_processed_folder(folder: str | Path, n: int = 2, size: int = 256, caption: str = "<fcsks>, a beautiful woman") -> Path:
+def make_processed_folder(folder: str | Path, n: int = 2, size: int = 512, caption: str = "<fcsks>, a beautiful woman") -> Path:
     """A processed training folder (``NNN.png`` + ``metadata.jsonl``, the layout ``facechain preprocess``
     writes) made from scikit-image's astronaut photo (one real face), for offline training smoke runs."""
     from PIL import Image

@@ -53,18 +53,27 @@ def portrait_crop_transform(face: Face, size: int = 512, align_roll: bool = True
 
 
 def warp_crop(image: np.ndarray, t: CropTransform, border=(255, 255, 255)) -> np.ndarray:
-    """Apply ``t`` to an RGB image with white padding. Large downscales pre-shrink with INTER_AREA
-    first so the crop is not aliased."""
-    scale = float(np.sqrt(abs(np.linalg.det(t.matrix[:, :2]))))
-    m = t.matrix.copy()
+    """Apply ``t`` to an RGB image with white padding. Only the source region the crop covers is
+    touched; large downscales pre-shrink that region with INTER_AREA so the crop is not aliased."""
+    m = t.matrix.astype(np.float64).copy()
+    inv = cv2.invertAffineTransform(m)
+    corners = np.array([[0, 0], [t.size, 0], [0, t.size], [t.size, t.size]], np.float64) @ inv[:, :2].T + inv[:, 2]
+    h, w = image.shape[:2]
+    x0, y0 = np.floor(corners.min(0)).astype(int) - 2
+    x1, y1 = np.ceil(corners.max(0)).astype(int) + 2
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return np.full((t.size, t.size, 3), border, np.uint8)
+    roi = image[y0:y1, x0:x1]
+    m[:, 2] += m[:, 0] * x0 + m[:, 1] * y0  # the ROI's origin is (x0, y0) in the source
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
     if scale < 0.5:
         f = 2 * scale  # pre-shrink so the warp scales by ~0.5
-        h, w = image.shape[:2]
-        image = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-        fx, fy = image.shape[1] / w, image.shape[0] / h
-        m[:, 0] /= fx
-        m[:, 1] /= fy
-    return cv2.warpAffine(image, m, (t.size, t.size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+        rh, rw = roi.shape[:2]
+        roi = cv2.resize(roi, (max(1, round(rw * f)), max(1, round(rh * f))), interpolation=cv2.INTER_AREA)
+        m[:, 0] *= rw / roi.shape[1]
+        m[:, 1] *= rh / roi.shape[0]
+    return cv2.warpAffine(roi, m, (t.size, t.size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

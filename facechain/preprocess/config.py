@@ -24,6 +24,7 @@ class PreprocessConfig:
     identity_check: bool = field(default=True, metadata={"help": "drop photos whose identity is far from the set's medoid (needs 3+ kept photos)"})
     max_megapixels: float = field(default=150.0, metadata={"help": "reject images larger than this (decompression bombs)"})
     detect_size: int = field(default=1024, metadata={"help": "long side the photo is resized to for face detection (FaceChain: 1024)"})
+    workers: int = field(default=0, metadata={"help": "photos processed in parallel (0: one per core, up to 4, for 4+ photos)"})
     orient_size: int = field(default=800, metadata={"help": "long side used to pick the rotation (0/90/180/270)"})
 
     def __post_init__(self):

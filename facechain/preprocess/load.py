@@ -10,7 +10,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facechain.preprocess.errors import PhotoRejected
 
-DECODE_LONG_SIDE = 2048  # JPEGs larger than this are decoded at a reduced DCT scale (Image.draft)
+# JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8; Image.draft) that keeps the short
+# side at least this long: a 12 MP photo decodes at 2000x1500, 4x faster, and a face still spans
+# far more than the 156 px it gets in a 512 crop.
+DECODE_SHORT_SIDE = 1400
 
 
 def load_photo(path: Path, max_megapixels: float = 150.0) -> np.ndarray:
@@ -38,8 +41,8 @@ def load_photo(path: Path, max_megapixels: float = 150.0) -> np.ndarray:
                 "oversized", f"{w}x{h} = {mp:.0f} megapixels is over the {max_megapixels:.0f} MP limit "
                 "(decompression-bomb guard); downscale the photo or raise max_megapixels"
             )
-        if img.format == "JPEG" and max(w, h) > 2 * DECODE_LONG_SIDE:
-            img.draft("RGB", (DECODE_LONG_SIDE, DECODE_LONG_SIDE))
+        if img.format == "JPEG" and min(w, h) >= 2 * DECODE_SHORT_SIDE:
+            img.draft("RGB", (DECODE_SHORT_SIDE, DECODE_SHORT_SIDE))
         try:
             img.load()
         except (OSError, SyntaxError) as exc:

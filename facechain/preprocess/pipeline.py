@@ -145,6 +145,38 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
         landmarks=lms, embedding=embedding, gender=face.gender, age=face.age))
 
 
+_WORKER_STATE: tuple | None = None
+
+
+def _worker_count(requested: int, n: int) -> int:
+    import os
+
+    if requested > 0:
+        return min(requested, n)
+    return 1 if n < 4 else min(os.cpu_count() or 1, 4, n)
+
+
+def _process_one(path: Path) -> tuple[PhotoEntry, _Candidate | None]:
+    """Run steps 1-7 on one photo; every failure becomes a report entry."""
+    import dataclasses
+
+    analyzer, cfg = _WORKER_STATE
+    t0 = time.perf_counter()
+    cand = None
+    try:
+        cand = process_photo(path, analyzer, cfg)
+        cand.face = dataclasses.replace(cand.face, extra={})  # backend handles do not cross processes
+        entry = cand.entry
+    except PhotoRejected as rej:
+        entry = PhotoEntry(input=path.name, reason=rej.code, detail=rej.detail, scores=rej.scores)
+    except Exception as exc:  # an unexpected failure on one photo is reported, not fatal
+        logger.exception("preprocess: unexpected error on %s", path)
+        entry = PhotoEntry(input=path.name, reason="error", detail=f"{type(exc).__name__}: {exc}")
+    entry.timings = {k: round(v, 4) for k, v in entry.timings.items()}
+    entry.timings["total"] = round(time.perf_counter() - t0, 4)
+    return entry, cand
+
+
 def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer: FaceAnalyzer | None = None,
                progress: bool = True) -> PreprocessResult:
     cfg = cfg or PreprocessConfig()
@@ -155,20 +187,25 @@ def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer
 
     entries: list[PhotoEntry] = []
     candidates: list[_Candidate] = []
-    for path in tqdm(files, desc="preprocess", unit="photo", disable=not progress):
-        t0 = time.perf_counter()
-        try:
-            cand = process_photo(path, analyzer, cfg)
-            candidates.append(cand)
-            entry = cand.entry
-        except PhotoRejected as rej:
-            entry = PhotoEntry(input=path.name, reason=rej.code, detail=rej.detail, scores=rej.scores)
-        except Exception as exc:  # an unexpected failure on one photo is reported, not fatal
-            logger.exception("preprocess: unexpected error on %s", path)
-            entry = PhotoEntry(input=path.name, reason="error", detail=f"{type(exc).__name__}: {exc}")
-        entry.timings = {k: round(v, 4) for k, v in entry.timings.items()}
-        entry.timings["total"] = round(time.perf_counter() - t0, 4)
-        entries.append(entry)
+    workers = _worker_count(cfg.workers, len(files))
+    global _WORKER_STATE
+    _WORKER_STATE = (analyzer, cfg)
+    if workers > 1:
+        import multiprocessing as mp
+
+        # fork: workers inherit the loaded face models instead of loading them again
+        pool = mp.get_context("fork").Pool(workers)
+        results = pool.imap(_process_one, files)
+    else:
+        pool, results = None, map(_process_one, files)
+    try:
+        for entry, cand in tqdm(results, total=len(files), desc="preprocess", unit="photo", disable=not progress):
+            entries.append(entry)
+            if cand is not None:
+                candidates.append(cand)
+    finally:
+        if pool is not None:
+            pool.terminate()
 
     # step 8: identity consistency over the photos that passed so far
     if cfg.identity_check and candidates:

@@ -46,6 +46,7 @@ class StylizeConfig:
     start_step: int | None = field(default=None, metadata=_help("first controlled sampling step (default: the method's)"))
     end_step: int | None = field(default=None, metadata=_help("controlled steps stop before this one (default: all)"))
     start_layer: int | None = field(default=None, metadata=_help("first controlled self-attention layer in call order (default: the method's)"))
+    inversion_refine: int = field(default=0, metadata=_help("fixed-point refinements per inversion step (Pan et al. 2023); 0 = plain DDIM inversion as in the papers, 2-3 = near-exact reconstruction for that many extra UNet passes"))
     only_mask_region: bool = field(default=False, metadata=_help("stylize inside the content mask only; pixels outside are the content image's exactly"))
     latent_blend: bool = field(default=True, metadata=_help("with only_mask_region: also keep the latent outside the mask on the content trajectory each step"))
     cache_dir: Path | None = field(default=None, metadata=_help("folder for on-disk inversion cache (safetensors); memory cache is always on"))
@@ -67,6 +68,8 @@ class StylizeConfig:
             raise InputError(
                 f"lora_scales has {len(self.lora_scales)} values for {len(self.loras)} LoRAs; give one weight per LoRA or none."
             )
+        if self.inversion_refine < 0:
+            raise InputError(f"inversion_refine must be >= 0, got {self.inversion_refine}.")
         for name in ("start_step", "end_step", "start_layer"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -198,6 +198,7 @@ class Engine:
         self.vae = pipe.vae
         self.fast = cfg.fast
         self.impl = cfg.attention
+        self.refine = cfg.inversion_refine
         self.lora_signature = self._load_loras(cfg)
         self.cache = InversionCache(cfg.cache_dir)
         self.counters = Counters()
@@ -283,7 +284,7 @@ class Engine:
     @torch.no_grad()
     def encode(self, image: PreparedImage) -> torch.Tensor:
         """Clean latent (C, h, w): the VAE posterior mean times the scaling factor (Portrait Diffusion, MasaCtrl)."""
-        x = torch.from_numpy(image.array).to(self.device, self.dtype).permute(2, 0, 1)[None] / 127.5 - 1.0
+        x = torch.from_numpy(image.array.copy()).to(self.device, self.dtype).permute(2, 0, 1)[None] / 127.5 - 1.0
         z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
         return z[0]
 
@@ -297,7 +298,7 @@ class Engine:
     def inversion_key(self, image: PreparedImage, prompt: str, steps: int) -> str:
         sched = self.schedule(steps)
         return digest("v1", image.digest, self.model_id, sched.signature(), prompt, self.lora_signature,
-                      str(self.dtype), self.impl)
+                      str(self.dtype), self.impl, self.refine)
 
     @torch.no_grad()
     def invert(self, image: PreparedImage, prompt: str, steps: int, progress: bool = True) -> Trajectory:
@@ -312,7 +313,7 @@ class Engine:
         cond = self.conditioning(prompt, "", image.size)
         emb, added = cond.batch(1, cfg=False)
         with AttentionController(self.unet, ("image",), None, impl=self.impl):
-            traj = invert(lambda x, t: self.eps(x, t, emb, added), z0, self.schedule(steps), progress)
+            traj = invert(lambda x, t: self.eps(x, t, emb, added), z0, self.schedule(steps), progress, self.refine)
         self.counters.invert_seconds += time.perf_counter() - start
         self.cache.put(key, traj, {"image": image.source, "prompt": prompt, "steps": steps})
         return traj
@@ -370,4 +371,4 @@ class Engine:
 
 def _engine_key(cfg: StylizeConfig) -> tuple:
     return (cfg.model, cfg.revision, cfg.subfolder, tuple(cfg.loras), tuple(cfg.lora_scales), cfg.fast,
-            cfg.fast_lora, cfg.device, cfg.dtype, cfg.attention, str(cfg.cache_dir))
+            cfg.fast_lora, cfg.device, cfg.dtype, cfg.attention, str(cfg.cache_dir), cfg.inversion_refine)

@@ -124,6 +124,8 @@ def to_kohya(lora: LoraDict, family: str, alpha: float, layers_per_block: int = 
             module, kind = key.rsplit(".lora_", 1)  # kind: "A.weight" | "B.weight"
             if comp == "unet" and family == "sdxl":
                 module = _sgm_module(module, layers_per_block)
+            elif comp != "unet" and not module.startswith("text_model."):
+                module = "text_model." + module  # transformers 5 flattened CLIPTextModel; kohya names keep text_model
             name = f"{prefixes[comp]}_{module.replace('.', '_')}"
             out[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value.contiguous()
             out[f"{name}.alpha"] = torch.tensor(float(alpha))
@@ -143,7 +145,7 @@ def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[Lor
     """Read a diffusers- or kohya-format LoRA file into peft state dicts per component, using
     diffusers' own key conversion (``lora_state_dict``). Returns (lora, alpha or None)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+    from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_unet_state_dict_to_peft
 
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     kwargs = {"unet_config": unet_config} if unet_config is not None else {}
@@ -155,7 +157,8 @@ def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[Lor
     for key, value in state_dict.items():
         comp, rest = key.split(".", 1)
         lora.setdefault(comp, {})[rest] = value
-    lora = {comp: convert_unet_state_dict_to_peft(sd) for comp, sd in lora.items()}
+    lora = {comp: (convert_unet_state_dict_to_peft if comp == "unet" else convert_all_state_dict_to_peft)(sd)
+            for comp, sd in lora.items()}
     alphas = {float(v) for v in (network_alphas or {}).values()}
     alpha = alphas.pop() if len(alphas) == 1 else None
     return lora, alpha

@@ -99,7 +99,7 @@ def load_lora_into(models: dict, lora: export.LoraDict, where: str, strict: bool
 
     for name, model in models.items():
         expected = get_peft_model_state_dict(model)
-        given = lora.get(name, {})
+        given = _align_text_model_prefix(lora.get(name, {}), expected)
         missing = sorted(set(expected) - set(given))
         unused = sorted(set(given) - set(expected))
         for k in set(expected) & set(given):
@@ -115,6 +115,17 @@ def load_lora_into(models: dict, lora: export.LoraDict, where: str, strict: bool
             logger.info("%s: %s: %d of %d LoRA weights set from the file (%d keys not used)", where, name,
                         len(expected) - len(missing), len(expected), len(unused))
         set_peft_model_state_dict(model, {k: v for k, v in given.items() if k in expected})
+
+
+def _align_text_model_prefix(given: dict, expected: dict) -> dict:
+    """CLIP text encoders name their modules ``text_model.encoder...`` (transformers 4, kohya files)
+    or ``encoder...`` (transformers 5); match the file's names to the model's."""
+    has = any(k.startswith("text_model.") for k in expected)
+    if not has and any(k.startswith("text_model.") for k in given):
+        return {k.removeprefix("text_model."): v for k, v in given.items()}
+    if has and given and not any(k.startswith("text_model.") for k in given):
+        return {f"text_model.{k}": v for k, v in given.items()}
+    return given
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
