@@ -131,6 +131,7 @@ def _align_text_model_prefix(given: dict, expected: dict) -> dict:
 def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
     """Train a face LoRA as configured; see the module and ``docs/train.md``."""
     from accelerate import Accelerator
+    from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
@@ -180,6 +181,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
     text_dtype = weight_dtype if cfg.train_text_encoder else torch.float32
     for enc in cond.encoders:
         enc.to(device, text_dtype)
+    set_seed(cfg.seed)  # the LoRA's initial (gaussian) weights come from the global generator
     _add_lora(unet, cond.encoders, cfg)
     lora_models = {"unet": unet}
     if cfg.train_text_encoder:

@@ -1,0 +1,253 @@
+"""Training speed and memory: facechain's trainer (cached VAE latents and text embeddings, a
+step runs the UNet only) against a plain loop on the same model (no caching, fp32: augment,
+VAE-encode and text-encode every step), plus the UNet forward+backward alone, which gives the
+fraction of a cached step spent outside the UNet.
+
+    python benchmarks/train_bench.py                       # tiny SD1.5 on CPU, 64 px
+    python benchmarks/train_bench.py --family sdxl
+    python benchmarks/train_bench.py --full-sd15 --resolution 512 --mixed_precision bf16   # GPU
+
+Each variant runs in its own process so peak memory (CUDA max allocated on a GPU, peak RSS on
+CPU) is its own. Prints one table and one JSON line per variant. Figures, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build_full_sd15(folder: Path, seed: int = 0) -> Path:
+    """The full SD1.5 architecture (860M UNet, 84M VAE, 123M CLIP-L text encoder) with random weights."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from facechain.testing import _sd_scheduler, make_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer(folder / "_tok")
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                                                projection_dim=768, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+                                                pad_token_id=len(tokenizer) - 1))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD1.5 v1-inference.yaml
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+                        scaling_factor=0.18215)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_sd_scheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def prepare(args, work: Path) -> tuple[Path, Path]:
+    from facechain.testing import build_tiny_model, make_processed_folder
+
+    model = work / "model"
+    if not model.exists():
+        if args.full_sd15:
+            build_full_sd15(model)
+        else:
+            build_tiny_model(model, args.family)
+    data = work / "processed"
+    if not data.exists():
+        make_processed_folder(data, n=args.photos, size=max(256, args.resolution))
+    return model, data
+
+
+def _peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_ours(args, model: Path, data: Path, work: Path) -> dict:
+    from facechain.io import read_jsonl
+    from facechain.train import TrainConfig, train
+
+    out = work / f"ours-{time.time_ns()}"
+    total = args.warmup + args.steps
+    cfg = TrainConfig(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=args.resolution,
+                      max_train_steps=total, checkpointing_steps=total, validation="none",
+                      mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing, aug_variants=4)
+    train(cfg, progress=False)
+    import torch
+
+    rows = [r for r in read_jsonl(out / "train_log.jsonl") if "loss" in r]
+    times = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])][args.warmup - 1:]  # wall time between step ends
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {"variant": "ours (cached)", "s_per_step": statistics.median(times), "peak_mb": _peak_memory_mb(dev)}
+
+
+def _setup_models(args, model: Path, dtype):
+    import torch
+    from peft import LoraConfig
+
+    from facechain.models import load_pipeline, resolve_model
+
+    resolved = resolve_model(str(model))
+    pipe = load_pipeline(resolved)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+    pipe.unet.to(dev, dtype)
+    pipe.vae.to(dev)
+    pipe.text_encoder.to(dev)
+    if resolved.family == "sdxl":
+        pipe.text_encoder_2.requires_grad_(False).to(dev)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    for p in pipe.unet.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    if args.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    return pipe, resolved.family, dev
+
+
+def _sync(dev):
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_plain(args, model: Path, data: Path) -> dict:
+    """diffusers-script style: every step augments, VAE-encodes, text-encodes, then trains, all fp32."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from PIL import Image
+
+    from facechain.train.data import augment, load_processed, to_tensor
+    from facechain.train.text import TextConditioner, sdxl_time_ids
+
+    pipe, family, dev = _setup_models(args, model, torch.float32)
+    cond = TextConditioner.from_pipeline(pipe, family)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    examples = load_processed(data)
+    photos = [Image.open(e.image).convert("RGB") for e in examples]
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1.5e-4)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for step in range(args.warmup + args.steps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        i = int(torch.randint(len(photos), (1,), generator=gen))
+        pixels = to_tensor(augment(photos[i], args.resolution, gen, True, True))[None].to(dev)
+        latents = pipe.vae.encode(pixels).latent_dist.sample() * pipe.vae.config.scaling_factor
+        embeds, pooled = cond.encode(cond.tokenize([examples[i].caption]))
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (1,), device=dev)
+        added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(args.resolution, 1, dev, embeds.dtype)} if family == "sdxl" else None
+        pred = pipe.unet(sched.add_noise(latents, noise, t), t, embeds, added_cond_kwargs=added).sample
+        loss = F.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        _sync(dev)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return {"variant": "plain (no cache, fp32)", "s_per_step": statistics.median(times), "peak_mb": _peak_memory_mb(dev)}
+
+
+def run_unet(args, model: Path) -> dict:
+    """UNet forward + backward alone, on cached-style inputs, in the trainer's precision."""
+    import torch
+    import torch.nn.functional as F
+
+    from facechain.train.text import TextConditioner, sdxl_time_ids
+
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+    pipe, family, dev = _setup_models(args, model, dtype)
+    cond = TextConditioner.from_pipeline(pipe, family)
+    with torch.no_grad():
+        embeds, pooled = cond.encode(cond.tokenize(["<fcsks>, a beautiful woman"]))
+    embeds = embeds.to(dtype)
+    h = args.resolution // 8
+    x = torch.randn(1, 4, h, h, device=dev)
+    t = torch.randint(0, 1000, (1,), device=dev)
+    added = {"text_embeds": pooled.to(dtype), "time_ids": sdxl_time_ids(args.resolution, 1, dev, dtype)} if family == "sdxl" else None
+    times = []
+    for step in range(args.warmup + args.steps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            pred = pipe.unet(x.to(dtype), t, embeds, added_cond_kwargs=added).sample
+        F.mse_loss(pred.float(), x).backward()
+        _sync(dev)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+        for p in pipe.unet.parameters():
+            p.grad = None
+    return {"variant": "UNet fwd+bwd only", "s_per_step": statistics.median(times), "peak_mb": _peak_memory_mb(dev)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=["sd15", "sdxl"], default="sd15", help="tiny model family")
+    p.add_argument("--full-sd15", action="store_true", help="full SD1.5 architecture with random weights (GPU)")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--steps", type=int, default=30, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--photos", type=int, default=2)
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no", help="for ours and the UNet-only run")
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--workdir", default=None, help="reuse built models here (default: a temporary folder)")
+    p.add_argument("--variant", choices=["all", "ours", "plain", "unet"], default="all")
+    args = p.parse_args(argv)
+
+    if args.variant != "all":
+        work = Path(args.workdir)
+        model, data = prepare(args, work)
+        result = {"ours": lambda: run_ours(args, model, data, work), "plain": lambda: run_plain(args, model, data),
+                  "unet": lambda: run_unet(args, model)}[args.variant]()
+        print("RESULT " + json.dumps(result))
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        prepare(args, work)
+        results = {}
+        for variant in ("unet", "ours", "plain"):
+            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--variant", variant, "--workdir", str(work)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                return 1
+            results[variant] = json.loads(line[len("RESULT "):])
+    import torch
+
+    what = "full SD1.5 (random weights)" if args.full_sd15 else f"tiny {args.family}"
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    print(f"\n{what}, {args.resolution} px, batch 1, mixed_precision={args.mixed_precision} (plain: fp32), "
+          f"median of {args.steps} steps after {args.warmup} warm-up, on {dev}")
+    print(f"{'variant':<26}{'s/step':>10}{'steps/s':>10}{'peak MB':>10}")
+    for r in results.values():
+        print(f"{r['variant']:<26}{r['s_per_step']:>10.4f}{1 / r['s_per_step']:>10.2f}{r['peak_mb']:>10.0f}")
+    ours, plain, unet = results["ours"]["s_per_step"], results["plain"]["s_per_step"], results["unet"]["s_per_step"]
+    print(f"speed-up over plain loop: {plain / ours:.2f}x")
+    print(f"fraction of a cached step outside UNet forward+backward: {max(0.0, 1 - unet / ours):.1%} (target <= 10%)")
+    print(json.dumps({"model": what, "resolution": args.resolution, "device": dev, **{k: v for k, v in results.items()},
+                      "outside_unet_fraction": max(0.0, 1 - unet / ours)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

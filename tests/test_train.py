@@ -1,0 +1,276 @@
+"""Face-LoRA trainer on tiny real-class models (64 px, a few steps, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facechain.errors import InputError, ModelNotFoundError, UnsafeCheckpointError
+from facechain.train import TrainConfig, train
+from facechain.train import export
+from facechain.train.data import augment, face_crop_box, load_processed
+from facechain.train.validate import select_checkpoints
+
+CAPTION = "<fcsks>, a beautiful woman"
+
+
+def make_processed(folder: Path, n: int = 2, size: int = 512) -> Path:
+    from facechain.testing import make_processed_folder
+
+    return make_processed_folder(folder, n, size, CAPTION)
+
+
+def tiny_cfg(model, data, out, **kw) -> TrainConfig:
+    settings = dict(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=64, aug_variants=2,
+                    max_train_steps=4, checkpointing_steps=2, validation="none", validation_inference_steps=2,
+                    num_validation_images=1)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def generate(pipe, seed: int = 0) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(seed)
+    return pipe(CAPTION, num_inference_steps=2, height=64, width=64, generator=gen, output_type="np").images[0]
+
+
+def load_pipe(folder):
+    from facechain.models import load_pipeline, resolve_model
+
+    return load_pipeline(resolve_model(str(folder)))
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a small shared CPU, OpenMP threads waiting on each other make tiny
+    matmuls ~70x slower (measured 2.4 ms vs 33 us for a 64x32 linear)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    return make_processed(tmp_path_factory.mktemp("processed") / "p")
+
+
+@pytest.fixture(scope="module")
+def trained_sd15(tiny_sd15, processed, tmp_path_factory):
+    """4 steps with a text-encoder LoRA, checkpoints at 2 and 4 scored by dlib, ensemble of both."""
+    out = tmp_path_factory.mktemp("lora") / "out"
+    torch.manual_seed(0)
+    cfg = tiny_cfg(tiny_sd15, processed, out, validation="dlib", train_text_encoder=True, ensemble_top_k=2,
+                   learning_rate=1e-2)
+    return train(cfg, progress=False)
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_face_crop_box_reproduces_facechain_range():
+    # ratio 0.35 -> the largest crop, 0.45 -> the smallest: (0.35/1.15) * 512 / ratio
+    big = face_crop_box(512, 512, 0.35, 0.35)
+    small = face_crop_box(512, 512, 0.45, 0.5)
+    assert big[2] - big[0] == 445 and small[2] - small[0] == 346
+    assert big[1] == round(0.435 * 512 - 0.35 * 445)  # face centre lands at 35% of the crop height
+    assert small[0] == 83  # centred horizontally
+
+
+def test_augment_is_seeded_and_flips():
+    from PIL import Image
+
+    img = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
+    a = augment(img, 32, torch.Generator().manual_seed(1), face_crop=True, flip=True)
+    b = augment(img, 32, torch.Generator().manual_seed(1), face_crop=True, flip=True)
+    assert a.size == (32, 32) and np.array_equal(np.asarray(a), np.asarray(b))
+    flips = {np.array_equal(np.asarray(augment(img, 32, torch.Generator().manual_seed(s), False, True)),
+                            np.asarray(img.resize((32, 32), 3))) for s in range(8)}
+    assert flips == {True, False}  # some seeds flip, some do not
+
+
+def test_select_checkpoints_ties_go_to_later_step():
+    assert select_checkpoints({100: 0.6, 200: 0.7, 300: 0.7}, 1) == [300]
+    assert select_checkpoints({100: 0.9, 200: 0.0, 300: 0.0}, 2) == [100, 300]
+    assert select_checkpoints({100: None, 200: None}, 1) == [200]
+
+
+def test_num_steps_is_facechain_rule():
+    cfg = TrainConfig(base_model="m", train_data_dir="d", output_dir="o")
+    assert (cfg.rank, cfg.learning_rate, cfg.lr_scheduler, cfg.train_batch_size, cfg.resolution, cfg.seed) == (4, 1.5e-4, "cosine", 1, 512, 42)
+    assert cfg.num_steps(3) == 600 and cfg.num_steps(10) == 800
+
+
+# --------------------------------------------------------------------------- clear errors
+
+
+def test_resolution_not_divisible_by_8():
+    with pytest.raises(InputError, match=r"`resolution` has to be a positive multiple of 8 .* 100. Use e.g. 96"):
+        TrainConfig(base_model="m", train_data_dir="d", output_dir="o", resolution=100)
+
+
+def test_cli_reports_bad_resolution(capsys, tmp_path):
+    from facechain.cli import main
+
+    assert main(["train", "m", str(tmp_path), str(tmp_path / "o"), "--resolution", "100"]) == 1
+    assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_empty_processed_folder(tmp_path, tiny_sd15):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "metadata.jsonl").write_text("")
+    with pytest.raises(InputError, match="holds no training photos.*report.json"):
+        train(tiny_cfg(tiny_sd15, tmp_path / "p", tmp_path / "o"))
+    with pytest.raises(InputError, match="has no metadata.jsonl"):
+        load_processed(tmp_path)
+
+
+def test_unknown_model_path(tmp_path, processed):
+    with pytest.raises(ModelNotFoundError, match="does not exist on disk"):
+        train(tiny_cfg(tmp_path / "no_such_model", processed, tmp_path / "o"))
+
+
+def test_pickle_checkpoint_needs_flag(tmp_path, processed):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not loaded")
+    with pytest.raises(UnsafeCheckpointError, match="--allow-pickle"):
+        train(tiny_cfg(ckpt, processed, tmp_path / "o"))
+
+
+def test_init_lora_rank_mismatch(tmp_path, tiny_sd15, processed, trained_sd15):
+    cfg = tiny_cfg(tiny_sd15, processed, tmp_path / "o", rank=8, init_lora=str(trained_sd15.lora_path), max_train_steps=1)
+    with pytest.raises(InputError, match="Use --rank equal to the file's rank"):
+        train(cfg, progress=False)
+
+
+# --------------------------------------------------------------------------- a real run
+
+
+def test_outputs_log_and_scores(trained_sd15):
+    out = trained_sd15.output_dir
+    assert {p.name for p in out.iterdir()} >= {export.LORA_FILE, export.KOHYA_FILE, "train_config.json", "train_log.jsonl", "checkpoints"}
+    assert trained_sd15.steps == 4 and trained_sd15.selected_steps == [4, 2]  # noise images: no face -> 0, ties -> later
+    rows = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    ckpts = [r for r in rows if r.get("event") == "checkpoint"]
+    assert [(r["step"], r["score"], r["faces_found"]) for r in ckpts] == [(2, 0.0, 0), (4, 0.0, 0)]
+    assert rows[-1]["event"] == "final" and rows[-1]["selected_steps"] == [4, 2]
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["_type"] == "TrainConfig" and saved["rank"] == 4 and saved["train_text_encoder"] is True
+    assert (out / "checkpoints" / "step-000002" / "validation_0.png").is_file()
+
+
+def test_saved_key_set(trained_sd15, tiny_sd15):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_sd15), subfolder="unet")
+    modules = {n for n, _ in unet.named_modules() if n.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")) and "attn" in n}
+    assert len(modules) == 16 * 2 * 4  # 16 transformer blocks x (self, cross) attention x 4 projections
+    sd = load_file(str(trained_sd15.lora_path))
+    unet_keys = {k for k in sd if k.startswith("unet.")}
+    assert unet_keys == {f"unet.{m}.lora.{d}.weight" for m in modules for d in ("down", "up")}
+    te_keys = {k for k in sd if k.startswith("text_encoder.")}
+    assert len(te_keys) == 2 * 4 * 2  # 2 layers x q/k/v/out x down/up
+    assert sd[next(iter(unet_keys))].dtype == torch.float32
+
+    kohya = load_file(str(trained_sd15.kohya_path))
+    names = {m.replace(".", "_") for m in modules}
+    assert {k for k in kohya if k.startswith("lora_unet_")} == {f"lora_unet_{n}.{s}" for n in names for s in ("lora_down.weight", "lora_up.weight", "alpha")}
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in kohya
+    assert float(kohya["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha"]) == 4.0
+
+
+def test_ensemble_is_mean_of_selected_checkpoints(trained_sd15):
+    from safetensors.torch import load_file
+
+    c2 = load_file(str(trained_sd15.output_dir / "checkpoints/step-000002/lora.safetensors"))
+    c4 = load_file(str(trained_sd15.output_dir / "checkpoints/step-000004/lora.safetensors"))
+    kohya = load_file(str(trained_sd15.kohya_path))
+    key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight"
+    assert not torch.equal(c2[key], c4[key])
+    torch.testing.assert_close(kohya["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"], (c2[key] + c4[key]) / 2)
+
+
+def test_lora_changes_output_and_kohya_matches(trained_sd15, tiny_sd15):
+    pipe = load_pipe(tiny_sd15)
+    base = generate(pipe)
+    pipe.load_lora_weights(str(trained_sd15.output_dir))
+    with_lora = generate(pipe)
+    pipe2 = load_pipe(tiny_sd15)
+    pipe2.load_lora_weights(str(trained_sd15.kohya_path))
+    with_kohya = generate(pipe2)
+    change = np.abs(with_lora - base).max()
+    assert change > 1e-3, change
+    np.testing.assert_allclose(with_kohya, with_lora, atol=1e-5)
+
+
+def test_init_lora_loads_diffusers_and_kohya_files(trained_sd15, tiny_sd15):
+    from safetensors.torch import load_file
+
+    from facechain.train.trainer import _add_lora, current_lora, load_lora_into
+
+    sd = export.unflatten(load_file(str(trained_sd15.output_dir / "checkpoints/step-000004/lora.safetensors")))
+    sd2 = export.unflatten(load_file(str(trained_sd15.output_dir / "checkpoints/step-000002/lora.safetensors")))
+    want = export.average([sd, sd2])
+    for path in (trained_sd15.lora_path, trained_sd15.kohya_path):
+        pipe = load_pipe(tiny_sd15)
+        cfg = TrainConfig(base_model="m", train_data_dir="d", output_dir="o", train_text_encoder=True)
+        _add_lora(pipe.unet, [pipe.text_encoder], cfg)
+        lora, alpha = export.read_lora_file(path, "sd15", pipe.unet.config)
+        load_lora_into({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, lora, str(path))
+        got = current_lora({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+        assert set(got["unet"]) == set(want["unet"]) and set(got["text_encoder"]) == set(want["text_encoder"])
+        for comp in ("unet", "text_encoder"):
+            for k in want[comp]:
+                torch.testing.assert_close(got[comp][k], want[comp][k])
+
+
+def test_output_dir_in_use_needs_resume(trained_sd15, tiny_sd15, processed):
+    with pytest.raises(InputError, match="Pass --resume"):
+        train(tiny_cfg(tiny_sd15, processed, trained_sd15.output_dir))
+    with pytest.raises(InputError, match="settings differ.*rank"):
+        train(tiny_cfg(tiny_sd15, processed, trained_sd15.output_dir, resume=True, rank=8, validation="dlib",
+                       train_text_encoder=True, ensemble_top_k=2, learning_rate=1e-2))
+
+
+def test_single_file_checkpoint_loads_and_trains(tiny_sd15, processed, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from facechain.testing import export_single_file
+
+    ckpt = export_single_file(tiny_sd15, tmp_path / "tiny-sd15.safetensors")
+    pipe = StableDiffusionPipeline.from_single_file(str(ckpt), config=str(tiny_sd15), safety_checker=None)
+    ref = load_pipe(tiny_sd15)
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(pipe, name).state_dict(), getattr(ref, name).state_dict()
+        assert set(a) >= set(b) - {"text_model.embeddings.position_ids"}
+        assert all(torch.equal(a[k], b[k]) for k in b if k in a), name
+    art = train(tiny_cfg(ckpt, processed, tmp_path / "o", single_file_config=str(tiny_sd15), max_train_steps=2), progress=False)
+    assert art.family == "sd15" and art.lora_path.is_file() and art.selected_steps == [2]
+
+
+def test_sdxl_two_steps_and_kohya_matches(tiny_sdxl, processed, tmp_path):
+    from safetensors.torch import load_file
+
+    art = train(tiny_cfg(tiny_sdxl, processed, tmp_path / "o", max_train_steps=2, learning_rate=1e-2), progress=False)
+    assert art.family == "sdxl" and art.steps == 2
+    kohya = load_file(str(art.kohya_path))
+    blocks = {k.split("_transformer_blocks")[0] for k in kohya}
+    assert blocks == {"lora_unet_input_blocks_4_1", "lora_unet_input_blocks_5_1", "lora_unet_input_blocks_7_1",
+                      "lora_unet_input_blocks_8_1", "lora_unet_middle_block_1", "lora_unet_output_blocks_0_1",
+                      "lora_unet_output_blocks_1_1", "lora_unet_output_blocks_2_1", "lora_unet_output_blocks_3_1",
+                      "lora_unet_output_blocks_4_1", "lora_unet_output_blocks_5_1"}
+    pipe = load_pipe(tiny_sdxl)
+    base = generate(pipe)
+    pipe.load_lora_weights(str(art.output_dir))
+    with_lora = generate(pipe)
+    pipe2 = load_pipe(tiny_sdxl)
+    pipe2.load_lora_weights(str(art.kohya_path))
+    assert np.abs(with_lora - base).max() > 1e-4
+    np.testing.assert_allclose(generate(pipe2), with_lora, atol=1e-5)

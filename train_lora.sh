@@ -1,0 +1,37 @@
+#!/bin/sh
+# Train a face LoRA from a folder of a person's photos (FaceChain's interface).
+#
+#   sh train_lora.sh BASE_MODEL REVISION SUB_PATH IMGS_DIR PROCESSED_DIR OUTPUT_DIR [trainer flags...]
+#
+# REVISION and SUB_PATH may be empty strings (""). Preprocessing turns IMGS_DIR into
+# PROCESSED_DIR, then the trainer runs under `accelerate launch` (multi-GPU and mixed precision
+# follow accelerate's own config, `accelerate config`). Trainer flags pass through, e.g.
+#   --max_train_steps 400 --rank 8 --resolution 512 --mixed_precision bf16 --resume
+# Environment: PYTHON (interpreter, default python), PREPROCESS_FLAGS (extra flags for
+# `facechain preprocess`, e.g. "--backend dlib").
+# See docs/train.md.
+set -eu
+
+if [ "$#" -lt 6 ]; then
+    echo "usage: sh train_lora.sh BASE_MODEL REVISION SUB_PATH IMGS_DIR PROCESSED_DIR OUTPUT_DIR [trainer flags...]" >&2
+    echo "  REVISION and SUB_PATH may be \"\"; e.g. sh train_lora.sh ly261666/cv_portrait_model v2.0 film/film ./imgs ./processed ./output" >&2
+    exit 2
+fi
+
+BASE_MODEL=$1
+REVISION=$2
+SUB_PATH=$3
+IMGS_DIR=$4
+PROCESSED_DIR=$5
+OUTPUT_DIR=$6
+shift 6
+PYTHON=${PYTHON:-python}
+
+# shellcheck disable=SC2086  # PREPROCESS_FLAGS is a list of flags
+"$PYTHON" -m facechain preprocess "$IMGS_DIR" "$PROCESSED_DIR" ${PREPROCESS_FLAGS:-} || {
+    echo "train_lora.sh: preprocessing $IMGS_DIR failed (see $PROCESSED_DIR/report.json); no training was run." >&2
+    exit 1
+}
+
+exec "$PYTHON" -m accelerate.commands.launch -m facechain train \
+    "$BASE_MODEL" "$PROCESSED_DIR" "$OUTPUT_DIR" --revision "$REVISION" --sub_path "$SUB_PATH" "$@"
