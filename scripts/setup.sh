@@ -17,4 +17,9 @@ else
 fi
 echo "facechain setup: installing (onnxruntime build: $extra); the first install compiles dlib (~8 min)"
 python -m pip install --quiet -e ".[test,$extra]"
-python -c "import facechain, diffusers, dlib, face_recognition_models; print('facechain setup: ok (diffusers', diffusers.__version__ + ')')" 2>&1 | grep -v pkg_resources || true
+python - <<'PY'
+import diffusers, dlib, torch
+from facechain.face.backends.dlib_backend import models_dir
+assert (models_dir() / "shape_predictor_68_face_landmarks.dat").is_file(), "dlib model files missing"
+print(f"facechain setup: ok (torch {torch.__version__}, diffusers {diffusers.__version__}, dlib {dlib.__version__})")
+PY
