@@ -44,6 +44,11 @@ def style_dir(tiny_sd15, tmp_path_factory):
         "name": "Ink", "img": "", "model_id": "loras/ink.safetensors", "revision": None, "bin_file": None,
         "multiplier_style": 0.35, "multiplier_human": 0.9, "add_prompt_style": "(ink drawing:1.3), black and white",
     }))
+    (folder / "loras" / "broken.safetensors").write_bytes(b"not a safetensors file")
+    (folder / "broken.json").write_text(json.dumps({
+        "name": "Broken", "img": "", "model_id": "loras/broken.safetensors", "revision": None, "bin_file": None,
+        "multiplier_style": 0.5, "multiplier_human": 0.9, "add_prompt_style": "anything",
+    }))
     return folder
 
 
@@ -67,8 +72,8 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     cfg_path.parent.mkdir()
     cfg_path.write_text(
         f"base_model: {tiny_sd15}\nlora_dir: {face_lora}\noutput_dir: ../out\nstyle_dirs: [{style_dir}]\n"
-        "styles: [Business suit, Ink]\nnum_candidates: 3\nnum_images: 2\nbatch_size: 2\nsteps: 2\nseed: 5\n"
-        "rank: false\nfusion: 'off'\ndevice: cpu\ndtype: float32\n"
+        "styles: [Business suit, Broken, Ink]\nnum_candidates: 3\nnum_images: 2\nbatch_size: 2\nsteps: 2\n"
+        "seed: 5\nrank: false\nfusion: 'off'\nupscale: lanczos\ndevice: cpu\ndtype: float32\n"
     )
     assert main(["generate", "--config", str(cfg_path)]) == 0
     out = tmp_path / "out"  # resolved against the config file's folder
@@ -76,7 +81,8 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     assert kept == ["business_suit_00.png", "business_suit_01.png", "contact_sheet.png", "ink_00.png", "ink_01.png"]
     assert len(list((out / "candidates").glob("*.png"))) == 6
     man = json.loads((out / "manifest.json").read_text())
-    suit, ink = man["styles"]
+    suit, broken, ink = man["styles"]  # a broken style is reported; the others still run
+    assert broken["style"] == "Broken" and "could not be loaded" in broken["error"]
     assert suit["prompt"].startswith("<fcsks>, a person, wearing a tailored dark business suit")
     assert ink["prompt"] == "<fcsks>, a person, ink drawing, black and white"  # weighting syntax stripped
     assert suit["adapters"] == {"face": 0.95} and ink["adapters"] == {"face": 0.9, "style": 0.35}
@@ -88,7 +94,8 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     assert json.loads((out / "generate_config.json").read_text())["_type"] == "GenerateConfig"
     from PIL import Image
 
-    assert Image.open(out / "ink_00.png").size == (64, 64)
+    assert Image.open(out / "ink_00.png").size == (128, 128)  # Lanczos x2
+    assert Image.open(out / "candidates" / "ink_000.png").size == (64, 64)
     # the same job through run_inference.py's entry point (the shipped demo config, tiny model path overridden)
     import subprocess
     import sys

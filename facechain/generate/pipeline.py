@@ -239,7 +239,16 @@ class PortraitGenerator:
         if style.has_lora:
             path = resolve_weights_file(style.lora_reference(), filename=style.bin_file, revision=style.revision,
                                         allow_pickle=self.cfg.allow_pickle, what=f"style '{style.name}' LoRA")
-            pipe.load_lora_weights(_load_state_dict(path), adapter_name=STYLE_ADAPTER)
+            try:
+                pipe.load_lora_weights(_load_state_dict(path), adapter_name=STYLE_ADAPTER)
+            except Exception as exc:  # corrupt file, or a LoRA made for another base model family
+                if STYLE_ADAPTER in getattr(pipe, "get_list_adapters", lambda: {})().get("unet", []):
+                    pipe.delete_adapters(STYLE_ADAPTER)
+                raise InputError(
+                    f"style '{style.name}' ({style.path}): its LoRA {path} could not be loaded into the "
+                    f"{self.family} base model ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+                    "Check that the file is a LoRA for this base model family."
+                ) from exc
             weights[STYLE_ADAPTER] = style.multiplier_style
         if weights:
             pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
