@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("settings (override the config file)")
     for f in dataclasses.fields(GenerateConfig):
         kwargs = _flag_type(hints[f.name])
+        if "action" not in kwargs and "choices" not in kwargs:
+            kwargs["metavar"] = f.name.upper()
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", default=None,
                            help=f.metadata.get("help", ""), **kwargs)
 
@@ -56,7 +58,9 @@ def run(args) -> int:
     if args.list_styles:
         return _list_styles(args, overrides)
     if args.config is None and "base_model" not in overrides:
-        raise SystemExit("facechain generate: pass --config FILE or at least --base-model and --output-dir")
+        from facechain.errors import InputError
+
+        raise InputError("facechain generate: pass --config FILE, or at least --base-model and --output-dir.")
     cfg = load_generate_config(args.config, overrides)
     result = run_job(cfg)
     print(f"{len(result.kept)} images, manifest.json and contact_sheet.png in {result.output_dir}")
