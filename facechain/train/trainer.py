@@ -52,6 +52,25 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
 
+def _to(model, device, dtype) -> None:
+    """Move ``model``; cast only when the dtype changes."""
+    if next(model.parameters()).dtype == dtype:
+        model.to(device)
+    else:
+        model.to(device, dtype)
+
+
+def _adamw(params, cfg: TrainConfig, device) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one (CPU, CUDA): a LoRA is hundreds of small
+    tensors, and the per-tensor loop costs as much as a tiny UNet's backward (measured 9.6 ms
+    per-tensor, 5.6 ms foreach, 1.3 ms fused for SD1.5's 256 LoRA tensors on one CPU thread)."""
+    kwargs = dict(lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    if device.type in ("cpu", "cuda"):
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    logger.info("AdamW: no fused kernel on %s; using the multi-tensor (foreach) implementation", device.type)
+    return torch.optim.AdamW(params, foreach=True, **kwargs)
+
+
 def _check_output_dir(cfg: TrainConfig, out: Path) -> list[ckpt_io.Checkpoint]:
     existing = ckpt_io.list_checkpoints(out)
     if cfg.resume:
@@ -176,11 +195,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
     for m in [unet, vae, *cond.encoders]:
         m.requires_grad_(False)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    vae.to(device, torch.float32)  # encoded once and decoded at validation only: fp32 (the SDXL VAE overflows in fp16)
-    unet.to(device, weight_dtype)
-    text_dtype = weight_dtype if cfg.train_text_encoder else torch.float32
+    # The pipeline loads in fp32. The VAE stays fp32 (it encodes once and decodes at validation only;
+    # the SDXL VAE overflows in fp16); text encoders stay fp32 until their embeddings are cached.
+    vae.to(device)
+    _to(unet, device, weight_dtype)
     for enc in cond.encoders:
-        enc.to(device, text_dtype)
+        _to(enc, device, weight_dtype if cfg.train_text_encoder else torch.float32)
     set_seed(cfg.seed)  # the LoRA's initial (gaussian) weights come from the global generator
     _add_lora(unet, cond.encoders, cfg)
     lora_models = {"unet": unet}
@@ -196,8 +216,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
-            for enc in cond.encoders:
-                enc.gradient_checkpointing_enable()
+            for enc in cond.encoders:  # transformers 5 renamed gradient_checkpointing_enable
+                (getattr(enc, "activation_checkpointing_enable", None) or enc.gradient_checkpointing_enable)()
 
     # ---- cached inputs: VAE latents of the augmentation pool, text embeddings per caption
     pool = build_latent_pool(examples, vae, cfg.resolution, cfg.aug_variants, cfg.seed, cfg.face_crop, cfg.random_flip,
@@ -211,11 +231,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
         cached_embeds = cached_embeds.to(device, weight_dtype)
         cached_pooled = cached_pooled.to(device, weight_dtype) if cached_pooled is not None else None
         for enc in cond.encoders:  # kept for validation only
-            enc.to(device, weight_dtype)
+            _to(enc, device, weight_dtype)
 
     # ---- optimisation
     params = [p for m in lora_models.values() for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    optimizer = _adamw(params, cfg, device)
     max_steps = cfg.num_steps(len(examples))
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,

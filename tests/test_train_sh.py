@@ -1,0 +1,87 @@
+"""`sh train_lora.sh` end to end: real photos -> preprocessing -> accelerate launch -> LoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train_lora.sh"
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "PREPROCESS_FLAGS": "--backend dlib --workers 1 --quiet", "PYTHONPATH": str(ROOT)}
+
+
+def _photos(folder: Path) -> Path:
+    """Three photos of one person (skimage's astronaut): as is, mirrored, and zoomed out on grey."""
+    from PIL import Image, ImageOps
+    from skimage import data
+
+    folder.mkdir(parents=True)
+    photo = Image.fromarray(data.astronaut())
+    photo.save(folder / "a.jpg", quality=95)
+    ImageOps.mirror(photo).save(folder / "b.png")
+    canvas = Image.new("RGB", (640, 640), (128, 128, 128))
+    canvas.paste(photo, (64, 32))
+    canvas.save(folder / "c.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path):
+    imgs = _photos(tmp_path / "imgs")
+    processed, out = tmp_path / "processed", tmp_path / "out"
+    cmd = ["sh", str(SCRIPT), str(tiny_sd15), "", "", str(imgs), str(processed), str(out),
+           "--resolution", "64", "--max_train_steps", "2", "--checkpointing_steps", "1", "--aug_variants", "2",
+           "--validation", "dlib", "--num_validation_images", "1", "--validation_inference_steps", "2", "--no-progress"]
+    proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    meta = [json.loads(l) for l in (processed / "metadata.jsonl").read_text().splitlines() if l.strip()]
+    assert len(meta) >= 2 and all(m["text"].startswith("<fcsks>") for m in meta)
+    assert {p.name for p in out.iterdir()} >= {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors",
+                                               "train_config.json", "train_log.jsonl"}
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert (cfg["resolution"], cfg["max_train_steps"], cfg["revision"], cfg["sub_path"]) == (64, 2, "", "")
+    rows = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    scored = [r for r in rows if r.get("event") == "checkpoint"]
+    assert [r["step"] for r in scored] == [1, 2] and all(isinstance(r["score"], float) for r in scored)
+    final = rows[-1]
+    assert final["event"] == "final" and final["selected_steps"][0] in (1, 2)
+
+    from facechain.models import load_pipeline, resolve_model
+
+    pipe = load_pipeline(resolve_model(str(tiny_sd15)))
+    pipe.set_progress_bar_config(disable=True)
+    import torch
+
+    def img():
+        return pipe("<fcsks>", num_inference_steps=2, height=64, width=64, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images[0]
+
+    base = img()
+    pipe.load_lora_weights(str(out))
+    assert np.abs(img() - base).max() > 0  # a loaded LoRA changes the output
+
+
+def test_train_lora_sh_usage_and_failed_preprocessing(tmp_path):
+    proc = subprocess.run(["sh", str(SCRIPT), "model", "", ""], env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage: sh train_lora.sh BASE_MODEL REVISION SUB_PATH" in proc.stderr
+
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "noise.png")
+    proc = subprocess.run(["sh", str(SCRIPT), "model", "", "", str(tmp_path / "imgs"), str(tmp_path / "p"), str(tmp_path / "o")],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "no training was run" in proc.stderr
+    assert not (tmp_path / "o").exists()
