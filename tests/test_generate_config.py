@@ -119,3 +119,15 @@ def test_cli_flags_cover_every_field():
                     "height": 512}
     flags = {a.dest[4:] for a in p._actions if a.dest.startswith("set_")}
     assert flags == set(GenerateConfig.__dataclass_fields__)
+
+
+def test_pose_photo_without_annotator_weights_names_the_fix(tmp_path):
+    from skimage.data import astronaut
+
+    from facechain.errors import ModelNotFoundError
+    from facechain.io import save_image
+    from facechain.poses import load_pose
+
+    save_image(tmp_path / "photo.png", astronaut())
+    with pytest.raises(ModelNotFoundError, match=r"needs the OpenPose annotator weights .*--pose-annotator.*upper_body_front"):
+        load_pose(str(tmp_path / "photo.png"), (64, 64), annotator=str(tmp_path / "no_annotator"))

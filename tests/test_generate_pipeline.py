@@ -188,14 +188,20 @@ def test_pose_and_depth_controlnets(tiny_sd15, tmp_path):
         PortraitGenerator(_cfg(tiny_sd15, tmp_path, pose="upper_body_front", controlnet_openpose=str(tmp_path / "x")))
 
 
-def test_sdxl_fast_mode_with_lcm_lora(tiny_sdxl, tmp_path):
+def test_sdxl_fast_mode_with_lcm_lora_and_pose(tiny_sdxl, tmp_path):
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.styles import load_styles
 
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
     lcm = _random_lora(tiny_sdxl, tmp_path / "lcm", seed=3, family="sdxl")
     face = _random_lora(tiny_sdxl, tmp_path / "face", seed=4, family="sdxl")
-    gen = PortraitGenerator(_cfg(tiny_sdxl, tmp_path, fast=True, fast_steps=2, lcm_lora=str(lcm), lora_dir=face))
+    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet")
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16)).save_pretrained(tmp_path / "cn")
+    gen = PortraitGenerator(_cfg(tiny_sdxl, tmp_path, fast=True, fast_steps=2, lcm_lora=str(lcm), lora_dir=face,
+                                 pose="upper_body_turn", controlnet_openpose=str(tmp_path / "cn")))
     batch = gen.generate(load_styles().get("Cyberpunk", "sdxl"), ("<fcsks>", "a person"))
+    assert type(gen.control_pipe).__name__ == "StableDiffusionXLControlNetPipeline"
     assert batch.settings["scheduler"] == "LCMScheduler" and batch.settings["family"] == "sdxl"
     assert batch.adapters == {"face": 0.9, "lcm": 1.0}
     assert len(batch.candidates) == 3 and batch.candidates[0].image.size == (64, 64)
