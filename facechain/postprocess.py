@@ -195,7 +195,15 @@ def fuse_and_rank(
             fused = True
         score = None
         if rank:
-            emb = analyzer.embed(out, face) if fused else face.embedding
+            emb = face.embedding
+            if fused:  # fusion moved the inner landmarks: re-detect so the embedding is aligned on the new face
+                again = analyzer.detect(out, max_faces=2)
+                if len(again) == 1:
+                    emb = again[0].embedding
+                else:
+                    logger.info("candidate %d: %d faces after fusion; embedding at the generated face's landmarks",
+                                i, len(again))
+                    emb = analyzer.embed(out, face)
             if emb is None:
                 emb = analyzer.embed(out, face)
             score = float(similarity(np.asarray(emb), reference.face.embedding, backend=reference.face.backend))

@@ -62,6 +62,11 @@ def test_ranking_puts_the_reference_person_first(people, dlib_analyzer):
     assert dropped[5] == "no face detected"
     assert dropped[6].endswith("faces detected (need exactly one)") or dropped[6].startswith("face too small")
     assert len(order) == 5  # nothing usable was lost
+    # with fusion, every usable candidate gets the reference identity and is fused
+    from facechain.face.fusion import get_fusion
+
+    fused = fuse_and_rank(images[:4], reference, dlib_analyzer, fusion=get_fusion("landmark"), rank=True)
+    assert all(s.fused and s.score >= SAME_PERSON_THRESHOLD for s in fused), [s.score for s in fused]
 
 
 def test_landmark_fusion_transfers_identity_and_keeps_outside_pixels(people, dlib_analyzer):
