@@ -147,3 +147,28 @@ def test_job_with_ranking_reports_every_dropped_candidate(tiny_sd15, people, tmp
     assert result.manifest["template"]["file"] == "000.png"
     assert result.manifest["fusion"]["method"] == "landmark"
     assert (tmp_path / "out" / "contact_sheet.png").is_file()
+
+
+def test_template_from_real_preprocessing_output(dlib_analyzer, tmp_path):
+    """The processed folder written by facechain.preprocess: report.json's scores pick the template."""
+    import cv2
+
+    from facechain import samples
+    from facechain.generate.prompt import subject_from_metadata
+    from facechain.io import save_image
+    from facechain.postprocess import select_template
+    from facechain.preprocess import preprocess
+
+    photo = samples.astronaut()
+    save_image(tmp_path / "in" / "a.png", photo)
+    save_image(tmp_path / "in" / "b.png", cv2.GaussianBlur(photo, (3, 3), 1))  # kept but less sharp
+    save_image(tmp_path / "in" / "c.png", np.ascontiguousarray(photo[:, ::-1]))
+    result = preprocess(tmp_path / "in", tmp_path / "processed", analyzer=dlib_analyzer, progress=False)
+    report = json.loads((tmp_path / "processed" / "report.json").read_text())
+    kept = [e for e in report["entries"] if e["status"] == "kept"]
+    best = max(kept, key=lambda e: e["scores"]["detector_score"] * e["scores"]["blur"])
+    ref = select_template(tmp_path / "processed", dlib_analyzer)
+    assert ref.file == best["output"] and ref.reason.startswith("report.json")
+    assert ref.face.landmarks.shape == (68, 2) and len(result.kept) == len(kept)
+    trigger, attribute = subject_from_metadata(tmp_path / "processed", "<x>")
+    assert trigger == "<fcsks>" and attribute
