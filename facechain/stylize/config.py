@@ -103,7 +103,7 @@ class PortraitDiffusionOptions:
 
     sac_step: int | None = field(default=None, metadata=_help("from this step on, SAC adds style guidance on the target's own queries (default 35 of 50, scaled)"))
     style_guidance: float = field(default=1.2, metadata=_help("g in A_c + g (Attn(Q_t,K_s,V_s) - A_c); README 1.2, main.py 1.5"))
-    plan: list = field(default_factory=list, metadata=_help("Chain-of-Painting: list of passes (mappings of overrides); each output is the next content"))
+    plan: list | str = field(default_factory=list, metadata=_help("Chain-of-Painting: a plan YAML file, or its list of passes (mappings of overrides); each output is the next content"))
 
     def __post_init__(self):
         if self.style_guidance < 0:

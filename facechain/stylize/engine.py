@@ -50,7 +50,7 @@ class PreparedImage:
 
     @property
     def digest(self) -> str:
-        return digest(torch.from_numpy(np.ascontiguousarray(self.array)))
+        return digest(list(self.array.shape), np.ascontiguousarray(self.array).tobytes())
 
 
 def read_image(image: ImageLike, what: str) -> tuple[np.ndarray, str]:
