@@ -103,6 +103,26 @@ def test_fusion_registry_and_errors(tmp_path):
         get_fusion("swapper", swapper_model=tmp_path / "missing.onnx")
     with pytest.raises(InputError, match="unknown fusion method"):
         get_fusion("blend")
+    fake = tmp_path / "inswapper_128.onnx"
+    fake.write_bytes(b"")
+    assert get_fusion("auto", swapper_model=fake, backend="dlib").name == "landmark"  # swapper needs ArcFace faces
+
+
+def test_landmark_fusion_finds_68_landmarks_for_other_backends(people, dlib_analyzer):
+    """Faces without dlib's 68 points (insightface gives 106) are located again with dlib."""
+    import dataclasses
+
+    from facechain.face.fusion import LandmarkFusion
+
+    ref, target = people["ref"], people["hanks"]
+    ref_face, t_face = dlib_analyzer.detect(ref)[0], dlib_analyzer.detect(target)[0]
+    fusion = LandmarkFusion()
+    direct = fusion.fuse(target, t_face, ref, ref_face).image
+    stripped = [dataclasses.replace(f, landmarks=None, backend="insightface") for f in (t_face, ref_face)]
+    assert np.array_equal(fusion.fuse(target, stripped[0], ref, stripped[1]).image, direct)
+    far = dataclasses.replace(stripped[0], bbox=np.array([0, 0, 20, 20], np.float32))
+    with pytest.raises(InputError, match="dlib found no face at"):
+        fusion.fuse(target, far, ref, stripped[1])
 
 
 def test_template_is_the_best_quality_processed_photo(people, dlib_analyzer, tmp_path):

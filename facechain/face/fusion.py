@@ -65,14 +65,17 @@ def available_fusions() -> list[str]:
     return sorted(_METHODS)
 
 
-def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = None) -> FusionMethod:
-    """A fusion method by name; ``auto``: swapper when its model file exists, else landmark."""
+def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = None,
+               backend: str | None = None) -> FusionMethod:
+    """A fusion method by name. ``auto``: the swapper when its model file exists and faces come
+    from the insightface backend (``backend``; the swapper needs ArcFace embeddings), else landmark."""
     model = Path(swapper_model).expanduser() if swapper_model else DEFAULT_SWAPPER
     if name == "auto":
-        if model.is_file():
+        if model.is_file() and backend in (None, "insightface"):
             logger.info("face fusion: insightface swapper (%s)", model)
             return _METHODS["swapper"](model_path=model)
-        logger.info("face fusion: landmark warp + Poisson blend (no swapper model at %s)", model)
+        why = f"no swapper model at {model}" if not model.is_file() else f"faces come from the {backend} backend"
+        logger.info("face fusion: landmark warp + Poisson blend (%s)", why)
         return _METHODS["landmark"]()
     if name not in _METHODS:
         raise InputError(f"unknown fusion method '{name}'. Choose one of {['auto', 'off', *available_fusions()]}.")
@@ -181,6 +184,7 @@ class LandmarkFusion:
         if not 0.0 <= outline_follow <= 1.0:
             raise InputError(f"outline_follow must be in [0, 1], got {outline_follow}")
         self.outline_follow = outline_follow
+        self._told = False
 
     def fuse(self, target: np.ndarray, target_face: Face, source: np.ndarray, source_face: Face,
              strength: float = 1.0) -> FusionResult:
@@ -188,14 +192,10 @@ class LandmarkFusion:
 
         if not 0.0 <= strength <= 1.0:
             raise InputError(f"fusion strength must be in [0, 1], got {strength}")
-        for what, face in (("generated", target_face), ("reference", source_face)):
-            if face.landmarks is None or len(face.landmarks) != 68:
-                raise InputError(
-                    f"landmark fusion needs 68 landmarks on the {what} face (dlib layout); the {face.backend} "
-                    "face has none. Use the dlib face backend, or the swapper method."
-                )
         target = np.ascontiguousarray(target[..., :3], dtype=np.uint8)
         source = np.ascontiguousarray(source[..., :3], dtype=np.uint8)
+        target_face = self._with_68_landmarks(target, target_face, "generated")
+        source_face = self._with_68_landmarks(source, source_face, "reference")
         h, w = target.shape[:2]
         dst_pts = destination_shape(target_face.landmarks, source_face.landmarks, self.outline_follow)
         warped = _warp_triangles(source, source_face.landmarks.astype(np.float32), dst_pts, (h, w))
@@ -218,6 +218,26 @@ class LandmarkFusion:
         out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         out[alpha == 0] = target[alpha == 0]
         return FusionResult(out, (alpha * strength).astype(np.float32), self.name)
+
+
+    def _with_68_landmarks(self, image: np.ndarray, face: Face, what: str) -> Face:
+        """``face`` if it has dlib's 68 landmarks; else the dlib face at the same place (insightface
+        gives 106 points in another layout), found through the face-backend registry."""
+        if face.landmarks is not None and len(face.landmarks) == 68:
+            return face
+        from facechain.face import get_analyzer
+
+        if not self._told:
+            logger.info("landmark fusion: %s faces have no 68-point landmarks; locating them with dlib", face.backend)
+            self._told = True
+        found = get_analyzer("dlib").detect(image, embed=False)
+        near = [f for f in found if np.linalg.norm(f.center - face.center) < 0.5 * face.size]
+        if not near:
+            raise InputError(
+                f"landmark fusion needs 68 landmarks on the {what} face, and dlib found no face at "
+                f"{face.bbox.round().tolist()}. Use fusion: swapper with insightface, or fusion: off."
+            )
+        return min(near, key=lambda f: float(np.linalg.norm(f.center - face.center)))
 
 
 # ---------------------------------------------------------------------------- insightface swapper

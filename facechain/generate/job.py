@@ -85,7 +85,7 @@ def run_job(cfg: GenerateConfig) -> JobResult:
         analyzer = get_analyzer(cfg.face_backend)
         reference = select_template(cfg.processed_dir, analyzer)
         if cfg.fusion != "off":
-            fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model)
+            fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model, backend=analyzer.name)
         timings["template_s"] = time.perf_counter() - t0
 
     generator = PortraitGenerator(cfg, resolved)
