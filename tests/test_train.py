@@ -274,3 +274,68 @@ def test_sdxl_two_steps_and_kohya_matches(tiny_sdxl, processed, tmp_path):
     pipe2.load_lora_weights(str(art.kohya_path))
     assert np.abs(with_lora - base).max() > 1e-4
     np.testing.assert_allclose(generate(pipe2), with_lora, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- more mechanics
+
+
+def test_likeness_scorer_on_real_faces(processed, dlib_analyzer):
+    from PIL import Image
+    from skimage import data
+
+    from facechain.train.validate import LikenessScorer
+
+    scorer = LikenessScorer.from_photos(dlib_analyzer, sorted(processed.glob("*.png")))
+    assert len(scorer.reference) == 2
+    same = Image.fromarray(data.astronaut())
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    result = scorer.score([same, noise])
+    assert result.faces_found == 1 and result.per_image[1] == 0.0
+    assert result.per_image[0] > 0.8  # the same photo: well above the 0.5 same-person threshold
+    assert result.score == pytest.approx(result.per_image[0] / 2)
+
+
+def test_sdpa_bf16_gradient_checkpointing_and_pruning(tiny_sd15, processed, tmp_path):
+    """bf16 frozen weights with fp32 LoRA, gradient checkpointing, and at most 2 checkpoints kept."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from facechain.models import load_pipeline, resolve_model
+    from facechain.train.trainer import _add_lora
+
+    pipe = load_pipeline(resolve_model(str(tiny_sd15)))
+    _add_lora(pipe.unet, [], TrainConfig(base_model="m", train_data_dir="d", output_dir="o"))
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}  # PyTorch SDPA
+
+    art = train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", mixed_precision="bf16", gradient_checkpointing=True,
+                         max_train_steps=3, checkpointing_steps=1, checkpoints_total_limit=2), progress=False)
+    steps = sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir())
+    assert steps == ["step-000002", "step-000003"]  # unscored: the oldest goes first
+    from safetensors.torch import load_file
+
+    sd = load_file(str(art.lora_path))
+    assert {v.dtype for v in sd.values()} == {torch.float32}
+    assert all(torch.isfinite(v).all() for v in sd.values())
+
+
+def test_init_lora_seeds_the_run(tiny_sd15, processed, trained_sd15, tmp_path):
+    """Starting from a LoRA file: with a negligible learning rate the result is that LoRA."""
+    from safetensors.torch import load_file
+
+    art = train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", init_lora=str(trained_sd15.kohya_path), max_train_steps=1,
+                         learning_rate=1e-12, train_text_encoder=True), progress=False)
+    got, want = load_file(str(art.lora_path)), load_file(str(trained_sd15.lora_path))
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
+
+
+def test_resume_refuses_changed_photos(tiny_sd15, processed, tmp_path):
+    import shutil
+
+    data = tmp_path / "p"
+    shutil.copytree(processed, data)
+    out = tmp_path / "o"
+    train(tiny_cfg(tiny_sd15, data, out, max_train_steps=1), progress=False)
+    (data / "metadata.jsonl").write_text((data / "metadata.jsonl").read_text().replace("woman", "person"))
+    with pytest.raises(InputError, match="photos or captions .* changed"):
+        train(tiny_cfg(tiny_sd15, data, out, max_train_steps=1, resume=True), progress=False)

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import typing
 
-from facechain.train.config import TrainConfig
+from facechain.train.config import LR_SCHEDULERS, TrainConfig
 
 POSITIONAL = ("base_model", "train_data_dir", "output_dir")
 
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("base_model", help=TrainConfig.__dataclass_fields__["base_model"].metadata["help"])
     p.add_argument("train_data_dir", help=TrainConfig.__dataclass_fields__["train_data_dir"].metadata["help"])
     p.add_argument("output_dir", help=TrainConfig.__dataclass_fields__["output_dir"].metadata["help"])
-    p.add_argument("--config", dest="_config", default=None, help="YAML/JSON file of TrainConfig settings (flags override it)")
+    p.add_argument("--config", dest="_config", metavar="FILE", default=None, help="YAML/JSON file of TrainConfig settings (flags override it)")
     p.add_argument("--no-progress", dest="_no_progress", action="store_true", help="no progress bar")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is typing.Literal:
             kwargs["choices"] = list(args)
+        elif f.name == "lr_scheduler":
+            kwargs["choices"] = list(LR_SCHEDULERS)
         elif origin is list:
             kwargs["nargs"] = "+"
         else:

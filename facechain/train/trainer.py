@@ -71,6 +71,16 @@ def _adamw(params, cfg: TrainConfig, device) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, foreach=True, **kwargs)
 
 
+def _data_fingerprint(examples) -> str:
+    """sha256 over the training photos' bytes and captions: a resumed run must see the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(ex.image.name.encode() + b"\0" + ex.caption.encode() + b"\0" + ex.image.read_bytes())
+    return h.hexdigest()
+
+
 def _check_output_dir(cfg: TrainConfig, out: Path) -> list[ckpt_io.Checkpoint]:
     existing = ckpt_io.list_checkpoints(out)
     if cfg.resume:
@@ -148,7 +158,17 @@ def _align_text_model_prefix(given: dict, expected: dict) -> dict:
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
-    """Train a face LoRA as configured; see the module and ``docs/train.md``."""
+    """Train a face LoRA as configured; see the module and ``docs/train.md``.
+
+    Raises InputError / ModelNotFoundError / UnsafeCheckpointError for bad input, before any
+    training starts."""
+    try:
+        return _train(cfg, progress)
+    finally:
+        _release_accelerator_state()
+
+
+def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
@@ -180,9 +200,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
 
     # ---- resume: what step, and is it the same run
     resume_from = existing[-1] if cfg.resume and existing else None
+    fingerprint = _data_fingerprint(examples)
     if resume_from is not None:
         saved = ckpt_io.read_state(resume_from.path)[0]
         _check_resume_config(cfg, saved["config"], resume_from.path)
+        if saved.get("data") != fingerprint:
+            raise InputError(
+                f"--resume: the photos or captions in {cfg.train_data_dir} changed since {resume_from.path} was written, "
+                "so the run cannot continue as the same run. Restore them, or start a new run in an empty output folder."
+            )
     if main:
         ckpt_io.remove_partial(out)
         save_config(cfg, config_path)
@@ -315,7 +341,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
             bar.set_postfix(loss=f"{loss_value:.4f}")
         if step % cfg.checkpointing_steps == 0 or step == max_steps:
             scores[step] = _checkpoint(cfg, accelerator, out, step, lora_models, optimizer, lr_scheduler, gen,
-                                       scorer, pipe, prompt, log_path, resolved)
+                                       scorer, pipe, prompt, log_path, {"config": to_dict(cfg), "model": resolved.to_dict(),
+                                                                        "data": fingerprint})
     bar.close()
     accelerator.wait_for_everyone()
 
@@ -341,7 +368,17 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
     return LoraArtifact(out, lora_path, kohya_path, config_path, log_path, family, max_steps, selected, dict(scores))
 
 
-def _checkpoint(cfg, accelerator, out, step, lora_models, optimizer, lr_scheduler, gen, scorer, pipe, prompt, log_path, resolved):
+def _release_accelerator_state() -> None:
+    """accelerate keeps one process-wide AcceleratorState (mixed precision, ...); clear it so that
+    a later ``train()`` in the same process (a UI training several people, tests) may use other
+    settings. The process group (PartialState) is kept. accelerate's own tests reset it the same way."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def _checkpoint(cfg, accelerator, out, step, lora_models, optimizer, lr_scheduler, gen, scorer, pipe, prompt, log_path, extra):
     """Score (main process), then write the checkpoint atomically. Returns the score."""
     main = accelerator.is_main_process
     staging = ckpt_io.staging_dir(out, step)
@@ -371,7 +408,7 @@ def _checkpoint(cfg, accelerator, out, step, lora_models, optimizer, lr_schedule
     for i, im in enumerate(images):
         save_image(staging / f"validation_{i}.png", im)
     final = ckpt_io.finalize(staging, out, step, export.flatten(current_lora(lora_models)), optimizer.state_dict(),
-                             lr_scheduler.scheduler.state_dict(), score, {"config": to_dict(cfg), "model": resolved.to_dict()})
+                             lr_scheduler.scheduler.state_dict(), score, extra)
     keep = set(select_checkpoints({c.step: c.score for c in ckpt_io.list_checkpoints(out)}, cfg.ensemble_top_k))
     ckpt_io.prune(out, cfg.checkpoints_total_limit, keep)
     logger.debug("checkpoint %s written", final)
