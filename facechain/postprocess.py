@@ -1,7 +1,8 @@
 """Post-processing of generated candidates: face fusion, likeness ranking, outputs.
 
     reference = select_template(processed_dir, analyzer)    # the best-quality processed photo
-    scored = rank(images, reference, analyzer, ...)          # -> list[Scored], best first, dropped last
+    scored = fuse_and_rank(images, reference, analyzer, ...) # -> list[Scored], best first, dropped last
+    saved = save_style_outputs(out, "chef", "Chef", scored, seeds, num_images)  # PNGs + manifest entries
     contact_sheet(images, captions)                          # one PIL image of every candidate
 
 Ranking follows FaceChain (facechain/inference.py): a candidate is usable when it holds exactly
@@ -23,6 +24,7 @@ import numpy as np
 from facechain.errors import InputError
 from facechain.face import Face, FaceAnalyzer, similarity
 from facechain.face.fusion import FusionMethod
+from facechain.io import save_image
 
 logger = logging.getLogger(__name__)
 
@@ -241,3 +243,44 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
 
     h, w = image.shape[:2]
     return np.asarray(Image.fromarray(image).resize((w * factor, h * factor), Image.LANCZOS))
+
+
+@dataclass(frozen=True)
+class SavedStyle:
+    """What :func:`save_style_outputs` wrote for one style (``entries``/``kept`` go into manifest.json)."""
+
+    entries: list[dict]  # every candidate, in generation order
+    kept: list[dict]  # kept images, best first
+    kept_files: list[Path]
+    kept_scored: list[Scored]
+    usable: list[Scored]
+    sheet_images: list[np.ndarray]
+    sheet_captions: list[str]
+
+
+def save_style_outputs(out: Path, name: str, label: str, scored: list[Scored], seeds: list[int], num_images: int,
+                       upscale_factor: int = 1) -> SavedStyle:
+    """Write every candidate to ``out/candidates/<name>_<i>.png`` and the best ``num_images``
+    usable ones to ``out/<name>_<rank>.png`` (Lanczos-upscaled when ``upscale_factor`` > 1)."""
+    out = Path(out)
+    usable = [s for s in scored if s.dropped is None]
+    keep = usable[:num_images]
+    keep_idx = {s.index for s in keep}
+    entries, images, captions = [], [], []
+    for s in sorted(scored, key=lambda s: s.index):
+        cand_file = f"candidates/{name}_{s.index:03d}.png"
+        save_image(out / cand_file, s.image)
+        entries.append({
+            "index": s.index, "seed": seeds[s.index], "file": cand_file, "score": s.score, "kept": s.index in keep_idx,
+            "dropped": s.dropped, "fused": s.fused, "faces": s.faces, "face_size": s.face_size, **s.extra,
+        })
+        images.append(s.image)
+        tag = f"{s.score:.3f}" if s.score is not None else (s.dropped or "unranked")
+        captions.append(f"{label[:16]} #{s.index} s{seeds[s.index]}\n{tag}")
+    kept, files = [], []
+    for rank_no, s in enumerate(keep):
+        path = out / f"{name}_{rank_no:02d}.png"
+        save_image(path, upscale(s.image, upscale_factor) if upscale_factor > 1 else s.image)
+        files.append(path)
+        kept.append({"file": path.name, "index": s.index, "seed": seeds[s.index], "score": s.score})
+    return SavedStyle(entries, kept, files, keep, usable, images, captions)

@@ -67,7 +67,7 @@ def check_inputs(cfg: GenerateConfig):
 def run_job(cfg: GenerateConfig) -> JobResult:
     """Generate, fuse and rank portraits for every style of ``cfg``; write the outputs."""
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.postprocess import contact_sheet, fuse_and_rank, select_template, upscale
+    from facechain.postprocess import contact_sheet, fuse_and_rank, save_style_outputs, select_template
 
     t_job = time.perf_counter()
     resolved, styles, subject = check_inputs(cfg)
@@ -120,29 +120,14 @@ def run_job(cfg: GenerateConfig) -> JobResult:
             min_face_frac=cfg.min_face_frac, max_face_frac=cfg.max_face_frac,
         )
         post_s = time.perf_counter() - t0
-        usable = [s for s in scored if s.dropped is None]
-        keep = usable[: cfg.num_images]
-        keep_idx = {s.index for s in keep}
-        entries = []
-        for s in sorted(scored, key=lambda s: s.index):
-            cand = batch.candidates[s.index]
-            cand_file = f"candidates/{name}_{s.index:03d}.png"
-            save_image(out / cand_file, s.image)
-            entries.append({
-                "index": s.index, "seed": cand.seed, "file": cand_file, "score": s.score, "kept": s.index in keep_idx,
-                "dropped": s.dropped, "fused": s.fused, "faces": s.faces, "face_size": s.face_size, **s.extra,
-            })
-            sheet_images.append(s.image)
-            tag = f"{s.score:.3f}" if s.score is not None else (s.dropped or "unranked")
-            sheet_captions.append(f"{style.name[:16]} #{s.index} s{cand.seed}\n{tag}")
-        kept_entries = []
-        for rank_no, s in enumerate(keep):
-            img = upscale(s.image, cfg.upscale_factor) if cfg.upscale == "lanczos" else s.image
-            path = out / f"{name}_{rank_no:02d}.png"
-            save_image(path, img)
-            kept_files.append(path)
-            kept_entries.append({"file": path.name, "index": s.index, "seed": batch.candidates[s.index].seed,
-                                 "score": s.score})
+        saved = save_style_outputs(
+            out, name, style.name, scored, [c.seed for c in batch.candidates], cfg.num_images,
+            upscale_factor=cfg.upscale_factor if cfg.upscale == "lanczos" else 1,
+        )
+        entries, kept_entries, keep, usable = saved.entries, saved.kept, saved.kept_scored, saved.usable
+        kept_files += saved.kept_files
+        sheet_images += saved.sheet_images
+        sheet_captions += saved.sheet_captions
         if len(keep) < cfg.num_images:
             logger.warning(
                 "style '%s': kept %d of %d images; %d of %d candidates were dropped (reasons in manifest.json)",
