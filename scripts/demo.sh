@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-OUT=${1:-demo_out}
+OUT=runs   # configs/demo.yaml reads the tiny model from runs/tiny-sd15 and writes runs/demo-output
 mkdir -p "$OUT"
 python - "$OUT/photos" <<'PY'
 import sys
@@ -15,10 +15,10 @@ from facechain.samples import write_demo_photos
 paths = write_demo_photos(sys.argv[1])
 print(f"demo: wrote {len(paths)} sample photos to {sys.argv[1]}")
 PY
-[ -f "$OUT/tiny_sd15/model_index.json" ] || facechain make-tiny-model "$OUT/tiny_sd15"
-sh train_lora.sh "$OUT/tiny_sd15" "" "" "$OUT/photos" "$OUT/processed" "$OUT/lora" \
-  --resolution 64 --max_train_steps 20 --checkpointing_steps 10 --backend dlib
-python run_inference.py --config configs/demo.yaml
-facechain stylize --model "$OUT/tiny_sd15" --content "$OUT/processed/000.png" --style "$OUT/photos/06_someone_else.png" \
-  --method portrait-diffusion --steps 10 --out "$OUT/stylized.png"
-echo "demo: done. Inspect $OUT/processed/report.json, $OUT/lora/train_log.jsonl, $OUT/generated/manifest.json"
+[ -f "$OUT/tiny-sd15/model_index.json" ] || facechain make-tiny-model "$OUT/tiny-sd15"
+PREPROCESS_FLAGS="--backend dlib" PYTHON=python sh train_lora.sh "$OUT/tiny-sd15" "" "" "$OUT/photos" "$OUT/processed" "$OUT/lora" \
+  --resolution 64 --max_train_steps 20 --checkpointing_steps 10 --validation dlib
+python run_inference.py --config configs/demo.yaml --lora-dir "$OUT/lora" --processed-dir "$OUT/processed"
+facechain stylize --model "$OUT/tiny-sd15" --content "$OUT/processed/000.png" --style "$OUT/photos/06_someone_else.png" \
+  --method portrait-diffusion --steps 10 --resolution 64 --out "$OUT/stylized"
+echo "demo: done. Inspect $OUT/processed/report.json, $OUT/lora/train_log.jsonl, $OUT/demo-output/manifest.json, $OUT/stylized/"
