@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default 1 = off)")
     g.add_argument("--prompt", default=None, help="prompt for inversion and sampling (default: the method's)")
     g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--resolution", type=int, default=None, help="long side in pixels (default 512)")
+    g.add_argument("--resolution", type=int, default=None, help="long side in pixels (default 512 for SD1.5, 1024 for SDXL)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help=f"base model (default {DEFAULT_MODEL})")
     g.add_argument("--revision", default=None)
@@ -110,8 +110,15 @@ def run(args) -> int:
     from facechain.io import write_json
     from facechain.stylize import build_engine, get_method, save_stylization, stylize
 
+    from facechain.errors import InputError
+
     cfg = build_config(args)
     get_method(cfg.method)  # unknown method: fail before loading the model
+    for what, path in [("--content", args.content), ("--content-mask", args.content_mask), ("--style-mask", args.style_mask)] + [
+        ("--style", s) for s in args.style
+    ]:
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{what} {path} does not exist.")
     out_dir = Path(args.out)
     engine = build_engine(cfg)
     results, failed = [], []

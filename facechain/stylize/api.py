@@ -16,7 +16,7 @@ import torch
 from facechain.config import from_dict, save_config, to_dict
 from facechain.errors import InputError
 from facechain.io import save_image, write_json
-from facechain.stylize.config import StylizeConfig, scaled_default
+from facechain.stylize.config import DEFAULT_RESOLUTION, StylizeConfig, scaled_default
 from facechain.stylize.engine import Engine, ImageLike, PreparedImage, prepare_image
 from facechain.stylize.masks import MaskLike, check_has_background, inner_feather
 from facechain.stylize.registry import DEFAULT_START_LAYER_FRACTION, MethodInput, get_method
@@ -54,6 +54,10 @@ def stylize(content: ImageLike | PreparedImage, style: ImageLike | PreparedImage
         engine = build_engine(cfg)
     elif not engine.matches(cfg):
         raise InputError("the engine passed to stylize() was built for another model/LoRA/fast setting; build one with build_engine(cfg).")
+    if cfg.resolution is None:
+        cfg = dataclasses.replace(cfg, resolution=DEFAULT_RESOLUTION[engine.family])
+    if (isinstance(content, PreparedImage) and content_mask is not None) or (isinstance(style, PreparedImage) and style_mask is not None):
+        raise InputError("a prepared image carries its own mask; pass the mask to prepare_image() instead of stylize().")
     plan = getattr(options, "plan", None)
     if plan:
         from facechain.stylize.methods.portrait_diffusion import load_plan
@@ -88,7 +92,7 @@ def _single_pass(content: PreparedImage, style: PreparedImage, cfg: StylizeConfi
     out = method.run(inp)
     image = engine.decode(out.latent)
     if cfg.only_mask_region:
-        image = composite(image, content.array, content.mask, cfg.resolution)
+        image = composite(image, content.array, content.mask, max(content.size))
     stats = {
         "method": method.name,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -101,9 +105,9 @@ def _single_pass(content: PreparedImage, style: PreparedImage, cfg: StylizeConfi
     return Stylization(image, content, cfg, frozenset(out.modified), stats)
 
 
-def composite(image: np.ndarray, content: np.ndarray, mask: torch.Tensor, resolution: int) -> np.ndarray:
+def composite(image: np.ndarray, content: np.ndarray, mask: torch.Tensor, long_side: int) -> np.ndarray:
     """Stylized inside the mask, the content's exact pixels outside (edge feathered inward)."""
-    radius = max(1, round(FEATHER_PX_AT_512 * resolution / 512))
+    radius = max(1, round(FEATHER_PX_AT_512 * long_side / 512))
     a = inner_feather(mask.float(), radius).numpy()[..., None]
     out = image.astype(np.float32) * a + content.astype(np.float32) * (1 - a)
     out = np.round(out).clip(0, 255).astype(np.uint8)
@@ -118,6 +122,8 @@ def _check_masks(cfg: StylizeConfig, content: PreparedImage, style: PreparedImag
     if content.mask is not None and style.mask is not None and not cfg.only_mask_region and method in ("portrait-diffusion", "masactrl"):
         check_has_background(content.mask, "content mask")
         check_has_background(style.mask, "style mask")
+    if method == "diffstyle" and style.mask is not None:
+        logger.warning("diffstyle ignores the style mask (it injects content features; the content mask limits where)")
     if content.mask is not None and style.mask is None and not cfg.only_mask_region and method in ("portrait-diffusion", "masactrl"):
         raise InputError(
             f"{method}: a content mask alone does nothing; add --style-mask for foreground/background "

@@ -16,7 +16,7 @@ from facechain.errors import InputError
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # LCM-LoRA weights per model family (Luo et al. 2023, "LCM-LoRA"); resolved through facechain.models.
 LCM_LORAS = {"sd15": "latent-consistency/lcm-lora-sdv1-5", "sdxl": "latent-consistency/lcm-lora-sdxl"}
-LCM_LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers save_lora_weights writes
 DEFAULT_STEPS = 50  # Portrait Diffusion / StyleID / MasaCtrl all invert and sample with 50 DDIM steps
 DEFAULT_FAST_STEPS = 4  # LCM-LoRA's recommended 2-8 steps
 
@@ -42,7 +42,7 @@ class StylizeConfig:
     guidance_scale: float = field(default=1.0, metadata=_help("classifier-free guidance of the sampling pass (1 = off)"))
     prompt: str | None = field(default=None, metadata=_help("prompt for inversion and sampling (default: the method's, e.g. 'head' for Portrait Diffusion)"))
     negative_prompt: str = field(default="", metadata=_help("unconditional prompt when guidance_scale > 1"))
-    resolution: int = field(default=512, metadata=_help("long side in pixels (multiple of 64); the style image is cropped to the content's aspect"))
+    resolution: int | None = field(default=None, metadata=_help("long side in pixels, multiple of 64 (default 512 for SD1.5, 1024 for SDXL); the style image is cropped to the content's aspect"))
     start_step: int | None = field(default=None, metadata=_help("first controlled sampling step (default: the method's)"))
     end_step: int | None = field(default=None, metadata=_help("controlled steps stop before this one (default: all)"))
     start_layer: int | None = field(default=None, metadata=_help("first controlled self-attention layer in call order (default: the method's)"))
@@ -62,7 +62,7 @@ class StylizeConfig:
             raise InputError(f"steps must be between 1 and 1000, got {self.steps}.")
         if self.guidance_scale < 1.0:
             raise InputError(f"guidance_scale must be >= 1 (1 turns guidance off), got {self.guidance_scale}.")
-        if self.resolution < 64 or self.resolution % 64:
+        if self.resolution is not None and (self.resolution < 64 or self.resolution % 64):
             raise InputError(f"resolution must be a positive multiple of 64, got {self.resolution}.")
         if self.lora_scales and len(self.lora_scales) != len(self.loras):
             raise InputError(
@@ -90,6 +90,9 @@ class StylizeConfig:
             raise InputError(f"start_step {self.start_step} must be below steps ({n}); lower --start-step or raise --steps.")
         if self.end_step is not None and not (self.start_step or 0) < self.end_step <= n:
             raise InputError(f"end_step {self.end_step} must be in (start_step, steps] = ({self.start_step or 0}, {n}].")
+
+
+DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}  # the families' training resolutions
 
 
 def scaled_default(fraction_of_50: int, steps: int) -> int:

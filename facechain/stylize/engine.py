@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from facechain.errors import InputError
 from facechain.stylize.attention import AttentionController
-from facechain.stylize.config import LCM_LORA_FILE, LCM_LORAS, StylizeConfig
+from facechain.stylize.config import LCM_LORAS, LORA_FILE, StylizeConfig
 from facechain.stylize.inversion import InversionCache, Schedule, Trajectory, digest, file_digest, invert, make_schedule
 from facechain.stylize.masks import MaskLike, load_mask
 
@@ -224,10 +224,11 @@ class Engine:
             scales.append(1.0)
         for i, (ref, scale) in enumerate(zip(refs, scales)):
             is_lcm = cfg.fast and i == len(refs) - 1
-            path = resolve_weights_file(
-                ref, filename=None if Path(ref).expanduser().exists() else LCM_LORA_FILE,
-                allow_pickle=cfg.allow_pickle, what="LCM-LoRA" if is_lcm else "LoRA",
-            )
+            local = Path(ref).expanduser()
+            # a trainer output folder holds the diffusers file and a kohya copy: take the diffusers one
+            filename = None if local.is_file() or (local.is_dir() and not (local / LORA_FILE).is_file()) else LORA_FILE
+            path = resolve_weights_file(ref, filename=filename, allow_pickle=cfg.allow_pickle,
+                                        what="LCM-LoRA" if is_lcm else "LoRA")
             name = "lcm" if is_lcm else f"lora_{i}"
             try:
                 self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
