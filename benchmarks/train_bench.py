@@ -48,6 +48,9 @@ def build_full_sd15(folder: Path, seed: int = 0) -> Path:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_sd_scheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(folder), safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(folder / "_tok", ignore_errors=True)
     return folder
 
 

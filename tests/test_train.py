@@ -339,3 +339,22 @@ def test_resume_refuses_changed_photos(tiny_sd15, processed, tmp_path):
     (data / "metadata.jsonl").write_text((data / "metadata.jsonl").read_text().replace("woman", "person"))
     with pytest.raises(InputError, match="photos or captions .* changed"):
         train(tiny_cfg(tiny_sd15, data, out, max_train_steps=1, resume=True), progress=False)
+
+
+def test_alpha_survives_export(tiny_sd15, processed, tmp_path):
+    """alpha != rank: both files, loaded by diffusers, reproduce the trained model's own output."""
+    from safetensors.torch import load_file
+
+    from facechain.train.trainer import _add_lora, load_lora_into
+
+    cfg = tiny_cfg(tiny_sd15, processed, tmp_path / "o", rank=4, lora_alpha=16.0, max_train_steps=2, learning_rate=2e-2)
+    art = train(cfg, progress=False)
+    trained = load_pipe(tiny_sd15)  # the model as trained: peft adapter with alpha 16, weights of the last step
+    _add_lora(trained.unet, [], cfg)
+    load_lora_into({"unet": trained.unet}, export.unflatten(load_file(str(tmp_path / "o/checkpoints/step-000002/lora.safetensors"))), "ckpt")
+    want = generate(trained)
+    for source in (art.output_dir, art.kohya_path):
+        pipe = load_pipe(tiny_sd15)
+        pipe.load_lora_weights(str(source))
+        np.testing.assert_allclose(generate(pipe), want, atol=1e-5, err_msg=str(source))
+    assert np.abs(want - generate(load_pipe(tiny_sd15))).max() > 1e-3

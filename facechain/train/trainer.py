@@ -213,6 +213,16 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
         ckpt_io.remove_partial(out)
         save_config(cfg, config_path)
 
+    # ---- likeness scorer (before the model loads: a missing face backend fails fast)
+    scorer = None
+    if cfg.validation != "none" and main:
+        from facechain.face import get_analyzer
+
+        scorer = LikenessScorer.from_photos(get_analyzer(cfg.validation), [e.image for e in examples])
+        if not scorer.reference:
+            logger.warning("validation: no face found in any training photo; checkpoints are not scored and the last step is kept")
+            scorer = None
+
     # ---- model
     pipe = load_pipeline(resolved, torch_dtype=torch.float32, single_file_config=cfg.single_file_config or None)
     family = resolved.family
@@ -286,14 +296,6 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
     elif main and log_path.exists():
         log_path.unlink()
 
-    scorer = None
-    if cfg.validation != "none" and main:
-        from facechain.face import get_analyzer
-
-        scorer = LikenessScorer.from_photos(get_analyzer(cfg.validation), [e.image for e in examples])
-        if not scorer.reference:
-            logger.warning("validation: no face found in any training photo; checkpoints are not scored and the last step is kept")
-            scorer = None
     prompt = cfg.validation_prompt or max(pool.captions, key=[e.caption for e in examples].count)
 
     if main:
