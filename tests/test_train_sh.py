@@ -36,7 +36,7 @@ def _photos(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path):
+def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path, dlib_analyzer):
     imgs = _photos(tmp_path / "imgs")
     processed, out = tmp_path / "processed", tmp_path / "out"
     cmd = ["sh", str(SCRIPT), str(tiny_sd15), "", "", str(imgs), str(processed), str(out),
@@ -46,6 +46,17 @@ def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     meta = [json.loads(l) for l in (processed / "metadata.jsonl").read_text().splitlines() if l.strip()]
     assert len(meta) >= 2 and all(m["text"].startswith("<fcsks>") for m in meta)
+    # FaceCrop on a real processed photo: face ~0.35-0.45 of the crop, centre at 0.35-0.5 of its height
+    import torch
+    from PIL import Image
+
+    from facechain.train.data import augment
+
+    gen = torch.Generator().manual_seed(0)
+    with Image.open(processed / meta[0]["file_name"]) as im:
+        crops = [augment(im, 256, gen, face_crop=True, flip=False) for _ in range(4)]
+    faces = [dlib_analyzer.detect(np.asarray(c))[0] for c in crops]
+    assert all(0.3 <= f.size / 256 <= 0.5 and 0.3 <= f.center[1] / 256 <= 0.55 for f in faces), [(f.size, f.center) for f in faces]
     assert {p.name for p in out.iterdir()} >= {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors",
                                                "train_config.json", "train_log.jsonl"}
     cfg = json.loads((out / "train_config.json").read_text())

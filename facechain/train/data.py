@@ -19,18 +19,19 @@ import torch
 from PIL import Image
 
 from facechain.errors import InputError
+from facechain.face.align import CROP_SCALE, FACE_CENTER_Y
 
 logger = logging.getLogger(__name__)
 
 # FaceCrop (FaceChain train_text_to_image_lora.py): the face-size ratio (face side / crop side)
 # is drawn from U[0.35, 0.45] and the face centre's height in the crop from U[0.35, 0.5]; the
-# crop is centred horizontally. FaceChain's preprocessing makes the face 0.35/1.15 of the
-# processed image's side with its centre at 0.435 of the height, so the crop side is
-# (0.35/1.15) * side / ratio: 346-445 px of a 512 px photo.
+# crop is centred horizontally. Preprocessing (facechain.face.align, FaceChain's crop rule) makes
+# the face 0.35/1.15 of the processed image's side with its centre at 0.435 of the height, so
+# the crop side is (0.35/1.15) * side / ratio: 346-445 px of a 512 px photo.
 FACE_RATIO_RANGE = (0.35, 0.45)
 FACE_CENTER_Y_RANGE = (0.35, 0.5)
-PROCESSED_FACE_FRACTION = 0.35 / 1.15
-PROCESSED_FACE_CENTER_Y = 0.435
+PROCESSED_FACE_FRACTION = 1.0 / CROP_SCALE
+PROCESSED_FACE_CENTER_Y = FACE_CENTER_Y
 
 
 @dataclass(frozen=True)
