@@ -358,3 +358,28 @@ def test_alpha_survives_export(tiny_sd15, processed, tmp_path):
         pipe.load_lora_weights(str(source))
         np.testing.assert_allclose(generate(pipe), want, atol=1e-5, err_msg=str(source))
     assert np.abs(want - generate(load_pipe(tiny_sd15))).max() > 1e-3
+
+
+def test_fp16_on_cpu_is_refused(tiny_sd15, processed, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(InputError, match="fp16' needs a CUDA GPU"):
+        train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", mixed_precision="fp16"))
+
+
+def test_cli_config_file_and_flags(tmp_path):
+    import argparse
+
+    from facechain.cli import train as cli_train
+
+    (tmp_path / "t.yaml").write_text("rank: 8\nlearning_rate: 0.0001\nvalidation: none\n")
+    p = argparse.ArgumentParser()
+    cli_train.add_arguments(p)
+    args = p.parse_args(["model", "data", "out", "--config", str(tmp_path / "t.yaml"), "--rank", "16", "--allow-pickle",
+                         "--no-random_flip", "--target_modules", "to_q", "to_v", "--sub_path", ""])
+    cfg = cli_train.config_from_args(args)
+    assert (cfg.rank, cfg.learning_rate, cfg.validation, cfg.allow_pickle, cfg.random_flip, cfg.target_modules, cfg.sub_path) == \
+        (16, 1e-4, "none", True, False, ["to_q", "to_v"], "")
+    (tmp_path / "bad.yaml").write_text("rnak: 8\n")
+    with pytest.raises(InputError, match=r"unknown setting\(s\) \['rnak'\]"):
+        cli_train.config_from_args(p.parse_args(["m", "d", "o", "--config", str(tmp_path / "bad.yaml")]))
