@@ -96,3 +96,33 @@ def test_train_lora_sh_usage_and_failed_preprocessing(tmp_path):
                           env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "no training was run" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_run(tiny_sd15, tmp_path):
+    """Two processes (gloo on CPU, launched like accelerate's multi-GPU launcher): one log, one
+    LoRA, per-process random state in every checkpoint, and it resumes."""
+    from facechain.testing import make_processed_folder
+
+    data = make_processed_folder(tmp_path / "p", n=2)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "facechain", "train",
+           str(tiny_sd15), str(data), str(out), "--resolution", "64", "--aug_variants", "2", "--max_train_steps", "4",
+           "--checkpointing_steps", "2", "--validation", "none", "--no-progress"]
+    env = {**_env(), "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("checkpoints used:") == 1  # printed by the main process only
+    assert sorted(p.name for p in (out / "checkpoints" / "step-000004").glob("rng-*")) == ["rng-0.safetensors", "rng-1.safetensors"]
+    rows = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4] and rows[0]["device"] == "cpu:0"
+
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step-000004")  # as if killed between the checkpoints at 2 and 4
+    (out / "pytorch_lora_weights.safetensors").unlink()
+    proc = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert (out / "pytorch_lora_weights.safetensors").is_file()

@@ -63,5 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     artifact = train(cfg, progress=not args._no_progress)
-    print(f"LoRA: {artifact.lora_path}\nkohya LoRA: {artifact.kohya_path}\ncheckpoints used: {artifact.selected_steps}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one summary under a multi-process launch
+        print(f"LoRA: {artifact.lora_path}\nkohya LoRA: {artifact.kohya_path}\ncheckpoints used: {artifact.selected_steps}")
     return 0
