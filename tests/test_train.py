@@ -383,3 +383,29 @@ def test_cli_config_file_and_flags(tmp_path):
     (tmp_path / "bad.yaml").write_text("rnak: 8\n")
     with pytest.raises(InputError, match=r"unknown setting\(s\) \['rnak'\]"):
         cli_train.config_from_args(p.parse_args(["m", "d", "o", "--config", str(tmp_path / "bad.yaml")]))
+
+
+def test_init_lora_pickle_needs_flag_and_loads_facechain_bin(trained_sd15, tiny_sd15, processed, tmp_path):
+    """FaceChain's LoRAs are pickles in the attention-processor layout: refused by default, read
+    with weights_only=True when allowed."""
+    from safetensors.torch import load_file
+
+    flat = load_file(str(trained_sd15.output_dir / "checkpoints/step-000004/lora.safetensors"))
+    legacy = {}
+    for k, v in flat.items():
+        if k.startswith("unet."):
+            module, kind = k[len("unet."):].rsplit(".lora_", 1)
+            mod, proj = module.rsplit(".", 1) if not module.endswith("to_out.0") else (module[: -len(".to_out.0")], "to_out")
+            legacy[f"{mod}.processor.{proj}_lora.{'down' if kind.startswith('A') else 'up'}.weight"] = v
+    (tmp_path / "face").mkdir()
+    torch.save(legacy, tmp_path / "face" / "pytorch_lora_weights.bin")
+    cfg = dict(init_lora=str(tmp_path / "face"), init_lora_weight_name="pytorch_lora_weights.bin", max_train_steps=1,
+               learning_rate=1e-12)
+    with pytest.raises(UnsafeCheckpointError, match="init LoRA .* pickle"):
+        train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", **cfg))
+    art = train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", allow_pickle=True, **cfg), progress=False)
+    got = export.unflatten(load_file(str(art.output_dir / "checkpoints/step-000001/lora.safetensors")))["unet"]
+    want = export.unflatten(flat)["unet"]
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)

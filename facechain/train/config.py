@@ -43,7 +43,8 @@ class TrainConfig:
         metadata=_h("UNet attention projections that get a LoRA. FaceChain: to_q, to_k, to_v, to_out.0"),
     )
     train_text_encoder: bool = field(default=False, metadata=_h("also train a LoRA on the text encoder(s) (q/k/v/out projections). FaceChain: off"))
-    init_lora: str = field(default="", metadata=_h("start from this LoRA (.safetensors, diffusers or kohya keys, same rank). FaceChain starts from a generic face LoRA"))
+    init_lora: str = field(default="", metadata=_h("start from this LoRA (diffusers or kohya keys, same rank): a file, a folder, or a hub/ModelScope id with --init_lora_weight_name. FaceChain starts from a generic face LoRA"))
+    init_lora_weight_name: str = field(default="", metadata=_h("file name of the init LoRA inside its folder or hub repo ('' = the folder's only .safetensors file)"))
     learning_rate: float = field(default=1.5e-4, metadata=_h("AdamW learning rate. FaceChain: 1.5e-4"))
     lr_scheduler: str = field(default="cosine", metadata=_h(f"learning-rate schedule, one of {list(LR_SCHEDULERS)}. FaceChain: cosine"))
     lr_warmup_steps: int = field(default=0, metadata=_h("warm-up steps. FaceChain: 0"))
@@ -66,7 +67,7 @@ class TrainConfig:
     num_validation_images: int = field(default=2, metadata=_h("validation portraits per checkpoint"))
     validation_inference_steps: int = field(default=20, metadata=_h("sampling steps of each validation portrait"))
     ensemble_top_k: int = field(default=1, metadata=_h("final LoRA = average of the k best-scoring checkpoints (FaceChain's ensemble used 10); 1 = the best"))
-    allow_pickle: bool = field(default=False, metadata=_h("allow pickle checkpoints (.ckpt/.bin/.pt) for the base model; only for trusted files"))
+    allow_pickle: bool = field(default=False, metadata=_h("allow pickle files (.ckpt/.bin/.pt) for the base model and the init LoRA; only for trusted files"))
     single_file_config: str = field(default="", metadata=_h("diffusers folder (or hub id) describing a single-file checkpoint's architecture ('' = the family's reference repo)"))
 
     def __post_init__(self) -> None:

@@ -141,6 +141,35 @@ def save_kohya(folder: str | Path, lora: LoraDict, family: str, alpha: float, la
 # --------------------------------------------------------------------------- reading a LoRA file (init)
 
 
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or (only reached after the caller allowed pickle) a tensor-only pickle
+    loaded with ``weights_only=True``, which refuses anything but tensors and containers."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise InputError(f"LoRA file {path} does not hold a flat mapping of names to tensors.")
+    return sd
+
+
+_LEGACY_KEY = re.compile(r"^(?:unet\.)?(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+
+
+def _from_attn_processor_format(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """UNet LoRAs saved by diffusers < 0.21 attention processors (``...attn1.processor.to_q_lora.down.weight``),
+    the format of FaceChain's ``pytorch_lora_weights.bin`` files, as peft keys; None for other formats."""
+    if not tensors or not all(_LEGACY_KEY.match(k) for k in tensors):
+        return None
+    out = {}
+    for key, value in tensors.items():
+        module, proj, kind = _LEGACY_KEY.match(key).groups()
+        proj = "to_out.0" if proj == "to_out" else proj
+        out[f"{module}.{proj}.lora_{'A' if kind == 'down' else 'B'}.weight"] = value
+    return out
+
+
 def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[LoraDict, float | None]:
     """Read a diffusers- or kohya-format LoRA file into peft state dicts per component, using
     diffusers' own key conversion (``lora_state_dict``). Returns (lora, alpha or None)."""
@@ -149,9 +178,11 @@ def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[Lor
 
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     kwargs = {"unet_config": unet_config} if unet_config is not None else {}
-    from safetensors.torch import load_file
-
-    out = cls.lora_state_dict(load_file(str(path)), **kwargs)  # a dict: diffusers never unpickles here
+    tensors = _load_tensors(Path(path))
+    legacy = _from_attn_processor_format(tensors)
+    if legacy is not None:
+        return {"unet": legacy}, None
+    out = cls.lora_state_dict(tensors, **kwargs)
     state_dict, network_alphas = out[0], out[1]
     lora: LoraDict = {}
     for key, value in state_dict.items():

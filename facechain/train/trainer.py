@@ -176,17 +176,16 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
     from diffusers.training_utils import cast_training_params
     from tqdm.auto import tqdm
 
-    from facechain.models import check_checkpoint_file, load_pipeline, resolve_model
+    from facechain.models import load_pipeline, resolve_model, resolve_weights_file
 
     # ---- inputs first: data, output folder, init LoRA, model
     examples = load_processed(cfg.train_data_dir)
     out = Path(cfg.output_dir)
     existing = _check_output_dir(cfg, out)
+    init_path = None
     if cfg.init_lora:
-        init_path = Path(cfg.init_lora)
-        if not init_path.is_file():
-            raise InputError(f"init_lora {init_path} does not exist. Pass a LoRA .safetensors file (diffusers or kohya keys).")
-        check_checkpoint_file(init_path, allow_pickle=False, what="init LoRA")
+        init_path = resolve_weights_file(cfg.init_lora, filename=cfg.init_lora_weight_name or None,
+                                         allow_pickle=cfg.allow_pickle, what="init LoRA")
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise InputError("mixed_precision 'fp16' needs a CUDA GPU; on CPU use --mixed_precision bf16 or no.")
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
@@ -243,7 +242,7 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
     if cfg.train_text_encoder:
         lora_models.update(zip(["text_encoder", "text_encoder_2"], cond.encoders))
     if cfg.init_lora and resume_from is None:  # a resumed run takes its weights from the checkpoint
-        lora, file_alpha = export.read_lora_file(cfg.init_lora, family, unet.config)
+        lora, file_alpha = export.read_lora_file(init_path, family, unet.config)
         if file_alpha is not None and abs(file_alpha - cfg.alpha) > 1e-6:
             logger.info("init LoRA %s has alpha %g; training uses alpha %g (set --lora_alpha to match)", cfg.init_lora, file_alpha, cfg.alpha)
         load_lora_into(lora_models, lora, f"init LoRA {cfg.init_lora}", strict=False)
