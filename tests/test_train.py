@@ -222,7 +222,8 @@ def test_init_lora_loads_diffusers_and_kohya_files(trained_sd15, tiny_sd15):
         pipe = load_pipe(tiny_sd15)
         cfg = TrainConfig(base_model="m", train_data_dir="d", output_dir="o", train_text_encoder=True)
         _add_lora(pipe.unet, [pipe.text_encoder], cfg)
-        lora, alpha = export.read_lora_file(path, "sd15", pipe.unet.config)
+        lora, scale = export.read_lora_file(path, "sd15", pipe.unet.config)
+        assert scale == 1.0
         load_lora_into({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, lora, str(path))
         got = current_lora({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
         assert set(got["unet"]) == set(want["unet"]) and set(got["text_encoder"]) == set(want["text_encoder"])
@@ -353,11 +354,18 @@ def test_alpha_survives_export(tiny_sd15, processed, tmp_path):
     _add_lora(trained.unet, [], cfg)
     load_lora_into({"unet": trained.unet}, export.unflatten(load_file(str(tmp_path / "o/checkpoints/step-000002/lora.safetensors"))), "ckpt")
     want = generate(trained)
-    for source in (art.output_dir, art.kohya_path):
+    for source in (str(art.output_dir), str(art.kohya_path), load_file(str(art.lora_path))):  # the last: no metadata
         pipe = load_pipe(tiny_sd15)
-        pipe.load_lora_weights(str(source))
-        np.testing.assert_allclose(generate(pipe), want, atol=1e-5, err_msg=str(source))
+        pipe.load_lora_weights(source)
+        np.testing.assert_allclose(generate(pipe), want, atol=1e-5, err_msg=str(type(source)))
     assert np.abs(want - generate(load_pipe(tiny_sd15))).max() > 1e-3
+    # starting a run with another alpha from either file keeps the trained update
+    for i, source in enumerate((art.lora_path, art.kohya_path)):
+        seeded = train(tiny_cfg(tiny_sd15, processed, tmp_path / f"init{i}", rank=4, lora_alpha=2.0, init_lora=str(source),
+                                max_train_steps=1, learning_rate=1e-12), progress=False)
+        pipe = load_pipe(tiny_sd15)
+        pipe.load_lora_weights(str(seeded.output_dir))
+        np.testing.assert_allclose(generate(pipe), want, atol=1e-5, err_msg=str(source))
 
 
 def test_fp16_on_cpu_is_refused(tiny_sd15, processed, tmp_path):

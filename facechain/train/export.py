@@ -76,12 +76,18 @@ def save_diffusers(folder: str | Path, lora: LoraDict, family: str, rank: int, a
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    meta = {"r": rank, "lora_alpha": alpha}
+    # The scale alpha/rank is folded into the up matrices and the file records alpha = rank, so a
+    # loader that drops the safetensors metadata (``load_lora_weights(load_file(...))``) still
+    # applies the trained update.
+    scale = alpha / rank
+    meta = {"r": rank, "lora_alpha": float(rank)}
     kwargs = {}
     for comp in COMPONENTS:
         sd = lora.get(comp)
         if not sd:
             continue
+        if scale != 1.0:
+            sd = {k: (v * scale if ".lora_B." in k else v) for k, v in sd.items()}
         kwargs[f"{comp}_lora_layers"] = convert_state_dict_to_diffusers({k: v.contiguous() for k, v in sd.items()})
         kwargs[f"{comp}_lora_adapter_metadata"] = {**meta, "target_modules": sorted(_modules(sd))}
     tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=folder))
@@ -170,18 +176,20 @@ def _from_attn_processor_format(tensors: dict[str, torch.Tensor]) -> dict[str, t
     return out
 
 
-def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[LoraDict, float | None]:
-    """Read a diffusers- or kohya-format LoRA file into peft state dicts per component, using
-    diffusers' own key conversion (``lora_state_dict``). Returns (lora, alpha or None)."""
+def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[LoraDict, float]:
+    """Read a diffusers-, kohya- or attention-processor-format LoRA file into peft state dicts per
+    component, using diffusers' own key conversion (``lora_state_dict``). Returns (lora, scale)
+    where ``scale`` = alpha / rank is the factor the file's update is applied with."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_unet_state_dict_to_peft
 
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     kwargs = {"unet_config": unet_config} if unet_config is not None else {}
-    tensors = _load_tensors(Path(path))
+    path = Path(path)
+    tensors = _load_tensors(path)
     legacy = _from_attn_processor_format(tensors)
     if legacy is not None:
-        return {"unet": legacy}, None
+        return {"unet": legacy}, 1.0  # attention processors applied up @ down unscaled
     out = cls.lora_state_dict(tensors, **kwargs)
     state_dict, network_alphas = out[0], out[1]
     lora: LoraDict = {}
@@ -190,6 +198,25 @@ def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[Lor
         lora.setdefault(comp, {})[rest] = value
     lora = {comp: (convert_unet_state_dict_to_peft if comp == "unet" else convert_all_state_dict_to_peft)(sd)
             for comp, sd in lora.items()}
+    rank = next((v.shape[0] for sd in lora.values() for k, v in sd.items() if ".lora_A." in k), None)
     alphas = {float(v) for v in (network_alphas or {}).values()}
-    alpha = alphas.pop() if len(alphas) == 1 else None
-    return lora, alpha
+    if len(alphas) > 1:
+        raise InputError(f"LoRA file {path} uses several alphas {sorted(alphas)}; only one alpha per file is supported as an init LoRA.")
+    alpha = alphas.pop() if alphas else _metadata_alpha(path)
+    return lora, (alpha / rank if alpha is not None and rank else 1.0)
+
+
+def _metadata_alpha(path: Path) -> float | None:
+    """``lora_alpha`` recorded by diffusers' ``save_lora_weights`` (None: alpha = rank)."""
+    import json
+
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = (fh.metadata() or {}).get("lora_adapter_metadata")
+    if not meta:
+        return None
+    values = {float(v) for k, v in json.loads(meta).items() if k.endswith("lora_alpha")}
+    return values.pop() if len(values) == 1 else None

@@ -242,10 +242,13 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
     if cfg.train_text_encoder:
         lora_models.update(zip(["text_encoder", "text_encoder_2"], cond.encoders))
     if cfg.init_lora and resume_from is None:  # a resumed run takes its weights from the checkpoint
-        lora, file_alpha = export.read_lora_file(init_path, family, unet.config)
-        if file_alpha is not None and abs(file_alpha - cfg.alpha) > 1e-6:
-            logger.info("init LoRA %s has alpha %g; training uses alpha %g (set --lora_alpha to match)", cfg.init_lora, file_alpha, cfg.alpha)
-        load_lora_into(lora_models, lora, f"init LoRA {cfg.init_lora}", strict=False)
+        lora, file_scale = export.read_lora_file(init_path, family, unet.config)
+        ratio = file_scale / (cfg.alpha / cfg.rank)
+        if abs(ratio - 1.0) > 1e-6:  # keep the file's update: up matrices absorb the alpha/rank difference
+            logger.info("init LoRA %s: scale %g differs from alpha/rank %g; its up matrices are rescaled by %g",
+                        init_path, file_scale, cfg.alpha / cfg.rank, ratio)
+            lora = {c: {k: (v * ratio if ".lora_B." in k else v) for k, v in sd.items()} for c, sd in lora.items()}
+        load_lora_into(lora_models, lora, f"init LoRA {init_path}", strict=False)
     if cfg.mixed_precision != "no":
         cast_training_params(list(lora_models.values()), dtype=torch.float32)
     if cfg.gradient_checkpointing:
