@@ -144,3 +144,21 @@ def test_bad_config():
         PreprocessConfig(size=500)
     with pytest.raises(InputError, match="mask"):
         PreprocessConfig(mask="magic")
+
+
+def test_retouch_smooths_skin_only(sample_photos, dlib_analyzer):
+    from facechain.preprocess.retouch import retouch_skin
+
+    a = sample_photos.astronaut()
+    face = dlib_analyzer.detect(a)[0]
+    out = retouch_skin(a, face.landmarks, strength=1.0)
+    lm = face.landmarks.astype(int)
+    x0, y0 = lm.min(0)
+    x1, y1 = lm.max(0)
+    assert np.abs(out.astype(int) - a).sum() > 0
+    # far outside the face nothing changes
+    assert (out[:, 400:] == a[:, 400:]).all() and (out[y1 + 40:] == a[y1 + 40:]).all()
+    # inside the face, fine texture drops (the Laplacian's variance)
+    from facechain.preprocess.quality import laplacian_variance
+
+    assert laplacian_variance(out[y0:y1, x0:x1]) < laplacian_variance(a[y0:y1, x0:x1])

@@ -14,7 +14,8 @@ class Face:
 
     kps: (5, 2) float32 keypoints in insightface order: eye on the image's left, eye on the
     image's right, nose tip, mouth corner left, mouth corner right.
-    landmarks: (68, 2) (dlib, iBUG-300W order) or (106, 2) (insightface 2d106) or None.
+    landmarks: (68, 2) in iBUG-300W order (dlib; insightface's 1k3d68 model) or (106, 2)
+    (insightface 2d106, when its pack has no 68-point model) or None.
     embedding: identity vector of ``backend`` (compare only with :func:`facechain.face.similarity`).
     """
 

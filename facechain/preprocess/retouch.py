@@ -3,12 +3,20 @@ brows and mouth. A bilateral filter stands in for FaceChain's ABPN retouching ne
 
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 
 def retouch_skin(image: np.ndarray, landmarks: np.ndarray, strength: float = 0.5) -> np.ndarray:
-    if strength <= 0 or landmarks is None or len(landmarks) < 68:
+    if strength <= 0:
+        return image
+    if landmarks is None or len(landmarks) != 68:  # the skin region is drawn from the iBUG 68-point layout
+        logger.warning("retouch skipped: it needs 68-point landmarks, the face backend gave %s",
+                       "none" if landmarks is None else f"{len(landmarks)} points")
         return image
     h, w = image.shape[:2]
     skin = np.zeros((h, w), np.uint8)

@@ -94,13 +94,18 @@ class InsightFaceAnalyzer:
             gender = None
             if getattr(f, "gender", None) is not None:
                 gender = "male" if int(f.gender) == 1 else "female"
-            lmk = getattr(f, "landmark_2d_106", None)
+            # prefer the 68-point (iBUG order, as dlib) landmarks so consumers index one layout;
+            # the 106-point set stays in extra
+            lmk68 = getattr(f, "landmark_3d_68", None)
+            lmk106 = getattr(f, "landmark_2d_106", None)
+            lmk = lmk68[:, :2] if lmk68 is not None else lmk106
             emb = getattr(f, "embedding", None) if embed else None
             faces.append(Face(
                 bbox=np.asarray(f.bbox, np.float32), score=float(f.det_score), kps=np.asarray(f.kps, np.float32),
                 backend=self.name, landmarks=None if lmk is None else np.asarray(lmk, np.float32),
                 embedding=None if emb is None else np.asarray(emb, np.float32),
                 gender=gender, age=None if getattr(f, "age", None) is None else float(f.age),
+                extra={} if lmk106 is None else {"landmarks_106": np.asarray(lmk106, np.float32)},
             ))
         faces.sort(key=lambda f: -f.area)
         return faces[:max_faces] if max_faces else faces
