@@ -121,8 +121,9 @@ class LatentPool:
 
     def sample(self, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents (B, 4, h, w) and caption indices (B,) for one step, drawn with ``gen`` (CPU)."""
-        idx = torch.randint(len(self), (batch_size,), generator=gen)
-        noise = torch.randn(self.mean[idx].shape, generator=gen)
+        idx = torch.randint(len(self), (batch_size,), generator=gen)  # drawn on the CPU: same stream on any device
+        noise = torch.randn((batch_size, *self.mean.shape[1:]), generator=gen).to(self.mean.device)
+        idx = idx.to(self.mean.device)
         return self.mean[idx] + self.std[idx] * noise, self.caption_index[idx]
 
 
