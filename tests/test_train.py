@@ -417,3 +417,13 @@ def test_init_lora_pickle_needs_flag_and_loads_facechain_bin(trained_sd15, tiny_
     assert set(got) == set(want)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
+
+
+def test_unreachable_hub_model_is_one_clear_error(tmp_path, processed):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match=r"(?s)'nobody/no-such-model' revision 'v2.0' could not be found.*Provide it"):
+        train(tiny_cfg("nobody/no-such-model", processed, tmp_path / "o", revision="v2.0", sub_path="film/film"))
+    assert time.monotonic() - t0 < 30  # no retry loop
+    assert not (tmp_path / "o").exists()  # nothing written before the inputs check out
