@@ -97,7 +97,13 @@ def _checkpoint_keys(path: Path) -> list[str]:
             return list(fh.keys())
     import torch
 
-    sd = torch.load(str(path), map_location="cpu", weights_only=False)  # only reached with allow_pickle
+    # Only reached with allow_pickle. Tensors-only loading first; full unpickling (which can run
+    # code) only for checkpoints that carry other objects, as old Lightning .ckpt files do.
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:
+        logger.warning("%s holds non-tensor objects; unpickling it fully because --allow-pickle was given", path)
+        sd = torch.load(str(path), map_location="cpu", weights_only=False)  # noqa: S614 - user opted in
     sd = sd.get("state_dict", sd)
     return list(sd.keys())
 
