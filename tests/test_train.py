@@ -427,3 +427,11 @@ def test_unreachable_hub_model_is_one_clear_error(tmp_path, processed):
         train(tiny_cfg("nobody/no-such-model", processed, tmp_path / "o", revision="v2.0", sub_path="film/film"))
     assert time.monotonic() - t0 < 30  # no retry loop
     assert not (tmp_path / "o").exists()  # nothing written before the inputs check out
+
+
+def test_divergence_is_a_clear_error(tiny_sd15, processed, tmp_path):
+    from facechain.train.trainer import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError, match=r"loss became (nan|inf) at step [23].*Lower --learning_rate"):
+        train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", learning_rate=1e30, max_train_steps=3, checkpointing_steps=10),
+              progress=False)

@@ -77,7 +77,15 @@ def write_rng(staging: Path, gen: torch.Generator, process_index: int) -> None:
 def read_rng(ckpt: Path, gen: torch.Generator, process_index: int) -> None:
     from safetensors.torch import load_file
 
-    gen.set_state(load_file(str(ckpt / f"rng-{process_index}.safetensors"))["cpu_generator"])
+    path = ckpt / f"rng-{process_index}.safetensors"
+    if not path.is_file():
+        from facechain.errors import InputError
+
+        raise InputError(
+            f"--resume: checkpoint {ckpt} holds no random state for process {process_index}: it was written by a run "
+            "with fewer processes. Resume with the same number of processes (accelerate config) as the original run."
+        )
+    gen.set_state(load_file(str(path))["cpu_generator"])
 
 
 def optimizer_to_safetensors(opt_state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:

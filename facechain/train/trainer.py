@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from facechain.config import save_config, to_dict
-from facechain.errors import InputError
+from facechain.errors import FacechainError, InputError
 from facechain.io import append_jsonl, read_jsonl, write_jsonl
 from facechain.train import checkpoint as ckpt_io
 from facechain.train import export
@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' LoRA scripts
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "train_config.json"
+
+
+class TrainingDivergedError(FacechainError):
+    """The loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -338,7 +342,10 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
         bar.update(1)
         loss_value = loss.detach().item()
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step}; lower --learning_rate or use --mixed_precision no.")
+            raise TrainingDivergedError(
+                f"the training loss became {loss_value} at step {step}. Lower --learning_rate, or use --mixed_precision bf16 "
+                f"or no instead of fp16; resume from the last checkpoint with --resume only after changing nothing else."
+            )
         if main:
             append_jsonl(log_path, {"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
                                     "seconds": round(time.perf_counter() - t0, 5), "time": time.time()})
