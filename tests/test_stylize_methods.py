@@ -266,3 +266,11 @@ def test_cli_two_styles(tiny_sd15, images, tmp_path, capsys):
     rc = main(["stylize", "--content", str(tmp_path / "me.png"), "--style", str(tmp_path / "cat.png"), "--method", "styleid",
                "--sac-step", "3", "--model", str(tiny_sd15), "--out", str(out)])
     assert rc == 1 and "--sac-step applies to portrait-diffusion only" in capsys.readouterr().err
+    Image.fromarray(_face_mask()).save(tmp_path / "face.png")
+    (tmp_path / "plan.yaml").write_text("passes:\n  - {}\n  - {content_mask: face.png, only_mask_region: true}\n")
+    rc = main(["stylize", "--content", str(tmp_path / "me.png"), "--style", str(tmp_path / "cat.png"), "--plan",
+               str(tmp_path / "plan.yaml"), "--model", str(tiny_sd15), "--resolution", "64", "--steps", "3",
+               "--device", "cpu", "--out", str(tmp_path / "chain")])
+    assert rc == 0
+    assert sorted(p.name for p in (tmp_path / "chain").glob("*.png")) == [
+        "me__cat__portrait-diffusion.pass1.png", "me__cat__portrait-diffusion.png"]

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. gamma=0.75 temperature=1.5 (styleid), hs_coeff=0.3 (diffstyle)")
     g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default 1 = off)")
+    g.add_argument("--inversion-refine", type=int, default=None,
+                   help="fixed-point refinements per inversion step (default 0; 2-4 = closer reconstruction, more UNet passes)")
     g.add_argument("--prompt", default=None, help="prompt for inversion and sampling (default: the method's)")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--resolution", type=int, default=None, help="long side in pixels (default 512 for SD1.5, 1024 for SDXL)")
@@ -69,7 +71,7 @@ def build_config(args):
     flags = {
         "method": args.method, "only_mask_region": args.only_mask_region, "steps": args.steps,
         "start_step": args.start_step, "end_step": args.end_step, "start_layer": args.start_layer,
-        "guidance_scale": args.guidance_scale, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+        "guidance_scale": args.guidance_scale, "inversion_refine": args.inversion_refine, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
         "resolution": args.resolution, "model": args.model, "revision": args.revision, "subfolder": args.subfolder,
         "allow_pickle": args.allow_pickle, "loras": args.lora, "lora_scales": args.lora_scale, "fast": args.fast,
         "fast_lora": args.fast_lora, "cache_dir": args.cache_dir, "device": args.device, "dtype": args.dtype,
