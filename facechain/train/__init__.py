@@ -10,6 +10,15 @@ checkpoints), ``validate`` (likeness scoring and selection), ``export`` (diffuse
 """
 
 from facechain.train.config import TrainConfig
-from facechain.train.trainer import LoraArtifact, train
 
 __all__ = ["TrainConfig", "LoraArtifact", "train"]
+
+
+def __getattr__(name: str):
+    # The trainer imports torch and diffusers; load it on first use so that `facechain --help`
+    # and config handling stay fast.
+    if name in ("train", "LoraArtifact"):
+        from facechain.train import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'facechain.train' has no attribute {name!r}")
