@@ -149,7 +149,7 @@ def _chain_of_painting(content, style, cfg: StylizeConfig, options, plan, conten
         elif p.only_mask_region:
             cmask = base.mask
         content_p = PreparedImage(current, f"{base.source}#pass{i}", cmask)
-        style_p = prepare_image(p.style or style, base.size, cfg.resolution, f"{where} style", p.style_mask or (style_mask if i == 0 else None))
+        style_p = prepare_image(p.style or style, base.size, cfg.resolution, f"{where} style", p.style_mask or style_mask)
         overrides = {k: v for k, v in (("only_mask_region", p.only_mask_region), ("start_step", p.start_step),
                                        ("end_step", p.end_step), ("start_layer", p.start_layer),
                                        ("guidance_scale", p.guidance_scale), ("prompt", p.prompt)) if v is not None}
