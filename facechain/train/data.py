@@ -144,7 +144,7 @@ def build_latent_pool(examples: list[Example], vae, resolution: int, variants: i
             im.load()
             photo = im.convert("RGB")
         batch = torch.stack([to_tensor(augment(photo, resolution, gen, face_crop, flip)) for _ in range(variants)])
-        for chunk in batch.split(8):
+        for chunk in batch.split(max(1, 8 * 64 * 64 // (resolution * resolution))):  # 8 at 64 px, 1 at 512 px: bounded VAE memory
             dist = vae.encode(chunk.to(device, dtype)).latent_dist
             means.append(((dist.mean - shift) * scale).float().cpu())  # (b, 4, h, w)
             stds.append((dist.std * scale).float().cpu())

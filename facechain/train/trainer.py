@@ -310,6 +310,8 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
                                 "trainable_params": sum(p.numel() for p in params), "device": str(device),
                                 "mixed_precision": cfg.mixed_precision})
     pred_type = noise_scheduler.config.prediction_type
+    if device.type == "cuda":  # report the training loop's own peak, not the one-off VAE encoding's
+        torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=max_steps, initial=start_step, desc="train LoRA", disable=not (progress and main))
     for m in lora_models.values():
         m.train()
@@ -371,7 +373,8 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
         final = loras[0] if len(loras) == 1 else export.average(loras)
         export.save_diffusers(out, final, family, cfg.rank, cfg.alpha)
         export.save_kohya(out, final, family, cfg.alpha, unet.config.layers_per_block if isinstance(unet.config.layers_per_block, int) else 2)
-        append_jsonl(log_path, {"event": "final", "step": max_steps, "selected_steps": selected,
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        append_jsonl(log_path, {"event": "final", "step": max_steps, "selected_steps": selected, "peak_training_memory_mb": peak,
                                 "scores": {str(s): scores.get(s) for s in selected}, "lora": lora_path.name, "kohya": kohya_path.name})
         logger.info("LoRA written to %s (checkpoints %s)", lora_path, selected)
     accelerator.wait_for_everyone()
