@@ -58,7 +58,9 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata=_h("recompute UNet activations in the backward pass (less memory, ~30% slower)"))
     random_flip: bool = field(default=True, metadata=_h("horizontal flip augmentation. FaceChain: on"))
     face_crop: bool = field(default=True, metadata=_h("FaceChain's FaceCrop augmentation (face-size ratio U[0.35,0.45], face centre y U[0.35,0.5])"))
-    aug_variants: int = field(default=16, metadata=_h("augmented variants per photo, encoded once and cached (VAE latents); steps sample from this pool"))
+    aug_variants: int = field(default=16, metadata=_h(
+        "augmented variants per photo, VAE-encoded once; steps sample from this pool. FaceChain draws a fresh crop at each "
+        "of its 200 steps per photo; 16 (our choice, not FaceChain's) spans the crop range at 1/12 of the VAE passes"))
     checkpointing_steps: int = field(default=100, metadata=_h("write a resumable checkpoint (and score it) every N steps; the last step is always saved"))
     checkpoints_total_limit: int | None = field(default=None, metadata=_h("keep at most this many checkpoints (lowest-scoring/oldest removed); None keeps all"))
     resume: bool = field(default=False, metadata=_h("continue the run in output_dir from its latest complete checkpoint"))
