@@ -68,8 +68,8 @@ def average(loras: list[LoraDict]) -> LoraDict:
 
 def save_diffusers(folder: str | Path, lora: LoraDict, family: str, rank: int, alpha: float) -> Path:
     """Write ``folder/pytorch_lora_weights.safetensors`` with the pipeline class's own
-    ``save_lora_weights`` (keys ``unet.*``/``text_encoder.*`` + the adapter metadata that records
-    rank and alpha), atomically: written in a temporary folder, then renamed into place."""
+    ``save_lora_weights`` (keys ``unet.*``/``text_encoder.*`` + the adapter metadata: rank, alpha
+    and target modules), atomically: written in a temporary folder, then renamed into place."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
@@ -93,6 +93,8 @@ def save_diffusers(folder: str | Path, lora: LoraDict, family: str, rank: int, a
     tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=folder))
     try:
         cls.save_lora_weights(str(tmp), safe_serialization=True, weight_name=LORA_FILE, **kwargs)
+        with open(tmp / LORA_FILE, "rb+") as fh:  # on disk before it replaces the previous file
+            os.fsync(fh.fileno())
         os.replace(tmp / LORA_FILE, folder / LORA_FILE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
