@@ -83,6 +83,7 @@ def run_ours(args, model: Path, data: Path, work: Path) -> dict:
 
     out = work / f"ours-{time.time_ns()}"
     total = args.warmup + args.steps
+    unet_times = _time_unet_calls()
     cfg = TrainConfig(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=args.resolution,
                       max_train_steps=total, checkpointing_steps=total, validation="none",
                       mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing, aug_variants=4)
@@ -95,7 +96,35 @@ def run_ours(args, model: Path, data: Path, work: Path) -> dict:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # On a GPU: the training loop's peak (the trainer resets the counter after the one-off VAE encoding).
     peak = next((r["peak_training_memory_mb"] for r in log if r.get("event") == "final"), None) or _peak_memory_mb(dev)
-    return {"variant": "ours (cached)", "s_per_step": statistics.median(times), "peak_mb": peak}
+    # Same steps, same process: the share of each step's wall time outside UNet forward + backward.
+    walls = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])]  # step i+1
+    inside = [f + b for f, b in zip(unet_times["forward"][1:], unet_times["backward"][1:])]
+    outside = [1 - u / w for u, w in zip(inside, walls)][args.warmup - 1:]
+    return {"variant": "ours (cached)", "s_per_step": statistics.median(times), "peak_mb": peak,
+            "outside_unet_in_process": statistics.median(outside)}
+
+
+def _time_unet_calls() -> dict[str, list[float]]:
+    """Record the wall time of every UNet forward and every backward pass (benchmark-only wrappers)."""
+    import torch
+    from accelerate import Accelerator
+    from diffusers import UNet2DConditionModel
+
+    times: dict[str, list[float]] = {"forward": [], "backward": []}
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[key].append(time.perf_counter() - t0)
+            return out
+        return wrapper
+
+    UNet2DConditionModel.forward = timed(UNet2DConditionModel.forward, "forward")
+    Accelerator.backward = timed(Accelerator.backward, "backward")
+    return times
 
 
 def _setup_models(args, model: Path, dtype):
@@ -249,9 +278,12 @@ def main(argv=None) -> int:
         print(f"{r['variant']:<26}{r['s_per_step']:>10.4f}{1 / r['s_per_step']:>10.2f}{r['peak_mb']:>10.0f}")
     ours, plain, unet = results["ours"]["s_per_step"], results["plain"]["s_per_step"], results["unet"]["s_per_step"]
     print(f"speed-up over plain loop: {plain / ours:.2f}x")
-    print(f"fraction of a cached step outside UNet forward+backward: {max(0.0, 1 - unet / ours):.1%} (target <= 10%)")
+    in_process = results["ours"]["outside_unet_in_process"]
+    print(f"fraction of a cached step outside UNet forward+backward: {in_process:.1%} (median over the same steps, "
+          f"timed in the trainer's process; target <= 10%)")
+    print(f"  cross-check against the separate UNet-only run: {max(0.0, 1 - unet / ours):.1%} (noisier: other process, other moment)")
     print(json.dumps({"model": what, "resolution": args.resolution, "device": dev, **{k: v for k, v in results.items()},
-                      "outside_unet_fraction": max(0.0, 1 - unet / ours)}))
+                      "outside_unet_fraction": in_process, "outside_unet_fraction_cross_process": max(0.0, 1 - unet / ours)}))
     return 0
 
 
