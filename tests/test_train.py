@@ -435,3 +435,21 @@ def test_divergence_is_a_clear_error(tiny_sd15, processed, tmp_path):
     with pytest.raises(TrainingDivergedError, match=r"loss became (nan|inf) at step [23].*Lower --learning_rate"):
         train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", learning_rate=1e30, max_train_steps=3, checkpointing_steps=10),
               progress=False)
+
+
+def test_flat_parameter_views_weights_and_gradients():
+    from facechain.train.trainer import flat_parameter
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    before = [p.detach().clone() for p in net.parameters()]
+    flat = flat_parameter(list(net.parameters()))
+    assert flat.shape == (4 * 3 + 3 + 3 * 2 + 2,)
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))  # same values, now views
+    net(torch.randn(5, 4)).sum().backward()
+    assert torch.equal(flat.grad, torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+    opt = torch.optim.AdamW([flat], lr=0.1)
+    opt.step()
+    assert not torch.equal(next(net.parameters()), before[0])  # stepping the flat tensor moves the layers
+    opt.zero_grad(set_to_none=False)
+    assert next(net.parameters()).grad.abs().sum() == 0 and flat.grad.data_ptr() == next(net.parameters()).grad.data_ptr()
