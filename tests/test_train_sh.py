@@ -106,7 +106,7 @@ def test_two_process_data_parallel_run(tiny_sd15, tmp_path):
 
     data = make_processed_folder(tmp_path / "p", n=2)
     out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "facechain", "train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facechain", "train",
            str(tiny_sd15), str(data), str(out), "--resolution", "64", "--aug_variants", "2", "--max_train_steps", "4",
            "--checkpointing_steps", "2", "--validation", "none", "--no-progress"]
     env = {**_env(), "ACCELERATE_USE_CPU": "true"}
