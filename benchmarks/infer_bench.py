@@ -8,7 +8,7 @@ on the same model, plus the post-processing (landmark fusion + dlib ranking) of 
 
 Random weights make the timings real but the pictures noise: no download is needed. Each mode runs
 in its own process so its peak memory (CUDA max allocated, or process max RSS on CPU) is its own.
-Prints one table; copy it into benchmarks/results/infer.md with the machine it ran on.
+Prints one table; copy it into benchmarks/RESULTS.md with the machine it ran on.
 """
 
 from __future__ import annotations
