@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facechain.preprocess.errors import PhotoRejected
+
+logger = logging.getLogger(__name__)
 
 # JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8; Image.draft) that keeps the short
 # side at least this long: a 12 MP photo decodes at 2000x1500, 4x faster, and a face still spans
@@ -49,8 +52,8 @@ def load_photo(path: Path, max_megapixels: float = 150.0) -> np.ndarray:
             raise PhotoRejected("truncated", f"image data is incomplete or corrupt ({exc})") from exc
         try:
             img = ImageOps.exif_transpose(img)
-        except Exception:  # malformed EXIF: keep pixels as stored
-            pass
+        except Exception as exc:  # malformed EXIF: keep the pixels as stored; the orientation step still runs
+            logger.warning("%s: EXIF orientation unreadable (%s); using the pixels as stored", path.name, exc)
         return to_rgb(img)
 
 
