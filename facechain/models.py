@@ -97,13 +97,16 @@ def _checkpoint_keys(path: Path) -> list[str]:
             return list(fh.keys())
     import torch
 
-    # Only reached with allow_pickle. Tensors-only loading first; full unpickling (which can run
-    # code) only for checkpoints that carry other objects, as old Lightning .ckpt files do.
+    # Only reached with allow_pickle, and even then tensors-only: a checkpoint that carries other
+    # pickled objects (old Lightning .ckpt files) is refused rather than unpickled.
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:
-        logger.warning("%s holds non-tensor objects; unpickling it fully because --allow-pickle was given", path)
-        sd = torch.load(str(path), map_location="cpu", weights_only=False)  # noqa: S614 - user opted in
+    except Exception as exc:
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} holds pickled objects besides tensors ({type(exc).__name__}), which facechain does "
+            "not unpickle even with --allow-pickle. Convert it to .safetensors (e.g. with a trusted converter on a "
+            "machine you control) and pass that file."
+        ) from exc
     sd = sd.get("state_dict", sd)
     return list(sd.keys())
 

@@ -17,6 +17,12 @@ else
 fi
 echo "facechain setup: installing (onnxruntime build: $extra); the first install compiles dlib (~8 min)"
 python -m pip install --quiet -e ".[test,$extra]"
+if [ "$extra" = gpu ]; then
+  # insightface requires the CPU 'onnxruntime'; it and onnxruntime-gpu install the same module,
+  # so keep only the GPU build (otherwise the CUDA provider can vanish)
+  python -m pip uninstall --quiet -y onnxruntime
+  python -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.31"
+fi
 python - <<'PY'
 import diffusers, dlib, torch
 from facechain.face.backends.dlib_backend import models_dir

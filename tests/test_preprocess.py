@@ -102,15 +102,44 @@ def test_blurry_and_small_rejected(tmp_path, sample_photos):
     a = sample_photos.astronaut()
     src = tmp_path / "in"
     src.mkdir()
-    _save(src / "blurry.png", cv2.GaussianBlur(a, (0, 0), 4))
+    _save(src / "blurry.png", cv2.GaussianBlur(a, (0, 0), 2.5))
+    _save(src / "small.png", a)
     res_dir = tmp_path / "out"
+    # the astronaut's face is ~90 px: with a 120 px minimum it is "too small"
+    cfg = PreprocessConfig(backend="dlib", mask="landmarks", min_face_size=120)
     with pytest.raises(NoPhotosKept) as exc:
-        preprocess(src, res_dir, CFG, progress=False)
-    assert "blurry.png" in str(exc.value)
+        preprocess([src / "small.png"], res_dir, cfg, progress=False)
+    rep = _report(res_dir)["small.png"]
+    assert rep["reason"] == "face_too_small" and rep["scores"]["face_size"] < 120
+    assert "small.png: face_too_small" in str(exc.value)
+    with pytest.raises(NoPhotosKept):
+        preprocess([src / "blurry.png"], res_dir, CFG, progress=False)
     rep = _report(res_dir)["blurry.png"]
-    assert rep["reason"] in ("blurry", "no_face", "low_detector_score")
-    if rep["reason"] == "blurry":
-        assert rep["scores"]["blur"] < CFG.blur_threshold
+    assert rep["reason"] == "blurry", rep
+    assert rep["scores"]["blur"] < CFG.blur_threshold
+    assert not (res_dir / "metadata.jsonl").read_text().strip()
+
+
+def test_megapixel_guard_is_ours(tmp_path):
+    """The configured limit decides, not PIL's 89 MP warning."""
+    from facechain.preprocess.errors import PhotoRejected
+
+    p = tmp_path / "big.png"
+    Image.new("L", (10000, 9500)).save(p)  # 95 MP
+    with pytest.raises(PhotoRejected, match="over the 90 MP limit"):
+        load_photo(p, max_megapixels=90)
+    assert load_photo(p, max_megapixels=150).shape == (9500, 10000, 3)
+
+
+def test_written_files_have_normal_permissions(tmp_path):
+    import os
+
+    from facechain.io import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_cli_exits_nonzero_when_nothing_kept(tmp_path, sample_photos):

@@ -31,14 +31,20 @@ def available_backends() -> list[str]:
 def get_analyzer(name: str = "auto", **options) -> FaceAnalyzer:
     """Return a (cached) analyzer. Raises FacechainError naming what is missing when none loads."""
     _register_builtin()
-    key = (name, tuple(sorted(options.items())))
+    key = (name, repr(sorted(options.items())))
     if key in _CACHE:
         return _CACHE[key]
     if name == "auto":
+        bad = {k: v for k, v in options.items() if k not in AUTO_ORDER or not isinstance(v, dict)}
+        if bad:
+            raise InputError(
+                f"get_analyzer('auto') takes per-backend option dicts, e.g. dlib={{'detector': 'cnn'}}; got {bad}. "
+                "Name the backend to pass its options directly."
+            )
         problems = []
         for cand in AUTO_ORDER:
             try:
-                analyzer = _BACKENDS[cand](**options.get(cand, {})) if isinstance(options.get(cand), dict) else _BACKENDS[cand]()
+                analyzer = _BACKENDS[cand](**options.get(cand, {}))
             except FacechainError as exc:
                 problems.append(f"{cand}: {exc}")
                 continue

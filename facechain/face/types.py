@@ -61,6 +61,7 @@ class FaceAnalyzer(Protocol):
     min_score: float  # the backend's "this is a real face" detector score
     has_attributes: bool  # gender/age available
     min_face_px: int  # smallest face side (pixels) the detector finds in the image it is given
+    fork_safe: bool  # may forked worker processes use this instance
 
     def detect(self, image: np.ndarray, *, embed: bool = True, max_faces: int | None = None) -> list[Face]: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from facechain.preprocess.errors import PhotoRejected
 
 logger = logging.getLogger(__name__)
+_PIL_LIMIT_LOCK = threading.Lock()
 
 # JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8; Image.draft) that keeps the short
 # side at least this long: a 12 MP photo decodes at 2000x1500, 4x faster, and a face still spans
@@ -24,13 +26,20 @@ def load_photo(path: Path, max_megapixels: float = 150.0) -> np.ndarray:
     16-bit and grayscale are converted. Raises PhotoRejected for non-images, truncated files and
     images over ``max_megapixels``."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL's own decompression-bomb guard (89 MP warning, 179 MP error) is replaced by ours,
+        # max_megapixels, checked from the header below before any pixel is decoded.
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1e6)
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except Image.DecompressionBombError as exc:
         raise PhotoRejected(
-            "oversized", f"image is over the decompression-bomb limit of {Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
-            f"and was not decoded ({exc}); downscale the photo"
+            "oversized", f"image is over twice the {max_megapixels:.0f} megapixel limit and was not decoded ({exc}); "
+            "downscale the photo or raise max_megapixels"
         ) from exc
     except UnidentifiedImageError as exc:
         raise PhotoRejected("not_an_image", "not an image file PIL can read (wrong extension or corrupt header)") from exc

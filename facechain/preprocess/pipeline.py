@@ -184,10 +184,18 @@ def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     analyzer = analyzer or get_analyzer(cfg.backend)
+    if cfg.mask == "auto":
+        from facechain.face.segment import PARSING_WEIGHTS, parsing_weights_path
+
+        if parsing_weights_path() is None:
+            logger.info("head mask: face parsing weights (%s) not found; using the offline landmark GrabCut mask", PARSING_WEIGHTS)
 
     entries: list[PhotoEntry] = []
     candidates: list[_Candidate] = []
     workers = _worker_count(cfg.workers, len(files))
+    if workers > 1 and not getattr(analyzer, "fork_safe", False):
+        logger.info("preprocess: one worker, since the %s backend cannot be shared with forked workers", analyzer.name)
+        workers = 1
     global _WORKER_STATE
     _WORKER_STATE = (analyzer, cfg)
     if workers > 1:
@@ -222,6 +230,9 @@ def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer
     # step 9: caption by majority over kept photos, then write
     phrase = attribute_phrase([c.face.gender for c in candidates], [c.face.age for c in candidates])
     text = caption(cfg.trigger_word, phrase)
+    # the set is replaced metadata-first: a run killed mid-write leaves no metadata.jsonl (a clear
+    # "empty processed folder" for the trainer), never old captions pointing at new images
+    (out / "metadata.jsonl").unlink(missing_ok=True)
     _remove_stale_outputs(out)
     kept_paths, rows = [], []
     for i, c in enumerate(candidates):

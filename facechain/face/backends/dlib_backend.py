@@ -55,6 +55,7 @@ def kps_from_68(pts: np.ndarray) -> np.ndarray:
 class DlibAnalyzer:
     name = "dlib"
     has_attributes = False
+    fork_safe = True  # plain CPU objects: forked workers can use the parent's loaded models
 
     # Smallest face the detector window finds without upsampling (dlib's HOG/MMOD window is 80x80).
     min_face_px = 80

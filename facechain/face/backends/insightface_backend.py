@@ -43,6 +43,7 @@ class InsightFaceAnalyzer:
     name = "insightface"
     has_attributes = True
     min_face_px = 16  # SCRFD's smallest anchor at the detection size
+    fork_safe = False  # onnxruntime sessions (CUDA contexts above all) do not survive fork
 
     def __init__(self, pack: str = "buffalo_l", det_size: int = 640):
         if pack not in PACKS:
@@ -67,6 +68,7 @@ class InsightFaceAnalyzer:
         self.pack = pack
         self.min_score = SCRFD_MIN_SCORE
         providers = onnx_providers()
+        logger.info("insightface %s: onnxruntime providers %s", pack, providers)
         try:
             self._app = FaceAnalysis(name=pack, root=str(root), providers=providers)
             self._app.prepare(ctx_id=0 if "CUDAExecutionProvider" in providers else -1, det_size=(det_size, det_size),
