@@ -83,6 +83,14 @@ def test_inner_feather_is_zero_outside_mask():
     assert float(a[16, 16]) == 1.0 and 0.0 <= float(a[8, 16]) < 1.0
 
 
+def test_rgba_mask_uses_colour_not_alpha():
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 3] = 255  # opaque everywhere
+    rgba[:32, :, :3] = 255  # white top half
+    m = load_mask(rgba, (64, 64))
+    assert m[:32].min() == 1 and m[32:].max() == 0
+
+
 def test_prepare_image_crops_style_and_mask(images):
     content = prepare_image(images["content"], None, 64, "content", _rect_mask(512, 512, 0, 256, 0, 512))
     assert content.size == (64, 64) and content.mask.shape == (64, 64)
@@ -237,3 +245,51 @@ def test_controller_changes_exactly_configured_steps(engine, images):
     assert modified == {(s, layer) for s in (2, 3) for layer in range(10, 16)}
     assert torch.equal(base[0], ctrl[0]) and torch.equal(base[1], ctrl[1])  # before the window: untouched
     assert not torch.allclose(base[2], ctrl[2])  # inside: changed
+
+
+# --------------------------------------------------------------------------- model checks
+
+
+def test_v_prediction_model_is_refused(tiny_sd15, tmp_path):
+    import json
+    import shutil
+
+    model = shutil.copytree(tiny_sd15, tmp_path / "vpred")
+    cfg_file = model / "scheduler" / "scheduler_config.json"
+    sched = json.loads(cfg_file.read_text())
+    sched["prediction_type"] = "v_prediction"
+    cfg_file.write_text(json.dumps(sched))
+    with pytest.raises(InputError, match=r"model .*vpred predicts 'v_prediction'.*only epsilon-prediction models"):
+        build_engine(StylizeConfig(model=str(model), resolution=64, device="cpu"))
+
+
+def test_float16_vae_upcast_when_config_forces_it(tiny_sdxl, images):
+    eng = build_engine(StylizeConfig(model=str(tiny_sdxl), resolution=64, device="cpu", dtype="float16"))
+    assert eng.vae.config.force_upcast and eng.vae.dtype == torch.float32 and eng.unet.dtype == torch.float16
+    z = eng.encode(prepare_image(images["content"], None, 64, "content"))
+    assert z.dtype == torch.float16 and torch.isfinite(z).all()
+    assert eng.decode(z).shape == (64, 64, 3)
+
+
+def test_passed_in_pipe_cache_id_is_config_hash(tiny_sd15):
+    from diffusers import StableDiffusionPipeline
+
+    from facechain.stylize.engine import Engine
+
+    cfg = StylizeConfig(model=str(tiny_sd15), resolution=64, device="cpu")
+    a = StableDiffusionPipeline.from_pretrained(str(tiny_sd15))
+    b = StableDiffusionPipeline.from_pretrained(str(tiny_sd15))
+    ea, eb = Engine(cfg, pipe=a), Engine(cfg, pipe=b)
+    assert ea.model_id == eb.model_id and str(id(a)) not in ea.model_id  # same model, other object: same key
+    b.scheduler.register_to_config(beta_end=0.0234)  # another schedule: another key
+    assert Engine(cfg, pipe=b).model_id != ea.model_id
+    a.register_to_config(_name_or_path="elsewhere")  # another source: another key
+    assert Engine(cfg, pipe=a).model_id != ea.model_id
+
+
+def test_lcm_steps_above_original_inference_steps_refused(engine):
+    from facechain.stylize.engine import check_lcm_steps
+
+    check_lcm_steps(dict(engine.pipe.scheduler.config), 50)
+    with pytest.raises(InputError, match=r"steps 51 .*at most its original_inference_steps \(50\).*lower --steps"):
+        check_lcm_steps(dict(engine.pipe.scheduler.config), 51)

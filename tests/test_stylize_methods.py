@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -214,6 +215,8 @@ def test_fast_mode_uses_lcm_schedule(tiny_sd15, images, tmp_path):
     res = stylize(images["content"], images["style"], cfg, engine=eng, progress=False)
     assert res.stats["steps"] == 4 and eng.schedule(4).timesteps == (999, 759, 499, 259)
     assert res.stats["unet_passes"] == 2 * 4 + 3 * 4
+    with pytest.raises(InputError, match=r"steps 51 with fast .*original_inference_steps \(50\).*or drop --fast"):
+        stylize(images["content"], images["style"], dataclasses.replace(cfg, steps=51), engine=eng, progress=False)
 
 
 def test_fast_mode_without_lcm_lora_offline_says_how(tiny_sd15):
@@ -241,6 +244,43 @@ def test_chain_of_painting_plan(tiny_sd15, images, tmp_path, engines):
     eyes_small = prepare_image(images["content"], None, 64, "c", eyes).mask.numpy() < 0.5
     assert np.array_equal(res.passes[2][eyes_small], res.passes[1][eyes_small])  # pass 3 only repaints the eyes
     assert not np.array_equal(res.passes[0], res.passes[1])
+
+
+def test_chain_of_painting_uses_global_content_mask(tiny_sd15, images, engines):
+    eng = engines("sd15")
+    # (a) --content-mask + --only-mask-region + a pass with no mask of its own
+    cfg = _cfg(tiny_sd15, only_mask_region=True, options={"plan": [{}]})
+    res = stylize(images["content"], images["style"], cfg, content_mask=_face_mask(), engine=eng, progress=False)
+    m = res.content.mask.numpy() > 0.5
+    assert np.array_equal(res.image[~m], res.content.array[~m])
+    assert np.abs(res.image[m].astype(int) - res.content.array[m].astype(int)).mean() > 1.0
+    # (b) fg/bg mode: one pass with both global masks = the single-pass fg/bg result
+    smask = np.zeros(images["style"].shape[:2], np.uint8)
+    smask[50:250, 100:350] = 255
+    chain = stylize(images["content"], images["style"], _cfg(tiny_sd15, options={"plan": [{}]}), content_mask=_face_mask(),
+                    style_mask=smask, engine=eng, progress=False)
+    single = stylize(images["content"], images["style"], _cfg(tiny_sd15), content_mask=_face_mask(), style_mask=smask,
+                     engine=eng, progress=False)
+    assert np.array_equal(chain.image, single.image)
+
+
+def test_cli_same_style_name_in_two_folders(tiny_sd15, images, tmp_path):
+    from PIL import Image
+
+    from facechain.cli import main
+
+    Image.fromarray(images["content"]).save(tmp_path / "me.png")
+    for folder, img in (("a", images["style"]), ("b", images["coffee"])):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(img).save(tmp_path / folder / "style.png")
+    out = tmp_path / "out"
+    rc = main(["stylize", "--content", str(tmp_path / "me.png"), "--style", str(tmp_path / "a" / "style.png"),
+               str(tmp_path / "b" / "style.png"), "--method", "diffstyle", "--model", str(tiny_sd15),
+               "--resolution", "64", "--steps", "2", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [r["image"] for r in manifest["results"]] == ["me__style__diffstyle.png", "me__style__diffstyle__2.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["me__style__diffstyle.png", "me__style__diffstyle__2.png"]
 
 
 def test_cli_two_styles(tiny_sd15, images, tmp_path, capsys):

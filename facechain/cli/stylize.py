@@ -123,10 +123,16 @@ def run(args) -> int:
             raise InputError(f"{what} {path} does not exist.")
     out_dir = Path(args.out)
     engine = build_engine(cfg)
+    engine.schedule(cfg.num_steps)  # a step count the schedule refuses fails every style: say so once
     results, failed = [], []
     content_stem = Path(args.content).stem
-    for style in args.style:
-        name = f"{content_stem}__{Path(style).stem}__{cfg.method}"
+    used: set[str] = set()
+    for index, style in enumerate(args.style):
+        base = f"{content_stem}__{Path(style).stem}__{cfg.method}"
+        name, k = base, index + 1
+        while name in used:  # same file name in another folder: suffix the style's position (1-based)
+            name, k = f"{base}__{k}", k + 1
+        used.add(name)
         try:
             result = stylize(args.content, style, cfg, content_mask=args.content_mask, style_mask=args.style_mask, engine=engine)
         except FacechainError as exc:

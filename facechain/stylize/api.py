@@ -54,6 +54,7 @@ def stylize(content: ImageLike | PreparedImage, style: ImageLike | PreparedImage
         engine = build_engine(cfg)
     elif not engine.matches(cfg):
         raise InputError("the engine passed to stylize() was built for another model/LoRA/fast setting; build one with build_engine(cfg).")
+    engine.schedule(cfg.num_steps)  # refuses steps the schedule cannot take (e.g. LCM) before any work
     if cfg.resolution is None:
         cfg = dataclasses.replace(cfg, resolution=DEFAULT_RESOLUTION[engine.family])
     if (isinstance(content, PreparedImage) and content_mask is not None) or (isinstance(style, PreparedImage) and style_mask is not None):
@@ -133,7 +134,11 @@ def _check_masks(cfg: StylizeConfig, content: PreparedImage, style: PreparedImag
 
 def _chain_of_painting(content, style, cfg: StylizeConfig, options, plan, content_mask, style_mask,
                        engine: Engine, progress: bool) -> Stylization:
-    """Chain-of-Painting (Portrait Diffusion Sec. 3.3): each pass's output is the next content."""
+    """Chain-of-Painting (Portrait Diffusion Sec. 3.3): each pass's output is the next content.
+
+    A pass without a content mask of its own uses the global content mask and the global
+    ``only_mask_region`` (a pass may override either); a pass that sets ``only_mask_region:
+    false`` and has no style mask repaints the whole image."""
     from PIL import Image
 
     base = prepare_image(content, None, cfg.resolution, "content", content_mask)
@@ -143,13 +148,15 @@ def _chain_of_painting(content, style, cfg: StylizeConfig, options, plan, conten
     last = None
     for i, p in enumerate(plan):
         where = f"plan pass {i + 1}"
-        cmask = None
+        pass_style_mask = p.style_mask or style_mask
         if p.content_mask is not None:
             cmask = prepare_image(content, None, cfg.resolution, f"{where} content", p.content_mask).mask
-        elif p.only_mask_region:
-            cmask = base.mask
+        elif p.only_mask_region is False and pass_style_mask is None:
+            cmask = None  # this pass explicitly repaints the whole image
+        else:
+            cmask = base.mask  # the global --content-mask (with the global only_mask_region unless overridden)
         content_p = PreparedImage(current, f"{base.source}#pass{i}", cmask)
-        style_p = prepare_image(p.style or style, base.size, cfg.resolution, f"{where} style", p.style_mask or style_mask)
+        style_p = prepare_image(p.style or style, base.size, cfg.resolution, f"{where} style", pass_style_mask)
         overrides = {k: v for k, v in (("only_mask_region", p.only_mask_region), ("start_step", p.start_step),
                                        ("end_step", p.end_step), ("start_layer", p.start_layer),
                                        ("guidance_scale", p.guidance_scale), ("prompt", p.prompt)) if v is not None}

@@ -183,19 +183,35 @@ class Engine:
 
         self.device = pick_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
-        if pipe is None:
+        loaded = pipe is None
+        if loaded:
             resolved = resolve_model(cfg.model, cfg.revision, cfg.subfolder, allow_pickle=cfg.allow_pickle)
             pipe = load_pipeline(resolved, torch_dtype=self.dtype)
             self.family = resolved.family
             self.model_id = f"{resolved.reference}@{cfg.revision or ''}/{cfg.subfolder or ''}:{resolved.path}"
         else:
             self.family = "sdxl" if type(pipe).__name__.startswith("StableDiffusionXL") else "sd15"
-            self.model_id = f"pipe:{id(pipe)}"
+            self.model_id = pipe_id(pipe)
+        prediction = dict(pipe.scheduler.config).get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise InputError(
+                f"model {cfg.model if loaded else (pipe.name_or_path or type(pipe).__name__)} predicts "
+                f"{prediction!r} (its scheduler's prediction_type); stylize supports only epsilon-prediction models "
+                "(SD1.5-family and SDXL base models and their fine-tunes), not v-prediction models such as SD 2.x 768. "
+                "Pass an epsilon-prediction base model with --model."
+            )
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         self.unet = pipe.unet
         self.vae = pipe.vae
+        # SDXL's VAE overflows in float16 (its config sets force_upcast): run it in float32 as the
+        # diffusers SDXL pipelines do (StableDiffusionXLPipeline.upcast_vae).
+        self.vae_dtype = self.dtype
+        if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            self.vae_dtype = torch.float32
+            self.vae.to(dtype=torch.float32)
+            logger.info("VAE runs in float32 (its config sets force_upcast; float16 would overflow)")
         self.fast = cfg.fast
         self.impl = cfg.attention
         self.refine = cfg.inversion_refine
@@ -250,6 +266,8 @@ class Engine:
     def schedule(self, steps: int) -> Schedule:
         kind = "lcm" if self.fast else "ddim"
         if (kind, steps) not in self._schedules:
+            if kind == "lcm":
+                check_lcm_steps(dict(self.pipe.scheduler.config), steps)
             self._schedules[(kind, steps)] = make_schedule(dict(self.pipe.scheduler.config), steps, kind)
         return self._schedules[(kind, steps)]
 
@@ -285,20 +303,20 @@ class Engine:
     @torch.no_grad()
     def encode(self, image: PreparedImage) -> torch.Tensor:
         """Clean latent (C, h, w): the VAE posterior mean times the scaling factor (Portrait Diffusion, MasaCtrl)."""
-        x = torch.from_numpy(image.array.copy()).to(self.device, self.dtype).permute(2, 0, 1)[None] / 127.5 - 1.0
+        x = torch.from_numpy(image.array.copy()).to(self.device, self.vae_dtype).permute(2, 0, 1)[None] / 127.5 - 1.0
         z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
-        return z[0]
+        return z[0].to(self.dtype)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
-        x = self.vae.decode(z[None].to(self.dtype) / self.vae.config.scaling_factor).sample[0]
+        x = self.vae.decode(z[None].to(self.vae_dtype) / self.vae.config.scaling_factor).sample[0]
         x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return x.permute(1, 2, 0).cpu().numpy()
 
     # -- inversion
     def inversion_key(self, image: PreparedImage, prompt: str, steps: int) -> str:
         sched = self.schedule(steps)
-        return digest("v1", image.digest, self.model_id, sched.signature(), prompt, self.lora_signature,
+        return digest("v2", image.digest, self.model_id, sched.signature(), prompt, self.lora_signature,
                       str(self.dtype), self.impl, self.refine)
 
     @torch.no_grad()
@@ -368,6 +386,26 @@ class Engine:
             if b.replay is not None:
                 latents[b.name] = b.replay.latents[0]
         return latents
+
+
+def pipe_id(pipe) -> str:
+    """Identity of a passed-in pipeline for the inversion cache: a hash of its configs (UNet,
+    scheduler, VAE) and its source path, stable across processes (unlike ``id(pipe)``)."""
+    configs = [dict(c.config) if c is not None else None for c in (pipe.unet, pipe.scheduler, pipe.vae)]
+    return "pipe:" + digest(configs, getattr(pipe, "name_or_path", None), type(pipe).__name__)
+
+
+def check_lcm_steps(scheduler_config: dict, steps: int) -> None:
+    """LCM samples from its distillation schedule of ``original_inference_steps`` timesteps
+    (LCMScheduler, default 50), so it cannot take more steps than that."""
+    from diffusers import LCMScheduler
+
+    limit = int(LCMScheduler.from_config(scheduler_config).config.original_inference_steps)
+    if steps > limit:
+        raise InputError(
+            f"steps {steps} with fast (LCM-LoRA) mode: the LCM scheduler allows at most its original_inference_steps "
+            f"({limit}) steps; lower --steps to {limit} or fewer (LCM-LoRA works best with 2-8), or drop --fast."
+        )
 
 
 def _engine_key(cfg: StylizeConfig) -> tuple:

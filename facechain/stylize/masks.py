@@ -41,7 +41,8 @@ def load_mask(mask: MaskLike, image_size: tuple[int, int], what: str = "mask") -
         arr = mask.detach().cpu().float().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask, dtype=np.float32)
         where = f"array of shape {tuple(arr.shape)}"
         if arr.ndim == 3:
-            arr = arr.max(axis=-1) if arr.shape[-1] in (1, 3, 4) else arr
+            # colour channels only: an RGBA mask's alpha (opaque = 255 everywhere) is not the mask
+            arr = arr[..., :3].max(axis=-1) if arr.shape[-1] in (1, 3, 4) else arr
         if arr.ndim != 2:
             raise InputError(f"{what} ({where}) must be 2-D (H, W) or (H, W, C), got {arr.ndim} dimensions.")
     w, h = image_size
