@@ -99,8 +99,8 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise InputError(f"pose image {path} could not be read as an image: {exc}") from exc
 
 
-def load_pose(ref: str | os.PathLike, size: tuple[int, int], annotator: str = "lllyasviel/Annotators"):
-    """Return (pose map RGB uint8 at ``size`` (w, h), source photo RGB or None).
+def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: str = "lllyasviel/Annotators"):
+    """Return (pose map RGB uint8 at ``size`` (w, h), or as drawn when ``size`` is None; source photo RGB or None).
 
     ``ref``: a name from ``poses/``, a skeleton map, or a photo. Raises InputError when the map
     shows no person, ModelNotFoundError when a photo needs annotator weights that cannot be had."""
@@ -129,7 +129,8 @@ def load_pose(ref: str | os.PathLike, size: tuple[int, int], annotator: str = "l
             f"pose image {path} shows no person: no OpenPose skeleton {'was detected in the photo' if photo is not None else 'is drawn on the map'}. "
             f"Use a shipped pose ({named_poses()}) or a photo with one clearly visible person."
         )
-    pose = np.asarray(Image.fromarray(pose).resize(size, Image.NEAREST))
+    if size is not None:
+        pose = np.asarray(Image.fromarray(pose).resize(size, Image.NEAREST))
     return pose, photo
 
 
@@ -148,5 +149,6 @@ def openpose_from_photo(image: np.ndarray, path: Path, annotator: str) -> np.nda
             f"({type(exc).__name__}). Download them on a machine with network access (a local folder works as "
             f"`--pose-annotator`), or use a ready skeleton map: {named_poses()}."
         ) from exc
-    out = detector(image, hand_and_face=False, include_hand=True, output_type="np")
+    # include_hand/include_face, not the deprecated hand_and_face, which overrides both when not None
+    out = detector(image, include_body=True, include_hand=True, include_face=False, output_type="np")
     return np.asarray(out, dtype=np.uint8)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facechain.errors import InputError
+from facechain.errors import FacechainError, InputError
 from facechain.face import Face, FaceAnalyzer, similarity
 from facechain.face.fusion import FusionMethod
 from facechain.io import save_image
@@ -193,8 +193,17 @@ def fuse_and_rank(
         face = faces[0]
         out, fused = img, False
         if fusion is not None:
-            out = fusion.fuse(img, face, reference.image, reference.face, strength).image
-            fused = True
+            try:
+                out = fusion.fuse(img, face, reference.image, reference.face, strength).image
+                fused = True
+            except FacechainError as exc:  # one candidate that cannot be fused never sinks the style
+                note = f"fusion failed: {exc}"
+                logger.warning("candidate %d: %s", i, note)
+                if rank:
+                    results.append(Scored(i, img, None, dropped=note, faces=1, face_size=size))
+                else:
+                    results.append(Scored(i, img, None, faces=1, face_size=size, extra={"fusion_failed": str(exc)}))
+                continue
         score = None
         if rank:
             emb = face.embedding

@@ -192,3 +192,29 @@ def test_template_from_real_preprocessing_output(dlib_analyzer, tmp_path):
     assert ref.face.landmarks.shape == (68, 2) and len(result.kept) == len(kept)
     trigger, attribute = subject_from_metadata(tmp_path / "processed", "<x>")
     assert trigger == "<fcsks>" and attribute
+
+
+def test_a_candidate_that_cannot_be_fused_is_reported_not_fatal(people, dlib_analyzer, tmp_path):
+    """Landmark fusion raises InputError (no 68 landmarks on the reference): the candidate is
+    dropped with the reason when ranking, kept unfused with a note when not, and outputs are written."""
+    import dataclasses
+
+    from facechain.face.fusion import get_fusion
+    from facechain.postprocess import Reference, fuse_and_rank, save_style_outputs
+
+    ref_face = dlib_analyzer.detect(people["ref"])[0]
+    blank = np.full((256, 256, 3), 128, np.uint8)
+    # a reference face without landmarks on an image where dlib finds no face: fusion cannot run
+    reference = Reference(blank, dataclasses.replace(ref_face, landmarks=None, backend="insightface"), "000.png", "t")
+    images = [people["ref_variant"], blank]
+    scored = fuse_and_rank(images, reference, dlib_analyzer, fusion=get_fusion("landmark"), rank=True)
+    assert [s.index for s in scored] == [0, 1] and all(s.score is None for s in scored)
+    assert scored[0].dropped.startswith("fusion failed: landmark fusion needs 68 landmarks")
+    assert scored[1].dropped == "no face detected"
+    saved = save_style_outputs(tmp_path, "chef", "Chef", scored, [7, 8], 1)
+    assert saved.kept == [] and [e["dropped"][:13] for e in saved.entries] == ["fusion failed", "no face detect"[:13]]
+    assert (tmp_path / "candidates" / "chef_000.png").is_file()
+    unranked = fuse_and_rank(images[:1], reference, dlib_analyzer, fusion=get_fusion("landmark"), rank=False)
+    assert unranked[0].dropped is None and not unranked[0].fused
+    assert unranked[0].extra["fusion_failed"].startswith("landmark fusion needs 68 landmarks")
+    assert np.array_equal(unranked[0].image, people["ref_variant"])

@@ -58,6 +58,9 @@ def test_config_relative_paths_and_overrides(tmp_path):
     ("fusion: magic", r"fusion: must be one of \['auto', 'swapper', 'landmark', 'off'\]"),
     ("num_image: 3", r"unknown setting\(s\) \['num_image'\]"),
     ("num_images: 20", r"num_images \(20\) is more than num_candidates \(10\)"),
+    ("device: gpu", r"device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("face_backend: mtcnn", r"face_backend must be one of \['auto', 'dlib', 'insightface'\]"),
+    ("depth_image: d.png", r"depth_image is set but depth is off"),
     ("height: 100", "height must be a positive multiple of 8"),
 ])
 def test_config_field_errors(tmp_path, text, msg):

@@ -205,3 +205,30 @@ def test_sdxl_fast_mode_with_lcm_lora_and_pose(tiny_sdxl, tmp_path):
     assert batch.settings["scheduler"] == "LCMScheduler" and batch.settings["family"] == "sdxl"
     assert batch.adapters == {"face": 0.9, "lcm": 1.0}
     assert len(batch.candidates) == 3 and batch.candidates[0].image.size == (64, 64)
+    gen.adapters["lcm"] = 0.0  # the same job with the LCM adapter switched off: the LCM-LoRA must have acted
+    without = gen.generate(load_styles().get("Cyberpunk", "sdxl"), ("<fcsks>", "a person"))
+    assert np.abs(_pixels(without) - _pixels(batch)).mean() > 0.5
+
+
+def test_lora_files_keep_their_alpha_and_trusted_pickles_load(tiny_sd15, tmp_path):
+    """A .safetensors LoRA is loaded from the file (its alpha metadata is used); a pickle LoRA
+    (allowed by allow_pickle) is read with weights_only=True."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from facechain.generate.pipeline import _load_lora
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False)
+    unet.add_adapter(config)
+    layers = get_peft_model_state_dict(unet)
+    StableDiffusionPipeline.save_lora_weights(str(tmp_path), unet_lora_layers=layers, weight_name="a.safetensors",
+                                              unet_lora_adapter_metadata=config.to_dict())
+    torch.save({f"unet.{k}": v for k, v in layers.items()}, tmp_path / "b.bin")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15)
+    _load_lora(pipe, tmp_path / "a.safetensors", "a")
+    _load_lora(pipe, tmp_path / "b.bin", "b")
+    assert pipe.unet.peft_config["a"].lora_alpha == 8  # from the file's metadata (a dict would give alpha = r)
+    assert set(pipe.get_list_adapters()["unet"]) == {"a", "b"}

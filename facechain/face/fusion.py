@@ -145,6 +145,7 @@ def _match_colour(src: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> np.ndar
 
     sel = mask > 0.5
     if sel.sum() < 16:
+        logger.info("landmark fusion: face mask under 16 px; colour match skipped")
         return src
     s = cv2.cvtColor(np.clip(src, 0, 255).astype(np.uint8), cv2.COLOR_RGB2LAB).astype(np.float32)
     d = cv2.cvtColor(dst, cv2.COLOR_RGB2LAB).astype(np.float32)
@@ -168,6 +169,8 @@ def destination_shape(target_lm: np.ndarray, source_lm: np.ndarray, outline_foll
 
     m, _ = cv2.estimateAffinePartial2D(source_lm.astype(np.float32), target_lm.astype(np.float32), method=cv2.LMEDS)
     if m is None:
+        logger.warning("landmark fusion: no similarity transform between the faces' landmarks; "
+                       "using the generated face's own landmarks (the face shape is not transferred)")
         return target_lm.astype(np.float32).copy()
     placed = source_lm.astype(np.float32) @ m[:, :2].T + m[:, 2]
     out = placed.copy()

@@ -9,6 +9,7 @@ each cites its source in the field help.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -150,6 +151,16 @@ class GenerateConfig:
             )
         if self.guidance_scale < 0 or self.fast_guidance_scale < 0:
             raise InputError("guidance_scale and fast_guidance_scale must be >= 0.")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'.")
+        from facechain.face.registry import available_backends
+
+        backends = ["auto", *available_backends()]
+        if self.face_backend not in backends:
+            raise InputError(f"face_backend must be one of {backends}, got '{self.face_backend}'.")
+        if self.depth_image is not None and not self.depth:
+            raise InputError("depth_image is set but depth is off, so it would be ignored. Set depth: true (with a "
+                             "pose), or remove depth_image.")
         if self.depth and self.pose is None:
             raise InputError("depth is on but pose is empty: the depth ControlNet is used together with a pose.")
         self.output_dir = Path(self.output_dir)

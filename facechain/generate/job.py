@@ -10,7 +10,12 @@ Output folder layout::
       generate_config.json          the config of this job
 
 A style that fails (e.g. its LoRA cannot be downloaded) is reported in the manifest and the job
-goes on with the other styles; the job fails only when every style failed.
+goes on with the other styles; the job fails only when every style failed. A candidate that
+cannot be fused is dropped (ranking) or kept unfused, with the reason in the manifest.
+
+Rerunning into a folder that holds a previous job's outputs first deletes that job's image files
+(``<name>_NN.png``, ``candidates/<name>_NNN.png``, ``contact_sheet.png``), so every image in the
+folder is listed in the new manifest.
 """
 
 from __future__ import annotations
@@ -43,8 +48,41 @@ def slug(name: str) -> str:
     return s or "style"
 
 
+_KEPT_FILE = re.compile(r"^[a-z0-9_]+_\d{2}\.png$")
+_CANDIDATE_FILE = re.compile(r"^[a-z0-9_]+_\d{3}\.png$")
+
+
+def unique_names(styles) -> list[str]:
+    """File-name stems for ``styles``: the slug of the style file's name, with _2, _3... when two
+    style files in different folders share a name."""
+    names: list[str] = []
+    for style in styles:
+        base = name = slug(style.path.stem)
+        k = 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def clear_previous_outputs(out: Path) -> int:
+    """Delete the image files a previous job wrote into ``out`` (only when ``out`` holds a previous
+    job's generate_config.json or manifest.json, and only names this module writes). Returns the count."""
+    if not ((out / "generate_config.json").is_file() or (out / "manifest.json").is_file()):
+        return 0
+    stale = [p for p in out.glob("*.png") if _KEPT_FILE.match(p.name) or p.name == "contact_sheet.png"]
+    stale += [p for p in (out / "candidates").glob("*.png") if _CANDIDATE_FILE.match(p.name)]
+    for p in stale:
+        p.unlink()
+    if stale:
+        logger.info("deleted %d image files of the previous job in %s", len(stale), out)
+    return len(stale)
+
+
 def check_inputs(cfg: GenerateConfig):
-    """Everything that can be checked before loading a model. Returns (resolved model, styles, subject)."""
+    """Everything that can be checked before loading a model.
+
+    Returns (resolved model, styles, subject, control) where control is check_control_inputs' result."""
     from facechain.generate.pipeline import check_control_inputs, check_face_lora
     from facechain.generate.prompt import subject_from_metadata
     from facechain.models import resolve_model
@@ -57,11 +95,16 @@ def check_inputs(cfg: GenerateConfig):
             "rank and fusion need the template face from processed_dir, which is empty. Set processed_dir to the "
             "output folder of `facechain preprocess`, or set rank: false and fusion: off."
         )
-    check_control_inputs(cfg)  # a pose with no person fails here, before any model loads
+    if cfg.fusion == "swapper" and cfg.face_backend == "dlib":
+        raise InputError(
+            "fusion: swapper needs insightface faces (ArcFace embeddings), but face_backend is dlib. Set "
+            "face_backend: insightface (or auto), or use fusion: landmark."
+        )
+    control = check_control_inputs(cfg)  # a pose with no person fails here, before any model loads
     subject = subject_from_metadata(cfg.processed_dir, cfg.trigger_word)
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
     styles = [registry.get(name, resolved.family) for name in cfg.styles]
-    return resolved, styles, subject
+    return resolved, styles, subject, control
 
 
 def run_job(cfg: GenerateConfig) -> JobResult:
@@ -70,9 +113,10 @@ def run_job(cfg: GenerateConfig) -> JobResult:
     from facechain.postprocess import contact_sheet, fuse_and_rank, save_style_outputs, select_template
 
     t_job = time.perf_counter()
-    resolved, styles, subject = check_inputs(cfg)
+    resolved, styles, subject, control = check_inputs(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clear_previous_outputs(out)
     save_config(cfg, out / "generate_config.json")
 
     timings: dict[str, float] = {}
@@ -83,12 +127,17 @@ def run_job(cfg: GenerateConfig) -> JobResult:
 
         t0 = time.perf_counter()
         analyzer = get_analyzer(cfg.face_backend)
+        if cfg.fusion == "swapper" and analyzer.name != "insightface":  # face_backend auto fell back to dlib
+            raise InputError(
+                f"fusion: swapper needs insightface faces, but the face backend is {analyzer.name}. Install "
+                "insightface and its models, or use fusion: landmark."
+            )
         reference = select_template(cfg.processed_dir, analyzer)
         if cfg.fusion != "off":
             fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model, backend=analyzer.name)
         timings["template_s"] = time.perf_counter() - t0
 
-    generator = PortraitGenerator(cfg, resolved)
+    generator = PortraitGenerator(cfg, resolved, control=control)
     timings["load_s"] = generator.load_seconds
     manifest: dict = {
         "base_model": resolved.to_dict(),
@@ -105,25 +154,28 @@ def run_job(cfg: GenerateConfig) -> JobResult:
     kept_files: list[Path] = []
     sheet_images: list[np.ndarray] = []
     sheet_captions: list[str] = []
-    for style in styles:
-        name = slug(style.path.stem)
-        try:
+    for style, name in zip(styles, unique_names(styles)):
+        try:  # one bad style never sinks the job
             batch = generator.generate(style, subject)
-        except FacechainError as exc:  # one bad style never sinks the job
+            t0 = time.perf_counter()
+            images = [np.asarray(c.image.convert("RGB")) for c in batch.candidates]
+            scored = fuse_and_rank(
+                images, reference, analyzer, fusion=fusion, strength=cfg.fusion_strength, rank=cfg.rank,
+                min_face_frac=cfg.min_face_frac, max_face_frac=cfg.max_face_frac,
+            )
+            post_s = time.perf_counter() - t0
+            saved = save_style_outputs(
+                out, name, style.name, scored, [c.seed for c in batch.candidates], cfg.num_images,
+                upscale_factor=cfg.upscale_factor if cfg.upscale == "lanczos" else 1,
+            )
+        except FacechainError as exc:
             logger.error("style '%s' failed: %s", style.name, exc)
             manifest["styles"].append({"style": style.name, "error": str(exc)})
             continue
-        t0 = time.perf_counter()
-        images = [np.asarray(c.image.convert("RGB")) for c in batch.candidates]
-        scored = fuse_and_rank(
-            images, reference, analyzer, fusion=fusion, strength=cfg.fusion_strength, rank=cfg.rank,
-            min_face_frac=cfg.min_face_frac, max_face_frac=cfg.max_face_frac,
-        )
-        post_s = time.perf_counter() - t0
-        saved = save_style_outputs(
-            out, name, style.name, scored, [c.seed for c in batch.candidates], cfg.num_images,
-            upscale_factor=cfg.upscale_factor if cfg.upscale == "lanczos" else 1,
-        )
+        except Exception as exc:  # an unexpected error in one style: reported with its type, job goes on
+            logger.exception("style '%s' failed with an unexpected error", style.name)
+            manifest["styles"].append({"style": style.name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
         entries, kept_entries, keep, usable = saved.entries, saved.kept, saved.kept_scored, saved.usable
         kept_files += saved.kept_files
         sheet_images += saved.sheet_images

@@ -96,12 +96,13 @@ def check_face_lora(cfg: GenerateConfig) -> Path | None:
 def check_control_inputs(cfg: GenerateConfig):
     """Load and check the pose (and the depth source) before any model loads.
 
-    Returns (pose map at 64 px, pose photo or None)."""
+    Returns (pose map at its drawn size, pose photo or None), or (None, None) without a pose; pass
+    them to :class:`PortraitGenerator` so the pose is read (and a photo annotated) only once."""
     if cfg.pose is None:
         return None, None
     from facechain.poses import load_pose
 
-    pose_map, photo = load_pose(cfg.pose, (64, 64), cfg.pose_annotator)
+    pose_map, photo = load_pose(cfg.pose, None, cfg.pose_annotator)
     if cfg.depth and cfg.depth_image is None and photo is None:
         raise InputError(
             f"depth is on but pose '{cfg.pose}' is a skeleton map, which has no depth. Use a pose photo, "
@@ -112,10 +113,16 @@ def check_control_inputs(cfg: GenerateConfig):
     return pose_map, photo
 
 
-def _load_state_dict(path: Path):
-    from safetensors.torch import load_file
+def _load_lora(pipe, path: Path, adapter_name: str) -> None:
+    """Load a LoRA file as adapter ``adapter_name``. A .safetensors file is loaded by diffusers from
+    the file itself, so the alpha/rank metadata stored in its header is honoured; a pickle (only
+    reached when allow_pickle let resolve_weights_file return it) is read with weights_only=True."""
+    if path.suffix.lower() == ".safetensors":
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+    else:
+        from facechain.train.export import _load_tensors
 
-    return load_file(str(path))
+        pipe.load_lora_weights(_load_tensors(path), adapter_name=adapter_name)
 
 
 def _load_controlnet(ref: str, dtype, what: str):
@@ -149,7 +156,8 @@ def estimate_depth(photo: np.ndarray, model: str) -> np.ndarray:
 class PortraitGenerator:
     """Holds the loaded pipeline for one job; :meth:`generate` runs one style."""
 
-    def __init__(self, cfg: GenerateConfig, resolved: ResolvedModel | None = None):
+    def __init__(self, cfg: GenerateConfig, resolved: ResolvedModel | None = None, control=None):
+        """``control``: what :func:`check_control_inputs` returned for ``cfg`` (read again when None)."""
         import torch
         from diffusers import DPMSolverMultistepScheduler, LCMScheduler
 
@@ -159,7 +167,7 @@ class PortraitGenerator:
         self.resolved = resolved or resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
         self.family = self.resolved.family
         face_lora = check_face_lora(cfg)
-        check_control_inputs(cfg)
+        pose_map, photo = control if control is not None else check_control_inputs(cfg)
         pipe = load_pipeline(self.resolved, torch_dtype=self.dtype, single_file_config=cfg.single_file_config)
         if cfg.fast:
             pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
@@ -170,13 +178,13 @@ class PortraitGenerator:
             )
         self.adapters: dict[str, float] = {}
         if face_lora is not None:
-            pipe.load_lora_weights(_load_state_dict(face_lora), adapter_name=FACE_ADAPTER)
+            _load_lora(pipe, face_lora, FACE_ADAPTER)
             self.adapters[FACE_ADAPTER] = 1.0
         if cfg.fast:
             ref = cfg.lcm_lora or DEFAULT_LCM_LORA[self.family]
             path = resolve_weights_file(ref, filename="pytorch_lora_weights.safetensors", allow_pickle=cfg.allow_pickle,
                                         what="LCM-LoRA")
-            pipe.load_lora_weights(_load_state_dict(path), adapter_name=LCM_ADAPTER)
+            _load_lora(pipe, path, LCM_ADAPTER)
             self.adapters[LCM_ADAPTER] = 1.0
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
@@ -187,22 +195,23 @@ class PortraitGenerator:
         self.control_images: list = []
         self.control_scales: list[float] = []
         self.control_pipe = None
+        # fuse_lora/unfuse_lora in half precision round the base weights a little each time; keep an
+        # exact copy (on the CPU) of every weight a fuse touches and put it back after each unfuse
+        self._base_copies: dict[int, tuple] = {}
         if cfg.pose is not None:
-            self._setup_control()
+            self._setup_control(pose_map, photo)
         if torch.cuda.is_available() and self.device.type == "cuda":
             torch.cuda.synchronize()
         self.load_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ ControlNet
 
-    def _setup_control(self) -> None:
+    def _setup_control(self, pose_map: np.ndarray, photo: np.ndarray | None) -> None:
         from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
         from PIL import Image
 
-        from facechain.poses import load_pose
-
         cfg = self.cfg
-        pose_map, photo = load_pose(cfg.pose, (self.width, self.height), cfg.pose_annotator)
+        pose_map = np.asarray(Image.fromarray(pose_map).resize((self.width, self.height), Image.NEAREST))
         nets = [_load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family], self.dtype,
                                  "openpose")]
         images = [Image.fromarray(pose_map)]
@@ -240,7 +249,7 @@ class PortraitGenerator:
             path = resolve_weights_file(style.lora_reference(), filename=style.bin_file, revision=style.revision,
                                         allow_pickle=self.cfg.allow_pickle, what=f"style '{style.name}' LoRA")
             try:
-                pipe.load_lora_weights(_load_state_dict(path), adapter_name=STYLE_ADAPTER)
+                _load_lora(pipe, path, STYLE_ADAPTER)
             except Exception as exc:  # corrupt file, or a LoRA made for another base model family
                 if STYLE_ADAPTER in getattr(pipe, "get_list_adapters", lambda: {})().get("unet", []):
                     pipe.delete_adapters(STYLE_ADAPTER)
@@ -250,18 +259,58 @@ class PortraitGenerator:
                     "Check that the file is a LoRA for this base model family."
                 ) from exc
             weights[STYLE_ADAPTER] = style.multiplier_style
-        if weights:
-            pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
-            if self.cfg.fuse_loras:
-                pipe.fuse_lora(adapter_names=list(weights), lora_scale=1.0)
+        try:
+            if weights:
+                pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
+                if self.cfg.fuse_loras:
+                    self._snapshot_base_weights()
+                    pipe.fuse_lora(adapter_names=list(weights), lora_scale=1.0)
+        except BaseException:  # never leave the style adapter (or a half fuse) behind for the next style
+            self._deactivate(weights)
+            raise
         return weights
 
     def _deactivate(self, weights: dict[str, float]) -> None:
         pipe = self.pipe
-        if weights and self.cfg.fuse_loras:
-            pipe.unfuse_lora()
-        if STYLE_ADAPTER in weights:
-            pipe.delete_adapters(STYLE_ADAPTER)
+        try:
+            if weights and self.cfg.fuse_loras:
+                pipe.unfuse_lora()
+                self._restore_base_weights()
+        finally:
+            if STYLE_ADAPTER in weights:
+                pipe.delete_adapters(STYLE_ADAPTER)
+
+    def _lora_base_params(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name in ("unet", "transformer", "text_encoder", "text_encoder_2"):
+            model = getattr(self.pipe, name, None)
+            if model is None:
+                continue
+            for module in model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    base = module.get_base_layer()
+                    for p in (getattr(base, "weight", None), getattr(base, "bias", None)):
+                        if p is not None:
+                            yield p
+
+    def _snapshot_base_weights(self) -> None:
+        """Copy (once) every not yet copied weight under a LoRA layer, in half precision only:
+        in float32 the unfuse round trip is exact enough and the copy would only cost memory."""
+        import torch
+
+        if self.dtype == torch.float32:
+            return
+        for p in self._lora_base_params():
+            if id(p) not in self._base_copies:
+                self._base_copies[id(p)] = (p, p.detach().to("cpu", copy=True))
+
+    def _restore_base_weights(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p, saved in self._base_copies.values():
+                p.copy_(saved)
 
     # ------------------------------------------------------------------ sampling
 
