@@ -232,3 +232,41 @@ def test_lora_files_keep_their_alpha_and_trusted_pickles_load(tiny_sd15, tmp_pat
     _load_lora(pipe, tmp_path / "b.bin", "b")
     assert pipe.unet.peft_config["a"].lora_alpha == 8  # from the file's metadata (a dict would give alpha = r)
     assert set(pipe.get_list_adapters()["unet"]) == {"a", "b"}
+
+
+def test_style_adapter_removed_when_fusing_fails_and_fp16_weights_restored(tiny_sd15, face_lora, style_dir, tmp_path,
+                                                                           monkeypatch):
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import load_styles
+
+    style = load_styles([style_dir]).get("Ink", "sd15")
+    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, lora_dir=face_lora, dtype="float16"))
+    before = {k: v.clone() for k, v in gen.pipe.unet.state_dict().items() if "lora" not in k}
+    for _ in range(3):  # fuse + unfuse in half precision, as one job does per style
+        gen._deactivate(gen._activate(style))
+    after = gen.pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-exact, no fp16 drift
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("fuse failed")
+
+    monkeypatch.setattr(gen.pipe, "fuse_lora", fail)
+    with pytest.raises(RuntimeError, match="fuse failed"):
+        gen._activate(style)
+    assert gen.pipe.get_list_adapters()["unet"] == ["face"]  # the style adapter did not stay behind
+
+
+def test_rerun_clears_stale_outputs_and_style_names_are_unique(tmp_path):
+    from types import SimpleNamespace
+
+    from facechain.generate.job import clear_previous_outputs, unique_names
+
+    styles = [SimpleNamespace(path=Path(p)) for p in ("a/Chef.json", "b/chef.json", "c/chef.json", "d/Ink.json")]
+    assert unique_names(styles) == ["chef", "chef_2", "chef_3", "ink"]
+    (tmp_path / "candidates").mkdir()
+    for name in ("chef_00.png", "contact_sheet.png", "candidates/chef_004.png", "holiday.png", "candidates/x.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert clear_previous_outputs(tmp_path) == 0  # not a job's folder: nothing is touched
+    (tmp_path / "manifest.json").write_text("{}")
+    assert clear_previous_outputs(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["holiday.png", "x.png"]
