@@ -296,6 +296,52 @@ def test_likeness_scorer_on_real_faces(processed, dlib_analyzer):
     assert result.score == pytest.approx(result.per_image[0] / 2)
 
 
+def test_init_lora_is_not_rounded_under_bf16(tiny_sd15, processed, trained_sd15, tmp_path, monkeypatch, caplog):
+    """bf16 frozen weights: the init LoRA lands in the fp32 LoRA weights unrounded (bf16 keeps 8
+    bits of mantissa: rounding shows at rtol 1e-5), and accelerate's differing setting is named."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with caplog.at_level(logging.WARNING, logger="facechain.train.trainer"):
+        art = train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", init_lora=str(trained_sd15.lora_path), max_train_steps=1,
+                             learning_rate=1e-12, train_text_encoder=True, mixed_precision="bf16"), progress=False)
+    notes = [r.getMessage() for r in caplog.records if "ACCELERATE_MIXED_PRECISION" in r.getMessage()]
+    assert len(notes) == 1 and "'fp16'" in notes[0] and "'bf16'" in notes[0], notes
+    got, want = load_file(str(art.lora_path)), load_file(str(trained_sd15.lora_path))
+    assert set(got) == set(want)
+    rounded = {k: want[k].to(torch.bfloat16).float() for k in want}
+    assert any(not torch.equal(rounded[k], want[k]) for k in want)  # the file's values are not bf16-exact
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
+
+
+def test_final_lora_follows_likeness_scores(tiny_sd15, processed, tmp_path, monkeypatch):
+    """Known scores per checkpoint (steps 1, 2, 3 -> 0.2, 0.9, 0.5): the final LoRA is step 2's,
+    and with ensemble_top_k=2 the mean of steps 2 and 3."""
+    from safetensors.torch import load_file
+
+    from facechain.train.validate import LikenessScorer, Validation
+
+    for top_k, want_steps in ((1, [2]), (2, [2, 3])):
+        scores = iter([0.2, 0.9, 0.5])
+        monkeypatch.setattr(LikenessScorer, "score", lambda self, images: (lambda s: Validation(s, [s], 1))(next(scores)))
+        out = tmp_path / f"top{top_k}"
+        art = train(tiny_cfg(tiny_sd15, processed, out, validation="dlib", max_train_steps=3, checkpointing_steps=1,
+                             ensemble_top_k=top_k, learning_rate=1e-2), progress=False)
+        assert art.selected_steps == want_steps and art.scores == {1: 0.2, 2: 0.9, 3: 0.5}
+        ckpts = {s: export.unflatten(load_file(str(out / f"checkpoints/step-{s:06d}/lora.safetensors")))["unet"] for s in (1, 2, 3)}
+        final = export.read_lora_file(art.lora_path, "sd15")[0]["unet"]
+        assert set(final) == set(ckpts[2])
+        want = {k: torch.stack([ckpts[s][k] for s in want_steps]).mean(0) for k in final}
+        for k in final:
+            torch.testing.assert_close(final[k], want[k], rtol=0, atol=1e-7)
+        key = next(k for k in final if ".lora_B." in k)  # the checkpoints differ, so the choice is visible
+        others = [s for s in (1, 2, 3) if s not in want_steps]
+        assert all((final[key] - ckpts[s][key]).abs().max() > 1e-4 for s in others)
+
+
 def test_sdpa_bf16_gradient_checkpointing_and_pruning(tiny_sd15, processed, tmp_path):
     """bf16 frozen weights with fp32 LoRA, gradient checkpointing, and at most 2 checkpoints kept."""
     from diffusers.models.attention_processor import AttnProcessor2_0

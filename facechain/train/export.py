@@ -54,7 +54,12 @@ def unflatten(flat: dict[str, torch.Tensor]) -> LoraDict:
 
 
 def average(loras: list[LoraDict]) -> LoraDict:
-    """Element-wise mean of LoRA factors (FaceChain's checkpoint "ensemble": averaged state dicts)."""
+    """Element-wise mean of LoRA factors (FaceChain's checkpoint "ensemble": averaged state dicts).
+
+    The up (B) and down (A) matrices are averaged separately, as FaceChain's ensemble averaged
+    the checkpoints' state dicts, so the result's update mean(B) @ mean(A) is in general not the
+    mean of the checkpoints' updates mean(B @ A). Kept on purpose: it is FaceChain's rule, and the
+    result stays a LoRA of the same rank."""
     if not loras:
         raise InputError("no LoRA checkpoints to average")
     return {

@@ -94,6 +94,20 @@ def _adamw(params, cfg: TrainConfig, device) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, foreach=True, **kwargs)
 
 
+def _note_accelerate_mixed_precision(flag: str) -> None:
+    """``--mixed_precision`` governs, also under ``accelerate launch``: accelerate passes its config's
+    (or the ``--mixed_precision`` launch option's) setting as ACCELERATE_MIXED_PRECISION, which the
+    trainer's flag overrides. Say so in one line when accelerate asks for mixed precision and the
+    flag differs (accelerate's default "no" is not worth a line)."""
+    import os
+
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if env and env.lower() != "no" and env.lower() != flag:
+        logger.warning("mixed precision: accelerate's setting is %r (accelerate config / ACCELERATE_MIXED_PRECISION) but "
+                       "the trainer uses its --mixed_precision %r; pass --mixed_precision %s to use accelerate's",
+                       env, flag, env)
+
+
 def _data_fingerprint(examples) -> str:
     """sha256 over the training photos' bytes and captions: a resumed run must see the same data."""
     import hashlib
@@ -213,6 +227,7 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
         raise InputError("mixed_precision 'fp16' needs a CUDA GPU; on CPU use --mixed_precision bf16 or no.")
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
 
+    _note_accelerate_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     main = accelerator.is_main_process
     device = accelerator.device
@@ -264,6 +279,8 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
     lora_models = {"unet": unet}
     if cfg.train_text_encoder:
         lora_models.update(zip(["text_encoder", "text_encoder_2"], cond.encoders))
+    if cfg.mixed_precision != "no":  # LoRA weights train in fp32; cast before any are loaded, so none are rounded
+        cast_training_params(list(lora_models.values()), dtype=torch.float32)
     if cfg.init_lora and resume_from is None:  # a resumed run takes its weights from the checkpoint
         lora, file_scale = export.read_lora_file(init_path, family, unet.config)
         ratio = file_scale / (cfg.alpha / cfg.rank)
@@ -272,8 +289,6 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
                         init_path, file_scale, cfg.alpha / cfg.rank, ratio)
             lora = {c: {k: (v * ratio if ".lora_B." in k else v) for k, v in sd.items()} for c, sd in lora.items()}
         load_lora_into(lora_models, lora, f"init LoRA {init_path}", strict=False)
-    if cfg.mixed_precision != "no":
-        cast_training_params(list(lora_models.values()), dtype=torch.float32)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
