@@ -270,3 +270,10 @@ def test_rerun_clears_stale_outputs_and_style_names_are_unique(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     assert clear_previous_outputs(tmp_path) == 3
     assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["holiday.png", "x.png"]
+
+
+def test_swapper_with_dlib_faces_is_refused_up_front(tiny_sd15, tmp_path):
+    from facechain.generate.job import check_inputs
+
+    with pytest.raises(InputError, match="fusion: swapper needs insightface faces .* face_backend is dlib"):
+        check_inputs(_cfg(tiny_sd15, tmp_path, fusion="swapper", face_backend="dlib", processed_dir=tmp_path))
