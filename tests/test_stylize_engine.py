@@ -15,20 +15,9 @@ from facechain.stylize.masks import inner_feather, load_mask, to_tokens, token_g
 from facechain.stylize.methods.portrait_diffusion import StyleAttentionControl
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models spend their time in thread hand-offs: on a busy machine one thread is ~10x faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def images():
-    from skimage import data
-
-    return {"content": data.astronaut(), "style": data.chelsea(), "coffee": data.coffee()}
+def images(style_images):
+    return style_images
 
 
 @pytest.fixture(scope="module")

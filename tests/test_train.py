@@ -45,14 +45,6 @@ def load_pipe(folder):
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads waiting on each other make tiny
-    matmuls ~70x slower (measured 2.4 ms vs 33 us for a 64x32 linear)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
