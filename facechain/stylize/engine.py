@@ -56,17 +56,16 @@ class PreparedImage:
 def read_image(image: ImageLike, what: str) -> tuple[np.ndarray, str]:
     """RGB uint8 array from a path or array, with an InputError naming ``what`` if unreadable."""
     if isinstance(image, (str, os.PathLike)):
+        from facechain.preprocess.errors import PhotoRejected
+        from facechain.preprocess.load import load_photo
+
         path = Path(image)
         if not path.is_file():
             raise InputError(f"{what} image {path} does not exist.")
-        from PIL import Image, ImageOps
-
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-        except Exception as exc:
-            raise InputError(f"{what} image {path} could not be read: {exc}") from exc
-        return arr, str(path)
+        try:  # the loader every stage shares: EXIF, colour modes, size guard
+            return load_photo(path), str(path)
+        except PhotoRejected as exc:
+            raise InputError(f"{what} image {path} could not be used: {exc.detail}") from exc
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
