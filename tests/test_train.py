@@ -189,14 +189,19 @@ def test_ensemble_is_mean_of_selected_checkpoints(trained_sd15):
     torch.testing.assert_close(kohya["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"], (c2[key] + c4[key]) / 2)
 
 
-def test_lora_changes_output_and_kohya_matches(trained_sd15, tiny_sd15):
-    pipe = load_pipe(tiny_sd15)
+def outputs_base_lora_kohya(model, art) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images from the base model, with the diffusers LoRA, and with the kohya export (same seed)."""
+    pipe = load_pipe(model)
     base = generate(pipe)
-    pipe.load_lora_weights(str(trained_sd15.output_dir))
+    pipe.load_lora_weights(str(art.output_dir))
     with_lora = generate(pipe)
-    pipe2 = load_pipe(tiny_sd15)
-    pipe2.load_lora_weights(str(trained_sd15.kohya_path))
-    with_kohya = generate(pipe2)
+    pipe2 = load_pipe(model)
+    pipe2.load_lora_weights(str(art.kohya_path))
+    return base, with_lora, generate(pipe2)
+
+
+def test_lora_changes_output_and_kohya_matches(trained_sd15, tiny_sd15):
+    base, with_lora, with_kohya = outputs_base_lora_kohya(tiny_sd15, trained_sd15)
     change = np.abs(with_lora - base).max()
     assert change > 1e-3, change
     np.testing.assert_allclose(with_kohya, with_lora, atol=1e-5)
@@ -259,14 +264,9 @@ def test_sdxl_two_steps_and_kohya_matches(tiny_sdxl, processed, tmp_path):
                       "lora_unet_input_blocks_8_1", "lora_unet_middle_block_1", "lora_unet_output_blocks_0_1",
                       "lora_unet_output_blocks_1_1", "lora_unet_output_blocks_2_1", "lora_unet_output_blocks_3_1",
                       "lora_unet_output_blocks_4_1", "lora_unet_output_blocks_5_1"}
-    pipe = load_pipe(tiny_sdxl)
-    base = generate(pipe)
-    pipe.load_lora_weights(str(art.output_dir))
-    with_lora = generate(pipe)
-    pipe2 = load_pipe(tiny_sdxl)
-    pipe2.load_lora_weights(str(art.kohya_path))
+    base, with_lora, with_kohya = outputs_base_lora_kohya(tiny_sdxl, art)
     assert np.abs(with_lora - base).max() > 1e-4
-    np.testing.assert_allclose(generate(pipe2), with_lora, atol=1e-5)
+    np.testing.assert_allclose(with_kohya, with_lora, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- more mechanics
