@@ -29,9 +29,21 @@ PYTHON=${PYTHON:-python}
 
 # shellcheck disable=SC2086  # PREPROCESS_FLAGS is a list of flags
 "$PYTHON" -m facechain preprocess "$IMGS_DIR" "$PROCESSED_DIR" ${PREPROCESS_FLAGS:-} || {
-    echo "train_lora.sh: preprocessing $IMGS_DIR failed (see $PROCESSED_DIR/report.json); no training was run." >&2
+    echo "train_lora.sh: preprocessing $IMGS_DIR failed (see the message above); no training was run." >&2
     exit 1
 }
 
-exec "$PYTHON" -m accelerate.commands.launch -m facechain train \
-    "$BASE_MODEL" "$PROCESSED_DIR" "$OUTPUT_DIR" --revision "$REVISION" --sub_path "$SUB_PATH" "$@"
+# The trainer runs as a child of this script; INT/TERM/HUP sent to the script are passed on to it,
+# so stopping the script stops training (the trainer also stops when its launcher dies). The last
+# complete checkpoint stays; rerun with --resume to continue.
+"$PYTHON" -m accelerate.commands.launch -m facechain train \
+    "$BASE_MODEL" "$PROCESSED_DIR" "$OUTPUT_DIR" --revision "$REVISION" --sub_path "$SUB_PATH" "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' INT TERM HUP
+status=0
+wait "$child" || status=$?
+while kill -0 "$child" 2>/dev/null; do  # a trapped signal ends `wait` early: wait for the trainer to stop
+    status=0
+    wait "$child" || status=$?
+done
+exit "$status"

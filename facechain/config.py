@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -70,6 +71,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise InputError(f"{where}: expected true or false, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise InputError(f"{where}: must be a finite number, got {value!r}. Give a real number (e.g. 7.5).")
             return float(value)
         raise InputError(f"{where}: expected a number, got {value!r}")
     if tp is int:

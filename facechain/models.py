@@ -49,6 +49,7 @@ class ResolvedModel:
     format: Literal["diffusers", "single_file"]
     family: Family
     reference: str  # what the user asked for, for messages and saved configs
+    allow_pickle: bool = False  # pickle weight files in a diffusers folder may load (tensors-only)
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "format": self.format, "family": self.family, "reference": self.reference}
@@ -123,6 +124,28 @@ def check_checkpoint_file(path: Path, allow_pickle: bool, what: str = "checkpoin
             )
     elif suffix not in SAFE_SUFFIXES:
         raise InputError(f"{what} {path}: unknown file type '{suffix}'. Expected a .safetensors file.")
+
+
+def safetensors_only(allow_pickle: bool) -> dict:
+    """``from_pretrained`` kwargs: only .safetensors weights load unless pickles are allowed."""
+    return {} if allow_pickle else {"use_safetensors": True}
+
+
+def check_folder_weights(folder: Path, ref: str) -> None:
+    """Refuse a diffusers folder whose components ship their weights only as pickle files."""
+    pickled = []
+    for comp in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [f for f in comp.iterdir() if f.is_file()]
+        if any(f.suffix.lower() in PICKLE_SUFFIXES for f in files) and not any(
+                f.suffix.lower() in SAFE_SUFFIXES for f in files):
+            pickled.append(comp.name)
+    if pickled:
+        raise UnsafeCheckpointError(
+            f"base model '{ref}' ({folder}) holds the weights of {', '.join(pickled)} only as pickle files (.bin/.ckpt); "
+            "loading a pickle can run arbitrary code, so facechain refuses it by default. Use a copy saved with "
+            "safetensors (`pipe.save_pretrained(dir, safe_serialization=True)`), or pass --allow-pickle if you trust "
+            "its source (tensors-only loading)."
+        )
 
 
 # --------------------------------------------------------------------------- resolution
@@ -242,7 +265,10 @@ def _resolve_local(path: Path, subfolder: str | None, allow_pickle: bool, ref: s
         family = family_of_checkpoint_keys(_checkpoint_keys(path), str(path))
         return ResolvedModel(path=path, format="single_file", family=family, reference=ref)
     if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
-        return ResolvedModel(path=path, format="diffusers", family=family_of_folder(path), reference=ref)
+        family = family_of_folder(path)
+        if not allow_pickle:
+            check_folder_weights(path, ref)
+        return ResolvedModel(path=path, format="diffusers", family=family, reference=ref, allow_pickle=allow_pickle)
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in SAFE_SUFFIXES + PICKLE_SUFFIXES)
     if len(files) == 1:
         return _resolve_local(files[0], None, allow_pickle, ref)
@@ -289,7 +315,8 @@ def load_pipeline(
         kwargs.setdefault("requires_safety_checker", False)
     try:
         if resolved.format == "diffusers":
-            return cls.from_pretrained(str(resolved.path), **dtype_kwargs(torch_dtype), **kwargs)
+            return cls.from_pretrained(str(resolved.path), **dtype_kwargs(torch_dtype),
+                                       **safetensors_only(resolved.allow_pickle), **kwargs)
         config = str(single_file_config or SINGLE_FILE_CONFIGS[resolved.family])
         return cls.from_single_file(str(resolved.path), config=config, **dtype_kwargs(torch_dtype), **kwargs)
     except (OSError, EnvironmentError) as exc:
@@ -356,3 +383,44 @@ def resolve_weights_file(
         f"{what} '{ref}' file '{filename}' could not be found locally or downloaded ({'; '.join(attempts)}). "
         "Download the file on a machine with network access and point to the local path instead."
     )
+
+
+# --------------------------------------------------------------------------- identity
+
+# Files up to this size are hashed whole; larger ones by samples (head, tail and evenly spaced
+# blocks), so fingerprinting a 7 GB SDXL folder reads a few MB.
+_FINGERPRINT_WHOLE = 8 << 20
+_FINGERPRINT_BLOCK = 1 << 20
+_FINGERPRINT_SAMPLES = 8
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        if size <= _FINGERPRINT_WHOLE:
+            h.update(fh.read())
+        else:
+            span = size - _FINGERPRINT_BLOCK
+            for i in range(_FINGERPRINT_SAMPLES):
+                fh.seek(span * i // (_FINGERPRINT_SAMPLES - 1))
+                h.update(fh.read(_FINGERPRINT_BLOCK))
+    return h.hexdigest()
+
+
+def model_fingerprint(resolved: ResolvedModel) -> str:
+    """An identity of the model's files: their relative paths, sizes and (sampled) sha256. The same
+    model reached through another path (absolute vs relative, a symlink) has the same fingerprint;
+    another model placed behind the same path has a different one."""
+    import hashlib
+
+    root = Path(resolved.path)
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    h = hashlib.sha256()
+    for p in files:
+        rel = "" if root.is_file() else p.relative_to(root).as_posix()
+        h.update(rel.encode() + b"\0" + _file_digest(p).encode() + b"\n")
+    return h.hexdigest()

@@ -89,17 +89,22 @@ def named_poses(folder: Path = POSES_DIR) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.png")) if folder.is_dir() else []
 
 
+# Pose maps and photos are read with the photo loader's decompression-bomb guard.
+POSE_MAX_MEGAPIXELS = 50.0
+
+
 def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from facechain.preprocess.errors import PhotoRejected
+    from facechain.preprocess.load import load_photo
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"pose image {path} could not be read as an image: {exc}") from exc
+        return load_photo(path, POSE_MAX_MEGAPIXELS)
+    except PhotoRejected as exc:
+        raise InputError(f"pose image {path} cannot be used: {exc.detail}.") from exc
 
 
-def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: str = "lllyasviel/Annotators"):
+def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: str = "lllyasviel/Annotators",
+              allow_pickle: bool = False):
     """Return (pose map RGB uint8 at ``size`` (w, h), or as drawn when ``size`` is None; source photo RGB or None).
 
     ``ref``: a name from ``poses/``, a skeleton map, or a photo. Raises InputError when the map
@@ -109,6 +114,11 @@ def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: s
     ref = str(ref)
     path = Path(ref).expanduser()
     if not path.is_file():
+        if Path(ref).name != ref or ref in (".", ".."):
+            raise InputError(
+                f"pose '{ref}' is not an image file, and a pose name may not contain folders or '..'. Shipped poses: "
+                f"{named_poses()}; or pass the path of an existing skeleton map or photo."
+            )
         named = POSES_DIR / f"{ref}.png"
         if named.is_file():
             path = named
@@ -123,7 +133,7 @@ def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: s
         pose = image
     else:
         photo = image
-        pose = openpose_from_photo(image, path, annotator)
+        pose = openpose_from_photo(image, path, annotator, allow_pickle)
     if skeleton_fraction(pose) < _MIN_SKELETON_FRACTION:
         raise InputError(
             f"pose image {path} shows no person: no OpenPose skeleton {'was detected in the photo' if photo is not None else 'is drawn on the map'}. "
@@ -134,9 +144,19 @@ def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: s
     return pose, photo
 
 
-def openpose_from_photo(image: np.ndarray, path: Path, annotator: str) -> np.ndarray:
-    """Photo -> OpenPose map with controlnet_aux (body + hands, as FaceChain)."""
-    from facechain.errors import require
+def openpose_from_photo(image: np.ndarray, path: Path, annotator: str, allow_pickle: bool = False) -> np.ndarray:
+    """Photo -> OpenPose map with controlnet_aux (body + hands, as FaceChain).
+
+    controlnet_aux's annotator weights ship only as pickle files (body_pose_model.pth,
+    hand_pose_model.pth), so a pose photo needs ``allow_pickle``; skeleton maps need nothing."""
+    from facechain.errors import UnsafeCheckpointError, require
+
+    if not allow_pickle:
+        raise UnsafeCheckpointError(
+            f"pose {path} is a photo; turning it into an OpenPose map loads controlnet_aux's annotator weights "
+            f"('{annotator}'), which are pickle files (.pth), refused by default since loading a pickle can run code. "
+            f"Pass --allow-pickle if you trust them, or use a skeleton map: {named_poses()}."
+        )
 
     require("controlnet_aux", "turning a pose photo into an OpenPose map", "controlnet-aux")
     from controlnet_aux import OpenposeDetector

@@ -96,7 +96,8 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
         except json.JSONDecodeError:
             logger.warning("%s is not valid JSON; measuring photo quality instead", report_path)
             entries = []
-        kept = [e for e in entries if e.get("status") == "kept" and e.get("output")]
+        kept = [e for e in entries if e.get("status") == "kept" and isinstance(e.get("output"), str) and e.get("output")
+                and not Path(e["output"]).is_absolute() and ".." not in Path(e["output"]).parts]
         scored = [
             (float(e["scores"]["detector_score"]) * float(e["scores"]["blur"]), folder / e["output"])
             for e in kept

@@ -97,7 +97,7 @@ def build_tiny_sd15(folder: str | Path, seed: int = 0) -> Path:
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    tokenizer = make_tokenizer(folder / "_tok_build")
+    tokenizer = _tokenizer()
     text_encoder = CLIPTextModel(_clip_config(len(tokenizer), hidden=32, projection_dim=32))
     unet = UNet2DConditionModel(
         sample_size=TINY_RESOLUTION // 8,
@@ -129,7 +129,7 @@ def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    tokenizer = make_tokenizer(folder / "_tok_build")
+    tokenizer = _tokenizer()
     text_encoder = CLIPTextModel(_clip_config(len(tokenizer), hidden=32, projection_dim=32))
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(len(tokenizer), hidden=32, projection_dim=32))
     unet = UNet2DConditionModel(
@@ -168,11 +168,16 @@ def _sd_scheduler():
     )
 
 
-def _save(pipe, folder: Path) -> None:
-    import shutil
+def _tokenizer():
+    """The tiny tokenizer, built in a temporary folder of its own (loaded into memory, then removed)."""
+    import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="facechain-tok-") as tmp:
+        return make_tokenizer(Path(tmp))
+
+
+def _save(pipe, folder: Path) -> None:
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    shutil.rmtree(folder / "_tok_build", ignore_errors=True)
 
 
 def build_tiny_model(folder: str | Path, family: Literal["sd15", "sdxl"] = "sd15", seed: int = 0) -> Path:

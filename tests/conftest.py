@@ -63,3 +63,32 @@ def dlib_analyzer():
     from facechain.face import get_analyzer
 
     return get_analyzer("dlib")
+
+
+@pytest.fixture
+def hold_lock():
+    """Start a process that holds an output folder's lock (as a running command would):
+    ``proc = hold_lock(folder, "train")``. Killed at teardown."""
+    import subprocess
+    import sys
+    import textwrap
+
+    procs = []
+
+    def start(folder, command: str):
+        code = textwrap.dedent(f"""
+            import time
+            from facechain.outputs import OutputDir
+            od = OutputDir.acquire({str(folder)!r}, {command!r})
+            print("locked", flush=True)
+            time.sleep(120)
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()

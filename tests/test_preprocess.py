@@ -21,8 +21,8 @@ def _save(path, arr, **kw):
     return path
 
 
-def _report(out):
-    return {e["input"]: e for e in json.loads((out / "report.json").read_text())["entries"]}
+def _report(out, name="report.json"):
+    return {e["input"]: e for e in json.loads((out / name).read_text())["entries"]}
 
 
 def test_single_face_kept_and_placed(tmp_path, sample_photos, dlib_analyzer):
@@ -109,15 +109,15 @@ def test_blurry_and_small_rejected(tmp_path, sample_photos):
     cfg = PreprocessConfig(backend="dlib", mask="landmarks", min_face_size=120)
     with pytest.raises(NoPhotosKept) as exc:
         preprocess([src / "small.png"], res_dir, cfg, progress=False)
-    rep = _report(res_dir)["small.png"]
+    rep = _report(res_dir, "failed_report.json")["small.png"]
     assert rep["reason"] == "face_too_small" and rep["scores"]["face_size"] < 120
     assert "small.png: face_too_small" in str(exc.value)
     with pytest.raises(NoPhotosKept):
         preprocess([src / "blurry.png"], res_dir, CFG, progress=False)
-    rep = _report(res_dir)["blurry.png"]
+    rep = _report(res_dir, "failed_report.json")["blurry.png"]
     assert rep["reason"] == "blurry", rep
     assert rep["scores"]["blur"] < CFG.blur_threshold
-    assert not (res_dir / "metadata.jsonl").read_text().strip()
+    assert not (res_dir / "metadata.jsonl").exists()  # no set was ever kept; none is made up
 
 
 def test_megapixel_guard_is_ours(tmp_path):
@@ -152,7 +152,7 @@ def test_cli_exits_nonzero_when_nothing_kept(tmp_path, sample_photos):
     assert proc.returncode == 1
     assert "no photo was kept" in proc.stderr
     assert "group.jpg: several_faces" in proc.stderr and "bad.jpg: not_an_image" in proc.stderr
-    assert (tmp_path / "out" / "report.json").is_file()
+    assert (tmp_path / "out" / "failed_report.json").is_file()
 
 
 def test_load_modes(tmp_path, sample_photos):

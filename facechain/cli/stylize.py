@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--content", required=True, help="content image (the portrait)")
     p.add_argument("--style", required=True, nargs="+", help="style image(s); the content is inverted once for all")
     p.add_argument("--method", default=None, help="portrait-diffusion (default) | styleid | masactrl | diffstyle")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (a new run's results replace the previous run's when it succeeds)")
+    p.add_argument("--allow-other-files", action="store_true",
+                   help="write into an output folder that holds files facechain did not write (they are never touched)")
     p.add_argument("--config", default=None, help="YAML/JSON file of StylizeConfig settings; flags override it")
     g = p.add_argument_group("masks")
     g.add_argument("--content-mask", default=None, help="mask image of the content (same size)")
@@ -108,22 +110,34 @@ def _pass_dict(p) -> dict:
 
 
 def run(args) -> int:
-    from facechain.errors import FacechainError
-    from facechain.io import write_json
-    from facechain.stylize import build_engine, get_method, save_stylization, stylize
-
     from facechain.errors import InputError
+    from facechain.stylize import build_engine, get_method
 
     cfg = build_config(args)
     get_method(cfg.method)  # unknown method: fail before loading the model
     for what, path in [("--content", args.content), ("--content-mask", args.content_mask), ("--style-mask", args.style_mask)] + [
         ("--style", s) for s in args.style
     ]:
+        if path is not None and Path(path).is_dir():
+            raise InputError(f"{what} {path} is a folder, not an image file. Pass image files (several --style files "
+                             f"may follow one flag, e.g. --style {Path(path) / '*.png'}).")
         if path is not None and not Path(path).is_file():
             raise InputError(f"{what} {path} does not exist.")
-    out_dir = Path(args.out)
-    engine = build_engine(cfg)
-    engine.schedule(cfg.num_steps)  # a step count the schedule refuses fails every style: say so once
+    from facechain.outputs import OutputDir, check_writable_folder
+
+    check_writable_folder(Path(args.out), "--out")
+    with OutputDir.open(args.out, "stylize", allow_other_files=args.allow_other_files, what="--out") as od:
+        engine = build_engine(cfg)
+        engine.schedule(cfg.num_steps)  # a step count the schedule refuses fails every style: say so once
+        return _run_styles(args, cfg, engine, od)
+
+
+def _run_styles(args, cfg, engine, od) -> int:
+    from facechain.errors import FacechainError
+    from facechain.io import write_json
+    from facechain.stylize import save_stylization, stylize
+
+    stage = od.stage()  # results replace the previous run's only when at least one style succeeded
     results, failed = [], []
     content_stem = Path(args.content).stem
     used: set[str] = set()
@@ -139,11 +153,17 @@ def run(args) -> int:
             logger.error("style %s failed: %s", style, exc)
             failed.append({"style": style, "error": str(exc)})
             continue
-        path = save_stylization(result, out_dir, name)
+        path = save_stylization(result, stage, name)
         results.append({"style": style, "image": path.name, **result.stats})
-        print(f"{path}  ({result.stats['unet_passes']} UNet passes, {result.stats['seconds']:.1f} s)")
-    write_json(out_dir / "manifest.json", {"content": args.content, "method": cfg.method, "results": results,
-                                          "failed": failed, "inversion_cache": engine.cache.stats()})
+        print(f"{od.path / path.name}  ({result.stats['unet_passes']} UNet passes, {result.stats['seconds']:.1f} s)")
+    manifest = {"content": args.content, "method": cfg.method, "results": results, "failed": failed,
+                "inversion_cache": engine.cache.stats()}
     if failed and not results:
-        raise FacechainError(f"every style failed; first error: {failed[0]['error']}")
+        failed_stage = od.stage()
+        write_json(failed_stage / "failed_manifest.json", manifest)
+        od.commit(failed_stage, replace=False)  # the previous run's results stay as they were
+        raise FacechainError(f"every style failed; first error: {failed[0]['error']} (details in "
+                             f"{od.path / 'failed_manifest.json'}; earlier results in {od.path} were left as they were)")
+    write_json(stage / "manifest.json", manifest)
+    od.commit(stage)
     return 1 if failed else 0

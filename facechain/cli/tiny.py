@@ -12,8 +12,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from facechain.errors import InputError
+    from facechain.outputs import check_writable_folder
     from facechain.testing import build_tiny_model
 
+    out = Path(args.out_dir)
+    check_writable_folder(out, "OUT_DIR")
+    if out.is_dir() and any(out.iterdir()):
+        raise InputError(f"OUT_DIR {out} is not empty; the tiny model is written into a new or empty folder only. "
+                         "Pass another folder.")
     path = build_tiny_model(args.out_dir, args.family, args.seed)
     print(f"tiny {args.family} model written to {path}")
     return 0

@@ -58,9 +58,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return from_dict(TrainConfig, settings)
 
 
+def stop_with_launcher() -> bool:
+    """Under ``accelerate launch`` the trainer is a child of the launcher, which does not pass
+    signals on: a launcher killed by ``kill`` left the trainer training (and holding the GPU and the
+    output folder). On Linux, ask the kernel to send the trainer SIGTERM when its launcher dies.
+    Only under a launcher (it sets ACCELERATE_DYNAMO_BACKEND): a trainer started from a shell with
+    ``nohup`` must outlive that shell. Returns True when set."""
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux") or "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     from facechain.train import train
 
+    stop_with_launcher()
     cfg = config_from_args(args)
     artifact = train(cfg, progress=not args._no_progress)
     from accelerate import PartialState

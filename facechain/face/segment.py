@@ -3,7 +3,9 @@
 Two methods behind one function:
 
 * ``parsing``: facexlib's BiSeNet face parsing (CelebAMask-HQ, 19 classes) when its weights file
-  is on disk. The weights are a plain state dict, loaded with ``torch.load(weights_only=True)``.
+  is on disk: ``parsing_bisenet.safetensors`` (the same state dict, converted), or facexlib's
+  own ``parsing_bisenet.pth`` only with ``allow_pickle`` (then loaded tensors-only,
+  ``torch.load(weights_only=True)``), like every other weight file.
 * ``landmarks``: offline, no weights: OpenCV GrabCut seeded from the face landmarks (the face
   hull is sure foreground, an ellipse around the head probable foreground, the border and the
   region below the jaw background). Runs on a 256 px copy for speed.
@@ -23,22 +25,36 @@ logger = logging.getLogger(__name__)
 # CelebAMask-HQ labels kept as "head": skin, brows, eyes, glasses, ears, earring, nose, mouth, lips, hair, hat.
 HEAD_LABELS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 18)
 PARSING_WEIGHTS = "parsing_bisenet.pth"
+PARSING_WEIGHTS_SAFE = "parsing_bisenet.safetensors"
 
 
-def parsing_weights_path() -> Path | None:
-    """facexlib's BiSeNet weights, if present (``$FACEXLIB_WEIGHTS`` folder or facexlib/weights)."""
-    cands = []
+def _weight_folders() -> list[Path]:
+    folders = []
     if os.environ.get("FACEXLIB_WEIGHTS"):
-        cands.append(Path(os.environ["FACEXLIB_WEIGHTS"]) / PARSING_WEIGHTS)
+        folders.append(Path(os.environ["FACEXLIB_WEIGHTS"]))
     try:
         import importlib.util
 
         spec = importlib.util.find_spec("facexlib")
         if spec and spec.submodule_search_locations:
-            cands.append(Path(list(spec.submodule_search_locations)[0]) / "weights" / PARSING_WEIGHTS)
+            folders.append(Path(list(spec.submodule_search_locations)[0]) / "weights")
     except (ImportError, ValueError):
         pass
-    return next((p for p in cands if p.is_file()), None)
+    return folders
+
+
+def parsing_weights_path(allow_pickle: bool = False) -> Path | None:
+    """facexlib's BiSeNet weights, if present (``$FACEXLIB_WEIGHTS`` folder or facexlib/weights):
+    the .safetensors file, or the .pth pickle when ``allow_pickle``."""
+    names = [PARSING_WEIGHTS_SAFE, PARSING_WEIGHTS] if allow_pickle else [PARSING_WEIGHTS_SAFE]
+    return next((f / n for n in names for f in _weight_folders() if (f / n).is_file()), None)
+
+
+def refused_pickle_weights() -> Path | None:
+    """The .pth parsing weights when they are present but no .safetensors version is."""
+    if parsing_weights_path(False) is not None:
+        return None
+    return next((f / PARSING_WEIGHTS for f in _weight_folders() if (f / PARSING_WEIGHTS).is_file()), None)
 
 
 class _Parser:
@@ -51,7 +67,12 @@ class _Parser:
             from facexlib.parsing.bisenet import BiSeNet
 
             model = BiSeNet(num_class=19)
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:  # only reached with allow_pickle (parsing_weights_path)
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
             model.load_state_dict(state, strict=True)
             cls._model = model.eval()
         return cls._model
@@ -133,19 +154,26 @@ def _clean(mask: np.ndarray) -> np.ndarray:
     return filled
 
 
-def head_mask(image: np.ndarray, landmarks: np.ndarray | None, kps: np.ndarray, method: str = "auto") -> tuple[np.ndarray, str]:
+def head_mask(image: np.ndarray, landmarks: np.ndarray | None, kps: np.ndarray, method: str = "auto",
+              allow_pickle: bool = False) -> tuple[np.ndarray, str]:
     """Return (mask, method used). ``method``: auto (parsing if its weights exist, else landmarks), parsing, landmarks."""
     if method not in ("auto", "parsing", "landmarks"):
         from facechain.errors import InputError
 
         raise InputError(f"mask method must be one of ['auto', 'parsing', 'landmarks'], got {method!r}")
-    weights = parsing_weights_path() if method in ("auto", "parsing") else None
+    weights = parsing_weights_path(allow_pickle) if method in ("auto", "parsing") else None
     if method == "parsing" and weights is None:
-        from facechain.errors import ModelNotFoundError
+        from facechain.errors import ModelNotFoundError, UnsafeCheckpointError
 
+        refused = refused_pickle_weights()
+        if refused is not None:
+            raise UnsafeCheckpointError(
+                f"face parsing weights {refused} are a pickle file; facechain refuses pickles by default. Convert them to "
+                f"{PARSING_WEIGHTS_SAFE} in the same folder, or pass --allow-pickle if you trust the file."
+            )
         raise ModelNotFoundError(
-            f"face parsing weights {PARSING_WEIGHTS} not found in $FACEXLIB_WEIGHTS or facexlib/weights. "
-            "Download them from facexlib's releases, or use --mask landmarks (offline GrabCut)."
+            f"face parsing weights ({PARSING_WEIGHTS_SAFE} or {PARSING_WEIGHTS}) not found in $FACEXLIB_WEIGHTS or "
+            "facexlib/weights. Download them from facexlib's releases, or use --mask landmarks (offline GrabCut)."
         )
     if weights is not None:
         return parsing_mask(image, weights), "parsing"

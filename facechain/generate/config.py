@@ -8,6 +8,7 @@ each cites its source in the field help.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -29,6 +30,11 @@ DEFAULT_NEGATIVE_PROMPT = (
 DEFAULT_LCM_LORA = {"sd15": "latent-consistency/lcm-lora-sdv1-5", "sdxl": "latent-consistency/lcm-lora-sdxl"}
 DEFAULT_OPENPOSE_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_openpose", "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"}
 DEFAULT_DEPTH_CONTROLNET = {"sd15": "lllyasviel/control_v11f1p_sd15_depth", "sdxl": "diffusers/controlnet-depth-sdxl-1.0"}
+
+# torch generators take 64-bit seeds.
+MAX_SEED = 2**64 - 1
+# Candidates of one style are held in memory together until ranking; past this a job is refused.
+MAX_CANDIDATES = 256
 
 # Fields holding paths that are resolved against the config file's folder.
 PATH_FIELDS = ("lora_dir", "processed_dir", "output_dir", "swapper_model", "depth_image")
@@ -122,6 +128,8 @@ class GenerateConfig:
                                                                   default="auto")
     allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (.bin/.ckpt). Only for files you trust.",
                             default=False)
+    allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write (they are "
+                                 "never touched).", default=False)
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -149,8 +157,23 @@ class GenerateConfig:
             raise InputError(
                 f"need 0 < min_face_frac < max_face_frac <= 1, got {self.min_face_frac} and {self.max_face_frac}."
             )
+        for name in ("guidance_scale", "fast_guidance_scale", "fusion_strength", "pose_weight", "depth_weight",
+                     "min_face_frac", "max_face_frac"):
+            if not math.isfinite(getattr(self, name)):
+                raise InputError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if self.guidance_scale < 0 or self.fast_guidance_scale < 0:
             raise InputError("guidance_scale and fast_guidance_scale must be >= 0.")
+        if not 0 <= self.seed <= MAX_SEED - (self.num_candidates - 1):
+            raise InputError(
+                f"seed must be between 0 and {MAX_SEED - (self.num_candidates - 1)} (candidate i uses seed + i, and seeds "
+                f"are 64-bit), got {self.seed}. Pick a smaller seed."
+            )
+        if self.num_candidates > MAX_CANDIDATES:
+            raise InputError(
+                f"num_candidates {self.num_candidates} is over the limit of {MAX_CANDIDATES} per style: every candidate of "
+                "a style is held in memory until it is ranked (about 3 MB each at 512 px, 12 MB at 1024 px). Lower it, "
+                "or run several jobs with different seeds."
+            )
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'.")
         from facechain.face.registry import available_backends

@@ -13,9 +13,11 @@ A style that fails (e.g. its LoRA cannot be downloaded) is reported in the manif
 goes on with the other styles; the job fails only when every style failed. A candidate that
 cannot be fused is dropped (ranking) or kept unfused, with the reason in the manifest.
 
-Rerunning into a folder that holds a previous job's outputs first deletes that job's image files
-(``<name>_NN.png``, ``candidates/<name>_NNN.png``, ``contact_sheet.png``), so every image in the
-folder is listed in the new manifest.
+Outputs are written into a staging folder and replace the previous job's outputs only when the
+job succeeded (:class:`facechain.outputs.OutputDir`): a killed or failing job leaves the previous
+images and their manifest as they were (a failed job writes ``failed_manifest.json`` beside them).
+Only files an earlier generate job recorded are ever deleted or overwritten; the folder is locked
+while a job runs.
 """
 
 from __future__ import annotations
@@ -48,8 +50,7 @@ def slug(name: str) -> str:
     return s or "style"
 
 
-_KEPT_FILE = re.compile(r"^[a-z0-9_]+_\d{2}\.png$")
-_CANDIDATE_FILE = re.compile(r"^[a-z0-9_]+_\d{3}\.png$")
+FAILED_MANIFEST = "failed_manifest.json"
 
 
 def unique_names(styles) -> list[str]:
@@ -63,20 +64,6 @@ def unique_names(styles) -> list[str]:
             name, k = f"{base}_{k}", k + 1
         names.append(name)
     return names
-
-
-def clear_previous_outputs(out: Path) -> int:
-    """Delete the image files a previous job wrote into ``out`` (only when ``out`` holds a previous
-    job's generate_config.json or manifest.json, and only names this module writes). Returns the count."""
-    if not ((out / "generate_config.json").is_file() or (out / "manifest.json").is_file()):
-        return 0
-    stale = [p for p in out.glob("*.png") if _KEPT_FILE.match(p.name) or p.name == "contact_sheet.png"]
-    stale += [p for p in (out / "candidates").glob("*.png") if _CANDIDATE_FILE.match(p.name)]
-    for p in stale:
-        p.unlink()
-    if stale:
-        logger.info("deleted %d image files of the previous job in %s", len(stale), out)
-    return len(stale)
 
 
 def check_inputs(cfg: GenerateConfig):
@@ -109,15 +96,26 @@ def check_inputs(cfg: GenerateConfig):
 
 def run_job(cfg: GenerateConfig) -> JobResult:
     """Generate, fuse and rank portraits for every style of ``cfg``; write the outputs."""
+    from facechain.outputs import OutputDir, check_writable_folder
+
+    t_job = time.perf_counter()
+    check_writable_folder(Path(cfg.output_dir), "output_dir")
+    resolved, styles, subject, control = check_inputs(cfg)
+    with OutputDir.open(cfg.output_dir, "generate", allow_other_files=cfg.allow_other_files, what="output_dir") as od:
+        return _run(cfg, od, resolved, styles, subject, control, t_job)
+
+
+def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: float) -> JobResult:
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.postprocess import contact_sheet, fuse_and_rank, save_style_outputs, select_template
 
-    t_job = time.perf_counter()
-    resolved, styles, subject, control = check_inputs(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clear_previous_outputs(out)
-    save_config(cfg, out / "generate_config.json")
+    out = od.path
+    names = unique_names(styles)
+    od.check_free(["manifest.json", "generate_config.json", "contact_sheet.png", FAILED_MANIFEST]
+                  + [f"{n}_{r:02d}.png" for n in names for r in range(cfg.num_images)]
+                  + [f"candidates/{n}_{i:03d}.png" for n in names for i in range(cfg.num_candidates)])
+    stage = od.stage()  # everything goes here first; it replaces the previous outputs on success only
+    save_config(cfg, stage / "generate_config.json")
 
     timings: dict[str, float] = {}
     analyzer = reference = fusion = None
@@ -154,7 +152,7 @@ def run_job(cfg: GenerateConfig) -> JobResult:
     kept_files: list[Path] = []
     sheet_images: list[np.ndarray] = []
     sheet_captions: list[str] = []
-    for style, name in zip(styles, unique_names(styles)):
+    for style, name in zip(styles, names):
         try:  # one bad style never sinks the job
             batch = generator.generate(style, subject)
             t0 = time.perf_counter()
@@ -165,7 +163,7 @@ def run_job(cfg: GenerateConfig) -> JobResult:
             )
             post_s = time.perf_counter() - t0
             saved = save_style_outputs(
-                out, name, style.name, scored, [c.seed for c in batch.candidates], cfg.num_images,
+                stage, name, style.name, scored, [c.seed for c in batch.candidates], cfg.num_images,
                 upscale_factor=cfg.upscale_factor if cfg.upscale == "lanczos" else 1,
             )
         except FacechainError as exc:
@@ -177,7 +175,7 @@ def run_job(cfg: GenerateConfig) -> JobResult:
             manifest["styles"].append({"style": style.name, "error": f"{type(exc).__name__}: {exc}"})
             continue
         entries, kept_entries, keep, usable = saved.entries, saved.kept, saved.kept_scored, saved.usable
-        kept_files += saved.kept_files
+        kept_files += [out / p.relative_to(stage) for p in saved.kept_files]
         sheet_images += saved.sheet_images
         sheet_captions += saved.sheet_captions
         if len(keep) < cfg.num_images:
@@ -196,13 +194,17 @@ def run_job(cfg: GenerateConfig) -> JobResult:
             "timings": {"generate_s": batch.seconds, "postprocess_s": post_s,
                         "seconds_per_candidate": batch.seconds / max(1, len(batch.candidates))},
         })
-    if not any("error" not in s for s in manifest["styles"]):
-        write_json(out / "manifest.json", manifest)
-        raise InputError(f"every style failed: {[s['error'] for s in manifest['styles']]}")
-    if cfg.contact_sheet and sheet_images:
-        save_image(out / "contact_sheet.png", contact_sheet(sheet_images, sheet_captions))
-    timings["total_s"] = time.perf_counter() - t_job
     manifest["config"] = to_dict(cfg)
-    write_json(out / "manifest.json", manifest)
+    if not any("error" not in s for s in manifest["styles"]):
+        failed = od.stage()
+        write_json(failed / FAILED_MANIFEST, manifest)
+        od.commit(failed, replace=False)  # the previous job's outputs stay as they were
+        raise InputError(f"every style failed (details in {out / FAILED_MANIFEST}; earlier outputs in {out} were left "
+                         f"as they were): {[s['error'] for s in manifest['styles']]}")
+    if cfg.contact_sheet and sheet_images:
+        save_image(stage / "contact_sheet.png", contact_sheet(sheet_images, sheet_captions))
+    timings["total_s"] = time.perf_counter() - t_job
+    write_json(stage / "manifest.json", manifest)
+    od.commit(stage)
     logger.info("wrote %d images, manifest.json and contact_sheet.png to %s", len(kept_files), out)
     return JobResult(out, kept_files, manifest)

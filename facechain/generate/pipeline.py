@@ -32,7 +32,7 @@ from facechain.generate.config import (
     GenerateConfig,
 )
 from facechain.generate.prompt import build_prompt, strip_weighting
-from facechain.models import ResolvedModel, load_pipeline, resolve_model, resolve_weights_file
+from facechain.models import ResolvedModel, check_checkpoint_file, safetensors_only, load_pipeline, resolve_model, resolve_weights_file
 from facechain.styles import Style
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,12 @@ def check_face_lora(cfg: GenerateConfig) -> Path | None:
         logger.warning("no lora_dir: generating without a face LoRA (likeness comes from fusion only)")
         return None
     folder = Path(cfg.lora_dir)
+    name = cfg.lora_file
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise InputError(
+            f"lora_file '{name}' must be a file name inside lora_dir, not a path (no folders, no '..'). Put the LoRA "
+            "file's folder in lora_dir and its name in lora_file."
+        )
     if not folder.is_dir():
         raise ModelNotFoundError(
             f"face LoRA folder {folder} (lora_dir) does not exist. Train one with `sh train_lora.sh ...` / "
@@ -90,6 +96,7 @@ def check_face_lora(cfg: GenerateConfig) -> Path | None:
             f"face LoRA folder {folder} has no {cfg.lora_file} (found: {found or 'no .safetensors files'}). "
             "Set lora_file to the LoRA's file name, or point lora_dir at the trainer's output folder."
         )
+    check_checkpoint_file(path, cfg.allow_pickle, "face LoRA")
     return path
 
 
@@ -102,7 +109,7 @@ def check_control_inputs(cfg: GenerateConfig):
         return None, None
     from facechain.poses import load_pose
 
-    pose_map, photo = load_pose(cfg.pose, None, cfg.pose_annotator)
+    pose_map, photo = load_pose(cfg.pose, None, cfg.pose_annotator, cfg.allow_pickle)
     if cfg.depth and cfg.depth_image is None and photo is None:
         raise InputError(
             f"depth is on but pose '{cfg.pose}' is a skeleton map, which has no depth. Use a pose photo, "
@@ -125,11 +132,11 @@ def _load_lora(pipe, path: Path, adapter_name: str) -> None:
         pipe.load_lora_weights(_load_tensors(path), adapter_name=adapter_name)
 
 
-def _load_controlnet(ref: str, dtype, what: str):
+def _load_controlnet(ref: str, dtype, what: str, allow_pickle: bool = False):
     from diffusers import ControlNetModel
 
     try:
-        return ControlNetModel.from_pretrained(ref, torch_dtype=dtype)
+        return ControlNetModel.from_pretrained(ref, torch_dtype=dtype, **safetensors_only(allow_pickle))
     except (OSError, EnvironmentError, ValueError) as exc:
         raise ModelNotFoundError(
             f"{what} ControlNet '{ref}' could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
@@ -137,13 +144,13 @@ def _load_controlnet(ref: str, dtype, what: str):
         ) from exc
 
 
-def estimate_depth(photo: np.ndarray, model: str) -> np.ndarray:
+def estimate_depth(photo: np.ndarray, model: str, allow_pickle: bool = False) -> np.ndarray:
     """Depth map (RGB uint8) of a pose photo with a transformers depth-estimation model (FaceChain: DPT-large)."""
     from transformers import pipeline as hf_pipeline
     from PIL import Image
 
     try:
-        estimator = hf_pipeline("depth-estimation", model=model)
+        estimator = hf_pipeline("depth-estimation", model=model, model_kwargs=safetensors_only(allow_pickle))
     except Exception as exc:
         raise ModelNotFoundError(
             f"depth estimator '{model}' could not be loaded ({type(exc).__name__}). Download it on a machine with "
@@ -213,16 +220,18 @@ class PortraitGenerator:
         cfg = self.cfg
         pose_map = np.asarray(Image.fromarray(pose_map).resize((self.width, self.height), Image.NEAREST))
         nets = [_load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family], self.dtype,
-                                 "openpose")]
+                                 "openpose", cfg.allow_pickle)]
         images = [Image.fromarray(pose_map)]
         scales = [cfg.pose_weight]
         if cfg.depth:
             if cfg.depth_image is not None:
-                depth = np.asarray(Image.open(cfg.depth_image).convert("RGB"))
+                from facechain.poses import _read_rgb
+
+                depth = _read_rgb(Path(cfg.depth_image))
             else:  # a photo: check_control_inputs refused a skeleton map without depth_image
-                depth = estimate_depth(photo, cfg.depth_estimator)
+                depth = estimate_depth(photo, cfg.depth_estimator, cfg.allow_pickle)
             nets.append(_load_controlnet(cfg.controlnet_depth or DEFAULT_DEPTH_CONTROLNET[self.family], self.dtype,
-                                         "depth"))
+                                         "depth", cfg.allow_pickle))
             images.append(Image.fromarray(depth).resize((self.width, self.height), Image.BICUBIC))
             scales.append(cfg.depth_weight)
         if len(nets) > 1:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from facechain.errors import InputError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif")
 
 
 @dataclass
@@ -26,6 +26,8 @@ class PreprocessConfig:
     detect_size: int = field(default=1024, metadata={"help": "long side the photo is resized to for face detection (FaceChain: 1024)"})
     workers: int = field(default=0, metadata={"help": "photos processed in parallel (0: one per core, up to 4, for 4+ photos)"})
     orient_size: int = field(default=800, metadata={"help": "long side used to pick the rotation (0/90/180/270)"})
+    allow_pickle: bool = field(default=False, metadata={"help": "allow the face-parsing weights' pickle file (.pth, loaded tensors-only); only for trusted files"})
+    allow_other_files: bool = field(default=False, metadata={"help": "write into an output folder that holds files facechain did not write (they are never touched)"})
 
     def __post_init__(self):
         if self.size < 64 or self.size % 8:

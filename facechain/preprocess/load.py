@@ -15,6 +15,15 @@ from facechain.preprocess.errors import PhotoRejected
 logger = logging.getLogger(__name__)
 _PIL_LIMIT_LOCK = threading.Lock()
 
+try:  # HEIC/HEIF (iPhone photos): PIL reads them once pillow-heif registers its decoder
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_SUPPORTED = True
+except ImportError:  # pragma: no cover - pillow-heif is a dependency
+    HEIF_SUPPORTED = False
+HEIF_SUFFIXES = (".heic", ".heif")
+
 # JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8; Image.draft) that keeps the short
 # side at least this long: a 12 MP photo decodes at 2000x1500, 4x faster, and a face still spans
 # far more than the 156 px it gets in a 512 crop.
@@ -42,6 +51,8 @@ def load_photo(path: Path, max_megapixels: float = 150.0) -> np.ndarray:
             "downscale the photo or raise max_megapixels"
         ) from exc
     except UnidentifiedImageError as exc:
+        if path.suffix.lower() in HEIF_SUFFIXES and not HEIF_SUPPORTED:
+            raise PhotoRejected("not_an_image", "HEIC/HEIF photos need the pillow-heif package: pip install pillow-heif") from exc
         raise PhotoRejected("not_an_image", "not an image file PIL can read (wrong extension or corrupt header)") from exc
     except OSError as exc:
         raise PhotoRejected("unreadable", f"could not open: {exc}") from exc

@@ -13,6 +13,8 @@ ROTATIONS = (0, 90, 270, 180)  # counter-clockwise degrees applied to the photo,
 # (dlib HOG, SCRFD) do not fire confidently on a face turned by 90 degrees, so the other rotations
 # cannot beat it in practice, and most photos are upright after EXIF transpose.
 CONFIDENT_MARGIN = 0.5
+# The small-face pass (see orient_and_detect) never enlarges a photo beyond this many megapixels.
+SMALL_FACE_PASS_MAX_MP = 40.0
 
 
 def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
@@ -50,7 +52,7 @@ def _best(image: np.ndarray, analyzer: FaceAnalyzer, long_side: int, upscale: bo
 
 
 def orient_and_detect(image: np.ndarray, analyzer: FaceAnalyzer, orient_size: int = 800,
-                      detect_size: int = 1024) -> tuple[int, list[Face], np.ndarray | None, float]:
+                      detect_size: int = 1024, min_face_size: int | None = None) -> tuple[int, list[Face], np.ndarray | None, float]:
     """Return (rotation degrees, faces, the rotated image they were found in, its scale to the photo).
 
     Rotations are tried most-likely first and the search stops at a confident face.
@@ -59,10 +61,23 @@ def orient_and_detect(image: np.ndarray, analyzer: FaceAnalyzer, orient_size: in
     photo's long side for dlib); if no rotation shows a face it is repeated at twice
     ``detect_size``. The chosen rotation is detected again, enlarged, only when its largest face is
     small enough that a face a quarter of its area could have been missed (the several-faces rule
-    needs every face down to 1/4 of the largest's area)."""
+    needs every face down to 1/4 of the largest's area).
+
+    ``min_face_size``: when still no face is found, the upright photo is searched once more at the
+    scale where a face of that many photo pixels is detectable, so that a face too small to train
+    on is reported as such rather than as "no face"."""
     best = _best(image, analyzer, orient_size, upscale=False)
     if best is None:
         best = _best(image, analyzer, 2 * detect_size, upscale=True)
+    if best is None and min_face_size:
+        long_side = max(image.shape[:2])
+        target = round(long_side * 1.1 * analyzer.min_face_px / min_face_size)
+        if target > 2 * detect_size:
+            target = min(target, round(long_side * (SMALL_FACE_PASS_MAX_MP * 1e6 / (image.shape[0] * image.shape[1])) ** 0.5))
+            big, s = resize_long(image, target)
+            faces = analyzer.detect(big, embed=False)
+            if faces:
+                best = (0, max(f.score for f in faces), faces, big, s)
     if best is None:
         return 0, [], None, 1.0
     deg, _, faces, det, s = best

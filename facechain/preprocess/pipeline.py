@@ -8,6 +8,12 @@ letting one bad photo stop the run, and writes:
 * ``OUTPUT_DIR/report.json``: one entry per input (kept or rejected, reason, scores, timings);
 * ``OUTPUT_DIR/preprocess_config.json``: the settings used.
 
+The new set replaces the previous one only when at least one photo was kept (the files are
+staged, then committed through :class:`facechain.outputs.OutputDir`): a run that keeps nothing
+leaves the previous set as it was and writes its report to ``OUTPUT_DIR/failed_report.json``.
+Only files an earlier preprocessing run recorded are ever deleted or overwritten; the output
+folder may not be the input folder, nor inside it, nor contain it.
+
 Raises :class:`NoPhotosKept` (after writing the report) when no photo is kept.
 """
 
@@ -43,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 # Margin above the backend's real-face score that a training photo's face must reach.
 QUALITY_SCORE_MARGIN = 0.2
+FAILED_REPORT = "failed_report.json"  # the report of a run that kept no photo
 
 
 @dataclass
@@ -82,7 +89,8 @@ def list_photos(inputs) -> list[Path]:
         folder = Path(inputs)
         if not folder.is_dir():
             raise InputError(f"input folder {folder} does not exist or is not a folder. Pass the folder holding the photos.")
-        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        # folders are listed too, so that one named like a photo shows up in the report with its reason
+        files = [p for p in folder.iterdir() if (p.is_file() or p.is_dir()) and not p.name.startswith(".")]
     else:
         files = [Path(p) for p in inputs]
     key = lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]  # noqa: E731
@@ -97,13 +105,15 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
     entry = PhotoEntry(input=path.name)
     t = time.perf_counter()
     timings = entry.timings
+    if path.is_dir():
+        raise PhotoRejected("not_a_file", "this is a folder, not a photo; photos inside sub-folders are not read (move them up)")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise PhotoRejected("not_an_image", f"file type '{path.suffix}' is not a photo format ({', '.join(IMAGE_SUFFIXES)})")
     image = load_photo(path, cfg.max_megapixels)
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    degrees, faces, det, s = orient_and_detect(image, analyzer, cfg.orient_size, cfg.detect_size)
+    degrees, faces, det, s = orient_and_detect(image, analyzer, cfg.orient_size, cfg.detect_size, cfg.min_face_size)
     image = rotate(image, degrees)
     entry.scores["rotation"] = degrees
     timings["detect"] = time.perf_counter() - t
@@ -136,7 +146,7 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
     if cfg.retouch:
         crop = retouch_skin(crop, lms, cfg.retouch_strength)
     if cfg.mask != "none":
-        mask, method = head_mask(crop, lms, kps, cfg.mask)
+        mask, method = head_mask(crop, lms, kps, cfg.mask, cfg.allow_pickle)
         crop = whiten_background(crop, mask)
         entry.scores["mask"] = method
     timings["mask"] = time.perf_counter() - t
@@ -177,18 +187,50 @@ def _process_one(path: Path) -> tuple[PhotoEntry, _Candidate | None]:
     return entry, cand
 
 
+def check_output_folder(inputs, output_dir: Path, files: list[Path]) -> None:
+    """Output = input, or one inside the other: a clear error before any work."""
+    from facechain.outputs import same_or_nested
+
+    if isinstance(inputs, (str, Path)):
+        how = same_or_nested(Path(output_dir), Path(inputs))
+        if how:
+            raise InputError(
+                f"output folder {output_dir} is {how} the input folder {inputs}. The processed set must go to a separate "
+                "folder, so that your photos are never mixed with or replaced by processed crops. Pass another output folder."
+            )
+    else:
+        inside = [f for f in files if same_or_nested(f.parent, Path(output_dir))]
+        if inside:
+            raise InputError(f"input photo {inside[0]} is inside the output folder {output_dir}. Keep the photos in another folder.")
+
+
 def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer: FaceAnalyzer | None = None,
                progress: bool = True) -> PreprocessResult:
+    from facechain.outputs import OutputDir
+
     cfg = cfg or PreprocessConfig()
     files = list_photos(inputs)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(inputs, out, files)
+    with OutputDir.open(out, "preprocess", allow_other_files=cfg.allow_other_files) as od:
+        return _preprocess(files, od, cfg, analyzer, progress)
+
+
+def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnalyzer | None, progress: bool) -> PreprocessResult:
+    out = od.path
+    od.check_free(["metadata.jsonl", "report.json", "preprocess_config.json", FAILED_REPORT]
+                  + [f"{i:03d}.png" for i in range(len(files))])
     analyzer = analyzer or get_analyzer(cfg.backend)
     if cfg.mask == "auto":
-        from facechain.face.segment import PARSING_WEIGHTS, parsing_weights_path
+        from facechain.face.segment import PARSING_WEIGHTS, parsing_weights_path, refused_pickle_weights
 
-        if parsing_weights_path() is None:
-            logger.info("head mask: face parsing weights (%s) not found; using the offline landmark GrabCut mask", PARSING_WEIGHTS)
+        if parsing_weights_path(cfg.allow_pickle) is None:
+            refused = refused_pickle_weights()
+            if refused is not None:
+                logger.info("head mask: face parsing weights %s are a pickle file, not loaded without --allow-pickle; using "
+                            "the offline landmark GrabCut mask", refused)
+            else:
+                logger.info("head mask: face parsing weights (%s) not found; using the offline landmark GrabCut mask", PARSING_WEIGHTS)
 
     entries: list[PhotoEntry] = []
     candidates: list[_Candidate] = []
@@ -227,35 +269,35 @@ def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer
                 "this looks like someone else")
         candidates = [c for i, c in enumerate(candidates) if i not in set(outliers)]
 
-    # step 9: caption by majority over kept photos, then write
+    # step 9: caption by majority over kept photos, then write: staged, committed only when a photo was kept
     phrase = attribute_phrase([c.face.gender for c in candidates], [c.face.age for c in candidates])
     text = caption(cfg.trigger_word, phrase)
-    # the set is replaced metadata-first: a run killed mid-write leaves no metadata.jsonl (a clear
-    # "empty processed folder" for the trainer), never old captions pointing at new images
-    (out / "metadata.jsonl").unlink(missing_ok=True)
-    _remove_stale_outputs(out)
+    stage = od.stage()
     kept_paths, rows = [], []
     for i, c in enumerate(candidates):
         name = f"{i:03d}.png"
-        save_image(out / name, c.image)
+        save_image(stage / name, c.image)
         c.entry.status, c.entry.output = "kept", name
         kept_paths.append(out / name)
         rows.append({"file_name": name, "text": text})
-    write_jsonl(out / "metadata.jsonl", rows)
-    save_config(cfg, out / "preprocess_config.json")
     report = {
         "backend": analyzer.name, "caption": text, "kept": len(kept_paths), "rejected": len(entries) - len(kept_paths),
         "config": to_dict(cfg), "entries": [e.__dict__ for e in entries],
     }
-    write_json(out / "report.json", report)
-    result = PreprocessResult(output_dir=out, kept=kept_paths, entries=entries, caption=text, backend=analyzer.name)
     if not kept_paths:
+        write_json(stage / FAILED_REPORT, report)
+        od.commit(stage, replace=False)  # the previous set, if any, stays as it was
         lines = "\n".join(f"  {e.input}: {e.reason} ({e.detail})" for e in entries)
+        kept_before = " The previous processed set in this folder was left as it was." if (out / "metadata.jsonl").is_file() else ""
         raise NoPhotosKept(
             f"no photo was kept out of {len(entries)}; the training set would be empty. Reasons:\n{lines}\n"
-            f"Details are in {out / 'report.json'}. Use clear, well-lit photos with one face each."
+            f"Details are in {out / FAILED_REPORT}.{kept_before} Use clear, well-lit photos with one face each."
         )
-    return result
+    write_jsonl(stage / "metadata.jsonl", rows)
+    save_config(cfg, stage / "preprocess_config.json")
+    write_json(stage / "report.json", report)
+    od.commit(stage)
+    return PreprocessResult(output_dir=out, kept=kept_paths, entries=entries, caption=text, backend=analyzer.name)
 
 
 def summary_line(result: PreprocessResult) -> str:
@@ -265,8 +307,3 @@ def summary_line(result: PreprocessResult) -> str:
     why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
     return (f"kept {len(result.kept)} of {len(result.entries)} photos"
             + (f" (rejected {why})" if why else "") + f"; caption '{result.caption}'; output in {result.output_dir}")
-
-
-def _remove_stale_outputs(out: Path) -> None:
-    for p in out.glob("[0-9][0-9][0-9].png"):
-        p.unlink()

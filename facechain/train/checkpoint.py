@@ -7,17 +7,17 @@
 * ``rng.safetensors``: the state of the training random generator (one per process),
 * ``state.json``: step, likeness score, optimizer param groups, lr-scheduler state, config.
 
-The folder is assembled under a temporary name and renamed into place, so a folder named
-``step-*`` is always complete; a kill leaves at most a ``.tmp-*`` folder, removed on resume.
+The files are assembled in ``OUTPUT_DIR/.facechain/tmp/`` and committed into place through the
+output folder's record (:class:`facechain.outputs.OutputDir`): a kill while assembling leaves
+only temporary files, swept by the next run; a kill during the commit is completed by the next
+run before it reads any checkpoint. Pruning deletes only checkpoint files the record lists.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,17 +55,11 @@ def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
-def remove_partial(output_dir: Path) -> None:
-    root = Path(output_dir) / CHECKPOINTS
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(".tmp-"):
-                logger.info("removing incomplete checkpoint %s left by an interrupted run", p.name)
-                shutil.rmtree(p, ignore_errors=True)
-
-
 def staging_dir(output_dir: Path, step: int) -> Path:
-    path = Path(output_dir) / CHECKPOINTS / f".tmp-step-{step:06d}"
+    """Where every process writes its part of the checkpoint of ``step`` before the main process commits it."""
+    from facechain.outputs import STATE_DIR
+
+    path = Path(output_dir) / STATE_DIR / "tmp" / f"checkpoint-step-{step:06d}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -108,19 +102,19 @@ def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], groups: list[di
     return {"state": state, "param_groups": groups}
 
 
-def finalize(staging: Path, output_dir: Path, step: int, lora_flat: dict, opt_state: dict, sched_state: dict,
+def finalize(od, staging: Path, step: int, lora_flat: dict, opt_state: dict, sched_state: dict,
              score: float | None, extra: dict) -> Path:
-    """Write the main-process files into ``staging`` and rename it to ``step-NNNNNN``."""
+    """Write the main-process files into ``staging`` and commit them as ``checkpoints/step-NNNNNN``."""
     save_safetensors(staging / "lora.safetensors", lora_flat)
     tensors, groups = optimizer_to_safetensors(opt_state)
     save_safetensors(staging / "optimizer.safetensors", tensors)
     sched = {k: v for k, v in sched_state.items() if _jsonable(v)}
     write_json(staging / "state.json", {"step": step, "score": score, "optimizer_param_groups": groups,
                                         "lr_scheduler": sched, **extra})
-    final = checkpoint_dir(output_dir, step)
-    if final.exists():  # re-reached after a resume from an earlier checkpoint
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    final = checkpoint_dir(od.path, step)
+    rel = final.relative_to(od.path).as_posix()
+    od.remove(od.owned_under(rel))  # re-reached after a resume from an earlier checkpoint
+    od.commit(staging, replace=False, into=rel)
     return final
 
 
@@ -134,18 +128,18 @@ def read_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     return state, lora, opt
 
 
-def prune(output_dir: Path, limit: int | None, keep: set[int]) -> None:
+def prune(od, limit: int | None, keep: set[int]) -> None:
     """Keep at most ``limit`` checkpoints: the latest and the best-scoring (``keep`` is never removed)."""
     if limit is None:
         return
-    ckpts = list_checkpoints(output_dir)
+    ckpts = list_checkpoints(od.path)
     if len(ckpts) <= limit:
         return
     latest = ckpts[-1].step
     removable = [c for c in ckpts if c.step != latest and c.step not in keep]
     removable.sort(key=lambda c: (c.score is not None, c.score or 0.0, c.step))  # worst, then oldest first
     for c in removable[: len(ckpts) - limit]:
-        shutil.rmtree(c.path, ignore_errors=True)
+        od.remove(od.owned_under(c.path.relative_to(od.path).as_posix()))
 
 
 def _jsonable(v) -> bool:

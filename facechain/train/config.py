@@ -9,6 +9,7 @@ checkpoints every 100 steps (FaceChain's "validate & ensemble" interval, Aug-Sep
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,7 +20,11 @@ ValidationBackend = Literal["auto", "dlib", "insightface", "none"]
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 # Settings that may change between a killed run and its resume without changing the result.
-RESUME_MUTABLE = ("resume", "checkpoints_total_limit", "allow_pickle", "single_file_config")
+RESUME_MUTABLE = ("resume", "checkpoints_total_limit", "allow_pickle", "single_file_config", "allow_other_files")
+# Paths compared by what they point to (the same folder, the same model's files), not by spelling.
+RESUME_SAME_TARGET = ("base_model", "train_data_dir", "output_dir")
+# accelerate's set_seed seeds numpy too, which takes seeds below 2**32; each process adds its index.
+MAX_SEED = 2**32 - 1 - 1024
 
 
 def _h(text: str) -> dict:
@@ -71,6 +76,7 @@ class TrainConfig:
     ensemble_top_k: int = field(default=1, metadata=_h("final LoRA = average of the k best-scoring checkpoints (FaceChain's ensemble used 10); 1 = the best"))
     allow_pickle: bool = field(default=False, metadata=_h("allow pickle files (.ckpt/.bin/.pt) for the base model and the init LoRA; only for trusted files"))
     single_file_config: str = field(default="", metadata=_h("diffusers folder (or hub id) describing a single-file checkpoint's architecture ('' = the family's reference repo)"))
+    allow_other_files: bool = field(default=False, metadata=_h("write into an output folder that holds files facechain did not write (they are never touched)"))
 
     def __post_init__(self) -> None:
         if not self.base_model:
@@ -85,6 +91,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value < 1:
                 raise InputError(f"`{name}` has to be at least 1 but is {value}.")
+        for name in ("learning_rate", "adam_weight_decay", "max_grad_norm", "lora_alpha"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise InputError(f"`{name}` has to be a finite number but is {value}. Give a real number (e.g. 1.5e-4).")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"`seed` has to be between 0 and {MAX_SEED} but is {self.seed}. Pick a smaller seed.")
         if self.lr_warmup_steps < 0:
             raise InputError(f"`lr_warmup_steps` has to be >= 0 but is {self.lr_warmup_steps}.")
         if self.learning_rate <= 0:

@@ -60,10 +60,17 @@ def load_processed(folder: str | Path) -> list[Example]:
             name, text = row["file_name"], row["text"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise InputError(f"{meta} line {lineno} is not a {{\"file_name\": ..., \"text\": ...}} record ({exc}).") from exc
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise InputError(f"{meta} line {lineno}: file_name {name!r} must be a file name inside {folder} (no absolute "
+                             "path, no '..'). Re-run preprocessing, or fix that line.")
+        if not isinstance(text, str):
+            raise InputError(f"{meta} line {lineno}: text (the caption) must be a string, got {text!r}. Re-run "
+                             "preprocessing, or write the caption in quotes.")
         path = folder / name
         if not path.is_file():
             raise InputError(f"{meta} line {lineno} names {name}, which is not in {folder}. Re-run preprocessing.")
-        examples.append(Example(path, str(text)))
+        _check_image(path, meta, lineno)
+        examples.append(Example(path, text))
     if not examples:
         raise InputError(
             f"processed folder {folder} holds no training photos (metadata.jsonl is empty): preprocessing kept none "
@@ -71,6 +78,16 @@ def load_processed(folder: str | Path) -> list[Example]:
             "photos with one face each."
         )
     return examples
+
+
+def _check_image(path: Path, meta: Path, lineno: int) -> None:
+    """The file decodes as an image (header and data), or a clear error naming it."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:
+        raise InputError(f"{path} (named on {meta} line {lineno}) is not a readable image ({type(exc).__name__}: {exc}). "
+                         "Re-run preprocessing, or remove that line and the file.") from exc
 
 
 def face_crop_box(width: int, height: int, ratio: float, center_y: float) -> tuple[int, int, int, int]:

@@ -21,7 +21,7 @@ from facechain.errors import FacechainError, InputError
 from facechain.io import append_jsonl, read_jsonl, write_jsonl
 from facechain.train import checkpoint as ckpt_io
 from facechain.train import export
-from facechain.train.config import RESUME_MUTABLE, TrainConfig
+from facechain.train.config import RESUME_MUTABLE, RESUME_SAME_TARGET, TrainConfig
 from facechain.train.data import build_latent_pool, load_processed
 from facechain.train.text import TextConditioner, sdxl_time_ids
 from facechain.train.validate import LikenessScorer, generate_validation_images, select_checkpoints
@@ -132,9 +132,29 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> list[ckpt_io.Checkpoint]:
     return existing
 
 
-def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path) -> None:
+def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model: str | None = None,
+                         model_now: str | None = None) -> None:
+    """Refuse a resume whose settings differ. Paths are compared by what they point to: the base
+    model by its files' fingerprint (so ./model and /abs/model are the same model, and another model
+    behind the same path is not), the data and output folders by their real paths."""
+    import os
+
     now = to_dict(cfg)
-    diff = sorted(k for k in now if k not in RESUME_MUTABLE and saved.get(k) != now[k])
+    if saved_model is not None and model_now is not None and saved_model != model_now:
+        raise InputError(
+            f"--resume: the base model's files changed since {where} was written (base_model {now['base_model']!r}, "
+            "fingerprint of its weight files' sizes and hashes differs): another model is behind that path, so the run "
+            "cannot continue. Point base_model at the model the run started with, or start a new run in an empty folder."
+        )
+
+    def same_target(k: str) -> bool:
+        if k == "base_model" and saved_model is not None:
+            return saved_model == model_now
+        a, b = saved.get(k), now[k]
+        return a == b or (isinstance(a, str) and isinstance(b, str) and os.path.realpath(a) == os.path.realpath(b))
+
+    diff = sorted(k for k in now if k not in RESUME_MUTABLE and saved.get(k) != now[k]
+                  and not (k in RESUME_SAME_TARGET and same_target(k)))
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
         raise InputError(
@@ -199,13 +219,19 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
 
     Raises InputError / ModelNotFoundError / UnsafeCheckpointError for bad input, before any
     training starts."""
+    from facechain.outputs import check_writable_folder
+
+    check_writable_folder(Path(cfg.output_dir), "output_dir")
+    held: list = []  # the main process's OutputDir, once acquired
     try:
-        return _train(cfg, progress)
+        return _train(cfg, progress, held)
     finally:
+        for od in held:
+            od.release()
         _release_accelerator_state()
 
 
-def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
+def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
@@ -213,12 +239,11 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
     from diffusers.training_utils import cast_training_params
     from tqdm.auto import tqdm
 
-    from facechain.models import load_pipeline, resolve_model, resolve_weights_file
+    from facechain.models import load_pipeline, model_fingerprint, resolve_model, resolve_weights_file
 
     # ---- inputs first: data, output folder, init LoRA, model
     examples = load_processed(cfg.train_data_dir)
     out = Path(cfg.output_dir)
-    existing = _check_output_dir(cfg, out)
     init_path = None
     if cfg.init_lora:
         init_path = resolve_weights_file(cfg.init_lora, filename=cfg.init_lora_weight_name or None,
@@ -230,25 +255,37 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
     _note_accelerate_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     main = accelerator.is_main_process
+    od = None
+    if main:  # the main process holds the folder (lock, record) for the whole run
+        from facechain.outputs import OutputDir
+
+        od = OutputDir.acquire(out, "train", allow_other_files=cfg.allow_other_files, what="output_dir")
+        held.append(od)
+    accelerator.wait_for_everyone()
+    existing = _check_output_dir(cfg, out)
     device = accelerator.device
     weight_dtype = _weight_dtype(cfg.mixed_precision)
-    out.mkdir(parents=True, exist_ok=True)
     log_path, config_path = out / LOG_FILE, out / CONFIG_FILE
 
     # ---- resume: what step, and is it the same run
     resume_from = existing[-1] if cfg.resume and existing else None
     fingerprint = _data_fingerprint(examples)
+    model_id = model_fingerprint(resolved)
     if resume_from is not None:
         saved = ckpt_io.read_state(resume_from.path)[0]
-        _check_resume_config(cfg, saved["config"], resume_from.path)
+        _check_resume_config(cfg, saved["config"], resume_from.path, saved.get("model_fingerprint"), model_id)
         if saved.get("data") != fingerprint:
             raise InputError(
                 f"--resume: the photos or captions in {cfg.train_data_dir} changed since {resume_from.path} was written, "
                 "so the run cannot continue as the same run. Restore them, or start a new run in an empty output folder."
             )
     if main:
-        ckpt_io.remove_partial(out)
-        save_config(cfg, config_path)
+        if log_path.exists() and not od.owns(LOG_FILE):
+            raise InputError(f"output_dir {out} holds a {LOG_FILE} that facechain did not write; it is left untouched. "
+                             "Move it away or choose another output folder.")
+        stage = od.stage()
+        save_config(cfg, stage / CONFIG_FILE)
+        od.commit(stage, replace=False)
 
     # ---- likeness scorer (before the model loads: a missing face backend fails fast)
     scorer = None
@@ -334,8 +371,8 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
         if main and log_path.exists():  # drop log rows of steps that will be run again
             write_jsonl(log_path, [r for r in read_jsonl(log_path) if r.get("step", 0) <= start_step])
         logger.info("resuming from %s at step %d of %d", resume_from.path.name, start_step, max_steps)
-    elif main and log_path.exists():
-        log_path.unlink()
+    elif main and log_path.exists():  # a fresh run in a folder whose earlier run left only its log
+        od.remove([LOG_FILE])
 
     prompt = cfg.validation_prompt or max(pool.captions, key=[e.caption for e in examples].count)
 
@@ -344,6 +381,7 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
                                 "photos": len(examples), "pool": len(pool), "family": family, "model": resolved.to_dict(),
                                 "trainable_params": sum(p.numel() for p in params), "device": str(device),
                                 "mixed_precision": cfg.mixed_precision})
+        od.record([LOG_FILE], logs=(LOG_FILE,))
     pred_type = noise_scheduler.config.prediction_type
     if device.type == "cuda":  # report the training loop's own peak, not the one-off VAE encoding's
         torch.cuda.reset_peak_memory_stats(device)
@@ -388,9 +426,9 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
                                     "seconds": round(time.perf_counter() - t0, 5), "time": time.time()})
             bar.set_postfix(loss=f"{loss_value:.4f}")
         if step % cfg.checkpointing_steps == 0 or step == max_steps:
-            scores[step] = _checkpoint(cfg, accelerator, out, step, lora_models, optimizer, lr_scheduler, gen,
+            scores[step] = _checkpoint(cfg, accelerator, od, out, step, lora_models, optimizer, lr_scheduler, gen,
                                        scorer, pipe, prompt, log_path, {"config": to_dict(cfg), "model": resolved.to_dict(),
-                                                                        "data": fingerprint})
+                                                                        "model_fingerprint": model_id, "data": fingerprint})
     bar.close()
     accelerator.wait_for_everyone()
 
@@ -406,11 +444,14 @@ def _train(cfg: TrainConfig, progress: bool) -> LoraArtifact:
 
         loras = [export.unflatten(load_file(str(ckpt_io.checkpoint_dir(out, s) / "lora.safetensors"))) for s in selected]
         final = loras[0] if len(loras) == 1 else export.average(loras)
-        export.save_diffusers(out, final, family, cfg.rank, cfg.alpha)
-        export.save_kohya(out, final, family, cfg.alpha, unet.config.layers_per_block if isinstance(unet.config.layers_per_block, int) else 2)
+        stage = od.stage()
+        export.save_diffusers(stage, final, family, cfg.rank, cfg.alpha)
+        export.save_kohya(stage, final, family, cfg.alpha, unet.config.layers_per_block if isinstance(unet.config.layers_per_block, int) else 2)
+        od.commit(stage, replace=False)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         append_jsonl(log_path, {"event": "final", "step": max_steps, "selected_steps": selected, "peak_training_memory_mb": peak,
                                 "scores": {str(s): scores.get(s) for s in selected}, "lora": lora_path.name, "kohya": kohya_path.name})
+        od.record([LOG_FILE], logs=(LOG_FILE,))
         logger.info("LoRA written to %s (checkpoints %s)", lora_path, selected)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -427,7 +468,7 @@ def _release_accelerator_state() -> None:
     GradientState._reset_state()
 
 
-def _checkpoint(cfg, accelerator, out, step, lora_models, optimizer, lr_scheduler, gen, scorer, pipe, prompt, log_path, extra):
+def _checkpoint(cfg, accelerator, od, out, step, lora_models, optimizer, lr_scheduler, gen, scorer, pipe, prompt, log_path, extra):
     """Score (main process), then write the checkpoint atomically. Returns the score."""
     main = accelerator.is_main_process
     staging = ckpt_io.staging_dir(out, step)
@@ -456,10 +497,11 @@ def _checkpoint(cfg, accelerator, out, step, lora_models, optimizer, lr_schedule
 
     for i, im in enumerate(images):
         save_image(staging / f"validation_{i}.png", im)
-    final = ckpt_io.finalize(staging, out, step, export.flatten(current_lora(lora_models)), optimizer.state_dict(),
+    final = ckpt_io.finalize(od, staging, step, export.flatten(current_lora(lora_models)), optimizer.state_dict(),
                              lr_scheduler.scheduler.state_dict(), score, extra)
     keep = set(select_checkpoints({c.step: c.score for c in ckpt_io.list_checkpoints(out)}, cfg.ensemble_top_k))
-    ckpt_io.prune(out, cfg.checkpoints_total_limit, keep)
+    ckpt_io.prune(od, cfg.checkpoints_total_limit, keep)
+    od.record([log_path.name], logs=(log_path.name,))
     logger.debug("checkpoint %s written", final)
     accelerator.wait_for_everyone()
     return score

@@ -1,0 +1,436 @@
+"""Output folders: what facechain may delete or overwrite, locks, and replace-on-success.
+
+The rule, for every command: facechain deletes or overwrites a file only when its own earlier
+run recorded it as an output (path, size and sha256) and the file still has that checksum. A
+user's folder is theirs: nothing is ever cleared by file-name pattern.
+
+Every command that writes into an output folder goes through :class:`OutputDir`::
+
+    with OutputDir.open(out, "generate", allow_other_files=False) as od:
+        stage = od.stage()            # OUT/.facechain/staging/<run id>/ (empty)
+        ...write the new results into stage...
+        final = od.commit(stage)      # they replace the previous run's recorded outputs
+
+Only a run that succeeds calls :meth:`OutputDir.commit`, so a killed or failing run leaves the
+previous results and their manifest as they were. A commit is journalled in the record before
+any file moves; a run killed in the middle of one is completed by the next run in that folder.
+
+``OUT/.facechain/`` (ours entirely):
+
+* ``lock``: the holder's pid, host, command and start time. An exclusive ``flock`` on it is held
+  for the run's lifetime, so the kernel frees it when the holder dies (a stale lock file is no
+  lock); where flock is unsupported, a lock whose pid is gone on this host is taken over.
+* ``<command>.json``: the record of that command's outputs in this folder (``files``), and the
+  commit in progress (``pending``).
+* ``staging/``: runs' results before they are committed. ``tmp/``: temporary files. Both are
+  swept when the next run takes the lock (what a killed run left there).
+
+A folder holding files that this command did not record (the user's photos, another command's
+outputs) is refused unless ``allow_other_files`` is set; even then those files are never touched,
+and a result that would land on one of them stops the commit before anything moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from facechain.errors import FacechainError, InputError
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".facechain"
+RECORD_VERSION = 1
+
+
+class OutputInUseError(FacechainError):
+    """Another run holds the output folder's lock."""
+
+
+class OutputConflictError(FacechainError):
+    """A new result would replace a file facechain did not write."""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    size: int
+    sha256: str | None  # None: a log we append to in place; owned by name
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "sha256": self.sha256}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _record_of(path: Path, log: bool = False) -> FileRecord:
+    return FileRecord(path.stat().st_size, None if log else sha256_file(path))
+
+
+def same_or_nested(a: Path, b: Path) -> str | None:
+    """How folders ``a`` and ``b`` overlap ("the same folder", "inside", "contains"), or None."""
+    ra, rb = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    if ra == rb:
+        return "the same folder as"
+    if rb in ra.parents:
+        return "inside"
+    if ra in rb.parents:
+        return "a parent folder of"
+    return None
+
+
+def check_writable_folder(path: Path, what: str) -> None:
+    """A clear error, before any work, when ``path`` cannot be an output folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is a file, not a folder. Pass a folder path (it is created if missing).")
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{what} {path}: {parent} is a file, so the folder cannot be created. Pass another path.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"{what} {path}: {parent} is not writable (permission denied). Choose a folder you can write to.")
+            break
+
+
+class OutputDir:
+    """An output folder held by one run of one command; see the module docstring."""
+
+    def __init__(self, path: Path, command: str, allow_other_files: bool):
+        self.path = Path(path)
+        self.command = command
+        self.allow_other_files = allow_other_files
+        self.state = self.path / STATE_DIR
+        self.record_path = self.state / f"{command}.json"
+        self._lock_fh = None
+        self.files: dict[str, FileRecord] = {}
+
+    # ------------------------------------------------------------------ open / close
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, path, command: str, *, allow_other_files: bool = False, what: str = "output folder") -> Iterator["OutputDir"]:
+        od = cls.acquire(path, command, allow_other_files=allow_other_files, what=what)
+        try:
+            yield od
+        finally:
+            od.release()
+
+    @classmethod
+    def acquire(cls, path, command: str, *, allow_other_files: bool = False, what: str = "output folder") -> "OutputDir":
+        """Lock, finish a commit a killed run left half done, sweep temporary files, check for
+        files this command did not write. Call :meth:`release` when done (or use :meth:`open`)."""
+        path = Path(path)
+        check_writable_folder(path, what)
+        od = cls(path, command, allow_other_files)
+        try:
+            od.state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{what} {path} cannot be created or written ({exc.strerror}). Choose a folder you can write to.") from exc
+        od._lock(what)
+        try:
+            od._load_record()
+            od._recover()
+            od._sweep()
+            od._check_other_files(what)
+        except BaseException:
+            od.release()
+            raise
+        return od
+
+    def release(self) -> None:
+        if self._lock_fh is not None:
+            with contextlib.suppress(OSError):
+                import fcntl
+
+                fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def _lock(self, what: str) -> None:
+        import fcntl
+
+        lock_path = self.state / "lock"
+        fh = open(lock_path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = _read_holder(lock_path)
+                fh.close()
+                raise OutputInUseError(_in_use_message(self.path, what, holder)) from None
+            # no flock on this filesystem: a lock file whose pid is alive on this host is a live lock
+            holder = _read_holder(lock_path)
+            if holder and not _holder_gone(holder):
+                fh.close()
+                raise OutputInUseError(_in_use_message(self.path, what, holder)) from None
+            if holder:
+                logger.info("%s %s: taking over a stale lock of pid %s (no longer running)", what, self.path, holder.get("pid"))
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        fh.flush()
+        os.chmod(lock_path, 0o666 & ~_umask())
+        self._lock_fh = fh
+
+    # ------------------------------------------------------------------ record
+
+    def _load_record(self) -> None:
+        self.pending = None
+        if not self.record_path.is_file():
+            return
+        try:
+            data = json.loads(self.record_path.read_text(encoding="utf-8"))
+            self.files = {k: FileRecord(v["size"], v["sha256"]) for k, v in data.get("files", {}).items()}
+            self.pending = data.get("pending")
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(
+                f"{self.record_path} (facechain's record of what it wrote in {self.path}) is damaged ({exc}). Nothing was "
+                "changed. Choose a new output folder, or delete that record file: its files then count as yours and "
+                "facechain will not touch them."
+            ) from exc
+
+    def _save_record(self) -> None:
+        from facechain.io import write_json
+
+        write_json(self.record_path, {
+            "version": RECORD_VERSION, "command": self.command,
+            "files": {k: v.to_dict() for k, v in sorted(self.files.items())}, "pending": self.pending,
+        })
+
+    def owns(self, rel: str) -> bool:
+        """True when ``rel`` is recorded as this command's output and still is what was recorded."""
+        rec = self.files.get(rel)
+        p = self.path / rel
+        if rec is None or not p.is_file() or p.is_symlink():
+            return False
+        if rec.sha256 is None:
+            return True
+        return p.stat().st_size == rec.size and sha256_file(p) == rec.sha256
+
+    def other_files(self, limit: int | None = None) -> list[str]:
+        """Files (and symlinks) in the folder that this command did not record, by relative path."""
+        found = []
+        for root, dirs, names in os.walk(self.path):
+            rel_root = Path(root).relative_to(self.path)
+            if rel_root == Path("."):
+                dirs[:] = [d for d in dirs if d != STATE_DIR]
+            dirs.sort()
+            for name in sorted(names) + [d for d in dirs if (Path(root) / d).is_symlink()]:
+                rel = (rel_root / name).as_posix()
+                if rel not in self.files:
+                    found.append(rel)
+                    if limit and len(found) >= limit:
+                        return found
+        return found
+
+    def _check_other_files(self, what: str) -> None:
+        other = self.other_files(limit=6)
+        if not other:
+            return
+        shown = ", ".join(other[:5]) + (", ..." if len(other) > 5 else "")
+        if self.allow_other_files:
+            logger.info("%s %s holds files facechain did not write (%s); they are left untouched", what, self.path, shown)
+            return
+        raise InputError(
+            f"{what} {self.path} holds files that `facechain {self.command}` did not write ({shown}). facechain never "
+            "touches files it did not write, and refuses to mix its results into such a folder. Choose a new or empty "
+            "folder, or pass --allow-other-files to write beside them (they stay untouched)."
+        )
+
+    # ------------------------------------------------------------------ staging and commit
+
+    def stage(self) -> Path:
+        """A new, empty staging folder for this run's results."""
+        path = self.state / "staging" / uuid.uuid4().hex[:12]
+        path.mkdir(parents=True)
+        return path
+
+    def tmp(self) -> Path:
+        """The folder for temporary files (same filesystem as the outputs; swept at the next run)."""
+        path = self.state / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def commit(self, stage: Path, *, replace: bool = True, into: str = "", logs: tuple[str, ...] = ()) -> dict[str, Path]:
+        """Move every file of ``stage`` into the folder (under ``into``) and record them.
+
+        ``replace=True``: the previous recorded outputs not in the new set are deleted (those still
+        as recorded). ``replace=False``: they are kept. ``logs``: relative paths recorded by name only
+        (files we append to in place). Raises OutputConflictError, moving nothing, when a result
+        would replace a file this command did not write. Returns {relative path: final path}."""
+        stage = Path(stage)
+        new: dict[str, dict] = {}
+        for p in sorted(stage.rglob("*")):
+            if p.is_file():
+                rel = (Path(into) / p.relative_to(stage)).as_posix()
+                new[rel] = _record_of(p, log=rel in logs).to_dict()
+        self.check_free(new, f"Nothing was moved; the new results are in {stage} until the next run in this folder.")
+        delete = {rel: rec.to_dict() for rel, rec in self.files.items() if rel not in new} if replace else {}
+        self.pending = {"stage": stage.relative_to(self.state).as_posix(), "into": into, "files": new, "delete": delete,
+                        "replace": replace}
+        self._save_record()  # the journal: a kill from here on is completed by the next run
+        self._apply_pending()
+        return {rel: self.path / rel for rel in new}
+
+    def check_free(self, rels, note: str = "") -> None:
+        """Refuse (OutputConflictError) when a result this run writes would land on a file this
+        command did not write (possible only with allow_other_files). Call it before the work when
+        the names are known; :meth:`commit` checks again."""
+        conflicts = [rel for rel in rels if self._blocked(rel)]
+        if conflicts:
+            shown = ", ".join(conflicts[:5]) + (", ..." if len(conflicts) > 5 else "")
+            raise OutputConflictError(
+                f"{self.path} holds files that `facechain {self.command}` did not write under names its results need "
+                f"({shown}); they are left untouched. {note + ' ' if note else ''}Choose another output folder, or move "
+                "those files away and rerun."
+            )
+
+    def _blocked(self, rel: str) -> bool:
+        target = self.path / rel
+        for parent in list(Path(rel).parents)[:-1]:  # a path component that is a user's file
+            p = self.path / parent
+            if p.exists() and (not p.is_dir() or p.is_symlink()):
+                return True
+        if not os.path.lexists(target):
+            return False
+        return not self.owns(rel)
+
+    def _apply_pending(self) -> None:
+        pending = self.pending
+        stage = self.state / pending["stage"]
+        into = pending.get("into", "")
+        for rel in pending["files"]:
+            src = stage / Path(rel).relative_to(into) if into else stage / rel
+            if src.is_file():
+                dst = self.path / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+        for rel, rec in pending["delete"].items():
+            self._delete_owned(rel, FileRecord(rec["size"], rec["sha256"]))
+        files = {} if pending["replace"] else dict(self.files)
+        files.update({rel: FileRecord(r["size"], r["sha256"]) for rel, r in pending["files"].items()})
+        if not pending["replace"]:
+            for rel in pending["delete"]:
+                files.pop(rel, None)
+        self.files = files
+        self.pending = None
+        self._save_record()
+        shutil.rmtree(stage, ignore_errors=True)  # inside .facechain: ours
+
+    def _delete_owned(self, rel: str, rec: FileRecord) -> bool:
+        """Delete ``rel`` if it is still the file we recorded; then its folders inside ours if empty."""
+        p = self.path / rel
+        if not p.is_file() or p.is_symlink():
+            return False
+        if rec.sha256 is not None and (p.stat().st_size != rec.size or sha256_file(p) != rec.sha256):
+            logger.info("%s was changed since facechain wrote it; it is left untouched", p)
+            return False
+        p.unlink()
+        parent = p.parent
+        while parent != self.path and self.path in parent.parents:
+            try:
+                parent.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+            parent = parent.parent
+        return True
+
+    def remove(self, rels) -> int:
+        """Delete recorded outputs (each only if still as recorded) and forget them. Returns the count."""
+        n = 0
+        for rel in list(rels):
+            rec = self.files.pop(rel, None)
+            if rec is not None and self._delete_owned(rel, rec):
+                n += 1
+        self._save_record()
+        return n
+
+    def record(self, rels, *, logs: tuple[str, ...] = ()) -> None:
+        """Record files this run wrote in place (under the lock) as its outputs."""
+        for rel in rels:
+            p = self.path / rel
+            if p.is_file():
+                self.files[rel] = _record_of(p, log=rel in logs)
+        self._save_record()
+
+    def owned_under(self, prefix: str) -> list[str]:
+        prefix = prefix.rstrip("/") + "/"
+        return [rel for rel in self.files if rel.startswith(prefix)]
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover(self) -> None:
+        if self.pending is None:
+            return
+        stage = self.state / self.pending.get("stage", "")
+        logger.info("%s: completing the commit a killed run left half done", self.path)
+        if not stage.is_dir():
+            stage.mkdir(parents=True, exist_ok=True)
+        self._apply_pending()
+
+    def _sweep(self) -> None:
+        """Remove what killed runs left in staging/ and tmp/ (ours; no run holds them: we hold the lock)."""
+        swept = 0
+        for sub in ("staging", "tmp"):
+            folder = self.state / sub
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+                    swept += 1
+        if swept:
+            logger.info("%s: removed %d temporary item(s) left by an interrupted run", self.path, swept)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _read_holder(lock_path: Path) -> dict | None:
+    try:
+        return json.loads(lock_path.read_text(encoding="utf-8").strip() or "null")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _holder_gone(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return False  # cannot tell on another host: treat as live
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, TypeError):
+        return False
+    return False
+
+
+def _in_use_message(path: Path, what: str, holder: dict | None) -> str:
+    if holder:
+        who = f"pid {holder.get('pid')} on {holder.get('host')} (facechain {holder.get('command')}, since {holder.get('started')})"
+    else:
+        who = "another facechain run"
+    return (f"{what} {path} is in use by {who}. Two runs in one folder would mix their results. Wait for that run to "
+            "finish or stop it, or choose another folder.")
