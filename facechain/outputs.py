@@ -398,6 +398,9 @@ class OutputDir:
                     else:
                         p.unlink(missing_ok=True)
                     swept += 1
+        for p in self.state.glob(".*.tmp"):  # a record write (atomic_path) cut short by a kill
+            p.unlink(missing_ok=True)
+            swept += 1
         if swept:
             logger.info("%s: removed %d temporary item(s) left by an interrupted run", self.path, swept)
 

@@ -197,8 +197,10 @@ def test_temporary_files_of_a_killed_run_are_swept(tmp_path):
         stage = od.stage()
         (stage / "half.png").write_bytes(b"x")
         (od.tmp() / "partial.tmp").write_bytes(b"x")
+        (od.state / ".generate.json.abc123.tmp").write_bytes(b"{")  # a record write cut short
     with OutputDir.open(out, "generate") as od:
         assert not any((od.state / "staging").iterdir()) and not any((od.state / "tmp").iterdir())
+        assert not list(od.state.glob(".*.tmp"))
 
 
 def test_outputs_have_normal_permissions(tmp_path):
@@ -225,7 +227,7 @@ ALLOWED_DELETIONS = {
     ("facechain/outputs.py", "p.unlink()"): "an output the record lists, checksum verified (_delete_owned)",
     ("facechain/outputs.py", "shutil.rmtree(stage, ignore_errors=True)"): "a committed staging folder inside .facechain",
     ("facechain/outputs.py", "shutil.rmtree(p, ignore_errors=True)"): "staging/tmp items inside .facechain (_sweep)",
-    ("facechain/outputs.py", "p.unlink(missing_ok=True)"): "staging/tmp items inside .facechain (_sweep)",
+    ("facechain/outputs.py", "p.unlink(missing_ok=True)"): "staging/tmp items and record temp files inside .facechain (_sweep)",
     ("facechain/outputs.py", "parent.rmdir()"): "an emptied folder of ours (rmdir fails unless empty)",
     ("facechain/io.py", "tmp_path.unlink()"): "the temporary file atomic_path made itself (mkstemp)",
     ("facechain/train/export.py", "shutil.rmtree(tmp, ignore_errors=True)"): "the mkdtemp folder save_diffusers made",

@@ -155,6 +155,19 @@ def test_outputs_log_and_scores(trained_sd15):
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["_type"] == "TrainConfig" and saved["rank"] == 4 and saved["train_text_encoder"] is True
     assert (out / "checkpoints" / "step-000002" / "validation_0.png").is_file()
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [*out.iterdir(), *(out / "checkpoints" / "step-000002").iterdir()]:  # no 0600 temporary-file modes
+        if p.is_file():
+            assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
+    # everything the run wrote is recorded as its output, with checksums
+    from facechain.outputs import OutputDir
+
+    with OutputDir.open(out, "train") as od:
+        assert not od.other_files()
+        assert od.owns(export.LORA_FILE) and od.owns("checkpoints/step-000004/lora.safetensors")
 
 
 def test_saved_key_set(trained_sd15, tiny_sd15):

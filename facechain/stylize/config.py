@@ -60,8 +60,8 @@ class StylizeConfig:
             raise InputError("method must be a method name such as 'portrait-diffusion'.")
         if self.steps is not None and not 1 <= self.steps <= 1000:
             raise InputError(f"steps must be between 1 and 1000, got {self.steps}.")
-        if self.guidance_scale < 1.0:
-            raise InputError(f"guidance_scale must be >= 1 (1 turns guidance off), got {self.guidance_scale}.")
+        if not self.guidance_scale >= 1.0 or self.guidance_scale == float("inf"):  # NaN fails >=
+            raise InputError(f"guidance_scale must be a finite number >= 1 (1 turns guidance off), got {self.guidance_scale}.")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 64):
             raise InputError(f"resolution must be a positive multiple of 64, got {self.resolution}.")
         if self.lora_scales and len(self.lora_scales) != len(self.loras):

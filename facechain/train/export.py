@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from facechain.errors import InputError
-from facechain.io import save_safetensors
+from facechain.io import _umask, save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def save_diffusers(folder: str | Path, lora: LoraDict, family: str, rank: int, a
         cls.save_lora_weights(str(tmp), safe_serialization=True, weight_name=LORA_FILE, **kwargs)
         with open(tmp / LORA_FILE, "rb+") as fh:  # on disk before it replaces the previous file
             os.fsync(fh.fileno())
+        os.chmod(tmp / LORA_FILE, 0o666 & ~_umask())  # the usual mode, not the 0600 of the temporary file
         os.replace(tmp / LORA_FILE, folder / LORA_FILE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
