@@ -66,3 +66,32 @@ def test_checkpoint_key_families():
     assert family_of_checkpoint_keys(["model.diffusion_model.x", "cond_stage_model.transformer.z"], "f") == "sd15"
     with pytest.raises(InputError, match="LoRA"):
         family_of_checkpoint_keys(["lora_unet_down.lora_up.weight"], "f")
+
+
+def test_unreachable_hubs_take_the_socket_probe_path(monkeypatch):
+    """With the offline flags off, the hub clients are not left to their retry loops: one TCP probe
+    per hub (here against a closed local port) decides, and the error names both hubs."""
+    import socket
+
+    import facechain.models as models
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", f"127.0.0.1:{port}")
+    probed = []
+    real = socket.create_connection
+
+    def spy(address, *args, **kwargs):
+        probed.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", spy)
+    t0 = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match=r"(?s)'nobody/no-such-model' could not be found.*huggingface: .*modelscope: "):
+        models.resolve_model("nobody/no-such-model")
+    assert time.monotonic() - t0 < 10
+    assert probed == [("127.0.0.1", port), ("127.0.0.1", port)]  # one probe per hub, nothing else dialled
