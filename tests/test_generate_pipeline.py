@@ -65,6 +65,7 @@ def _pixels(batch):
     return np.stack([np.asarray(c.image, dtype=np.int16) for c in batch.candidates])
 
 
+@pytest.mark.slow
 def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     from facechain.cli import main
 

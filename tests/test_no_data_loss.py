@@ -131,6 +131,7 @@ def test_preprocess_concurrent_run_is_refused(tmp_path, sample_photos, pcfg, hol
         preprocess(tmp_path / "photos", tmp_path / "out", pcfg, progress=False)
 
 
+@pytest.mark.slow
 def test_folder_named_like_a_photo_and_a_small_face_are_reported(tmp_path, sample_photos, pcfg):
     from facechain.preprocess import preprocess
     from facechain.preprocess.errors import NoPhotosKept

@@ -51,6 +51,7 @@ def test_single_face_kept_and_placed(tmp_path, sample_photos, dlib_analyzer):
     assert (tmp_path / "out" / "preprocess_config.json").is_file()
 
 
+@pytest.mark.slow
 def test_mixed_folder(tmp_path, sample_photos, dlib_analyzer):
     """Rotations, colour modes and broken files in one run: the good ones kept, the rest reported."""
     a = sample_photos.astronaut()

@@ -107,6 +107,7 @@ def test_schedule_step_inverts_exactly(engine, kind):
         assert torch.allclose(sched.invert_step(eps, i, x_prev), x, atol=1e-4), (kind, i)
 
 
+@pytest.mark.slow
 def test_inversion_then_sampling_reconstructs_latent(tiny_sd15, images):
     """Invert, then sample plainly from z_T: back to the input latent.
 

@@ -393,6 +393,7 @@ def test_resume_refuses_changed_photos(tiny_sd15, processed, tmp_path):
         train(tiny_cfg(tiny_sd15, data, out, max_train_steps=1, resume=True), progress=False)
 
 
+@pytest.mark.slow
 def test_alpha_survives_export(tiny_sd15, processed, tmp_path):
     """alpha != rank: both files, loaded by diffusers, reproduce the trained model's own output."""
     from safetensors.torch import load_file
