@@ -36,7 +36,8 @@ PYTHON=${PYTHON:-python}
 # The trainer runs as a child of this script; INT/TERM/HUP sent to the script are passed on to it,
 # so stopping the script stops training (the trainer also stops when its launcher dies). The last
 # complete checkpoint stays; rerun with --resume to continue.
-"$PYTHON" -m accelerate.commands.launch -m facechain train \
+# --quiet: a trainer error is its own one-line message, without the launcher's traceback after it
+"$PYTHON" -m accelerate.commands.launch --quiet -m facechain train \
     "$BASE_MODEL" "$PROCESSED_DIR" "$OUTPUT_DIR" --revision "$REVISION" --sub_path "$SUB_PATH" "$@" &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null' INT TERM HUP

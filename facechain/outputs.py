@@ -43,7 +43,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from facechain.errors import FacechainError, InputError
@@ -62,25 +62,62 @@ class OutputConflictError(FacechainError):
     """A new result would replace a file facechain did not write."""
 
 
+class OutputCommitError(FacechainError):
+    """A commit could not move its files into place (permissions, disk)."""
+
+
 @dataclass(frozen=True)
 class FileRecord:
     size: int
-    sha256: str | None  # None: a log we append to in place; owned by name
+    sha256: str  # of the whole file; for a log, of its first ``size`` bytes
+    log: bool = False  # a log we append to: still ours while it starts with what we recorded
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "sha256": self.sha256}
+        return {"size": self.size, "sha256": self.sha256, "log": self.log}
+
+    @classmethod
+    def from_dict(cls, d) -> "FileRecord":
+        if not (isinstance(d, dict) and isinstance(d.get("size"), int) and isinstance(d.get("sha256"), str)
+                and isinstance(d.get("log", False), bool)):
+            raise ValueError(f"not a file entry: {d!r}")
+        return cls(d["size"], d["sha256"], d.get("log", False))
+
+    def matches(self, path: Path) -> bool:
+        """``path`` is a regular file with the recorded content (a log: that content as its start)."""
+        if path.is_symlink() or not path.is_file():
+            return False
+        size = path.stat().st_size
+        if size < self.size or (size != self.size and not self.log):
+            return False
+        return sha256_file(path, self.size) == self.sha256
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, limit: int | None = None) -> str:
+    """sha256 of the file, or of its first ``limit`` bytes."""
     h = hashlib.sha256()
+    left = limit
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        while left is None or left > 0:
+            block = fh.read(1 << 20 if left is None else min(1 << 20, left))
+            if not block:
+                break
             h.update(block)
+            if left is not None:
+                left -= len(block)
     return h.hexdigest()
 
 
+def _safe_rel(rel) -> bool:
+    """A relative path inside the output folder, outside our state folder."""
+    if not isinstance(rel, str) or not rel or "\\" in rel:
+        return False
+    p = PurePosixPath(rel)
+    return not p.is_absolute() and all(part not in ("", ".", "..") for part in p.parts) and p.parts[0] != STATE_DIR
+
+
 def _record_of(path: Path, log: bool = False) -> FileRecord:
-    return FileRecord(path.stat().st_size, None if log else sha256_file(path))
+    size = path.stat().st_size
+    return FileRecord(size, sha256_file(path, size), log)
 
 
 def same_or_nested(a: Path, b: Path) -> str | None:
@@ -139,6 +176,9 @@ class OutputDir:
         path = Path(path)
         check_writable_folder(path, what)
         od = cls(path, command, allow_other_files)
+        if od.state.is_symlink() or (od.state.exists() and not od.state.is_dir()):
+            raise InputError(f"{what} {path}: {od.state} is not facechain's own folder (a link or a file). Remove it, or "
+                             "choose another output folder.")
         try:
             od.state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -147,8 +187,8 @@ class OutputDir:
         try:
             od._load_record()
             od._recover()
+            od._check_other_files(what)  # a refused run changes nothing
             od._sweep()
-            od._check_other_files(what)
         except BaseException:
             od.release()
             raise
@@ -167,7 +207,12 @@ class OutputDir:
         import fcntl
 
         lock_path = self.state / "lock"
-        fh = open(lock_path, "a+", encoding="utf-8")
+        try:  # never through a symlink: the lock file is overwritten with the holder's details
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise InputError(f"{what} {self.path}: cannot open its lock file {lock_path} ({exc.strerror}). Remove it if "
+                             "it is a link or not a file.") from exc
+        fh = os.fdopen(fd, "r+", encoding="utf-8")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -198,13 +243,13 @@ class OutputDir:
             return
         try:
             data = json.loads(self.record_path.read_text(encoding="utf-8"))
-            self.files = {k: FileRecord(v["size"], v["sha256"]) for k, v in data.get("files", {}).items()}
-            self.pending = data.get("pending")
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            self.files = _parse_files(data["files"])
+            self.pending = _parse_pending(data.get("pending"))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON and UTF-8 errors are ValueErrors
             raise InputError(
-                f"{self.record_path} (facechain's record of what it wrote in {self.path}) is damaged ({exc}). Nothing was "
-                "changed. Choose a new output folder, or delete that record file: its files then count as yours and "
-                "facechain will not touch them."
+                f"{self.record_path} (facechain's record of what it wrote in {self.path}) is damaged ({type(exc).__name__}: "
+                f"{str(exc)[:200]}). Nothing was changed. Choose a new output folder, or delete that record file: its "
+                "files then count as yours and facechain will not touch them."
             ) from exc
 
     def _save_record(self) -> None:
@@ -218,12 +263,7 @@ class OutputDir:
     def owns(self, rel: str) -> bool:
         """True when ``rel`` is recorded as this command's output and still is what was recorded."""
         rec = self.files.get(rel)
-        p = self.path / rel
-        if rec is None or not p.is_file() or p.is_symlink():
-            return False
-        if rec.sha256 is None:
-            return True
-        return p.stat().st_size == rec.size and sha256_file(p) == rec.sha256
+        return rec is not None and rec.matches(self.path / rel)
 
     def other_files(self, limit: int | None = None) -> list[str]:
         """Files (and symlinks) in the folder that this command did not record, by relative path."""
@@ -273,8 +313,8 @@ class OutputDir:
         """Move every file of ``stage`` into the folder (under ``into``) and record them.
 
         ``replace=True``: the previous recorded outputs not in the new set are deleted (those still
-        as recorded). ``replace=False``: they are kept. ``logs``: relative paths recorded by name only
-        (files we append to in place). Raises OutputConflictError, moving nothing, when a result
+        as recorded). ``replace=False``: they are kept. ``logs``: relative paths of files we go on
+        appending to (ours while they start with the recorded content). Raises OutputConflictError, moving nothing, when a result
         would replace a file this command did not write. Returns {relative path: final path}."""
         stage = Path(stage)
         new: dict[str, dict] = {}
@@ -282,7 +322,8 @@ class OutputDir:
             if p.is_file():
                 rel = (Path(into) / p.relative_to(stage)).as_posix()
                 new[rel] = _record_of(p, log=rel in logs).to_dict()
-        self.check_free(new, f"Nothing was moved; the new results are in {stage} until the next run in this folder.")
+        self.check_free(new, f"Nothing was moved. The new results are in {stage}; the next facechain run in this folder "
+                             "removes them, so copy them out first if you want them.")
         delete = {rel: rec.to_dict() for rel, rec in self.files.items() if rel not in new} if replace else {}
         self.pending = {"stage": stage.relative_to(self.state).as_posix(), "into": into, "files": new, "delete": delete,
                         "replace": replace}
@@ -314,22 +355,47 @@ class OutputDir:
         return not self.owns(rel)
 
     def _apply_pending(self) -> None:
+        """Carry out the journalled commit (again, after a kill: files already in place are kept).
+
+        A result is moved only onto a free name or a file the previous record owns; one that would
+        land on anything else (a file the user put there after a kill) is skipped. The previous
+        outputs are deleted only when every result is in place; otherwise both stay recorded."""
         pending = self.pending
         stage = self.state / pending["stage"]
-        into = pending.get("into", "")
-        for rel in pending["files"]:
-            src = stage / Path(rel).relative_to(into) if into else stage / rel
-            if src.is_file():
-                dst = self.path / rel
+        into = pending["into"]
+        placed: dict[str, FileRecord] = {}
+        skipped = []
+        for rel, raw in pending["files"].items():
+            rec = FileRecord.from_dict(raw)
+            dst = self.path / rel
+            if rec.matches(dst):  # moved before a kill
+                placed[rel] = rec
+                continue
+            src = stage / (PurePosixPath(rel).relative_to(into) if into else PurePosixPath(rel))
+            if not src.is_file() or self._blocked(rel):
+                skipped.append(rel)
+                continue
+            try:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dst)
-        for rel, rec in pending["delete"].items():
-            self._delete_owned(rel, FileRecord(rec["size"], rec["sha256"]))
-        files = {} if pending["replace"] else dict(self.files)
-        files.update({rel: FileRecord(r["size"], r["sha256"]) for rel, r in pending["files"].items()})
-        if not pending["replace"]:
-            for rel in pending["delete"]:
-                files.pop(rel, None)
+            except OSError as exc:
+                raise OutputCommitError(
+                    f"could not move {rel} into {self.path} ({exc.strerror}). The previous outputs are kept and this "
+                    "commit is journalled: fix the folder (permissions, disk space), then rerun and it is completed."
+                ) from exc
+            placed[rel] = rec
+        old = dict(self.files)
+        if skipped:
+            logger.warning("%s: %d result(s) of an interrupted commit could not be put in place (%s); the previous outputs "
+                           "were kept", self.path, len(skipped), ", ".join(skipped[:3]))
+        else:
+            for rel, raw in pending["delete"].items():
+                self._delete_owned(rel, FileRecord.from_dict(raw))
+        if pending["replace"] and not skipped:
+            files = {}
+        else:
+            files = {rel: rec for rel, rec in old.items() if rel not in pending["files"] or rel in placed}
+        files.update(placed)
         self.files = files
         self.pending = None
         self._save_record()
@@ -338,10 +404,9 @@ class OutputDir:
     def _delete_owned(self, rel: str, rec: FileRecord) -> bool:
         """Delete ``rel`` if it is still the file we recorded; then its folders inside ours if empty."""
         p = self.path / rel
-        if not p.is_file() or p.is_symlink():
-            return False
-        if rec.sha256 is not None and (p.stat().st_size != rec.size or sha256_file(p) != rec.sha256):
-            logger.info("%s was changed since facechain wrote it; it is left untouched", p)
+        if not rec.matches(p):
+            if p.exists():
+                logger.info("%s was changed since facechain wrote it; it is left untouched", p)
             return False
         p.unlink()
         parent = p.parent
@@ -380,19 +445,20 @@ class OutputDir:
     def _recover(self) -> None:
         if self.pending is None:
             return
-        stage = self.state / self.pending.get("stage", "")
         logger.info("%s: completing the commit a killed run left half done", self.path)
-        if not stage.is_dir():
-            stage.mkdir(parents=True, exist_ok=True)
+        (self.state / self.pending["stage"]).mkdir(parents=True, exist_ok=True)
         self._apply_pending()
 
     def _sweep(self) -> None:
         """Remove what killed runs left in staging/ and tmp/ (ours; no run holds them: we hold the lock)."""
         swept = 0
+        keep = _pending_stages(self.state)  # another command's half-done commit still needs its staging folder
         for sub in ("staging", "tmp"):
             folder = self.state / sub
             if folder.is_dir():
                 for p in folder.iterdir():
+                    if p.relative_to(self.state).as_posix() in keep:
+                        continue
                     if p.is_dir() and not p.is_symlink():
                         shutil.rmtree(p, ignore_errors=True)
                     else:
@@ -403,6 +469,78 @@ class OutputDir:
             swept += 1
         if swept:
             logger.info("%s: removed %d temporary item(s) left by an interrupted run", self.path, swept)
+
+
+def check_settled(path, command: str, what: str) -> None:
+    """Before reading a folder a command writes (the trainer reading preprocessing's output,
+    generation reading a LoRA folder): refuse while a run holds it, or when its last commit was cut
+    short (the folder then mixes two runs' files until that command runs there again)."""
+    state = Path(path) / STATE_DIR
+    lock = state / "lock"
+    if lock.is_file() and not lock.is_symlink():
+        import fcntl
+
+        with open(lock, encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise OutputInUseError(_in_use_message(Path(path), what, _read_holder(lock))) from None
+    record = state / f"{command}.json"
+    if record.is_file():
+        try:
+            pending = json.loads(record.read_text(encoding="utf-8")).get("pending")
+        except (OSError, ValueError, AttributeError):
+            pending = None
+        if pending:
+            raise InputError(
+                f"{what} {path}: the last `facechain {command}` run there was stopped while it was replacing its outputs, "
+                f"so the folder mixes two runs' files. Run the same `facechain {command}` command into it again (it "
+                "completes or redoes that step), then retry."
+            )
+
+
+def _parse_files(raw) -> dict[str, FileRecord]:
+    if not isinstance(raw, dict):
+        raise ValueError("'files' is not a mapping")
+    bad = [k for k in raw if not _safe_rel(k)]
+    if bad:
+        raise ValueError(f"paths outside the folder: {bad[:3]}")
+    return {k: FileRecord.from_dict(v) for k, v in raw.items()}
+
+
+def _parse_pending(raw) -> dict | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("'pending' is not a mapping")
+    stage = raw["stage"]
+    if not (isinstance(stage, str) and len(PurePosixPath(stage).parts) == 2 and PurePosixPath(stage).parts[0] == "staging"
+            and _safe_rel(PurePosixPath(stage).parts[1])):
+        raise ValueError(f"staging folder {stage!r} is not inside staging/")
+    into = raw["into"]
+    if not (into == "" or _safe_rel(into)):
+        raise ValueError(f"'into' {into!r} is outside the folder")
+    if not isinstance(raw["replace"], bool):
+        raise ValueError("'replace' is not true/false")
+    files, delete = _parse_files(raw["files"]), _parse_files(raw["delete"])
+    if into and any(not k.startswith(into.rstrip("/") + "/") for k in files):
+        raise ValueError("a file outside 'into'")
+    return {"stage": stage, "into": into, "replace": raw["replace"],
+            "files": {k: v.to_dict() for k, v in files.items()}, "delete": {k: v.to_dict() for k, v in delete.items()}}
+
+
+def _pending_stages(state: Path) -> set[str]:
+    """Staging folders (relative to the state folder) that some command's record still needs."""
+    keep = set()
+    for rec in state.glob("*.json"):
+        try:
+            pending = json.loads(rec.read_text(encoding="utf-8")).get("pending")
+            if isinstance(pending, dict) and isinstance(pending.get("stage"), str):
+                keep.add(pending["stage"])
+        except (OSError, ValueError, AttributeError):
+            continue
+    return keep
 
 
 def _umask() -> int:

@@ -334,6 +334,9 @@ def test_processed_folder_problems_are_clear_errors(tmp_path):
         meta.write_text(json.dumps(row) + "\n")
         with pytest.raises(InputError, match=message):
             load_processed(data)
+    meta.write_bytes(b'{"file_name": "000.png", "text": "caf\xe9"}\n')  # latin-1, not UTF-8
+    with pytest.raises(InputError, match="is not UTF-8 text"):
+        load_processed(data)
     (data / "001.png").write_text("not an image")
     meta.write_text(json.dumps({"file_name": "001.png", "text": "x"}) + "\n")
     with pytest.raises(InputError, match="001.png .*is not a readable image"):
@@ -364,6 +367,11 @@ def test_resume_checks_the_model_files_not_the_path_string(tiny_sd15, tmp_path, 
     monkeypatch.chdir(tmp_path)
     art = train(_tcfg("model", "p", "o", resume=True), progress=False)
     assert art.steps == 2
+    # the output folder moved, resumed from another working directory with absolute paths: accepted
+    shutil.move(str(out), str(tmp_path / "moved"))
+    monkeypatch.chdir(tiny_sd15)
+    assert train(_tcfg(model, data, tmp_path / "moved", resume=True), progress=False).steps == 2
+    out = tmp_path / "moved"
     # another model behind the same path: refused
     shutil.rmtree(model)
     build_tiny_sd15(model, seed=5)
@@ -383,6 +391,54 @@ def test_trainer_refuses_a_locked_folder_and_user_files(tiny_sd15, tmp_path, hol
     with pytest.raises(InputError, match="did not write"):
         train(_tcfg(tiny_sd15, data, tmp_path / "u"), progress=False)
     _intact(user)
+
+
+def test_train_output_folder_cases_found_by_review(tiny_sd15, tmp_path):
+    from facechain.testing import make_processed_folder
+    from facechain.train import train
+
+    data = make_processed_folder(tmp_path / "p", n=1)
+    done = tmp_path / "done"
+    train(_tcfg(tiny_sd15, data, done), progress=False)
+    # a finished run whose checkpoints the user deleted: --resume cannot continue it, and its LoRA stays
+    shutil.copytree(done, tmp_path / "nock")
+    shutil.rmtree(tmp_path / "nock" / "checkpoints")
+    lora = (tmp_path / "nock" / "pytorch_lora_weights.safetensors").read_bytes()
+    with pytest.raises(InputError, match="finished run's pytorch_lora_weights.safetensors but no checkpoint"):
+        train(_tcfg(tiny_sd15, data, tmp_path / "nock", resume=True, rank=8), progress=False)
+    assert (tmp_path / "nock" / "pytorch_lora_weights.safetensors").read_bytes() == lora
+    # a damaged checkpoint is named, not a traceback
+    shutil.copytree(done, tmp_path / "dmg")
+    (tmp_path / "dmg" / "checkpoints" / "step-000002" / "state.json").write_text("{garbage")
+    with pytest.raises(InputError, match="checkpoint .*step-000002 is damaged"):
+        train(_tcfg(tiny_sd15, data, tmp_path / "dmg", resume=True), progress=False)
+    # the user's own log where ours goes: refused, untouched
+    shutil.copytree(done, tmp_path / "log")
+    for name in ("checkpoints",):
+        shutil.rmtree(tmp_path / "log" / name)
+    for name in ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"):
+        (tmp_path / "log" / name).unlink()
+    (tmp_path / "log" / "train_log.jsonl").write_text("my own file\n")
+    with pytest.raises(OutputConflictError, match="train_log.jsonl"):
+        train(_tcfg(tiny_sd15, data, tmp_path / "log"), progress=False)
+    assert (tmp_path / "log" / "train_log.jsonl").read_text() == "my own file\n"
+    # a user's LoRA file in a folder allowed to hold other files: refused before any training
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "pytorch_lora_weights_kohya.safetensors").write_bytes(b"mine")
+    with pytest.raises(OutputConflictError, match="kohya"):
+        train(_tcfg(tiny_sd15, data, tmp_path / "mine", allow_other_files=True, resume=True), progress=False)
+    assert not (tmp_path / "mine" / "train_log.jsonl").exists()
+    assert (tmp_path / "mine" / "pytorch_lora_weights_kohya.safetensors").read_bytes() == b"mine"
+
+
+def test_a_damaged_lora_file_is_a_clear_error(tiny_sd15, tmp_path):
+    from facechain.generate.pipeline import _load_lora
+    from facechain.models import load_pipeline, resolve_model
+
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{truncated")
+    pipe = load_pipeline(resolve_model(str(tiny_sd15)))
+    with pytest.raises(InputError, match=r"LoRA .*bad.safetensors \(face\) could not be loaded"):
+        _load_lora(pipe, tmp_path / "bad.safetensors", "face")
 
 
 @pytest.mark.slow
@@ -441,3 +497,12 @@ def test_stylize_out_that_is_a_file_and_style_folder_are_clear_errors(tmp_path, 
                  "--out", str(tmp_path / "o")]) == 1
     assert "is a folder, not an image file" in capsys.readouterr().err
     assert (tmp_path / "out.png").read_text() == "x" and not (tmp_path / "o").exists()
+    # an input inside --out (a previous result), or the inversion cache there: refused
+    (tmp_path / "o").mkdir()
+    _save(tmp_path / "o" / "prev.png", sample_photos.astronaut())
+    assert main(["stylize", "--model", "none", "--content", str(tmp_path / "o" / "prev.png"), "--style",
+                 str(tmp_path / "c.png"), "--out", str(tmp_path / "o")]) == 1
+    assert "is inside --out" in capsys.readouterr().err
+    assert main(["stylize", "--model", "none", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "c.png"),
+                 "--cache-dir", str(tmp_path / "o" / "cache"), "--out", str(tmp_path / "o")]) == 1
+    assert "--cache-dir" in capsys.readouterr().err and (tmp_path / "o" / "prev.png").is_file()

@@ -250,3 +250,140 @@ def test_every_deletion_in_the_package_is_covered_by_the_ownership_rule():
     assert not unexplained, f"deletions not covered by the ownership rule (add to ALLOWED_DELETIONS with a reason): {unexplained}"
     stale = {k for k in ALLOWED_DELETIONS if not any(k[0] == f[0] and k[1] in f[1] for f in found)}
     assert not stale, f"ALLOWED_DELETIONS lists places that no longer delete: {stale}"
+
+
+# --------------------------------------------------------------------------- found by an adversarial review
+
+KILL_AFTER_FIRST_MOVE = """
+import os, sys
+from facechain.outputs import OutputDir
+od = OutputDir.acquire(sys.argv[1], sys.argv[2])
+stage = od.stage()
+for name, data in [("000.png", b"new0"), ("001.png", b"new1"), ("report.json", b'{"run": 2}')]:
+    (stage / name).write_bytes(data)
+real = os.replace
+def replace(a, b):
+    real(a, b)
+    os._exit(9)
+os.replace = replace
+od.commit(stage)
+"""
+
+
+def _killed_commit(out: Path, command: str = "preprocess") -> None:
+    with OutputDir.open(out, command) as od:
+        commit_files(od, {"000.png": b"old0", "001.png": b"old1", "002.png": b"old2", "report.json": b'{"run": 1}'})
+    assert subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_MOVE, str(out), command]).returncode == 9
+
+
+def test_a_refused_run_of_another_command_leaves_a_half_done_commit_alone(tmp_path):
+    out = tmp_path / "out"
+    _killed_commit(out)
+    with pytest.raises(InputError, match="did not write"):
+        OutputDir.acquire(out, "generate")
+    with OutputDir.open(out, "generate", allow_other_files=True) as od:  # even an allowed run keeps its staging
+        commit_files(od, {"g_00.png": b"g"})
+    with OutputDir.open(out, "preprocess", allow_other_files=True) as od:
+        assert od.pending is None and sorted(od.files) == ["000.png", "001.png", "report.json"]
+    assert [(out / n).read_bytes() for n in ("000.png", "001.png", "report.json")] == [b"new0", b"new1", b'{"run": 2}']
+    assert not (out / "002.png").exists()
+
+
+def test_completing_a_commit_never_overwrites_what_the_user_put_there_meanwhile(tmp_path):
+    out = tmp_path / "out"
+    _killed_commit(out)
+    (out / "001.png").write_bytes(b"the user's own 001")  # after the kill, before the next run
+    with pytest.raises(InputError, match=r"did not write \(001.png\)"):  # completed as far as it can, then refused
+        OutputDir.acquire(out, "preprocess")
+    with OutputDir.open(out, "preprocess", allow_other_files=True) as od:
+        assert od.pending is None
+        assert "001.png" not in od.files and od.owns("000.png") and od.owns("002.png")  # the old 002 stays ours
+    assert (out / "001.png").read_bytes() == b"the user's own 001"
+    assert (out / "002.png").read_bytes() == b"old2"  # the previous outputs were kept: the new set is incomplete
+
+
+def test_a_commit_that_cannot_move_files_is_a_clear_error_and_completes_later(tmp_path, monkeypatch):
+    from facechain.outputs import OutputCommitError
+
+    out = tmp_path / "out"
+    with OutputDir.open(out, "generate") as od:
+        commit_files(od, {"a_00.png": b"old"})
+    real = os.replace
+
+    def denied(a, b):
+        if STATE_DIR in Path(b).parts:  # facechain's own record writes still work
+            return real(a, b)
+        raise PermissionError(13, "Permission denied", str(b))
+
+    monkeypatch.setattr(os, "replace", denied)
+    with OutputDir.open(out, "generate") as od:
+        with pytest.raises(OutputCommitError, match="could not move b_00.png .*Permission denied.*rerun"):
+            commit_files(od, {"b_00.png": b"new"})
+    assert (out / "a_00.png").read_bytes() == b"old"
+    monkeypatch.setattr(os, "replace", real)
+    with OutputDir.open(out, "generate") as od:
+        assert sorted(od.files) == ["b_00.png"]
+    assert not (out / "a_00.png").exists() and (out / "b_00.png").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("record", [
+    b"\xff\xfe\x00garbage",
+    b'{"files": {}, "pending": "x"}',
+    b'{"files": {}, "pending": {"stage": "staging/x"}}',
+    b'{"files": {}, "pending": {"stage": "../..", "into": "", "files": {}, "delete": {}, "replace": false}}',
+    b'{"files": {"../precious.txt": {"size": 1, "sha256": "00"}}, "pending": null}',
+    b'{"files": {"/etc/hostname": {"size": 1, "sha256": "00"}}, "pending": null}',
+])
+def test_a_damaged_or_hostile_record_is_a_clear_error_and_nothing_is_touched(tmp_path, record):
+    out = tmp_path / "victim" / "out"
+    (out / STATE_DIR).mkdir(parents=True)
+    (out / STATE_DIR / "preprocess.json").write_bytes(record)
+    (tmp_path / "victim" / "precious.txt").write_text("x")
+    with pytest.raises(InputError, match=r"preprocess.json \(facechain's record .*\) is damaged"):
+        OutputDir.acquire(out, "preprocess")
+    assert (tmp_path / "victim" / "precious.txt").read_text() == "x"
+
+
+def test_links_in_the_state_folder_are_refused(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    out = tmp_path / "out"
+    (out / STATE_DIR).mkdir(parents=True)
+    (out / STATE_DIR / "lock").symlink_to(victim)
+    with pytest.raises(InputError, match="lock file"):
+        OutputDir.acquire(out, "generate")
+    assert victim.read_text() == "mine"
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    (out2 / STATE_DIR).symlink_to(tmp_path)
+    with pytest.raises(InputError, match="not facechain's own folder"):
+        OutputDir.acquire(out2, "generate")
+
+
+def test_a_log_is_ours_while_it_starts_with_what_we_recorded(tmp_path):
+    out = tmp_path / "out"
+    with OutputDir.open(out, "train") as od:
+        (out / "train_log.jsonl").write_text('{"step": 1}\n')
+        od.record(["train_log.jsonl"], logs=("train_log.jsonl",))
+        with open(out / "train_log.jsonl", "a") as fh:  # appended after the record: a kill before the next record
+            fh.write('{"step": 2}\n')
+        assert od.owns("train_log.jsonl")
+        (out / "train_log.jsonl").write_text("the user's own notes\n")
+        assert not od.owns("train_log.jsonl")
+        assert od.remove(["train_log.jsonl"]) == 0
+    assert (out / "train_log.jsonl").read_text() == "the user's own notes\n"
+
+
+def test_reading_a_folder_mid_run_or_mid_commit_is_refused(tmp_path, hold_lock):
+    from facechain.outputs import check_settled
+
+    out = tmp_path / "out"
+    proc = hold_lock(out, "preprocess")
+    with pytest.raises(OutputInUseError, match=f"in use by pid {proc.pid}"):
+        check_settled(out, "preprocess", "processed folder")
+    proc.kill()
+    proc.wait()
+    check_settled(out, "preprocess", "processed folder")  # free and settled
+    _killed_commit(tmp_path / "half")
+    with pytest.raises(InputError, match="stopped while it was replacing its outputs"):
+        check_settled(tmp_path / "half", "preprocess", "processed folder")

@@ -58,5 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; outputs written so far are complete and a rerun resumes.", file=sys.stderr)
+        print("interrupted: nothing of this run was committed, earlier results in its output folder are as they were "
+              "(a training run keeps its checkpoints: rerun with --resume).", file=sys.stderr)
         return 130
+    except OSError as exc:  # the disk, permissions, a vanished file: one line, the traceback with -v
+        if args.verbose:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}. Earlier results in the output folder were not changed by this run; "
+              "fix the cause (disk space, permissions) and rerun. Add -v for details.", file=sys.stderr)
+        return 1

@@ -123,9 +123,17 @@ def run(args) -> int:
                              f"may follow one flag, e.g. --style {Path(path) / '*.png'}).")
         if path is not None and not Path(path).is_file():
             raise InputError(f"{what} {path} does not exist.")
-    from facechain.outputs import OutputDir, check_writable_folder
+    from facechain.outputs import OutputDir, check_writable_folder, same_or_nested
 
     check_writable_folder(Path(args.out), "--out")
+    inputs = [("--content", args.content), ("--content-mask", args.content_mask), ("--style-mask", args.style_mask)]
+    for what, path in inputs + [("--style", s) for s in args.style]:
+        if path is not None and same_or_nested(Path(path).parent, Path(args.out)) in ("the same folder as", "inside"):
+            raise InputError(f"{what} {path} is inside --out {args.out}, whose previous results a new run replaces. Copy "
+                             "the image out of that folder first, or choose another --out.")
+    if cfg.cache_dir and same_or_nested(Path(cfg.cache_dir), Path(args.out)):
+        raise InputError(f"--cache-dir {cfg.cache_dir} overlaps --out {args.out}; keep the inversion cache in a folder of "
+                         "its own (it is reused across runs).")
     with OutputDir.open(args.out, "stylize", allow_other_files=args.allow_other_files, what="--out") as od:
         engine = build_engine(cfg)
         engine.schedule(cfg.num_steps)  # a step count the schedule refuses fails every style: say so once

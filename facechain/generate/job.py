@@ -75,7 +75,13 @@ def check_inputs(cfg: GenerateConfig):
     from facechain.models import resolve_model
     from facechain.styles import DEFAULT_STYLES_DIR, load_styles
 
+    from facechain.outputs import check_settled
+
     registry = load_styles([DEFAULT_STYLES_DIR, *cfg.style_dirs])
+    if cfg.lora_dir is not None and Path(cfg.lora_dir).is_dir():
+        check_settled(cfg.lora_dir, "train", "lora_dir")
+    if cfg.processed_dir is not None and Path(cfg.processed_dir).is_dir():
+        check_settled(cfg.processed_dir, "preprocess", "processed_dir")
     check_face_lora(cfg)
     if cfg.processed_dir is None and (cfg.rank or cfg.fusion != "off"):
         raise InputError(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facechain.errors import InputError, ModelNotFoundError
+from facechain.errors import FacechainError, InputError, ModelNotFoundError
 from facechain.generate.config import (
     DEFAULT_DEPTH_CONTROLNET,
     DEFAULT_LCM_LORA,
@@ -124,12 +124,20 @@ def _load_lora(pipe, path: Path, adapter_name: str) -> None:
     """Load a LoRA file as adapter ``adapter_name``. A .safetensors file is loaded by diffusers from
     the file itself, so the alpha/rank metadata stored in its header is honoured; a pickle (only
     reached when allow_pickle let resolve_weights_file return it) is read with weights_only=True."""
-    if path.suffix.lower() == ".safetensors":
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
-    else:
-        from facechain.train.export import _load_tensors
+    try:
+        if path.suffix.lower() == ".safetensors":
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+        else:
+            from facechain.train.export import _load_tensors
 
-        pipe.load_lora_weights(_load_tensors(path), adapter_name=adapter_name)
+            pipe.load_lora_weights(_load_tensors(path), adapter_name=adapter_name)
+    except FacechainError:
+        raise
+    except Exception as exc:  # a truncated file, keys of another model family, ...
+        raise InputError(
+            f"LoRA {path} ({adapter_name}) could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+            "Check that the file is complete and made for this base model's family."
+        ) from exc
 
 
 def _load_controlnet(ref: str, dtype, what: str, allow_pickle: bool = False):

@@ -50,8 +50,12 @@ def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
         for p in root.iterdir():
             m = _STEP_RE.match(p.name)
             if m and (p / "state.json").is_file():
-                state = json.loads((p / "state.json").read_text())
-                found.append(Checkpoint(p, int(m[1]), state.get("score")))
+                try:
+                    state = json.loads((p / "state.json").read_text(encoding="utf-8"))
+                    score = state.get("score") if isinstance(state, dict) else None
+                except ValueError as exc:
+                    raise _damaged(p, exc) from exc
+                found.append(Checkpoint(p, int(m[1]), score))
     return sorted(found, key=lambda c: c.step)
 
 
@@ -122,10 +126,22 @@ def read_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(state.json, flat LoRA tensors, optimizer state dict)."""
     from safetensors.torch import load_file
 
-    state = json.loads((ckpt / "state.json").read_text())
-    lora = load_file(str(ckpt / "lora.safetensors"))
-    opt = optimizer_from_safetensors(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer_param_groups"])
+    try:
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        lora = load_file(str(ckpt / "lora.safetensors"))
+        opt = optimizer_from_safetensors(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer_param_groups"])
+    except Exception as exc:  # JSON, missing file, truncated safetensors, wrong layout
+        raise _damaged(ckpt, exc) from exc
     return state, lora, opt
+
+
+def _damaged(ckpt: Path, exc: Exception):
+    from facechain.errors import InputError
+
+    return InputError(
+        f"checkpoint {ckpt} is damaged or incomplete ({type(exc).__name__}: {str(exc)[:160]}). Move that folder out of "
+        f"{ckpt.parent} to resume from the checkpoint before it, or start a new run in a new output folder."
+    )
 
 
 def prune(od, limit: int | None, keep: set[int]) -> None:

@@ -46,13 +46,20 @@ def load_processed(folder: str | Path) -> list[Example]:
     meta = folder / "metadata.jsonl"
     if not folder.is_dir():
         raise InputError(f"processed folder {folder} does not exist. Run `facechain preprocess IMGS_DIR {folder}` first.")
+    from facechain.outputs import check_settled
+
+    check_settled(folder, "preprocess", "processed folder")
     if not meta.is_file():
         raise InputError(
             f"processed folder {folder} has no metadata.jsonl, so it holds no training photos. "
             f"Run `facechain preprocess IMGS_DIR {folder}` on the person's photos first."
         )
     examples = []
-    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text_lines = meta.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{meta} is not UTF-8 text ({exc}). Re-run preprocessing, or save the file as UTF-8.") from exc
+    for lineno, line in enumerate(text_lines, 1):
         if not line.strip():
             continue
         try:

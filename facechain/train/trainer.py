@@ -121,6 +121,19 @@ def _data_fingerprint(examples) -> str:
 def _check_output_dir(cfg: TrainConfig, out: Path) -> list[ckpt_io.Checkpoint]:
     existing = ckpt_io.list_checkpoints(out)
     if cfg.resume:
+        if not existing and (out / export.LORA_FILE).exists():
+            raise InputError(
+                f"--resume: output_dir {out} holds a finished run's {export.LORA_FILE} but no checkpoint to continue from, "
+                "so the run cannot be resumed (a new run here would replace that LoRA). Choose a new output folder."
+            )
+        if not existing and (out / CONFIG_FILE).is_file():  # killed before its first checkpoint: same settings only
+            import json
+
+            try:
+                saved = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise InputError(f"--resume: {out / CONFIG_FILE} is damaged ({exc}). Choose a new output folder.") from exc
+            _check_resume_config(cfg, saved, out / CONFIG_FILE)
         if not existing:
             logger.info("--resume: no checkpoint in %s yet; starting from step 0", out)
         return existing
@@ -136,7 +149,8 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model
                          model_now: str | None = None) -> None:
     """Refuse a resume whose settings differ. Paths are compared by what they point to: the base
     model by its files' fingerprint (so ./model and /abs/model are the same model, and another model
-    behind the same path is not), the data and output folders by their real paths."""
+    behind the same path is not), the photos by the data fingerprint (checked by the caller), and the
+    output folder is the one the checkpoint was found in (it may have moved)."""
     import os
 
     now = to_dict(cfg)
@@ -148,7 +162,11 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model
         )
 
     def same_target(k: str) -> bool:
-        if k == "base_model" and saved_model is not None:
+        if k == "output_dir":  # the checkpoint was found in it: the same folder, however it is spelled or moved
+            return True
+        if k == "train_data_dir":  # the photos and captions are checked by their own fingerprint
+            return True
+        if saved_model is not None:
             return saved_model == model_now
         a, b = saved.get(k), now[k]
         return a == b or (isinstance(a, str) and isinstance(b, str) and os.path.realpath(a) == os.path.realpath(b))
@@ -262,6 +280,8 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
         od = OutputDir.acquire(out, "train", allow_other_files=cfg.allow_other_files, what="output_dir")
         held.append(od)
     accelerator.wait_for_everyone()
+    if main:  # a user's file where the run's outputs go: refused now, not after the training
+        od.check_free([export.LORA_FILE, export.KOHYA_FILE, CONFIG_FILE, LOG_FILE])
     existing = _check_output_dir(cfg, out)
     device = accelerator.device
     weight_dtype = _weight_dtype(cfg.mixed_precision)
@@ -319,7 +339,13 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     if cfg.mixed_precision != "no":  # LoRA weights train in fp32; cast before any are loaded, so none are rounded
         cast_training_params(list(lora_models.values()), dtype=torch.float32)
     if cfg.init_lora and resume_from is None:  # a resumed run takes its weights from the checkpoint
-        lora, file_scale = export.read_lora_file(init_path, family, unet.config)
+        try:
+            lora, file_scale = export.read_lora_file(init_path, family, unet.config)
+        except FacechainError:
+            raise
+        except Exception as exc:
+            raise InputError(f"init LoRA {init_path} could not be read ({type(exc).__name__}: {str(exc)[:200]}). Check "
+                             "that it is a complete LoRA file (diffusers or kohya keys).") from exc
         ratio = file_scale / (cfg.alpha / cfg.rank)
         if abs(ratio - 1.0) > 1e-6:  # keep the file's update: up matrices absorb the alpha/rank difference
             logger.info("init LoRA %s: scale %g differs from alpha/rank %g; its up matrices are rescaled by %g",
@@ -370,6 +396,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
         start_step = state["step"]
         if main and log_path.exists():  # drop log rows of steps that will be run again
             write_jsonl(log_path, [r for r in read_jsonl(log_path) if r.get("step", 0) <= start_step])
+            od.record([LOG_FILE], logs=(LOG_FILE,))
         logger.info("resuming from %s at step %d of %d", resume_from.path.name, start_step, max_steps)
     elif main and log_path.exists():  # a fresh run in a folder whose earlier run left only its log
         od.remove([LOG_FILE])
