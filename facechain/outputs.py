@@ -157,6 +157,8 @@ class OutputDir:
         self.record_path = self.state / f"{command}.json"
         self._lock_fh = None
         self.files: dict[str, FileRecord] = {}
+        self.pending: dict | None = None
+        self.incomplete = False  # the last commit could not put every result in place
 
     # ------------------------------------------------------------------ open / close
 
@@ -179,6 +181,11 @@ class OutputDir:
         if od.state.is_symlink() or (od.state.exists() and not od.state.is_dir()):
             raise InputError(f"{what} {path}: {od.state} is not facechain's own folder (a link or a file). Remove it, or "
                              "choose another output folder.")
+        for sub in ("staging", "tmp"):
+            p = od.state / sub
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                raise InputError(f"{what} {path}: {p} is not facechain's own folder (a link or a file). Remove it, or "
+                                 "choose another output folder.")
         try:
             od.state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -219,6 +226,8 @@ class OutputDir:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 holder = _read_holder(lock_path)
                 fh.close()
+                if holder and _holder_gone(holder):  # the writer it names is gone: a reader holds it
+                    holder = {"reader": True}
                 raise OutputInUseError(_in_use_message(self.path, what, holder)) from None
             # no flock on this filesystem: a lock file whose pid is alive on this host is a live lock
             holder = _read_holder(lock_path)
@@ -245,6 +254,7 @@ class OutputDir:
             data = json.loads(self.record_path.read_text(encoding="utf-8"))
             self.files = _parse_files(data["files"])
             self.pending = _parse_pending(data.get("pending"))
+            self.incomplete = bool(data.get("incomplete", False))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON and UTF-8 errors are ValueErrors
             raise InputError(
                 f"{self.record_path} (facechain's record of what it wrote in {self.path}) is damaged ({type(exc).__name__}: "
@@ -258,12 +268,22 @@ class OutputDir:
         write_json(self.record_path, {
             "version": RECORD_VERSION, "command": self.command,
             "files": {k: v.to_dict() for k, v in sorted(self.files.items())}, "pending": self.pending,
+            "incomplete": self.incomplete,
         })
 
     def owns(self, rel: str) -> bool:
         """True when ``rel`` is recorded as this command's output and still is what was recorded."""
         rec = self.files.get(rel)
-        return rec is not None and rec.matches(self.path / rel)
+        return rec is not None and self._direct(rel) and rec.matches(self.path / rel)
+
+    def _direct(self, rel: str) -> bool:
+        """No folder on the way from the output folder to ``rel`` is a link (which could lead outside it)."""
+        p = self.path
+        for part in PurePosixPath(rel).parts[:-1]:
+            p = p / part
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                return False
+        return True
 
     def other_files(self, limit: int | None = None) -> list[str]:
         """Files (and symlinks) in the folder that this command did not record, by relative path."""
@@ -339,7 +359,8 @@ class OutputDir:
         if conflicts:
             shown = ", ".join(conflicts[:5]) + (", ..." if len(conflicts) > 5 else "")
             raise OutputConflictError(
-                f"{self.path} holds files that `facechain {self.command}` did not write under names its results need "
+                f"{self.path} holds files that `facechain {self.command}` did not write (or that changed since it wrote "
+                "them) under names its results need "
                 f"({shown}); they are left untouched. {note + ' ' if note else ''}Choose another output folder, or move "
                 "those files away and rerun."
             )
@@ -387,16 +408,18 @@ class OutputDir:
         old = dict(self.files)
         if skipped:
             logger.warning("%s: %d result(s) of an interrupted commit could not be put in place (%s); the previous outputs "
-                           "were kept", self.path, len(skipped), ", ".join(skipped[:3]))
+                           "were kept, and readers refuse the folder until the command runs there again", self.path,
+                           len(skipped), ", ".join(skipped[:3]))
         else:
             for rel, raw in pending["delete"].items():
                 self._delete_owned(rel, FileRecord.from_dict(raw))
-        if pending["replace"] and not skipped:
-            files = {}
-        else:
-            files = {rel: rec for rel, rec in old.items() if rel not in pending["files"] or rel in placed}
+        # old outputs this commit did not touch stay recorded; those it meant to delete or replace stay
+        # recorded only while they are still there as recorded (kept after a skip, or not deletable)
+        touched = set(pending["delete"]) | set(pending["files"])
+        files = {rel: rec for rel, rec in old.items() if rel not in placed and (rel not in touched or self.owns(rel))}
         files.update(placed)
         self.files = files
+        self.incomplete = bool(skipped)
         self.pending = None
         self._save_record()
         shutil.rmtree(stage, ignore_errors=True)  # inside .facechain: ours
@@ -404,11 +427,15 @@ class OutputDir:
     def _delete_owned(self, rel: str, rec: FileRecord) -> bool:
         """Delete ``rel`` if it is still the file we recorded; then its folders inside ours if empty."""
         p = self.path / rel
-        if not rec.matches(p):
+        if not self._direct(rel) or not rec.matches(p):
             if p.exists():
                 logger.info("%s was changed since facechain wrote it; it is left untouched", p)
             return False
-        p.unlink()
+        try:
+            p.unlink()
+        except OSError as exc:
+            logger.warning("could not delete %s, an output of an earlier run (%s); it is left in place", p, exc.strerror)
+            return False
         parent = p.parent
         while parent != self.path and self.path in parent.parents:
             try:
@@ -436,6 +463,15 @@ class OutputDir:
                 self.files[rel] = _record_of(p, log=rel in logs)
         self._save_record()
 
+    def rewrite_log(self, rel: str, data: bytes) -> None:
+        """Replace a log we own with ``data``, its own start (rows dropped from the end): the record
+        is updated first, so a kill at any point leaves a log that is still ours."""
+        from facechain.io import write_bytes
+
+        self.files[rel] = FileRecord(len(data), hashlib.sha256(data).hexdigest(), True)
+        self._save_record()
+        write_bytes(self.path / rel, data)
+
     def owned_under(self, prefix: str) -> list[str]:
         prefix = prefix.rstrip("/") + "/"
         return [rel for rel in self.files if rel.startswith(prefix)]
@@ -455,7 +491,7 @@ class OutputDir:
         keep = _pending_stages(self.state)  # another command's half-done commit still needs its staging folder
         for sub in ("staging", "tmp"):
             folder = self.state / sub
-            if folder.is_dir():
+            if folder.is_dir() and not folder.is_symlink():
                 for p in folder.iterdir():
                     if p.relative_to(self.state).as_posix() in keep:
                         continue
@@ -469,6 +505,26 @@ class OutputDir:
             swept += 1
         if swept:
             logger.info("%s: removed %d temporary item(s) left by an interrupted run", self.path, swept)
+
+
+def hold_for_reading(path, command: str, what: str):
+    """:func:`check_settled`, then keep a shared lock on the folder until the returned handle is
+    closed, so that no run of ``command`` can replace the folder's contents while it is read."""
+    check_settled(path, command, what)
+    lock = Path(path) / STATE_DIR / "lock"
+    if not lock.is_file() or lock.is_symlink():
+        return None
+    import fcntl
+
+    fh = open(lock, encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        fh.close()
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise OutputInUseError(_in_use_message(Path(path), what, _read_holder(lock))) from None
+        return None
+    return fh
 
 
 def check_settled(path, command: str, what: str) -> None:
@@ -489,7 +545,8 @@ def check_settled(path, command: str, what: str) -> None:
     record = state / f"{command}.json"
     if record.is_file():
         try:
-            pending = json.loads(record.read_text(encoding="utf-8")).get("pending")
+            data = json.loads(record.read_text(encoding="utf-8"))
+            pending = data.get("pending") or data.get("incomplete")
         except (OSError, ValueError, AttributeError):
             pending = None
         if pending:
@@ -515,9 +572,9 @@ def _parse_pending(raw) -> dict | None:
     if not isinstance(raw, dict):
         raise ValueError("'pending' is not a mapping")
     stage = raw["stage"]
-    if not (isinstance(stage, str) and len(PurePosixPath(stage).parts) == 2 and PurePosixPath(stage).parts[0] == "staging"
-            and _safe_rel(PurePosixPath(stage).parts[1])):
-        raise ValueError(f"staging folder {stage!r} is not inside staging/")
+    if not (isinstance(stage, str) and len(PurePosixPath(stage).parts) == 2
+            and PurePosixPath(stage).parts[0] in ("staging", "tmp") and _safe_rel(PurePosixPath(stage).parts[1])):
+        raise ValueError(f"staging folder {stage!r} is not inside staging/ or tmp/")
     into = raw["into"]
     if not (into == "" or _safe_rel(into)):
         raise ValueError(f"'into' {into!r} is outside the folder")
@@ -569,7 +626,9 @@ def _holder_gone(holder: dict) -> bool:
 
 
 def _in_use_message(path: Path, what: str, holder: dict | None) -> str:
-    if holder:
+    if holder and holder.get("reader"):
+        who = "a facechain run that is reading it (e.g. a training run reading its processed photos)"
+    elif holder:
         who = f"pid {holder.get('pid')} on {holder.get('host')} (facechain {holder.get('command')}, since {holder.get('started')})"
     else:
         who = "another facechain run"

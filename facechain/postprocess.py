@@ -93,7 +93,7 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
     if report_path.is_file():
         try:
             entries = _report_entries(json.loads(report_path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8
             logger.warning("%s is not valid JSON; measuring photo quality instead", report_path)
             entries = []
         kept = [e for e in entries if e.get("status") == "kept" and isinstance(e.get("output"), str) and e.get("output")

@@ -404,9 +404,15 @@ def test_train_output_folder_cases_found_by_review(tiny_sd15, tmp_path):
     shutil.copytree(done, tmp_path / "nock")
     shutil.rmtree(tmp_path / "nock" / "checkpoints")
     lora = (tmp_path / "nock" / "pytorch_lora_weights.safetensors").read_bytes()
-    with pytest.raises(InputError, match="finished run's pytorch_lora_weights.safetensors but no checkpoint"):
+    with pytest.raises(InputError, match="finished run's final LoRA .* but no checkpoint"):
         train(_tcfg(tiny_sd15, data, tmp_path / "nock", resume=True, rank=8), progress=False)
     assert (tmp_path / "nock" / "pytorch_lora_weights.safetensors").read_bytes() == lora
+    (tmp_path / "nock" / "pytorch_lora_weights.safetensors").unlink()  # only the kohya file is left
+    kohya = (tmp_path / "nock" / "pytorch_lora_weights_kohya.safetensors").read_bytes()
+    for resume in (True, False):
+        with pytest.raises(InputError, match="final LoRA"):
+            train(_tcfg(tiny_sd15, data, tmp_path / "nock", resume=resume), progress=False)
+    assert (tmp_path / "nock" / "pytorch_lora_weights_kohya.safetensors").read_bytes() == kohya
     # a damaged checkpoint is named, not a traceback
     shutil.copytree(done, tmp_path / "dmg")
     (tmp_path / "dmg" / "checkpoints" / "step-000002" / "state.json").write_text("{garbage")
@@ -506,3 +512,22 @@ def test_stylize_out_that_is_a_file_and_style_folder_are_clear_errors(tmp_path, 
     assert main(["stylize", "--model", "none", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "c.png"),
                  "--cache-dir", str(tmp_path / "o" / "cache"), "--out", str(tmp_path / "o")]) == 1
     assert "--cache-dir" in capsys.readouterr().err and (tmp_path / "o" / "prev.png").is_file()
+
+
+def test_resume_compares_paths_by_what_they_point_to():
+    from pathlib import Path as P
+
+    from facechain.config import to_dict
+    from facechain.train import TrainConfig
+    from facechain.train.trainer import _check_resume_config
+
+    now = TrainConfig(base_model="/abs/m", train_data_dir="/abs/p", output_dir="/abs/o", init_lora="/abs/l.safetensors")
+    saved = to_dict(TrainConfig(base_model="m", train_data_dir="p", output_dir="o", init_lora="l.safetensors"))
+    _check_resume_config(now, saved, P("ckpt"), "model-A", "model-A", saved_init="lora-A", init_now="lora-A")
+    with pytest.raises(InputError, match="init_lora"):
+        _check_resume_config(now, saved, P("ckpt"), "model-A", "model-A", saved_init="lora-A", init_now="lora-B")
+    with pytest.raises(InputError, match="base model's files changed"):
+        _check_resume_config(now, saved, P("ckpt"), "model-A", "model-B", saved_init="lora-A", init_now="lora-A")
+    _check_resume_config(now, saved, P("train_config.json"), config_only=True)  # nothing trained yet: paths may differ
+    with pytest.raises(InputError, match="rank: 8 -> 4"):
+        _check_resume_config(now, {**saved, "rank": 8}, P("train_config.json"), config_only=True)

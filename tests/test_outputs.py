@@ -387,3 +387,104 @@ def test_reading_a_folder_mid_run_or_mid_commit_is_refused(tmp_path, hold_lock):
     _killed_commit(tmp_path / "half")
     with pytest.raises(InputError, match="stopped while it was replacing its outputs"):
         check_settled(tmp_path / "half", "preprocess", "processed folder")
+
+
+def test_a_checkpoint_commit_killed_halfway_is_completed(tmp_path):
+    """Checkpoints are assembled in tmp/ (every process writes its part there) and committed into
+    checkpoints/step-N: a kill in the middle is completed by the next run, which can then resume."""
+    out = tmp_path / "out"
+    code = textwrap.dedent(f"""
+        import os
+        from facechain.outputs import OutputDir
+        od = OutputDir.acquire({str(out)!r}, "train")
+        stage = od.tmp() / "checkpoint-step-000002"
+        stage.mkdir()
+        for name in ("lora.safetensors", "optimizer.safetensors", "state.json"):
+            (stage / name).write_bytes(name.encode())
+        real = os.replace
+        def replace(a, b):
+            real(a, b)
+            os._exit(9)
+        os.replace = replace
+        od.commit(stage, replace=False, into="checkpoints/step-000002")
+    """)
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    with OutputDir.open(out, "train") as od:
+        assert od.pending is None and len(od.owned_under("checkpoints/step-000002")) == 3
+    assert (out / "checkpoints" / "step-000002" / "state.json").read_bytes() == b"state.json"
+
+
+def test_a_commit_completed_without_every_file_leaves_the_folder_unsettled(tmp_path):
+    from facechain.outputs import check_settled
+
+    out = tmp_path / "out"
+    _killed_commit(out)
+    (out / "001.png").write_bytes(b"the user's")
+    with OutputDir.open(out, "preprocess", allow_other_files=True):
+        pass
+    with pytest.raises(InputError, match="stopped while it was replacing its outputs"):
+        check_settled(out, "preprocess", "processed folder")
+    with OutputDir.open(out, "preprocess", allow_other_files=True) as od:  # a complete run settles it again
+        commit_files(od, {"000.png": b"a", "report.json": b"{}"})
+    check_settled(out, "preprocess", "processed folder")
+
+
+def test_linked_staging_folders_and_linked_record_paths_are_never_followed(tmp_path):
+    victim = tmp_path / "victim"
+    (victim / "a").mkdir(parents=True)
+    (victim / "a" / "secret.txt").write_text("precious")
+    for sub in ("staging", "tmp"):
+        out = tmp_path / f"out_{sub}"
+        (out / STATE_DIR).mkdir(parents=True)
+        (out / STATE_DIR / sub).symlink_to(victim)
+        with pytest.raises(InputError, match="not facechain's own folder"):
+            OutputDir.acquire(out, "preprocess")
+    assert (victim / "a" / "secret.txt").read_text() == "precious"
+    # a record entry that leads through a linked folder is not ours to delete
+    out = tmp_path / "out"
+    with OutputDir.open(out, "preprocess") as od:
+        commit_files(od, {"000.png": b"x"})
+    (out / "link").symlink_to(victim)
+    rec = json.loads((out / STATE_DIR / "preprocess.json").read_text())
+    import hashlib
+
+    rec["files"]["link/a/secret.txt"] = {"size": 8, "sha256": hashlib.sha256(b"precious").hexdigest(), "log": False}
+    (out / STATE_DIR / "preprocess.json").write_text(json.dumps(rec))
+    with OutputDir.open(out, "preprocess", allow_other_files=True) as od:
+        assert not od.owns("link/a/secret.txt")
+        commit_files(od, {"000.png": b"y"})
+    assert (victim / "a" / "secret.txt").read_text() == "precious"
+
+
+def test_a_log_rewrite_killed_before_the_write_leaves_the_log_ours(tmp_path, monkeypatch):
+    import facechain.io
+
+    out = tmp_path / "out"
+    with OutputDir.open(out, "train") as od:
+        (out / "train_log.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+        od.record(["train_log.jsonl"], logs=("train_log.jsonl",))
+
+        def killed(*a, **k):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(facechain.io, "write_bytes", killed)
+        with pytest.raises(KeyboardInterrupt):
+            od.rewrite_log("train_log.jsonl", b'{"step": 1}\n')
+    with OutputDir.open(out, "train") as od:
+        assert od.owns("train_log.jsonl")
+
+
+def test_a_folder_being_read_cannot_be_replaced(tmp_path):
+    from facechain.outputs import hold_for_reading
+
+    out = tmp_path / "p"
+    with OutputDir.open(out, "preprocess") as od:
+        commit_files(od, {"000.png": b"x"})
+    reading = hold_for_reading(out, "preprocess", "processed folder")
+    try:
+        with pytest.raises(OutputInUseError, match="is in use by"):
+            OutputDir.acquire(out, "preprocess")
+    finally:
+        reading.close()
+    with OutputDir.open(out, "preprocess"):
+        pass

@@ -58,13 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: nothing of this run was committed, earlier results in its output folder are as they were "
-              "(a training run keeps its checkpoints: rerun with --resume).", file=sys.stderr)
+        print("interrupted. Earlier results in the output folder are kept; if this run had begun swapping in its new "
+              "results, the next run of the same command there completes that swap. A training run keeps its "
+              "checkpoints: rerun with --resume.", file=sys.stderr)
         return 130
     except OSError as exc:  # the disk, permissions, a vanished file: one line, the traceback with -v
         if args.verbose:
             raise
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"error: {exc.strerror or exc}{where}. Earlier results in the output folder were not changed by this run; "
-              "fix the cause (disk space, permissions) and rerun. Add -v for details.", file=sys.stderr)
+        print(f"error: {exc.strerror or exc}{where}. Fix the cause (disk space, permissions) and rerun: earlier results "
+              "are kept, and a swap of results this run had begun is completed by the next run. Add -v for details.",
+              file=sys.stderr)
         return 1

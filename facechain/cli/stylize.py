@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,8 @@ def run(args) -> int:
     check_writable_folder(Path(args.out), "--out")
     inputs = [("--content", args.content), ("--content-mask", args.content_mask), ("--style-mask", args.style_mask)]
     for what, path in inputs + [("--style", s) for s in args.style]:
-        if path is not None and same_or_nested(Path(path).parent, Path(args.out)) in ("the same folder as", "inside"):
+        if path is not None and same_or_nested(Path(os.path.realpath(path)).parent, Path(args.out)) in (
+                "the same folder as", "inside"):
             raise InputError(f"{what} {path} is inside --out {args.out}, whose previous results a new run replaces. Copy "
                              "the image out of that folder first, or choose another --out.")
     if cfg.cache_dir and same_or_nested(Path(cfg.cache_dir), Path(args.out)):

@@ -61,7 +61,11 @@ def subject_from_metadata(processed_dir: Path | None, trigger_word: str) -> tupl
         raise InputError(
             f"processed_dir {processed_dir} has no metadata.jsonl. Pass the output folder of `facechain preprocess`."
         )
-    texts = [str(r.get("text", "")).strip() for r in read_jsonl(meta) if r.get("text")]
+    try:
+        rows = read_jsonl(meta)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{meta} is not UTF-8 text ({exc}). Re-run preprocessing on this folder.") from exc
+    texts = [r["text"].strip() for r in rows if isinstance(r, dict) and isinstance(r.get("text"), str) and r["text"].strip()]
     if not texts:
         raise InputError(f"{meta} holds no captions ('text' fields). Re-run preprocessing on this folder.")
     caption = Counter(texts).most_common(1)[0][0]

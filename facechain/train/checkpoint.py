@@ -83,7 +83,10 @@ def read_rng(ckpt: Path, gen: torch.Generator, process_index: int) -> None:
             f"--resume: checkpoint {ckpt} holds no random state for process {process_index}: it was written by a run "
             "with fewer processes. Resume with the same number of processes (accelerate config) as the original run."
         )
-    gen.set_state(load_file(str(path))["cpu_generator"])
+    try:
+        gen.set_state(load_file(str(path))["cpu_generator"])
+    except Exception as exc:
+        raise _damaged(ckpt, exc) from exc
 
 
 def optimizer_to_safetensors(opt_state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -128,6 +131,9 @@ def read_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
 
     try:
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        missing = [k for k in ("step", "config", "lr_scheduler", "optimizer_param_groups") if k not in state]
+        if missing:
+            raise KeyError(f"state.json lacks {missing}")
         lora = load_file(str(ckpt / "lora.safetensors"))
         opt = optimizer_from_safetensors(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer_param_groups"])
     except Exception as exc:  # JSON, missing file, truncated safetensors, wrong layout

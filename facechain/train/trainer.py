@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from facechain.config import save_config, to_dict
 from facechain.errors import FacechainError, InputError
-from facechain.io import append_jsonl, read_jsonl, write_jsonl
+from facechain.io import append_jsonl, read_jsonl
 from facechain.train import checkpoint as ckpt_io
 from facechain.train import export
 from facechain.train.config import RESUME_MUTABLE, RESUME_SAME_TARGET, TrainConfig
@@ -121,9 +121,10 @@ def _data_fingerprint(examples) -> str:
 def _check_output_dir(cfg: TrainConfig, out: Path) -> list[ckpt_io.Checkpoint]:
     existing = ckpt_io.list_checkpoints(out)
     if cfg.resume:
-        if not existing and (out / export.LORA_FILE).exists():
+        if not existing and ((out / export.LORA_FILE).exists() or (out / export.KOHYA_FILE).exists()):
             raise InputError(
-                f"--resume: output_dir {out} holds a finished run's {export.LORA_FILE} but no checkpoint to continue from, "
+                f"--resume: output_dir {out} holds a finished run's final LoRA ({export.LORA_FILE} or the kohya file) "
+                "but no checkpoint to continue from, "
                 "so the run cannot be resumed (a new run here would replace that LoRA). Choose a new output folder."
             )
         if not existing and (out / CONFIG_FILE).is_file():  # killed before its first checkpoint: same settings only
@@ -133,20 +134,21 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> list[ckpt_io.Checkpoint]:
                 saved = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
             except ValueError as exc:
                 raise InputError(f"--resume: {out / CONFIG_FILE} is damaged ({exc}). Choose a new output folder.") from exc
-            _check_resume_config(cfg, saved, out / CONFIG_FILE)
+            _check_resume_config(cfg, saved, out / CONFIG_FILE, config_only=True)
         if not existing:
             logger.info("--resume: no checkpoint in %s yet; starting from step 0", out)
         return existing
-    if existing or (out / export.LORA_FILE).exists():
+    if existing or (out / export.LORA_FILE).exists() or (out / export.KOHYA_FILE).exists():
         raise InputError(
-            f"output_dir {out} already holds a training run (checkpoints or {export.LORA_FILE}). "
+            f"output_dir {out} already holds a training run (checkpoints or a final LoRA). "
             "Pass --resume to continue it, or choose an empty output folder."
         )
     return existing
 
 
 def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model: str | None = None,
-                         model_now: str | None = None) -> None:
+                         model_now: str | None = None, config_only: bool = False, saved_init: str | None = None,
+                         init_now: str | None = None) -> None:
     """Refuse a resume whose settings differ. Paths are compared by what they point to: the base
     model by its files' fingerprint (so ./model and /abs/model are the same model, and another model
     behind the same path is not), the photos by the data fingerprint (checked by the caller), and the
@@ -162,17 +164,21 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model
         )
 
     def same_target(k: str) -> bool:
+        if config_only:  # killed before its first checkpoint: nothing trained yet, paths may be spelled anew
+            return True
+        if k == "init_lora" and saved_init is not None:
+            return saved_init == init_now
         if k == "output_dir":  # the checkpoint was found in it: the same folder, however it is spelled or moved
             return True
         if k == "train_data_dir":  # the photos and captions are checked by their own fingerprint
             return True
-        if saved_model is not None:
+        if k == "base_model" and saved_model is not None:
             return saved_model == model_now
         a, b = saved.get(k), now[k]
         return a == b or (isinstance(a, str) and isinstance(b, str) and os.path.realpath(a) == os.path.realpath(b))
 
     diff = sorted(k for k in now if k not in RESUME_MUTABLE and saved.get(k) != now[k]
-                  and not (k in RESUME_SAME_TARGET and same_target(k)))
+                  and not (k in (*RESUME_SAME_TARGET, "init_lora") and same_target(k)))
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
         raise InputError(
@@ -257,7 +263,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     from diffusers.training_utils import cast_training_params
     from tqdm.auto import tqdm
 
-    from facechain.models import load_pipeline, model_fingerprint, resolve_model, resolve_weights_file
+    from facechain.models import ResolvedModel, load_pipeline, model_fingerprint, resolve_model, resolve_weights_file
 
     # ---- inputs first: data, output folder, init LoRA, model
     examples = load_processed(cfg.train_data_dir)
@@ -279,9 +285,23 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
 
         od = OutputDir.acquire(out, "train", allow_other_files=cfg.allow_other_files, what="output_dir")
         held.append(od)
+        from types import SimpleNamespace
+
+        from facechain.outputs import hold_for_reading
+
+        reading = hold_for_reading(cfg.train_data_dir, "preprocess", "processed folder")  # no preprocessing run
+        if reading is not None:                                                           # replaces it meanwhile
+            held.append(SimpleNamespace(release=reading.close))
     accelerator.wait_for_everyone()
     if main:  # a user's file where the run's outputs go: refused now, not after the training
-        od.check_free([export.LORA_FILE, export.KOHYA_FILE, CONFIG_FILE, LOG_FILE])
+        planned = sorted({s for s in range(cfg.checkpointing_steps, cfg.num_steps(len(examples)) + 1, cfg.checkpointing_steps)}
+                         | {cfg.num_steps(len(examples))})
+        ckpt_files = ["lora.safetensors", "optimizer.safetensors", "state.json",
+                      *[f"rng-{i}.safetensors" for i in range(accelerator.num_processes)],
+                      *[f"validation_{i}.png" for i in range(cfg.num_validation_images)]]
+        planned = [s for s in planned if not ckpt_io.checkpoint_dir(out, s).is_dir()]  # existing ones: checked on resume
+        od.check_free([export.LORA_FILE, export.KOHYA_FILE, CONFIG_FILE, LOG_FILE]
+                      + [f"{ckpt_io.checkpoint_dir(Path(), s).as_posix()}/{f}" for s in planned for f in ckpt_files])
     existing = _check_output_dir(cfg, out)
     device = accelerator.device
     weight_dtype = _weight_dtype(cfg.mixed_precision)
@@ -291,9 +311,11 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     resume_from = existing[-1] if cfg.resume and existing else None
     fingerprint = _data_fingerprint(examples)
     model_id = model_fingerprint(resolved)
+    init_id = model_fingerprint(ResolvedModel(init_path, "single_file", resolved.family, str(init_path))) if init_path else None
     if resume_from is not None:
         saved = ckpt_io.read_state(resume_from.path)[0]
-        _check_resume_config(cfg, saved["config"], resume_from.path, saved.get("model_fingerprint"), model_id)
+        _check_resume_config(cfg, saved["config"], resume_from.path, saved.get("model_fingerprint"), model_id,
+                             saved_init=saved.get("init_lora_fingerprint"), init_now=init_id)
         if saved.get("data") != fingerprint:
             raise InputError(
                 f"--resume: the photos or captions in {cfg.train_data_dir} changed since {resume_from.path} was written, "
@@ -394,9 +416,11 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
         lr_scheduler.scheduler.load_state_dict({**lr_scheduler.scheduler.state_dict(), **state["lr_scheduler"]})
         ckpt_io.read_rng(resume_from.path, gen, accelerator.process_index)
         start_step = state["step"]
-        if main and log_path.exists():  # drop log rows of steps that will be run again
-            write_jsonl(log_path, [r for r in read_jsonl(log_path) if r.get("step", 0) <= start_step])
-            od.record([LOG_FILE], logs=(LOG_FILE,))
+        if main and log_path.exists():  # drop log rows of steps that will be run again (they end the log)
+            import json
+
+            rows = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start_step]
+            od.rewrite_log(LOG_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
         logger.info("resuming from %s at step %d of %d", resume_from.path.name, start_step, max_steps)
     elif main and log_path.exists():  # a fresh run in a folder whose earlier run left only its log
         od.remove([LOG_FILE])
@@ -455,7 +479,8 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
         if step % cfg.checkpointing_steps == 0 or step == max_steps:
             scores[step] = _checkpoint(cfg, accelerator, od, out, step, lora_models, optimizer, lr_scheduler, gen,
                                        scorer, pipe, prompt, log_path, {"config": to_dict(cfg), "model": resolved.to_dict(),
-                                                                        "model_fingerprint": model_id, "data": fingerprint})
+                                                                        "model_fingerprint": model_id, "init_lora_fingerprint": init_id,
+                                                                        "data": fingerprint})
     bar.close()
     accelerator.wait_for_everyone()
 
