@@ -266,6 +266,7 @@ def test_single_file_checkpoint_loads_and_trains(tiny_sd15, processed, tmp_path)
     assert art.family == "sd15" and art.lora_path.is_file() and art.selected_steps == [2]
 
 
+@pytest.mark.slow
 def test_sdxl_two_steps_and_kohya_matches(tiny_sdxl, processed, tmp_path):
     from safetensors.torch import load_file
 
@@ -322,6 +323,7 @@ def test_init_lora_is_not_rounded_under_bf16(tiny_sd15, processed, trained_sd15,
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_final_lora_follows_likeness_scores(tiny_sd15, processed, tmp_path, monkeypatch):
     """Known scores per checkpoint (steps 1, 2, 3 -> 0.2, 0.9, 0.5): the final LoRA is step 2's,
     and with ensemble_top_k=2 the mean of steps 2 and 3."""

@@ -99,9 +99,15 @@ def test_train_lora_sh_usage_and_failed_preprocessing(tmp_path):
     assert proc.returncode == 1 and "no training was run" in proc.stderr
     assert not (tmp_path / "o").exists()
 
-    # a trainer error is one clear line, not followed by the launcher's traceback
+
+@pytest.mark.slow
+def test_train_lora_sh_trainer_error_is_one_line(tmp_path):
+    """A trainer error is one clear line, not followed by the launcher's traceback."""
+    from PIL import Image
+
     from facechain import samples
 
+    (tmp_path / "imgs").mkdir()
     Image.fromarray(samples.astronaut()).save(tmp_path / "imgs" / "me.png")
     proc = subprocess.run(["sh", str(SCRIPT), str(tmp_path / "no_model"), "", "", str(tmp_path / "imgs"), str(tmp_path / "p"),
                            str(tmp_path / "o")], env=_env(), capture_output=True, text=True, timeout=300)
