@@ -410,13 +410,13 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(resolved: ResolvedModel) -> str:
-    """An identity of the model's files: their relative paths, sizes and (sampled) sha256. The same
-    model reached through another path (absolute vs relative, a symlink) has the same fingerprint;
-    another model placed behind the same path has a different one."""
+def files_fingerprint(path: str | os.PathLike) -> str:
+    """An identity of a file or folder's files: their relative paths, sizes and (sampled) sha256.
+    The same files reached through another path (absolute vs relative, a symlink) have the same
+    fingerprint; other files placed behind the same path have a different one."""
     import hashlib
 
-    root = Path(resolved.path)
+    root = Path(path)
     files = [root] if root.is_file() else sorted(
         p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
     h = hashlib.sha256()
@@ -424,3 +424,8 @@ def model_fingerprint(resolved: ResolvedModel) -> str:
         rel = "" if root.is_file() else p.relative_to(root).as_posix()
         h.update(rel.encode() + b"\0" + _file_digest(p).encode() + b"\n")
     return h.hexdigest()
+
+
+def model_fingerprint(resolved: ResolvedModel) -> str:
+    """:func:`files_fingerprint` of the model's folder or checkpoint file."""
+    return files_fingerprint(resolved.path)

@@ -93,7 +93,7 @@ def named_poses(folder: Path = POSES_DIR) -> list[str]:
 POSE_MAX_MEGAPIXELS = 50.0
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     from facechain.preprocess.errors import PhotoRejected
     from facechain.preprocess.load import load_photo
 
@@ -127,7 +127,7 @@ def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: s
                 f"pose '{ref}' is neither an image file nor a pose name. Shipped poses: {named_poses()}; "
                 "or pass the path of an OpenPose skeleton map or a photo."
             )
-    image = _read_rgb(path)
+    image = read_image(path)
     photo = None
     if is_pose_map(image):
         pose = image

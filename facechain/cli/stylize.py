@@ -116,9 +116,9 @@ def run(args) -> int:
 
     cfg = build_config(args)
     get_method(cfg.method)  # unknown method: fail before loading the model
-    for what, path in [("--content", args.content), ("--content-mask", args.content_mask), ("--style-mask", args.style_mask)] + [
-        ("--style", s) for s in args.style
-    ]:
+    inputs = [("--content", args.content), ("--content-mask", args.content_mask), ("--style-mask", args.style_mask),
+              *[("--style", s) for s in args.style]]
+    for what, path in inputs:
         if path is not None and Path(path).is_dir():
             raise InputError(f"{what} {path} is a folder, not an image file. Pass image files (several --style files "
                              f"may follow one flag, e.g. --style {Path(path) / '*.png'}).")
@@ -127,8 +127,7 @@ def run(args) -> int:
     from facechain.outputs import OutputDir, check_writable_folder, same_or_nested
 
     check_writable_folder(Path(args.out), "--out")
-    inputs = [("--content", args.content), ("--content-mask", args.content_mask), ("--style-mask", args.style_mask)]
-    for what, path in inputs + [("--style", s) for s in args.style]:
+    for what, path in inputs:
         if path is not None and same_or_nested(Path(os.path.realpath(path)).parent, Path(args.out)) in (
                 "the same folder as", "inside"):
             raise InputError(f"{what} {path} is inside --out {args.out}, whose previous results a new run replaces. Copy "

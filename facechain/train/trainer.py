@@ -263,7 +263,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     from diffusers.training_utils import cast_training_params
     from tqdm.auto import tqdm
 
-    from facechain.models import ResolvedModel, load_pipeline, model_fingerprint, resolve_model, resolve_weights_file
+    from facechain.models import files_fingerprint, load_pipeline, model_fingerprint, resolve_model, resolve_weights_file
 
     # ---- inputs first: data, output folder, init LoRA, model
     examples = load_processed(cfg.train_data_dir)
@@ -294,8 +294,8 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
             held.append(SimpleNamespace(release=reading.close))
     accelerator.wait_for_everyone()
     if main:  # a user's file where the run's outputs go: refused now, not after the training
-        planned = sorted({s for s in range(cfg.checkpointing_steps, cfg.num_steps(len(examples)) + 1, cfg.checkpointing_steps)}
-                         | {cfg.num_steps(len(examples))})
+        last = cfg.num_steps(len(examples))
+        planned = sorted({*range(cfg.checkpointing_steps, last + 1, cfg.checkpointing_steps), last})
         ckpt_files = ["lora.safetensors", "optimizer.safetensors", "state.json",
                       *[f"rng-{i}.safetensors" for i in range(accelerator.num_processes)],
                       *[f"validation_{i}.png" for i in range(cfg.num_validation_images)]]
@@ -311,7 +311,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     resume_from = existing[-1] if cfg.resume and existing else None
     fingerprint = _data_fingerprint(examples)
     model_id = model_fingerprint(resolved)
-    init_id = model_fingerprint(ResolvedModel(init_path, "single_file", resolved.family, str(init_path))) if init_path else None
+    init_id = files_fingerprint(init_path) if init_path else None
     if resume_from is not None:
         saved = ckpt_io.read_state(resume_from.path)[0]
         _check_resume_config(cfg, saved["config"], resume_from.path, saved.get("model_fingerprint"), model_id,
