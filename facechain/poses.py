@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from facechain.errors import InputError, ModelNotFoundError
+from facechain.images import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -89,20 +90,6 @@ def named_poses(folder: Path = POSES_DIR) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.png")) if folder.is_dir() else []
 
 
-# Pose maps and photos are read with the photo loader's decompression-bomb guard.
-POSE_MAX_MEGAPIXELS = 50.0
-
-
-def read_image(path: Path) -> np.ndarray:
-    from facechain.preprocess.errors import PhotoRejected
-    from facechain.preprocess.load import load_photo
-
-    try:
-        return load_photo(path, POSE_MAX_MEGAPIXELS)
-    except PhotoRejected as exc:
-        raise InputError(f"pose image {path} cannot be used: {exc.detail}.") from exc
-
-
 def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: str = "lllyasviel/Annotators",
               allow_pickle: bool = False):
     """Return (pose map RGB uint8 at ``size`` (w, h), or as drawn when ``size`` is None; source photo RGB or None).
@@ -127,7 +114,7 @@ def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: s
                 f"pose '{ref}' is neither an image file nor a pose name. Shipped poses: {named_poses()}; "
                 "or pass the path of an OpenPose skeleton map or a photo."
             )
-    image = read_image(path)
+    image = read_image(path, "pose image")
     photo = None
     if is_pose_map(image):
         pose = image

@@ -24,6 +24,7 @@ import numpy as np
 from facechain.errors import FacechainError, InputError
 from facechain.face import Face, FaceAnalyzer, similarity
 from facechain.face.fusion import FusionMethod
+from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image, sharpness
 from facechain.io import save_image
 
 logger = logging.getLogger(__name__)
@@ -51,20 +52,6 @@ class Scored:
     faces: int | None = None
     face_size: float | None = None
     extra: dict = field(default_factory=dict)
-
-
-def _sharpness(gray: np.ndarray) -> float:
-    """Variance of the Laplacian (Pertuz et al. 2013, focus measure LAP4): higher is sharper."""
-    import cv2
-
-    return float(cv2.Laplacian(np.asarray(gray, dtype=np.float64), cv2.CV_64F).var())
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def _report_entries(report: object) -> list[dict]:
@@ -112,14 +99,14 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
         if not files:
             raise InputError(f"processed_dir {folder} holds no processed photos (NNN.png). Re-run preprocessing.")
         for p in files:
-            img = _read_rgb(p)
+            img = read_image(p, "processed photo", max_megapixels=PHOTO_MAX_MEGAPIXELS)
             found = analyzer.detect(img, max_faces=1)
             if not found:
                 continue
             f = found[0]
             x1, y1, x2, y2 = [int(v) for v in np.clip(f.bbox, 0, [img.shape[1], img.shape[0]] * 2)]
-            gray = np.asarray(img[y1:y2, x1:x2].mean(axis=2), dtype=np.float32)
-            ranked.append((float(f.score) * _sharpness(gray) if gray.size else 0.0, p))
+            crop = img[y1:y2, x1:x2]
+            ranked.append((float(f.score) * sharpness(crop) if crop.size else 0.0, p))
             faces[p] = (img, f)
         ranked.sort(key=lambda t: -t[0])
         how = "detector score x face sharpness, measured"
@@ -129,7 +116,7 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
         else:
             if not path.is_file():
                 continue
-            img = _read_rgb(path)
+            img = read_image(path, "processed photo", max_megapixels=PHOTO_MAX_MEGAPIXELS)
             found = analyzer.detect(img, max_faces=1)
             if not found:
                 continue

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from facechain.errors import MissingDependencyError
+from facechain.images import read_image
 
 
 def astronaut() -> np.ndarray:
@@ -35,7 +36,7 @@ def insightface_image(name: str) -> np.ndarray:
     path = insightface_images_dir() / name
     if not path.is_file():
         raise MissingDependencyError(f"insightface sample image {path} is missing; reinstall insightface")
-    return np.asarray(Image.open(path).convert("RGB"))
+    return read_image(path, "insightface sample image")
 
 
 def group_photo() -> np.ndarray:

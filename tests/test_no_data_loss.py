@@ -154,7 +154,7 @@ def test_folder_named_like_a_photo_and_a_small_face_are_reported(tmp_path, sampl
 def test_heic_photos_are_read(tmp_path, sample_photos):
     import pillow_heif
 
-    from facechain.preprocess.load import load_photo
+    from facechain.images import load_photo
 
     heif = pillow_heif.from_pillow(Image.fromarray(sample_photos.astronaut()))
     heif.save(tmp_path / "me.heic", quality=90)
@@ -269,9 +269,10 @@ def test_generate_bad_inputs_are_clear_errors_before_anything_is_written(tiny_sd
 
 
 def test_pose_image_over_the_megapixel_limit_is_a_clear_error(tmp_path):
-    from facechain.poses import POSE_MAX_MEGAPIXELS, load_pose
+    from facechain.images import INPUT_MAX_MEGAPIXELS
+    from facechain.poses import load_pose
 
-    side = int((POSE_MAX_MEGAPIXELS * 1e6) ** 0.5) + 100
+    side = int((INPUT_MAX_MEGAPIXELS * 1e6) ** 0.5) + 100
     Image.new("RGB", (side, side)).save(tmp_path / "huge.png")
     with pytest.raises(InputError, match="pose image .*huge.png cannot be used: .*megapixel"):
         load_pose(str(tmp_path / "huge.png"), (64, 64))
@@ -339,7 +340,7 @@ def test_processed_folder_problems_are_clear_errors(tmp_path):
         load_processed(data)
     (data / "001.png").write_text("not an image")
     meta.write_text(json.dumps({"file_name": "001.png", "text": "x"}) + "\n")
-    with pytest.raises(InputError, match="001.png .*is not a readable image"):
+    with pytest.raises(InputError, match="001.png .*is not a usable image"):
         load_processed(data)
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from facechain.face.align import CROP_SCALE, FACE_CENTER_X, FACE_CENTER_Y
 from facechain.preprocess import NoPhotosKept, PreprocessConfig, preprocess
-from facechain.preprocess.load import load_photo
+from facechain.images import load_photo
 
 CFG = PreprocessConfig(backend="dlib", mask="landmarks")
 
@@ -123,11 +123,11 @@ def test_blurry_and_small_rejected(tmp_path, sample_photos):
 
 def test_megapixel_guard_is_ours(tmp_path):
     """The configured limit decides, not PIL's 89 MP warning."""
-    from facechain.preprocess.errors import PhotoRejected
+    from facechain.images import ImageRejected
 
     p = tmp_path / "big.png"
     Image.new("L", (10000, 9500)).save(p)  # 95 MP
-    with pytest.raises(PhotoRejected, match="over the 90 MP limit"):
+    with pytest.raises(ImageRejected, match="over the 90 MP limit"):
         load_photo(p, max_megapixels=90)
     assert load_photo(p, max_megapixels=150).shape == (9500, 10000, 3)
 
@@ -189,6 +189,6 @@ def test_retouch_smooths_skin_only(sample_photos, dlib_analyzer):
     # far outside the face nothing changes
     assert (out[:, 400:] == a[:, 400:]).all() and (out[y1 + 40:] == a[y1 + 40:]).all()
     # inside the face, fine texture drops (the Laplacian's variance)
-    from facechain.preprocess.quality import laplacian_variance
+    from facechain.images import sharpness as laplacian_variance
 
     assert laplacian_variance(out[y0:y1, x0:x1]) < laplacian_variance(a[y0:y1, x0:x1])

@@ -233,9 +233,9 @@ class PortraitGenerator:
         scales = [cfg.pose_weight]
         if cfg.depth:
             if cfg.depth_image is not None:
-                from facechain.poses import read_image
+                from facechain.images import read_image
 
-                depth = read_image(Path(cfg.depth_image))
+                depth = read_image(cfg.depth_image, "depth_image")
             else:  # a photo: check_control_inputs refused a skeleton map without depth_image
                 depth = estimate_depth(photo, cfg.depth_estimator, cfg.allow_pickle)
             nets.append(_load_controlnet(cfg.controlnet_depth or DEFAULT_DEPTH_CONTROLNET[self.family], self.dtype,

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from facechain.errors import InputError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif")
 
 
 @dataclass

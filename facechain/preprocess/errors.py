@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from facechain.errors import FacechainError
+from facechain.images import ImageRejected
 
 
-class PhotoRejected(Exception):
-    """One photo is not usable. ``code`` is a stable short reason; ``detail`` says the measurement."""
-
-    def __init__(self, code: str, detail: str, scores: dict | None = None):
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
-        self.scores = scores or {}
+class PhotoRejected(ImageRejected):
+    """One photo is not usable (an unreadable file is an :class:`ImageRejected` from the image
+    reader; a photo without a usable face is this). ``code`` is a stable short reason; ``detail``
+    says the measurement."""
 
 
 class NoPhotosKept(FacechainError):

@@ -34,14 +34,14 @@ from facechain.face import get_analyzer
 from facechain.face.align import portrait_crop_transform, warp_crop
 from facechain.face.segment import head_mask, whiten_background
 from facechain.face.types import Face, FaceAnalyzer
+from facechain.images import IMAGE_SUFFIXES, ImageRejected, load_photo, sharpness
 from facechain.io import save_image, write_json, write_jsonl
 from facechain.preprocess.caption import attribute_phrase, caption
-from facechain.preprocess.config import IMAGE_SUFFIXES, PreprocessConfig
+from facechain.preprocess.config import PreprocessConfig
 from facechain.preprocess.errors import NoPhotosKept, PhotoRejected
 from facechain.preprocess.identity import medoid_outliers
-from facechain.preprocess.load import load_photo
 from facechain.preprocess.orient import orient_and_detect, rotate
-from facechain.preprocess.quality import check_quality, face_box_mask, laplacian_variance
+from facechain.preprocess.quality import check_quality, face_box_mask
 from facechain.preprocess.retouch import retouch_skin
 from facechain.preprocess.select import select_face
 
@@ -101,13 +101,11 @@ def list_photos(inputs) -> list[Path]:
 
 
 def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> _Candidate:
-    """Steps 1-7 for one photo. Raises PhotoRejected."""
+    """Steps 1-7 for one photo. Raises ImageRejected (PhotoRejected for face problems)."""
     entry = PhotoEntry(input=path.name)
     t = time.perf_counter()
     timings = entry.timings
-    if path.is_dir():
-        raise PhotoRejected("not_a_file", "this is a folder, not a photo; photos inside sub-folders are not read (move them up)")
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
+    if not path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES:
         raise PhotoRejected("not_an_image", f"file type '{path.suffix}' is not a photo format ({', '.join(IMAGE_SUFFIXES)})")
     image = load_photo(path, cfg.max_megapixels)
     timings["load"] = time.perf_counter() - t
@@ -137,7 +135,7 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
 
     # quality is measured on the aligned crop before any smoothing or masking
     region = face_box_mask(crop.shape, lms if lms is not None else kps)
-    blur = laplacian_variance(crop, region)
+    blur = sharpness(crop, region)
     min_score = cfg.min_detector_score if cfg.min_detector_score is not None else analyzer.min_score + QUALITY_SCORE_MARGIN
     entry.scores.update({"face_size": round(full.size, 1), "detector_score": round(face.score, 3), "blur": round(blur, 1)})
     check_quality(full.size, face.score, blur, min_face_size=cfg.min_face_size, min_score=min_score, blur_threshold=cfg.blur_threshold)
@@ -177,7 +175,7 @@ def _process_one(path: Path) -> tuple[PhotoEntry, _Candidate | None]:
         cand = process_photo(path, analyzer, cfg)
         cand.face = dataclasses.replace(cand.face, extra={})  # backend handles do not cross processes
         entry = cand.entry
-    except PhotoRejected as rej:
+    except ImageRejected as rej:
         entry = PhotoEntry(input=path.name, reason=rej.code, detail=rej.detail, scores=rej.scores)
     except Exception as exc:  # an unexpected failure on one photo is reported, not fatal
         logger.exception("preprocess: unexpected error on %s", path)

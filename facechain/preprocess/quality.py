@@ -8,17 +8,6 @@ import numpy as np
 from facechain.preprocess.errors import PhotoRejected
 
 
-def laplacian_variance(image: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Variance of the Laplacian of the grey image (inside ``mask`` when given): low = blurry
-    (Pech-Pacheco et al. 2000, 'Diatom autofocusing in brightfield microscopy')."""
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    lap = cv2.Laplacian(gray, cv2.CV_64F)
-    if mask is not None:
-        vals = lap[mask > 0]
-        return float(vals.var()) if vals.size > 16 else 0.0
-    return float(lap.var())
-
-
 def face_box_mask(shape, points: np.ndarray) -> np.ndarray:
     """Filled convex hull of facial landmarks (the region blur is measured in)."""
     mask = np.zeros(shape[:2], np.uint8)

@@ -17,7 +17,8 @@ from facechain.config import from_dict, save_config, to_dict
 from facechain.errors import InputError
 from facechain.io import save_image, write_json
 from facechain.stylize.config import DEFAULT_RESOLUTION, StylizeConfig, scaled_default
-from facechain.stylize.engine import Engine, ImageLike, PreparedImage, prepare_image
+from facechain.images import ImageLike
+from facechain.stylize.engine import Engine, PreparedImage, prepare_image
 from facechain.stylize.masks import MaskLike, check_has_background, inner_feather
 from facechain.stylize.registry import DEFAULT_START_LAYER_FRACTION, MethodInput, get_method
 
@@ -139,8 +140,6 @@ def _chain_of_painting(content, style, cfg: StylizeConfig, options, plan, conten
     A pass without a content mask of its own uses the global content mask and the global
     ``only_mask_region`` (a pass may override either); a pass that sets ``only_mask_region:
     false`` and has no style mask repaints the whole image."""
-    from PIL import Image
-
     base = prepare_image(content, None, cfg.resolution, "content", content_mask)
     current = base.array
     images, total = [], {"seconds": 0.0, "unet_passes": 0, "unet_calls": 0, "inversion_cache_hits": 0}

@@ -12,7 +12,6 @@ their per-step update.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from facechain.errors import InputError
+from facechain.images import PHOTO_MAX_MEGAPIXELS, ImageLike, describe, read_image
 from facechain.stylize.attention import AttentionController
 from facechain.stylize.config import LCM_LORAS, LORA_FILE, StylizeConfig
 from facechain.stylize.inversion import InversionCache, Schedule, Trajectory, digest, file_digest, invert, make_schedule
@@ -30,7 +30,6 @@ from facechain.stylize.masks import MaskLike, load_mask
 
 logger = logging.getLogger(__name__)
 
-ImageLike = str | os.PathLike | np.ndarray
 
 
 # --------------------------------------------------------------------------- images
@@ -51,29 +50,6 @@ class PreparedImage:
     @property
     def digest(self) -> str:
         return digest(list(self.array.shape), np.ascontiguousarray(self.array).tobytes())
-
-
-def read_image(image: ImageLike, what: str) -> tuple[np.ndarray, str]:
-    """RGB uint8 array from a path or array, with an InputError naming ``what`` if unreadable."""
-    if isinstance(image, (str, os.PathLike)):
-        from facechain.preprocess.errors import PhotoRejected
-        from facechain.preprocess.load import load_photo
-
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"{what} image {path} does not exist.")
-        try:  # the loader every stage shares: EXIF, colour modes, size guard
-            return load_photo(path), str(path)
-        except PhotoRejected as exc:
-            raise InputError(f"{what} image {path} could not be used: {exc.detail}") from exc
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise InputError(f"{what} image array must be (H, W, 3) RGB, got shape {arr.shape}.")
-    if arr.dtype != np.uint8:
-        raise InputError(f"{what} image array must be uint8 (0-255), got {arr.dtype}.")
-    return np.ascontiguousarray(arr[..., :3]), f"array{tuple(arr.shape)}"
 
 
 def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -101,7 +77,7 @@ def prepare_image(image: ImageLike, size: tuple[int, int] | None, resolution: in
     and resize; ``mask`` (checked against the image's original size) goes the same way."""
     from PIL import Image
 
-    arr, source = read_image(image, what)
+    arr, source = read_image(image, f"{what} image", max_megapixels=PHOTO_MAX_MEGAPIXELS), describe(image)
     h0, w0 = arr.shape[:2]
     m = load_mask(mask, (w0, h0), f"{what} mask") if mask is not None else None
     size = size or working_size(w0, h0, resolution)

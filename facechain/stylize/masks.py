@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from facechain.errors import InputError
+from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image
 
 MaskLike = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -29,13 +30,8 @@ def load_mask(mask: MaskLike, image_size: tuple[int, int], what: str = "mask") -
         path = Path(mask)
         if not path.is_file():
             raise InputError(f"{what} {path} does not exist. Pass a black-and-white image of the same size as its image.")
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("L"), dtype=np.float32)
-        except Exception as exc:
-            raise InputError(f"{what} {path} could not be read as an image: {exc}") from exc
+        # the shared reader: EXIF orientation as its image gets it, alpha ignored
+        arr = read_image(path, what, gray=True, max_megapixels=PHOTO_MAX_MEGAPIXELS).astype(np.float32)
         where = str(path)
     else:
         arr = mask.detach().cpu().float().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask, dtype=np.float32)

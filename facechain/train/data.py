@@ -20,6 +20,7 @@ from PIL import Image
 
 from facechain.errors import InputError
 from facechain.face.align import CROP_SCALE, FACE_CENTER_Y
+from facechain.images import PHOTO_MAX_MEGAPIXELS, ImageRejected, load_photo, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +91,9 @@ def load_processed(folder: str | Path) -> list[Example]:
 def _check_image(path: Path, meta: Path, lineno: int) -> None:
     """The file decodes as an image (header and data), or a clear error naming it."""
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as exc:
-        raise InputError(f"{path} (named on {meta} line {lineno}) is not a readable image ({type(exc).__name__}: {exc}). "
+        load_photo(path, draft=False)
+    except ImageRejected as exc:
+        raise InputError(f"{path} (named on {meta} line {lineno}) is not a usable image ({exc.detail}). "
                          "Re-run preprocessing, or remove that line and the file.") from exc
 
 
@@ -164,9 +164,7 @@ def build_latent_pool(examples: list[Example], vae, resolution: int, variants: i
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     bar = tqdm(total=len(examples) * variants, desc="encode training crops", disable=not progress)
     for ex in examples:
-        with Image.open(ex.image) as im:
-            im.load()
-            photo = im.convert("RGB")
+        photo = Image.fromarray(read_image(ex.image, "training photo", max_megapixels=PHOTO_MAX_MEGAPIXELS))
         batch = torch.stack([to_tensor(augment(photo, resolution, gen, face_crop, flip)) for _ in range(variants)])
         for chunk in batch.split(max(1, 8 * 64 * 64 // (resolution * resolution))):  # 8 at 64 px, 1 at 512 px: bounded VAE memory
             dist = vae.encode(chunk.to(device, dtype)).latent_dist

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,8 +42,7 @@ class LikenessScorer:
     def from_photos(cls, analyzer, photos: list[Path]) -> "LikenessScorer":
         faces = []
         for path in photos:
-            with Image.open(path) as im:
-                found = analyzer.detect(np.asarray(im.convert("RGB")))
+            found = analyzer.detect(read_image(path, "training photo", max_megapixels=PHOTO_MAX_MEGAPIXELS))
             if found:
                 faces.append(found[0])
             else:
