@@ -26,49 +26,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_full_sd15(folder: Path, dtype) -> Path:
-    """SD1.5's architecture (UNet 860M, CLIP ViT-L/14 text encoder, VAE) with random weights."""
-    import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from facechain.testing import _sd_scheduler, make_tokenizer
-
-    torch.manual_seed(0)
-    tok = make_tokenizer(folder / "_tok")
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072,
-                                      num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                                      bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1, pad_token_id=len(tok) - 1,
-                                      hidden_act="quick_gelu", projection_dim=768))
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD1.5 defaults
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        sample_size=512, scaling_factor=0.18215)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=_sd_scheduler(),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.to(dtype=dtype).save_pretrained(str(folder), safe_serialization=True)
-    return folder
-
-
-def random_lora(model_dir: Path, out: Path, seed: int, weight_name: str) -> Path:
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                init_lora_weights="gaussian"))
-    StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=get_peft_model_state_dict(unet),
-                                              weight_name=weight_name)
-    return out
-
-
 def prepare(work: Path, full: bool) -> dict:
     import torch
 
-    from facechain.testing import build_tiny_sd15
+    from facechain.testing import build_full_sd15, build_tiny_sd15, random_lora
 
     model = work / "model"
     if full:

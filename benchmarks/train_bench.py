@@ -27,35 +27,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_full_sd15(folder: Path, seed: int = 0) -> Path:
-    """The full SD1.5 architecture (860M UNet, 84M VAE, 123M CLIP-L text encoder) with random weights."""
-    import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from facechain.testing import _sd_scheduler, make_tokenizer
-
-    torch.manual_seed(seed)
-    tokenizer = make_tokenizer(folder / "_tok")
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                                                projection_dim=768, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
-                                                pad_token_id=len(tokenizer) - 1))
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD1.5 v1-inference.yaml
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-                        scaling_factor=0.18215)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_sd_scheduler(),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    import shutil
-
-    shutil.rmtree(folder / "_tok", ignore_errors=True)
-    return folder
-
-
 def prepare(args, work: Path) -> tuple[Path, Path]:
-    from facechain.testing import build_tiny_model, make_processed_folder
+    from facechain.testing import build_full_sd15, build_tiny_model, make_processed_folder
 
     model = work / "model"
     if not model.exists():

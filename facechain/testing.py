@@ -193,46 +193,6 @@ def build_tiny_model(folder: str | Path, family: Literal["sd15", "sdxl"] = "sd15
 # --------------------------------------------------------------------------- single-file export
 
 
-def _ldm_unet_key(key: str, layers_per_block: int, down_has_attn: list[bool], up_has_attn: list[bool]) -> str:
-    """diffusers UNet2DConditionModel key -> original LDM/SGM ``model.diffusion_model`` key."""
-    import re
-
-    n = layers_per_block + 1
-    resnet = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
-              ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))
-
-    def res(rest: str) -> str:
-        for a, b in resnet:
-            if rest.startswith(a + "."):
-                return b + rest[len(a):]
-        raise ValueError(f"unexpected resnet key {rest}")
-
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-    for a, b in fixed.items():
-        if key.startswith(a + "."):
-            return b + key[len(a):]
-    if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        return f"input_blocks.{n * int(m[1]) + int(m[2]) + 1}.0.{res(m[3])}"
-    if m := re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
-        return f"input_blocks.{n * int(m[1]) + int(m[2]) + 1}.1.{m[3]}"
-    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        return f"input_blocks.{n * (int(m[1]) + 1)}.0.op.{m[2]}"
-    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
-        return f"middle_block.{2 * int(m[1])}.{res(m[2])}"
-    if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
-        return f"middle_block.1.{m[1]}"
-    if m := re.match(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        return f"output_blocks.{n * int(m[1]) + int(m[2])}.0.{res(m[3])}"
-    if m := re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
-        return f"output_blocks.{n * int(m[1]) + int(m[2])}.1.{m[3]}"
-    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", key):
-        i = int(m[1])
-        return f"output_blocks.{n * i + n - 1}.{2 if up_has_attn[i] else 1}.{m[2]}"
-    raise ValueError(f"no LDM name for UNet key {key}")
-
-
 def _ldm_vae_key(key: str, num_blocks: int) -> str:
     import re
 
@@ -267,6 +227,7 @@ def export_single_file(diffusers_folder: str | Path, out_file: str | Path) -> Pa
 
     from facechain.errors import InputError
     from facechain.io import save_safetensors
+    from facechain.lora import sgm_unet_path
 
     folder = Path(diffusers_folder)
     unet_cfg = UNet2DConditionModel.load_config(str(folder / "unet"))
@@ -274,11 +235,10 @@ def export_single_file(diffusers_folder: str | Path, out_file: str | Path) -> Pa
         raise InputError("export_single_file writes SD1.5-family models only (SDXL's OpenCLIP encoder layout is not written).")
     vae_cfg = AutoencoderKL.load_config(str(folder / "vae"))
     lpb = unet_cfg["layers_per_block"]
-    down_attn = ["CrossAttn" in t for t in unet_cfg["down_block_types"]]
     up_attn = ["CrossAttn" in t for t in unet_cfg["up_block_types"]]
     out: dict = {}
     for k, v in load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")).items():
-        out["model.diffusion_model." + _ldm_unet_key(k, lpb, down_attn, up_attn)] = v
+        out["model.diffusion_model." + sgm_unet_path(k, lpb, up_attn)] = v
     nblocks = len(vae_cfg["block_out_channels"])
     for k, v in load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors")).items():
         new = _ldm_vae_key(k, nblocks)
@@ -306,3 +266,53 @@ def make_processed_folder(folder: str | Path, n: int = 2, size: int = 512, capti
         rows.append(json.dumps({"file_name": f"{i:03d}.png", "text": caption}))
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     return folder
+
+
+def build_full_sd15(folder: str | Path, dtype=None, seed: int = 0) -> Path:
+    """SD1.5's full architecture (860M UNet, CLIP ViT-L/14 text encoder with the 49408-token
+    embedding, 84M VAE) with seeded random weights, for benchmarks: same shapes and cost as the
+    real model, none of its quality."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                                      projection_dim=768, bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1,
+                                      pad_token_id=len(tok) - 1))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # v1-inference.yaml
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
+                        sample_size=512, scaling_factor=0.18215)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=_sd_scheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if dtype is not None:
+        pipe.to(dtype=dtype)
+    _save(pipe, folder)
+    return folder
+
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def random_lora(model_dir: str | Path, out_dir: str | Path, seed: int, weight_name: str | None = None,
+                family: Literal["sd15", "sdxl"] = "sd15", rank: int = 4) -> Path:
+    """A rank-``rank`` LoRA on a model's UNet attention projections, made with peft with random
+    non-zero up and down matrices (``init_lora_weights=False``), so loading it changes the output;
+    saved with the pipeline class's own ``save_lora_weights`` to ``out_dir/weight_name``. Returns ``out_dir``."""
+    import torch
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from facechain.lora import LORA_FILE
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=False))
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    cls.save_lora_weights(str(out_dir), unet_lora_layers=get_peft_model_state_dict(unet), weight_name=weight_name or LORA_FILE)
+    return Path(out_dir)

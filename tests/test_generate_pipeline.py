@@ -12,34 +12,19 @@ import torch
 
 from facechain.errors import InputError, ModelNotFoundError
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-def _random_lora(model_dir: Path, out_dir: Path, seed: int, weight_name: str = "pytorch_lora_weights.safetensors",
-                 family: str = "sd15") -> Path:
-    """A LoRA on the tiny UNet made with peft (init_lora_weights=False: random, non-zero B)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGETS, init_lora_weights=False))
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    cls.save_lora_weights(str(out_dir), unet_lora_layers=get_peft_model_state_dict(unet), weight_name=weight_name)
-    return out_dir
+from facechain.testing import LORA_TARGETS, random_lora
 
 
 @pytest.fixture(scope="module")
 def face_lora(tiny_sd15, tmp_path_factory):
-    return _random_lora(tiny_sd15, tmp_path_factory.mktemp("face_lora"), seed=1)
+    return random_lora(tiny_sd15, tmp_path_factory.mktemp("face_lora"), seed=1)
 
 
 @pytest.fixture(scope="module")
 def style_dir(tiny_sd15, tmp_path_factory):
     """A user styles folder with one style pointing at a local LoRA file beside it."""
     folder = tmp_path_factory.mktemp("mystyles")
-    _random_lora(tiny_sd15, folder / "loras", seed=2, weight_name="ink.safetensors")
+    random_lora(tiny_sd15, folder / "loras", seed=2, weight_name="ink.safetensors")
     (folder / "ink.json").write_text(json.dumps({
         "name": "Ink", "img": "", "model_id": "loras/ink.safetensors", "revision": None, "bin_file": None,
         "multiplier_style": 0.35, "multiplier_human": 0.9, "add_prompt_style": "(ink drawing:1.3), black and white",
@@ -195,8 +180,8 @@ def test_sdxl_fast_mode_with_lcm_lora_and_pose(tiny_sdxl, tmp_path):
 
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    lcm = _random_lora(tiny_sdxl, tmp_path / "lcm", seed=3, family="sdxl")
-    face = _random_lora(tiny_sdxl, tmp_path / "face", seed=4, family="sdxl")
+    lcm = random_lora(tiny_sdxl, tmp_path / "lcm", seed=3, family="sdxl")
+    face = random_lora(tiny_sdxl, tmp_path / "face", seed=4, family="sdxl")
     unet = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet")
     ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16)).save_pretrained(tmp_path / "cn")
     gen = PortraitGenerator(_cfg(tiny_sdxl, tmp_path, fast=True, fast_steps=2, lcm_lora=str(lcm), lora_dir=face,
@@ -218,7 +203,7 @@ def test_lora_files_keep_their_alpha_and_trusted_pickles_load(tiny_sd15, tmp_pat
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from facechain.generate.pipeline import _load_lora
+    from facechain.lora import load_adapter as _load_lora
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")

@@ -439,7 +439,7 @@ def test_train_output_folder_cases_found_by_review(tiny_sd15, tmp_path):
 
 
 def test_a_damaged_lora_file_is_a_clear_error(tiny_sd15, tmp_path):
-    from facechain.generate.pipeline import _load_lora
+    from facechain.lora import load_adapter as _load_lora
     from facechain.models import load_pipeline, resolve_model
 
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{truncated")

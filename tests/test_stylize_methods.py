@@ -11,6 +11,7 @@ import torch
 
 from facechain.errors import InputError
 from facechain.stylize import StylizeConfig, available_methods, build_engine, stylize
+from facechain.testing import random_lora
 
 STEPS = 4
 METHODS = ["portrait-diffusion", "styleid", "masactrl", "diffstyle"]
@@ -164,20 +165,8 @@ def test_ten_styles_invert_content_once(tiny_sd15, images):
     assert eng.cache.stats()["misses"] == 4
 
 
-def _make_lora(model_dir, out_dir, seed=1):
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
-    StableDiffusionPipeline.save_lora_weights(str(out_dir), unet_lora_layers=get_peft_model_state_dict(unet))
-    return out_dir
-
-
 def test_face_lora_loads_and_applies_to_inversion_and_sampling(tiny_sd15, images, tmp_path, engines):
-    lora = _make_lora(tiny_sd15, tmp_path / "face_lora")
+    lora = random_lora(tiny_sd15, tmp_path / "face_lora", seed=1)
     import shutil  # the trainer also writes a kohya copy beside the diffusers file; the diffusers one is taken
 
     shutil.copy(lora / "pytorch_lora_weights.safetensors", lora / "face_kohya.safetensors")
@@ -197,7 +186,7 @@ def test_face_lora_loads_and_applies_to_inversion_and_sampling(tiny_sd15, images
 
 
 def test_fast_mode_uses_lcm_schedule(tiny_sd15, images, tmp_path):
-    stand_in = _make_lora(tiny_sd15, tmp_path / "lcm_lora", seed=2)  # stands in for LCM-LoRA weights (offline)
+    stand_in = random_lora(tiny_sd15, tmp_path / "lcm_lora", seed=2)  # stands in for LCM-LoRA weights (offline)
     cfg = StylizeConfig(model=str(tiny_sd15), resolution=64, device="cpu", fast=True, fast_lora=str(stand_in))
     eng = build_engine(cfg)
     assert "lcm" in eng.pipe.get_active_adapters()

@@ -11,7 +11,7 @@ import torch
 
 from facechain.errors import InputError, ModelNotFoundError, UnsafeCheckpointError
 from facechain.train import TrainConfig, train
-from facechain.train import export
+from facechain import lora as lora_io
 from facechain.train.data import augment, face_crop_box, load_processed
 from facechain.train.validate import select_checkpoints
 
@@ -144,7 +144,7 @@ def test_init_lora_rank_mismatch(tmp_path, tiny_sd15, processed, trained_sd15):
 
 def test_outputs_log_and_scores(trained_sd15):
     out = trained_sd15.output_dir
-    assert {p.name for p in out.iterdir()} >= {export.LORA_FILE, export.KOHYA_FILE, "train_config.json", "train_log.jsonl", "checkpoints"}
+    assert {p.name for p in out.iterdir()} >= {lora_io.LORA_FILE, lora_io.KOHYA_FILE, "train_config.json", "train_log.jsonl", "checkpoints"}
     assert trained_sd15.steps == 4 and trained_sd15.selected_steps == [4, 2]  # noise images: no face -> 0, ties -> later
     rows = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
@@ -167,7 +167,7 @@ def test_outputs_log_and_scores(trained_sd15):
 
     with OutputDir.open(out, "train") as od:
         assert not od.other_files()
-        assert od.owns(export.LORA_FILE) and od.owns("checkpoints/step-000004/lora.safetensors")
+        assert od.owns(lora_io.LORA_FILE) and od.owns("checkpoints/step-000004/lora.safetensors")
 
 
 def test_saved_key_set(trained_sd15, tiny_sd15):
@@ -225,14 +225,14 @@ def test_init_lora_loads_diffusers_and_kohya_files(trained_sd15, tiny_sd15):
 
     from facechain.train.trainer import _add_lora, current_lora, load_lora_into
 
-    sd = export.unflatten(load_file(str(trained_sd15.output_dir / "checkpoints/step-000004/lora.safetensors")))
-    sd2 = export.unflatten(load_file(str(trained_sd15.output_dir / "checkpoints/step-000002/lora.safetensors")))
-    want = export.average([sd, sd2])
+    sd = lora_io.unflatten(load_file(str(trained_sd15.output_dir / "checkpoints/step-000004/lora.safetensors")))
+    sd2 = lora_io.unflatten(load_file(str(trained_sd15.output_dir / "checkpoints/step-000002/lora.safetensors")))
+    want = lora_io.average([sd, sd2])
     for path in (trained_sd15.lora_path, trained_sd15.kohya_path):
         pipe = load_pipe(tiny_sd15)
         cfg = TrainConfig(base_model="m", train_data_dir="d", output_dir="o", train_text_encoder=True)
         _add_lora(pipe.unet, [pipe.text_encoder], cfg)
-        lora, scale = export.read_lora_file(path, "sd15", pipe.unet.config)
+        lora, scale = lora_io.read_lora_file(path, "sd15", pipe.unet.config)
         assert scale == 1.0
         load_lora_into({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, lora, str(path))
         got = current_lora({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
@@ -338,8 +338,8 @@ def test_final_lora_follows_likeness_scores(tiny_sd15, processed, tmp_path, monk
         art = train(tiny_cfg(tiny_sd15, processed, out, validation="dlib", max_train_steps=3, checkpointing_steps=1,
                              ensemble_top_k=top_k, learning_rate=1e-2), progress=False)
         assert art.selected_steps == want_steps and art.scores == {1: 0.2, 2: 0.9, 3: 0.5}
-        ckpts = {s: export.unflatten(load_file(str(out / f"checkpoints/step-{s:06d}/lora.safetensors")))["unet"] for s in (1, 2, 3)}
-        final = export.read_lora_file(art.lora_path, "sd15")[0]["unet"]
+        ckpts = {s: lora_io.unflatten(load_file(str(out / f"checkpoints/step-{s:06d}/lora.safetensors")))["unet"] for s in (1, 2, 3)}
+        final = lora_io.read_lora_file(art.lora_path, "sd15")[0]["unet"]
         assert set(final) == set(ckpts[2])
         want = {k: torch.stack([ckpts[s][k] for s in want_steps]).mean(0) for k in final}
         for k in final:
@@ -406,7 +406,7 @@ def test_alpha_survives_export(tiny_sd15, processed, tmp_path):
     art = train(cfg, progress=False)
     trained = load_pipe(tiny_sd15)  # the model as trained: peft adapter with alpha 16, weights of the last step
     _add_lora(trained.unet, [], cfg)
-    load_lora_into({"unet": trained.unet}, export.unflatten(load_file(str(tmp_path / "o/checkpoints/step-000002/lora.safetensors"))), "ckpt")
+    load_lora_into({"unet": trained.unet}, lora_io.unflatten(load_file(str(tmp_path / "o/checkpoints/step-000002/lora.safetensors"))), "ckpt")
     want = generate(trained)
     for source in (str(art.output_dir), str(art.kohya_path), load_file(str(art.lora_path))):  # the last: no metadata
         pipe = load_pipe(tiny_sd15)
@@ -466,8 +466,8 @@ def test_init_lora_pickle_needs_flag_and_loads_facechain_bin(trained_sd15, tiny_
     with pytest.raises(UnsafeCheckpointError, match="init LoRA .* pickle"):
         train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", **cfg))
     art = train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", allow_pickle=True, **cfg), progress=False)
-    got = export.unflatten(load_file(str(art.output_dir / "checkpoints/step-000001/lora.safetensors")))["unet"]
-    want = export.unflatten(flat)["unet"]
+    got = lora_io.unflatten(load_file(str(art.output_dir / "checkpoints/step-000001/lora.safetensors")))["unet"]
+    want = lora_io.unflatten(flat)["unet"]
     assert set(got) == set(want)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)

@@ -17,6 +17,7 @@ from typing import Literal
 
 from facechain.config import from_dict, load_mapping
 from facechain.errors import InputError
+from facechain.lora import LORA_FILE
 
 # FaceChain's negative prompt (facechain/constants.py), without A1111 weighting syntax.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -27,7 +28,6 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 
 # Public weights per base family. Only used when the config leaves the field empty.
-DEFAULT_LCM_LORA = {"sd15": "latent-consistency/lcm-lora-sdv1-5", "sdxl": "latent-consistency/lcm-lora-sdxl"}
 DEFAULT_OPENPOSE_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_openpose", "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"}
 DEFAULT_DEPTH_CONTROLNET = {"sd15": "lllyasviel/control_v11f1p_sd15_depth", "sdxl": "diffusers/controlnet-depth-sdxl-1.0"}
 
@@ -59,7 +59,7 @@ class GenerateConfig:
     single_file_config: str | None = _h("Diffusers folder describing a single-file checkpoint's architecture.", default=None)
     lora_dir: Path | None = _h("Face LoRA folder from `facechain train` (pytorch_lora_weights.safetensors). "
                                "Empty: no face LoRA (likeness then comes from fusion only).", default=None)
-    lora_file: str = _h("File name of the face LoRA inside lora_dir.", default="pytorch_lora_weights.safetensors")
+    lora_file: str = _h("File name of the face LoRA inside lora_dir.", default=LORA_FILE)
     processed_dir: Path | None = _h("Processed photos folder from `facechain preprocess`: gives the prompt's "
                                     "attribute phrase (metadata.jsonl) and the template face for fusion and ranking.",
                                     default=None)

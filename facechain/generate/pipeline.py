@@ -24,15 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from facechain.errors import FacechainError, InputError, ModelNotFoundError
-from facechain.generate.config import (
-    DEFAULT_DEPTH_CONTROLNET,
-    DEFAULT_LCM_LORA,
-    DEFAULT_OPENPOSE_CONTROLNET,
-    GenerateConfig,
-)
+from facechain.errors import InputError, ModelNotFoundError
+from facechain import lora as lora_io
+from facechain.generate.config import DEFAULT_DEPTH_CONTROLNET, DEFAULT_OPENPOSE_CONTROLNET, GenerateConfig
 from facechain.generate.prompt import build_prompt, strip_weighting
-from facechain.models import ResolvedModel, check_checkpoint_file, safetensors_only, load_pipeline, resolve_model, resolve_weights_file
+from facechain.models import ResolvedModel, check_checkpoint_file, safetensors_only, load_pipeline, resolve_model
 from facechain.styles import Style
 
 logger = logging.getLogger(__name__)
@@ -120,26 +116,6 @@ def check_control_inputs(cfg: GenerateConfig):
     return pose_map, photo
 
 
-def _load_lora(pipe, path: Path, adapter_name: str) -> None:
-    """Load a LoRA file as adapter ``adapter_name``. A .safetensors file is loaded by diffusers from
-    the file itself, so the alpha/rank metadata stored in its header is honoured; a pickle (only
-    reached when allow_pickle let resolve_weights_file return it) is read with weights_only=True."""
-    try:
-        if path.suffix.lower() == ".safetensors":
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
-        else:
-            from facechain.train.export import _load_tensors
-
-            pipe.load_lora_weights(_load_tensors(path), adapter_name=adapter_name)
-    except FacechainError:
-        raise
-    except Exception as exc:  # a truncated file, keys of another model family, ...
-        raise InputError(
-            f"LoRA {path} ({adapter_name}) could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
-            "Check that the file is complete and made for this base model's family."
-        ) from exc
-
-
 def _load_controlnet(ref: str, dtype, what: str, allow_pickle: bool = False):
     from diffusers import ControlNetModel
 
@@ -193,13 +169,12 @@ class PortraitGenerator:
             )
         self.adapters: dict[str, float] = {}
         if face_lora is not None:
-            _load_lora(pipe, face_lora, FACE_ADAPTER)
+            lora_io.load_adapter(pipe, face_lora, FACE_ADAPTER, "face LoRA")
             self.adapters[FACE_ADAPTER] = 1.0
         if cfg.fast:
-            ref = cfg.lcm_lora or DEFAULT_LCM_LORA[self.family]
-            path = resolve_weights_file(ref, filename="pytorch_lora_weights.safetensors", allow_pickle=cfg.allow_pickle,
-                                        what="LCM-LoRA")
-            _load_lora(pipe, path, LCM_ADAPTER)
+            ref = cfg.lcm_lora or lora_io.LCM_LORAS[self.family]
+            path = lora_io.resolve(ref, allow_pickle=cfg.allow_pickle, what="LCM-LoRA")
+            lora_io.load_adapter(pipe, path, LCM_ADAPTER, "LCM-LoRA")
             self.adapters[LCM_ADAPTER] = 1.0
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
@@ -263,18 +238,14 @@ class PortraitGenerator:
         if FACE_ADAPTER in weights:
             weights[FACE_ADAPTER] = style.multiplier_human
         if style.has_lora:
-            path = resolve_weights_file(style.lora_reference(), filename=style.bin_file, revision=style.revision,
-                                        allow_pickle=self.cfg.allow_pickle, what=f"style '{style.name}' LoRA")
-            try:
-                _load_lora(pipe, path, STYLE_ADAPTER)
-            except Exception as exc:  # corrupt file, or a LoRA made for another base model family
+            path = lora_io.resolve(style.lora_reference(), filename=style.bin_file, revision=style.revision,
+                                   allow_pickle=self.cfg.allow_pickle, what=f"style '{style.name}' LoRA")
+            try:  # a corrupt file, or a LoRA made for another base model family: one clear error
+                lora_io.load_adapter(pipe, path, STYLE_ADAPTER, f"style '{style.name}' ({style.path}) LoRA")
+            except BaseException:
                 if STYLE_ADAPTER in getattr(pipe, "get_list_adapters", lambda: {})().get("unet", []):
                     pipe.delete_adapters(STYLE_ADAPTER)
-                raise InputError(
-                    f"style '{style.name}' ({style.path}): its LoRA {path} could not be loaded into the "
-                    f"{self.family} base model ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
-                    "Check that the file is a LoRA for this base model family."
-                ) from exc
+                raise
             weights[STYLE_ADAPTER] = style.multiplier_style
         try:
             if weights:

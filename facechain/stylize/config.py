@@ -15,8 +15,6 @@ from facechain.errors import InputError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # LCM-LoRA weights per model family (Luo et al. 2023, "LCM-LoRA"); resolved through facechain.models.
-LCM_LORAS = {"sd15": "latent-consistency/lcm-lora-sdv1-5", "sdxl": "latent-consistency/lcm-lora-sdxl"}
-LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers save_lora_weights writes
 DEFAULT_STEPS = 50  # Portrait Diffusion / StyleID / MasaCtrl all invert and sample with 50 DDIM steps
 DEFAULT_FAST_STEPS = 4  # LCM-LoRA's recommended 2-8 steps
 

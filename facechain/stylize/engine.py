@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -24,7 +23,8 @@ from tqdm.auto import tqdm
 from facechain.errors import InputError
 from facechain.images import PHOTO_MAX_MEGAPIXELS, ImageLike, describe, read_image
 from facechain.stylize.attention import AttentionController
-from facechain.stylize.config import LCM_LORAS, LORA_FILE, StylizeConfig
+from facechain import lora as lora_io
+from facechain.stylize.config import StylizeConfig
 from facechain.stylize.inversion import InversionCache, Schedule, Trajectory, digest, file_digest, invert, make_schedule
 from facechain.stylize.masks import MaskLike, load_mask
 
@@ -203,32 +203,20 @@ class Engine:
 
     # -- LoRAs
     def _load_loras(self, cfg: StylizeConfig) -> list:
-        from facechain.models import resolve_weights_file
-
         self._cfg_key = _engine_key(cfg)
         names, weights, signature = [], [], []
         refs = list(cfg.loras)
         scales = list(cfg.lora_scales) or [1.0] * len(refs)
         if cfg.fast:
-            lcm_ref = cfg.fast_lora or LCM_LORAS[self.family]
+            lcm_ref = cfg.fast_lora or lora_io.LCM_LORAS[self.family]
             refs.append(lcm_ref)
             scales.append(1.0)
         for i, (ref, scale) in enumerate(zip(refs, scales)):
             is_lcm = cfg.fast and i == len(refs) - 1
-            local = Path(ref).expanduser()
-            # a trainer output folder holds the diffusers file and a kohya copy: take the diffusers one
-            filename = None if local.is_file() or (local.is_dir() and not (local / LORA_FILE).is_file()) else LORA_FILE
-            path = resolve_weights_file(ref, filename=filename, allow_pickle=cfg.allow_pickle,
-                                        what="LCM-LoRA" if is_lcm else "LoRA")
+            what = "LCM-LoRA" if is_lcm else "LoRA"
+            path = lora_io.resolve(ref, allow_pickle=cfg.allow_pickle, what=what)
             name = "lcm" if is_lcm else f"lora_{i}"
-            try:
-                self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
-            except Exception as exc:
-                raise InputError(
-                    f"{'LCM-LoRA' if is_lcm else 'LoRA'} {path} could not be loaded into the {self.family} model: "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}. "
-                    "Pass a diffusers-format LoRA trained for this base model family."
-                ) from exc
+            lora_io.load_adapter(self.pipe, path, name, what)
             names.append(name)
             weights.append(float(scale))
             signature.append((file_digest(path), float(scale)))

@@ -6,7 +6,7 @@
 
 Modules: ``config`` (TrainConfig), ``data`` (processed folder, FaceCrop, latent cache),
 ``text`` (SD1.5/SDXL conditioning), ``trainer`` (the loop), ``checkpoint`` (atomic resumable
-checkpoints), ``validate`` (likeness scoring and selection), ``export`` (diffusers/kohya files).
+checkpoints), ``validate`` (likeness scoring and selection), and ``facechain.lora`` writes the diffusers/kohya files.
 """
 
 from facechain.train.config import TrainConfig

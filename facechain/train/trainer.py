@@ -20,7 +20,7 @@ from facechain.config import save_config, to_dict
 from facechain.errors import FacechainError, InputError
 from facechain.io import append_jsonl, read_jsonl
 from facechain.train import checkpoint as ckpt_io
-from facechain.train import export
+from facechain import lora as lora_io
 from facechain.train.config import RESUME_MUTABLE, RESUME_SAME_TARGET, TrainConfig
 from facechain.train.data import build_latent_pool, load_processed
 from facechain.train.text import TextConditioner, sdxl_time_ids
@@ -121,9 +121,9 @@ def _data_fingerprint(examples) -> str:
 def _check_output_dir(cfg: TrainConfig, out: Path) -> list[ckpt_io.Checkpoint]:
     existing = ckpt_io.list_checkpoints(out)
     if cfg.resume:
-        if not existing and ((out / export.LORA_FILE).exists() or (out / export.KOHYA_FILE).exists()):
+        if not existing and ((out / lora_io.LORA_FILE).exists() or (out / lora_io.KOHYA_FILE).exists()):
             raise InputError(
-                f"--resume: output_dir {out} holds a finished run's final LoRA ({export.LORA_FILE} or the kohya file) "
+                f"--resume: output_dir {out} holds a finished run's final LoRA ({lora_io.LORA_FILE} or the kohya file) "
                 "but no checkpoint to continue from, "
                 "so the run cannot be resumed (a new run here would replace that LoRA). Choose a new output folder."
             )
@@ -138,7 +138,7 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> list[ckpt_io.Checkpoint]:
         if not existing:
             logger.info("--resume: no checkpoint in %s yet; starting from step 0", out)
         return existing
-    if existing or (out / export.LORA_FILE).exists() or (out / export.KOHYA_FILE).exists():
+    if existing or (out / lora_io.LORA_FILE).exists() or (out / lora_io.KOHYA_FILE).exists():
         raise InputError(
             f"output_dir {out} already holds a training run (checkpoints or a final LoRA). "
             "Pass --resume to continue it, or choose an empty output folder."
@@ -196,14 +196,14 @@ def _add_lora(unet, text_encoders: list, cfg: TrainConfig) -> None:
             enc.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGETS))
 
 
-def current_lora(models: dict) -> export.LoraDict:
+def current_lora(models: dict) -> lora_io.LoraDict:
     """peft state dicts of the models that carry a LoRA, as fp32 CPU tensors."""
     from peft import get_peft_model_state_dict
 
     return {name: {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(m).items()} for name, m in models.items()}
 
 
-def load_lora_into(models: dict, lora: export.LoraDict, where: str, strict: bool = True) -> None:
+def load_lora_into(models: dict, lora: lora_io.LoraDict, where: str, strict: bool = True) -> None:
     """Set the adapter weights of ``models`` from ``lora`` (peft keys); refuse shape mismatches."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -300,7 +300,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
                       *[f"rng-{i}.safetensors" for i in range(accelerator.num_processes)],
                       *[f"validation_{i}.png" for i in range(cfg.num_validation_images)]]
         planned = [s for s in planned if not ckpt_io.checkpoint_dir(out, s).is_dir()]  # existing ones: checked on resume
-        od.check_free([export.LORA_FILE, export.KOHYA_FILE, CONFIG_FILE, LOG_FILE]
+        od.check_free([lora_io.LORA_FILE, lora_io.KOHYA_FILE, CONFIG_FILE, LOG_FILE]
                       + [f"{ckpt_io.checkpoint_dir(Path(), s).as_posix()}/{f}" for s in planned for f in ckpt_files])
     existing = _check_output_dir(cfg, out)
     device = accelerator.device
@@ -362,7 +362,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
         cast_training_params(list(lora_models.values()), dtype=torch.float32)
     if cfg.init_lora and resume_from is None:  # a resumed run takes its weights from the checkpoint
         try:
-            lora, file_scale = export.read_lora_file(init_path, family, unet.config)
+            lora, file_scale = lora_io.read_lora_file(init_path, family, unet.config)
         except FacechainError:
             raise
         except Exception as exc:
@@ -411,7 +411,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     scores: dict[int, float | None] = {c.step: c.score for c in existing} if resume_from else {}
     if resume_from is not None:
         state, lora_flat, opt_state = ckpt_io.read_state(resume_from.path)
-        load_lora_into(lora_models, export.unflatten(lora_flat), f"checkpoint {resume_from.path}")
+        load_lora_into(lora_models, lora_io.unflatten(lora_flat), f"checkpoint {resume_from.path}")
         optimizer.load_state_dict(opt_state)
         lr_scheduler.scheduler.load_state_dict({**lr_scheduler.scheduler.state_dict(), **state["lr_scheduler"]})
         ckpt_io.read_rng(resume_from.path, gen, accelerator.process_index)
@@ -489,16 +489,16 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
         selected = [max_steps]
     else:
         selected = select_checkpoints({s: v for s, v in scores.items() if ckpt_io.checkpoint_dir(out, s).exists()}, cfg.ensemble_top_k)
-    lora_path = out / export.LORA_FILE
-    kohya_path = out / export.KOHYA_FILE
+    lora_path = out / lora_io.LORA_FILE
+    kohya_path = out / lora_io.KOHYA_FILE
     if main:
         from safetensors.torch import load_file
 
-        loras = [export.unflatten(load_file(str(ckpt_io.checkpoint_dir(out, s) / "lora.safetensors"))) for s in selected]
-        final = loras[0] if len(loras) == 1 else export.average(loras)
+        loras = [lora_io.unflatten(load_file(str(ckpt_io.checkpoint_dir(out, s) / "lora.safetensors"))) for s in selected]
+        final = loras[0] if len(loras) == 1 else lora_io.average(loras)
         stage = od.stage()
-        export.save_diffusers(stage, final, family, cfg.rank, cfg.alpha)
-        export.save_kohya(stage, final, family, cfg.alpha, unet.config.layers_per_block if isinstance(unet.config.layers_per_block, int) else 2)
+        lora_io.save_diffusers(stage, final, family, cfg.rank, cfg.alpha)
+        lora_io.save_kohya(stage, final, family, cfg.alpha, unet.config.layers_per_block if isinstance(unet.config.layers_per_block, int) else 2)
         od.commit(stage, replace=False)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         append_jsonl(log_path, {"event": "final", "step": max_steps, "selected_steps": selected, "peak_training_memory_mb": peak,
@@ -549,7 +549,7 @@ def _checkpoint(cfg, accelerator, od, out, step, lora_models, optimizer, lr_sche
 
     for i, im in enumerate(images):
         save_image(staging / f"validation_{i}.png", im)
-    final = ckpt_io.finalize(od, staging, step, export.flatten(current_lora(lora_models)), optimizer.state_dict(),
+    final = ckpt_io.finalize(od, staging, step, lora_io.flatten(current_lora(lora_models)), optimizer.state_dict(),
                              lr_scheduler.scheduler.state_dict(), score, extra)
     keep = set(select_checkpoints({c.step: c.score for c in ckpt_io.list_checkpoints(out)}, cfg.ensemble_top_k))
     ckpt_io.prune(od, cfg.checkpoints_total_limit, keep)

@@ -1,7 +1,11 @@
-"""LoRA weights in and out: peft state dicts per component, the diffusers file
-(``pytorch_lora_weights.safetensors``, loadable with ``pipe.load_lora_weights``) and the kohya
-file (``*_kohya.safetensors``, the ``lora_unet_*.lora_down/lora_up/alpha`` keys that A1111,
-ComfyUI and kohya's sd-scripts use).
+"""LoRA files, in one place: reading (diffusers, kohya, peft and the old attention-processor
+format; alpha from the keys or the file's metadata), finding one (a local file, a trainer's output
+folder, a hub id), loading it into a pipeline as a named adapter, and writing the two files the
+trainer exports.
+
+Written files: the diffusers file (``pytorch_lora_weights.safetensors``, loadable with
+``pipe.load_lora_weights``) and the kohya file (``*_kohya.safetensors``, the
+``lora_unet_*.lora_down/lora_up/alpha`` keys that A1111, ComfyUI and kohya's sd-scripts use).
 
 Internally a LoRA is ``{"unet": peft_sd, "text_encoder": peft_sd, "text_encoder_2": peft_sd}``
 where ``peft_sd`` is :func:`peft.get_peft_model_state_dict` of that model (keys
@@ -9,8 +13,8 @@ where ``peft_sd`` is :func:`peft.get_peft_model_state_dict` of that model (keys
 
 Kohya naming: SD1.5-family UNets keep the diffusers module path (kohya's sd-scripts build SD1.5
 LoRAs on a diffusers-layout UNet); SDXL UNets use the original SGM block names
-(``input_blocks.N.1``, ``middle_block.1``, ``output_blocks.N.1``) as sd-scripts does for SDXL.
-Text encoders: ``lora_te_`` (SD1.5), ``lora_te1_``/``lora_te2_`` (SDXL).
+(``input_blocks.N.1``, ``middle_block.1``, ``output_blocks.N.1``; :func:`sgm_unet_path`) as
+sd-scripts does for SDXL. Text encoders: ``lora_te_`` (SD1.5), ``lora_te1_``/``lora_te2_`` (SDXL).
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from pathlib import Path
 
 import torch
 
-from facechain.errors import InputError
+from facechain.errors import FacechainError, InputError
 from facechain.io import _umask, save_safetensors
 
 logger = logging.getLogger(__name__)
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
 KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# LCM-LoRA (Luo et al. 2023) per model family: fast mode of generate and stylize
+LCM_LORAS = {"sd15": "latent-consistency/lcm-lora-sdv1-5", "sdxl": "latent-consistency/lcm-lora-sdxl"}
 
 LoraDict = dict[str, dict[str, torch.Tensor]]
 
@@ -114,19 +120,47 @@ def _modules(peft_sd: dict[str, torch.Tensor]) -> set[str]:
 # --------------------------------------------------------------------------- kohya format
 
 
-def _sgm_module(path: str, layers_per_block: int) -> str:
-    """diffusers UNet module path -> original SGM/LDM path (attention blocks only)."""
+_SGM_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+               ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))
+_SGM_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+              "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+
+
+def sgm_unet_path(path: str, layers_per_block: int, up_has_attn: list[bool] | None = None) -> str:
+    """A diffusers ``UNet2DConditionModel`` module or weight path -> its name in the original
+    SGM/LDM UNet (``model.diffusion_model.*`` without that prefix). The one diffusers -> SGM map:
+    kohya SDXL LoRA names use it, and so do the single-file checkpoints the tests build.
+    ``up_has_attn`` (per up block) is needed only for upsampler paths."""
     n = layers_per_block + 1
-    m = re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", path)
-    if m:
-        return f"input_blocks.{n * int(m[1]) + int(m[2]) + 1}.1.{m[3]}"
-    m = re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", path)
-    if m:
-        return f"output_blocks.{n * int(m[1]) + int(m[2])}.1.{m[3]}"
-    m = re.match(r"mid_block\.attentions\.0\.(.*)", path)
-    if m:
-        return f"middle_block.1.{m[1]}"
-    raise InputError(f"LoRA module {path!r} is not inside a UNet attention block; it has no kohya SDXL name.")
+
+    def res(rest: str) -> str:
+        for a, b in _SGM_RESNET:
+            if rest.startswith(a + "."):
+                return b + rest[len(a):]
+        raise InputError(f"UNet path {path!r}: unexpected resnet part {rest!r}")
+
+    for a, b in _SGM_FIXED.items():
+        if path.startswith(a + "."):
+            return b + path[len(a):]
+    # (diffusers pattern, SGM name from its groups); block b, layer l, rest r
+    rules = (
+        (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", lambda b, l, r: f"input_blocks.{n * b + l + 1}.0.{res(r)}"),
+        (r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", lambda b, l, r: f"input_blocks.{n * b + l + 1}.1.{r}"),
+        (r"down_blocks\.(\d+)\.downsamplers\.(0)\.conv\.(.*)", lambda b, l, r: f"input_blocks.{n * (b + 1)}.0.op.{r}"),
+        (r"mid_block\.(resnets)\.(\d+)\.(.*)", lambda b, l, r: f"middle_block.{2 * l}.{res(r)}"),
+        (r"mid_block\.(attentions)\.(0)\.(.*)", lambda b, l, r: f"middle_block.1.{r}"),
+        (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", lambda b, l, r: f"output_blocks.{n * b + l}.0.{res(r)}"),
+        (r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", lambda b, l, r: f"output_blocks.{n * b + l}.1.{r}"),
+    )
+    for pattern, name in rules:
+        if m := re.fullmatch(pattern, path):
+            b, l = (int(g) if g.isdigit() else 0 for g in m.groups()[:2])
+            return name(b, l, m[3])
+    if up_has_attn is not None and (m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", path)):
+        b = int(m[1])
+        return f"output_blocks.{n * b + n - 1}.{2 if up_has_attn[b] else 1}.{m[2]}"
+    raise InputError(f"UNet path {path!r} has no name in the original SGM UNet layout.")
 
 
 def to_kohya(lora: LoraDict, family: str, alpha: float, layers_per_block: int = 2) -> dict[str, torch.Tensor]:
@@ -137,7 +171,7 @@ def to_kohya(lora: LoraDict, family: str, alpha: float, layers_per_block: int = 
         for key, value in sd.items():
             module, kind = key.rsplit(".lora_", 1)  # kind: "A.weight" | "B.weight"
             if comp == "unet" and family == "sdxl":
-                module = _sgm_module(module, layers_per_block)
+                module = sgm_unet_path(module, layers_per_block)
             elif comp != "unet" and not module.startswith("text_model."):
                 module = "text_model." + module  # transformers 5 flattened CLIPTextModel; kohya names keep text_model
             name = f"{prefixes[comp]}_{module.replace('.', '_')}"
@@ -152,10 +186,10 @@ def save_kohya(folder: str | Path, lora: LoraDict, family: str, alpha: float, la
     return path
 
 
-# --------------------------------------------------------------------------- reading a LoRA file (init)
+# --------------------------------------------------------------------------- reading a LoRA file
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file, or (only reached after the caller allowed pickle) a tensor-only pickle
     loaded with ``weights_only=True``, which refuses anything but tensors and containers."""
     if path.suffix.lower() == ".safetensors":
@@ -194,7 +228,7 @@ def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[Lor
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     kwargs = {"unet_config": unet_config} if unet_config is not None else {}
     path = Path(path)
-    tensors = _load_tensors(path)
+    tensors = read_tensors(path)
     legacy = _from_attn_processor_format(tensors)
     if legacy is not None:
         return {"unet": legacy}, 1.0  # attention processors applied up @ down unscaled
@@ -228,3 +262,43 @@ def _metadata_alpha(path: Path) -> float | None:
         return None
     values = {float(v) for k, v in json.loads(meta).items() if k.endswith("lora_alpha")}
     return values.pop() if len(values) == 1 else None
+
+
+# --------------------------------------------------------------------------- finding and loading into a pipeline
+
+
+def resolve(ref: str | os.PathLike, *, allow_pickle: bool = False, what: str = "LoRA",
+            revision: str | None = None, filename: str | None = None) -> Path:
+    """The LoRA file ``ref`` names: a file; a folder (a trainer's output folder holds the
+    diffusers file and a kohya copy: the diffusers one is taken; another folder must hold exactly
+    one .safetensors file); or a hub / ModelScope repo id (``filename`` defaults to the diffusers
+    file name). Pickle files need ``allow_pickle``."""
+    from facechain.models import resolve_weights_file
+
+    if filename is None:
+        local = Path(ref).expanduser()
+        if not local.is_file() and not (local.is_dir() and not (local / LORA_FILE).is_file()):
+            filename = LORA_FILE
+    return resolve_weights_file(ref, filename=filename, revision=revision, allow_pickle=allow_pickle, what=what)
+
+
+def load_adapter(pipe, path: Path, adapter_name: str, what: str = "LoRA") -> None:
+    """Load a LoRA file into ``pipe`` as adapter ``adapter_name`` with diffusers'
+    ``load_lora_weights``. A .safetensors file is loaded by diffusers from the file itself, so the
+    alpha/rank metadata stored in its header is honoured; a pickle (only reached when the caller's
+    ``allow_pickle`` let :func:`resolve` return it) is read with ``weights_only=True``. Any failure
+    is one InputError naming the file, the adapter and the fix."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".safetensors":
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+        else:
+            pipe.load_lora_weights(read_tensors(path), adapter_name=adapter_name)
+    except FacechainError:
+        raise
+    except Exception as exc:  # a truncated file, keys of another model family, ...
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise InputError(
+            f"{what} {path} ({adapter_name}) could not be loaded ({type(exc).__name__}: {first}). Check that the file "
+            "is a complete LoRA (diffusers, kohya or peft keys) made for this base model's family."
+        ) from exc
