@@ -9,8 +9,14 @@ A base model reference may be:
   as ``v2.0``; FaceChain's default base ``ly261666/cv_portrait_model`` is one).
 
 Whether a model is SD1.5-family or SDXL is read from the model's own config (the UNet's
-``addition_embed_type`` for folders, the text-conditioner keys for single files), never from
-its name.
+``addition_embed_type`` for folders and loaded pipelines, the text-conditioner keys for single
+files), never from its name or class name.
+
+The helper models are loaded here too: ControlNets (:func:`load_controlnet`), the depth
+estimator (:func:`load_depth_estimator`), the OpenPose annotator (:func:`load_pose_annotator`),
+the insightface model root and the face swapper's file (:func:`insightface_root`,
+:func:`swapper_model_path`), and what ``device``/``dtype`` ``"auto"`` mean (:func:`resolve_device`,
+:func:`resolve_dtype`) for every stage.
 """
 
 from __future__ import annotations
@@ -67,12 +73,18 @@ def family_of_folder(folder: Path) -> Family:
             "folder. Pass a folder saved with `pipeline.save_pretrained()`, a single .safetensors "
             "checkpoint, or a hub id."
         )
-    cfg = json.loads(unet_cfg.read_text())
+    return family_of_unet_config(json.loads(unet_cfg.read_text()), f"model folder {folder}: UNet config {unet_cfg}")
+
+
+def family_of_unet_config(cfg, where: str) -> Family:
+    """SDXL UNets take the pooled text embedding and size ids (``addition_embed_type`` "text_time");
+    SD1.5-family UNets take 4 (or 9: inpainting) latent channels and nothing added."""
+    cfg = dict(cfg)
     if cfg.get("addition_embed_type") == "text_time":
         return "sdxl"
     if cfg.get("addition_embed_type") in (None, "text") and cfg.get("in_channels", 4) in (4, 9):
         return "sd15"
-    raise InputError(f"model folder {folder}: UNet config {unet_cfg} describes neither an SD1.5-family nor an SDXL UNet.")
+    raise InputError(f"{where} describes neither an SD1.5-family nor an SDXL UNet.")
 
 
 def family_of_checkpoint_keys(keys, where: str) -> Family:
@@ -429,3 +441,95 @@ def files_fingerprint(path: str | os.PathLike) -> str:
 def model_fingerprint(resolved: ResolvedModel) -> str:
     """:func:`files_fingerprint` of the model's folder or checkpoint file."""
     return files_fingerprint(resolved.path)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str = "auto"):
+    """``"auto"``: the first CUDA GPU, else Apple's MPS, else the CPU; any other name as torch reads it."""
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device):
+    """``"auto"``: float16 on a GPU (CUDA or MPS), float32 on the CPU; else the named torch dtype."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if torch.device(device).type in ("cuda", "mps") else torch.float32
+    return getattr(torch, name)
+
+
+# --------------------------------------------------------------------------- helper models
+
+
+def load_controlnet(ref: str, *, dtype, what: str, allow_pickle: bool = False):
+    """A ControlNet (hub id or local diffusers folder) with diffusers' ``ControlNetModel``; safetensors
+    only unless ``allow_pickle``. ``what``: the control it gives ("openpose", "depth"), for the error."""
+    from diffusers import ControlNetModel
+
+    try:
+        return ControlNetModel.from_pretrained(str(ref), torch_dtype=dtype, **safetensors_only(allow_pickle))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"{what} ControlNet '{ref}' could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
+            f"Download it on a machine with network access and set controlnet_{what} to the local folder."
+        ) from exc
+
+
+def load_depth_estimator(ref: str, *, allow_pickle: bool = False):
+    """A transformers ``depth-estimation`` pipeline (FaceChain: DPT-large); safetensors only unless ``allow_pickle``."""
+    from transformers import pipeline as hf_pipeline
+
+    try:
+        return hf_pipeline("depth-estimation", model=str(ref), model_kwargs=safetensors_only(allow_pickle))
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"depth estimator '{ref}' could not be loaded ({type(exc).__name__}). Download it on a machine with "
+            "network access and set depth_estimator to the local folder, or pass a ready depth_image."
+        ) from exc
+
+
+def load_pose_annotator(ref: str, *, allow_pickle: bool, needed_for: str, instead: str):
+    """controlnet_aux's OpenPose detector. Its weights ship only as pickle files
+    (body_pose_model.pth, hand_pose_model.pth), so it needs ``allow_pickle``. ``needed_for`` and
+    ``instead`` complete the error messages (what asked for it; what works without it)."""
+    from facechain.errors import require
+
+    if not allow_pickle:
+        raise UnsafeCheckpointError(
+            f"{needed_for} loads controlnet_aux's OpenPose annotator weights ('{ref}'), which are pickle files (.pth), "
+            f"refused by default since loading a pickle can run code. Pass --allow-pickle if you trust them, or {instead}."
+        )
+    require("controlnet_aux", "turning a pose photo into an OpenPose map", "controlnet-aux")
+    from controlnet_aux import OpenposeDetector
+
+    try:
+        return OpenposeDetector.from_pretrained(str(ref))
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"{needed_for} needs the OpenPose annotator weights '{ref}', which could not be loaded ({type(exc).__name__}). "
+            f"Download them on a machine with network access (a local folder works as `--pose-annotator`), or {instead}."
+        ) from exc
+
+
+SWAPPER_FILE = "inswapper_128.onnx"
+
+
+def insightface_root() -> Path:
+    """Where insightface keeps its model packs (``models/<pack>``) and the swapper: ``$INSIGHTFACE_HOME``
+    or ``~/.insightface``, as insightface itself."""
+    return Path(os.environ.get("INSIGHTFACE_HOME", Path.home() / ".insightface")).expanduser()
+
+
+def swapper_model_path(path: str | os.PathLike | None = None) -> Path:
+    """The face swapper's ONNX file: ``path`` when given, else ``<insightface root>/models/inswapper_128.onnx``."""
+    return Path(path).expanduser() if path else insightface_root() / "models" / SWAPPER_FILE

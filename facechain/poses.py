@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facechain.errors import InputError, ModelNotFoundError
+from facechain.errors import InputError
 from facechain.images import read_image
 
 logger = logging.getLogger(__name__)
@@ -136,26 +136,11 @@ def openpose_from_photo(image: np.ndarray, path: Path, annotator: str, allow_pic
 
     controlnet_aux's annotator weights ship only as pickle files (body_pose_model.pth,
     hand_pose_model.pth), so a pose photo needs ``allow_pickle``; skeleton maps need nothing."""
-    from facechain.errors import UnsafeCheckpointError, require
+    from facechain.models import load_pose_annotator
 
-    if not allow_pickle:
-        raise UnsafeCheckpointError(
-            f"pose {path} is a photo; turning it into an OpenPose map loads controlnet_aux's annotator weights "
-            f"('{annotator}'), which are pickle files (.pth), refused by default since loading a pickle can run code. "
-            f"Pass --allow-pickle if you trust them, or use a skeleton map: {named_poses()}."
-        )
-
-    require("controlnet_aux", "turning a pose photo into an OpenPose map", "controlnet-aux")
-    from controlnet_aux import OpenposeDetector
-
-    try:
-        detector = OpenposeDetector.from_pretrained(annotator)
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"pose photo {path} needs the OpenPose annotator weights '{annotator}', which could not be loaded "
-            f"({type(exc).__name__}). Download them on a machine with network access (a local folder works as "
-            f"`--pose-annotator`), or use a ready skeleton map: {named_poses()}."
-        ) from exc
+    detector = load_pose_annotator(annotator, allow_pickle=allow_pickle,
+                                   needed_for=f"pose {path} is a photo; turning it into an OpenPose map",
+                                   instead=f"use a ready skeleton map: {named_poses()}")
     # include_hand/include_face, not the deprecated hand_and_face, which overrides both when not None
     out = detector(image, include_body=True, include_hand=True, include_face=False, output_type="np")
     return np.asarray(out, dtype=np.uint8)

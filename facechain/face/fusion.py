@@ -20,17 +20,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
 from facechain.errors import InputError, ModelNotFoundError
 from facechain.face.types import Face
+from facechain.models import swapper_model_path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SWAPPER = Path("~/.insightface/models/inswapper_128.onnx").expanduser()
 
 # iBUG-300W 68-point layout: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67.
 JAW = slice(0, 17)
@@ -69,7 +68,7 @@ def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = 
                backend: str | None = None) -> FusionMethod:
     """A fusion method by name. ``auto``: the swapper when its model file exists and faces come
     from the insightface backend (``backend``; the swapper needs ArcFace embeddings), else landmark."""
-    model = Path(swapper_model).expanduser() if swapper_model else DEFAULT_SWAPPER
+    model = swapper_model_path(swapper_model)
     if name == "auto":
         if model.is_file() and backend in (None, "insightface"):
             logger.info("face fusion: insightface swapper (%s)", model)
@@ -251,10 +250,10 @@ class SwapperFusion:
 
     name = "swapper"
 
-    def __init__(self, model_path: str | os.PathLike = DEFAULT_SWAPPER):
+    def __init__(self, model_path: str | os.PathLike | None = None):
         from facechain.errors import require
 
-        path = Path(model_path).expanduser()
+        path = swapper_model_path(model_path)
         if not path.is_file():
             raise ModelNotFoundError(
                 f"face swapper model {path} does not exist. Put inswapper_128.onnx there (swapper_model), or use "

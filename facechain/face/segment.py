@@ -13,6 +13,7 @@ Two methods behind one function:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -57,32 +58,34 @@ def refused_pickle_weights() -> Path | None:
     return next((f / PARSING_WEIGHTS for f in _weight_folders() if (f / PARSING_WEIGHTS).is_file()), None)
 
 
-class _Parser:
-    _model = None
+def load_parser(path: Path):
+    """facexlib's BiSeNet with the weights at ``path``, loaded once per file version (path, size
+    and modification time are the cache key, so other or replaced weights are loaded afresh)."""
+    st = Path(path).stat()
+    return _load_parser(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
-    @classmethod
-    def get(cls, path: Path):
-        if cls._model is None:
-            import torch
-            from facexlib.parsing.bisenet import BiSeNet
 
-            model = BiSeNet(num_class=19)
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
+@functools.lru_cache(maxsize=2)
+def _load_parser(path: str, size: int, mtime_ns: int):
+    import torch
+    from facexlib.parsing.bisenet import BiSeNet
 
-                state = load_file(str(path))
-            else:  # only reached with allow_pickle (parsing_weights_path)
-                state = torch.load(str(path), map_location="cpu", weights_only=True)
-            model.load_state_dict(state, strict=True)
-            cls._model = model.eval()
-        return cls._model
+    model = BiSeNet(num_class=19)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:  # only reached with allow_pickle (parsing_weights_path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def parsing_mask(image: np.ndarray, weights: Path) -> np.ndarray:
     """Head mask (H, W) uint8 {0, 255} from BiSeNet parsing."""
     import torch
 
-    model = _Parser.get(weights)
+    model = load_parser(weights)
     h, w = image.shape[:2]
     x = cv2.resize(image, (512, 512), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
     x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -226,12 +226,3 @@ def load_generate_config(path: str | os.PathLike | None = None, overrides: dict 
         data.update(resolve_paths(overrides, Path(base_dir or os.getcwd())))
     where = f"config {path}" if path is not None else "generate settings"
     return from_dict(GenerateConfig, data, where=where)
-
-
-def with_overrides(cfg: GenerateConfig, **changes) -> GenerateConfig:
-    """A copy of ``cfg`` with ``changes`` (validated again)."""
-    valid = {f.name for f in fields(GenerateConfig)}
-    unknown = sorted(set(changes) - valid)
-    if unknown:
-        raise InputError(f"unknown setting(s) {unknown}. Valid settings: {sorted(valid)}")
-    return replace(cfg, **changes)

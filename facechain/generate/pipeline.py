@@ -28,7 +28,16 @@ from facechain.errors import InputError, ModelNotFoundError
 from facechain import lora as lora_io
 from facechain.generate.config import DEFAULT_DEPTH_CONTROLNET, DEFAULT_OPENPOSE_CONTROLNET, GenerateConfig
 from facechain.generate.prompt import build_prompt, strip_weighting
-from facechain.models import ResolvedModel, check_checkpoint_file, safetensors_only, load_pipeline, resolve_model
+from facechain.models import (
+    ResolvedModel,
+    check_checkpoint_file,
+    load_controlnet,
+    load_depth_estimator,
+    load_pipeline,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+)
 from facechain.styles import Style
 
 logger = logging.getLogger(__name__)
@@ -56,16 +65,6 @@ class StyleBatch:
     candidates: list[Candidate]
     seconds: float
     settings: dict = field(default_factory=dict)
-
-
-def resolve_device_dtype(device: str, dtype: str):
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    return torch.device(device), getattr(torch, dtype)
 
 
 def check_face_lora(cfg: GenerateConfig) -> Path | None:
@@ -116,31 +115,11 @@ def check_control_inputs(cfg: GenerateConfig):
     return pose_map, photo
 
 
-def _load_controlnet(ref: str, dtype, what: str, allow_pickle: bool = False):
-    from diffusers import ControlNetModel
-
-    try:
-        return ControlNetModel.from_pretrained(ref, torch_dtype=dtype, **safetensors_only(allow_pickle))
-    except (OSError, EnvironmentError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"{what} ControlNet '{ref}' could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
-            f"Download it on a machine with network access and set controlnet_{what} to the local folder."
-        ) from exc
-
-
 def estimate_depth(photo: np.ndarray, model: str, allow_pickle: bool = False) -> np.ndarray:
     """Depth map (RGB uint8) of a pose photo with a transformers depth-estimation model (FaceChain: DPT-large)."""
-    from transformers import pipeline as hf_pipeline
     from PIL import Image
 
-    try:
-        estimator = hf_pipeline("depth-estimation", model=model, model_kwargs=safetensors_only(allow_pickle))
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"depth estimator '{model}' could not be loaded ({type(exc).__name__}). Download it on a machine with "
-            "network access and set depth_estimator to the local folder, or pass a ready depth_image."
-        ) from exc
-    depth = estimator(Image.fromarray(photo))["depth"]
+    depth = load_depth_estimator(model, allow_pickle=allow_pickle)(Image.fromarray(photo))["depth"]
     return np.asarray(depth.convert("RGB"))
 
 
@@ -154,7 +133,8 @@ class PortraitGenerator:
 
         self.cfg = cfg
         t0 = time.perf_counter()
-        self.device, self.dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.resolved = resolved or resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
         self.family = self.resolved.family
         face_lora = check_face_lora(cfg)
@@ -202,8 +182,8 @@ class PortraitGenerator:
 
         cfg = self.cfg
         pose_map = np.asarray(Image.fromarray(pose_map).resize((self.width, self.height), Image.NEAREST))
-        nets = [_load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family], self.dtype,
-                                 "openpose", cfg.allow_pickle)]
+        nets = [load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family], dtype=self.dtype,
+                                what="openpose", allow_pickle=cfg.allow_pickle)]
         images = [Image.fromarray(pose_map)]
         scales = [cfg.pose_weight]
         if cfg.depth:
@@ -213,8 +193,8 @@ class PortraitGenerator:
                 depth = read_image(cfg.depth_image, "depth_image")
             else:  # a photo: check_control_inputs refused a skeleton map without depth_image
                 depth = estimate_depth(photo, cfg.depth_estimator, cfg.allow_pickle)
-            nets.append(_load_controlnet(cfg.controlnet_depth or DEFAULT_DEPTH_CONTROLNET[self.family], self.dtype,
-                                         "depth", cfg.allow_pickle))
+            nets.append(load_controlnet(cfg.controlnet_depth or DEFAULT_DEPTH_CONTROLNET[self.family], dtype=self.dtype,
+                                        what="depth", allow_pickle=cfg.allow_pickle))
             images.append(Image.fromarray(depth).resize((self.width, self.height), Image.BICUBIC))
             scales.append(cfg.depth_weight)
         if len(nets) > 1:

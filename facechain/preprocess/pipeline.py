@@ -153,9 +153,6 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
         landmarks=lms, embedding=embedding, gender=face.gender, age=face.age))
 
 
-_WORKER_STATE: tuple | None = None
-
-
 def _worker_count(requested: int, n: int) -> int:
     import os
 
@@ -164,11 +161,26 @@ def _worker_count(requested: int, n: int) -> int:
     return 1 if n < 4 else min(os.cpu_count() or 1, 4, n)
 
 
-def _process_one(path: Path) -> tuple[PhotoEntry, _Candidate | None]:
+class _ForkedWorker:
+    """What a forked preprocessing worker process holds: its (analyzer, cfg), inherited through
+    fork (never pickled) by :func:`_start_worker`. Set only inside worker processes."""
+
+    analyzer: FaceAnalyzer | None = None
+    cfg: PreprocessConfig | None = None
+
+
+def _start_worker(analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> None:
+    _ForkedWorker.analyzer, _ForkedWorker.cfg = analyzer, cfg
+
+
+def _process_in_worker(path: Path) -> tuple[PhotoEntry, _Candidate | None]:
+    return _process_one(path, _ForkedWorker.analyzer, _ForkedWorker.cfg)
+
+
+def _process_one(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> tuple[PhotoEntry, _Candidate | None]:
     """Run steps 1-7 on one photo; every failure becomes a report entry."""
     import dataclasses
 
-    analyzer, cfg = _WORKER_STATE
     t0 = time.perf_counter()
     cand = None
     try:
@@ -236,16 +248,14 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
     if workers > 1 and not getattr(analyzer, "fork_safe", False):
         logger.info("preprocess: one worker, since the %s backend cannot be shared with forked workers", analyzer.name)
         workers = 1
-    global _WORKER_STATE
-    _WORKER_STATE = (analyzer, cfg)
     if workers > 1:
         import multiprocessing as mp
 
-        # fork: workers inherit the loaded face models instead of loading them again
-        pool = mp.get_context("fork").Pool(workers)
-        results = pool.imap(_process_one, files)
+        # fork: workers inherit the loaded face models (the initializer's arguments are not pickled)
+        pool = mp.get_context("fork").Pool(workers, initializer=_start_worker, initargs=(analyzer, cfg))
+        results = pool.imap(_process_in_worker, files)
     else:
-        pool, results = None, map(_process_one, files)
+        pool, results = None, (_process_one(f, analyzer, cfg) for f in files)
     try:
         for entry, cand in tqdm(results, total=len(files), desc="preprocess", unit="photo", disable=not progress):
             entries.append(entry)

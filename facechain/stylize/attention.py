@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +220,3 @@ def replace_branch(call: AttnCall, name: str, value: torch.Tensor) -> torch.Tens
     out = call.plain.clone()
     out[:, call.branch[name]] = value
     return out
-
-
-PolicyFactory = Callable[..., AttentionPolicy]

@@ -139,25 +139,15 @@ class Counters:
 # --------------------------------------------------------------------------- engine
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 class Engine:
     """A loaded model ready to invert and sample. Build once, stylize many times: the
     inversion cache lives here."""
 
     def __init__(self, cfg: StylizeConfig, pipe=None):
-        from facechain.models import load_pipeline, resolve_model
+        from facechain.models import family_of_unet_config, load_pipeline, resolve_device, resolve_dtype, resolve_model
 
-        self.device = pick_device(cfg.device)
-        self.dtype = getattr(torch, cfg.dtype)
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
         loaded = pipe is None
         if loaded:
             resolved = resolve_model(cfg.model, cfg.revision, cfg.subfolder, allow_pickle=cfg.allow_pickle)
@@ -165,7 +155,7 @@ class Engine:
             self.family = resolved.family
             self.model_id = f"{resolved.reference}@{cfg.revision or ''}/{cfg.subfolder or ''}:{resolved.path}"
         else:
-            self.family = "sdxl" if type(pipe).__name__.startswith("StableDiffusionXL") else "sd15"
+            self.family = family_of_unet_config(pipe.unet.config, f"the given pipeline's UNet config ({type(pipe).__name__})")
             self.model_id = pipe_id(pipe)
         prediction = dict(pipe.scheduler.config).get("prediction_type", "epsilon")
         if prediction != "epsilon":

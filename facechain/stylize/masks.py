@@ -61,13 +61,6 @@ def check_has_background(mask: torch.Tensor, what: str = "mask") -> None:
                          "draw a mask that leaves some of the image out, or drop it.")
 
 
-def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a binary (H, W) mask to (width, height) with nearest neighbour (stays binary)."""
-    w, h = size
-    out = F.interpolate(mask[None, None].float(), size=(h, w), mode="nearest")[0, 0]
-    return out
-
-
 def token_grid(num_tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     """(h, w) of an attention layer's token grid, from its token count and the latent size."""
     h, w = latent_hw

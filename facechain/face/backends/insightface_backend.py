@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
 from facechain.errors import MissingDependencyError, ModelNotFoundError
 from facechain.face.types import Face
+from facechain.models import insightface_root
 
 logger = logging.getLogger(__name__)
 
 PACKS = ("buffalo_l", "antelopev2")
 # SCRFD confidence for a real face; insightface's FaceAnalysis default det_thresh is 0.5.
 SCRFD_MIN_SCORE = 0.5
-
-
-def insightface_root() -> Path:
-    return Path(os.environ.get("INSIGHTFACE_HOME", Path.home() / ".insightface"))
 
 
 def _offline() -> bool:
