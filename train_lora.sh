@@ -8,7 +8,7 @@
 # follow accelerate's own config, `accelerate config`). Trainer flags pass through, e.g.
 #   --max_train_steps 400 --rank 8 --resolution 512 --mixed_precision bf16 --resume
 # Environment: PYTHON (interpreter, default python), PREPROCESS_FLAGS (extra flags for
-# `facechain preprocess`, e.g. "--backend dlib").
+# `facechain preprocess`, e.g. "--face-backend dlib").
 # See docs/train.md.
 set -eu
 

@@ -14,6 +14,7 @@ Prints one table; copy it into benchmarks/RESULTS.md with the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -60,12 +61,12 @@ def run_mode(args) -> dict:
     cfg = GenerateConfig(
         base_model=paths["model"], output_dir=Path(tempfile.gettempdir()) / "bench_out", lora_dir=Path(paths["face"]),
         styles=["Bench"], style_dirs=[Path(paths["styles"])], num_candidates=args.candidates, num_images=1,
-        batch_size=args.batch if ours else 1, fuse_loras=ours, steps=args.steps, fast=args.fast,
-        fast_steps=args.fast_steps, lcm_lora=paths["lcm"], rank=False, fusion="off", device=args.device,
+        batch_size=args.batch if ours else 1, fuse_loras=ours, num_inference_steps=args.steps, fast=args.fast,
+        fast_num_inference_steps=args.fast_steps, lcm_lora=paths["lcm"], rank_candidates=False, fusion="off", device=args.device,
     )
     style = load_styles([Path(paths["styles"])]).get("Bench", "sd15")
     gen = PortraitGenerator(cfg)
-    warm = GenerateConfig(**{**cfg.__dict__, "num_candidates": min(cfg.batch_size, args.candidates), "num_images": 1})
+    warm = dataclasses.replace(cfg, num_candidates=min(cfg.batch_size, args.candidates), num_images=1)
     gen.cfg = warm
     gen.generate(style, ("<fcsks>", "a person"))  # warm-up: kernels, allocator, LoRA load of the style
     gen.cfg = cfg

@@ -60,7 +60,7 @@ def main() -> None:
         src.mkdir()
         make_photos(src, args.photos)
         analyzer = get_analyzer("dlib")
-        cfg = PreprocessConfig(backend="dlib", identity_check=True, workers=args.workers)
+        cfg = PreprocessConfig(face_backend="dlib", identity_check=True, workers=args.workers)
         t = time.perf_counter()
         res = preprocess(src, out, cfg, analyzer=analyzer, progress=False)
         dt = time.perf_counter() - t

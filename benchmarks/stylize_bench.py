@@ -38,7 +38,7 @@ def worker(args) -> dict:
     from facechain.stylize import StylizeConfig, build_engine, stylize
 
     attention = "sdpa" if args.worker == "ours" else "einsum"
-    cfg = StylizeConfig(model=args.model, resolution=args.resolution, steps=args.steps, device=args.device,
+    cfg = StylizeConfig(base_model=args.model, resolution=args.resolution, num_inference_steps=args.steps, device=args.device,
                         method=args.method, attention=attention)
     engine = build_engine(cfg)
     if args.worker == "reference":

@@ -58,7 +58,7 @@ def run_ours(args, model: Path, data: Path, work: Path) -> dict:
     total = args.warmup + args.steps
     unet_times = _time_unet_calls()
     cfg = TrainConfig(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=args.resolution,
-                      max_train_steps=total, checkpointing_steps=total, validation="none",
+                      max_train_steps=total, checkpointing_steps=total, face_backend="none",
                       mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing, aug_variants=4)
     train(cfg, progress=False)
     import torch

@@ -1,15 +1,26 @@
-"""Config helpers shared by every stage.
+"""Config helpers shared by every stage, and the one bridge from a config to command-line flags.
 
-Stage configs are plain dataclasses with per-field help in ``field(metadata={"help": ...})``.
+Stage configs are frozen dataclasses with per-field help in ``field(metadata={"help": ...})``.
 :func:`from_dict` builds one from a mapping (YAML/JSON/CLI), checking every field's type and
 refusing unknown keys with the list of valid ones; :func:`save_config` writes the config as
 JSON beside the artifact it produced.
+
+Renamed settings: a config class lists ``RENAMED = {"old_name": "new_name"}`` (a ClassVar). The
+old name still works in config files and as a flag, with a one-line deprecation note.
+
+Flags (:func:`add_config_arguments`, :func:`settings_from_args`), the way transformers'
+``HfArgumentParser`` does it: every field is ``--field-name`` (the ``--field_name`` spelling works
+too), its type, choices and help come from the annotation and the field's metadata, and its
+default is shown from the dataclass, never written twice. Only flags the user gave are set, so
+they override a config file field by field.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import types
@@ -21,6 +32,7 @@ from facechain.errors import InputError
 from facechain.io import write_json
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def _type_name(tp: Any) -> str:
@@ -92,13 +104,36 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def renamed(cls: type) -> dict[str, str]:
+    """Old setting name -> new name for ``cls`` (its ``RENAMED`` class attribute)."""
+    return dict(getattr(cls, "RENAMED", {}) or {})
+
+
+def upgrade_names(cls: type, data: dict, where: str, warn: bool = True) -> dict:
+    """``data`` with renamed settings under their new names (a one-line deprecation note each when
+    ``warn``). Both spellings at once is an error."""
+    table = renamed(cls)
+    out = dict(data)
+    for old, new in table.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise InputError(f"{where}: '{old}' and '{new}' are the same setting ('{old}' is its old name); give only '{new}'.")
+        out[new] = out.pop(old)
+        if warn:
+            logger.warning("%s: setting '%s' is now called '%s'; the old name still works but is deprecated.", where, old, new)
+    return out
+
+
 def from_dict(cls: type[T], data: dict, where: str | None = None) -> T:
     """Build dataclass ``cls`` from ``data``, type-checking every field.
 
-    Unknown keys are refused (a typo is an error, not a silently ignored option)."""
+    Unknown keys are refused (a typo is an error, not a silently ignored option); renamed ones
+    are accepted with a deprecation note."""
     where = where or cls.__name__
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+    data = upgrade_names(cls, data, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -147,3 +182,110 @@ def load_mapping(path: str | os.PathLike) -> dict:
 def field_help(cls: type) -> dict[str, str]:
     """Field name -> help text, for CLI and docs."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+# --------------------------------------------------------------------------- config -> flags
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+    else:
+        return " (required: a flag or the config file)"
+    if value is None or value == "" or value == [] or value == {}:
+        return " (default: none)"
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(v) for v in value)
+    return f" (default: {value})"
+
+
+def _flag_kwargs(tp: Any) -> dict:
+    """argparse keyword arguments for a field annotation; None for types no flag can hold."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _flag_kwargs(inner[0]) if len(inner) == 1 else {"type": str}
+    if origin is typing.Literal:
+        return {"choices": list(args)}
+    if origin in (list, tuple):
+        inner = args[0] if args else str
+        return {"nargs": "+", "action": "extend", "type": inner if inner in (int, float) else str}
+    if origin is dict or tp is dict:
+        return None
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if tp in (int, float):
+        return {"type": tp}
+    return {"type": str}
+
+
+class RenamedFlag(argparse.Action):
+    """An old flag spelling: stores under the new name, with a deprecation note."""
+
+    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        logger.warning("%s is now %s; the old flag still works but is deprecated.", option_string, self.new_flag)
+        if self.nargs == 0:  # a yes/no flag: the constant of its spelling
+            values = self.const
+        elif isinstance(values, list) and isinstance(getattr(namespace, self.dest, None), list):
+            values = getattr(namespace, self.dest) + values
+        setattr(namespace, self.dest, values)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
+                         title: str | None = None) -> None:
+    """One flag per field of dataclass ``cls`` (fields in ``skip`` and mappings excepted):
+    ``--field-name`` and ``--field_name``, plus hidden old spellings from ``RENAMED`` and any
+    ``metadata["flags"]`` aliases. The value lands in ``args.<field_name>``; an absent flag leaves
+    no attribute, so :func:`settings_from_args` returns only what was given."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(cls)
+    old_names: dict[str, list[str]] = {}
+    for old, new in renamed(cls).items():
+        old_names.setdefault(new, []).append(old)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        kwargs = _flag_kwargs(hints[f.name])
+        if kwargs is None:
+            continue
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
+        flags += list(f.metadata.get("flags", ()))
+        if "choices" in f.metadata:  # a str field checked against a list kept elsewhere
+            kwargs = {**kwargs, "choices": list(f.metadata["choices"])}
+        if "type" in kwargs and "choices" not in kwargs:
+            kwargs["metavar"] = f.name.upper()
+        group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
+                           help=f.metadata.get("help", "") + _default_text(f), **kwargs)
+        for old in old_names.get(f.name, ()):
+            spell = lambda prefix: sorted({f"--{prefix}{old.replace('_', '-')}", f"--{prefix}{old}"})  # noqa: E731
+            hidden = {"dest": f.name, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS, "action": RenamedFlag}
+            if kwargs.get("action") is argparse.BooleanOptionalAction:
+                group.add_argument(*spell(""), nargs=0, const=True, new_flag=flags[0], **hidden)
+                group.add_argument(*spell("no-"), nargs=0, const=False, new_flag="--no-" + flags[0][2:], **hidden)
+            else:
+                group.add_argument(*spell(""), new_flag=flags[0], **hidden,
+                                   **{k: v for k, v in kwargs.items() if k not in ("action", "metavar")})
+
+
+def settings_from_args(cls: type, args: argparse.Namespace) -> dict:
+    """The settings of ``cls`` that were given as flags (see :func:`add_config_arguments`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+
+def config_from_sources(cls: type[T], args: argparse.Namespace, config_file: str | os.PathLike | None = None,
+                        extra: dict | None = None) -> T:
+    """``cls`` from a config file (if any), then ``extra`` settings, then the flags the user gave."""
+    data = load_mapping(config_file) if config_file else {}
+    where = f"config {config_file}" if config_file else cls.__name__
+    data = upgrade_names(cls, data, where)
+    data.update(extra or {})
+    data.update(settings_from_args(cls, args))
+    return from_dict(cls, data, where=where)

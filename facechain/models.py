@@ -446,6 +446,10 @@ def model_fingerprint(resolved: ResolvedModel) -> str:
 # --------------------------------------------------------------------------- devices
 
 
+DEVICE_HELP = "auto (the first CUDA GPU, else Apple MPS, else the CPU), cpu, cuda, cuda:N or mps"
+DTYPE_HELP = "auto (float16 on a GPU, float32 on the CPU), float32, float16 or bfloat16"
+
+
 def resolve_device(name: str = "auto"):
     """``"auto"``: the first CUDA GPU, else Apple's MPS, else the CPU; any other name as torch reads it."""
     import torch

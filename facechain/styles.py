@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from facechain.errors import InputError
+from facechain.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -157,26 +158,32 @@ def load_style_file(path: str | os.PathLike, root: str | os.PathLike | None = No
 
 
 class StyleRegistry:
-    """Styles by (family, name). :meth:`register` refuses a duplicate name within a family."""
+    """Styles by (family, name), on the shared :class:`~facechain.registry.Registry` type.
+    :meth:`register` refuses a duplicate name within a family; :meth:`get` also finds a style by
+    its file name and says when a style exists only for the other family."""
 
     def __init__(self) -> None:
-        self._styles: dict[tuple[str, str], Style] = {}
+        self._styles: Registry[Style] = Registry("style")
+
+    @staticmethod
+    def _key(family: str, name: str) -> str:
+        return f"{family}/{name.casefold()}"
 
     def register(self, style: Style) -> None:
-        key = (style.family, style.name.casefold())
+        key = self._key(style.family, style.name)
         if key in self._styles:
-            other = self._styles[key]
+            other = self._styles.get(key)
             raise InputError(
                 f"style name '{style.name}' ({style.family}) is defined twice: {other.path} and {style.path}. "
                 "Rename one of them."
             )
-        self._styles[key] = style
+        self._styles.register(key, style)
 
     def __len__(self) -> int:
         return len(self._styles)
 
     def __iter__(self):
-        return iter(sorted(self._styles.values(), key=lambda s: (s.family, s.name)))
+        return iter(sorted(self._styles, key=lambda s: (s.family, s.name)))
 
     def names(self, family: str | None = None) -> list[str]:
         return sorted(s.name for s in self if family is None or s.family in (family, "any"))

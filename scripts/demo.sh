@@ -16,9 +16,9 @@ paths = write_demo_photos(sys.argv[1])
 print(f"demo: wrote {len(paths)} sample photos to {sys.argv[1]}")
 PY
 [ -f "$OUT/tiny-sd15/model_index.json" ] || facechain make-tiny-model "$OUT/tiny-sd15"
-PREPROCESS_FLAGS="--backend dlib" PYTHON=python sh train_lora.sh "$OUT/tiny-sd15" "" "" "$OUT/photos" "$OUT/processed" "$OUT/lora" \
-  --resolution 64 --max_train_steps 20 --checkpointing_steps 10 --validation dlib --resume  # --resume: a rerun of the demo continues (here: re-exports) its own run
+PREPROCESS_FLAGS="--face-backend dlib" PYTHON=python sh train_lora.sh "$OUT/tiny-sd15" "" "" "$OUT/photos" "$OUT/processed" "$OUT/lora" \
+  --resolution 64 --max_train_steps 20 --checkpointing_steps 10 --face_backend dlib --resume  # --resume: a rerun of the demo continues (here: re-exports) its own run
 python run_inference.py --config configs/demo.yaml --lora-dir "$OUT/lora" --processed-dir "$OUT/processed"
-facechain stylize --model "$OUT/tiny-sd15" --content "$OUT/processed/000.png" --style "$OUT/photos/06_someone_else.png" \
-  --method portrait-diffusion --steps 10 --resolution 64 --out "$OUT/stylized"
+facechain stylize --base-model "$OUT/tiny-sd15" --content "$OUT/processed/000.png" --style "$OUT/photos/06_someone_else.png" \
+  --method portrait-diffusion --num-inference-steps 10 --resolution 64 --output-dir "$OUT/stylized"
 echo "demo: done. Inspect $OUT/processed/report.json, $OUT/lora/train_log.jsonl, $OUT/demo-output/manifest.json, $OUT/stylized/"

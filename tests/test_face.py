@@ -89,10 +89,10 @@ def test_auto_falls_back_to_dlib_offline(monkeypatch, tmp_path):
     from facechain.face import registry
 
     monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path))  # no packs there, and we are offline
-    registry._CACHE.clear()
+    registry._LOADED.clear()
     analyzer = get_analyzer("auto")
     assert analyzer.name == "dlib"
-    registry._CACHE.clear()
+    registry._LOADED.clear()
 
 
 def test_crop_transform_places_face(dlib_analyzer, sample_photos):

@@ -157,7 +157,7 @@ def test_job_with_ranking_reports_every_dropped_candidate(tiny_sd15, people, tmp
     save_image(processed / "000.png", people["ref"])
     (processed / "metadata.jsonl").write_text(json.dumps({"file_name": "000.png", "text": "<fcsks>, a beautiful woman"}) + "\n")
     cfg = GenerateConfig(base_model=str(tiny_sd15), output_dir=tmp_path / "out", processed_dir=processed,
-                         styles=["Chef"], num_candidates=2, num_images=1, steps=2, face_backend="dlib",
+                         styles=["Chef"], num_candidates=2, num_images=1, num_inference_steps=2, face_backend="dlib",
                          fusion="landmark", device="cpu", dtype="float32")
     result = run_job(cfg)
     style = result.manifest["styles"][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -73,15 +74,15 @@ def test_config_field_errors(tmp_path, text, msg):
 def test_shipped_configs_parse_and_document_every_field():
     import yaml
 
-    fields = set(GenerateConfig.__dataclass_fields__)
+    fields = {f.name for f in dataclasses.fields(GenerateConfig)}
     example = load_generate_config(REPO / "configs" / "example.yaml")
-    assert example.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and example.steps == 40
+    assert example.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and example.num_inference_steps == 40
     raw = yaml.safe_load((REPO / "configs" / "example.yaml").read_text())
     text = (REPO / "configs" / "example.yaml").read_text()
     assert fields - set(raw) <= {"negative_prompt"} and "# negative_prompt" in text
     demo = load_generate_config(REPO / "configs" / "demo.yaml")
     assert demo.base_model == str((REPO / "runs" / "tiny-sd15").resolve())
-    assert demo.rank is False and demo.fusion == "off"
+    assert demo.rank_candidates is False and demo.fusion == "off"
 
 
 def test_pose_maps_drawn_in_openpose_colours(tmp_path):
@@ -115,14 +116,81 @@ def test_cli_flags_cover_every_field():
 
     p = argparse.ArgumentParser()
     cli.add_arguments(p)
-    args = p.parse_args(["--config", "x.yaml", "--num-images", "2", "--styles", "Cyberpunk", "Chef", "--no-rank",
+    args = p.parse_args(["--config", "x.yaml", "--num-images", "2", "--styles", "Cyberpunk", "Chef", "--no-rank-candidates",
                          "--fusion", "landmark", "--height", "512"])
     over = cli.overrides_from_args(args)
-    assert over == {"num_images": 2, "styles": ["Cyberpunk", "Chef"], "rank": False, "fusion": "landmark",
+    assert over == {"num_images": 2, "styles": ["Cyberpunk", "Chef"], "rank_candidates": False, "fusion": "landmark",
                     "height": 512}
-    flags = {a.dest[4:] for a in p._actions if a.dest.startswith("set_")}
-    assert flags == set(GenerateConfig.__dataclass_fields__)
+    flags = {a.dest for a in p._actions if a.help != argparse.SUPPRESS and not a.dest.startswith("_")} - {"help"}
+    assert flags == {f.name for f in dataclasses.fields(GenerateConfig)}
 
+
+@pytest.mark.parametrize("command, cls", [("preprocess", "facechain.preprocess.config:PreprocessConfig"),
+                                          ("train", "facechain.train.config:TrainConfig"),
+                                          ("generate", "facechain.generate.config:GenerateConfig"),
+                                          ("stylize", "facechain.stylize.config:StylizeConfig")])
+def test_one_flag_bridge_for_every_command(command, cls):
+    """Every command's flags come from its config dataclass through one bridge: each field is a flag
+    in --kebab-case and --snake_case, its help is the field's help with the dataclass default, and
+    every old name of a renamed setting still parses (hidden), under the new name."""
+    import argparse
+    import dataclasses
+    import importlib
+
+    from facechain.config import renamed
+
+    module, name = cls.split(":")
+    cfg_cls = getattr(importlib.import_module(module), name)
+    p = argparse.ArgumentParser()
+    importlib.import_module(f"facechain.cli.{command}").add_arguments(p)
+    by_dest = {}
+    for action in p._actions:
+        by_dest.setdefault(action.dest, []).append(action)
+    for f in dataclasses.fields(cfg_cls):
+        if f.name == "options":  # a mapping: stylize's --option KEY=VALUE
+            continue
+        visible = [a for a in by_dest[f.name] if a.help != argparse.SUPPRESS]
+        assert len(visible) == 1, f.name
+        action = visible[0]
+        if action.option_strings:  # positionals (train's base_model, ...) excepted
+            assert f"--{f.name.replace('_', '-')}" in action.option_strings and f"--{f.name}" in action.option_strings or "_" not in f.name
+            assert action.help.startswith(f.metadata["help"][:20]) and ("(default:" in action.help or "(required" in action.help)
+    for old, new in renamed(cfg_cls).items():
+        hidden = [a for a in by_dest[new] if a.help == argparse.SUPPRESS]
+        assert any(f"--{old.replace('_', '-')}" in a.option_strings for a in hidden), old
+
+
+def test_old_setting_names_still_work_with_a_note(tmp_path, caplog):
+    import argparse
+    import logging
+
+    from facechain.cli import stylize as cli
+    from facechain.config import from_dict
+    from facechain.preprocess.config import PreprocessConfig
+    from facechain.train.config import TrainConfig
+
+    with caplog.at_level(logging.WARNING):
+        cfg = from_dict(TrainConfig, {"base_model": "m", "train_data_dir": "d", "output_dir": "o", "validation": "none",
+                                      "validation_inference_steps": 3})
+    assert (cfg.face_backend, cfg.validation_num_inference_steps) == ("none", 3)
+    assert "setting 'validation' is now called 'face_backend'" in caplog.text
+    assert from_dict(PreprocessConfig, {"backend": "dlib"}).face_backend == "dlib"
+    with pytest.raises(InputError, match="'backend' and 'face_backend' are the same setting"):
+        from_dict(PreprocessConfig, {"backend": "dlib", "face_backend": "auto"})
+    (tmp_path / "old.yaml").write_text("base_model: m\noutput_dir: o\nsteps: 7\nrank: false\nfast_steps: 3\n")
+    old = load_generate_config(tmp_path / "old.yaml")
+    assert (old.num_inference_steps, old.rank_candidates, old.fast_num_inference_steps) == (7, False, 3)
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        args = p.parse_args(["--content", "c.png", "--style", "s.png", "--out", "o", "--model", "m", "--steps", "5",
+                             "--subfolder", "sd", "--fast-lora", "lcm", "--lora", "a", "--lora", "b", "--no-fast"])
+    cfg = cli.build_config(args)
+    assert (cfg.base_model, cfg.num_inference_steps, cfg.sub_path, cfg.lcm_lora, cfg.loras, cfg.fast) == \
+        ("m", 5, "sd", "lcm", ["a", "b"], False)
+    assert args._output_dir == "o" and "--steps is now --num-inference-steps" in caplog.text
+    assert "--out is now --output-dir" in caplog.text
 
 def test_pose_photo_without_annotator_weights_names_the_fix(tmp_path):
     from skimage.data import astronaut

@@ -41,7 +41,7 @@ def _cfg(tiny, tmp_path, **kw):
     from facechain.generate import GenerateConfig
 
     base = dict(base_model=str(tiny), output_dir=tmp_path / "out", num_candidates=3, num_images=2, batch_size=2,
-                steps=2, rank=False, fusion="off", device="cpu", dtype="float32", styles=["Business suit"])
+                num_inference_steps=2, rank_candidates=False, fusion="off", device="cpu", dtype="float32", styles=["Business suit"])
     base.update(kw)
     return GenerateConfig(**base)
 
@@ -61,7 +61,8 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
         "styles: [Business suit, Broken, Ink]\nnum_candidates: 3\nnum_images: 2\nbatch_size: 2\nsteps: 2\n"
         "seed: 5\nrank: false\nfusion: 'off'\nupscale: lanczos\ndevice: cpu\ndtype: float32\n"
     )
-    assert main(["generate", "--config", str(cfg_path)]) == 0
+    # old setting names (steps, rank) still work; one requested style fails, so the exit code is 1
+    assert main(["generate", "--config", str(cfg_path)]) == 1
     out = tmp_path / "out"  # resolved against the config file's folder
     kept = sorted(p.name for p in out.glob("*.png"))
     assert kept == ["business_suit_00.png", "business_suit_01.png", "contact_sheet.png", "ink_00.png", "ink_01.png"]
@@ -69,6 +70,7 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     suit, broken, ink = man["styles"]  # a broken style is reported; the others still run
     assert broken["style"] == "Broken" and "could not be loaded" in broken["error"]
+    assert man["failed"] == [{"item": "Broken", "error": broken["error"]}]
     assert suit["prompt"].startswith("<fcsks>, a person, wearing a tailored dark business suit")
     assert ink["prompt"] == "<fcsks>, a person, ink drawing, black and white"  # weighting syntax stripped
     assert suit["adapters"] == {"face": 0.95} and ink["adapters"] == {"face": 0.9, "style": 0.35}
@@ -92,6 +94,7 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
                           "--num-candidates", "1", "--num-images", "1", "--styles", "Chef"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "--steps is now --num-inference-steps" in res.stderr  # the old flag works, with a note
     assert (tmp_path / "demo" / "chef_00.png").is_file() and (tmp_path / "demo" / "manifest.json").is_file()
 
 
@@ -127,7 +130,7 @@ def test_missing_lora_folder_and_unknown_style(tiny_sd15, tmp_path):
     with pytest.raises(InputError, match="unknown style 'Nonexistent'"):
         check_inputs(_cfg(tiny_sd15, tmp_path, styles=["Nonexistent"]))
     with pytest.raises(InputError, match="need the template face from processed_dir"):
-        check_inputs(_cfg(tiny_sd15, tmp_path, rank=True))
+        check_inputs(_cfg(tiny_sd15, tmp_path, rank_candidates=True))
 
 
 def test_pose_and_depth_controlnets(tiny_sd15, tmp_path):
@@ -184,7 +187,7 @@ def test_sdxl_fast_mode_with_lcm_lora_and_pose(tiny_sdxl, tmp_path):
     face = random_lora(tiny_sdxl, tmp_path / "face", seed=4, family="sdxl")
     unet = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet")
     ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16)).save_pretrained(tmp_path / "cn")
-    gen = PortraitGenerator(_cfg(tiny_sdxl, tmp_path, fast=True, fast_steps=2, lcm_lora=str(lcm), lora_dir=face,
+    gen = PortraitGenerator(_cfg(tiny_sdxl, tmp_path, fast=True, fast_num_inference_steps=2, lcm_lora=str(lcm), lora_dir=face,
                                  pose="upper_body_turn", controlnet_openpose=str(tmp_path / "cn")))
     batch = gen.generate(load_styles().get("Cyberpunk", "sdxl"), ("<fcsks>", "a person"))
     assert type(gen.control_pipe).__name__ == "StableDiffusionXLControlNetPipeline"

@@ -23,7 +23,7 @@ def test_generation_golden_slice(tiny_sd15, tmp_path):
     from facechain.styles import load_styles
 
     cfg = GenerateConfig(base_model=str(tiny_sd15), output_dir=tmp_path, num_candidates=1, num_images=1, batch_size=1,
-                         steps=4, rank=False, fusion="off", device="cpu", dtype="float32", height=64, width=64, seed=42)
+                         num_inference_steps=4, rank_candidates=False, fusion="off", device="cpu", dtype="float32", height=64, width=64, seed=42)
     batch = PortraitGenerator(cfg).generate(load_styles().get("Chef", "sd15"), ("<fcsks>", "a person"))
     _check(np.asarray(batch.candidates[0].image.convert("RGB")), GENERATE_SLICE, "generate")
 
@@ -32,7 +32,7 @@ def test_generation_golden_slice(tiny_sd15, tmp_path):
 def test_stylization_golden_slice(tiny_sd15, style_images, method):
     from facechain.stylize import StylizeConfig, stylize
 
-    cfg = StylizeConfig(model=str(tiny_sd15), resolution=64, device="cpu", steps=10, method=method)
+    cfg = StylizeConfig(base_model=str(tiny_sd15), resolution=64, device="cpu", num_inference_steps=10, method=method)
     res = stylize(style_images["content"], style_images["style"], cfg, progress=False)
     _check(res.image, STYLIZE_SLICES[method], method)
 

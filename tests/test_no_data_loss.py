@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from facechain.errors import FacechainError, InputError, UnsafeCheckpointError
+from facechain.jobs import JobFailed
 from facechain.outputs import STATE_DIR, OutputConflictError, OutputInUseError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def _save(path: Path, rgb: np.ndarray) -> Path:
 def pcfg():
     from facechain.preprocess import PreprocessConfig
 
-    return PreprocessConfig(backend="dlib", mask="landmarks", workers=1)
+    return PreprocessConfig(face_backend="dlib", mask="landmarks", workers=1)
 
 
 def test_preprocess_refuses_output_equal_to_or_nested_with_input(tmp_path, sample_photos, pcfg):
@@ -168,7 +169,7 @@ def test_heic_photos_are_read(tmp_path, sample_photos):
 def _gcfg(tiny, out, **kw):
     from facechain.generate import GenerateConfig
 
-    base = dict(base_model=str(tiny), output_dir=out, num_candidates=2, num_images=1, batch_size=2, steps=2, rank=False,
+    base = dict(base_model=str(tiny), output_dir=out, num_candidates=2, num_images=1, batch_size=2, num_inference_steps=2, rank_candidates=False,
                 fusion="off", device="cpu", dtype="float32", styles=["Business suit", "Chef"], height=64, width=64)
     base.update(kw)
     return GenerateConfig(**base)
@@ -211,7 +212,7 @@ def test_generate_keeps_user_files_and_previous_results(tiny_sd15, tmp_path, mon
         raise FacechainError(f"style {style.name} failed on purpose")
 
     monkeypatch.setattr(PortraitGenerator, "generate", fail)
-    with pytest.raises(InputError, match="every style failed .*failed_manifest.json"):
+    with pytest.raises(JobFailed, match="every style failed; first error: .*failed_manifest.json"):
         run_job(_gcfg(tiny_sd15, out2, seed=7))
     assert {k: v for k, v in _snapshot(out2).items() if k != "failed_manifest.json"} == first
     _manifest_consistent(out2)
@@ -300,7 +301,7 @@ def _tcfg(model, data, out, **kw):
     from facechain.train import TrainConfig
 
     settings = dict(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=64, aug_variants=2,
-                    max_train_steps=2, checkpointing_steps=2, validation="none")
+                    max_train_steps=2, checkpointing_steps=2, face_backend="none")
     settings.update(kw)
     return TrainConfig(**settings)
 
@@ -496,23 +497,23 @@ def test_stylize_out_that_is_a_file_and_style_folder_are_clear_errors(tmp_path, 
 
     _save(tmp_path / "c.png", sample_photos.astronaut())
     (tmp_path / "out.png").write_text("x")
-    assert main(["stylize", "--model", "none", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "c.png"),
-                 "--out", str(tmp_path / "out.png")]) == 1
-    assert "--out" in (err := capsys.readouterr().err) and "is a file, not a folder" in err
+    assert main(["stylize", "--base-model", "none", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "c.png"),
+                 "--output-dir", str(tmp_path / "out.png")]) == 1
+    assert "output_dir" in (err := capsys.readouterr().err) and "is a file, not a folder" in err
     (tmp_path / "styles").mkdir()
-    assert main(["stylize", "--model", "none", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "styles"),
-                 "--out", str(tmp_path / "o")]) == 1
+    assert main(["stylize", "--base-model", "none", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "styles"),
+                 "--output-dir", str(tmp_path / "o")]) == 1
     assert "is a folder, not an image file" in capsys.readouterr().err
     assert (tmp_path / "out.png").read_text() == "x" and not (tmp_path / "o").exists()
     # an input inside --out (a previous result), or the inversion cache there: refused
     (tmp_path / "o").mkdir()
     _save(tmp_path / "o" / "prev.png", sample_photos.astronaut())
-    assert main(["stylize", "--model", "none", "--content", str(tmp_path / "o" / "prev.png"), "--style",
-                 str(tmp_path / "c.png"), "--out", str(tmp_path / "o")]) == 1
-    assert "is inside --out" in capsys.readouterr().err
-    assert main(["stylize", "--model", "none", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "c.png"),
-                 "--cache-dir", str(tmp_path / "o" / "cache"), "--out", str(tmp_path / "o")]) == 1
-    assert "--cache-dir" in capsys.readouterr().err and (tmp_path / "o" / "prev.png").is_file()
+    assert main(["stylize", "--base-model", "none", "--content", str(tmp_path / "o" / "prev.png"), "--style",
+                 str(tmp_path / "c.png"), "--output-dir", str(tmp_path / "o")]) == 1
+    assert "is inside output_dir" in capsys.readouterr().err
+    assert main(["stylize", "--base-model", "none", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "c.png"),
+                 "--cache-dir", str(tmp_path / "o" / "cache"), "--output-dir", str(tmp_path / "o")]) == 1
+    assert "cache_dir" in capsys.readouterr().err and (tmp_path / "o" / "prev.png").is_file()
 
 
 def test_resume_compares_paths_by_what_they_point_to():

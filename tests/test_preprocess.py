@@ -13,7 +13,7 @@ from facechain.face.align import CROP_SCALE, FACE_CENTER_X, FACE_CENTER_Y
 from facechain.preprocess import NoPhotosKept, PreprocessConfig, preprocess
 from facechain.images import load_photo
 
-CFG = PreprocessConfig(backend="dlib", mask="landmarks")
+CFG = PreprocessConfig(face_backend="dlib", mask="landmarks")
 
 
 def _save(path, arr, **kw):
@@ -107,7 +107,7 @@ def test_blurry_and_small_rejected(tmp_path, sample_photos):
     _save(src / "small.png", a)
     res_dir = tmp_path / "out"
     # the astronaut's face is ~90 px: with a 120 px minimum it is "too small"
-    cfg = PreprocessConfig(backend="dlib", mask="landmarks", min_face_size=120)
+    cfg = PreprocessConfig(face_backend="dlib", mask="landmarks", min_face_size=120)
     with pytest.raises(NoPhotosKept) as exc:
         preprocess([src / "small.png"], res_dir, cfg, progress=False)
     rep = _report(res_dir, "failed_report.json")["small.png"]

@@ -22,7 +22,7 @@ def images(style_images):
 
 @pytest.fixture(scope="module")
 def engine(tiny_sd15):
-    return build_engine(StylizeConfig(model=str(tiny_sd15), resolution=64, device="cpu"))
+    return build_engine(StylizeConfig(base_model=str(tiny_sd15), resolution=64, device="cpu"))
 
 
 def _rect_mask(h, w, top, bottom, left, right):
@@ -120,7 +120,7 @@ def test_inversion_then_sampling_reconstructs_latent(tiny_sd15, images):
     from facechain.stylize.engine import Branch, Engine
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd15), safety_checker=None, requires_safety_checker=False)
-    cfg = StylizeConfig(model=str(tiny_sd15), resolution=64, device="cpu", inversion_refine=4)
+    cfg = StylizeConfig(base_model=str(tiny_sd15), resolution=64, device="cpu", inversion_refine=4)
     image = prepare_image(images["content"], None, 64, "content")
     raw = Engine(cfg, pipe=pipe).encode(image) / pipe.vae.config.scaling_factor
     pipe.vae.register_to_config(scaling_factor=float(1.0 / raw.std()))
@@ -140,7 +140,7 @@ def test_inversion_then_sampling_reconstructs_latent(tiny_sd15, images):
 
 
 def test_inversion_cache_memory_and_disk(tiny_sd15, images, tmp_path):
-    cfg = StylizeConfig(model=str(tiny_sd15), resolution=64, device="cpu", cache_dir=tmp_path / "cache")
+    cfg = StylizeConfig(base_model=str(tiny_sd15), resolution=64, device="cpu", cache_dir=tmp_path / "cache")
     eng = build_engine(cfg)
     image = prepare_image(images["content"], None, 64, "content")
     a = eng.invert(image, "head", 5, progress=False)
@@ -250,11 +250,11 @@ def test_v_prediction_model_is_refused(tiny_sd15, tmp_path):
     sched["prediction_type"] = "v_prediction"
     cfg_file.write_text(json.dumps(sched))
     with pytest.raises(InputError, match=r"model .*vpred predicts 'v_prediction'.*only epsilon-prediction models"):
-        build_engine(StylizeConfig(model=str(model), resolution=64, device="cpu"))
+        build_engine(StylizeConfig(base_model=str(model), resolution=64, device="cpu"))
 
 
 def test_float16_vae_upcast_when_config_forces_it(tiny_sdxl, images):
-    eng = build_engine(StylizeConfig(model=str(tiny_sdxl), resolution=64, device="cpu", dtype="float16"))
+    eng = build_engine(StylizeConfig(base_model=str(tiny_sdxl), resolution=64, device="cpu", dtype="float16"))
     assert eng.vae.config.force_upcast and eng.vae.dtype == torch.float32 and eng.unet.dtype == torch.float16
     z = eng.encode(prepare_image(images["content"], None, 64, "content"))
     assert z.dtype == torch.float16 and torch.isfinite(z).all()
@@ -266,7 +266,7 @@ def test_passed_in_pipe_cache_id_is_config_hash(tiny_sd15):
 
     from facechain.stylize.engine import Engine
 
-    cfg = StylizeConfig(model=str(tiny_sd15), resolution=64, device="cpu")
+    cfg = StylizeConfig(base_model=str(tiny_sd15), resolution=64, device="cpu")
     a = StableDiffusionPipeline.from_pretrained(str(tiny_sd15))
     b = StableDiffusionPipeline.from_pretrained(str(tiny_sd15))
     ea, eb = Engine(cfg, pipe=a), Engine(cfg, pipe=b)
@@ -281,5 +281,5 @@ def test_lcm_steps_above_original_inference_steps_refused(engine):
     from facechain.stylize.engine import check_lcm_steps
 
     check_lcm_steps(dict(engine.pipe.scheduler.config), 50)
-    with pytest.raises(InputError, match=r"steps 51 .*at most its original_inference_steps \(50\).*lower --steps"):
+    with pytest.raises(InputError, match=r"steps 51 .*at most its original_inference_steps \(50\).*lower --num-inference-steps"):
         check_lcm_steps(dict(engine.pipe.scheduler.config), 51)

@@ -36,8 +36,8 @@ def engines(tiny_sd15, tiny_sdxl):
 
 
 def _cfg(model, **kw):
-    kw.setdefault("steps", STEPS)
-    return StylizeConfig(model=str(model), resolution=64, device="cpu", **kw)
+    kw.setdefault("num_inference_steps", STEPS)
+    return StylizeConfig(base_model=str(model), resolution=64, device="cpu", **kw)
 
 
 def _face_mask():
@@ -187,21 +187,21 @@ def test_face_lora_loads_and_applies_to_inversion_and_sampling(tiny_sd15, images
 
 def test_fast_mode_uses_lcm_schedule(tiny_sd15, images, tmp_path):
     stand_in = random_lora(tiny_sd15, tmp_path / "lcm_lora", seed=2)  # stands in for LCM-LoRA weights (offline)
-    cfg = StylizeConfig(model=str(tiny_sd15), resolution=64, device="cpu", fast=True, fast_lora=str(stand_in))
+    cfg = StylizeConfig(base_model=str(tiny_sd15), resolution=64, device="cpu", fast=True, lcm_lora=str(stand_in))
     eng = build_engine(cfg)
     assert "lcm" in eng.pipe.get_active_adapters()
     res = stylize(images["content"], images["style"], cfg, engine=eng, progress=False)
     assert res.stats["steps"] == 4 and eng.schedule(4).timesteps == (999, 759, 499, 259)
     assert res.stats["unet_passes"] == 2 * 4 + 3 * 4
     with pytest.raises(InputError, match=r"steps 51 with fast .*original_inference_steps \(50\).*or drop --fast"):
-        stylize(images["content"], images["style"], dataclasses.replace(cfg, steps=51), engine=eng, progress=False)
+        stylize(images["content"], images["style"], dataclasses.replace(cfg, num_inference_steps=51), engine=eng, progress=False)
 
 
 def test_fast_mode_without_lcm_lora_offline_says_how(tiny_sd15):
     from facechain.errors import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError, match="LCM-LoRA 'latent-consistency/lcm-lora-sdv1-5'"):
-        build_engine(StylizeConfig(model=str(tiny_sd15), resolution=64, device="cpu", fast=True))
+        build_engine(StylizeConfig(base_model=str(tiny_sd15), resolution=64, device="cpu", fast=True))
 
 
 def test_chain_of_painting_plan(tiny_sd15, images, tmp_path, engines):
@@ -253,8 +253,8 @@ def test_cli_same_style_name_in_two_folders(tiny_sd15, images, tmp_path):
         Image.fromarray(img).save(tmp_path / folder / "style.png")
     out = tmp_path / "out"
     rc = main(["stylize", "--content", str(tmp_path / "me.png"), "--style", str(tmp_path / "a" / "style.png"),
-               str(tmp_path / "b" / "style.png"), "--method", "diffstyle", "--model", str(tiny_sd15),
-               "--resolution", "64", "--steps", "2", "--device", "cpu", "--out", str(out)])
+               str(tmp_path / "b" / "style.png"), "--method", "diffstyle", "--base-model", str(tiny_sd15),
+               "--resolution", "64", "--num-inference-steps", "2", "--device", "cpu", "--output-dir", str(out)])
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert [r["image"] for r in manifest["results"]] == ["me__style__diffstyle.png", "me__style__diffstyle__2.png"]
@@ -271,24 +271,24 @@ def test_cli_two_styles(tiny_sd15, images, tmp_path, capsys):
     Image.fromarray(images["coffee"]).save(tmp_path / "coffee.png")
     out = tmp_path / "out"
     rc = main(["stylize", "--content", str(tmp_path / "me.png"), "--style", str(tmp_path / "cat.png"),
-               str(tmp_path / "coffee.png"), "--method", "portrait-diffusion", "--model", str(tiny_sd15),
-               "--resolution", "64", "--steps", "3", "--sac-step", "2", "--style-guidance", "1.5", "--device", "cpu",
-               "--out", str(out)])
+               str(tmp_path / "coffee.png"), "--method", "portrait-diffusion", "--base-model", str(tiny_sd15),
+               "--resolution", "64", "--num-inference-steps", "3", "--sac-step", "2", "--style-guidance", "1.5", "--device", "cpu",
+               "--output-dir", str(out)])
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert [r["image"] for r in manifest["results"]] == ["me__cat__portrait-diffusion.png", "me__coffee__portrait-diffusion.png"]
     assert manifest["inversion_cache"]["misses"] == 3  # content once, two styles
     saved = json.loads((out / "me__cat__portrait-diffusion.config.json").read_text())
-    assert saved["options"] == {"sac_step": 2, "style_guidance": 1.5} and saved["steps"] == 3
+    assert saved["options"] == {"sac_step": 2, "style_guidance": 1.5} and saved["num_inference_steps"] == 3
     assert Image.open(out / "me__coffee__portrait-diffusion.png").size == (64, 64)
     rc = main(["stylize", "--content", str(tmp_path / "me.png"), "--style", str(tmp_path / "cat.png"), "--method", "styleid",
-               "--sac-step", "3", "--model", str(tiny_sd15), "--out", str(out)])
+               "--sac-step", "3", "--base-model", str(tiny_sd15), "--output-dir", str(out)])
     assert rc == 1 and "--sac-step applies to portrait-diffusion only" in capsys.readouterr().err
     Image.fromarray(_face_mask()).save(tmp_path / "face.png")
     (tmp_path / "plan.yaml").write_text("passes:\n  - {}\n  - {content_mask: face.png, only_mask_region: true}\n")
     rc = main(["stylize", "--content", str(tmp_path / "me.png"), "--style", str(tmp_path / "cat.png"), "--plan",
-               str(tmp_path / "plan.yaml"), "--model", str(tiny_sd15), "--resolution", "64", "--steps", "3",
-               "--device", "cpu", "--out", str(tmp_path / "chain")])
+               str(tmp_path / "plan.yaml"), "--base-model", str(tiny_sd15), "--resolution", "64", "--num-inference-steps", "3",
+               "--device", "cpu", "--output-dir", str(tmp_path / "chain")])
     assert rc == 0
     assert sorted(p.name for p in (tmp_path / "chain").glob("*.png")) == [
         "me__cat__portrait-diffusion.pass1.png", "me__cat__portrait-diffusion.png"]

@@ -26,7 +26,7 @@ def make_processed(folder: Path, n: int = 2, size: int = 512) -> Path:
 
 def tiny_cfg(model, data, out, **kw) -> TrainConfig:
     settings = dict(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=64, aug_variants=2,
-                    max_train_steps=4, checkpointing_steps=2, validation="none", validation_inference_steps=2,
+                    max_train_steps=4, checkpointing_steps=2, face_backend="none", validation_num_inference_steps=2,
                     num_validation_images=1)
     settings.update(kw)
     return TrainConfig(**settings)
@@ -56,7 +56,7 @@ def trained_sd15(tiny_sd15, processed, tmp_path_factory):
     """4 steps with a text-encoder LoRA, checkpoints at 2 and 4 scored by dlib, ensemble of both."""
     out = tmp_path_factory.mktemp("lora") / "out"
     torch.manual_seed(0)
-    cfg = tiny_cfg(tiny_sd15, processed, out, validation="dlib", train_text_encoder=True, ensemble_top_k=2,
+    cfg = tiny_cfg(tiny_sd15, processed, out, face_backend="dlib", train_text_encoder=True, ensemble_top_k=2,
                    learning_rate=1e-2)
     return train(cfg, progress=False)
 
@@ -246,7 +246,7 @@ def test_output_dir_in_use_needs_resume(trained_sd15, tiny_sd15, processed):
     with pytest.raises(InputError, match="Pass --resume"):
         train(tiny_cfg(tiny_sd15, processed, trained_sd15.output_dir))
     with pytest.raises(InputError, match="settings differ.*rank"):
-        train(tiny_cfg(tiny_sd15, processed, trained_sd15.output_dir, resume=True, rank=8, validation="dlib",
+        train(tiny_cfg(tiny_sd15, processed, trained_sd15.output_dir, resume=True, rank=8, face_backend="dlib",
                        train_text_encoder=True, ensemble_top_k=2, learning_rate=1e-2))
 
 
@@ -335,7 +335,7 @@ def test_final_lora_follows_likeness_scores(tiny_sd15, processed, tmp_path, monk
         scores = iter([0.2, 0.9, 0.5])
         monkeypatch.setattr(LikenessScorer, "score", lambda self, images: (lambda s: Validation(s, [s], 1))(next(scores)))
         out = tmp_path / f"top{top_k}"
-        art = train(tiny_cfg(tiny_sd15, processed, out, validation="dlib", max_train_steps=3, checkpointing_steps=1,
+        art = train(tiny_cfg(tiny_sd15, processed, out, face_backend="dlib", max_train_steps=3, checkpointing_steps=1,
                              ensemble_top_k=top_k, learning_rate=1e-2), progress=False)
         assert art.selected_steps == want_steps and art.scores == {1: 0.2, 2: 0.9, 3: 0.5}
         ckpts = {s: lora_io.unflatten(load_file(str(out / f"checkpoints/step-{s:06d}/lora.safetensors")))["unet"] for s in (1, 2, 3)}
@@ -440,7 +440,7 @@ def test_cli_config_file_and_flags(tmp_path):
     args = p.parse_args(["model", "data", "out", "--config", str(tmp_path / "t.yaml"), "--rank", "16", "--allow-pickle",
                          "--no-random_flip", "--target_modules", "to_q", "to_v", "--sub_path", ""])
     cfg = cli_train.config_from_args(args)
-    assert (cfg.rank, cfg.learning_rate, cfg.validation, cfg.allow_pickle, cfg.random_flip, cfg.target_modules, cfg.sub_path) == \
+    assert (cfg.rank, cfg.learning_rate, cfg.face_backend, cfg.allow_pickle, cfg.random_flip, cfg.target_modules, cfg.sub_path) == \
         (16, 1e-4, "none", True, False, ["to_q", "to_v"], "")
     (tmp_path / "bad.yaml").write_text("rnak: 8\n")
     with pytest.raises(InputError, match=r"unknown setting\(s\) \['rnak'\]"):

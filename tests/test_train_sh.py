@@ -41,7 +41,7 @@ def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path, dlib_analyzer):
     processed, out = tmp_path / "processed", tmp_path / "out"
     cmd = ["sh", str(SCRIPT), str(tiny_sd15), "", "", str(imgs), str(processed), str(out),
            "--resolution", "64", "--max_train_steps", "2", "--checkpointing_steps", "1", "--aug_variants", "2",
-           "--validation", "dlib", "--num_validation_images", "1", "--validation_inference_steps", "2", "--no-progress",
+           "--face_backend", "dlib", "--num_validation_images", "1", "--validation_num_inference_steps", "2", "--no-progress",
            "--learning_rate", "1e-2"]  # 2 steps at FaceChain's 1.5e-4 barely move a tiny model's output
     proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -1,61 +1,35 @@
 """`facechain train BASE_MODEL PROCESSED_DIR OUTPUT_DIR [--revision R] [--sub_path S] [flags]`.
 
-Every TrainConfig setting is a flag of the same name (``--max_train_steps 400``; hyphens work
-too: ``--allow-pickle``); ``--config file.yaml`` reads settings from a file, flags override it.
+Every TrainConfig setting is a flag (``--max_train_steps 400`` or ``--max-train-steps 400``; see
+facechain.config.add_config_arguments); ``--config file.yaml`` reads settings from a file, flags
+override it.
 Under ``accelerate launch -m facechain train ...`` it runs on accelerate's configured devices.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
 
-from facechain.train.config import LR_SCHEDULERS, TrainConfig
+from facechain.train.config import TrainConfig
 
 POSITIONAL = ("base_model", "train_data_dir", "output_dir")
 
 
-def _flag_names(name: str) -> list[str]:
-    names = [f"--{name}"]
-    if "_" in name:
-        names.append(f"--{name.replace('_', '-')}")
-    return names
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("base_model", help=TrainConfig.__dataclass_fields__["base_model"].metadata["help"])
-    p.add_argument("train_data_dir", help=TrainConfig.__dataclass_fields__["train_data_dir"].metadata["help"])
-    p.add_argument("output_dir", help=TrainConfig.__dataclass_fields__["output_dir"].metadata["help"])
+    from facechain.config import add_config_arguments, field_help
+
+    helps = field_help(TrainConfig)
+    for name in POSITIONAL:
+        p.add_argument(name, help=helps[name])
     p.add_argument("--config", dest="_config", metavar="FILE", default=None, help="YAML/JSON file of TrainConfig settings (flags override it)")
     p.add_argument("--no-progress", dest="_no_progress", action="store_true", help="no progress bar")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in POSITIONAL:
-            continue
-        tp, help_text = hints[f.name], f.metadata.get("help", "")
-        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif origin is typing.Literal:
-            kwargs["choices"] = list(args)
-        elif f.name == "lr_scheduler":
-            kwargs["choices"] = list(LR_SCHEDULERS)
-        elif origin is list:
-            kwargs["nargs"] = "+"
-        else:
-            base = next((a for a in args if a is not type(None)), tp) if args else tp
-            kwargs["type"] = base if base in (int, float) else str
-        p.add_argument(*_flag_names(f.name), **kwargs)
+    add_config_arguments(p, TrainConfig, skip=POSITIONAL, title="settings")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from facechain.config import from_dict, load_mapping
+    from facechain.config import config_from_sources
 
-    settings = load_mapping(args._config) if args._config else {}
-    settings.update({k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "verbose")})
-    return from_dict(TrainConfig, settings)
+    return config_from_sources(TrainConfig, args, args._config)
 
 
 def stop_with_launcher() -> bool:

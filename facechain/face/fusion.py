@@ -27,6 +27,7 @@ import numpy as np
 from facechain.errors import InputError, ModelNotFoundError
 from facechain.face.types import Face
 from facechain.models import swapper_model_path
+from facechain.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -45,23 +46,29 @@ class FusionResult:
 
 class FusionMethod(Protocol):
     name: str
+    # the face backend whose faces (embeddings) this method needs, or None for any
+    required_backend: str | None
 
     def fuse(self, target: np.ndarray, target_face: Face, source: np.ndarray, source_face: Face,
              strength: float = 1.0) -> FusionResult: ...
 
 
-_METHODS: dict[str, Callable[..., FusionMethod]] = {}
+def _builtin(registry: Registry) -> None:
+    registry.register("landmark", LandmarkFusion)
+    registry.register("swapper", SwapperFusion)
+
+
+# name -> fusion class (``cls(**options)``); ``auto`` and ``off`` are choices of get_fusion, not methods
+METHODS: Registry[Callable[..., FusionMethod]] = Registry("fusion method", reserved=("auto", "off"), builtins=_builtin)
 
 
 def register_fusion(name: str, factory: Callable[..., FusionMethod]) -> None:
     """Register ``factory(**options) -> FusionMethod`` under ``name``; a duplicate name is refused."""
-    if name in _METHODS or name in ("auto", "off"):
-        raise ValueError(f"fusion method '{name}' is already registered")
-    _METHODS[name] = factory
+    METHODS.register(name, factory)
 
 
 def available_fusions() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = None,
@@ -70,17 +77,21 @@ def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = 
     from the insightface backend (``backend``; the swapper needs ArcFace embeddings), else landmark."""
     model = swapper_model_path(swapper_model)
     if name == "auto":
-        if model.is_file() and backend in (None, "insightface"):
+        swapper = METHODS.get("swapper")
+        if model.is_file() and backend in (None, swapper.required_backend):
             logger.info("face fusion: insightface swapper (%s)", model)
-            return _METHODS["swapper"](model_path=model)
+            return swapper(model_path=model)
         why = f"no swapper model at {model}" if not model.is_file() else f"faces come from the {backend} backend"
         logger.info("face fusion: landmark warp + Poisson blend (%s)", why)
-        return _METHODS["landmark"]()
-    if name not in _METHODS:
-        raise InputError(f"unknown fusion method '{name}'. Choose one of {['auto', 'off', *available_fusions()]}.")
-    if name == "swapper":
-        return _METHODS[name](model_path=model)
-    return _METHODS[name]()
+        return METHODS.get("landmark")()
+    cls = METHODS.get(name)
+    method = cls(model_path=model) if name == "swapper" else cls()
+    if backend is not None and method.required_backend not in (None, backend):
+        raise InputError(
+            f"fusion: {name} needs faces from the {method.required_backend} backend, but faces come from {backend}. Set "
+            f"face_backend: {method.required_backend} (and install it), or use fusion: landmark."
+        )
+    return method
 
 
 # ---------------------------------------------------------------------------- landmark method
@@ -181,6 +192,7 @@ class LandmarkFusion:
     """Offline fusion along 68 dense landmarks (see module docstring)."""
 
     name = "landmark"
+    required_backend = None  # any backend: 68 landmarks are found with dlib where the faces lack them
 
     def __init__(self, outline_follow: float = 0.3):
         if not 0.0 <= outline_follow <= 1.0:
@@ -249,6 +261,7 @@ class SwapperFusion:
     """insightface inswapper_128 (ONNX). ``strength`` blends the swapped result with the original."""
 
     name = "swapper"
+    required_backend = "insightface"  # the swap is conditioned on the reference's ArcFace embedding
 
     def __init__(self, model_path: str | os.PathLike | None = None):
         from facechain.errors import require
@@ -284,5 +297,3 @@ class SwapperFusion:
         return FusionResult(out, a, self.name)
 
 
-register_fusion("landmark", LandmarkFusion)
-register_fusion("swapper", SwapperFusion)

@@ -10,6 +10,9 @@
   w600k_r50 verification operating point used by insightface's own examples is 0.2-0.3).
   Piecewise-linear: cos 1 -> 1, cos 0.28 -> 0.5, cos -1 -> 0.
 
+Each calibration is the registered backend's own ``similarity(a, b)`` (a backend added to the
+registry brings its calibration with it); this module only checks and dispatches.
+
 Scores are comparable in ranking and thresholding within one backend; across backends
 only the decision (above or below 0.5) means the same thing.
 """
@@ -23,8 +26,6 @@ from facechain.face.types import Face
 
 SAME_PERSON_THRESHOLD = 0.5
 
-DLIB_DISTANCE_THRESHOLD = 0.6
-ARCFACE_COSINE_THRESHOLD = 0.28
 
 
 def _vec(x) -> tuple[np.ndarray, str | None]:
@@ -44,16 +45,11 @@ def similarity(a, b, backend: str | None = None) -> float:
         raise InputError(f"cannot compare a {ba} embedding with a {bb} embedding; use one backend for both")
     if va.shape != vb.shape:
         raise InputError(f"embedding shapes differ: {va.shape} vs {vb.shape}")
-    if backend == "dlib":
-        d = float(np.linalg.norm(va - vb))
-        return float(np.clip(1.0 - d / (2 * DLIB_DISTANCE_THRESHOLD), 0.0, 1.0))
-    if backend == "insightface":
-        cos = float(va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb) + 1e-12))
-        t = ARCFACE_COSINE_THRESHOLD
-        if cos >= t:
-            return 0.5 + 0.5 * (cos - t) / (1 - t)
-        return max(0.0, 0.5 * (cos + 1) / (t + 1))
-    raise InputError(f"unknown embedding backend {backend!r}; expected 'dlib' or 'insightface'")
+    from facechain.face.registry import BACKENDS
+
+    if backend not in BACKENDS:
+        raise InputError(f"unknown embedding backend {backend!r}; expected one of {BACKENDS.names()}")
+    return float(BACKENDS.get(backend).similarity(va, vb))
 
 
 def similarity_matrix(faces_a: list, faces_b: list, backend: str | None = None) -> np.ndarray:

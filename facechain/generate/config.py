@@ -13,11 +13,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from facechain.config import from_dict, load_mapping
+from facechain.config import from_dict, load_mapping, upgrade_names
 from facechain.errors import InputError
 from facechain.lora import LORA_FILE
+from facechain.models import DEVICE_HELP, DTYPE_HELP
 
 # FaceChain's negative prompt (facechain/constants.py), without A1111 weighting syntax.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -47,9 +48,12 @@ def _h(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerateConfig:
     """One portrait job: which model, whose face, which styles, how many images, where to."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"steps": "num_inference_steps", "fast_steps": "fast_num_inference_steps",
+                                         "rank": "rank_candidates"}
 
     # --- what to generate from
     base_model: str = _h("Base model: hub id (owner/name), ModelScope id, local diffusers folder or .safetensors file.")
@@ -77,12 +81,12 @@ class GenerateConfig:
     batch_size: int = _h("Candidates per pipeline call (FaceChain generates 2 x 5).", default=5)
     seed: int = _h("Seed of candidate 0; candidate i uses seed + i, so every image is reproducible alone.", default=42)
     # --- sampling
-    steps: int = _h("Sampling steps with DPM-Solver++ (FaceChain: 40).", default=40)
+    num_inference_steps: int = _h("Sampling steps with DPM-Solver++ (FaceChain: 40).", default=40)
     guidance_scale: float = _h("Classifier-free guidance (FaceChain: 7).", default=7.0)
     height: int | None = _h("Image height; empty = the model's native size (512 SD1.5, 1024 SDXL).", default=None)
     width: int | None = _h("Image width; empty = the model's native size.", default=None)
     fast: bool = _h("Fast mode: LCM-LoRA + LCMScheduler in fast_steps steps.", default=False)
-    fast_steps: int = _h("Steps in fast mode (LCM-LoRA paper/model card: 2-8; FaceChain's LCM option: 8).", default=6)
+    fast_num_inference_steps: int = _h("Steps in fast mode (LCM-LoRA paper/model card: 2-8; FaceChain's LCM option: 8).", default=6)
     fast_guidance_scale: float = _h("Guidance in fast mode (LCM-LoRA model card: 1-2).", default=1.5)
     lcm_lora: str | None = _h("LCM-LoRA: hub id or local file/folder; empty = latent-consistency/lcm-lora-sdv1-5 "
                               "or -sdxl by base family.", default=None)
@@ -112,7 +116,7 @@ class GenerateConfig:
     swapper_model: Path | None = _h("Path of inswapper_128.onnx; empty = ~/.insightface/models/inswapper_128.onnx.",
                                     default=None)
     face_backend: str = _h("Face analysis backend: auto, insightface or dlib.", default="auto")
-    rank: bool = _h("Rank candidates by likeness to the template face and keep the top num_images. Off: keep the "
+    rank_candidates: bool = _h("Rank candidates by likeness to the template face and keep the top num_images. Off: keep the "
                     "first num_images (needs no face in the images).", default=True)
     min_face_frac: float = _h("Smallest usable face side as a fraction of the image's short side "
                               "(FaceChain keeps faces of 120-300 px at 512 px: 0.23).", default=0.23)
@@ -123,9 +127,8 @@ class GenerateConfig:
     upscale_factor: int = _h("Upscaling factor when upscale is on.", default=2)
     contact_sheet: bool = _h("Write contact_sheet.png with every candidate and its score.", default=True)
     # --- runtime
-    device: str = _h("auto (cuda when available), cuda, cuda:N, cpu or mps.", default="auto")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = _h("auto: float16 on GPU, float32 on CPU.",
-                                                                  default="auto")
+    device: str = _h(DEVICE_HELP, default="auto")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = _h(DTYPE_HELP, default="auto")
     allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (.bin/.ckpt). Only for files you trust.",
                             default=False)
     allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write (they are "
@@ -136,7 +139,7 @@ class GenerateConfig:
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}.")
 
-        for name in ("num_images", "num_candidates", "batch_size", "steps", "fast_steps", "upscale_factor"):
+        for name in ("num_images", "num_candidates", "batch_size", "num_inference_steps", "fast_num_inference_steps", "upscale_factor"):
             positive(name)
         if not self.base_model:
             raise InputError("base_model is empty. Name a hub id, a local diffusers folder or a .safetensors file.")
@@ -186,7 +189,6 @@ class GenerateConfig:
                              "pose), or remove depth_image.")
         if self.depth and self.pose is None:
             raise InputError("depth is on but pose is empty: the depth ControlNet is used together with a pose.")
-        self.output_dir = Path(self.output_dir)
 
 
 def _looks_relative_path(value: str, base: Path) -> bool:
@@ -219,10 +221,10 @@ def load_generate_config(path: str | os.PathLike | None = None, overrides: dict 
     """Config from a YAML/JSON file (paths relative to its folder) updated with ``overrides``
     (paths relative to ``base_dir``, default the working directory)."""
     data: dict = {}
+    where = f"config {path}" if path is not None else "generate settings"
     if path is not None:
         path = Path(path)
-        data = resolve_paths(load_mapping(path), path.resolve().parent)
+        data = resolve_paths(upgrade_names(GenerateConfig, load_mapping(path), where), path.resolve().parent)
     if overrides:
-        data.update(resolve_paths(overrides, Path(base_dir or os.getcwd())))
-    where = f"config {path}" if path is not None else "generate settings"
+        data.update(resolve_paths(upgrade_names(GenerateConfig, overrides, "settings"), Path(base_dir or os.getcwd())))
     return from_dict(GenerateConfig, data, where=where)

@@ -25,32 +25,23 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from facechain.config import save_config, to_dict
-from facechain.errors import FacechainError, InputError
+from facechain.errors import InputError
 from facechain.generate.config import GenerateConfig
 from facechain.io import save_image, write_json
+from facechain.jobs import FAILED_MANIFEST, ItemFailure, JobResult, fail_whole_job, run_items
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class JobResult:
-    output_dir: Path
-    kept: list[Path]  # kept image files, per style best first
-    manifest: dict
 
 
 def slug(name: str) -> str:
     s = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
     return s or "style"
 
-
-FAILED_MANIFEST = "failed_manifest.json"
 
 
 def unique_names(styles) -> list[str]:
@@ -83,16 +74,20 @@ def check_inputs(cfg: GenerateConfig):
     if cfg.processed_dir is not None and Path(cfg.processed_dir).is_dir():
         check_settled(cfg.processed_dir, "preprocess", "processed_dir")
     check_face_lora(cfg)
-    if cfg.processed_dir is None and (cfg.rank or cfg.fusion != "off"):
+    if cfg.processed_dir is None and (cfg.rank_candidates or cfg.fusion != "off"):
         raise InputError(
             "rank and fusion need the template face from processed_dir, which is empty. Set processed_dir to the "
             "output folder of `facechain preprocess`, or set rank: false and fusion: off."
         )
-    if cfg.fusion == "swapper" and cfg.face_backend == "dlib":
-        raise InputError(
-            "fusion: swapper needs insightface faces (ArcFace embeddings), but face_backend is dlib. Set "
-            "face_backend: insightface (or auto), or use fusion: landmark."
-        )
+    if cfg.fusion not in ("auto", "off") and cfg.face_backend != "auto":  # before any model loads
+        from facechain.face.fusion import METHODS
+
+        required = METHODS.get(cfg.fusion).required_backend
+        if required not in (None, cfg.face_backend):
+            raise InputError(
+                f"fusion: {cfg.fusion} needs {required} faces (their embeddings), but face_backend is {cfg.face_backend}. Set "
+                f"face_backend: {required} (or auto), or use fusion: landmark."
+            )
     control = check_control_inputs(cfg)  # a pose with no person fails here, before any model loads
     subject = subject_from_metadata(cfg.processed_dir, cfg.trigger_word)
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
@@ -125,19 +120,14 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
 
     timings: dict[str, float] = {}
     analyzer = reference = fusion = None
-    if cfg.rank or cfg.fusion != "off":
+    if cfg.rank_candidates or cfg.fusion != "off":
         from facechain.face import get_analyzer
         from facechain.face.fusion import get_fusion
 
         t0 = time.perf_counter()
         analyzer = get_analyzer(cfg.face_backend)
-        if cfg.fusion == "swapper" and analyzer.name != "insightface":  # face_backend auto fell back to dlib
-            raise InputError(
-                f"fusion: swapper needs insightface faces, but the face backend is {analyzer.name}. Install "
-                "insightface and its models, or use fusion: landmark."
-            )
         reference = select_template(cfg.processed_dir, analyzer)
-        if cfg.fusion != "off":
+        if cfg.fusion != "off":  # refuses a method whose required face backend is not the one loaded (auto -> dlib)
             fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model, backend=analyzer.name)
         timings["template_s"] = time.perf_counter() - t0
 
@@ -149,7 +139,7 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         "subject": {"trigger": subject[0], "attribute": subject[1]},
         "template": {"file": reference.file, "reason": reference.reason} if reference else None,
         "fusion": {"method": fusion.name if fusion else "off", "strength": cfg.fusion_strength},
-        "ranking": {"on": cfg.rank, "backend": getattr(analyzer, "name", None),
+        "ranking": {"on": cfg.rank_candidates, "backend": getattr(analyzer, "name", None),
                     "usable_face_frac": [cfg.min_face_frac, cfg.max_face_frac]},
         "upscale": {"method": cfg.upscale, "factor": cfg.upscale_factor if cfg.upscale != "off" else 1},
         "styles": [],
@@ -158,59 +148,54 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
     kept_files: list[Path] = []
     sheet_images: list[np.ndarray] = []
     sheet_captions: list[str] = []
-    for style, name in zip(styles, names):
-        try:  # one bad style never sinks the job
-            batch = generator.generate(style, subject)
-            t0 = time.perf_counter()
-            images = [np.asarray(c.image.convert("RGB")) for c in batch.candidates]
-            scored = fuse_and_rank(
-                images, reference, analyzer, fusion=fusion, strength=cfg.fusion_strength, rank=cfg.rank,
-                min_face_frac=cfg.min_face_frac, max_face_frac=cfg.max_face_frac,
-            )
-            post_s = time.perf_counter() - t0
-            saved = save_style_outputs(
-                stage, name, style.name, scored, [c.seed for c in batch.candidates], cfg.num_images,
-                upscale_factor=cfg.upscale_factor if cfg.upscale == "lanczos" else 1,
-            )
-        except FacechainError as exc:
-            logger.error("style '%s' failed: %s", style.name, exc)
-            manifest["styles"].append({"style": style.name, "error": str(exc)})
-            continue
-        except Exception as exc:  # an unexpected error in one style: reported with its type, job goes on
-            logger.exception("style '%s' failed with an unexpected error", style.name)
-            manifest["styles"].append({"style": style.name, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        entries, kept_entries, keep, usable = saved.entries, saved.kept, saved.kept_scored, saved.usable
-        kept_files += [out / p.relative_to(stage) for p in saved.kept_files]
-        sheet_images += saved.sheet_images
-        sheet_captions += saved.sheet_captions
+
+    def one_style(pair) -> dict:
+        style, name = pair
+        batch = generator.generate(style, subject)
+        t0 = time.perf_counter()
+        images = [np.asarray(c.image.convert("RGB")) for c in batch.candidates]
+        scored = fuse_and_rank(
+            images, reference, analyzer, fusion=fusion, strength=cfg.fusion_strength, rank=cfg.rank_candidates,
+            min_face_frac=cfg.min_face_frac, max_face_frac=cfg.max_face_frac,
+        )
+        post_s = time.perf_counter() - t0
+        saved = save_style_outputs(
+            stage, name, style.name, scored, [c.seed for c in batch.candidates], cfg.num_images,
+            upscale_factor=cfg.upscale_factor if cfg.upscale == "lanczos" else 1,
+        )
+        entries, keep, usable = saved.entries, saved.kept_scored, saved.usable
+        kept_files.extend(out / p.relative_to(stage) for p in saved.kept_files)
+        sheet_images.extend(saved.sheet_images)
+        sheet_captions.extend(saved.sheet_captions)
         if len(keep) < cfg.num_images:
             logger.warning(
                 "style '%s': kept %d of %d images; %d of %d candidates were dropped (reasons in manifest.json)",
                 style.name, len(keep), cfg.num_images, len(scored) - len(usable), len(scored),
             )
-        manifest["styles"].append({
+        return {
             "style": style.name, "style_file": str(style.path), "prompt": batch.prompt,
             "negative_prompt": batch.negative_prompt,
             "multipliers": {"human": style.multiplier_human if cfg.lora_dir else None,
                             "style": style.multiplier_style if style.has_lora else None},
             "adapters": batch.adapters, "style_lora": style.model_id, "settings": batch.settings,
-            "kept": kept_entries, "candidates": entries,
+            "kept": saved.kept, "candidates": entries,
             "dropped": [{"index": e["index"], "seed": e["seed"], "reason": e["dropped"]} for e in entries if e["dropped"]],
             "timings": {"generate_s": batch.seconds, "postprocess_s": post_s,
                         "seconds_per_candidate": batch.seconds / max(1, len(batch.candidates))},
-        })
+        }
+
+    pairs = list(zip(styles, names))
+    outcome = run_items(pairs, one_style, name=lambda pair: pair[0].name, what="style")
+    # one entry per requested style, in the order asked for
+    manifest["styles"] = [{"style": r.item, "error": r.error} if isinstance(r, ItemFailure) else r for r in outcome.results]
+    manifest["failed"] = [f.to_dict() for f in outcome.failed]
     manifest["config"] = to_dict(cfg)
-    if not any("error" not in s for s in manifest["styles"]):
-        failed = od.stage()
-        write_json(failed / FAILED_MANIFEST, manifest)
-        od.commit(failed, replace=False)  # the previous job's outputs stay as they were
-        raise InputError(f"every style failed (details in {out / FAILED_MANIFEST}; earlier outputs in {out} were left "
-                         f"as they were): {[s['error'] for s in manifest['styles']]}")
+    if not outcome.done:
+        raise fail_whole_job(od, manifest, outcome.failed, "style")
     if cfg.contact_sheet and sheet_images:
         save_image(stage / "contact_sheet.png", contact_sheet(sheet_images, sheet_captions))
     timings["total_s"] = time.perf_counter() - t_job
     write_json(stage / "manifest.json", manifest)
     od.commit(stage)
     logger.info("wrote %d images, manifest.json and contact_sheet.png to %s", len(kept_files), out)
-    return JobResult(out, kept_files, manifest)
+    return JobResult(out, kept_files, outcome.failed, manifest)

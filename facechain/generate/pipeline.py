@@ -290,7 +290,7 @@ class PortraitGenerator:
         cfg = self.cfg
         prompt = build_prompt(subject[0], subject[1], style.add_prompt_style, cfg.prompt)
         negative = strip_weighting(cfg.negative_prompt, "negative_prompt")
-        steps = cfg.fast_steps if cfg.fast else cfg.steps
+        steps = cfg.fast_num_inference_steps if cfg.fast else cfg.num_inference_steps
         guidance = cfg.fast_guidance_scale if cfg.fast else cfg.guidance_scale
         t0 = time.perf_counter()
         weights = self._activate(style)

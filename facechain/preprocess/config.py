@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from facechain.errors import InputError
 
 
-
-@dataclass
+@dataclass(frozen=True)
 class PreprocessConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"backend": "face_backend"}
+
     size: int = field(default=512, metadata={"help": "side of the square output images (FaceChain: 512)"})
-    backend: str = field(default="auto", metadata={"help": "face backend: auto, insightface or dlib"})
+    face_backend: str = field(default="auto", metadata={"help": "face analysis backend: auto, insightface or dlib"})
     trigger_word: str = field(default="<fcsks>", metadata={"help": "token the LoRA learns for the person (FaceChain: <fcsks>)"})
     mask: str = field(default="auto", metadata={"help": "head mask: auto (parsing weights if present, else landmarks), parsing, landmarks, none"})
     retouch: bool = field(default=False, metadata={"help": "edge-preserving skin smoothing (off by default)"})

@@ -36,6 +36,7 @@ from facechain.face.segment import head_mask, whiten_background
 from facechain.face.types import Face, FaceAnalyzer
 from facechain.images import IMAGE_SUFFIXES, ImageRejected, load_photo, sharpness
 from facechain.io import save_image, write_json, write_jsonl
+from facechain.jobs import EXIT_OK, EXIT_SOME_FAILED, ItemFailure
 from facechain.preprocess.caption import attribute_phrase, caption
 from facechain.preprocess.config import PreprocessConfig
 from facechain.preprocess.errors import NoPhotosKept, PhotoRejected
@@ -74,6 +75,17 @@ class PreprocessResult:
     @property
     def rejected(self) -> list[PhotoEntry]:
         return [e for e in self.entries if e.status != "kept"]
+
+    @property
+    def failures(self) -> list[ItemFailure]:
+        """Photos that hit an unexpected error (reason "error"). A photo rejected by a rule (no face,
+        blurry, another person, unreadable file) is the filter working, reported in report.json."""
+        return [ItemFailure(e.input, e.detail or "") for e in self.entries if e.reason == "error"]
+
+    @property
+    def exit_code(self) -> int:
+        """The rule of every command (facechain.jobs): non-zero when some photo failed unexpectedly."""
+        return EXIT_OK if not self.failures else EXIT_SOME_FAILED
 
 
 @dataclass
@@ -230,7 +242,7 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
     out = od.path
     od.check_free(["metadata.jsonl", "report.json", "preprocess_config.json", FAILED_REPORT]
                   + [f"{i:03d}.png" for i in range(len(files))])
-    analyzer = analyzer or get_analyzer(cfg.backend)
+    analyzer = analyzer or get_analyzer(cfg.face_backend)
     if cfg.mask == "auto":
         from facechain.face.segment import PARSING_WEIGHTS, parsing_weights_path, refused_pickle_weights
 

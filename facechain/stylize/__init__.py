@@ -20,10 +20,11 @@ from facechain.stylize.config import (
     StyleIDOptions,
     StylizeConfig,
 )
+from facechain.stylize.job import run_stylize_job
 from facechain.stylize.registry import MethodSpec, available_methods, get_method, register_method
 
 __all__ = [
     "DiffStyleOptions", "MasaCtrlOptions", "MethodSpec", "PortraitDiffusionOptions", "StyleIDOptions",
     "Stylization", "StylizeConfig", "available_methods", "build_engine", "composite", "get_method",
-    "register_method", "save_stylization", "stylize",
+    "register_method", "run_stylize_job", "save_stylization", "stylize",
 ]

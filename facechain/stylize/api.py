@@ -20,7 +20,7 @@ from facechain.stylize.config import DEFAULT_RESOLUTION, StylizeConfig, scaled_d
 from facechain.images import ImageLike
 from facechain.stylize.engine import Engine, PreparedImage, prepare_image
 from facechain.stylize.masks import MaskLike, check_has_background, inner_feather
-from facechain.stylize.registry import DEFAULT_START_LAYER_FRACTION, MethodInput, get_method
+from facechain.stylize.registry import DEFAULT_START_LAYER_FRACTION, MethodInput, MethodSpec, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,8 @@ def stylize(content: ImageLike | PreparedImage, style: ImageLike | PreparedImage
     if (isinstance(content, PreparedImage) and content_mask is not None) or (isinstance(style, PreparedImage) and style_mask is not None):
         raise InputError("a prepared image carries its own mask; pass the mask to prepare_image() instead of stylize().")
     plan = getattr(options, "plan", None)
-    if plan:
-        from facechain.stylize.methods.portrait_diffusion import load_plan
-
-        return _chain_of_painting(content, style, cfg, options, load_plan(plan), content_mask, style_mask, engine, progress)
+    if plan and method.load_plan is not None:
+        return _chain_of_painting(content, style, cfg, options, method.load_plan(plan), content_mask, style_mask, engine, progress)
     content_p = content if isinstance(content, PreparedImage) else prepare_image(content, None, cfg.resolution, "content", content_mask)
     style_p = style if isinstance(style, PreparedImage) else prepare_image(style, content_p.size, cfg.resolution, "style", style_mask)
     return _single_pass(content_p, style_p, cfg, options, engine, progress)
@@ -77,7 +75,7 @@ def _single_pass(content: PreparedImage, style: PreparedImage, cfg: StylizeConfi
     if content.size != style.size:
         raise InputError(f"style image is {style.size[0]}x{style.size[1]} but the content is "
                          f"{content.size[0]}x{content.size[1]}; prepare the style at the content's size.")
-    _check_masks(cfg, content, style, method.name)
+    _check_masks(cfg, content, style, method)
     num_layers = len([n for n in engine.unet.attn_processors if n.endswith("attn1.processor")])
     start_layer = cfg.start_layer if cfg.start_layer is not None else round(DEFAULT_START_LAYER_FRACTION * num_layers)
     if method.uses_attention and start_layer >= num_layers:
@@ -118,17 +116,17 @@ def composite(image: np.ndarray, content: np.ndarray, mask: torch.Tensor, long_s
     return out
 
 
-def _check_masks(cfg: StylizeConfig, content: PreparedImage, style: PreparedImage, method: str) -> None:
+def _check_masks(cfg: StylizeConfig, content: PreparedImage, style: PreparedImage, method: MethodSpec) -> None:
     if cfg.only_mask_region and content.mask is None:
         raise InputError("only_mask_region needs a content mask (--content-mask): the region to stylize.")
-    if content.mask is not None and style.mask is not None and not cfg.only_mask_region and method in ("portrait-diffusion", "masactrl"):
+    if content.mask is not None and style.mask is not None and not cfg.only_mask_region and method.mask_matching:
         check_has_background(content.mask, "content mask")
         check_has_background(style.mask, "style mask")
-    if method == "diffstyle" and style.mask is not None:
-        logger.warning("diffstyle ignores the style mask (it injects content features; the content mask limits where)")
-    if content.mask is not None and style.mask is None and not cfg.only_mask_region and method in ("portrait-diffusion", "masactrl"):
+    if not method.uses_style_mask and style.mask is not None:
+        logger.warning("%s ignores the style mask (it injects content features; the content mask limits where)", method.name)
+    if content.mask is not None and style.mask is None and not cfg.only_mask_region and method.mask_matching:
         raise InputError(
-            f"{method}: a content mask alone does nothing; add --style-mask for foreground/background "
+            f"{method.name}: a content mask alone does nothing; add --style-mask for foreground/background "
             "matching, or --only-mask-region to stylize inside the content mask only."
         )
 
@@ -159,11 +157,8 @@ def _chain_of_painting(content, style, cfg: StylizeConfig, options, plan, conten
         overrides = {k: v for k, v in (("only_mask_region", p.only_mask_region), ("start_step", p.start_step),
                                        ("end_step", p.end_step), ("start_layer", p.start_layer),
                                        ("guidance_scale", p.guidance_scale), ("prompt", p.prompt)) if v is not None}
-        opts = dataclasses.replace(options, plan=[])
-        if p.sac_step is not None:
-            opts.sac_step = p.sac_step
-        if p.style_guidance is not None:
-            opts.style_guidance = p.style_guidance
+        opts = dataclasses.replace(options, plan=[], **{k: v for k, v in (("sac_step", p.sac_step),
+                                                                          ("style_guidance", p.style_guidance)) if v is not None})
         pass_cfg = dataclasses.replace(cfg, **overrides, options={k: v for k, v in to_dict(opts).items()})
         pass_cfg.check_steps()
         last = _single_pass(content_p, style_p, pass_cfg, opts, engine, progress)

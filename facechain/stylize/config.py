@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from facechain.errors import InputError
+from facechain.models import DEVICE_HELP, DTYPE_HELP
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # LCM-LoRA weights per model family (Luo et al. 2023, "LCM-LoRA"); resolved through facechain.models.
@@ -23,20 +24,23 @@ def _help(text: str) -> dict:
     return {"help": text}
 
 
-@dataclass
+@dataclass(frozen=True)
 class StylizeConfig:
     """Everything a stylization needs besides the content and style images."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"model": "base_model", "subfolder": "sub_path", "fast_lora": "lcm_lora",
+                                         "steps": "num_inference_steps"}
+
     method: str = field(default="portrait-diffusion", metadata=_help("portrait-diffusion | styleid | masactrl | diffstyle"))
-    model: str = field(default=DEFAULT_MODEL, metadata=_help("base model: hub id, ModelScope id, diffusers folder or .safetensors"))
-    revision: str | None = field(default=None, metadata=_help("hub revision of the base model"))
-    subfolder: str | None = field(default=None, metadata=_help("sub path inside the base model repo/folder"))
+    base_model: str = field(default=DEFAULT_MODEL, metadata=_help("base model: hub id, ModelScope id, diffusers folder or .safetensors"))
+    revision: str | None = field(default=None, metadata=_help("hub revision / ModelScope version of the base model"))
+    sub_path: str | None = field(default=None, metadata=_help("sub folder inside the base model repo/folder (FaceChain's film/film)"))
     allow_pickle: bool = field(default=False, metadata=_help("allow pickle checkpoints (only for trusted files)"))
-    loras: list[str] = field(default_factory=list, metadata=_help("LoRA files/folders (diffusers format), e.g. the face LoRA from `facechain train`; applied identically in inversion and sampling"))
-    lora_scales: list[float] = field(default_factory=list, metadata=_help("one weight per LoRA (default 1.0 each)"))
+    loras: list[str] = field(default_factory=list, metadata={"flags": ("--lora",), "help": ("LoRA files/folders (diffusers format), e.g. the face LoRA from `facechain train`; applied identically in inversion and sampling")})
+    lora_scales: list[float] = field(default_factory=list, metadata={"flags": ("--lora-scale",), "help": "one weight per LoRA (default 1.0 each)"})
     fast: bool = field(default=False, metadata=_help("LCM-LoRA: LCM scheduler in inversion and sampling, few steps"))
-    fast_lora: str | None = field(default=None, metadata=_help("LCM-LoRA file/folder/hub id (default: the family's latent-consistency LCM-LoRA)"))
-    steps: int | None = field(default=None, metadata=_help(f"inversion = sampling steps (default {DEFAULT_STEPS}, {DEFAULT_FAST_STEPS} with fast)"))
+    lcm_lora: str | None = field(default=None, metadata=_help("LCM-LoRA file/folder/hub id (default: the family's latent-consistency LCM-LoRA)"))
+    num_inference_steps: int | None = field(default=None, metadata=_help(f"inversion = sampling steps (default {DEFAULT_STEPS}, {DEFAULT_FAST_STEPS} with fast)"))
     guidance_scale: float = field(default=1.0, metadata=_help("classifier-free guidance of the sampling pass (1 = off)"))
     prompt: str | None = field(default=None, metadata=_help("prompt for inversion and sampling (default: the method's, e.g. 'head' for Portrait Diffusion)"))
     negative_prompt: str = field(default="", metadata=_help("unconditional prompt when guidance_scale > 1"))
@@ -48,16 +52,18 @@ class StylizeConfig:
     only_mask_region: bool = field(default=False, metadata=_help("stylize inside the content mask only; pixels outside are the content image's exactly"))
     latent_blend: bool = field(default=True, metadata=_help("with only_mask_region: also keep the latent outside the mask on the content trajectory each step"))
     cache_dir: Path | None = field(default=None, metadata=_help("folder for on-disk inversion cache (safetensors); memory cache is always on"))
-    device: str = field(default="auto", metadata=_help("auto | cpu | cuda | cuda:N | mps"))
-    dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata=_help("model dtype"))
+    device: str = field(default="auto", metadata=_help(DEVICE_HELP))
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = field(default="float32", metadata=_help(
+        DTYPE_HELP + "; default float32: DDIM inversion drifts in half precision"))
     attention: Literal["sdpa", "einsum"] = field(default="sdpa", metadata=_help("sdpa (ours) or einsum (the reference formulation, materialises n x n; for benchmarks)"))
     options: dict = field(default_factory=dict, metadata=_help("method options (see the method's options class)"))
+    allow_other_files: bool = field(default=False, metadata=_help("write into an output folder that holds files facechain did not write (they are never touched)"))
 
     def __post_init__(self):
         if not isinstance(self.method, str) or not self.method:
             raise InputError("method must be a method name such as 'portrait-diffusion'.")
-        if self.steps is not None and not 1 <= self.steps <= 1000:
-            raise InputError(f"steps must be between 1 and 1000, got {self.steps}.")
+        if self.num_inference_steps is not None and not 1 <= self.num_inference_steps <= 1000:
+            raise InputError(f"num_inference_steps must be between 1 and 1000, got {self.num_inference_steps}.")
         if not self.guidance_scale >= 1.0 or self.guidance_scale == float("inf"):  # NaN fails >=
             raise InputError(f"guidance_scale must be a finite number >= 1 (1 turns guidance off), got {self.guidance_scale}.")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 64):
@@ -72,22 +78,20 @@ class StylizeConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise InputError(f"{name} must be >= 0, got {value}.")
-        if self.cache_dir is not None:
-            self.cache_dir = Path(self.cache_dir)
 
     @property
     def num_steps(self) -> int:
-        if self.steps is not None:
-            return self.steps
+        if self.num_inference_steps is not None:
+            return self.num_inference_steps
         return DEFAULT_FAST_STEPS if self.fast else DEFAULT_STEPS
 
     def check_steps(self) -> None:
         """Step indices must lie inside the schedule."""
         n = self.num_steps
         if self.start_step is not None and self.start_step >= n:
-            raise InputError(f"start_step {self.start_step} must be below steps ({n}); lower --start-step or raise --steps.")
+            raise InputError(f"start_step {self.start_step} must be below num_inference_steps ({n}); lower --start-step or raise --num-inference-steps.")
         if self.end_step is not None and not (self.start_step or 0) < self.end_step <= n:
-            raise InputError(f"end_step {self.end_step} must be in (start_step, steps] = ({self.start_step or 0}, {n}].")
+            raise InputError(f"end_step {self.end_step} must be in (start_step, num_inference_steps] = ({self.start_step or 0}, {n}].")
 
 
 DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}  # the families' training resolutions
@@ -98,7 +102,7 @@ def scaled_default(fraction_of_50: int, steps: int) -> int:
     return min(steps - 1, round(fraction_of_50 * steps / DEFAULT_STEPS)) if steps != DEFAULT_STEPS else fraction_of_50
 
 
-@dataclass
+@dataclass(frozen=True)
 class PortraitDiffusionOptions:
     """Style Attention Control (Portrait Diffusion, arXiv 2312.02212, Sec. 3.2; official main.py)."""
 
@@ -113,7 +117,7 @@ class PortraitDiffusionOptions:
             raise InputError(f"sac_step must be >= 0, got {self.sac_step}.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class StyleIDOptions:
     """StyleID (Chung et al., CVPR'24, Sec. 4) with MagicStyle-style fusion (arXiv 2409.08156)."""
 
@@ -131,14 +135,14 @@ class StyleIDOptions:
             raise InputError(f"content_kv_weight must be >= 0, got {self.content_kv_weight}.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MasaCtrlOptions:
     """Mutual self-attention (MasaCtrl, Cao et al., ICCV'23, Sec. 3.2)."""
 
     union: bool = field(default=False, metadata=_help("attend to [K_style; K_target] instead of K_style only (MasaCtrl 'union' variant)"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiffStyleOptions:
     """h-space content injection (DiffStyle / InjectFusion, arXiv 2303.15403, Sec. 3)."""
 

@@ -150,20 +150,20 @@ class Engine:
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         loaded = pipe is None
         if loaded:
-            resolved = resolve_model(cfg.model, cfg.revision, cfg.subfolder, allow_pickle=cfg.allow_pickle)
+            resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
             pipe = load_pipeline(resolved, torch_dtype=self.dtype)
             self.family = resolved.family
-            self.model_id = f"{resolved.reference}@{cfg.revision or ''}/{cfg.subfolder or ''}:{resolved.path}"
+            self.model_id = f"{resolved.reference}@{cfg.revision or ''}/{cfg.sub_path or ''}:{resolved.path}"
         else:
             self.family = family_of_unet_config(pipe.unet.config, f"the given pipeline's UNet config ({type(pipe).__name__})")
             self.model_id = pipe_id(pipe)
         prediction = dict(pipe.scheduler.config).get("prediction_type", "epsilon")
         if prediction != "epsilon":
             raise InputError(
-                f"model {cfg.model if loaded else (pipe.name_or_path or type(pipe).__name__)} predicts "
+                f"model {cfg.base_model if loaded else (pipe.name_or_path or type(pipe).__name__)} predicts "
                 f"{prediction!r} (its scheduler's prediction_type); stylize supports only epsilon-prediction models "
                 "(SD1.5-family and SDXL base models and their fine-tunes), not v-prediction models such as SD 2.x 768. "
-                "Pass an epsilon-prediction base model with --model."
+                "Pass an epsilon-prediction base model with --base-model."
             )
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
@@ -198,7 +198,7 @@ class Engine:
         refs = list(cfg.loras)
         scales = list(cfg.lora_scales) or [1.0] * len(refs)
         if cfg.fast:
-            lcm_ref = cfg.fast_lora or lora_io.LCM_LORAS[self.family]
+            lcm_ref = cfg.lcm_lora or lora_io.LCM_LORAS[self.family]
             refs.append(lcm_ref)
             scales.append(1.0)
         for i, (ref, scale) in enumerate(zip(refs, scales)):
@@ -356,11 +356,11 @@ def check_lcm_steps(scheduler_config: dict, steps: int) -> None:
     limit = int(LCMScheduler.from_config(scheduler_config).config.original_inference_steps)
     if steps > limit:
         raise InputError(
-            f"steps {steps} with fast (LCM-LoRA) mode: the LCM scheduler allows at most its original_inference_steps "
-            f"({limit}) steps; lower --steps to {limit} or fewer (LCM-LoRA works best with 2-8), or drop --fast."
+            f"num_inference_steps {steps} with fast (LCM-LoRA) mode: the LCM scheduler allows at most its original_inference_steps "
+            f"({limit}) steps; lower --num-inference-steps to {limit} or fewer (LCM-LoRA works best with 2-8), or drop --fast."
         )
 
 
 def _engine_key(cfg: StylizeConfig) -> tuple:
-    return (cfg.model, cfg.revision, cfg.subfolder, tuple(cfg.loras), tuple(cfg.lora_scales), cfg.fast,
-            cfg.fast_lora, cfg.device, cfg.dtype, cfg.attention, str(cfg.cache_dir), cfg.inversion_refine)
+    return (cfg.base_model, cfg.revision, cfg.sub_path, tuple(cfg.loras), tuple(cfg.lora_scales), cfg.fast,
+            cfg.lcm_lora, cfg.device, cfg.dtype, cfg.attention, str(cfg.cache_dir), cfg.inversion_refine)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from facechain.errors import InputError
+from facechain.registry import Registry
 from facechain.stylize.attention import AttentionController, AttentionPolicy
 from facechain.stylize.config import StylizeConfig
 from facechain.stylize.engine import Branch, Conditioning, Engine, PreparedImage
@@ -100,29 +100,31 @@ class MethodSpec:
     default_start_step: int  # of 50 steps; scaled to other step counts
     uses_attention: bool
     summary: str
+    # content + style masks pair foreground with foreground, background with background (both needed)
+    mask_matching: bool = False
+    uses_style_mask: bool = True  # False: a style mask is ignored (with a warning)
+    # Chain-of-Painting: parses the options' ``plan`` into passes; None: the method has no plans
+    load_plan: Callable | None = None
 
 
-_METHODS: dict[str, MethodSpec] = {}
+def _builtin(registry: Registry) -> None:
+    from facechain.stylize.methods import diffstyle, masactrl, portrait_diffusion, styleid
+
+    for module in (portrait_diffusion, styleid, masactrl, diffstyle):
+        registry.register(module.SPEC.name, module.SPEC)
+
+
+METHODS: Registry[MethodSpec] = Registry("stylization method", builtins=_builtin)
 
 
 def register_method(spec: MethodSpec) -> None:
     """Register a stylization method; a duplicate name is refused."""
-    if spec.name in _METHODS:
-        raise ValueError(f"stylization method '{spec.name}' is already registered")
-    _METHODS[spec.name] = spec
-
-
-def _builtin() -> None:
-    import facechain.stylize.methods  # noqa: F401  (registers the built-in methods once)
+    METHODS.register(spec.name, spec)
 
 
 def available_methods() -> list[str]:
-    _builtin()
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> MethodSpec:
-    _builtin()
-    if name not in _METHODS:
-        raise InputError(f"unknown stylization method '{name}'. Choose one of {sorted(_METHODS)}.")
-    return _METHODS[name]
+    return METHODS.get(name)

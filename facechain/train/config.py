@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from facechain.errors import InputError
 
@@ -31,9 +31,11 @@ def _h(text: str) -> dict:
     return {"help": text}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Settings of one face-LoRA training run (see ``docs/train.md``)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"validation": "face_backend", "validation_inference_steps": "validation_num_inference_steps"}
 
     base_model: str = field(metadata=_h("base model: hub id, ModelScope id, local diffusers folder or .safetensors checkpoint"))
     train_data_dir: str = field(metadata=_h("processed folder (NNN.png + metadata.jsonl) written by `facechain preprocess`"))
@@ -51,7 +53,7 @@ class TrainConfig:
     init_lora: str = field(default="", metadata=_h("start from this LoRA (diffusers or kohya keys, same rank): a file, a folder, or a hub/ModelScope id with --init_lora_weight_name. FaceChain starts from a generic face LoRA"))
     init_lora_weight_name: str = field(default="", metadata=_h("file name of the init LoRA inside its folder or hub repo ('' = the folder's only .safetensors file)"))
     learning_rate: float = field(default=1.5e-4, metadata=_h("AdamW learning rate. FaceChain: 1.5e-4"))
-    lr_scheduler: str = field(default="cosine", metadata=_h(f"learning-rate schedule, one of {list(LR_SCHEDULERS)}. FaceChain: cosine"))
+    lr_scheduler: str = field(default="cosine", metadata={**_h("learning-rate schedule. FaceChain: cosine"), "choices": LR_SCHEDULERS})
     lr_warmup_steps: int = field(default=0, metadata=_h("warm-up steps. FaceChain: 0"))
     adam_weight_decay: float = field(default=1e-2, metadata=_h("AdamW weight decay (diffusers training-script default)"))
     max_grad_norm: float = field(default=1.0, metadata=_h("gradient clipping norm (diffusers training-script default)"))
@@ -69,10 +71,10 @@ class TrainConfig:
     checkpointing_steps: int = field(default=100, metadata=_h("write a resumable checkpoint (and score it) every N steps; the last step is always saved"))
     checkpoints_total_limit: int | None = field(default=None, metadata=_h("keep at most this many checkpoints (lowest-scoring/oldest removed); None keeps all"))
     resume: bool = field(default=False, metadata=_h("continue the run in output_dir from its latest complete checkpoint"))
-    validation: ValidationBackend = field(default="auto", metadata=_h("face backend that scores checkpoints ('none': no scoring, the last step is the result)"))
+    face_backend: ValidationBackend = field(default="auto", metadata=_h("face analysis backend that scores checkpoints: auto, insightface, dlib, or none (no scoring, the last step is the result)"))
     validation_prompt: str = field(default="", metadata=_h("prompt of the validation portraits ('': the training caption)"))
     num_validation_images: int = field(default=2, metadata=_h("validation portraits per checkpoint"))
-    validation_inference_steps: int = field(default=20, metadata=_h("sampling steps of each validation portrait"))
+    validation_num_inference_steps: int = field(default=20, metadata=_h("sampling steps of each validation portrait"))
     ensemble_top_k: int = field(default=1, metadata=_h("final LoRA = average of the k best-scoring checkpoints (FaceChain's ensemble used 10); 1 = the best"))
     allow_pickle: bool = field(default=False, metadata=_h("allow pickle files (.ckpt/.bin/.pt) for the base model and the init LoRA; only for trusted files"))
     single_file_config: str = field(default="", metadata=_h("diffusers folder (or hub id) describing a single-file checkpoint's architecture ('' = the family's reference repo)"))
@@ -87,7 +89,7 @@ class TrainConfig:
                 f"Use e.g. {max(8, round(self.resolution / 8) * 8)}."
             )
         for name in ("rank", "train_batch_size", "steps_per_image", "max_train_steps", "aug_variants",
-                     "checkpointing_steps", "num_validation_images", "validation_inference_steps", "ensemble_top_k"):
+                     "checkpointing_steps", "num_validation_images", "validation_num_inference_steps", "ensemble_top_k"):
             value = getattr(self, name)
             if value < 1:
                 raise InputError(f"`{name}` has to be at least 1 but is {value}.")
@@ -107,8 +109,8 @@ class TrainConfig:
             raise InputError(f"unknown lr_scheduler {self.lr_scheduler!r}. Choose between {list(LR_SCHEDULERS)}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise InputError(f"unknown mixed_precision mode {self.mixed_precision!r}. Choose between ['no', 'fp16', 'bf16'].")
-        if self.validation not in ("auto", "dlib", "insightface", "none"):
-            raise InputError(f"unknown validation backend {self.validation!r}. Choose between ['auto', 'dlib', 'insightface', 'none'].")
+        if self.face_backend not in ("auto", "dlib", "insightface", "none"):
+            raise InputError(f"unknown face_backend {self.face_backend!r}. Choose between ['auto', 'dlib', 'insightface', 'none'].")
         if not self.target_modules:
             raise InputError("`target_modules` is empty; name at least one UNet module, e.g. to_q.")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < self.ensemble_top_k:

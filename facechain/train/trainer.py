@@ -155,7 +155,10 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model
     output folder is the one the checkpoint was found in (it may have moved)."""
     import os
 
+    from facechain.config import upgrade_names
+
     now = to_dict(cfg)
+    saved = upgrade_names(TrainConfig, saved, str(where), warn=False)  # settings saved under their old names
     if saved_model is not None and model_now is not None and saved_model != model_now:
         raise InputError(
             f"--resume: the base model's files changed since {where} was written (base_model {now['base_model']!r}, "
@@ -331,10 +334,10 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
 
     # ---- likeness scorer (before the model loads: a missing face backend fails fast)
     scorer = None
-    if cfg.validation != "none" and main:
+    if cfg.face_backend != "none" and main:
         from facechain.face import get_analyzer
 
-        scorer = LikenessScorer.from_photos(get_analyzer(cfg.validation), [e.image for e in examples])
+        scorer = LikenessScorer.from_photos(get_analyzer(cfg.face_backend), [e.image for e in examples])
         if not scorer.reference:
             logger.warning("validation: no face found in any training photo; checkpoints are not scored and the last step is kept")
             scorer = None
@@ -535,7 +538,7 @@ def _checkpoint(cfg, accelerator, od, out, step, lora_models, optimizer, lr_sche
         for m in lora_models.values():
             m.eval()
         with accelerator.autocast():
-            images = generate_validation_images(pipe, prompt, cfg.num_validation_images, cfg.validation_inference_steps,
+            images = generate_validation_images(pipe, prompt, cfg.num_validation_images, cfg.validation_num_inference_steps,
                                                 cfg.resolution, seed=cfg.seed)
         for m in lora_models.values():
             m.train()

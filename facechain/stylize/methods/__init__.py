@@ -1,7 +1,2 @@
-"""Built-in stylization methods, registered on import."""
-
-from facechain.stylize.methods import diffstyle, masactrl, portrait_diffusion, styleid
-from facechain.stylize.registry import register_method
-
-for _spec in (portrait_diffusion.SPEC, styleid.SPEC, masactrl.SPEC, diffstyle.SPEC):
-    register_method(_spec)
+"""Built-in stylization methods. Each module defines ``SPEC`` (a MethodSpec); the registry in
+facechain.stylize.registry registers them on first use."""

@@ -98,4 +98,5 @@ def run(inp: MethodInput) -> MethodOutput:
 SPEC = MethodSpec(
     name="diffstyle", run=run, options_cls=DiffStyleOptions, default_prompt="", default_start_step=0,
     uses_attention=False, summary="DiffStyle h-space content injection (slerp with norm matching) at the UNet mid-block",
+    uses_style_mask=False,  # it injects content features; the content mask limits where
 )

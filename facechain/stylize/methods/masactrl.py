@@ -60,4 +60,5 @@ def run(inp: MethodInput) -> MethodOutput:
 SPEC = MethodSpec(
     name="masactrl", run=run, options_cls=MasaCtrlOptions, default_prompt="", default_start_step=START_STEP_OF_50,
     uses_attention=True, summary="MasaCtrl mutual self-attention: target queries on style keys/values from step S, layer L",
+    mask_matching=True,
 )

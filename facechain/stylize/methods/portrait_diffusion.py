@@ -23,6 +23,7 @@ the next pass's content. A plan is YAML::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,17 +86,10 @@ def run(inp: MethodInput) -> MethodOutput:
     return MethodOutput(out["target"], set(ctl.modified))
 
 
-SPEC = MethodSpec(
-    name="portrait-diffusion", run=run, options_cls=PortraitDiffusionOptions, default_prompt="head",
-    default_start_step=0, uses_attention=True,
-    summary="Style Attention Control (content queries on style keys/values, style guidance after sac_step); Chain-of-Painting plans",
-)
-
-
 # --------------------------------------------------------------------------- Chain-of-Painting
 
 
-@dataclass
+@dataclass(frozen=True)
 class PaintingPass:
     """One Chain-of-Painting pass: overrides for this pass only (masks refer to the original content image)."""
 
@@ -132,9 +126,15 @@ def load_plan(plan: str | Path | list | dict, base_dir: Path | None = None) -> l
     for i, p in enumerate(passes):
         item = from_dict(PaintingPass, p or {}, where=f"plan.passes[{i}]")
         if base_dir is not None:
-            for name in ("content_mask", "style_mask", "style"):
-                value = getattr(item, name)
-                if value is not None and not Path(value).is_absolute():
-                    setattr(item, name, str(base_dir / value))
+            item = dataclasses.replace(item, **{name: str(base_dir / value) for name in ("content_mask", "style_mask", "style")
+                                                if (value := getattr(item, name)) is not None and not Path(value).is_absolute()})
         out.append(item)
     return out
+
+
+SPEC = MethodSpec(
+    name="portrait-diffusion", run=run, options_cls=PortraitDiffusionOptions, default_prompt="head",
+    default_start_step=0, uses_attention=True,
+    summary="Style Attention Control (content queries on style keys/values, style guidance after sac_step); Chain-of-Painting plans",
+    mask_matching=True, load_plan=load_plan,
+)
