@@ -169,6 +169,66 @@ def test_job_with_ranking_reports_every_dropped_candidate(tiny_sd15, people, tmp
     assert (tmp_path / "out" / "contact_sheet.png").is_file()
 
 
+class PhotoCandidates:
+    """A candidate source for run_job that returns given real photos as one style's candidates:
+    the job's whole post-generation path (template, fusion, ranking, keeping, files, manifest)
+    then runs on real faces, which the tiny diffusion models cannot draw."""
+
+    load_seconds = 0.0
+
+    def __init__(self, photos: list[np.ndarray]):
+        self.photos = photos
+
+    def generate(self, style, subject):
+        from PIL import Image
+
+        from facechain.generate.pipeline import Candidate, StyleBatch
+
+        cands = [Candidate(i, 100 + i, Image.fromarray(p)) for i, p in enumerate(self.photos)]
+        return StyleBatch(style, f"{subject[0]}, {subject[1]}", "", {}, cands, 0.0, {"source": "photos"})
+
+
+def test_job_fuses_ranks_and_keeps_real_faces(tiny_sd15, people, dlib_analyzer, tmp_path):
+    """End to end after sampling, on real photos: the processed set from facechain.preprocess gives
+    the template; candidates are the same person reframed, other people and a faceless image;
+    landmark fusion puts the template face into each; ranking keeps the most alike, drops the
+    faceless one with its reason; the kept PNGs, candidates, contact sheet and manifest are written."""
+    import cv2
+    from PIL import Image
+
+    from facechain import samples
+    from facechain.generate import GenerateConfig, run_job
+    from facechain.io import save_image
+    from facechain.preprocess import preprocess
+
+    photo = samples.astronaut()
+    save_image(tmp_path / "in" / "a.png", photo)
+    save_image(tmp_path / "in" / "b.png", np.ascontiguousarray(photo[:, ::-1]))
+    preprocess(tmp_path / "in", tmp_path / "processed", analyzer=dlib_analyzer, progress=False)
+    size = 256
+    faceless = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8), (0, 0), 3)
+    photos = [people["hanks"], np.asarray(Image.fromarray(people["ref_variant"]).resize((size, size))), faceless,
+              people["others"][0]]
+    cfg = GenerateConfig(base_model=str(tiny_sd15), output_dir=tmp_path / "out", processed_dir=tmp_path / "processed",
+                         styles=["Chef"], num_candidates=len(photos), num_images=2, face_backend="dlib",
+                         fusion="landmark", rank_candidates=True, device="cpu", dtype="float32")
+    result = run_job(cfg, generator=PhotoCandidates(photos))
+    assert result.exit_code == 0 and result.failures == []
+    style = result.manifest["styles"][0]
+    kept = style["kept"]
+    assert [k["index"] for k in kept][0] == 1, kept  # the reference person, reframed, ranks first
+    assert len(kept) == 2 and kept[0]["score"] >= SAME_PERSON_THRESHOLD
+    assert [(d["index"], d["reason"]) for d in style["dropped"]] == [(2, "no face detected")]
+    out = tmp_path / "out"
+    assert [p.name for p in result.outputs] == ["chef_00.png", "chef_01.png"]
+    first = np.asarray(Image.open(out / "chef_00.png").convert("RGB"))
+    assert first.shape == (size, size, 3) and np.abs(first.astype(int) - photos[1].astype(int)).mean() > 0.5  # fused
+    assert (out / "contact_sheet.png").is_file() and len(list((out / "candidates").glob("*.png"))) == len(photos)
+    written = json.loads((out / "manifest.json").read_text())
+    assert written["template"]["file"] in {"000.png", "001.png"} and written["fusion"]["method"] == "landmark"
+    assert written["styles"][0]["settings"] == {"source": "photos"}
+
+
 def test_template_from_real_preprocessing_output(dlib_analyzer, tmp_path):
     """The processed folder written by facechain.preprocess: report.json's scores pick the template."""
     import cv2

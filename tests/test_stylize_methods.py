@@ -152,17 +152,56 @@ def test_fg_bg_masks_and_styleid_fusion(engines, images, tiny_sd15):
     assert not np.array_equal(fused.image, pure.image)
 
 
-def test_ten_styles_invert_content_once(tiny_sd15, images):
+def test_ten_styles_invert_content_once(tiny_sd15, images, tmp_path):
+    """Ten style images through the library's stylization job: one model load, the content
+    inverted once (first style: content + style inversions + sampling; then one inversion fewer
+    each), ten results and their manifest."""
+    from PIL import Image
     from skimage import data
 
+    from facechain.stylize import run_stylize_job
+
+    names = ["chelsea", "coffee", "rocket", "camera", "coins", "brick", "grass", "gravel", "moon", "clock"]
+    paths = []
+    for name in names:
+        img = getattr(data, name)()
+        path = tmp_path / "styles" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    Image.fromarray(images["content"]).save(tmp_path / "me.png")
     eng = build_engine(_cfg(tiny_sd15))
-    styles = [data.chelsea(), data.coffee(), data.rocket()]
-    passes = []
-    for s in styles:
-        passes.append(stylize(images["content"], s, _cfg(tiny_sd15), engine=eng, progress=False).stats["unet_passes"])
-    # first: content + style inversions (2 x STEPS) + sampling (3 x STEPS); then one inversion fewer
-    assert passes == [5 * STEPS, 4 * STEPS, 4 * STEPS]
-    assert eng.cache.stats()["misses"] == 4
+    result = run_stylize_job(tmp_path / "me.png", paths, _cfg(tiny_sd15), tmp_path / "out", engine=eng, progress=False)
+    assert result.ok and result.exit_code == 0 and len(result.outputs) == 10
+    passes = [r["unet_passes"] for r in result.manifest["results"]]
+    assert passes == [5 * STEPS] + [4 * STEPS] * 9
+    assert eng.cache.stats()["misses"] == 11  # the content once, each style once
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(f"me__{n}__portrait-diffusion.png" for n in names)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["failed"] == []
+
+
+def test_a_failing_style_is_reported_and_the_job_exits_1(tiny_sd15, images, tmp_path, engines):
+    from PIL import Image
+
+    from facechain.cli import main
+    from facechain.stylize import run_stylize_job
+
+    Image.fromarray(images["content"]).save(tmp_path / "me.png")
+    Image.fromarray(images["style"]).save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    styles = [tmp_path / "broken.png", tmp_path / "good.png"]
+    result = run_stylize_job(tmp_path / "me.png", styles, _cfg(tiny_sd15), tmp_path / "out", engine=engines("sd15"),
+                             progress=False)
+    assert result.exit_code == 1 and [p.name for p in result.outputs] == ["me__good__portrait-diffusion.png"]
+    assert [f.item for f in result.failures] == [str(tmp_path / "broken.png")]
+    assert "style image" in result.failures[0].error and "cannot be used" in result.failures[0].error
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [r["image"] for r in manifest["results"]] == ["me__good__portrait-diffusion.png"] and len(manifest["failed"]) == 1
+    # the command: the same rule as generate's (non-zero when a requested output failed)
+    rc = main(["stylize", "--content", str(tmp_path / "me.png"), "--style", *map(str, styles), "--base-model",
+               str(tiny_sd15), "--resolution", "64", "--num-inference-steps", "2", "--device", "cpu",
+               "--output-dir", str(tmp_path / "cli")])
+    assert rc == 1 and (tmp_path / "cli" / "me__good__portrait-diffusion.png").is_file()
 
 
 def test_face_lora_loads_and_applies_to_inversion_and_sampling(tiny_sd15, images, tmp_path, engines):

@@ -95,18 +95,23 @@ def check_inputs(cfg: GenerateConfig):
     return resolved, styles, subject, control
 
 
-def run_job(cfg: GenerateConfig) -> JobResult:
-    """Generate, fuse and rank portraits for every style of ``cfg``; write the outputs."""
+def run_job(cfg: GenerateConfig, generator=None) -> JobResult:
+    """Generate, fuse and rank portraits for every style of ``cfg``; write the outputs.
+
+    ``generator``: what makes each style's candidates, ``generate(style, subject) -> StyleBatch``
+    with a ``load_seconds`` attribute; default a :class:`~facechain.generate.pipeline.PortraitGenerator`
+    for ``cfg``. Another candidate source (an adapter pipeline, a template pass) plugs in here and
+    gets the same fusion, ranking, outputs and manifest."""
     from facechain.outputs import OutputDir, check_writable_folder
 
     t_job = time.perf_counter()
     check_writable_folder(Path(cfg.output_dir), "output_dir")
     resolved, styles, subject, control = check_inputs(cfg)
     with OutputDir.open(cfg.output_dir, "generate", allow_other_files=cfg.allow_other_files, what="output_dir") as od:
-        return _run(cfg, od, resolved, styles, subject, control, t_job)
+        return _run(cfg, od, resolved, styles, subject, control, t_job, generator)
 
 
-def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: float) -> JobResult:
+def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: float, generator) -> JobResult:
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.postprocess import contact_sheet, fuse_and_rank, save_style_outputs, select_template
 
@@ -131,7 +136,7 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
             fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model, backend=analyzer.name)
         timings["template_s"] = time.perf_counter() - t0
 
-    generator = PortraitGenerator(cfg, resolved, control=control)
+    generator = generator or PortraitGenerator(cfg, resolved, control=control)
     timings["load_s"] = generator.load_seconds
     manifest: dict = {
         "base_model": resolved.to_dict(),

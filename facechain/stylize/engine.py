@@ -293,7 +293,7 @@ class Engine:
     # -- sampling
     @torch.no_grad()
     def sample(self, branches: list[Branch], cond: Conditioning, steps: int, guidance_scale: float,
-               controller: AttentionController | None = None, update: Update | None = None,
+               controller: AttentionController | None = None, *, update: Update | None = None,
                after_step: Callable[[int, dict], None] | None = None, progress: bool = True,
                before_step: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
         """Denoise the free branches; returns each branch's final latent (C, h, w).

@@ -63,7 +63,7 @@ def check_job_inputs(content, styles: list, output_dir, cfg: StylizeConfig, cont
                          "its own (it is reused across runs).")
 
 
-def run_stylize_job(content: str | os.PathLike, styles: list, cfg: StylizeConfig, output_dir: str | os.PathLike,
+def run_stylize_job(content: str | os.PathLike, styles: list, cfg: StylizeConfig, output_dir: str | os.PathLike, *,
                     content_mask=None, style_mask=None, engine=None, progress: bool = True) -> JobResult:
     """Stylize ``content`` after each of ``styles`` into ``output_dir`` (images, per-image configs,
     ``manifest.json``). Raises :class:`~facechain.jobs.JobFailed` when every style failed."""

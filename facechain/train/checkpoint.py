@@ -109,7 +109,7 @@ def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], groups: list[di
     return {"state": state, "param_groups": groups}
 
 
-def finalize(od, staging: Path, step: int, lora_flat: dict, opt_state: dict, sched_state: dict,
+def finalize(od, staging: Path, step: int, *, lora_flat: dict, opt_state: dict, sched_state: dict,
              score: float | None, extra: dict) -> Path:
     """Write the main-process files into ``staging`` and commit them as ``checkpoints/step-NNNNNN``."""
     save_safetensors(staging / "lora.safetensors", lora_flat)

@@ -152,7 +152,7 @@ class LatentPool:
 
 
 @torch.no_grad()
-def build_latent_pool(examples: list[Example], vae, resolution: int, variants: int, seed: int,
+def build_latent_pool(examples: list[Example], vae, *, resolution: int, variants: int, seed: int,
                       face_crop: bool, flip: bool, device, dtype, progress: bool = True) -> LatentPool:
     """Sample ``variants`` augmentations per photo and VAE-encode each once (seeded by ``seed``)."""
     from tqdm.auto import tqdm

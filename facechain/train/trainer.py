@@ -384,8 +384,9 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
                 (getattr(enc, "activation_checkpointing_enable", None) or enc.gradient_checkpointing_enable)()
 
     # ---- cached inputs: VAE latents of the augmentation pool, text embeddings per caption
-    pool = build_latent_pool(examples, vae, cfg.resolution, cfg.aug_variants, cfg.seed, cfg.face_crop, cfg.random_flip,
-                             device, torch.float32, progress=progress and main)
+    pool = build_latent_pool(examples, vae, resolution=cfg.resolution, variants=cfg.aug_variants, seed=cfg.seed,
+                             face_crop=cfg.face_crop, flip=cfg.random_flip, device=device, dtype=torch.float32,
+                             progress=progress and main)
     pool.mean, pool.std, pool.caption_index = pool.mean.to(device), pool.std.to(device), pool.caption_index.to(device)
     token_ids = cond.tokenize(pool.captions)
     cached_embeds = cached_pooled = None
@@ -480,10 +481,11 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
                                     "seconds": round(time.perf_counter() - t0, 5), "time": time.time()})
             bar.set_postfix(loss=f"{loss_value:.4f}")
         if step % cfg.checkpointing_steps == 0 or step == max_steps:
-            scores[step] = _checkpoint(cfg, accelerator, od, out, step, lora_models, optimizer, lr_scheduler, gen,
-                                       scorer, pipe, prompt, log_path, {"config": to_dict(cfg), "model": resolved.to_dict(),
-                                                                        "model_fingerprint": model_id, "init_lora_fingerprint": init_id,
-                                                                        "data": fingerprint})
+            parts = _CheckpointParts(cfg, accelerator, od, out, lora_models, optimizer, lr_scheduler, gen, scorer, pipe,
+                                     prompt, log_path)
+            scores[step] = _checkpoint(parts, step, {"config": to_dict(cfg), "model": resolved.to_dict(),
+                                                     "model_fingerprint": model_id, "init_lora_fingerprint": init_id,
+                                                     "data": fingerprint})
     bar.close()
     accelerator.wait_for_everyone()
 
@@ -523,8 +525,30 @@ def _release_accelerator_state() -> None:
     GradientState._reset_state()
 
 
-def _checkpoint(cfg, accelerator, od, out, step, lora_models, optimizer, lr_scheduler, gen, scorer, pipe, prompt, log_path, extra):
+@dataclass(frozen=True)
+class _CheckpointParts:
+    """What writing and scoring a checkpoint needs from the training loop."""
+
+    cfg: TrainConfig
+    accelerator: object
+    od: object  # the output folder's OutputDir (None on processes other than the main one)
+    out: Path  # the output folder
+    lora_models: dict
+    optimizer: object
+    lr_scheduler: object
+    gen: object  # the training RNG, saved with the checkpoint
+    scorer: object  # LikenessScorer, or None without scoring
+    pipe: object  # the validation pipeline
+    prompt: str
+    log_path: Path
+
+
+def _checkpoint(parts: _CheckpointParts, step: int, extra: dict) -> float | None:
     """Score (main process), then write the checkpoint atomically. Returns the score."""
+    cfg, accelerator, od, lora_models, scorer, log_path = (parts.cfg, parts.accelerator, parts.od, parts.lora_models,
+                                                           parts.scorer, parts.log_path)
+    optimizer, lr_scheduler, gen, pipe, prompt = parts.optimizer, parts.lr_scheduler, parts.gen, parts.pipe, parts.prompt
+    out = parts.out
     main = accelerator.is_main_process
     staging = ckpt_io.staging_dir(out, step)
     ckpt_io.write_rng(staging, gen, accelerator.process_index)
@@ -552,8 +576,9 @@ def _checkpoint(cfg, accelerator, od, out, step, lora_models, optimizer, lr_sche
 
     for i, im in enumerate(images):
         save_image(staging / f"validation_{i}.png", im)
-    final = ckpt_io.finalize(od, staging, step, lora_io.flatten(current_lora(lora_models)), optimizer.state_dict(),
-                             lr_scheduler.scheduler.state_dict(), score, extra)
+    final = ckpt_io.finalize(od, staging, step, lora_flat=lora_io.flatten(current_lora(lora_models)),
+                             opt_state=optimizer.state_dict(), sched_state=lr_scheduler.scheduler.state_dict(),
+                             score=score, extra=extra)
     keep = set(select_checkpoints({c.step: c.score for c in ckpt_io.list_checkpoints(out)}, cfg.ensemble_top_k))
     ckpt_io.prune(od, cfg.checkpoints_total_limit, keep)
     od.record([log_path.name], logs=(log_path.name,))
