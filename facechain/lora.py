@@ -218,6 +218,30 @@ def _from_attn_processor_format(tensors: dict[str, torch.Tensor]) -> dict[str, t
     return out
 
 
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+
+
+def key_format(tensors: dict) -> str:
+    """Which LoRA key layout a state dict uses: ``kohya`` (``lora_unet_*.lora_down.weight``, A1111 /
+    ComfyUI / sd-scripts), ``attn_processor`` (diffusers < 0.21, FaceChain's ``.bin`` files),
+    ``diffusers`` (``unet.*`` / ``text_encoder.*`` keys, peft or old ``.lora.down`` naming),
+    ``peft`` (one model's ``*.lora_A.weight`` keys without a component prefix), or ``unknown``."""
+    keys = list(tensors)
+    if not keys:
+        return "unknown"
+    if all(k.startswith(KOHYA_PREFIXES) for k in keys):
+        return "kohya"
+    if _from_attn_processor_format(tensors) is not None:
+        return "attn_processor"
+    lora_keys = [k for k in keys if ".lora_A." in k or ".lora_B." in k or ".lora.down." in k or ".lora.up." in k
+                 or ".lora_linear_layer." in k]
+    if len(lora_keys) != len(keys):
+        return "unknown"
+    if all(k.split(".", 1)[0] in COMPONENTS for k in keys):
+        return "diffusers"
+    return "peft" if all(".lora_A." in k or ".lora_B." in k for k in keys) else "unknown"
+
+
 def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[LoraDict, float]:
     """Read a diffusers-, kohya- or attention-processor-format LoRA file into peft state dicts per
     component, using diffusers' own key conversion (``lora_state_dict``). Returns (lora, scale)
@@ -229,9 +253,14 @@ def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[Lor
     kwargs = {"unet_config": unet_config} if unet_config is not None else {}
     path = Path(path)
     tensors = read_tensors(path)
-    legacy = _from_attn_processor_format(tensors)
-    if legacy is not None:
-        return {"unet": legacy}, 1.0  # attention processors applied up @ down unscaled
+    fmt = key_format(tensors)
+    if fmt == "unknown":
+        raise InputError(f"LoRA file {path}: its keys ({sorted(tensors)[:2]}...) are in no LoRA layout facechain reads "
+                         "(diffusers, kohya, peft, or diffusers' older attention-processor files).")
+    if fmt == "attn_processor":
+        return {"unet": _from_attn_processor_format(tensors)}, 1.0  # attention processors applied up @ down unscaled
+    if fmt == "peft":
+        tensors = {f"unet.{k}": v for k, v in tensors.items()}  # a bare peft state dict of a UNet
     out = cls.lora_state_dict(tensors, **kwargs)
     state_dict, network_alphas = out[0], out[1]
     lora: LoraDict = {}
