@@ -133,6 +133,7 @@ def test_missing_lora_folder_and_unknown_style(tiny_sd15, tmp_path):
         check_inputs(_cfg(tiny_sd15, tmp_path, rank_candidates=True))
 
 
+@pytest.mark.slow
 def test_pose_and_depth_controlnets(tiny_sd15, tmp_path):
     from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -177,6 +178,7 @@ def test_pose_and_depth_controlnets(tiny_sd15, tmp_path):
         PortraitGenerator(_cfg(tiny_sd15, tmp_path, pose="upper_body_front", controlnet_openpose=str(tmp_path / "x")))
 
 
+@pytest.mark.slow
 def test_sdxl_fast_mode_with_lcm_lora_and_pose(tiny_sdxl, tmp_path):
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.styles import load_styles

@@ -152,6 +152,7 @@ def test_fg_bg_masks_and_styleid_fusion(engines, images, tiny_sd15):
     assert not np.array_equal(fused.image, pure.image)
 
 
+@pytest.mark.slow
 def test_ten_styles_invert_content_once(tiny_sd15, images, tmp_path):
     """Ten style images through the library's stylization job: one model load, the content
     inverted once (first style: content + style inversions + sampling; then one inversion fewer

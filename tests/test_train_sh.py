@@ -89,6 +89,7 @@ def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path, dlib_analyzer):
     assert change > 1e-3, change  # a loaded LoRA changes the output (as tests/test_train.py)
 
 
+@pytest.mark.slow
 def test_train_lora_sh_usage_and_failed_preprocessing(tmp_path):
     proc = subprocess.run(["sh", str(SCRIPT), "model", "", ""], env=_env(), capture_output=True, text=True)
     assert proc.returncode == 2 and "usage: sh train_lora.sh BASE_MODEL REVISION SUB_PATH" in proc.stderr
