@@ -69,7 +69,9 @@ class OutputCommitError(FacechainError):
 @dataclass(frozen=True)
 class FileRecord:
     size: int
-    sha256: str  # of the whole file; for a log, of its first ``size`` bytes
+    # of the whole file; for a log, of its first ``size`` bytes. None only in records written by
+    # facechain's first output-record format, where a log entry was {size, sha256: null}.
+    sha256: str | None
     log: bool = False  # a log we append to: still ours while it starts with what we recorded
 
     def to_dict(self) -> dict:
@@ -77,6 +79,8 @@ class FileRecord:
 
     @classmethod
     def from_dict(cls, d) -> "FileRecord":
+        if isinstance(d, dict) and isinstance(d.get("size"), int) and d.get("sha256") is None and "log" not in d:
+            return cls(d["size"], None, True)  # the first format's log entry: a log we append to, owned by name
         if not (isinstance(d, dict) and isinstance(d.get("size"), int) and isinstance(d.get("sha256"), str)
                 and isinstance(d.get("log", False), bool)):
             raise ValueError(f"not a file entry: {d!r}")
@@ -89,6 +93,8 @@ class FileRecord:
         size = path.stat().st_size
         if size < self.size or (size != self.size and not self.log):
             return False
+        if self.sha256 is None:  # first-format log entry: its start was not hashed; a longer file is the same log
+            return True
         return sha256_file(path, self.size) == self.sha256
 
 

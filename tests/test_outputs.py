@@ -374,6 +374,26 @@ def test_a_log_is_ours_while_it_starts_with_what_we_recorded(tmp_path):
     assert (out / "train_log.jsonl").read_text() == "the user's own notes\n"
 
 
+def test_a_record_of_the_first_format_is_still_read(tmp_path):
+    """Records written by facechain's first output-record format kept a log as {size, sha256: null}:
+    such a folder keeps working (the log is ours, and so are the other recorded files)."""
+    import hashlib
+    import json
+
+    out = tmp_path / "out"
+    (out / STATE_DIR).mkdir(parents=True)
+    (out / "train_log.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    (out / "w.safetensors").write_bytes(b"weights")
+    files = {"train_log.jsonl": {"size": 12, "sha256": None},
+             "w.safetensors": {"size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()}}
+    (out / STATE_DIR / "train.json").write_text(json.dumps({"files": files, "pending": None}))
+    with OutputDir.open(out, "train") as od:
+        assert od.owns("train_log.jsonl") and od.owns("w.safetensors") and od.other_files() == []
+        od.record(["train_log.jsonl"], logs=("train_log.jsonl",))  # re-recorded in today's format
+    saved = json.loads((out / STATE_DIR / "train.json").read_text())["files"]["train_log.jsonl"]
+    assert saved["log"] is True and isinstance(saved["sha256"], str)
+
+
 def test_reading_a_folder_mid_run_or_mid_commit_is_refused(tmp_path, hold_lock):
     from facechain.outputs import check_settled
 
