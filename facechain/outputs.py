@@ -93,9 +93,22 @@ class FileRecord:
         size = path.stat().st_size
         if size < self.size or (size != self.size and not self.log):
             return False
-        if self.sha256 is None:  # first-format log entry: its start was not hashed; a longer file is the same log
-            return True
+        if self.sha256 is None:  # first-format log entry, its start not hashed: ours only while it reads as our log
+            return _reads_as_jsonl_log(path, self.size)
         return sha256_file(path, self.size) == self.sha256
+
+
+def _reads_as_jsonl_log(path: Path, size: int) -> bool:
+    """The first ``size`` bytes are whole JSON lines, each a mapping: the logs facechain appends
+    (``train_log.jsonl``). A file of another kind put at that name is not taken for ours."""
+    with open(path, "rb") as fh:
+        head = fh.read(size)
+    if not head.endswith(b"\n"):
+        return False
+    try:
+        return all(isinstance(json.loads(line), dict) for line in head.decode("utf-8").splitlines() if line.strip())
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+        return False
 
 
 def sha256_file(path: Path, limit: int | None = None) -> str:

@@ -392,6 +392,15 @@ def test_a_record_of_the_first_format_is_still_read(tmp_path):
         od.record(["train_log.jsonl"], logs=("train_log.jsonl",))  # re-recorded in today's format
     saved = json.loads((out / STATE_DIR / "train.json").read_text())["files"]["train_log.jsonl"]
     assert saved["log"] is True and isinstance(saved["sha256"], str)
+    # a first-format log entry whose file is now something else (not our JSON lines) is not ours
+    out2 = tmp_path / "out2"
+    (out2 / STATE_DIR).mkdir(parents=True)
+    (out2 / "train_log.jsonl").write_text("the user's own notes, longer than the log was\n")
+    (out2 / STATE_DIR / "train.json").write_text(json.dumps({"files": {"train_log.jsonl": {"size": 12, "sha256": None}},
+                                                             "pending": None}))
+    with OutputDir.open(out2, "train", allow_other_files=True) as od:
+        assert not od.owns("train_log.jsonl") and od.remove(["train_log.jsonl"]) == 0
+    assert (out2 / "train_log.jsonl").read_text().startswith("the user's own notes")
 
 
 def test_reading_a_folder_mid_run_or_mid_commit_is_refused(tmp_path, hold_lock):
