@@ -280,12 +280,14 @@ def settings_from_args(cls: type, args: argparse.Namespace) -> dict:
 
 
 
-def config_from_sources(cls: type[T], args: argparse.Namespace, config_file: str | os.PathLike | None = None,
-                        extra: dict | None = None) -> T:
-    """``cls`` from a config file (if any), then ``extra`` settings, then the flags the user gave."""
-    data = load_mapping(config_file) if config_file else {}
-    where = f"config {config_file}" if config_file else cls.__name__
-    data = upgrade_names(cls, data, where)
-    data.update(extra or {})
+def settings_from_sources(cls: type, args: argparse.Namespace, config_file: str | os.PathLike | None = None) -> dict:
+    """The settings of a config file (if any, old names upgraded), overridden by the flags the user gave."""
+    data = upgrade_names(cls, load_mapping(config_file), f"config {config_file}") if config_file else {}
     data.update(settings_from_args(cls, args))
-    return from_dict(cls, data, where=where)
+    return data
+
+
+def config_from_sources(cls: type[T], args: argparse.Namespace, config_file: str | os.PathLike | None = None) -> T:
+    """``cls`` from a config file (if any), then the flags the user gave."""
+    where = f"config {config_file}" if config_file else cls.__name__
+    return from_dict(cls, settings_from_sources(cls, args, config_file), where=where)

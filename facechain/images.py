@@ -146,11 +146,10 @@ def _open(path: Path, max_megapixels: float, draft: bool) -> Image.Image:
         except (OSError, SyntaxError) as exc:
             raise ImageRejected("truncated", f"image data is incomplete or corrupt ({exc})") from exc
         try:
-            out = ImageOps.exif_transpose(img)
+            return ImageOps.exif_transpose(img)  # a new image (a copy when there is nothing to turn)
         except Exception as exc:  # malformed EXIF: keep the pixels as stored; the orientation step still runs
             logger.warning("%s: EXIF orientation unreadable (%s); using the pixels as stored", path.name, exc)
-            out = img.copy()
-        return out if out is not img else img.copy()
+            return img.copy()
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:

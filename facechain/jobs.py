@@ -28,6 +28,11 @@ Item = TypeVar("Item")
 Out = TypeVar("Out")
 
 
+def exit_code_for(failures: list) -> int:
+    """The rule of every command: 0 when nothing requested failed, else 1."""
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
 class JobFailed(FacechainError):
     """Every requested output of a job failed; the message has the first error and where the details are."""
 
@@ -74,7 +79,7 @@ class JobResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.ok else EXIT_SOME_FAILED
+        return exit_code_for(self.failures)
 
     @property
     def kept(self) -> list[Path]:  # generate's name for its outputs

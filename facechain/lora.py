@@ -231,7 +231,7 @@ def key_format(tensors: dict) -> str:
         return "unknown"
     if all(k.startswith(KOHYA_PREFIXES) for k in keys):
         return "kohya"
-    if _from_attn_processor_format(tensors) is not None:
+    if all(_LEGACY_KEY.match(k) for k in keys):
         return "attn_processor"
     lora_keys = [k for k in keys if ".lora_A." in k or ".lora_B." in k or ".lora.down." in k or ".lora.up." in k
                  or ".lora_linear_layer." in k]

@@ -50,13 +50,12 @@ def build_config(args):
     """Config file (if any) + the flags that were given -> StylizeConfig."""
     import yaml
 
-    from facechain.config import from_dict, load_mapping, settings_from_args, upgrade_names
+    from facechain.config import from_dict, settings_from_sources
     from facechain.errors import InputError
     from facechain.stylize.config import StylizeConfig
     from facechain.stylize.registry import METHODS, get_method
 
-    data = upgrade_names(StylizeConfig, load_mapping(args._config), f"config {args._config}") if args._config else {}
-    data.update(settings_from_args(StylizeConfig, args))
+    data = settings_from_sources(StylizeConfig, args, args._config)
     options = dict(data.get("options") or {})
     spec = get_method(data.get("method", StylizeConfig.method))
     for key in METHOD_OPTION_FLAGS:

@@ -71,6 +71,16 @@ def available_fusions() -> list[str]:
     return METHODS.names()
 
 
+def check_backend(name: str, backend: str) -> None:
+    """Refuse fusion method ``name`` with faces from ``backend`` when it needs another backend's faces."""
+    required = METHODS.get(name).required_backend
+    if required not in (None, backend):
+        raise InputError(
+            f"fusion: {name} needs {required} faces (their embeddings), but face_backend is {backend}. Set "
+            f"face_backend: {required} (or auto), or use fusion: landmark."
+        )
+
+
 def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = None,
                backend: str | None = None) -> FusionMethod:
     """A fusion method by name. ``auto``: the swapper when its model file exists and faces come
@@ -84,14 +94,10 @@ def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = 
         why = f"no swapper model at {model}" if not model.is_file() else f"faces come from the {backend} backend"
         logger.info("face fusion: landmark warp + Poisson blend (%s)", why)
         return METHODS.get("landmark")()
+    if backend is not None:
+        check_backend(name, backend)
     cls = METHODS.get(name)
-    method = cls(model_path=model) if name == "swapper" else cls()
-    if backend is not None and method.required_backend not in (None, backend):
-        raise InputError(
-            f"fusion: {name} needs faces from the {method.required_backend} backend, but faces come from {backend}. Set "
-            f"face_backend: {method.required_backend} (and install it), or use fusion: landmark."
-        )
-    return method
+    return cls(model_path=model) if name == "swapper" else cls()
 
 
 # ---------------------------------------------------------------------------- landmark method

@@ -80,14 +80,9 @@ def check_inputs(cfg: GenerateConfig):
             "output folder of `facechain preprocess`, or set rank: false and fusion: off."
         )
     if cfg.fusion not in ("auto", "off") and cfg.face_backend != "auto":  # before any model loads
-        from facechain.face.fusion import METHODS
+        from facechain.face.fusion import check_backend
 
-        required = METHODS.get(cfg.fusion).required_backend
-        if required not in (None, cfg.face_backend):
-            raise InputError(
-                f"fusion: {cfg.fusion} needs {required} faces (their embeddings), but face_backend is {cfg.face_backend}. Set "
-                f"face_backend: {required} (or auto), or use fusion: landmark."
-            )
+        check_backend(cfg.fusion, cfg.face_backend)
     control = check_control_inputs(cfg)  # a pose with no person fails here, before any model loads
     subject = subject_from_metadata(cfg.processed_dir, cfg.trigger_word)
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)

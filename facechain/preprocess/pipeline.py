@@ -36,7 +36,7 @@ from facechain.face.segment import head_mask, whiten_background
 from facechain.face.types import Face, FaceAnalyzer
 from facechain.images import IMAGE_SUFFIXES, ImageRejected, load_photo, sharpness
 from facechain.io import save_image, write_json, write_jsonl
-from facechain.jobs import EXIT_OK, EXIT_SOME_FAILED, ItemFailure
+from facechain.jobs import ItemFailure, exit_code_for
 from facechain.preprocess.caption import attribute_phrase, caption
 from facechain.preprocess.config import PreprocessConfig
 from facechain.preprocess.errors import NoPhotosKept, PhotoRejected
@@ -85,7 +85,7 @@ class PreprocessResult:
     @property
     def exit_code(self) -> int:
         """The rule of every command (facechain.jobs): non-zero when some photo failed unexpectedly."""
-        return EXIT_OK if not self.failures else EXIT_SOME_FAILED
+        return exit_code_for(self.failures)
 
 
 @dataclass
