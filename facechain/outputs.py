@@ -305,12 +305,16 @@ class OutputDir:
         return True
 
     def other_files(self, limit: int | None = None) -> list[str]:
-        """Files (and symlinks) in the folder that this command did not record, by relative path."""
+        """Files (and symlinks) in the folder that this command did not record, by relative path. Sub folders
+        that hold their own facechain record (another command's output folder) are skipped."""
         found = []
         for root, dirs, names in os.walk(self.path):
             rel_root = Path(root).relative_to(self.path)
             if rel_root == Path("."):
                 dirs[:] = [d for d in dirs if d != STATE_DIR]
+            # a sub folder with its own record is another command's output folder (e.g. `facechain eval`'s
+            # report inside generate's folder): neither this command's files nor a stranger's
+            dirs[:] = [d for d in dirs if (Path(root) / d).is_symlink() or not (Path(root) / d / STATE_DIR).is_dir()]
             dirs.sort()
             for name in sorted(names) + [d for d in dirs if (Path(root) / d).is_symlink()]:
                 rel = (rel_root / name).as_posix()

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("facechain.cli.train", "train a face LoRA on a processed set"),
     "generate": ("facechain.cli.generate", "generate, fuse and rank portraits from a config or flags"),
     "stylize": ("facechain.cli.stylize", "training-free portrait stylization after a style image"),
+    "eval": ("facechain.cli.eval", "likeness report of generated portraits against the person's photos"),
     "make-tiny-model": ("facechain.cli.tiny", "build a tiny offline model for smoke tests"),
 }
 

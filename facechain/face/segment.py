@@ -6,9 +6,10 @@ Two methods behind one function:
   is on disk: ``parsing_bisenet.safetensors`` (the same state dict, converted), or facexlib's
   own ``parsing_bisenet.pth`` only with ``allow_pickle`` (then loaded tensors-only,
   ``torch.load(weights_only=True)``), like every other weight file.
-* ``landmarks``: offline, no weights: OpenCV GrabCut seeded from the face landmarks (the face
-  hull is sure foreground, an ellipse around the head probable foreground, the border and the
-  region below the jaw background). Runs on a 256 px copy for speed.
+* ``landmarks``: offline, no weights: a GrabCut-style segmentation seeded from the face landmarks
+  that keeps face, ears and all the hair, long hair included (colour + texture models for skin,
+  hair and background, graph cuts with a spatial prior in the face's frame; see
+  :func:`landmark_grabcut_mask`). Runs on a 256 px copy for speed.
 """
 
 from __future__ import annotations
@@ -96,52 +97,217 @@ def parsing_mask(image: np.ndarray, weights: Path) -> np.ndarray:
     return _clean(cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST))
 
 
-def landmark_grabcut_mask(image: np.ndarray, landmarks: np.ndarray, kps: np.ndarray, work: int = 256, iters: int = 3) -> np.ndarray:
-    """Head mask (H, W) uint8 {0, 255} by GrabCut seeded from landmarks. ``landmarks`` may be
-    68/106 points or just the 5 keypoints."""
+# Offline head mask (``landmarks``), in units of the eye-to-mouth distance ("em") in the face's
+# own frame (u to the image right of the face, v up). Values measured on hand-labelled photos
+# (tests/fixtures/head_masks.json): the skull reaches about 2-2.4 em above the eyes and about
+# 0.8 em beyond the jaw's sides; long hair falls beside the neck down to the shoulders.
+_SKULL_CENTER_V = 0.45
+_SKULL_HALF_HEIGHT = 1.95
+_SKULL_SIDE_MARGIN = 0.8
+_FALL_PRIOR = 1.0  # log-odds of "head" for hair falling beside the face, within 1 em of its side
+_FALL_DECAY = 0.8  # ... dropping by this much per em further out
+_NECK_SLOPE = 0.3  # the neck/chest region widens by this many em per em below the chin
+_SMOOTHNESS = 25.0  # contrast-sensitive Potts weight between neighbouring pixels
+_TEXTURE_WEIGHT = 15.0  # log gradient magnitude as a 4th feature: hair is textured, walls and skin are smooth
+
+
+def landmark_grabcut_mask(image: np.ndarray, landmarks: np.ndarray | None, kps: np.ndarray, work: int = 256,
+                          iters: int = 3) -> np.ndarray:
+    """Head mask (H, W) uint8 {0, 255}: face, ears and all the hair, long hair included, found offline
+    from the landmarks (68/106 points, or just the 5 keypoints).
+
+    GrabCut-style: colour (+ texture) mixture models for skin, hair and background, re-fitted
+    ``iters`` times, each followed by a graph cut (max-flow) that also weighs a spatial prior in
+    the face's frame: the skull above and beside the face is likely head; hair falling beside
+    the neck is plausible up to about 2 em beside the face, at any depth (long hair); far away is
+    unlikely. Sure foreground: the face hull and a crown patch above the brows. Sure background:
+    the border and white padding (above the chin), the neck/chest cone under the chin between
+    the jaw lines, and regions far from the head. The hair model is sampled above the eye line
+    outside the face (non-skin pixels), so clothes, shoulders and walls of similar colour below
+    the face must look like that hair to be kept. Runs on a ``work`` px copy; largest component,
+    holes filled."""
     h, w = image.shape[:2]
     s = work / max(h, w)
-    small = cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     sh, sw = small.shape[:2]
-    pts = np.asarray(landmarks if landmarks is not None else kps, np.float32) * s
     k = np.asarray(kps, np.float32) * s
+    pts = np.asarray(landmarks if landmarks is not None else kps, np.float32) * s
     eye_c = (k[0] + k[1]) / 2
     mouth_c = (k[3] + k[4]) / 2
-    iod = float(np.linalg.norm(k[1] - k[0])) + 1e-6
     em = float(np.linalg.norm(mouth_c - eye_c)) + 1e-6
-    up = (eye_c - mouth_c) / em  # unit vector from mouth to eyes ("up" in the face frame)
+    up = (eye_c - mouth_c) / em
+    right = np.array([-up[1], up[0]], np.float32)
+    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    u = ((xx - eye_c[0]) * right[0] + (yy - eye_c[1]) * right[1]) / em
+    v = ((xx - eye_c[0]) * up[0] + (yy - eye_c[1]) * up[1]) / em
+    p = np.stack([(pts - eye_c) @ right, (pts - eye_c) @ up], -1) / em
+    if len(pts) >= 17:
+        u_lo, u_hi, v_chin = float(p[:, 0].min()), float(p[:, 0].max()), float(p[:, 1].min())
+    else:  # 5 keypoints: a typical face
+        u_lo, u_hi, v_chin = float(p[:, 0].min()) - 0.6, float(p[:, 0].max()) + 0.6, -1.9
+    u_chin = float(p[np.argmin(p[:, 1]), 0]) if len(pts) >= 17 else float(mouth_c @ right - eye_c @ right) / em
+    u_c, half = (u_lo + u_hi) / 2, (u_hi - u_lo) / 2
+    if len(pts) == 68:  # iBUG jaw points 5 and 11 bound the neck
+        n_lo, n_hi = sorted((float(p[5, 0]), float(p[11, 0])))
+    else:
+        n_lo, n_hi = u_chin - 0.6 * half, u_chin + 0.6 * half
 
-    gc = np.full((sh, sw), cv2.GC_BGD, np.uint8)
-    # probable foreground: an ellipse covering face, hair and ears
-    head_c = eye_c + up * 0.35 * em
-    axes = (int(1.55 * iod), int(2.6 * em))
-    angle = float(np.degrees(np.arctan2(up[1], up[0]))) + 90
-    cv2.ellipse(gc, (int(head_c[0]), int(head_c[1])), axes, angle, 0, 360, int(cv2.GC_PR_FGD), -1)
-    # sure foreground: the face hull shrunk towards its centre, plus the forehead above the eyes
-    hull = cv2.convexHull(pts.astype(np.float32))
-    c = pts.mean(0)
-    inner = (hull.reshape(-1, 2) - c) * 0.85 + c
-    cv2.fillConvexPoly(gc, inner.astype(np.int32), int(cv2.GC_FGD))
-    forehead = np.array([k[0] + up * 0.2 * em, k[1] + up * 0.2 * em, k[1] + up * 1.0 * em, k[0] + up * 1.0 * em])
-    cv2.fillConvexPoly(gc, forehead.astype(np.int32), int(cv2.GC_PR_FGD))
-    # sure background: the border and everything well below the jaw
+    hull = cv2.convexHull(pts).reshape(-1, 2)
+    inner = _poly_mask((hull - pts.mean(0)) * 0.85 + pts.mean(0), (sh, sw))
+    rad = max(1, int(0.4 * em))
+    face = cv2.dilate(_poly_mask(hull, (sh, sw)).astype(np.uint8),
+                      cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rad + 1, 2 * rad + 1))) > 0
+    crown = (v > 0.9) & (v < 1.5) & (np.abs(u - u_c) < 0.55 * half)
+    # sure background: border and white padding (where the crop left the photo) with a ring
+    # inside them, above the chin (long hair may reach the lower border); the neck/chest cone;
+    # far from the head
     b = max(2, sw // 64)
-    gc[:b, :] = cv2.GC_BGD
-    gc[:, :b] = cv2.GC_BGD
-    gc[:, -b:] = cv2.GC_BGD
-    chin = mouth_c - up * 0.9 * em
-    yy, xx = np.mgrid[0:sh, 0:sw]
-    below = ((xx - chin[0]) * up[0] + (yy - chin[1]) * up[1]) < -0.15 * em
-    gc[below & (gc != cv2.GC_FGD)] = cv2.GC_BGD
-    bgd = np.zeros((1, 65), np.float64)
-    fgd = np.zeros((1, 65), np.float64)
-    try:
-        cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
-    except cv2.error as exc:  # degenerate seeds (e.g. no background pixels): keep the seed mask
-        logger.debug("grabcut failed (%s); using the landmark seed mask", exc)
-    small_mask = np.where((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)
-    mask = cv2.resize(small_mask, (w, h), interpolation=cv2.INTER_LINEAR)
+    edge = np.zeros((sh, sw), bool)
+    edge[:b], edge[-b:], edge[:, :b], edge[:, -b:] = True, True, True, True
+    white = (small.min(-1) >= 250).astype(np.uint8)
+    _, cc = cv2.connectedComponents(white, connectivity=8)
+    pad = np.isin(cc, np.unique(cc[edge & (white > 0)])) & (white > 0)
+    outside = edge | pad
+    ring = (cv2.dilate(outside.astype(np.uint8), np.ones((2 * b + 1, 2 * b + 1), np.uint8)) > 0) & ~outside
+    below = (v_chin - 0.1) - v
+    cone = (below > 0) & (u > n_lo - _NECK_SLOPE * below) & (u < n_hi + _NECK_SLOPE * below)
+    far = ((v > -0.3) & (np.abs(u - u_c) > 2.7)) | (v > 3.0)
+    sure_bg = ((outside | ring) & (v > v_chin)) | pad | cone | far
+    sure_fg = (inner | crown) & ~pad
+
+    # spatial prior, log-odds of "head"
+    r = np.sqrt(((u - u_c) / (half + _SKULL_SIDE_MARGIN)) ** 2 + ((v - _SKULL_CENTER_V) / _SKULL_HALF_HEIGHT) ** 2)
+    skull = 3.0 * (1 - r)
+    lateral = np.abs(u - u_c) - half  # em beyond the side of the face
+    fall = np.where(v < _SKULL_CENTER_V,
+                    _FALL_PRIOR - _FALL_DECAY * np.maximum(lateral - 1.0, 0) - 1.5 * np.maximum(-lateral, 0), -10.0)
+    prior = np.clip(np.maximum(skull, fall), -4.0, 3.0)
+    skin_ok = face | ((v > 0) & (r < 0.85))  # where skin counts as head: face, ears, forehead, scalp
+
+    x = np.concatenate([small.reshape(-1, 3).astype(np.float64), _texture(image, (sw, sh)).reshape(-1, 1)], 1)
+    skin = _fit_gmm(x[inner.ravel()], 3)
+    nll_skin = _gmm_nll(skin, x).reshape(sh, sw)
+    skinlike = nll_skin < np.percentile(nll_skin[inner], 60) if inner.any() else np.zeros((sh, sw), bool)
+    fg = ((skull > 1.0) | sure_fg) & ~sure_bg
+    for _ in range(max(1, iters)):
+        hair_samples = fg & ~face & (v > 0) & ~skinlike
+        hair = _fit_gmm(x[hair_samples.ravel()], 3) or skin
+        bg = _fit_gmm(x[(~fg & ~pad & ((prior < -1.0) | sure_bg)).ravel()], 5)
+        nll_fg = _gmm_nll(hair, x).reshape(sh, sw)
+        nll_fg = np.where(skin_ok, np.minimum(nll_fg, nll_skin), nll_fg)
+        llr = np.clip(_gmm_nll(bg, x).reshape(sh, sw) - nll_fg, -8.0, 8.0) + prior
+        cost_fg, cost_bg = np.maximum(-llr, 0), np.maximum(llr, 0)
+        cost_fg[sure_fg], cost_bg[sure_fg] = 0, _HARD
+        cost_fg[sure_bg], cost_bg[sure_bg] = _HARD, 0
+        new = _graph_cut(cost_fg, cost_bg, small, _SMOOTHNESS)
+        if np.array_equal(new, fg):
+            break
+        fg = new
+    mask = cv2.resize(fg.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR)
     return _clean((mask > 127).astype(np.uint8) * 255)
+
+
+_HARD = 1e3  # unary cost that no smoothness saving can pay for
+
+
+def _poly_mask(poly: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(m, np.round(poly).astype(np.int32), 1)
+    return m > 0
+
+
+def _texture(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Log gradient magnitude, measured at twice the work size (resolution independent) and
+    averaged down to ``size`` (w, h), scaled by ``_TEXTURE_WEIGHT``."""
+    g = cv2.cvtColor(cv2.resize(image, (2 * size[0], 2 * size[1]), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    mag = np.sqrt(cv2.Sobel(g, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(g, cv2.CV_32F, 0, 1) ** 2) / 4
+    mag = cv2.blur(cv2.resize(mag, size, interpolation=cv2.INTER_AREA), (3, 3))
+    return np.log1p(mag) * _TEXTURE_WEIGHT
+
+
+def _fit_gmm(x: np.ndarray, k: int) -> list | None:
+    """Gaussian mixture (weight, mean, inverse covariance, log normaliser) from k-means clusters,
+    as GrabCut fits its models; None with too few samples."""
+    if len(x) < 20:
+        return None
+    k = max(1, min(k, len(x) // 10))
+    cv2.setRNGSeed(0)
+    crit = (cv2.TERM_CRITERIA_MAX_ITER + cv2.TERM_CRITERIA_EPS, 10, 0.5)
+    _, labels, _ = cv2.kmeans(x.astype(np.float32), k, None, crit, 1, cv2.KMEANS_PP_CENTERS)
+    labels = labels.ravel()
+    comps = []
+    for i in range(k):
+        xi = x[labels == i]
+        if len(xi) < 2:
+            continue
+        cov = np.cov(xi.T) + np.eye(x.shape[1]) * 6.5  # floor: a colour step of ~2.5 levels
+        logdet = np.linalg.slogdet(cov)[1]
+        comps.append((len(xi) / len(x), xi.mean(0), np.linalg.inv(cov), -0.5 * logdet))
+    return comps or None
+
+
+def _gmm_nll(comps: list | None, x: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood of each row of x (up to a shared constant); large without a model."""
+    if comps is None:
+        return np.full(len(x), 50.0)
+    acc = np.zeros(len(x))
+    for weight, mean, inv, lognorm in comps:
+        d = x - mean
+        acc += weight * np.exp(lognorm - 0.5 * np.einsum("ni,ij,nj->n", d, inv, d))
+    return -np.log(acc + 1e-300)
+
+
+def _graph_cut(cost_fg: np.ndarray, cost_bg: np.ndarray, image: np.ndarray, gamma: float) -> np.ndarray:
+    """Foreground (bool) minimising the unary costs plus GrabCut's contrast-sensitive Potts term on
+    8-neighbours (gamma / distance * exp(-beta * colour difference^2)), by max-flow/min-cut.
+    Pixels with a hard cost (>= _HARD) keep their label and only the others enter the graph."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
+    hh, ww = cost_fg.shape
+    n = hh * ww
+    cost_fg, cost_bg = cost_fg.ravel().astype(np.float64), cost_bg.ravel().astype(np.float64)
+    fixed_fg, fixed_bg = cost_bg >= _HARD, (cost_fg >= _HARD) & (cost_bg < _HARD)
+    free = ~(fixed_fg | fixed_bg)
+    node = np.cumsum(free) - 1  # graph node of each free pixel
+    m = int(free.sum())
+    idx = np.arange(n).reshape(hh, ww)
+    col = image.reshape(n, -1).astype(np.float64)
+    pairs = []
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a = idx[: hh - dy, max(0, -dx): ww - max(0, dx)].ravel()
+        b = idx[dy:, max(0, dx): ww + min(0, dx)].ravel()
+        pairs.append((a, b, np.hypot(dy, dx), ((col[a] - col[b]) ** 2).sum(1)))
+    beta = 1.0 / (2 * np.mean(np.concatenate([p[3] for p in pairs])) + 1e-9)
+    rows, cols, caps = [], [], []
+    for a, b, dist, d2 in pairs:
+        wgt = gamma / dist * np.exp(-beta * d2)
+        for i, j in ((a, b), (b, a)):
+            # a free pixel next to a fixed one: disagreeing with it is a unary cost
+            np.add.at(cost_bg, i[free[i] & fixed_fg[j]], wgt[free[i] & fixed_fg[j]])
+            np.add.at(cost_fg, i[free[i] & fixed_bg[j]], wgt[free[i] & fixed_bg[j]])
+        both = free[a] & free[b]
+        rows += [node[a[both]], node[b[both]]]
+        cols += [node[b[both]], node[a[both]]]
+        caps += [wgt[both], wgt[both]]
+    fg = fixed_fg.copy()
+    if m:
+        src, snk = m, m + 1
+        ids = np.arange(m)
+        rows += [np.full(m, src), ids]
+        cols += [ids, np.full(m, snk)]
+        caps += [cost_bg[free], cost_fg[free]]  # source side = foreground: cutting src->i labels i background
+        scale = 16.0  # integer capacities; the total flow stays far below 2**31
+        cap = np.round(np.concatenate(caps) * scale).astype(np.int32)
+        graph = csr_matrix((cap, (np.concatenate(rows), np.concatenate(cols))), shape=(m + 2, m + 2))
+        residual = graph - maximum_flow(graph, src, snk, method="dinic").flow
+        residual.data[residual.data < 0] = 0
+        residual.eliminate_zeros()
+        reached = breadth_first_order(residual, src, directed=True, return_predecessors=False)
+        side = np.zeros(m + 2, bool)
+        side[reached] = True
+        fg[free] = side[:m]
+    return fg.reshape(hh, ww)
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:
