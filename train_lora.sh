@@ -7,6 +7,7 @@
 # PROCESSED_DIR, then the trainer runs under `accelerate launch` (multi-GPU and mixed precision
 # follow accelerate's own config, `accelerate config`). Trainer flags pass through, e.g.
 #   --max_train_steps 400 --rank 8 --resolution 512 --mixed_precision bf16 --resume
+# Start from FaceChain's generic face LoRA on FaceChain's base, as FaceChain does: --init_lora facechain
 # Environment: PYTHON (interpreter, default python), PREPROCESS_FLAGS (extra flags for
 # `facechain preprocess`, e.g. "--face-backend dlib").
 # See docs/train.md.
@@ -36,7 +37,10 @@ PYTHON=${PYTHON:-python}
 # The trainer runs as a child of this script; INT/TERM/HUP sent to the script are passed on to it,
 # so stopping the script stops training (the trainer also stops when its launcher dies). The last
 # complete checkpoint stays; rerun with --resume to continue.
-# --quiet: a trainer error is its own one-line message, without the launcher's traceback after it
+# --quiet: a trainer error is its own one-line message, without the launcher's traceback after it.
+# accelerate launch sets OMP_NUM_THREADS=1 when it is unset, which would leave a CPU run on one core:
+# the trainer picks its own thread count (its share of the usable cores), or the user's OMP_NUM_THREADS.
+set -- --num_threads "${OMP_NUM_THREADS:-0}" "$@"
 "$PYTHON" -m accelerate.commands.launch --quiet -m facechain train \
     "$BASE_MODEL" "$PROCESSED_DIR" "$OUTPUT_DIR" --revision "$REVISION" --sub_path "$SUB_PATH" "$@" &
 child=$!

@@ -301,7 +301,7 @@ def _tcfg(model, data, out, **kw):
     from facechain.train import TrainConfig
 
     settings = dict(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=64, aug_variants=2,
-                    max_train_steps=2, checkpointing_steps=2, face_backend="none")
+                    max_train_steps=2, checkpointing_steps=2, face_backend="none", num_threads=1)
     settings.update(kw)
     return TrainConfig(**settings)
 

@@ -27,7 +27,7 @@ def make_processed(folder: Path, n: int = 2, size: int = 512) -> Path:
 def tiny_cfg(model, data, out, **kw) -> TrainConfig:
     settings = dict(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=64, aug_variants=2,
                     max_train_steps=4, checkpointing_steps=2, face_backend="none", validation_num_inference_steps=2,
-                    num_validation_images=1)
+                    num_validation_images=1, num_threads=1)
     settings.update(kw)
     return TrainConfig(**settings)
 
@@ -94,7 +94,62 @@ def test_select_checkpoints_ties_go_to_later_step():
 def test_num_steps_is_facechain_rule():
     cfg = TrainConfig(base_model="m", train_data_dir="d", output_dir="o")
     assert (cfg.rank, cfg.learning_rate, cfg.lr_scheduler, cfg.train_batch_size, cfg.resolution, cfg.seed) == (4, 1.5e-4, "cosine", 1, 512, 42)
-    assert cfg.num_steps(3) == 600 and cfg.num_steps(10) == 800
+    # FaceChain's default path has no cap (its min(..., 800) is dead code): 200 steps per kept photo
+    assert cfg.max_train_steps is None and cfg.num_steps(3) == 600 and cfg.num_steps(10) == 2000
+    assert TrainConfig(base_model="m", train_data_dir="d", output_dir="o", max_train_steps=800).num_steps(10) == 800
+    with pytest.raises(InputError, match="max_train_steps"):
+        TrainConfig(base_model="m", train_data_dir="d", output_dir="o", max_train_steps=0)
+
+
+def test_mixed_precision_auto_and_threads(monkeypatch):
+    import torch
+
+    from facechain.train.trainer import resolve_mixed_precision, set_threads, usable_cpus
+
+    assert TrainConfig(base_model="m", train_data_dir="d", output_dir="o").mixed_precision == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_mixed_precision("auto") == "no" and resolve_mixed_precision("bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_mixed_precision("auto") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100 or T4
+    assert resolve_mixed_precision("auto") == "fp16"
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
+        assert set_threads(0) == 1  # without a launcher, a set OMP_NUM_THREADS is the user's
+        monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # under accelerate launch: its default 1 is not used
+        assert set_threads(0) == usable_cpus() == torch.get_num_threads()
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(usable_cpus() * 2))  # more processes than cores: one each
+        assert set_threads(0) == 1
+        assert set_threads(3) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_validation_vae_decodes_outside_autocast_and_sdxl_at_native_size(tiny_sdxl):
+    import torch
+
+    from facechain.models import load_pipeline, resolve_model
+    from facechain.train.validate import generate_validation_images, validation_resolution
+
+    pipe = load_pipeline(resolve_model(str(tiny_sdxl)))
+    seen = []
+    pipe.vae.decoder.register_forward_pre_hook(lambda m, a: seen.append((torch.is_autocast_enabled("cpu"), a[0].dtype)))
+    native = validation_resolution(pipe, "sdxl", 64 // 2)
+    assert native == pipe.unet.config.sample_size * pipe.vae_scale_factor and validation_resolution(pipe, "sd15", 48) == 48
+    images = generate_validation_images(pipe, "a photo", 1, 2, native, seed=0,
+                                        autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert images[0].size == (native, native)
+    assert seen == [(False, torch.float32)]  # the VAE never runs under (fp16/bf16) autocast
+
+
+def test_init_lora_facechain_is_one_flag_and_one_clear_error(tmp_path, processed, tiny_sd15):
+    with pytest.raises(ModelNotFoundError, match=r"(?s)--init_lora facechain.*damo/face_frombase_c4.*ModelScope"):
+        train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", init_lora="facechain"))
+    assert not (tmp_path / "o").exists()
 
 
 # --------------------------------------------------------------------------- clear errors

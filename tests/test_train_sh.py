@@ -43,7 +43,8 @@ def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path, dlib_analyzer):
            "--resolution", "64", "--max_train_steps", "2", "--checkpointing_steps", "1", "--aug_variants", "2",
            "--face_backend", "dlib", "--num_validation_images", "1", "--validation_num_inference_steps", "2", "--no-progress",
            "--learning_rate", "1e-2"]  # 2 steps at FaceChain's 1.5e-4 barely move a tiny model's output
-    proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=540)
+    env = {k: v for k, v in _env().items() if k != "OMP_NUM_THREADS"}  # as a user's shell: unset
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     meta = [json.loads(l) for l in (processed / "metadata.jsonl").read_text().splitlines() if l.strip()]
     assert len(meta) >= 2 and all(m["text"].startswith("<fcsks>") for m in meta)
@@ -64,6 +65,11 @@ def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path, dlib_analyzer):
     assert (cfg["resolution"], cfg["max_train_steps"], cfg["revision"], cfg["sub_path"]) == (64, 2, "", "")
     rows = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    # run as users run it (accelerate launch sets OMP_NUM_THREADS=1): every usable core, fp32 on a CPU
+    from facechain.train.trainer import usable_cpus
+
+    start = rows[0]
+    assert start["event"] == "start" and start["threads"] == usable_cpus() and start["mixed_precision"] == "no", start
     scored = [r for r in rows if r.get("event") == "checkpoint"]
     assert [r["step"] for r in scored] == [1, 2] and all(isinstance(r["score"], float) for r in scored)
     assert all(0.0 <= r["score"] <= 1.0 and len(r["per_image"]) == 1 for r in scored)

@@ -3,7 +3,7 @@ as ``train_config.json`` beside the LoRA it produced.
 
 Defaults reproduce FaceChain's ``train_lora.sh`` (see the FaceChain reference notes): rank 4,
 learning rate 1.5e-4 with a cosine schedule and no warm-up, batch 1, 512 px, 200 steps per kept
-photo, seed 42, fp32, text encoder frozen, random horizontal flip and FaceCrop augmentation,
+photo with no cap, seed 42, text encoder frozen, random horizontal flip and FaceCrop augmentation,
 checkpoints every 100 steps (FaceChain's "validate & ensemble" interval, Aug-Sep 2023).
 """
 
@@ -15,12 +15,17 @@ from typing import ClassVar, Literal
 
 from facechain.errors import InputError
 
-MixedPrecision = Literal["no", "fp16", "bf16"]
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 ValidationBackend = Literal["auto", "dlib", "insightface", "none"]
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 # Settings that may change between a killed run and its resume without changing the result.
-RESUME_MUTABLE = ("resume", "checkpoints_total_limit", "allow_pickle", "single_file_config", "allow_other_files")
+RESUME_MUTABLE = ("resume", "checkpoints_total_limit", "allow_pickle", "single_file_config", "allow_other_files",
+                  "num_threads", "compile_unet")
+# FaceChain's generic face LoRA (ModelScope), the start of its default training: `--init_lora facechain`.
+# It is made for FaceChain's base, ly261666/cv_portrait_model v2.0 film/film (SD1.5).
+FACECHAIN_INIT_LORA = "facechain"
+FACECHAIN_FACE_LORA = ("damo/face_frombase_c4", "pytorch_lora_weights.bin")
 # Paths compared by what they point to (the same folder, the same model's files), not by spelling.
 RESUME_SAME_TARGET = ("base_model", "train_data_dir", "output_dir")
 # accelerate's set_seed seeds numpy too, which takes seeds below 2**32; each process adds its index.
@@ -50,7 +55,10 @@ class TrainConfig:
         metadata=_h("UNet attention projections that get a LoRA. FaceChain: to_q, to_k, to_v, to_out.0"),
     )
     train_text_encoder: bool = field(default=False, metadata=_h("also train a LoRA on the text encoder(s) (q/k/v/out projections). FaceChain: off"))
-    init_lora: str = field(default="", metadata=_h("start from this LoRA (diffusers or kohya keys, same rank): a file, a folder, or a hub/ModelScope id with --init_lora_weight_name. FaceChain starts from a generic face LoRA"))
+    init_lora: str = field(default="", metadata=_h(
+        "start from this LoRA (diffusers or kohya keys, same rank): a file, a folder, or a hub/ModelScope id with "
+        "--init_lora_weight_name; 'facechain' = FaceChain's generic face LoRA (damo/face_frombase_c4, for its base "
+        "ly261666/cv_portrait_model v2.0 film/film), as FaceChain's default training starts"))
     init_lora_weight_name: str = field(default="", metadata=_h("file name of the init LoRA inside its folder or hub repo ('' = the folder's only .safetensors file)"))
     learning_rate: float = field(default=1.5e-4, metadata=_h("AdamW learning rate. FaceChain: 1.5e-4"))
     lr_scheduler: str = field(default="cosine", metadata={**_h("learning-rate schedule. FaceChain: cosine"), "choices": LR_SCHEDULERS})
@@ -59,9 +67,17 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata=_h("gradient clipping norm (diffusers training-script default)"))
     train_batch_size: int = field(default=1, metadata=_h("images per step. FaceChain: 1"))
     steps_per_image: int = field(default=200, metadata=_h("training steps per kept photo (FaceChain's 200 epochs at batch 1)"))
-    max_train_steps: int = field(default=800, metadata=_h("cap on the number of steps: steps = min(steps_per_image x photos / batch, max_train_steps)"))
+    max_train_steps: int | None = field(default=None, metadata=_h(
+        "cap on the number of steps: steps = min(steps_per_image x photos / batch, max_train_steps); none by default "
+        "(FaceChain: no cap, its min(..., 800) is never reached)"))
     seed: int = field(default=42, metadata=_h("seed of augmentation, noise and timesteps. FaceChain: 42"))
-    mixed_precision: MixedPrecision = field(default="no", metadata=_h("'no' (fp32, FaceChain), 'fp16' (GPU only) or 'bf16'; frozen weights in that dtype, LoRA weights in fp32"))
+    mixed_precision: MixedPrecision = field(default="auto", metadata=_h(
+        "'auto' (bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 elsewhere), 'no' (fp32, FaceChain), 'fp16' "
+        "(GPU only) or 'bf16'; frozen UNet/text weights in that dtype, LoRA weights and the VAE in fp32"))
+    num_threads: int = field(default=0, metadata=_h(
+        "CPU threads of the trainer; 0 = this process's share of the usable cores (CPU affinity and cgroup quota, "
+        "divided among the processes on this machine), or OMP_NUM_THREADS when run without `accelerate launch` (which sets it to 1)"))
+    compile_unet: bool = field(default=False, metadata=_h("torch.compile the UNet's training forward (slow first steps; see benchmarks/RESULTS.md for when it pays)"))
     gradient_checkpointing: bool = field(default=False, metadata=_h("recompute UNet activations in the backward pass (less memory, ~30% slower)"))
     random_flip: bool = field(default=True, metadata=_h("horizontal flip augmentation. FaceChain: on"))
     face_crop: bool = field(default=True, metadata=_h("FaceChain's FaceCrop augmentation (face-size ratio U[0.35,0.45], face centre y U[0.35,0.5])"))
@@ -88,7 +104,11 @@ class TrainConfig:
                 f"`resolution` has to be a positive multiple of 8 (the VAE downsamples by 8) but is {self.resolution}. "
                 f"Use e.g. {max(8, round(self.resolution / 8) * 8)}."
             )
-        for name in ("rank", "train_batch_size", "steps_per_image", "max_train_steps", "aug_variants",
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise InputError(f"`max_train_steps` has to be at least 1 (or unset for no cap) but is {self.max_train_steps}.")
+        if self.num_threads < 0:
+            raise InputError(f"`num_threads` has to be >= 0 (0 = automatic) but is {self.num_threads}.")
+        for name in ("rank", "train_batch_size", "steps_per_image", "aug_variants",
                      "checkpointing_steps", "num_validation_images", "validation_num_inference_steps", "ensemble_top_k"):
             value = getattr(self, name)
             if value < 1:
@@ -107,8 +127,8 @@ class TrainConfig:
             raise InputError(f"`lora_alpha` has to be positive but is {self.lora_alpha}.")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise InputError(f"unknown lr_scheduler {self.lr_scheduler!r}. Choose between {list(LR_SCHEDULERS)}.")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise InputError(f"unknown mixed_precision mode {self.mixed_precision!r}. Choose between ['no', 'fp16', 'bf16'].")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise InputError(f"unknown mixed_precision mode {self.mixed_precision!r}. Choose between ['auto', 'no', 'fp16', 'bf16'].")
         if self.face_backend not in ("auto", "dlib", "insightface", "none"):
             raise InputError(f"unknown face_backend {self.face_backend!r}. Choose between ['auto', 'dlib', 'insightface', 'none'].")
         if not self.target_modules:
@@ -124,6 +144,7 @@ class TrainConfig:
         return float(self.rank if self.lora_alpha is None else self.lora_alpha)
 
     def num_steps(self, num_images: int) -> int:
-        """FaceChain rule: 200 epochs over the kept photos at batch 1, capped by ``max_train_steps``."""
+        """FaceChain rule: 200 epochs over the kept photos at batch 1, capped by ``max_train_steps`` when set."""
         per_epoch = -(-num_images // self.train_batch_size)
-        return max(1, min(self.steps_per_image * per_epoch, self.max_train_steps))
+        steps = self.steps_per_image * per_epoch
+        return max(1, steps if self.max_train_steps is None else min(steps, self.max_train_steps))

@@ -24,7 +24,7 @@ from facechain import lora as lora_io
 from facechain.train.config import RESUME_MUTABLE, RESUME_SAME_TARGET, TrainConfig
 from facechain.train.data import build_latent_pool, load_processed
 from facechain.train.text import TextConditioner, sdxl_time_ids
-from facechain.train.validate import LikenessScorer, generate_validation_images, select_checkpoints
+from facechain.train.validate import LikenessScorer, generate_validation_images, select_checkpoints, validation_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,60 @@ class LoraArtifact:
 
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+def resolve_mixed_precision(flag: str) -> str:
+    """``auto``: bf16 on a CUDA GPU that supports it, fp16 on an older one, fp32 ("no") elsewhere
+    (CPU autocast in bf16 is slower than fp32 on most CPUs, and MPS has no fused AdamW)."""
+    if flag != "auto":
+        return flag
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on: its CPU affinity, bounded by a cgroup v2/v1 CPU quota (containers)."""
+    import os
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = None
+    try:
+        fields = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            quota = int(fields[0]) / int(fields[1])
+    except (OSError, ValueError, IndexError):
+        try:
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            if q > 0:
+                quota = q / int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
+
+
+def set_threads(requested: int) -> int:
+    """Set torch's intra-op threads: ``requested``, or (0) this process's share of :func:`usable_cpus`
+    among the processes accelerate started on this machine. ``accelerate launch`` sets
+    OMP_NUM_THREADS=1 unless the user set it, which left the trainer on one core; under the launcher
+    that value is not used (``train_lora.sh`` passes a user's own OMP_NUM_THREADS on as
+    --num_threads); run without a launcher, a set OMP_NUM_THREADS is the user's and is used."""
+    import os
+
+    n = requested
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by accelerate launch, with its OMP_NUM_THREADS
+    if n == 0 and not launched and (os.environ.get("OMP_NUM_THREADS") or "").isdigit():
+        n = int(os.environ["OMP_NUM_THREADS"])  # the user's own setting, run without a launcher
+    if n == 0:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+        n = max(1, usable_cpus() // max(1, local))
+    torch.set_num_threads(n)
+    return n
 
 
 def _to(model, device, dtype) -> None:
@@ -106,6 +160,29 @@ def _note_accelerate_mixed_precision(flag: str) -> None:
         logger.warning("mixed precision: accelerate's setting is %r (accelerate config / ACCELERATE_MIXED_PRECISION) but "
                        "the trainer uses its --mixed_precision %r; pass --mixed_precision %s to use accelerate's",
                        env, flag, env)
+
+
+def resolve_init_lora(cfg: TrainConfig) -> Path:
+    """The file of ``cfg.init_lora``. ``facechain`` names FaceChain's generic face LoRA on ModelScope:
+    a tensor-only pickle from a known publisher, read with ``weights_only=True`` (tensors only, no
+    code) without --allow_pickle."""
+    from facechain.errors import ModelNotFoundError
+    from facechain.models import resolve_weights_file
+    from facechain.train.config import FACECHAIN_FACE_LORA, FACECHAIN_INIT_LORA
+
+    if cfg.init_lora != FACECHAIN_INIT_LORA:
+        return resolve_weights_file(cfg.init_lora, filename=cfg.init_lora_weight_name or None,
+                                    allow_pickle=cfg.allow_pickle, what="init LoRA")
+    repo, name = FACECHAIN_FACE_LORA
+    try:
+        return resolve_weights_file(repo, filename=cfg.init_lora_weight_name or name, allow_pickle=True,
+                                    what="FaceChain's face LoRA (--init_lora facechain)")
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"--init_lora facechain: FaceChain's face LoRA ({repo} / {name} on ModelScope) could not be had ({exc}). "
+            f"Connect to ModelScope once (it is cached afterwards), or download {name} from {repo} yourself and pass "
+            "--init_lora PATH_TO_FILE --allow_pickle, or train without --init_lora."
+        ) from exc
 
 
 def _data_fingerprint(examples) -> str:
@@ -181,7 +258,8 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model
         return a == b or (isinstance(a, str) and isinstance(b, str) and os.path.realpath(a) == os.path.realpath(b))
 
     diff = sorted(k for k in now if k not in RESUME_MUTABLE and saved.get(k) != now[k]
-                  and not (k in (*RESUME_SAME_TARGET, "init_lora") and same_target(k)))
+                  and not (k in (*RESUME_SAME_TARGET, "init_lora") and same_target(k))
+                  and not (k == "mixed_precision" and resolve_mixed_precision(saved.get(k)) == resolve_mixed_precision(now[k])))
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
         raise InputError(
@@ -250,9 +328,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
 
     check_writable_folder(Path(cfg.output_dir), "output_dir")
     held: list = []  # the main process's OutputDir, once acquired
+    threads_before = torch.get_num_threads()
     try:
         return _train(cfg, progress, held)
     finally:
+        torch.set_num_threads(threads_before)  # the caller's setting again (a UI or tests training in-process)
         for od in held:
             od.release()
         _release_accelerator_state()
@@ -266,21 +346,22 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     from diffusers.training_utils import cast_training_params
     from tqdm.auto import tqdm
 
-    from facechain.models import files_fingerprint, load_pipeline, model_fingerprint, resolve_model, resolve_weights_file
+    from facechain.models import files_fingerprint, load_pipeline, model_fingerprint, resolve_model
 
     # ---- inputs first: data, output folder, init LoRA, model
     examples = load_processed(cfg.train_data_dir)
     out = Path(cfg.output_dir)
     init_path = None
+    threads = set_threads(cfg.num_threads)
     if cfg.init_lora:
-        init_path = resolve_weights_file(cfg.init_lora, filename=cfg.init_lora_weight_name or None,
-                                         allow_pickle=cfg.allow_pickle, what="init LoRA")
+        init_path = resolve_init_lora(cfg)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise InputError("mixed_precision 'fp16' needs a CUDA GPU; on CPU use --mixed_precision bf16 or no.")
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
 
-    _note_accelerate_mixed_precision(cfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
+    _note_accelerate_mixed_precision(mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision)
     main = accelerator.is_main_process
     od = None
     if main:  # the main process holds the folder (lock, record) for the whole run
@@ -307,7 +388,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
                       + [f"{ckpt_io.checkpoint_dir(Path(), s).as_posix()}/{f}" for s in planned for f in ckpt_files])
     existing = _check_output_dir(cfg, out)
     device = accelerator.device
-    weight_dtype = _weight_dtype(cfg.mixed_precision)
+    weight_dtype = _weight_dtype(mixed_precision)
     log_path, config_path = out / LOG_FILE, out / CONFIG_FILE
 
     # ---- resume: what step, and is it the same run
@@ -361,7 +442,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     lora_models = {"unet": unet}
     if cfg.train_text_encoder:
         lora_models.update(zip(["text_encoder", "text_encoder_2"], cond.encoders))
-    if cfg.mixed_precision != "no":  # LoRA weights train in fp32; cast before any are loaded, so none are rounded
+    if mixed_precision != "no":  # LoRA weights train in fp32; cast before any are loaded, so none are rounded
         cast_training_params(list(lora_models.values()), dtype=torch.float32)
     if cfg.init_lora and resume_from is None:  # a resumed run takes its weights from the checkpoint
         try:
@@ -409,6 +490,8 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
     prepared = accelerator.prepare(*lora_models.values(), optimizer, lr_scheduler)
     optimizer, lr_scheduler = prepared[-2], prepared[-1]
     train_unet = prepared[0]
+    if cfg.compile_unet:  # the training forward only; validation and saving use the same (uncompiled) modules
+        train_unet = torch.compile(train_unet)
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
 
     start_step = 0
@@ -435,7 +518,8 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
         append_jsonl(log_path, {"event": "start" if resume_from is None else "resume", "step": start_step, "max_train_steps": max_steps,
                                 "photos": len(examples), "pool": len(pool), "family": family, "model": resolved.to_dict(),
                                 "trainable_params": sum(p.numel() for p in params), "device": str(device),
-                                "mixed_precision": cfg.mixed_precision})
+                                "mixed_precision": mixed_precision, "threads": threads,
+                                "compile_unet": cfg.compile_unet})
         od.record([LOG_FILE], logs=(LOG_FILE,))
     pred_type = noise_scheduler.config.prediction_type
     if device.type == "cuda":  # report the training loop's own peak, not the one-off VAE encoding's
@@ -482,7 +566,7 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
             bar.set_postfix(loss=f"{loss_value:.4f}")
         if step % cfg.checkpointing_steps == 0 or step == max_steps:
             parts = _CheckpointParts(cfg, accelerator, od, out, lora_models, optimizer, lr_scheduler, gen, scorer, pipe,
-                                     prompt, log_path)
+                                     prompt, log_path, family)
             scores[step] = _checkpoint(parts, step, {"config": to_dict(cfg), "model": resolved.to_dict(),
                                                      "model_fingerprint": model_id, "init_lora_fingerprint": init_id,
                                                      "data": fingerprint})
@@ -541,6 +625,7 @@ class _CheckpointParts:
     pipe: object  # the validation pipeline
     prompt: str
     log_path: Path
+    family: str = "sd15"
 
 
 def _checkpoint(parts: _CheckpointParts, step: int, extra: dict) -> float | None:
@@ -561,9 +646,9 @@ def _checkpoint(parts: _CheckpointParts, step: int, extra: dict) -> float | None
     if scorer is not None:
         for m in lora_models.values():
             m.eval()
-        with accelerator.autocast():
-            images = generate_validation_images(pipe, prompt, cfg.num_validation_images, cfg.validation_num_inference_steps,
-                                                cfg.resolution, seed=cfg.seed)
+        images = generate_validation_images(pipe, prompt, cfg.num_validation_images, cfg.validation_num_inference_steps,
+                                            validation_resolution(pipe, parts.family, cfg.resolution), seed=cfg.seed,
+                                            autocast=accelerator.autocast)
         for m in lora_models.values():
             m.train()
         result = scorer.score(images)

@@ -66,15 +66,39 @@ class LikenessScorer:
 
 
 @torch.no_grad()
-def generate_validation_images(pipe, prompt: str, n: int, steps: int, resolution: int, seed: int) -> list[Image.Image]:
-    """``n`` portraits of ``prompt`` with the pipeline's current (LoRA-carrying) UNet, seeded."""
+def generate_validation_images(pipe, prompt: str, n: int, steps: int, resolution: int, seed: int,
+                               autocast=None) -> list[Image.Image]:
+    """``n`` portraits of ``prompt`` with the pipeline's current (LoRA-carrying) UNet, seeded. The
+    UNet steps run under ``autocast`` (the training's mixed precision, a context manager factory);
+    the VAE decodes outside it, in its own (fp32) dtype: SDXL's VAE overflows in fp16."""
+    import contextlib
+
     pipe.set_progress_bar_config(disable=True)
+    vae = pipe.vae
     images = []
     for i in range(n):
         gen = torch.Generator("cpu").manual_seed(seed + i)
-        out = pipe(prompt, num_inference_steps=steps, height=resolution, width=resolution, generator=gen, output_type="pil")
-        images.append(out.images[0])
+        with (autocast or contextlib.nullcontext)():
+            latents = pipe(prompt, num_inference_steps=steps, height=resolution, width=resolution, generator=gen,
+                           output_type="latent").images
+        latents = latents.to(vae.device, vae.dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        decoded = vae.decode(latents, return_dict=False)[0]
+        images.append(pipe.image_processor.postprocess(decoded.float(), output_type="pil")[0])
     return images
+
+
+def validation_resolution(pipe, family: str, resolution: int) -> int:
+    """SDXL validates at its native size (it makes poor faces below it); SD1.5 at the training resolution."""
+    if family == "sdxl":
+        return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    return resolution
 
 
 def select_checkpoints(scores: dict[int, float | None], top_k: int) -> list[int]:
