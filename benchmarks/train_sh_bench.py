@@ -102,6 +102,8 @@ def main(argv=None) -> int:
     a, b = args.steps
     rows = []
     variants = [("ours: sh train_lora.sh", lambda n: ours(model, photos, work, n, args.resolution, []))]
+    variants.append(("ours: sh train_lora.sh --num_threads 1 (one core, as before)",
+                     lambda n: ours(model, photos, work, n, args.resolution, ["--num_threads", "1"])))
     if args.compile:
         variants.append(("ours: sh train_lora.sh --compile_unet",
                          lambda n: ours(model, photos, work, n, args.resolution, ["--compile_unet"])))

@@ -46,6 +46,9 @@ def test_single_face_kept_and_placed(tmp_path, sample_photos, dlib_analyzer):
     assert img[int(f.center[1]), int(f.center[0])].mean() < 240
     meta = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
     assert meta == [{"file_name": "000.png", "text": "<fcsks>, a person"}]
+    # dlib gives no gender/age: the report says why the caption is neutral and what to do
+    note = json.loads((tmp_path / "out" / "report.json").read_text())["caption_note"]
+    assert "no gender or age" in note and "insightface" in note and "metadata.jsonl" in note
     rep = _report(tmp_path / "out")["a.png"]
     assert rep["status"] == "kept" and rep["scores"]["rotation"] == 0 and rep["scores"]["mask"] == "landmarks"
     assert (tmp_path / "out" / "preprocess_config.json").is_file()

@@ -292,6 +292,13 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
     # step 9: caption by majority over kept photos, then write: staged, committed only when a photo was kept
     phrase = attribute_phrase([c.face.gender for c in candidates], [c.face.age for c in candidates])
     text = caption(cfg.trigger_word, phrase)
+    caption_note = None
+    if candidates and all(c.face.gender is None and c.face.age is None for c in candidates):
+        caption_note = (f"the {analyzer.name} face backend gives no gender or age, so the caption says '{phrase}' where "
+                        "FaceChain's would name them (e.g. 'a beautiful woman', 'a mature man'); no offline model for them "
+                        "ships in a package. Use --face-backend insightface (its buffalo_l models), or edit the text in "
+                        "metadata.jsonl before training.")
+        logger.warning("caption: %s", caption_note)
     stage = od.stage()
     kept_paths, rows = [], []
     for i, c in enumerate(candidates):
@@ -301,7 +308,7 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
         kept_paths.append(out / name)
         rows.append({"file_name": name, "text": text})
     report = {
-        "backend": analyzer.name, "caption": text, "kept": len(kept_paths), "rejected": len(entries) - len(kept_paths),
+        "backend": analyzer.name, "caption": text, "caption_note": caption_note, "kept": len(kept_paths), "rejected": len(entries) - len(kept_paths),
         "config": to_dict(cfg), "entries": [e.__dict__ for e in entries],
     }
     if not kept_paths:
