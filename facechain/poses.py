@@ -86,6 +86,47 @@ def is_pose_map(image: np.ndarray) -> bool:
     return float((image.max(axis=2) < 20).mean()) >= _MAP_BLACK_FRACTION
 
 
+def letterbox(image: np.ndarray, size: tuple[int, int], resample: str = "nearest") -> np.ndarray:
+    """``image`` scaled to fit inside ``size`` (w, h) with its aspect kept, centred, the rest black.
+
+    A pose map (or depth map) whose aspect differs from the output would otherwise be stretched,
+    and the ControlNet would draw a stretched body. Black is the OpenPose map's background (no
+    skeleton) and the far plane of a depth map. ``resample``: nearest (skeleton maps: keep the exact
+    limb colours) or bicubic (depth maps, photos)."""
+    from PIL import Image
+
+    w, h = size
+    ih, iw = image.shape[:2]
+    if (iw, ih) == (w, h):
+        return np.ascontiguousarray(image)
+    scale = min(w / iw, h / ih)
+    nw, nh = max(1, min(w, round(iw * scale))), max(1, min(h, round(ih * scale)))
+    method = {"nearest": Image.NEAREST, "bicubic": Image.BICUBIC}[resample]
+    scaled = np.asarray(Image.fromarray(image).resize((nw, nh), method))
+    out = np.zeros((h, w) + image.shape[2:], dtype=image.dtype)
+    x0, y0 = (w - nw) // 2, (h - nh) // 2
+    out[y0:y0 + nh, x0:x0 + nw] = scaled
+    return out
+
+
+def mask_heads_in_depth(depth: np.ndarray, faces: list) -> np.ndarray:
+    """``depth`` (H, W[, C]) with each face's head set to 0 (the far plane), as FaceChain masks the head
+    in its depth map: the depth ControlNet then keeps the pose photo's body and room, and the head's
+    shape comes from the face LoRA instead of the stranger in the pose photo. The head is an ellipse
+    around the face box, widened for the ears and hair and raised over the forehead (face boxes end at
+    the brows). ``faces``: faces detected in the photo the depth map was estimated from (same size)."""
+    import cv2
+
+    out = np.array(depth, copy=True)
+    mask = np.zeros(depth.shape[:2], np.uint8)
+    for f in faces:
+        w, h = f.width, f.height
+        cx, cy = float(f.center[0]), float(f.center[1]) - 0.25 * h
+        cv2.ellipse(mask, (round(cx), round(cy)), (round(0.85 * w), round(1.05 * h)), 0, 0, 360, 1, -1)
+    out[mask.astype(bool)] = 0
+    return out
+
+
 def named_poses(folder: Path = POSES_DIR) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.png")) if folder.is_dir() else []
 
@@ -93,11 +134,10 @@ def named_poses(folder: Path = POSES_DIR) -> list[str]:
 def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: str = "lllyasviel/Annotators",
               allow_pickle: bool = False):
     """Return (pose map RGB uint8 at ``size`` (w, h), or as drawn when ``size`` is None; source photo RGB or None).
+    A map of another aspect than ``size`` is letterboxed (scaled to fit, padded with black), never stretched.
 
     ``ref``: a name from ``poses/``, a skeleton map, or a photo. Raises InputError when the map
     shows no person, ModelNotFoundError when a photo needs annotator weights that cannot be had."""
-    from PIL import Image
-
     ref = str(ref)
     path = Path(ref).expanduser()
     if not path.is_file():
@@ -127,7 +167,7 @@ def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: s
             f"Use a shipped pose ({named_poses()}) or a photo with one clearly visible person."
         )
     if size is not None:
-        pose = np.asarray(Image.fromarray(pose).resize(size, Image.NEAREST))
+        pose = letterbox(pose, size, "nearest")
     return pose, photo
 
 

@@ -10,12 +10,18 @@ one face whose side is within [min_face_frac, max_face_frac] of the image's shor
 120-300 px at 512 px); usable candidates are scored by identity similarity to the template face
 and the best are kept. Unlike FaceChain, a dropped candidate is reported with its reason, never
 silently discarded.
+
+The face detailer (mode auto) re-draws exactly the faces this size rule would call too small
+(below 0.2 of the short side, under min_face_frac 0.23): a candidate whose face the detailer
+re-drew is therefore not dropped for being small (``detailed``), so full-body poses still give
+portraits. The other rules (exactly one face, max_face_frac) still apply.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,15 +135,17 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
     )
 
 
-def check_face(faces: list[Face], image_shape: tuple[int, ...], min_frac: float, max_frac: float) -> str | None:
-    """Why a candidate is unusable, or None: exactly one face of usable size (FaceChain's rule)."""
+def check_face(faces: list[Face], image_shape: tuple[int, ...], min_frac: float, max_frac: float,
+               detailed: bool = False) -> str | None:
+    """Why a candidate is unusable, or None: exactly one face of usable size (FaceChain's rule).
+    ``detailed``: the face detailer re-drew the face at full resolution, so a small face is usable."""
     short = min(image_shape[:2])
     if not faces:
         return "no face detected"
     if len(faces) > 1:
         return f"{len(faces)} faces detected (need exactly one)"
     size = faces[0].size
-    if size < min_frac * short:
+    if size < min_frac * short and not detailed:
         return f"face too small: {size:.0f} px < {min_frac:.2f} x {short} px"
     if size > max_frac * short:
         return f"face too large: {size:.0f} px > {max_frac:.2f} x {short} px"
@@ -154,11 +162,14 @@ def fuse_and_rank(
     rank: bool = True,
     min_face_frac: float = 0.23,
     max_face_frac: float = 0.59,
+    detailed: list[bool] | None = None,
 ) -> list[Scored]:
     """Fuse (optional) then score every image; returns usable candidates best first, then dropped ones.
 
     With ``rank=False`` nothing is dropped or scored and the order is the input order; faces are
-    still detected when fusion runs (a candidate without one usable face is left unfused, with a note)."""
+    still detected when fusion runs (a candidate without one usable face is left unfused, with a note).
+    ``detailed[i]``: candidate i's face was re-drawn by the face detailer; the min_face_frac rule
+    does not drop it (see the module docstring)."""
     from tqdm.auto import tqdm
 
     if (rank or fusion is not None) and (reference is None or analyzer is None):
@@ -170,7 +181,8 @@ def fuse_and_rank(
             results.append(Scored(i, img, None))
             continue
         faces = analyzer.detect(img)
-        reason = check_face(faces, img.shape, min_face_frac, max_face_frac)
+        was_detailed = bool(detailed[i]) if detailed is not None else False
+        reason = check_face(faces, img.shape, min_face_frac, max_face_frac, detailed=was_detailed)
         size = faces[0].size if faces else None
         if reason is not None:
             if rank:
@@ -230,8 +242,29 @@ def contact_sheet(images: list[np.ndarray], captions: list[str], thumb: int = 19
         x, y = c * thumb, r * (thumb + cap_h)
         sheet.paste(Image.fromarray(img).resize((thumb, thumb), Image.LANCZOS), (x, y))
         for line_no, line in enumerate(cap.split("\n")[:2]):
-            draw.text((x + 3, y + thumb + 2 + 13 * line_no), line[:34], fill="black", font=font)
+            _draw_caption_line(draw, (x + 3, y + thumb + 2 + 13 * line_no), line, font, x + thumb - 2)
     return sheet
+
+
+# Pillow's default font at its default size draws a space 2 px wide, about the gap between two
+# letters, so "Business suit" read as "Businesssuit": words are drawn one by one this far apart.
+CAPTION_WORD_GAP = 5
+
+
+def _draw_caption_line(draw, xy: tuple[int, int], line: str, font, right: int) -> None:
+    """Draw ``line`` word by word with a gap of at least CAPTION_WORD_GAP px, cut at ``right``."""
+    x, y = xy
+    gap = max(CAPTION_WORD_GAP, int(round(font.getlength(" "))))
+    for word in line.split():
+        width = font.getlength(word)
+        if x + width > right:
+            while word and x + font.getlength(word + "~") > right:
+                word = word[:-1]
+            if word:
+                draw.text((x, y), word + "~", fill="black", font=font)
+            return
+        draw.text((x, y), word, fill="black", font=font)
+        x += int(math.ceil(width)) + gap
 
 
 def upscale(image: np.ndarray, factor: int) -> np.ndarray:

@@ -76,7 +76,7 @@ def test_shipped_configs_parse_and_document_every_field():
 
     fields = {f.name for f in dataclasses.fields(GenerateConfig)}
     example = load_generate_config(REPO / "configs" / "example.yaml")
-    assert example.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and example.num_inference_steps == 40
+    assert example.base_model == "ly261666/cv_portrait_model" and example.num_inference_steps == 40
     raw = yaml.safe_load((REPO / "configs" / "example.yaml").read_text())
     text = (REPO / "configs" / "example.yaml").read_text()
     assert fields - set(raw) <= {"negative_prompt"} and "# negative_prompt" in text
@@ -202,3 +202,50 @@ def test_pose_photo_without_annotator_weights_names_the_fix(tmp_path):
     save_image(tmp_path / "photo.png", astronaut())
     with pytest.raises(ModelNotFoundError, match=r"needs the OpenPose annotator weights .*--pose-annotator.*upper_body_front"):
         load_pose(str(tmp_path / "photo.png"), (64, 64), annotator=str(tmp_path / "no_annotator"), allow_pickle=True)
+
+
+def test_example_config_generates_on_the_base_the_readme_quickstart_trains_on():
+    """configs/example.yaml's base_model/revision/sub_path = the README quickstart's train_lora.sh base
+    (a face LoRA only fits the base it was trained on)."""
+    import re
+    import shlex
+
+    import yaml
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = [ln for ln in readme.splitlines() if ln.strip().startswith("sh train_lora.sh ")]
+    assert lines, "README has no `sh train_lora.sh ...` quickstart line"
+    args = shlex.split(re.sub(r"\s+#.*$", "", lines[0]))[2:]
+    model, revision, sub_path = args[:3]
+    raw = yaml.safe_load((REPO / "configs" / "example.yaml").read_text(encoding="utf-8"))
+    assert (raw["base_model"], raw["revision"], raw["sub_path"]) == (model, revision, sub_path)
+    cfg = load_generate_config(REPO / "configs" / "example.yaml")
+    assert (cfg.base_model, cfg.revision, cfg.sub_path) == (model, revision, sub_path)
+    assert model == "ly261666/cv_portrait_model" and revision == "v2.0" and sub_path == "film/film"
+
+
+def test_detailer_settings():
+    with pytest.raises(InputError, match=r"detailer_strength must be in \(0, 1\]"):
+        GenerateConfig(base_model="m", output_dir=Path("o"), detailer_strength=0)
+    with pytest.raises(InputError, match="detailer"):
+        GenerateConfig(base_model="m", output_dir=Path("o"), detailer="sometimes")
+    cfg = GenerateConfig(base_model="m", output_dir=Path("o"))
+    assert cfg.detailer == "auto" and cfg.detailer_strength == 0.4
+
+
+@pytest.mark.parametrize("attribute,children", [
+    ("a handsome man", True), ("a mature man", True), ("A Handsome Man", True),
+    ("a beautiful woman", False), ("a mature woman", False), ("a boy, children", False), ("a girl, children", False),
+    ("a person", False),
+])
+def test_adult_men_get_children_in_the_negative_prompt(attribute, children):
+    from facechain.generate.config import DEFAULT_NEGATIVE_PROMPT
+    from facechain.generate.prompt import negative_for_subject
+
+    out = negative_for_subject(DEFAULT_NEGATIVE_PROMPT, attribute)
+    if children:
+        assert out == DEFAULT_NEGATIVE_PROMPT + ", children"
+        assert negative_for_subject(out, attribute) == out  # never twice
+        assert negative_for_subject("", attribute) == "children"
+    else:
+        assert out == DEFAULT_NEGATIVE_PROMPT

@@ -115,6 +115,13 @@ class GenerateConfig:
     fusion_strength: float = _h("Fusion strength in [0, 1]: 0 keeps the generated face, 1 fully fuses.", default=1.0)
     swapper_model: Path | None = _h("Path of inswapper_128.onnx; empty = ~/.insightface/models/inswapper_128.onnx.",
                                     default=None)
+    detailer: Literal["auto", "always", "off"] = _h(
+        "Face detailer: re-draw faces with a face-only inpaint pass while the face LoRA is active. auto: only "
+        "faces smaller than 0.2 of the short side (full-body poses); always: every face; off. A face the detailer "
+        "re-drew is not dropped by min_face_frac. The dlib backend finds no face under about 80 px.",
+        default="auto")
+    detailer_strength: float = _h("Inpaint strength of the face detailer in (0, 1] (ADetailer's default: 0.4).",
+                                  default=0.4)
     face_backend: str = _h("Face analysis backend: auto, insightface or dlib.", default="auto")
     rank_candidates: bool = _h("Rank candidates by likeness to the template face and keep the top num_images. Off: keep the "
                     "first num_images (needs no face in the images).", default=True)
@@ -156,6 +163,10 @@ class GenerateConfig:
                 raise InputError(f"{dim} must be a positive multiple of 8, got {v}.")
         if not 0.0 <= self.fusion_strength <= 1.0:
             raise InputError(f"fusion_strength must be in [0, 1], got {self.fusion_strength}.")
+        if self.detailer not in ("auto", "always", "off"):
+            raise InputError(f"detailer must be auto, always or off, got '{self.detailer}'.")
+        if not (math.isfinite(self.detailer_strength) and 0.0 < self.detailer_strength <= 1.0):
+            raise InputError(f"detailer_strength must be in (0, 1], got {self.detailer_strength}.")
         if not 0.0 < self.min_face_frac < self.max_face_frac <= 1.0:
             raise InputError(
                 f"need 0 < min_face_frac < max_face_frac <= 1, got {self.min_face_frac} and {self.max_face_frac}."

@@ -131,7 +131,7 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
             fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model, backend=analyzer.name)
         timings["template_s"] = time.perf_counter() - t0
 
-    generator = generator or PortraitGenerator(cfg, resolved, control=control)
+    generator = generator or PortraitGenerator(cfg, resolved, control=control, analyzer=analyzer)
     timings["load_s"] = generator.load_seconds
     manifest: dict = {
         "base_model": resolved.to_dict(),
@@ -140,7 +140,9 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         "template": {"file": reference.file, "reason": reference.reason} if reference else None,
         "fusion": {"method": fusion.name if fusion else "off", "strength": cfg.fusion_strength},
         "ranking": {"on": cfg.rank_candidates, "backend": getattr(analyzer, "name", None),
-                    "usable_face_frac": [cfg.min_face_frac, cfg.max_face_frac]},
+                    "usable_face_frac": [cfg.min_face_frac, cfg.max_face_frac],
+                    # a face the detailer re-drew is not dropped by min_face_frac (postprocess.check_face)
+                    "small_face_kept_when_detailed": cfg.detailer != "off"},
         "upscale": {"method": cfg.upscale, "factor": cfg.upscale_factor if cfg.upscale != "off" else 1},
         "styles": [],
         "timings": timings,
@@ -154,9 +156,11 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         batch = generator.generate(style, subject)
         t0 = time.perf_counter()
         images = [np.asarray(c.image.convert("RGB")) for c in batch.candidates]
+        detailer_info = [getattr(c, "detailer", None) for c in batch.candidates]
         scored = fuse_and_rank(
             images, reference, analyzer, fusion=fusion, strength=cfg.fusion_strength, rank=cfg.rank_candidates,
             min_face_frac=cfg.min_face_frac, max_face_frac=cfg.max_face_frac,
+            detailed=[any(f.get("detailed") for f in info or []) for info in detailer_info],
         )
         post_s = time.perf_counter() - t0
         saved = save_style_outputs(
@@ -164,6 +168,8 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
             upscale_factor=cfg.upscale_factor if cfg.upscale == "lanczos" else 1,
         )
         entries, keep, usable = saved.entries, saved.kept_scored, saved.usable
+        for entry in entries:  # the face detailer's per-face report (None: it did not run)
+            entry["detailer"] = detailer_info[entry["index"]]
         kept_files.extend(out / p.relative_to(stage) for p in saved.kept_files)
         sheet_images.extend(saved.sheet_images)
         sheet_captions.extend(saved.sheet_captions)

@@ -27,7 +27,7 @@ import numpy as np
 from facechain.errors import InputError, ModelNotFoundError
 from facechain import lora as lora_io
 from facechain.generate.config import DEFAULT_DEPTH_CONTROLNET, DEFAULT_OPENPOSE_CONTROLNET, GenerateConfig
-from facechain.generate.prompt import build_prompt, strip_weighting
+from facechain.generate.prompt import build_prompt, negative_for_subject, strip_weighting
 from facechain.models import (
     ResolvedModel,
     check_checkpoint_file,
@@ -52,6 +52,7 @@ class Candidate:
     index: int  # within its style, 0..num_candidates-1
     seed: int
     image: object  # PIL.Image.Image
+    detailer: list[dict] | None = None  # per-face info of the face detailer; None when it did not run
 
 
 @dataclass(frozen=True)
@@ -126,12 +127,15 @@ def estimate_depth(photo: np.ndarray, model: str, allow_pickle: bool = False) ->
 class PortraitGenerator:
     """Holds the loaded pipeline for one job; :meth:`generate` runs one style."""
 
-    def __init__(self, cfg: GenerateConfig, resolved: ResolvedModel | None = None, control=None):
-        """``control``: what :func:`check_control_inputs` returned for ``cfg`` (read again when None)."""
+    def __init__(self, cfg: GenerateConfig, resolved: ResolvedModel | None = None, control=None, analyzer=None):
+        """``control``: what :func:`check_control_inputs` returned for ``cfg`` (read again when None).
+        ``analyzer``: the job's face analyzer, used by the face detailer (made from ``cfg.face_backend``
+        on first use when None and the detailer is on)."""
         import torch
         from diffusers import DPMSolverMultistepScheduler, LCMScheduler
 
         self.cfg = cfg
+        self.analyzer = analyzer
         t0 = time.perf_counter()
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
@@ -180,8 +184,12 @@ class PortraitGenerator:
         from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
         from PIL import Image
 
+        from facechain.poses import letterbox
+
         cfg = self.cfg
-        pose_map = np.asarray(Image.fromarray(pose_map).resize((self.width, self.height), Image.NEAREST))
+        # letterboxed, never stretched: a pose (and its depth map) of another aspect than the output keeps
+        # its proportions; both are fitted the same way, so they stay aligned
+        pose_map = letterbox(pose_map, (self.width, self.height), "nearest")
         nets = [load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family], dtype=self.dtype,
                                 what="openpose", allow_pickle=cfg.allow_pickle)]
         images = [Image.fromarray(pose_map)]
@@ -192,10 +200,17 @@ class PortraitGenerator:
 
                 depth = read_image(cfg.depth_image, "depth_image")
             else:  # a photo: check_control_inputs refused a skeleton map without depth_image
+                from facechain.poses import mask_heads_in_depth
+
                 depth = estimate_depth(photo, cfg.depth_estimator, cfg.allow_pickle)
+                depth = np.asarray(Image.fromarray(depth).resize((photo.shape[1], photo.shape[0]), Image.BICUBIC))
+                faces = self._face_analyzer().detect(photo)  # the pose photo's own head: FaceChain masks it
+                depth = mask_heads_in_depth(depth, faces)
+                if not faces:
+                    logger.info("depth: no face found in the pose photo; its depth map is used whole")
             nets.append(load_controlnet(cfg.controlnet_depth or DEFAULT_DEPTH_CONTROLNET[self.family], dtype=self.dtype,
                                         what="depth", allow_pickle=cfg.allow_pickle))
-            images.append(Image.fromarray(depth).resize((self.width, self.height), Image.BICUBIC))
+            images.append(Image.fromarray(letterbox(depth, (self.width, self.height), "bicubic")))
             scales.append(cfg.depth_weight)
         if len(nets) > 1:
             from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
@@ -280,6 +295,45 @@ class PortraitGenerator:
             for p, saved in self._base_copies.values():
                 p.copy_(saved)
 
+    # ------------------------------------------------------------------ face detailer
+
+    def _face_analyzer(self):
+        if self.analyzer is None:
+            from facechain.face import get_analyzer
+
+            self.analyzer = get_analyzer(self.cfg.face_backend)
+        return self.analyzer
+
+    def _detailer_config(self, steps: int, guidance: float):
+        """The detailer's settings: the job's sampling steps (raised so strength x steps runs at least one
+        step) and guidance, so fast mode's few LCM steps and low guidance are used with LCM's scheduler."""
+        import math
+
+        from facechain.detailer import DetailerConfig
+
+        strength = self.cfg.detailer_strength
+        return DetailerConfig(mode=self.cfg.detailer, strength=strength,
+                              num_inference_steps=max(steps, math.ceil(1 / strength - 1e-9)), guidance_scale=guidance)
+
+    def _detail(self, candidates: list[Candidate], prompt: str, negative: str, steps: int,
+                guidance: float) -> list[Candidate]:
+        """Run the face detailer on every candidate (the face LoRA must be active: call before _deactivate)."""
+        from PIL import Image
+
+        from facechain.detailer import detail_faces
+
+        dcfg = self._detailer_config(steps, guidance)
+        analyzer = self._face_analyzer()
+        out = []
+        for c in candidates:
+            image, info = detail_faces(self.pipe, np.asarray(c.image.convert("RGB")), analyzer, prompt, negative,
+                                       dcfg, seed=c.seed)
+            if any(f["detailed"] for f in info):
+                out.append(Candidate(c.index, c.seed, Image.fromarray(image), info))
+            else:
+                out.append(Candidate(c.index, c.seed, c.image, info))
+        return out
+
     # ------------------------------------------------------------------ sampling
 
     def generate(self, style: Style, subject: tuple[str, str]) -> StyleBatch:
@@ -289,7 +343,7 @@ class PortraitGenerator:
 
         cfg = self.cfg
         prompt = build_prompt(subject[0], subject[1], style.add_prompt_style, cfg.prompt)
-        negative = strip_weighting(cfg.negative_prompt, "negative_prompt")
+        negative = negative_for_subject(strip_weighting(cfg.negative_prompt, "negative_prompt"), subject[1])
         steps = cfg.fast_num_inference_steps if cfg.fast else cfg.num_inference_steps
         guidance = cfg.fast_guidance_scale if cfg.fast else cfg.guidance_scale
         t0 = time.perf_counter()
@@ -317,6 +371,8 @@ class PortraitGenerator:
                         )
                     candidates += [Candidate(i, s, img) for i, s, img in zip(idx, seeds, out.images)]
                     bar.update(len(idx))
+            if cfg.detailer != "off":  # while the face LoRA (and style LoRA) is still active
+                candidates = self._detail(candidates, prompt, negative, steps, guidance)
         finally:
             self._deactivate(weights)
         if self.device.type == "cuda":
@@ -327,5 +383,10 @@ class PortraitGenerator:
             "height": self.height, "width": self.width, "batch_size": cfg.batch_size, "fused": cfg.fuse_loras,
             "controlnets": ["openpose"] + (["depth"] if cfg.depth else []) if self.control_pipe is not None else [],
             "controlnet_scales": self.control_scales, "family": self.family,
+            "detailer": {"mode": cfg.detailer, "strength": cfg.detailer_strength}
+            if cfg.detailer == "off" else {"mode": cfg.detailer, "strength": cfg.detailer_strength,
+                                            "steps": self._detailer_config(steps, guidance).num_inference_steps,
+                                            "guidance_scale": guidance,
+                                            "backend": getattr(self.analyzer, "name", None)},
         }
         return StyleBatch(style, prompt, negative, weights, candidates, seconds, settings)

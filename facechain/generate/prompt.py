@@ -76,5 +76,19 @@ def subject_from_metadata(processed_dir: Path | None, trigger_word: str) -> tupl
     return trigger_word, caption
 
 
+# FaceChain's attribute labels of an adult man ("a handsome man": 18-40, "a mature man": over 40; see
+# preprocessing's gender+age label). For these FaceChain adds "children" to the negative prompt, so a
+# young-looking face LoRA does not drift to a boy; boys, girls and women get no such word.
+ADULT_MAN_ATTRIBUTES = ("a handsome man", "a mature man")
+
+
+def negative_for_subject(negative: str, attribute: str) -> str:
+    """FaceChain's rule: ``negative`` + ", children" when the attribute phrase is an adult man's."""
+    if attribute.strip(" ,").casefold() not in ADULT_MAN_ATTRIBUTES:
+        return negative
+    words = [w.strip().casefold() for w in negative.split(",")]
+    return negative if "children" in words else join_prompt(negative, "children")
+
+
 def build_prompt(trigger: str, attribute: str, style_prompt: str, extra: str = "") -> str:
     return strip_weighting(join_prompt(trigger, attribute, style_prompt, extra))
