@@ -199,6 +199,7 @@ def test_ranking_backend_from_manifest_and_caveat(folders, tmp_path, dlib_analyz
     assert report.ranking_backend_source == "unknown" and any("not known" in c for c in report.caveats)
 
 
+@pytest.mark.slow
 def test_cli_writes_report_and_chart(folders, tmp_path, dlib_analyzer, capsys):
     from facechain.cli import main
 

@@ -188,6 +188,7 @@ class PhotoCandidates:
         return StyleBatch(style, f"{subject[0]}, {subject[1]}", "", {}, cands, 0.0, {"source": "photos"})
 
 
+@pytest.mark.slow
 def test_job_fuses_ranks_and_keeps_real_faces(tiny_sd15, people, dlib_analyzer, tmp_path):
     """End to end after sampling, on real photos: the processed set from facechain.preprocess gives
     the template; candidates are the same person reframed, other people and a faceless image;

@@ -98,6 +98,7 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     assert (tmp_path / "demo" / "chef_00.png").is_file() and (tmp_path / "demo" / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_seeds_batches_and_fusing_are_consistent(tiny_sd15, face_lora, tmp_path):
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.styles import load_styles
@@ -225,6 +226,7 @@ def test_lora_files_keep_their_alpha_and_trusted_pickles_load(tiny_sd15, tmp_pat
     assert set(pipe.get_list_adapters()["unet"]) == {"a", "b"}
 
 
+@pytest.mark.slow
 def test_style_adapter_removed_when_fusing_fails_and_fp16_weights_restored(tiny_sd15, face_lora, style_dir, tmp_path,
                                                                            monkeypatch):
     from facechain.generate.pipeline import PortraitGenerator

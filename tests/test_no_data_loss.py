@@ -89,6 +89,7 @@ def test_preprocess_never_touches_files_it_did_not_write(tmp_path, sample_photos
     assert not (tmp_path / "out" / "metadata.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_preprocess_run_that_keeps_nothing_leaves_the_previous_set(tmp_path, sample_photos, pcfg):
     from facechain.preprocess import NoPhotosKept, preprocess
 
