@@ -47,6 +47,7 @@ import numpy as np
 
 from facechain.errors import InputError
 from facechain.face.types import Face, FaceAnalyzer
+from facechain.models import dtype_kwargs, native_size
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +233,6 @@ def inpaint_pipeline(pipe):
     import torch
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 
-    from facechain.models import dtype_kwargs
-
     cached = _INPAINT.get(pipe)
     if cached is not None and all(getattr(cached, n, None) is getattr(pipe, n, None) for n in _SHARED):
         return cached
@@ -256,11 +255,6 @@ def inpaint_pipeline(pipe):
     inpaint.set_progress_bar_config(disable=True)
     _INPAINT[pipe] = inpaint
     return inpaint
-
-
-def native_size(pipe) -> int:
-    """The pipeline's native image side: UNet sample size x VAE scale factor (512 SD1.5, 1024 SDXL)."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
 
 # ---------------------------------------------------------------------------- detailing

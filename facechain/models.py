@@ -61,6 +61,11 @@ class ResolvedModel:
         return {"path": str(self.path), "format": self.format, "family": self.family, "reference": self.reference}
 
 
+def native_size(pipe) -> int:
+    """A loaded pipeline's native image side: UNet sample size x VAE scale factor (512 SD1.5, 1024 SDXL)."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
 # --------------------------------------------------------------------------- family detection
 
 

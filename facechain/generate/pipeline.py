@@ -34,6 +34,7 @@ from facechain.models import (
     load_controlnet,
     load_depth_estimator,
     load_pipeline,
+    native_size,
     resolve_device,
     resolve_dtype,
     resolve_model,
@@ -163,7 +164,7 @@ class PortraitGenerator:
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
-        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        native = native_size(pipe)
         self.height = cfg.height or native
         self.width = cfg.width or native
         self.control_images: list = []
@@ -315,14 +316,12 @@ class PortraitGenerator:
         return DetailerConfig(mode=self.cfg.detailer, strength=strength,
                               num_inference_steps=max(steps, math.ceil(1 / strength - 1e-9)), guidance_scale=guidance)
 
-    def _detail(self, candidates: list[Candidate], prompt: str, negative: str, steps: int,
-                guidance: float) -> list[Candidate]:
+    def _detail(self, candidates: list[Candidate], prompt: str, negative: str, dcfg) -> list[Candidate]:
         """Run the face detailer on every candidate (the face LoRA must be active: call before _deactivate)."""
         from PIL import Image
 
         from facechain.detailer import detail_faces
 
-        dcfg = self._detailer_config(steps, guidance)
         analyzer = self._face_analyzer()
         out = []
         for c in candidates:
@@ -346,6 +345,7 @@ class PortraitGenerator:
         negative = negative_for_subject(strip_weighting(cfg.negative_prompt, "negative_prompt"), subject[1])
         steps = cfg.fast_num_inference_steps if cfg.fast else cfg.num_inference_steps
         guidance = cfg.fast_guidance_scale if cfg.fast else cfg.guidance_scale
+        dcfg = self._detailer_config(steps, guidance) if cfg.detailer != "off" else None
         t0 = time.perf_counter()
         weights = self._activate(style)
         pipe = self.control_pipe or self.pipe
@@ -372,7 +372,7 @@ class PortraitGenerator:
                     candidates += [Candidate(i, s, img) for i, s, img in zip(idx, seeds, out.images)]
                     bar.update(len(idx))
             if cfg.detailer != "off":  # while the face LoRA (and style LoRA) is still active
-                candidates = self._detail(candidates, prompt, negative, steps, guidance)
+                candidates = self._detail(candidates, prompt, negative, dcfg)
         finally:
             self._deactivate(weights)
         if self.device.type == "cuda":
@@ -385,7 +385,7 @@ class PortraitGenerator:
             "controlnet_scales": self.control_scales, "family": self.family,
             "detailer": {"mode": cfg.detailer, "strength": cfg.detailer_strength}
             if cfg.detailer == "off" else {"mode": cfg.detailer, "strength": cfg.detailer_strength,
-                                            "steps": self._detailer_config(steps, guidance).num_inference_steps,
+                                            "steps": dcfg.num_inference_steps,
                                             "guidance_scale": guidance,
                                             "backend": getattr(self.analyzer, "name", None)},
         }

@@ -96,9 +96,9 @@ def generate_validation_images(pipe, prompt: str, n: int, steps: int, resolution
 
 def validation_resolution(pipe, family: str, resolution: int) -> int:
     """SDXL validates at its native size (it makes poor faces below it); SD1.5 at the training resolution."""
-    if family == "sdxl":
-        return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-    return resolution
+    from facechain.models import native_size
+
+    return native_size(pipe) if family == "sdxl" else resolution
 
 
 def select_checkpoints(scores: dict[int, float | None], top_k: int) -> list[int]:
