@@ -13,10 +13,11 @@ UNet, same active face LoRA adapter, fused or not), downscales it and pastes it 
 
 For each face the analyzer finds, largest first:
 
-1. ``needs_detail``: in mode ``auto`` only faces whose side is below ``small_face_frac`` (0.2) of
-   the image's short side are detailed; ``always`` details every face; ``off`` does nothing.
-   Faces below ``min_face_px`` are skipped with that reason (and so are faces the detector cannot
-   see at all: the report names the detector's smallest face).
+1. ``needs_detail``: in mode ``auto`` only faces whose size (``Face.size``) is below
+   ``small_face_frac`` (0.23, ranking's min_face_frac) of the image's short side are detailed;
+   ``always`` details every face; ``off`` does nothing. Faces below ``min_face_px`` are skipped
+   with that reason (and so are faces the detector cannot see at all: the report names the
+   detector's smallest face).
 2. ``face_region``: a mask from the face's landmarks and an ellipse around its box (extended
    upwards to take in the forehead), dilated by ``mask_dilation`` x face side and Gaussian
    feathered with sigma ``mask_feather`` x face side; the crop is a square of ``padding`` x face
@@ -79,8 +80,9 @@ class DetailerConfig:
                              default=0.06)
     working_size: int | None = _h("Side (px) the crop is re-generated at; empty = the model's native size "
                                   "(512 SD1.5, 1024 SDXL). A multiple of 8.", default=None)
-    small_face_frac: float = _h("Mode auto details faces whose side is below this fraction of the image's short "
-                                "side (0.2: about 100 px at 512 px, 200 px at 1024 px).", default=0.2)
+    small_face_frac: float = _h("Mode auto details faces whose size (Face.size) is below this fraction of the "
+                                "image's short side (0.23, ranking's min_face_frac: 118 px at 512 px, 236 px at "
+                                "1024 px), i.e. exactly the faces ranking would drop as too small.", default=0.23)
     min_face_px: int = _h("Faces whose side is below this many pixels are skipped (too little to re-draw).",
                           default=32)
     seed: int | None = _h("Fixed seed for every image; empty = the seed passed with each image (its generation "
@@ -120,8 +122,8 @@ class DetailerConfig:
             raise InputError(f"detailer seed must be an integer or empty, got {self.seed!r}.")
 
 
-def needs_detail(face: Face, image_shape: tuple[int, ...], max_fraction: float = 0.2) -> bool:
-    """True when ``face``'s side is below ``max_fraction`` of the image's short side (mode auto's rule)."""
+def needs_detail(face: Face, image_shape: tuple[int, ...], max_fraction: float = 0.23) -> bool:
+    """True when ``face.size`` is below ``max_fraction`` of the image's short side (mode auto's rule)."""
     return face.size < max_fraction * min(image_shape[:2])
 
 
@@ -269,9 +271,10 @@ def _check_image(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _redraw(inpaint, crop: np.ndarray, support: np.ndarray, size: int, prompt: str, negative_prompt: str,
+def _redraw(inpaint, crop: np.ndarray, support: np.ndarray, size: int, conditioning: dict,
             cfg: DetailerConfig, seed: int) -> np.ndarray:
-    """Re-generate ``crop`` (uint8 (s, s, 3)) where ``support`` is set, at ``size`` px; returns uint8 (s, s, 3)."""
+    """Re-generate ``crop`` (uint8 (s, s, 3)) where ``support`` is set, at ``size`` px; returns uint8 (s, s, 3).
+    ``conditioning``: the prompt embeddings (:class:`facechain.prompts.PromptEncoder`'s keyword arguments)."""
     import cv2
     import torch
     from PIL import Image
@@ -288,7 +291,7 @@ def _redraw(inpaint, crop: np.ndarray, support: np.ndarray, size: int, prompt: s
     generator = torch.Generator(gen_device).manual_seed(int(seed))
     with torch.inference_mode(), _quiet_empty_fp32_notice():
         out = inpaint(
-            prompt=prompt, negative_prompt=negative_prompt, image=up, mask_image=Image.fromarray(m),
+            **conditioning, image=up, mask_image=Image.fromarray(m),
             height=size, width=size, strength=cfg.strength, num_inference_steps=cfg.num_inference_steps,
             guidance_scale=cfg.guidance_scale, generator=generator, output_type="np",
         ).images[0]  # float (size, size, 3) in [0, 1]
@@ -313,13 +316,16 @@ def detail_faces(
     negative_prompt: str = "",
     cfg: DetailerConfig | None = None,
     seed: int = 0,
+    conditioning: dict | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Re-draw the faces of ``image`` (RGB uint8 (H, W, 3)) with ``pipe`` (a loaded SD1.5/SDXL
     pipeline, its face LoRA adapter active) and return ``(new image, per-face info)``.
 
     ``prompt``/``negative_prompt``: the candidate's prompts (with the trigger word, so the face
-    LoRA draws the person). ``seed``: the candidate's seed (face k uses ``seed + k``; ``cfg.seed``
-    overrides it). The input array is never modified. Per-face info, largest face first:
+    LoRA draws the person), read with AUTOMATIC1111 weighting and never truncated (facechain.prompts);
+    ``conditioning``: their embeddings, already made by :class:`facechain.prompts.PromptEncoder` for
+    ``pipe`` (then the text encoders are not run again). ``seed``: the candidate's seed (face k uses
+    ``seed + k``; ``cfg.seed`` overrides it). The input array is never modified. Per-face info, largest face first:
     ``{"bbox": [x1, y1, x2, y2], "face_px": side, "detailed": bool, "reason": why skipped or None,
     "crop": [x0, y0, side] or None, "crop_size": side or None, "working_size": px or None,
     "seed": int or None}``. When no face is found, the list holds one entry with ``bbox`` None and
@@ -365,9 +371,13 @@ def detail_faces(
             entry["reason"] = "empty face mask"
             continue
         inpaint = inpaint_pipeline(pipe)
+        if conditioning is None:
+            from facechain.prompts import PromptEncoder
+
+            conditioning = PromptEncoder(inpaint)(prompt, negative_prompt)
         ys, xs = slice(region.y0, region.y0 + region.side), slice(region.x0, region.x0 + region.side)
         crop = out[ys, xs]
-        new = _redraw(inpaint, crop, support, size, prompt, negative_prompt, cfg, base_seed + k)
+        new = _redraw(inpaint, crop, support, size, conditioning, cfg, base_seed + k)
         out[ys, xs] = _compose(crop, new, region.alpha)
         entry.update(detailed=True, crop=[region.x0, region.y0, region.side], crop_size=region.side,
                      working_size=size, seed=base_seed + k)

@@ -124,7 +124,7 @@ class ReferenceEntry:
     status: str
     reason: str | None = None
     faces: int = 0
-    face_px: float | None = None  # side of the largest face box, in the photo's own pixels
+    face_px: float | None = None  # Face.size of the largest face, in the photo's own pixels
     nearest_reference_similarity: float | None = None  # to the most similar other reference photo
 
 

@@ -6,15 +6,18 @@
     contact_sheet(images, captions)                          # one PIL image of every candidate
 
 Ranking follows FaceChain (facechain/inference.py): a candidate is usable when it holds exactly
-one face whose side is within [min_face_frac, max_face_frac] of the image's short side (FaceChain:
+one face whose size is within [min_face_frac, max_face_frac] of the image's short side (FaceChain:
 120-300 px at 512 px); usable candidates are scored by identity similarity to the template face
 and the best are kept. Unlike FaceChain, a dropped candidate is reported with its reason, never
-silently discarded.
+silently discarded. The face size is :attr:`facechain.face.Face.size`: FaceChain's measure
+(max(w, h) of the SCRFD box) taken from the keypoints, so the rule means the same with every
+backend (dlib's own box is about 0.8 of it: measured by that box, a portrait FaceChain keeps
+would be dropped as too small).
 
-The face detailer (mode auto) re-draws exactly the faces this size rule would call too small
-(below 0.2 of the short side, under min_face_frac 0.23): a candidate whose face the detailer
-re-drew is therefore not dropped for being small (``detailed``), so full-body poses still give
-portraits. The other rules (exactly one face, max_face_frac) still apply.
+The face detailer (mode auto) re-draws exactly the faces this size rule would call too small:
+its small_face_frac (0.23) is min_face_frac, measured with the same Face.size. A candidate whose
+face the detailer re-drew is therefore not dropped for being small (``detailed``), so full-body
+poses still give portraits. The other rules (exactly one face, max_face_frac) still apply.
 """
 
 from __future__ import annotations
@@ -137,7 +140,8 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
 
 def check_face(faces: list[Face], image_shape: tuple[int, ...], min_frac: float, max_frac: float,
                detailed: bool = False) -> str | None:
-    """Why a candidate is unusable, or None: exactly one face of usable size (FaceChain's rule).
+    """Why a candidate is unusable, or None: exactly one face of usable size (FaceChain's rule, with
+    :attr:`Face.size`, the same measure for every backend).
     ``detailed``: the face detailer re-drew the face at full resolution, so a small face is usable."""
     short = min(image_shape[:2])
     if not faces:

@@ -29,7 +29,7 @@ def _canvas(size: int = 512) -> np.ndarray:
 
 def _candidate(paste_px: int, size: int = 512, at: tuple[int, int] = (140, 150)) -> np.ndarray:
     """The astronaut's head (a real photo) resized to ``paste_px`` and pasted into a ``size`` canvas.
-    paste_px 200 -> dlib face box ~87 px (0.17 of 512: a small face)."""
+    paste_px 200 -> Face.size ~109 px (dlib's box 87 px): 0.21 of 512, a small face (under 0.23)."""
     from facechain import samples
 
     head = samples.astronaut()[27:227, 122:322]  # 200 x 200 around the face
@@ -67,7 +67,7 @@ def _check_mechanics(before: np.ndarray, out: np.ndarray, info: list[dict], anal
     assert len(info) == 1 and info[0]["detailed"] is True and info[0]["reason"] is None, info
     x1, y1, x2, y2 = info[0]["bbox"]
     assert 150 <= x1 < x2 <= 340 and 150 <= y1 < y2 <= 350  # on the pasted photo
-    assert info[0]["face_px"] < 0.2 * 512
+    assert info[0]["face_px"] < cfg.small_face_frac * 512
     face = analyzer.detect(before, embed=False)[0]
     region = face_region(face, before.shape, cfg)
     assert info[0]["crop"] == [region.x0, region.y0, region.side] and info[0]["crop_size"] == region.side
@@ -148,11 +148,11 @@ def test_off_returns_the_input_unchanged(sd15_pipe, small_face, dlib_analyzer, m
 
 
 def test_auto_skips_a_large_face_always_details_it(sd15_pipe, dlib_analyzer, monkeypatch):
-    large = _candidate(480, at=(16, 16))  # face box ~210 px: 0.41 of the short side
+    large = _candidate(480, at=(16, 16))  # Face.size ~260 px (dlib's box ~210 px): 0.51 of the short side
     out, info = detail_faces(sd15_pipe, large, dlib_analyzer, PROMPT, NEGATIVE, CFG, seed=0)
     np.testing.assert_array_equal(out, large)
     assert len(info) == 1 and info[0]["detailed"] is False and info[0]["crop"] is None
-    assert info[0]["face_px"] > 0.2 * 512 and "mode auto details small faces only" in info[0]["reason"]
+    assert info[0]["face_px"] > CFG.small_face_frac * 512 and "mode auto details small faces only" in info[0]["reason"]
     always = DetailerConfig(mode="always", working_size=64, num_inference_steps=4, strength=0.5)
     out, info = detail_faces(sd15_pipe, large, dlib_analyzer, PROMPT, NEGATIVE, always, seed=0)
     assert info[0]["detailed"] is True and not np.array_equal(out, large)
@@ -179,6 +179,8 @@ def test_needs_detail_rule():
     assert needs_detail(face(100), (512, 768, 3), 0.2)  # 100 < 0.2 x 512 (the short side)
     assert not needs_detail(face(103), (512, 768, 3), 0.2)
     assert needs_detail(face(150), (1024, 1024, 3), 0.2) and not needs_detail(face(150), (512, 512, 3), 0.2)
+    # default: ranking's min_face_frac (0.23); a face without keypoints is measured by its box's side
+    assert needs_detail(face(117), (512, 512, 3)) and not needs_detail(face(118), (512, 512, 3))
 
 
 def test_face_region_holds_the_feathered_mask(small_face, dlib_analyzer):

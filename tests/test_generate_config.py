@@ -11,31 +11,21 @@ import pytest
 
 from facechain.errors import InputError
 from facechain.generate.config import GenerateConfig, load_generate_config
-from facechain.generate.prompt import build_prompt, strip_weighting, subject_from_metadata
+from facechain.generate.prompt import build_prompt, subject_from_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_strip_a1111_weighting(caplog):
-    assert strip_weighting("(<fcsks>:10), a man") == "<fcsks>, a man"
-    assert strip_weighting("((masterpiece)), [blurry], (best quality:1.2), hires") == "masterpiece, blurry, best quality, hires"
-    assert strip_weighting(r"a \(literal\) bracket") == "a (literal) bracket"
-    assert "weighting syntax removed" in caplog.text
-    caplog.clear()
-    assert strip_weighting("plain words, no syntax") == "plain words, no syntax"
-    assert caplog.text == ""
-
-
 def test_subject_from_metadata_majority(tmp_path):
     rows = [{"file_name": f"{i:03d}.png", "text": t} for i, t in
-            enumerate(["<fcsks>, a handsome man", "<fcsks>, a mature man", "<fcsks>, a handsome man"])]
+            enumerate(["(<fcsks>:10), a handsome man", "<fcsks>, a mature man", "(<fcsks>:10), a handsome man"])]
     (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert subject_from_metadata(tmp_path, "<x>") == ("<fcsks>", "a handsome man")
     assert subject_from_metadata(None, "<x>") == ("<x>", "a person")
     with pytest.raises(InputError, match="has no metadata.jsonl"):
         subject_from_metadata(tmp_path / "nope", "<x>")
     prompt = build_prompt("<fcsks>", "a handsome man", "(red scarf:1.3), snow", "smiling")
-    assert prompt == "<fcsks>, a handsome man, red scarf, snow, smiling"
+    assert prompt == "<fcsks>, a handsome man, (red scarf:1.3), snow, smiling"  # weights kept for the encoder
 
 
 def test_config_relative_paths_and_overrides(tmp_path):

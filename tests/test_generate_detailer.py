@@ -8,14 +8,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from facechain.testing import random_lora
 
 
 def _small_face_photo(size: int = 512, paste_px: int = 200) -> np.ndarray:
-    """The astronaut's head (a real photo) pasted small into a plain canvas: dlib box ~87 px = 0.17 of 512,
-    below both the detailer's auto threshold (0.2) and ranking's min_face_frac (0.23)."""
+    """The astronaut's head (a real photo) pasted small into a plain canvas: Face.size ~109 px = 0.21 of 512
+    (dlib's box: 87 px), below ranking's min_face_frac (0.23), which is the detailer's auto threshold."""
     from facechain import samples
 
     rng = np.random.default_rng(7)
@@ -56,12 +57,13 @@ class _PhotoSampler:
         self.scheduler = pipe.scheduler
         self.photos = photos
 
-    def __call__(self, prompt, **kw):
+    def __call__(self, prompt_embeds, num_images_per_prompt=1, **kw):
         class Out:
             pass
 
         out = Out()
-        out.images = [Image.fromarray(self.photos[i % len(self.photos)]) for i in range(len(prompt))]
+        n = prompt_embeds.shape[0] * num_images_per_prompt
+        out.images = [Image.fromarray(self.photos[i % len(self.photos)]) for i in range(n)]
         return out
 
 
@@ -83,10 +85,10 @@ def test_detailer_runs_with_the_face_lora_active_and_each_candidates_prompt_and_
     calls = []
     real = detailer.detail_faces
 
-    def spy(pipe, image, analyzer, prompt, negative_prompt="", cfg=None, seed=0):
+    def spy(pipe, image, analyzer, prompt, negative_prompt="", cfg=None, seed=0, conditioning=None):
         calls.append({"pipe": pipe, "fused": _lora_fused(pipe), "prompt": prompt, "negative": negative_prompt,
-                      "seed": seed, "cfg": cfg, "analyzer": analyzer})
-        return real(pipe, image, analyzer, prompt, negative_prompt, cfg, seed)
+                      "seed": seed, "cfg": cfg, "analyzer": analyzer, "conditioning": conditioning})
+        return real(pipe, image, analyzer, prompt, negative_prompt, cfg, seed, conditioning)
 
     monkeypatch.setattr(detailer, "detail_faces", spy)
     style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", gen.family)
@@ -96,6 +98,14 @@ def test_detailer_runs_with_the_face_lora_active_and_each_candidates_prompt_and_
     assert not _lora_fused(gen.pipe)  # ... and unfused after
     assert all(c["prompt"] == batch.prompt and c["negative"] == batch.negative_prompt for c in calls)
     assert all(c["analyzer"] is dlib_analyzer for c in calls)
+    # the detailer gets the job's weighted, untruncated embeddings (FaceChain's negative prompt is > 77 tokens)
+    from facechain.prompts import PromptEncoder
+
+    want = PromptEncoder(gen.pipe)(batch.prompt, batch.negative_prompt)
+    for c in calls:
+        assert set(c["conditioning"]) == set(want)
+        assert all(torch.equal(c["conditioning"][k], want[k]) for k in want)
+    assert batch.settings["prompt_encoding"]["negative_prompt_chunks"] > 1
     dcfg = calls[0]["cfg"]
     assert dcfg.mode == "auto" and dcfg.strength == 0.4 and dcfg.guidance_scale == cfg.guidance_scale
     assert dcfg.num_inference_steps == 3  # job's 2 steps raised so 0.4 x steps runs one step

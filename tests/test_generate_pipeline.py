@@ -72,7 +72,8 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     assert broken["style"] == "Broken" and "could not be loaded" in broken["error"]
     assert man["failed"] == [{"item": "Broken", "error": broken["error"]}]
     assert suit["prompt"].startswith("<fcsks>, a person, wearing a tailored dark business suit")
-    assert ink["prompt"] == "<fcsks>, a person, ink drawing, black and white"  # weighting syntax stripped
+    assert ink["prompt"] == "<fcsks>, a person, (ink drawing:1.3), black and white"  # weights kept: compel reads them
+    assert ink["settings"]["prompt_encoding"]["prompt_weighted"] and not suit["settings"]["prompt_encoding"]["truncated"]
     assert suit["adapters"] == {"face": 0.95} and ink["adapters"] == {"face": 0.9, "style": 0.35}
     assert ink["multipliers"] == {"human": 0.9, "style": 0.35}
     assert [c["seed"] for c in ink["candidates"]] == [5, 6, 7]
@@ -247,6 +248,43 @@ def test_style_adapter_removed_when_fusing_fails_and_fp16_weights_restored(tiny_
     with pytest.raises(RuntimeError, match="fuse failed"):
         gen._activate(style)
     assert gen.pipe.get_list_adapters()["unet"] == ["face"]  # the style adapter did not stay behind
+
+
+@pytest.mark.slow
+def test_default_style_lora_for_prompt_only_styles(tiny_sd15, face_lora, style_dir, tmp_path):
+    """FaceChain merges a default style LoRA into prompt-only styles; a style with its own LoRA keeps it."""
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+
+    default = random_lora(tiny_sd15, tmp_path / "default_style", seed=3)
+    styles = load_styles([DEFAULT_STYLES_DIR, style_dir])
+    suit, ink = styles.get("Business suit", "sd15"), styles.get("Ink", "sd15")
+    assert not suit.has_lora and suit.multiplier_style == 0.0
+    plain = PortraitGenerator(_cfg(tiny_sd15, tmp_path, lora_dir=face_lora, num_candidates=1, num_images=1,
+                                   batch_size=1, detailer="off"))
+    without = plain.generate(suit, ("<fcsks>", "a person"))
+    assert without.adapters == {"face": 0.95}
+    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, lora_dir=face_lora, num_candidates=1, num_images=1, batch_size=1,
+                                 detailer="off", default_style_lora=str(default), default_style_lora_weight=0.3))
+    batch = gen.generate(suit, ("<fcsks>", "a person"))
+    assert batch.adapters == {"face": 0.95, "style": 0.3}
+    assert not np.array_equal(_pixels(batch), _pixels(without))  # the default LoRA changed the image
+    assert gen.generate(ink, ("<fcsks>", "a person")).adapters == {"face": 0.9, "style": 0.35}  # its own LoRA
+    assert "style" not in gen.pipe.get_list_adapters().get("unet", [])  # removed after each style
+    # FaceChain's own, by name: offline it is one clear error naming the ModelScope repo and the way out
+    with pytest.raises(ModelNotFoundError, match="zjz_mj_jiyi_small_addtxt_fromleo.*leave default_style_lora empty"):
+        PortraitGenerator(_cfg(tiny_sd15, tmp_path, default_style_lora="facechain"))
+
+
+def test_default_style_lora_alias_is_not_a_path(tmp_path):
+    from facechain.generate.config import load_generate_config
+
+    (tmp_path / "facechain").mkdir()  # a folder of that name beside the config is not the alias
+    path = tmp_path / "c.yaml"
+    path.write_text("base_model: owner/model\noutput_dir: out\ndefault_style_lora: facechain\n")
+    assert load_generate_config(path).default_style_lora == "facechain"
+    path.write_text("base_model: owner/model\noutput_dir: out\ndefault_style_lora: ./facechain\n")
+    assert load_generate_config(path).default_style_lora == str((tmp_path / "facechain").resolve())
 
 
 def test_style_names_are_unique():

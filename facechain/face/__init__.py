@@ -8,9 +8,9 @@
 
 from facechain.face.registry import available_backends, get_analyzer, register_backend
 from facechain.face.similarity import SAME_PERSON_THRESHOLD, is_same_person, similarity, similarity_matrix
-from facechain.face.types import Face, FaceAnalyzer
+from facechain.face.types import Face, FaceAnalyzer, kps_face_size
 
 __all__ = [
-    "Face", "FaceAnalyzer", "get_analyzer", "register_backend", "available_backends",
+    "Face", "FaceAnalyzer", "kps_face_size", "get_analyzer", "register_backend", "available_backends",
     "similarity", "similarity_matrix", "is_same_person", "SAME_PERSON_THRESHOLD",
 ]

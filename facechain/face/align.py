@@ -2,7 +2,10 @@
 
 FaceChain's crop rule (facechain/data_process/preprocessing.py, see reference notes): a square
 of side ``face_size / (0.35 / 1.15)`` (about 3.3x the face) with the face centre at x = 0.5,
-y = 0.435 of the crop, white padding where the crop leaves the photo, resized to 512.
+y = 0.435 of the crop, white padding where the crop leaves the photo, resized to 512. FaceChain's
+face size is max(w, h) of its SCRFD/DamoFD box; ours is :attr:`Face.size`, the same measure taken
+from the keypoints for every backend, so the face fills 0.35/1.15 of the crop (156 px at 512) as
+FaceChain's does whichever backend found it. The face centre is the backend's box centre.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 
 from facechain.face.types import Face
 
-CROP_SCALE = 1.15 / 0.35  # crop side / face size (FaceChain: face occupies 0.35/1.15 of the side)
+CROP_SCALE = 1.15 / 0.35  # crop side / Face.size (FaceChain: the face occupies 0.35/1.15 of the side)
 FACE_CENTER_X = 0.5
 FACE_CENTER_Y = 0.435
 
@@ -30,7 +33,7 @@ class CropTransform:
     matrix: np.ndarray  # (2, 3) affine: source pixel -> output pixel
     size: int
     roll: float
-    face_size: float  # in source pixels
+    face_size: float  # Face.size, in source pixels
 
     def apply_points(self, pts: np.ndarray) -> np.ndarray:
         pts = np.asarray(pts, np.float64)

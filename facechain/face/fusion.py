@@ -106,53 +106,75 @@ def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = 
 def _feathered_hull_mask(points: np.ndarray, shape: tuple[int, int], face_size: float) -> np.ndarray:
     """Convex hull of ``points``, eroded then blurred so the mask falls to 0 inside the hull's edge.
 
-    Erosion and blur scale with the face side (1/40 and 1/16: measured on real face pairs, a wider
-    erosion loses identity at the cheeks, a narrower blur shows the seam)."""
+    Erosion and blur scale with the face size (Face.size; 1/50 and 1/20 of it, i.e. 1/40 and 1/16 of
+    dlib's box side, where they were measured on real face pairs: a wider erosion loses identity at
+    the cheeks, a narrower blur shows the seam)."""
     import cv2
 
     h, w = shape
     mask = np.zeros((h, w), dtype=np.uint8)
     cv2.fillConvexPoly(mask, cv2.convexHull(points.astype(np.int32)), 255)
-    k = max(3, int(face_size / 40) | 1)
+    k = max(3, int(face_size / 50) | 1)
     mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    blur = max(3, int(face_size / 16) | 1)
+    blur = max(3, int(face_size / 20) | 1)
     soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (blur, blur), 0)
     soft[mask == 0] = 0.0  # feathering stays inside the hull: nothing outside it changes
     return soft
 
 
-def _warp_triangles(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, out_shape) -> np.ndarray:
-    """Piecewise-affine warp of ``src`` so ``src_pts`` land on ``dst_pts`` (Delaunay triangles of dst)."""
+def _warp_triangles(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, out_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-affine warp of ``src`` so ``src_pts`` land on ``dst_pts``.
+
+    The destination points are triangulated (Delaunay, scipy); every output pixel inside their
+    convex hull is assigned to the triangle that holds it and sampled from ``src`` through that
+    triangle's barycentric coordinates (one ``cv2.remap``). Pixels are assigned, not triangles
+    rasterised one by one, so no pixel inside the hull is left out (per-triangle rasterising with
+    rounded boxes left cracks and, where a triangle's vertex lookup failed, whole holes such as a
+    dark patch on the lip). Coincident landmarks (closed lips put the inner upper and lower lip on
+    the same points) are merged first. Returns (float32 (H, W, 3) image, bool (H, W) coverage)."""
     import cv2
+    from scipy.spatial import Delaunay, QhullError
 
     h, w = out_shape
     out = np.zeros((h, w, 3), dtype=np.float32)
-    rect = (0, 0, w, h)
-    subdiv = cv2.Subdiv2D(rect)
-    inside = [(float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1))) for x, y in dst_pts]
-    for p in inside:
-        subdiv.insert(p)
-    lookup = {(round(x, 3), round(y, 3)): i for i, (x, y) in enumerate(inside)}
-    for tri in subdiv.getTriangleList():
-        verts = [(round(float(tri[j]), 3), round(float(tri[j + 1]), 3)) for j in (0, 2, 4)]
-        if not all(v in lookup for v in verts):
-            continue
-        ids = [lookup[v] for v in verts]
-        t_dst = np.float32([inside[i] for i in ids])
-        t_src = np.float32([src_pts[i] for i in ids])
-        x, y, bw, bh = cv2.boundingRect(t_dst)
-        if bw <= 0 or bh <= 0:
-            continue
-        m = cv2.getAffineTransform(t_src, t_dst - np.float32([x, y]))
-        patch = cv2.warpAffine(src.astype(np.float32), m, (bw, bh), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT_101)
-        tmask = np.zeros((bh, bw), dtype=np.float32)
-        cv2.fillConvexPoly(tmask, np.int32(t_dst - np.float32([x, y])), 1.0)
-        x2, y2 = min(x + bw, w), min(y + bh, h)
-        region = out[y:y2, x:x2]
-        tm = tmask[: y2 - y, : x2 - x, None]
-        region[:] = region * (1 - tm) + patch[: y2 - y, : x2 - x] * tm
-    return out
+    covered = np.zeros((h, w), dtype=bool)
+    dst = np.asarray(dst_pts, np.float64)
+    srcp = np.asarray(src_pts, np.float64)
+    _, keep = np.unique(np.round(dst, 3), axis=0, return_index=True)
+    keep = np.sort(keep)
+    dst, srcp = dst[keep], srcp[keep]
+    try:
+        tri = Delaunay(dst)
+    except QhullError as exc:
+        raise InputError(f"landmark fusion: the face's landmarks are degenerate (all on a line or a point: "
+                         f"{str(exc).splitlines()[0][:120]}); fusion skipped for this face.") from exc
+    x0, y0 = np.floor(dst.min(0)).astype(int)
+    x1, y1 = np.ceil(dst.max(0)).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w - 1), min(y1, h - 1)
+    if x1 < x0 or y1 < y0:
+        return out, covered
+    ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1]
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    simplex = tri.find_simplex(pts)
+    inside = simplex >= 0
+    if not inside.any():
+        return out, covered
+    p, s = pts[inside], simplex[inside]
+    t = tri.transform[s]  # (n, 3, 2): barycentric coordinates of p in its triangle
+    b = np.einsum("nij,nj->ni", t[:, :2], p - t[:, 2])
+    bary = np.concatenate([b, 1.0 - b.sum(1, keepdims=True)], axis=1)
+    src_xy = np.einsum("ni,nij->nj", bary, srcp[tri.simplices[s]])
+    map_x = np.full(pts.shape[0], -1.0, np.float32)
+    map_y = np.full(pts.shape[0], -1.0, np.float32)
+    map_x[inside], map_y[inside] = src_xy[:, 0], src_xy[:, 1]
+    bh, bw = ys.shape
+    patch = cv2.remap(src.astype(np.float32), map_x.reshape(bh, bw), map_y.reshape(bh, bw), cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_REFLECT_101)
+    cover = inside.reshape(bh, bw)
+    region = out[y0:y1 + 1, x0:x1 + 1]
+    region[cover] = patch[cover]
+    covered[y0:y1 + 1, x0:x1 + 1] = cover
+    return out, covered
 
 
 def _match_colour(src: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -218,7 +240,10 @@ class LandmarkFusion:
         source_face = self._with_68_landmarks(source, source_face, "reference")
         h, w = target.shape[:2]
         dst_pts = destination_shape(target_face.landmarks, source_face.landmarks, self.outline_follow)
-        warped = _warp_triangles(source, source_face.landmarks.astype(np.float32), dst_pts, (h, w))
+        warped, covered = _warp_triangles(source, source_face.landmarks.astype(np.float32), dst_pts, (h, w))
+        # outside the warped face, the target itself: the Poisson blend's gradients at the mask's
+        # edge then come from real image content, not from the black of an empty canvas
+        warped[~covered] = target[~covered]
         hull_pts = np.concatenate([dst_pts[JAW], dst_pts[17:27]])
         alpha = _feathered_hull_mask(hull_pts, (h, w), target_face.size)
         if alpha.max() <= 0:

@@ -20,13 +20,21 @@ from facechain.errors import InputError
 from facechain.lora import LORA_FILE
 from facechain.models import DEVICE_HELP, DTYPE_HELP
 
-# FaceChain's negative prompt (facechain/constants.py), without A1111 weighting syntax.
+# FaceChain's negative prompt, word for word (its app.py / run_inference.py ``neg_prompt``, typos such as
+# "lowers" included), AUTOMATIC1111 weights and all: facechain.prompts reads the weights and encodes the
+# whole text (well past CLIP's 77 tokens, where diffusers alone would cut it off).
 DEFAULT_NEGATIVE_PROMPT = (
-    "nsfw, paintings, sketches, worst quality, low quality, normal quality, lowres, monochrome, grayscale, "
-    "skin spots, acnes, skin blemishes, age spot, glans, extra fingers, fewer fingers, watermark, text, "
-    "deformed, blurry, bad anatomy, disfigured, poorly drawn face, mutation, mutated, extra limb, ugly, "
-    "missing limb, floating limbs, disconnected limbs, malformed hands, out of focus, long neck, long body"
+    "(nsfw:2), paintings, sketches, (worst quality:2), (low quality:2), "
+    "lowers, normal quality, ((monochrome)), ((grayscale)), logo, word, character, bad hand, tattoo, "
+    "(username, watermark, signature, time signature, timestamp, artist name, copyright name, copyright),"
+    "low res, ((monochrome)), ((grayscale)), skin spots, acnes, skin blemishes, age spot, glans, extra fingers, "
+    "fewer fingers, strange fingers, bad hand, mole, ((extra legs)), ((extra hands))"
 )
+
+# FaceChain's LoRA for prompt-only styles (its inference merges it at the style's weight, 0.25 by default):
+# ModelScope repo, revision, file. Name it with default_style_lora: facechain.
+FACECHAIN_STYLE_LORA = ("Cherrytest/zjz_mj_jiyi_small_addtxt_fromleo", "v1.0.0",
+                        "zjz_mj_jiyi_small_addtxt_fromleo.safetensors")
 
 # Public weights per base family. Only used when the config leaves the field empty.
 DEFAULT_OPENPOSE_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_openpose", "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"}
@@ -40,8 +48,11 @@ MAX_CANDIDATES = 256
 # Fields holding paths that are resolved against the config file's folder.
 PATH_FIELDS = ("lora_dir", "processed_dir", "output_dir", "swapper_model", "depth_image")
 MAYBE_PATH_FIELDS = (
-    "base_model", "pose", "lcm_lora", "controlnet_openpose", "controlnet_depth", "depth_estimator", "pose_annotator",
+    "base_model", "pose", "lcm_lora", "default_style_lora", "controlnet_openpose", "controlnet_depth",
+    "depth_estimator", "pose_annotator",
 )
+# A value that names a known model, never a path (a folder called "facechain" beside a config is not it).
+ALIASES = {"default_style_lora": ("facechain",)}
 
 
 def _h(text: str, **kw):
@@ -73,8 +84,16 @@ class GenerateConfig:
                            default_factory=lambda: ["Business suit"])
     style_dirs: list[Path] = _h("Extra folders of style JSON files, searched together with the shipped styles/.",
                                 default_factory=list)
-    prompt: str = _h("Extra words appended to every prompt.", default="")
-    negative_prompt: str = _h("Negative prompt (FaceChain's list by default).", default=DEFAULT_NEGATIVE_PROMPT)
+    default_style_lora: str | None = _h(
+        "LoRA merged into prompt-only styles (styles with no LoRA of their own), as FaceChain does: 'facechain' = "
+        f"FaceChain's {FACECHAIN_STYLE_LORA[0]} (ModelScope, SD1.5), or a LoRA file, folder or hub id; empty = none.",
+        default=None)
+    default_style_lora_weight: float = _h(
+        "Weight of default_style_lora when the style's own multiplier_style is 0 (FaceChain: 0.25).", default=0.25)
+    prompt: str = _h("Extra words appended to every prompt (AUTOMATIC1111 weights such as (word:1.2) are read).",
+                     default="")
+    negative_prompt: str = _h("Negative prompt (FaceChain's, weights included; any length: nothing is cut at "
+                              "CLIP's 77 tokens).", default=DEFAULT_NEGATIVE_PROMPT)
     # --- how many
     num_images: int = _h("Images kept per style after ranking (FaceChain's UI allows up to 6).", default=3)
     num_candidates: int = _h("Candidates generated per style before ranking (FaceChain: 10).", default=10)
@@ -117,16 +136,18 @@ class GenerateConfig:
                                     default=None)
     detailer: Literal["auto", "always", "off"] = _h(
         "Face detailer: re-draw faces with a face-only inpaint pass while the face LoRA is active. auto: only "
-        "faces smaller than 0.2 of the short side (full-body poses); always: every face; off. A face the detailer "
-        "re-drew is not dropped by min_face_frac. The dlib backend finds no face under about 80 px.",
+        "faces smaller than 0.23 of the short side, the ones min_face_frac would drop (full-body poses); always: "
+        "every face; off. A face the detailer re-drew is not dropped by min_face_frac. The dlib backend finds no "
+        "face under about 80 px.",
         default="auto")
     detailer_strength: float = _h("Inpaint strength of the face detailer in (0, 1] (ADetailer's default: 0.4).",
                                   default=0.4)
     face_backend: str = _h("Face analysis backend: auto, insightface or dlib.", default="auto")
     rank_candidates: bool = _h("Rank candidates by likeness to the template face and keep the top num_images. Off: keep the "
                     "first num_images (needs no face in the images).", default=True)
-    min_face_frac: float = _h("Smallest usable face side as a fraction of the image's short side "
-                              "(FaceChain keeps faces of 120-300 px at 512 px: 0.23).", default=0.23)
+    min_face_frac: float = _h("Smallest usable face size (Face.size: FaceChain's max side of the SCRFD box) as a "
+                              "fraction of the image's short side (FaceChain keeps faces of 120-300 px at 512 px: 0.23).",
+                              default=0.23)
     max_face_frac: float = _h("Largest usable face side as a fraction of the short side (FaceChain: 300/512).",
                               default=0.59)
     upscale: Literal["off", "lanczos"] = _h("Optional upscaling of kept images: off, or plain Lanczos resampling "
@@ -171,6 +192,8 @@ class GenerateConfig:
             raise InputError(
                 f"need 0 < min_face_frac < max_face_frac <= 1, got {self.min_face_frac} and {self.max_face_frac}."
             )
+        if not (math.isfinite(self.default_style_lora_weight) and 0.0 <= self.default_style_lora_weight <= 2.0):
+            raise InputError(f"default_style_lora_weight must be in [0, 2], got {self.default_style_lora_weight}.")
         for name in ("guidance_scale", "fast_guidance_scale", "fusion_strength", "pose_weight", "depth_weight",
                      "min_face_frac", "max_face_frac"):
             if not math.isfinite(getattr(self, name)):
@@ -218,7 +241,7 @@ def resolve_paths(data: dict, base: Path) -> dict:
             out[key] = str((base / v).resolve())
     for key in MAYBE_PATH_FIELDS:
         v = out.get(key)
-        if isinstance(v, str) and v and _looks_relative_path(v, base):
+        if isinstance(v, str) and v and v not in ALIASES.get(key, ()) and _looks_relative_path(v, base):
             out[key] = str((base / v).resolve())
     if isinstance(out.get("style_dirs"), list):
         out["style_dirs"] = [

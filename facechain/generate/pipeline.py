@@ -26,8 +26,13 @@ import numpy as np
 
 from facechain.errors import InputError, ModelNotFoundError
 from facechain import lora as lora_io
-from facechain.generate.config import DEFAULT_DEPTH_CONTROLNET, DEFAULT_OPENPOSE_CONTROLNET, GenerateConfig
-from facechain.generate.prompt import build_prompt, negative_for_subject, strip_weighting
+from facechain.generate.config import (
+    DEFAULT_DEPTH_CONTROLNET,
+    DEFAULT_OPENPOSE_CONTROLNET,
+    FACECHAIN_STYLE_LORA,
+    GenerateConfig,
+)
+from facechain.generate.prompt import build_prompt, negative_for_subject
 from facechain.models import (
     ResolvedModel,
     check_checkpoint_file,
@@ -97,6 +102,31 @@ def check_face_lora(cfg: GenerateConfig) -> Path | None:
     return path
 
 
+def resolve_default_style_lora(cfg: GenerateConfig, family: str) -> Path | None:
+    """The file of ``cfg.default_style_lora`` (None when unset). ``facechain`` names FaceChain's
+    prompt-only-style LoRA on ModelScope (an SD1.5 LoRA, safetensors)."""
+    ref = cfg.default_style_lora
+    if not ref:
+        return None
+    if ref != "facechain":
+        return lora_io.resolve(ref, allow_pickle=cfg.allow_pickle, what="default_style_lora")
+    repo, revision, name = FACECHAIN_STYLE_LORA
+    if family != "sd15":
+        raise InputError(
+            f"default_style_lora 'facechain' ({repo}) is an SD1.5 LoRA and the base model is {family}. Leave "
+            "default_style_lora empty, or name a LoRA made for this base model."
+        )
+    try:
+        return lora_io.resolve(repo, revision=revision, filename=name, allow_pickle=False,
+                               what="FaceChain's default style LoRA (default_style_lora: facechain)")
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"default_style_lora facechain: {repo} / {name} (ModelScope, revision {revision}) could not be had "
+            f"({exc}). Connect to ModelScope once (it is cached afterwards), or download {name} yourself and set "
+            "default_style_lora to its path, or leave default_style_lora empty."
+        ) from exc
+
+
 def check_control_inputs(cfg: GenerateConfig):
     """Load and check the pose (and the depth source) before any model loads.
 
@@ -156,6 +186,7 @@ class PortraitGenerator:
         if face_lora is not None:
             lora_io.load_adapter(pipe, face_lora, FACE_ADAPTER, "face LoRA")
             self.adapters[FACE_ADAPTER] = 1.0
+        self.default_style_lora = resolve_default_style_lora(cfg, self.family)
         if cfg.fast:
             ref = cfg.lcm_lora or lora_io.LCM_LORAS[self.family]
             path = lora_io.resolve(ref, allow_pickle=cfg.allow_pickle, what="LCM-LoRA")
@@ -173,6 +204,7 @@ class PortraitGenerator:
         # fuse_lora/unfuse_lora in half precision round the base weights a little each time; keep an
         # exact copy (on the CPU) of every weight a fuse touches and put it back after each unfuse
         self._base_copies: dict[int, tuple] = {}
+        self._encoder = None  # facechain.prompts.PromptEncoder, made on first use
         if cfg.pose is not None:
             self._setup_control(pose_map, photo)
         if torch.cuda.is_available() and self.device.type == "cuda":
@@ -233,16 +265,23 @@ class PortraitGenerator:
         weights = dict(self.adapters)
         if FACE_ADAPTER in weights:
             weights[FACE_ADAPTER] = style.multiplier_human
+        path = None
         if style.has_lora:
             path = lora_io.resolve(style.lora_reference(), filename=style.bin_file, revision=style.revision,
                                    allow_pickle=self.cfg.allow_pickle, what=f"style '{style.name}' LoRA")
+            weight, what = style.multiplier_style, f"style '{style.name}' ({style.path}) LoRA"
+        elif self.default_style_lora is not None:  # a prompt-only style: FaceChain merges its default style LoRA
+            path = self.default_style_lora
+            weight = style.multiplier_style or self.cfg.default_style_lora_weight
+            what = f"default_style_lora ({path}) for style '{style.name}'"
+        if path is not None:
             try:  # a corrupt file, or a LoRA made for another base model family: one clear error
-                lora_io.load_adapter(pipe, path, STYLE_ADAPTER, f"style '{style.name}' ({style.path}) LoRA")
+                lora_io.load_adapter(pipe, path, STYLE_ADAPTER, what)
             except BaseException:
                 if STYLE_ADAPTER in getattr(pipe, "get_list_adapters", lambda: {})().get("unet", []):
                     pipe.delete_adapters(STYLE_ADAPTER)
                 raise
-            weights[STYLE_ADAPTER] = style.multiplier_style
+            weights[STYLE_ADAPTER] = weight
         try:
             if weights:
                 pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
@@ -296,6 +335,17 @@ class PortraitGenerator:
             for p, saved in self._base_copies.values():
                 p.copy_(saved)
 
+    # ------------------------------------------------------------------ prompts
+
+    def _prompt_encoder(self):
+        """AUTOMATIC1111 weighting and untruncated long prompts (compel) for this pipeline's text encoders,
+        which the ControlNet and the detailer's inpaint pipelines share."""
+        if self._encoder is None:
+            from facechain.prompts import PromptEncoder
+
+            self._encoder = PromptEncoder(self.pipe)
+        return self._encoder
+
     # ------------------------------------------------------------------ face detailer
 
     def _face_analyzer(self):
@@ -316,7 +366,8 @@ class PortraitGenerator:
         return DetailerConfig(mode=self.cfg.detailer, strength=strength,
                               num_inference_steps=max(steps, math.ceil(1 / strength - 1e-9)), guidance_scale=guidance)
 
-    def _detail(self, candidates: list[Candidate], prompt: str, negative: str, dcfg) -> list[Candidate]:
+    def _detail(self, candidates: list[Candidate], prompt: str, negative: str, dcfg,
+                conditioning: dict | None = None) -> list[Candidate]:
         """Run the face detailer on every candidate (the face LoRA must be active: call before _deactivate)."""
         from PIL import Image
 
@@ -326,7 +377,7 @@ class PortraitGenerator:
         out = []
         for c in candidates:
             image, info = detail_faces(self.pipe, np.asarray(c.image.convert("RGB")), analyzer, prompt, negative,
-                                       dcfg, seed=c.seed)
+                                       dcfg, seed=c.seed, conditioning=conditioning)
             if any(f["detailed"] for f in info):
                 out.append(Candidate(c.index, c.seed, Image.fromarray(image), info))
             else:
@@ -342,13 +393,18 @@ class PortraitGenerator:
 
         cfg = self.cfg
         prompt = build_prompt(subject[0], subject[1], style.add_prompt_style, cfg.prompt)
-        negative = negative_for_subject(strip_weighting(cfg.negative_prompt, "negative_prompt"), subject[1])
+        negative = negative_for_subject(cfg.negative_prompt, subject[1])
         steps = cfg.fast_num_inference_steps if cfg.fast else cfg.num_inference_steps
         guidance = cfg.fast_guidance_scale if cfg.fast else cfg.guidance_scale
         dcfg = self._detailer_config(steps, guidance) if cfg.detailer != "off" else None
         t0 = time.perf_counter()
         weights = self._activate(style)
         pipe = self.control_pipe or self.pipe
+        try:  # after _activate: a style LoRA may change the text encoder too
+            conditioning = self._prompt_encoder()(prompt, negative)
+        except BaseException:
+            self._deactivate(weights)
+            raise
         extra = {}
         if self.control_pipe is not None:
             if len(self.control_images) == 1:
@@ -365,14 +421,14 @@ class PortraitGenerator:
                     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
                     with torch.inference_mode():
                         out = pipe(
-                            prompt=[prompt] * len(idx), negative_prompt=[negative] * len(idx),
-                            num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                            **conditioning, num_images_per_prompt=len(idx), num_inference_steps=steps,
+                            guidance_scale=guidance, generator=generators,
                             height=self.height, width=self.width, **extra,
                         )
                     candidates += [Candidate(i, s, img) for i, s, img in zip(idx, seeds, out.images)]
                     bar.update(len(idx))
             if cfg.detailer != "off":  # while the face LoRA (and style LoRA) is still active
-                candidates = self._detail(candidates, prompt, negative, dcfg)
+                candidates = self._detail(candidates, prompt, negative, dcfg, conditioning)
         finally:
             self._deactivate(weights)
         if self.device.type == "cuda":
@@ -383,6 +439,8 @@ class PortraitGenerator:
             "height": self.height, "width": self.width, "batch_size": cfg.batch_size, "fused": cfg.fuse_loras,
             "controlnets": ["openpose"] + (["depth"] if cfg.depth else []) if self.control_pipe is not None else [],
             "controlnet_scales": self.control_scales, "family": self.family,
+            "prompt_encoding": {"weighting": "automatic1111", "encoder": "compel", "truncated": False,
+                                **self._prompt_encoder().describe(prompt, negative)},
             "detailer": {"mode": cfg.detailer, "strength": cfg.detailer_strength}
             if cfg.detailer == "off" else {"mode": cfg.detailer, "strength": cfg.detailer_strength,
                                             "steps": dcfg.num_inference_steps,

@@ -19,7 +19,7 @@ class PreprocessConfig:
     retouch: bool = field(default=False, metadata={"help": "edge-preserving skin smoothing (off by default)"})
     retouch_strength: float = field(default=0.5, metadata={"help": "0..1 blend of the smoothed skin"})
     several_faces_ratio: float = field(default=4.0, metadata={"help": "keep the largest face only if its area is at least this many times the next real face (FaceChain: 4)"})
-    min_face_size: int = field(default=64, metadata={"help": "reject faces smaller than this many source pixels"})
+    min_face_size: int = field(default=80, metadata={"help": "reject faces whose size (FaceChain's measure: max side of an SCRFD box, from the keypoints) is below this many source pixels; 80: the crop enlarges the face at most ~2x to its 156 px at 512"})
     min_detector_score: float | None = field(default=None, metadata={"help": "quality gate on the detector score; default: the backend's real-face score + 0.2"})
     blur_threshold: float = field(default=30.0, metadata={"help": "reject when the variance of the Laplacian inside the face (at output size) is below this"})
     identity_check: bool = field(default=True, metadata={"help": "drop photos whose identity is far from the set's medoid (needs 3+ kept photos)"})

@@ -1,5 +1,6 @@
 """Step 3: the face rule. No face: reject. Several faces: keep the largest only if its area is
-at least ``ratio`` (FaceChain: 4) times the next real face, else reject."""
+at least ``ratio`` (FaceChain: 4) times the next real face, else reject. Areas are Face.size
+squared (the face size every stage uses), so the rule reads the same with every backend."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from facechain.preprocess.errors import PhotoRejected
 def select_face(faces: list[Face], ratio: float = 4.0) -> Face:
     if not faces:
         raise PhotoRejected("no_face", "no face found in any of the four orientations")
-    faces = sorted(faces, key=lambda f: -f.area)
+    faces = sorted(faces, key=lambda f: -f.size)
     if len(faces) > 1:
-        r = faces[0].area / max(faces[1].area, 1e-6)
+        r = (faces[0].size / max(faces[1].size, 1e-6)) ** 2
         if r < ratio:
             raise PhotoRejected(
                 "several_faces",

@@ -185,6 +185,7 @@ class Engine:
         self.counters = Counters()
         self._schedules: dict = {}
         self._conds: dict = {}
+        self._encoder = None  # facechain.prompts.PromptEncoder, made on first use
         self.unet.eval()
 
     def matches(self, cfg: StylizeConfig) -> bool:
@@ -229,19 +230,20 @@ class Engine:
         key = (prompt, negative_prompt, size)
         if key in self._conds:
             return self._conds[key]
-        pipe = self.pipe
+        if self._encoder is None:  # AUTOMATIC1111 weighting, no truncation past 77 tokens
+            from facechain.prompts import PromptEncoder
+
+            self._encoder = PromptEncoder(self.pipe)
+        kw = self._encoder(prompt, negative_prompt)
+        pe, ne = kw["prompt_embeds"].to(self.device), kw["negative_prompt_embeds"].to(self.device)
         if self.family == "sdxl":
-            pe, ne, pooled, npooled = pipe.encode_prompt(
-                prompt=prompt, device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=True, negative_prompt=negative_prompt,
-            )
+            pooled, npooled = kw["pooled_prompt_embeds"].to(self.device), kw["negative_pooled_prompt_embeds"].to(self.device)
             w, h = size
             # SDXL micro-conditioning (Podell et al. 2023, Sec. 2.2): original size, crop (0, 0), target size.
             time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=pe.dtype)
             cond = Conditioning(pe, ne, {"text_embeds": pooled, "time_ids": time_ids},
                                 {"text_embeds": npooled, "time_ids": time_ids})
         else:
-            pe, ne = pipe.encode_prompt(prompt, self.device, 1, True, negative_prompt)
             cond = Conditioning(pe, ne)
         self._conds[key] = cond
         return cond
@@ -269,7 +271,8 @@ class Engine:
     # -- inversion
     def inversion_key(self, image: PreparedImage, prompt: str, steps: int) -> str:
         sched = self.schedule(steps)
-        return digest("v2", image.digest, self.model_id, sched.signature(), prompt, self.lora_signature,
+        # v3: prompts are encoded with AUTOMATIC1111 weighting and without truncation (facechain.prompts)
+        return digest("v3", image.digest, self.model_id, sched.signature(), prompt, self.lora_signature,
                       str(self.dtype), self.impl, self.refine)
 
     @torch.no_grad()

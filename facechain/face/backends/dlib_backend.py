@@ -68,7 +68,10 @@ class DlibAnalyzer:
     has_attributes = False
     fork_safe = True  # plain CPU objects: forked workers can use the parent's loaded models
 
-    # Smallest face the detector window finds without upsampling (dlib's HOG/MMOD window is 80x80).
+    # Smallest Face.size the detector finds without upsampling: its HOG/MMOD window is 80x80 and
+    # its smallest boxes are 72 px; shrinking our sample photos until no face is found, the last
+    # faces found measured 59-80 px (benchmarks/face_size_calibration.py), so 80 is the size every
+    # face is found at.
     min_face_px = 80
 
     def __init__(self, detector: str = "hog", upsample: int = 0, jitter: int = 0):

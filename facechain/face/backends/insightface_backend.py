@@ -53,7 +53,7 @@ class InsightFaceAnalyzer:
             return 0.5 + 0.5 * (cos - t) / (1 - t)
         return max(0.0, 0.5 * (cos + 1) / (t + 1))
     has_attributes = True
-    min_face_px = 16  # SCRFD's smallest anchor at the detection size
+    min_face_px = 16  # SCRFD's smallest anchor at the detection size (its box, i.e. Face.size)
     fork_safe = False  # onnxruntime sessions (CUDA contexts above all) do not survive fork
 
     def __init__(self, pack: str = "buffalo_l", det_size: int = 640):
