@@ -167,13 +167,15 @@ def fuse_and_rank(
     min_face_frac: float = 0.23,
     max_face_frac: float = 0.59,
     detailed: list[bool] | None = None,
+    restorer=None,
 ) -> list[Scored]:
     """Fuse (optional) then score every image; returns usable candidates best first, then dropped ones.
 
     With ``rank=False`` nothing is dropped or scored and the order is the input order; faces are
     still detected when fusion runs (a candidate without one usable face is left unfused, with a note).
     ``detailed[i]``: candidate i's face was re-drawn by the face detailer; the min_face_frac rule
-    does not drop it (see the module docstring)."""
+    does not drop it (see the module docstring). ``restorer``: a loaded
+    :class:`facechain.face.restore.FaceRestorer`, run on each fused face (note ``restored``)."""
     from tqdm.auto import tqdm
 
     if (rank or fusion is not None) and (reference is None or analyzer is None):
@@ -195,19 +197,20 @@ def fuse_and_rank(
                 results.append(Scored(i, img, None, faces=len(faces), face_size=size, extra={"fusion_skipped": reason}))
             continue
         face = faces[0]
-        out, fused = img, False
+        out, fused, extra = img, False, {}
         if fusion is not None:
             try:
-                out = fusion.fuse(img, face, reference.image, reference.face, strength).image
-                fused = True
-            except FacechainError as exc:  # one candidate that cannot be fused never sinks the style
-                note = f"fusion failed: {exc}"
-                logger.warning("candidate %d: %s", i, note)
-                if rank:
-                    results.append(Scored(i, img, None, dropped=note, faces=1, face_size=size))
-                else:
-                    results.append(Scored(i, img, None, faces=1, face_size=size, extra={"fusion_failed": str(exc)}))
-                continue
+                res = fusion.fuse(img, face, reference.image, reference.face, strength)
+                out, fused = res.image, True
+                if res.notes:
+                    extra["fusion_notes"] = list(res.notes)
+                if restorer is not None:  # the fused face sits at the generated face's keypoints
+                    out, info = restorer(out, [face])
+                    extra["restored"] = dict(info[0])
+            except FacechainError as exc:  # one candidate that cannot be fused never sinks the style:
+                # it goes on unfused (ranked as it is), with the reason in the manifest
+                logger.warning("candidate %d: fusion skipped: %s", i, exc)
+                extra["fusion_failed"] = str(exc)
         score = None
         if rank:
             emb = face.embedding
@@ -222,7 +225,7 @@ def fuse_and_rank(
             if emb is None:
                 emb = analyzer.embed(out, face)
             score = float(similarity(np.asarray(emb), reference.face.embedding, backend=reference.face.backend))
-        results.append(Scored(i, out, score, fused=fused, faces=1, face_size=size))
+        results.append(Scored(i, out, score, fused=fused, faces=1, face_size=size, extra=extra))
     if rank:
         usable = sorted((r for r in results if r.dropped is None), key=lambda r: -r.score)
         results = usable + [r for r in results if r.dropped is not None]

@@ -259,8 +259,8 @@ def test_template_from_real_preprocessing_output(dlib_analyzer, tmp_path):
 
 
 def test_a_candidate_that_cannot_be_fused_is_reported_not_fatal(people, dlib_analyzer, tmp_path):
-    """Landmark fusion raises InputError (no 68 landmarks on the reference): the candidate is
-    dropped with the reason when ranking, kept unfused with a note when not, and outputs are written."""
+    """Landmark fusion raises InputError (no 68 landmarks on the reference): the candidate goes on
+    unfused with the reason as a note (ranked when ranking), and outputs are written."""
     import dataclasses
 
     from facechain.face.fusion import get_fusion
@@ -272,13 +272,100 @@ def test_a_candidate_that_cannot_be_fused_is_reported_not_fatal(people, dlib_ana
     reference = Reference(blank, dataclasses.replace(ref_face, landmarks=None, backend="insightface"), "000.png", "t")
     images = [people["ref_variant"], blank]
     scored = fuse_and_rank(images, reference, dlib_analyzer, fusion=get_fusion("landmark"), rank=True)
-    assert [s.index for s in scored] == [0, 1] and all(s.score is None for s in scored)
-    assert scored[0].dropped.startswith("fusion failed: landmark fusion needs 68 landmarks")
+    assert [s.index for s in scored] == [0, 1]
+    # not dropped: ranked unfused, the reason in the manifest
+    assert scored[0].dropped is None and not scored[0].fused and scored[0].score is not None
+    assert scored[0].extra["fusion_failed"].startswith("landmark fusion needs 68 landmarks")
+    assert np.array_equal(scored[0].image, people["ref_variant"])
     assert scored[1].dropped == "no face detected"
     saved = save_style_outputs(tmp_path, "chef", "Chef", scored, [7, 8], 1)
-    assert saved.kept == [] and [e["dropped"][:13] for e in saved.entries] == ["fusion failed", "no face detect"[:13]]
+    assert len(saved.kept) == 1 and saved.entries[0]["fusion_failed"].startswith("landmark fusion needs")
     assert (tmp_path / "candidates" / "chef_000.png").is_file()
     unranked = fuse_and_rank(images[:1], reference, dlib_analyzer, fusion=get_fusion("landmark"), rank=False)
     assert unranked[0].dropped is None and not unranked[0].fused
     assert unranked[0].extra["fusion_failed"].startswith("landmark fusion needs 68 landmarks")
     assert np.array_equal(unranked[0].image, people["ref_variant"])
+
+
+def _pairs(dlib_analyzer):
+    """(source, source face, target, target face, name) for real face pairs, mirrored and rotated ones included."""
+    import cv2
+    from matplotlib import cbook
+    from PIL import Image
+    from skimage.data import astronaut
+
+    hopper = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
+    astro, hanks = astronaut(), _insightface_image("Tom_Hanks_54745.png")
+    group = _insightface_image("t1.jpg")
+    h, w = astro.shape[:2]
+    rot = cv2.warpAffine(astro, cv2.getRotationMatrix2D((w / 2, h / 2), 12, 1.0), (w, h), borderMode=cv2.BORDER_REFLECT)
+    images = {"hopper": hopper, "astronaut": astro, "hanks": hanks, "mirrored": np.ascontiguousarray(astro[:, ::-1]),
+              "rotated": rot, "group": group}
+    faces = {k: dlib_analyzer.detect(v)[0] for k, v in images.items()}
+    pairs = [("hopper", "astronaut"), ("astronaut", "hopper"), ("hanks", "astronaut"), ("hopper", "mirrored"),
+             ("hanks", "rotated"), ("hopper", "group")]
+    return [(images[s], faces[s], images[t], faces[t], f"{s}->{t}") for s, t in pairs]
+
+
+def test_warp_covers_every_pixel_inside_the_face_hull(dlib_analyzer):
+    """The piecewise warp leaves no pixel of the face hull at the canvas's fill value (issue: a dark
+    6x14 px patch on the lower lip where no triangle covered the destination)."""
+    import cv2
+
+    from facechain.face.fusion import _warp_triangles, destination_shape
+
+    for src, sf, tgt, tf, name in _pairs(dlib_analyzer):
+        dst = destination_shape(tf.landmarks, sf.landmarks)
+        warped, covered = _warp_triangles(src, sf.landmarks.astype(np.float32), dst, tgt.shape[:2])
+        hull = np.zeros(tgt.shape[:2], np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(dst.astype(np.int32)), 1)
+        inner = cv2.erode(hull, np.ones((5, 5), np.uint8)).astype(bool)  # 2 px: the int hull rounds its corners
+        assert covered[inner].all(), name
+        assert not (warped[inner] == 0).all(axis=1).any(), name  # no fill-valued (black) pixel left
+        assert not warped[~covered].any()
+
+
+def test_fusion_leaves_no_seam(dlib_analyzer):
+    """Gradient magnitude on the 2 px just inside the blend mask's edge, fused image / target: a seam
+    (a step where the mask ends) raises it; the target's own texture there is the yardstick."""
+    import cv2
+
+    from facechain.face.fusion import get_fusion
+
+    def grad(img):
+        g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
+
+    fusion = get_fusion("landmark")
+    for src, sf, tgt, tf, name in _pairs(dlib_analyzer):
+        res = fusion.fuse(tgt, tf, src, sf)
+        support = (res.mask > 0).astype(np.uint8)
+        ring = (support - cv2.erode(support, np.ones((5, 5), np.uint8))).astype(bool)
+        ratio = grad(res.image)[ring].mean() / grad(tgt)[ring].mean()
+        assert 0.8 < ratio < 1.25, (name, ratio)
+        assert np.array_equal(res.image[support == 0], tgt[support == 0])
+
+
+def test_profile_faces_are_refused_and_small_references_noted(dlib_analyzer):
+    import dataclasses
+
+    import cv2
+
+    from facechain.face.fusion import get_fusion, nose_offset
+
+    src, sf, tgt, tf, _ = _pairs(dlib_analyzer)[0]  # hopper -> astronaut
+    fusion = get_fusion("landmark")
+    assert nose_offset(tf.kps) < 0.15 and nose_offset(sf.kps) < 0.15  # frontal photos
+    kps = tf.kps.copy()
+    kps[2, 0] += 0.6 * float(np.linalg.norm(kps[1] - kps[0]))  # nose far to one side: a profile
+    with pytest.raises(InputError, match="turned sideways"):
+        fusion.fuse(tgt, dataclasses.replace(tf, kps=kps), src, sf)
+    assert fusion.fuse(tgt, tf, src, sf).notes == ()
+    small = cv2.resize(src, None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA)
+    small_face = dlib_analyzer.detect(cv2.resize(small, None, fx=2, fy=2))  # dlib needs >= 80 px: find, then scale
+    assert small_face
+    f = small_face[0]
+    f = dataclasses.replace(f, bbox=f.bbox / 2, kps=f.kps / 2, landmarks=f.landmarks / 2)
+    res = fusion.fuse(tgt, tf, small, f)
+    assert res.notes and "upscaled" in res.notes[0]
+    assert not (res.image[res.mask > 0.5] == 0).all(axis=1).any()  # never a black patch

@@ -411,3 +411,25 @@ def test_gfpgan_restores_a_face_with_its_own_normalisation(gfpgan_file, astronau
     assert _diff(out, image)[weights > 0.99].mean() > 2.0
     again, _ = r(image, faces)
     assert np.array_equal(out, again), "two calls on the same input differ (noise not seeded)"
+
+
+def test_generation_restores_each_fused_face(restorer, dlib_analyzer, sample_photos):
+    """fuse_and_rank runs the restorer on each fused face and records it; the rest of the image stays."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    from facechain.face.fusion import get_fusion
+    from facechain.postprocess import Reference, fuse_and_rank
+
+    ref = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
+    reference = Reference(ref, dlib_analyzer.detect(ref)[0], "000.png", "test")
+    target = sample_photos.astronaut()
+    kw = dict(fusion=get_fusion("landmark"), rank=False, min_face_frac=0.1, max_face_frac=0.9)
+    plain = fuse_and_rank([target], reference, dlib_analyzer, **kw)[0]
+    restored = fuse_and_rank([target], reference, dlib_analyzer, restorer=restorer, **kw)[0]
+    assert plain.fused and restored.fused and "restored" not in plain.extra
+    assert restored.extra["restored"]["restored"] is True
+    face = dlib_analyzer.detect(target)[0]
+    weights, _ = restorer.blend_weights(target.shape, face)
+    assert not np.array_equal(restored.image, plain.image)
+    assert np.array_equal(restored.image[weights == 0], plain.image[weights == 0])

@@ -42,6 +42,26 @@ class FusionResult:
     image: np.ndarray  # RGB uint8, same size as the target
     mask: np.ndarray  # float32 (H, W) in [0, 1]: how much of each pixel was replaced
     method: str
+    notes: tuple[str, ...] = ()  # what the user should know about this fusion (kept in the manifest)
+
+
+# Sideways offset of the nose tip from the eyes' midpoint, as a fraction of the eye distance, above
+# which a face counts as a profile: its far-side landmarks are guesses, and warping them tears the face.
+# Frontal faces measure under 0.1; a head turned about 45 degrees about 0.4.
+PROFILE_NOSE_OFFSET = 0.45
+# The generated face this many times larger than the reference face: the warp upscales the reference
+# and the fused face looks soft (a note, not a refusal).
+SOFT_UPSCALE = 2.0
+
+
+def nose_offset(kps: np.ndarray) -> float:
+    """|nose tip - eyes' midpoint| along the eye line / eye distance: 0 for a frontal face."""
+    k = np.asarray(kps, np.float64)
+    axis = k[1] - k[0]
+    d = float(np.linalg.norm(axis))
+    if not np.isfinite(d) or d < 1e-6:
+        return float("inf")
+    return abs(float(np.dot(k[2] - (k[0] + k[1]) / 2, axis / d))) / d
 
 
 class FusionMethod(Protocol):
@@ -236,8 +256,21 @@ class LandmarkFusion:
             raise InputError(f"fusion strength must be in [0, 1], got {strength}")
         target = np.ascontiguousarray(target[..., :3], dtype=np.uint8)
         source = np.ascontiguousarray(source[..., :3], dtype=np.uint8)
+        for face, what in ((target_face, "generated"), (source_face, "reference")):
+            off = nose_offset(face.kps)
+            if off > PROFILE_NOSE_OFFSET:
+                raise InputError(
+                    f"landmark fusion: the {what} face is turned sideways (nose {off:.2f} of the eye distance off "
+                    f"centre, over {PROFILE_NOSE_OFFSET}): half its landmarks are guesses, so it is not warped. Use a "
+                    "near-frontal pose, or fusion: swapper."
+                )
         target_face = self._with_68_landmarks(target, target_face, "generated")
         source_face = self._with_68_landmarks(source, source_face, "reference")
+        notes = []
+        if target_face.size > SOFT_UPSCALE * source_face.size:
+            notes.append(f"the reference face ({source_face.size:.0f} px) is upscaled x{target_face.size / source_face.size:.1f} "
+                         "onto the generated face: the fused face may look soft (a sharper or larger reference "
+                         "photo helps)")
         h, w = target.shape[:2]
         dst_pts = destination_shape(target_face.landmarks, source_face.landmarks, self.outline_follow)
         warped, covered = _warp_triangles(source, source_face.landmarks.astype(np.float32), dst_pts, (h, w))
@@ -262,7 +295,7 @@ class LandmarkFusion:
         out = target.astype(np.float32) * (1 - a) + cloned.astype(np.float32) * a
         out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         out[alpha == 0] = target[alpha == 0]
-        return FusionResult(out, (alpha * strength).astype(np.float32), self.name)
+        return FusionResult(out, (alpha * strength).astype(np.float32), self.name, tuple(notes))
 
 
     def _with_68_landmarks(self, image: np.ndarray, face: Face, what: str) -> Face:

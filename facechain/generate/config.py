@@ -46,7 +46,7 @@ MAX_SEED = 2**64 - 1
 MAX_CANDIDATES = 256
 
 # Fields holding paths that are resolved against the config file's folder.
-PATH_FIELDS = ("lora_dir", "processed_dir", "output_dir", "swapper_model", "depth_image")
+PATH_FIELDS = ("lora_dir", "processed_dir", "output_dir", "swapper_model", "depth_image", "restore_model")
 MAYBE_PATH_FIELDS = (
     "base_model", "pose", "lcm_lora", "default_style_lora", "controlnet_openpose", "controlnet_depth",
     "depth_estimator", "pose_annotator",
@@ -134,6 +134,12 @@ class GenerateConfig:
     fusion_strength: float = _h("Fusion strength in [0, 1]: 0 keeps the generated face, 1 fully fuses.", default=1.0)
     swapper_model: Path | None = _h("Path of inswapper_128.onnx; empty = ~/.insightface/models/inswapper_128.onnx.",
                                     default=None)
+    restore_model: Path | None = _h(
+        "Optional face restoration after fusion: a GFPGAN / RestoreFormer (or other spandrel) weights file; "
+        ".pth files need allow_pickle (read weights-only). Empty = no restoration. See docs/restore.md.",
+        default=None)
+    restore_strength: float = _h("Blend of the restored face in [0, 1] (0.5: GFPGAN users' usual weight).",
+                                 default=0.5)
     detailer: Literal["auto", "always", "off"] = _h(
         "Face detailer: re-draw faces with a face-only inpaint pass while the face LoRA is active. auto: only "
         "faces smaller than 0.23 of the short side, the ones min_face_frac would drop (full-body poses); always: "
@@ -184,6 +190,8 @@ class GenerateConfig:
                 raise InputError(f"{dim} must be a positive multiple of 8, got {v}.")
         if not 0.0 <= self.fusion_strength <= 1.0:
             raise InputError(f"fusion_strength must be in [0, 1], got {self.fusion_strength}.")
+        if not (math.isfinite(self.restore_strength) and 0.0 <= self.restore_strength <= 1.0):
+            raise InputError(f"restore_strength must be in [0, 1], got {self.restore_strength}.")
         if self.detailer not in ("auto", "always", "off"):
             raise InputError(f"detailer must be auto, always or off, got '{self.detailer}'.")
         if not (math.isfinite(self.detailer_strength) and 0.0 < self.detailer_strength <= 1.0):

@@ -119,7 +119,7 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
     save_config(cfg, stage / "generate_config.json")
 
     timings: dict[str, float] = {}
-    analyzer = reference = fusion = None
+    analyzer = reference = fusion = restorer = None
     if cfg.rank_candidates or cfg.fusion != "off":
         from facechain.face import get_analyzer
         from facechain.face.fusion import get_fusion
@@ -129,6 +129,13 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         reference = select_template(cfg.processed_dir, analyzer)
         if cfg.fusion != "off":  # refuses a method whose required face backend is not the one loaded (auto -> dlib)
             fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model, backend=analyzer.name)
+        if fusion is None and cfg.restore_model is not None:
+            logger.warning("restore_model is set but fusion is off: faces are restored after fusion only, so not at all")
+        if fusion is not None and cfg.restore_model is not None:
+            from facechain.face.restore import RestoreConfig, load_restorer
+
+            restorer = load_restorer(RestoreConfig(model=cfg.restore_model, strength=cfg.restore_strength,
+                                                   device=cfg.device, allow_pickle=cfg.allow_pickle))
         timings["template_s"] = time.perf_counter() - t0
 
     generator = generator or PortraitGenerator(cfg, resolved, control=control, analyzer=analyzer)
@@ -138,7 +145,9 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         "face_lora": str(cfg.lora_dir) if cfg.lora_dir else None,
         "subject": {"trigger": subject[0], "attribute": subject[1]},
         "template": {"file": reference.file, "reason": reference.reason} if reference else None,
-        "fusion": {"method": fusion.name if fusion else "off", "strength": cfg.fusion_strength},
+        "fusion": {"method": fusion.name if fusion else "off", "strength": cfg.fusion_strength,
+                   "restore": {"model": str(cfg.restore_model), "architecture": restorer.architecture,
+                               "strength": cfg.restore_strength} if restorer else None},
         "ranking": {"on": cfg.rank_candidates, "backend": getattr(analyzer, "name", None),
                     "usable_face_frac": [cfg.min_face_frac, cfg.max_face_frac],
                     # a face the detailer re-drew is not dropped by min_face_frac (postprocess.check_face)
@@ -160,7 +169,7 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         scored = fuse_and_rank(
             images, reference, analyzer, fusion=fusion, strength=cfg.fusion_strength, rank=cfg.rank_candidates,
             min_face_frac=cfg.min_face_frac, max_face_frac=cfg.max_face_frac,
-            detailed=[any(f.get("detailed") for f in info or []) for info in detailer_info],
+            detailed=[any(f.get("detailed") for f in info or []) for info in detailer_info], restorer=restorer,
         )
         post_s = time.perf_counter() - t0
         saved = save_style_outputs(
