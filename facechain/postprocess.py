@@ -61,6 +61,7 @@ class Scored:
     faces: int | None = None
     face_size: float | None = None
     extra: dict = field(default_factory=dict)
+    before: np.ndarray | None = None  # the candidate before fusion (and restoration), when it was fused
 
 
 def _report_entries(report: object) -> list[dict]:
@@ -225,7 +226,8 @@ def fuse_and_rank(
             if emb is None:
                 emb = analyzer.embed(out, face)
             score = float(similarity(np.asarray(emb), reference.face.embedding, backend=reference.face.backend))
-        results.append(Scored(i, out, score, fused=fused, faces=1, face_size=size, extra=extra))
+        results.append(Scored(i, out, score, fused=fused, faces=1, face_size=size, extra=extra,
+                              before=img if fused else None))
     if rank:
         usable = sorted((r for r in results if r.dropped is None), key=lambda r: -r.score)
         results = usable + [r for r in results if r.dropped is not None]
@@ -298,7 +300,8 @@ class SavedStyle:
 def save_style_outputs(out: Path, name: str, label: str, scored: list[Scored], seeds: list[int], num_images: int,
                        upscale_factor: int = 1) -> SavedStyle:
     """Write every candidate to ``out/candidates/<name>_<i>.png`` and the best ``num_images``
-    usable ones to ``out/<name>_<rank>.png`` (Lanczos-upscaled when ``upscale_factor`` > 1)."""
+    usable ones to ``out/<name>_<rank>.png`` (Lanczos-upscaled when ``upscale_factor`` > 1). The
+    contact-sheet tiles are every candidate, then a before/after-fusion pair per kept fused image."""
     out = Path(out)
     usable = [s for s in scored if s.dropped is None]
     keep = usable[:num_images]
@@ -320,4 +323,7 @@ def save_style_outputs(out: Path, name: str, label: str, scored: list[Scored], s
         save_image(path, upscale(s.image, upscale_factor) if upscale_factor > 1 else s.image)
         files.append(path)
         kept.append({"file": path.name, "index": s.index, "seed": seeds[s.index], "score": s.score})
+        if s.fused and s.before is not None:  # a before/after pair per kept image: what fusion did
+            images += [s.before, s.image]
+            captions += [f"{label[:16]} kept {rank_no}\nbefore fusion", f"{label[:16]} kept {rank_no}\nafter fusion"]
     return SavedStyle(entries, kept, files, keep, usable, images, captions)

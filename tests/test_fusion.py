@@ -369,3 +369,19 @@ def test_profile_faces_are_refused_and_small_references_noted(dlib_analyzer):
     res = fusion.fuse(tgt, tf, small, f)
     assert res.notes and "upscaled" in res.notes[0]
     assert not (res.image[res.mask > 0.5] == 0).all(axis=1).any()  # never a black patch
+
+
+def test_contact_sheet_shows_each_kept_image_before_and_after_fusion(dlib_analyzer, tmp_path):
+    from facechain.face.fusion import get_fusion
+    from facechain.postprocess import Reference, contact_sheet, fuse_and_rank, save_style_outputs
+
+    src, sf, tgt, _, _ = _pairs(dlib_analyzer)[0]  # hopper -> astronaut
+    reference = Reference(src, sf, "000.png", "test")
+    scored = fuse_and_rank([tgt, tgt[:, ::-1].copy()], reference, dlib_analyzer, fusion=get_fusion("landmark"),
+                           rank=False, min_face_frac=0.1, max_face_frac=0.9)
+    saved = save_style_outputs(tmp_path, "chef", "Chef", scored, [1, 2], 1)
+    assert len(saved.sheet_images) == 2 + 2  # two candidates, then one pair for the one kept image
+    assert saved.sheet_captions[2].endswith("before fusion") and saved.sheet_captions[3].endswith("after fusion")
+    assert np.array_equal(saved.sheet_images[2], tgt) and np.array_equal(saved.sheet_images[3], scored[0].image)
+    assert not np.array_equal(saved.sheet_images[2], saved.sheet_images[3])
+    assert contact_sheet(saved.sheet_images, saved.sheet_captions).size[0] > 0
