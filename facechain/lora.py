@@ -192,11 +192,9 @@ def save_kohya(folder: str | Path, lora: LoraDict, family: str, alpha: float, la
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file, or (only reached after the caller allowed pickle) a tensor-only pickle
     loaded with ``weights_only=True``, which refuses anything but tensors and containers."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
+    from facechain.models import read_weights_file
 
-        return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    sd = read_weights_file(Path(path), "LoRA file")
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise InputError(f"LoRA file {path} does not hold a flat mapping of names to tensors.")
     return sd

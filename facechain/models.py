@@ -143,6 +143,48 @@ def check_checkpoint_file(path: Path, allow_pickle: bool, what: str = "checkpoin
         raise InputError(f"{what} {path}: unknown file type '{suffix}'. Expected a .safetensors file.")
 
 
+def read_weights_file(path: Path, what: str = "checkpoint", fix: str = ""):
+    """The contents of a weights file that :func:`check_checkpoint_file` let through: a .safetensors
+    file, or a pickle read with ``torch.load(weights_only=True)`` (tensors and plain containers only).
+    A pickle holding other objects raises UnsafeCheckpointError; a damaged file, a TorchScript archive
+    or anything unreadable one InputError naming ``what``, the file and ``fix``."""
+    import pickle
+
+    import torch
+
+    def first(exc: Exception) -> str:
+        return str(exc).splitlines()[0][:160] if str(exc) else ""
+
+    fix = f" {fix}" if fix else ""
+    if path.suffix.lower() in SAFE_SUFFIXES:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise InputError(f"{what} {path} could not be read as a safetensors file ({type(exc).__name__}: "
+                             f"{first(exc)}); it is damaged or not a model.{fix}") from exc
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise UnsafeCheckpointError(
+                f"{what} {path} holds pickled objects besides tensors, which facechain does not unpickle even "
+                "with allow_pickle (tensors-only loading, torch.load(weights_only=True)). Convert it to "
+                ".safetensors on a machine you trust and pass that file.") from exc
+        raise InputError(f"{what} {path} could not be read as a PyTorch checkpoint ({type(exc).__name__}); it is "
+                         f"damaged or not a model.{fix}") from exc
+    except RuntimeError as exc:
+        if "torchscript" in str(exc).lower():
+            raise InputError(f"{what} {path} is a TorchScript archive, which is not read (it can carry code). "
+                             "Pass the model's state-dict weights (.pth/.safetensors) instead.") from exc
+        raise InputError(f"{what} {path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: "
+                         f"{first(exc)}).{fix}") from exc
+    except Exception as exc:
+        raise InputError(f"{what} {path} could not be read as a PyTorch checkpoint ({type(exc).__name__}); it is "
+                         f"damaged or not a model.{fix}") from exc
+
+
 def safetensors_only(allow_pickle: bool) -> dict:
     """``from_pretrained`` kwargs: only .safetensors weights load unless pickles are allowed."""
     return {} if allow_pickle else {"use_safetensors": True}

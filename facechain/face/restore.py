@@ -75,7 +75,6 @@ Only models with random weights were run while this was written (see docs/restor
 from __future__ import annotations
 
 import logging
-import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +82,7 @@ from typing import Sequence, TypedDict
 
 import numpy as np
 
-from facechain.errors import InputError, ModelNotFoundError, UnsafeCheckpointError
+from facechain.errors import InputError, ModelNotFoundError
 from facechain.face.types import Face
 
 logger = logging.getLogger(__name__)
@@ -246,40 +245,12 @@ def _region(inv: np.ndarray, size: int, shape: tuple[int, int]) -> tuple[int, in
 def _read_state_dict(path: Path, allow_pickle: bool) -> dict:
     """The file's tensors (safetensors, or tensors-only torch.load), unwrapped by spandrel's canonicalizer."""
     import torch
-    from facechain.models import SAFE_SUFFIXES, check_checkpoint_file
+    from facechain.models import check_checkpoint_file, read_weights_file
 
     fix = ("Pass a restoration model's weights file (e.g. GFPGANv1.4.pth with allow_pickle, or a .safetensors "
            "file); see docs/restore.md.")
     check_checkpoint_file(path, allow_pickle, WHAT)
-    if path.suffix.lower() in SAFE_SUFFIXES:
-        from safetensors.torch import load_file
-
-        try:
-            sd = load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise InputError(f"{WHAT} {path} could not be read as a safetensors file ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); it is damaged or not a model. "
-                             + fix) from exc
-    else:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if "weights only" in str(exc).lower():
-                raise UnsafeCheckpointError(
-                    f"{WHAT} {path} holds pickled objects besides tensors, which facechain does not unpickle even "
-                    "with allow_pickle (tensors-only loading, torch.load(weights_only=True)). Convert it to "
-                    ".safetensors on a machine you trust and pass that file.") from exc
-            raise InputError(f"{WHAT} {path} could not be read as a PyTorch checkpoint ({type(exc).__name__}); it is "
-                             "damaged or not a model. " + fix) from exc
-        except RuntimeError as exc:
-            if "torchscript" in str(exc).lower():
-                raise InputError(f"{WHAT} {path} is a TorchScript archive, which is not read (it can carry code). "
-                                 "Pass the model's state-dict weights (.pth/.safetensors) instead.") from exc
-            raise InputError(f"{WHAT} {path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}). " + fix) from exc
-        except Exception as exc:
-            raise InputError(f"{WHAT} {path} could not be read as a PyTorch checkpoint ({type(exc).__name__}); it is "
-                             "damaged or not a model. " + fix) from exc
+    sd = read_weights_file(path, WHAT, fix)
     if not isinstance(sd, dict):
         raise InputError(f"{WHAT} {path} holds a {type(sd).__name__}, not a state dict of weights. " + fix)
     from spandrel import canonicalize_state_dict
