@@ -41,12 +41,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Reference:
-    """The template face: the best-quality processed photo and its detected face."""
+    """The template face: the best-quality processed photo and its detected face (ranking compares
+    candidates with it), and the source face fusion warps from: the same photo's high-resolution
+    crop (``reference/hires.png``) when preprocessing kept one, else the processed photo."""
 
     image: np.ndarray  # RGB uint8
     face: Face
     file: str
     reason: str  # how it was chosen
+    fusion_image: np.ndarray | None = None  # the high-resolution crop, None: fuse from ``image``
+    fusion_face: Face | None = None
+    fusion_file: str | None = None
+
+    def fusion_source(self) -> tuple[np.ndarray, Face]:
+        if self.fusion_image is not None and self.fusion_face is not None:
+            return self.fusion_image, self.fusion_face
+        return self.image, self.face
 
 
 @dataclass(frozen=True)
@@ -77,26 +87,33 @@ def _report_entries(report: object) -> list[dict]:
 def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Reference:
     """Pick the best-quality processed photo and detect its face.
 
-    Quality = detector score x sharpness: from report.json's ``scores`` (``detector_score`` and
-    ``blur``, the sharpness preprocessing measured) when every kept entry has them, else measured
-    here (detector score x variance of the Laplacian of the face crop). FaceChain uses its FQA
-    face-quality model for the same choice; this is the offline equivalent."""
+    Quality = detector score x sharpness (:func:`facechain.preprocess.quality.photo_quality`): from
+    report.json's ``scores`` (``detector_score`` and ``blur``, the sharpness preprocessing measured)
+    when every kept entry has them, else measured here (detector score x variance of the Laplacian of
+    the face crop). When report.json's ``reference`` says preprocessing kept this photo's
+    high-resolution crop, it becomes the fusion source (``fusion_image``)."""
+    from facechain.preprocess.quality import photo_quality
+
     folder = Path(processed_dir)
     if not folder.is_dir():
         raise InputError(f"processed_dir {folder} does not exist. Pass the output folder of `facechain preprocess`.")
     ranked: list[tuple[float, Path]] = []
     how = ""
     report_path = folder / "report.json"
+    hires_info: dict = {}
     if report_path.is_file():
         try:
-            entries = _report_entries(json.loads(report_path.read_text(encoding="utf-8")))
+            report = json.loads(report_path.read_text(encoding="utf-8"))
+            entries = _report_entries(report)
         except ValueError:  # not JSON, or not UTF-8
             logger.warning("%s is not valid JSON; measuring photo quality instead", report_path)
-            entries = []
+            report, entries = None, []
+        if isinstance(report, dict) and isinstance(report.get("reference"), dict):
+            hires_info = report["reference"]
         kept = [e for e in entries if e.get("status") == "kept" and isinstance(e.get("output"), str) and e.get("output")
                 and not Path(e["output"]).is_absolute() and ".." not in Path(e["output"]).parts]
         scored = [
-            (float(e["scores"]["detector_score"]) * float(e["scores"]["blur"]), folder / e["output"])
+            (photo_quality(e["scores"]), folder / e["output"])
             for e in kept
             if isinstance(e.get("scores"), dict) and {"detector_score", "blur"} <= set(e["scores"])
         ]
@@ -132,11 +149,38 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
                 continue
             face = found[0]
         logger.info("template face: %s (%s = %.3g)", path.name, how, quality)
-        return Reference(img, face, path.name, f"{how} = {quality:.4g}")
+        ref = Reference(img, face, path.name, f"{how} = {quality:.4g}")
+        return _with_hires(ref, folder, hires_info, analyzer)
     raise InputError(
         f"no face found in any processed photo in {folder}, so there is no template face for fusion and ranking. "
         "Re-run preprocessing, or set rank: false and fusion: off."
     )
+
+
+def _with_hires(ref: Reference, folder: Path, info: dict, analyzer: FaceAnalyzer) -> Reference:
+    """``ref`` with its high-resolution crop as the fusion source, when report.json's ``reference``
+    names one for this very photo and a face is found in it; else ``ref`` (fusion uses the
+    processed photo), with a log line saying why."""
+    import dataclasses
+
+    hires = info.get("hires")
+    if not isinstance(hires, str) or info.get("output") != ref.file:
+        if isinstance(hires, str):
+            logger.info("fusion source: %s is the crop of %s, not of the template photo %s; fusing from %s",
+                        hires, info.get("output"), ref.file, ref.file)
+        return ref
+    path = folder / hires
+    if Path(hires).is_absolute() or ".." in Path(hires).parts or not path.is_file():
+        logger.warning("fusion source: %s is missing; fusing from the %d px processed photo %s",
+                       path, ref.image.shape[0], ref.file)
+        return ref
+    img = read_image(path, "high-resolution reference crop", max_megapixels=PHOTO_MAX_MEGAPIXELS)
+    found = analyzer.detect(img, max_faces=1)
+    if not found:
+        logger.warning("fusion source: no face found in %s; fusing from the processed photo %s", path, ref.file)
+        return ref
+    logger.info("fusion source: %s (%d px)", hires, img.shape[0])
+    return dataclasses.replace(ref, fusion_image=img, fusion_face=found[0], fusion_file=hires)
 
 
 def check_face(faces: list[Face], image_shape: tuple[int, ...], min_frac: float, max_frac: float,
@@ -201,7 +245,7 @@ def fuse_and_rank(
         out, fused, extra = img, False, {}
         if fusion is not None:
             try:
-                res = fusion.fuse(img, face, reference.image, reference.face, strength)
+                res = fusion.fuse(img, face, *reference.fusion_source(), strength)
                 out, fused = res.image, True
                 if res.notes:
                     extra["fusion_notes"] = list(res.notes)

@@ -385,3 +385,103 @@ def test_contact_sheet_shows_each_kept_image_before_and_after_fusion(dlib_analyz
     assert np.array_equal(saved.sheet_images[2], tgt) and np.array_equal(saved.sheet_images[3], scored[0].image)
     assert not np.array_equal(saved.sheet_images[2], saved.sheet_images[3])
     assert contact_sheet(saved.sheet_images, saved.sheet_captions).size[0] > 0
+
+
+def _hopper() -> np.ndarray:
+    from matplotlib import cbook
+    from PIL import Image
+
+    return np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
+
+
+def _face_detail(img: np.ndarray, mask: np.ndarray) -> float:
+    """Variance of the Laplacian inside ``mask``: the fine detail a fused face carries."""
+    import cv2
+
+    lap = cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F)
+    return float(lap[mask].var())
+
+
+def test_fusion_warps_from_a_sharp_high_resolution_crop(dlib_analyzer, tmp_path):
+    """Preprocessing keeps the best photo's crop at its own resolution (reference/hires.png, same
+    framing as the 512 px crop); generation fuses from it, so a large (SDXL-size) face gets the
+    photo's detail instead of a 512 px crop enlarged."""
+    import cv2
+    from PIL import Image
+
+    from facechain.face.fusion import get_fusion
+    from facechain.io import save_image
+    from facechain.postprocess import select_template
+    from facechain.preprocess import PreprocessConfig, preprocess
+    from facechain.preprocess.quality import photo_quality
+
+    hopper = _hopper()
+    save_image(tmp_path / "in" / "a.png", hopper)
+    save_image(tmp_path / "in" / "b.png", cv2.GaussianBlur(hopper, (3, 3), 1))  # kept, less sharp
+    save_image(tmp_path / "in" / "c.png", np.ascontiguousarray(hopper[:, ::-1]))
+    out = tmp_path / "processed"
+    preprocess(tmp_path / "in", out, PreprocessConfig(mask="none"), analyzer=dlib_analyzer, progress=False)
+    report = json.loads((out / "report.json").read_text())
+    kept = [e for e in report["entries"] if e["status"] == "kept"]
+    assert len(kept) == 3
+    best = max(kept, key=lambda e: photo_quality(e["scores"]))
+    info = report["reference"]
+    assert info["output"] == best["output"] and info["hires"] == "reference/hires.png"
+    hires = np.asarray(Image.open(out / "reference" / "hires.png").convert("RGB"))
+    native = 3.3 * best["scores"]["face_size"]  # the crop's side in the photo's own pixels (CROP_SCALE)
+    assert hires.shape[0] == hires.shape[1] == info["hires_size"]
+    assert 512 < hires.shape[0] <= native + 8
+    # the same framing as the training crop: face keypoints at the same relative places
+    processed = np.asarray(Image.open(out / best["output"]).convert("RGB"))
+    k_lo = dlib_analyzer.detect(processed)[0].kps / 512
+    k_hi = dlib_analyzer.detect(hires)[0].kps / hires.shape[0]
+    assert np.abs(k_lo - k_hi).max() < 0.01, np.abs(k_lo - k_hi).max()
+
+    from facechain.evaluate import list_images
+
+    assert len(list_images(out, "reference folder")) == 3  # `facechain eval --reference` sees each photo once
+    ref = select_template(out, dlib_analyzer)
+    assert ref.file == best["output"] and ref.fusion_file == "reference/hires.png"
+    src, src_face = ref.fusion_source()
+    assert src.shape == hires.shape and src_face.size > 1.3 * ref.face.size
+
+    # an SDXL-size target with a large face: the astronaut at 1024 px, face ~270 px
+    from skimage.data import astronaut
+
+    target = cv2.resize(astronaut(), (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    t_face = dlib_analyzer.detect(target)[0]
+    fusion = get_fusion("landmark")
+    sharp = fusion.fuse(target, t_face, src, src_face)
+    soft = fusion.fuse(target, t_face, ref.image, ref.face)
+    inner = (sharp.mask > 0.9) & (soft.mask > 0.9)
+    assert inner.sum() > 20000
+    gain = _face_detail(sharp.image, inner) / _face_detail(soft.image, inner)
+    assert gain > 1.15, gain
+    # both keep the identity
+    for res in (sharp, soft):
+        assert similarity(dlib_analyzer.detect(res.image)[0], src_face) > SAME_PERSON_THRESHOLD
+
+
+def test_no_high_resolution_crop_when_the_photo_has_no_more_pixels(dlib_analyzer, tmp_path):
+    """The astronaut's face (~130 px) gives a crop smaller than 512 px: nothing sharper to keep; the
+    report says why and fusion uses the processed photo. reference_size 0 turns it off."""
+    from facechain import samples
+    from facechain.io import save_image
+    from facechain.postprocess import select_template
+    from facechain.preprocess import PreprocessConfig, preprocess
+
+    save_image(tmp_path / "in" / "a.png", samples.astronaut())
+    out = tmp_path / "processed"
+    preprocess(tmp_path / "in", out, analyzer=dlib_analyzer, progress=False)
+    info = json.loads((out / "report.json").read_text())["reference"]
+    assert info["output"] == "000.png" and info["hires"] is None and "too small" in info["hires_note"]
+    assert not (out / "reference/hires.png").exists()
+    ref = select_template(out, dlib_analyzer)
+    assert ref.fusion_file is None and ref.fusion_source()[0] is ref.image
+    with pytest.raises(InputError, match="reference_size"):
+        PreprocessConfig(reference_size=100)
+    save_image(tmp_path / "in2" / "a.png", _hopper())
+    preprocess(tmp_path / "in2", tmp_path / "p2", PreprocessConfig(reference_size=0), analyzer=dlib_analyzer, progress=False)
+    info = json.loads((tmp_path / "p2" / "report.json").read_text())["reference"]
+    assert info["hires"] is None and info["hires_note"] == "reference_size is 0"
+    assert not (tmp_path / "p2" / "reference/hires.png").exists()

@@ -27,6 +27,7 @@ class PreprocessConfig:
     detect_size: int = field(default=1024, metadata={"help": "long side the photo is resized to for face detection (FaceChain: 1024)"})
     workers: int = field(default=0, metadata={"help": "photos processed in parallel (0: one per core, up to 4, for 4+ photos)"})
     orient_size: int = field(default=800, metadata={"help": "long side used to pick the rotation (0/90/180/270)"})
+    reference_size: int = field(default=1024, metadata={"help": "keep the best photo's aligned crop at up to this side (its own resolution, never upscaled) as reference/hires.png, the sharp source of face fusion for large outputs such as SDXL's 1024 px; 0: none (fusion then uses the size-px crop)"})
     allow_pickle: bool = field(default=False, metadata={"help": "allow the face-parsing weights' pickle file (.pth, loaded tensors-only); only for trusted files"})
     allow_other_files: bool = field(default=False, metadata={"help": "write into an output folder that holds files facechain did not write (they are never touched)"})
 
@@ -35,6 +36,9 @@ class PreprocessConfig:
             raise InputError(f"size must be a multiple of 8 and at least 64, got {self.size}")
         if self.mask not in ("auto", "parsing", "landmarks", "none"):
             raise InputError(f"mask must be one of ['auto', 'parsing', 'landmarks', 'none'], got {self.mask!r}")
+        if self.reference_size and (self.reference_size < self.size or self.reference_size % 8):
+            raise InputError(f"reference_size must be 0 (none) or a multiple of 8 of at least size ({self.size}), got "
+                             f"{self.reference_size}")
         if self.several_faces_ratio < 1:
             raise InputError(f"several_faces_ratio must be >= 1, got {self.several_faces_ratio}")
         if not 0 <= self.retouch_strength <= 1:

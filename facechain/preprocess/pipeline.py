@@ -6,7 +6,12 @@ letting one bad photo stop the run, and writes:
 * ``OUTPUT_DIR/NNN.png``: aligned square crops, background white;
 * ``OUTPUT_DIR/metadata.jsonl``: ``{"file_name", "text"}`` per kept photo (Hugging Face imagefolder);
 * ``OUTPUT_DIR/report.json``: one entry per input (kept or rejected, reason, scores, timings);
-* ``OUTPUT_DIR/preprocess_config.json``: the settings used.
+* ``OUTPUT_DIR/preprocess_config.json``: the settings used;
+* ``OUTPUT_DIR/reference/hires.png``: the best kept photo (:func:`photo_quality`, the photo
+  generation takes as the template face) cropped the same way at up to ``reference_size`` px, from
+  the source photo's own pixels (never upscaled; not written when the source is no larger than the
+  ``size`` crop; in a sub folder, so ``facechain eval --reference`` does not count the photo twice). Face fusion warps from it, so a face fused into a 1024 px SDXL portrait is not a
+  512 px crop enlarged. report.json's ``reference`` names the photo and the file.
 
 The new set replaces the previous one only when at least one photo was kept (the files are
 staged, then committed through :class:`facechain.outputs.OutputDir`): a run that keeps nothing
@@ -42,7 +47,7 @@ from facechain.preprocess.config import PreprocessConfig
 from facechain.preprocess.errors import NoPhotosKept, PhotoRejected
 from facechain.preprocess.identity import medoid_outliers
 from facechain.preprocess.orient import orient_and_detect, rotate
-from facechain.preprocess.quality import check_quality, face_box_mask
+from facechain.preprocess.quality import check_quality, face_box_mask, photo_quality
 from facechain.preprocess.retouch import retouch_skin
 from facechain.preprocess.select import select_face
 
@@ -51,6 +56,8 @@ logger = logging.getLogger(__name__)
 # Margin above the backend's real-face score that a training photo's face must reach.
 QUALITY_SCORE_MARGIN = 0.2
 FAILED_REPORT = "failed_report.json"  # the report of a run that kept no photo
+REFERENCE_HIRES = "reference/hires.png"  # the best photo's high-resolution crop, face fusion's source; in a
+# sub folder, so tools that read the photos directly in the folder (eval, training) never count it twice
 
 
 @dataclass
@@ -93,6 +100,7 @@ class _Candidate:
     entry: PhotoEntry
     image: np.ndarray
     face: Face
+    hires: np.ndarray | None = None  # the same crop at up to reference_size px (see reference_crop)
 
 
 def list_photos(inputs) -> list[Path]:
@@ -152,6 +160,7 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
     entry.scores.update({"face_size": round(full.size, 1), "detector_score": round(face.score, 3), "blur": round(blur, 1)})
     check_quality(full.size, face.score, blur, min_face_size=cfg.min_face_size, min_score=min_score, blur_threshold=cfg.blur_threshold)
 
+    hires = reference_crop(image, full, cfg)
     t = time.perf_counter()
     if cfg.retouch:
         crop = retouch_skin(crop, lms, cfg.retouch_strength)
@@ -160,9 +169,29 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
         crop = whiten_background(crop, mask)
         entry.scores["mask"] = method
     timings["mask"] = time.perf_counter() - t
-    return _Candidate(entry=entry, image=crop, face=Face(
+    return _Candidate(entry=entry, image=crop, hires=hires, face=Face(
         bbox=tf.apply_points(full.bbox.reshape(2, 2)).reshape(4), score=face.score, kps=kps, backend=face.backend,
         landmarks=lms, embedding=embedding, gender=face.gender, age=face.age))
+
+
+def reference_crop(image: np.ndarray, face: Face, cfg: PreprocessConfig) -> np.ndarray | None:
+    """The photo's portrait crop (the same framing as the ``size`` crop) at its own resolution, capped
+    at ``reference_size``; None when that is no larger than ``size`` (nothing sharper to keep).
+    Not masked: fusion uses the face inside its landmarks only. Retouched like the training crop
+    when ``retouch`` is on, so the fused face is the face the LoRA learned."""
+    if not cfg.reference_size:
+        return None
+    tf = portrait_crop_transform(face, cfg.size)
+    native = cfg.size / float(np.sqrt(abs(np.linalg.det(tf.matrix[:, :2]))))  # the crop's side in source pixels
+    side = int(min(cfg.reference_size, native)) // 8 * 8
+    if side <= cfg.size:
+        return None
+    tf = portrait_crop_transform(face, side)
+    hires = warp_crop(image, tf)
+    if cfg.retouch:
+        lms = None if face.landmarks is None else tf.apply_points(face.landmarks)
+        hires = retouch_skin(hires, lms, cfg.retouch_strength)
+    return hires
 
 
 def _worker_count(requested: int, n: int) -> int:
@@ -240,7 +269,7 @@ def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer
 
 def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnalyzer | None, progress: bool) -> PreprocessResult:
     out = od.path
-    od.check_free(["metadata.jsonl", "report.json", "preprocess_config.json", FAILED_REPORT]
+    od.check_free(["metadata.jsonl", "report.json", "preprocess_config.json", FAILED_REPORT, REFERENCE_HIRES]
                   + [f"{i:03d}.png" for i in range(len(files))])
     analyzer = analyzer or get_analyzer(cfg.face_backend)
     if cfg.mask == "auto":
@@ -307,9 +336,21 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
         c.entry.status, c.entry.output = "kept", name
         kept_paths.append(out / name)
         rows.append({"file_name": name, "text": text})
+    reference = None
+    if candidates:  # the photo generation picks as the template face (the same rule, the same order)
+        best = max(candidates, key=lambda c: photo_quality(c.entry.scores))
+        reference = {"output": best.entry.output, "input": best.entry.input,
+                     "quality": round(photo_quality(best.entry.scores), 4), "rule": "detector_score x blur",
+                     "hires": None, "hires_size": None}
+        if best.hires is not None:
+            save_image(stage / REFERENCE_HIRES, best.hires)
+            reference.update(hires=REFERENCE_HIRES, hires_size=int(best.hires.shape[0]))
+        else:
+            reference["hires_note"] = (f"no crop larger than {cfg.size} px: the photo's face is too small to give more "
+                                       "pixels" if cfg.reference_size else "reference_size is 0")
     report = {
         "backend": analyzer.name, "caption": text, "caption_note": caption_note, "kept": len(kept_paths), "rejected": len(entries) - len(kept_paths),
-        "config": to_dict(cfg), "entries": [e.__dict__ for e in entries],
+        "reference": reference, "config": to_dict(cfg), "entries": [e.__dict__ for e in entries],
     }
     if not kept_paths:
         write_json(stage / FAILED_REPORT, report)

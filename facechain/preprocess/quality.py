@@ -25,3 +25,12 @@ def check_quality(face_size: float, score: float, blur: float, *, min_face_size:
         raise PhotoRejected("low_detector_score", f"detector score {score:.2f} is below {min_score:.2f} (face unclear, turned or occluded)", scores)
     if blur < blur_threshold:
         raise PhotoRejected("blurry", f"sharpness (variance of Laplacian in the face) {blur:.1f} is below {blur_threshold:g}", scores)
+
+
+def photo_quality(scores: dict) -> float:
+    """The quality that picks a person's best photo (the template face of fusion and ranking):
+    detector score x sharpness (``blur``), both as report.json records them. FaceChain uses its FQA
+    face-quality model for the same choice; this is the offline equivalent. One function, so that
+    preprocessing (which keeps the high-resolution crop of the best photo) and generation (which
+    picks the template face) choose the same photo."""
+    return float(scores["detector_score"]) * float(scores["blur"])
