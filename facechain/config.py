@@ -212,7 +212,7 @@ def _flag_kwargs(tp: Any) -> dict:
     if origin in (list, tuple):
         inner = args[0] if args else str
         return {"nargs": "+", "action": "extend", "type": inner if inner in (int, float) else str}
-    if origin is dict or tp is dict:
+    if origin is dict or tp is dict or dataclasses.is_dataclass(tp):  # a nested config: see add_config_arguments
         return None
     if tp is bool:
         return {"action": argparse.BooleanOptionalAction}
@@ -251,6 +251,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
+        nested = _nested_config(hints[f.name])
+        if nested is not None:  # an ``identity:`` block: --identity-adapter, --identity-scale, ...
+            for sub in dataclasses.fields(nested):
+                kw = _flag_kwargs(typing.get_type_hints(nested)[sub.name])
+                if kw is None or not sub.init:
+                    continue
+                if "type" in kw:
+                    kw = {**kw, "metavar": f"{f.name}_{sub.name}".upper()}
+                name = f"{f.name}-{sub.name}".replace("_", "-")
+                group.add_argument(f"--{name}", f"--{f.name}_{sub.name}", dest=f"{f.name}.{sub.name}",
+                                   default=argparse.SUPPRESS, help=f"{f.name}.{sub.name}: " + sub.metadata.get("help", "")
+                                   + _default_text(sub), **kw)
+            continue
         kwargs = _flag_kwargs(hints[f.name])
         if kwargs is None:
             continue
@@ -273,18 +286,42 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
                                    **{k: v for k, v in kwargs.items() if k not in ("action", "metavar")})
 
 
+def _nested_config(tp: Any) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), or None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = inner[0] if len(inner) == 1 else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
 def settings_from_args(cls: type, args: argparse.Namespace) -> dict:
-    """The settings of ``cls`` that were given as flags (see :func:`add_config_arguments`)."""
+    """The settings of ``cls`` that were given as flags (see :func:`add_config_arguments`); a nested
+    config's flags (``--identity-scale``) come back as a mapping (``{"identity": {"scale": ...}}``)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}
+    out: dict = {}
+    for k, v in vars(args).items():
+        if k in names:
+            out[k] = v
+        elif "." in k and k.split(".", 1)[0] in names:
+            top, sub = k.split(".", 1)
+            out.setdefault(top, {})[sub] = v
+    return out
+
+
+def merge_settings(base: dict, over: dict) -> dict:
+    """``base`` updated with ``over``; a nested block (a mapping in both) is merged key by key, so
+    ``--identity-scale 0.8`` keeps the config file's ``identity.adapter``."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 
 def settings_from_sources(cls: type, args: argparse.Namespace, config_file: str | os.PathLike | None = None) -> dict:
     """The settings of a config file (if any, old names upgraded), overridden by the flags the user gave."""
     data = upgrade_names(cls, load_mapping(config_file), f"config {config_file}") if config_file else {}
-    data.update(settings_from_args(cls, args))
-    return data
+    return merge_settings(data, settings_from_args(cls, args))
 
 
 def config_from_sources(cls: type[T], args: argparse.Namespace, config_file: str | os.PathLike | None = None) -> T:

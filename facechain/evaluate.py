@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from facechain.config import save_config
 from facechain.errors import FacechainError, InputError
 from facechain.face import SAME_PERSON_THRESHOLD, similarity
 from facechain.face.types import Face, FaceAnalyzer
-from facechain.images import IMAGE_SUFFIXES, PHOTO_MAX_MEGAPIXELS, ImageRejected, load_photo
+from facechain.images import PHOTO_MAX_MEGAPIXELS, ImageRejected, list_images, load_photo
 from facechain.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -264,21 +263,6 @@ def thumbnail(image: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def list_images(folder: Path, what: str, skip: tuple[str, ...] = ()) -> list[Path]:
-    """Files directly in ``folder`` with an image suffix, in natural order. An empty folder is an error."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{what} {folder} does not exist or is not a folder. Pass the folder holding the images.")
-    files = [p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-             and p.name not in skip and not p.is_dir()]
-    key = lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]  # noqa: E731
-    files.sort(key=key)
-    if not files:
-        raise InputError(f"{what} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); sub-folders are not read. "
-                         "Pass the folder that holds them directly.")
-    return files
 
 
 def ranking_backend_of(generated_dir: Path, flag: str | None) -> tuple[str | None, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -186,3 +187,18 @@ def sharpness(image: np.ndarray, mask: np.ndarray | None = None) -> float:
         vals = lap[np.asarray(mask) > 0]
         return float(vals.var()) if vals.size > 16 else 0.0
     return float(lap.var())
+
+
+def list_images(folder: Path, what: str, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Files directly in ``folder`` with an image suffix, in natural order. An empty folder is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{what} {folder} does not exist or is not a folder. Pass the folder holding the images.")
+    files = [p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+             and p.name not in skip and not p.is_dir()]
+    key = lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]  # noqa: E731
+    files.sort(key=key)
+    if not files:
+        raise InputError(f"{what} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); sub-folders are not read. "
+                         "Pass the folder that holds them directly.")
+    return files

@@ -316,3 +316,45 @@ def random_lora(model_dir: str | Path, out_dir: str | Path, seed: int, weight_na
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     cls.save_lora_weights(str(out_dir), unet_lora_layers=get_peft_model_state_dict(unet), weight_name=weight_name or LORA_FILE)
     return Path(out_dir)
+
+
+def build_tiny_faceid_adapter(model_dir: str | Path, out_file: str | Path, *, embed_dim: int = 128, seed: int = 0,
+                              lora_rank: int = 4, with_lora: bool = True) -> Path:
+    """An IP-Adapter-FaceID checkpoint for the model in ``model_dir``, in the published files' key
+    layout (``image_proj.{proj.0,proj.2,norm}.*``; ``ip_adapter.<k>.to_{k,v}_ip.weight`` on cross-attention
+    layer k = 1, 3, 5, ...; ``ip_adapter.<k>.to_{q,k,v,out}_lora.{down,up}.weight`` on every attention
+    layer k), with random weights, saved as .safetensors. The projection is diffusers' own
+    ``IPAdapterFaceIDImageProjection`` (4 tokens, mult 2) and the IP key/value layers are cut to the
+    shapes of diffusers' ``IPAdapterAttnProcessor2_0`` for each layer, so the file loads through
+    ``load_ip_adapter`` exactly as the published one does. ``embed_dim``: the face embedding size
+    (512 for ArcFace; 128 takes the dlib backend's embedding, for offline tests)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+    from diffusers.models.embeddings import IPAdapterFaceIDImageProjection
+
+    from facechain.io import save_safetensors
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
+    cross = int(unet.config.cross_attention_dim)
+    proj = IPAdapterFaceIDImageProjection(image_embed_dim=embed_dim, cross_attention_dim=cross, mult=2, num_tokens=4)
+    names = {"ff.net.0.proj": "proj.0", "ff.net.2": "proj.2"}
+    state = {}
+    for key, value in proj.state_dict().items():
+        for new, old in ((v, k) for k, v in names.items()):
+            key = key.replace(old, new)
+        state[f"image_proj.{key}"] = value
+    key_id = 1
+    for index, name in enumerate(unet.attn_processors):
+        attn = unet.get_submodule(name[: -len(".processor")])
+        if not name.endswith("attn1.processor"):
+            ip = IPAdapterAttnProcessor2_0(hidden_size=attn.to_k.out_features, cross_attention_dim=cross, num_tokens=(4,))
+            state[f"ip_adapter.{key_id}.to_k_ip.weight"] = ip.to_k_ip[0].weight.detach().clone()
+            state[f"ip_adapter.{key_id}.to_v_ip.weight"] = ip.to_v_ip[0].weight.detach().clone()
+            key_id += 2
+        if with_lora:
+            for proj_name, layer in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v), ("to_out", attn.to_out[0])):
+                state[f"ip_adapter.{index}.{proj_name}_lora.down.weight"] = torch.randn(lora_rank, layer.in_features) / lora_rank
+                state[f"ip_adapter.{index}.{proj_name}_lora.up.weight"] = torch.randn(layer.out_features, lora_rank) * 0.05
+    return save_safetensors(out_file, state)

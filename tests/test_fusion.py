@@ -437,7 +437,7 @@ def test_fusion_warps_from_a_sharp_high_resolution_crop(dlib_analyzer, tmp_path)
     k_hi = dlib_analyzer.detect(hires)[0].kps / hires.shape[0]
     assert np.abs(k_lo - k_hi).max() < 0.01, np.abs(k_lo - k_hi).max()
 
-    from facechain.evaluate import list_images
+    from facechain.images import list_images
 
     assert len(list_images(out, "reference folder")) == 3  # `facechain eval --reference` sees each photo once
     ref = select_template(out, dlib_analyzer)

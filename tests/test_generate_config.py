@@ -111,8 +111,11 @@ def test_cli_flags_cover_every_field():
     over = cli.overrides_from_args(args)
     assert over == {"num_images": 2, "styles": ["Cyberpunk", "Chef"], "rank_candidates": False, "fusion": "landmark",
                     "height": 512}
-    flags = {a.dest for a in p._actions if a.help != argparse.SUPPRESS and not a.dest.startswith("_")} - {"help"}
+    flags = {a.dest.split(".")[0] for a in p._actions if a.help != argparse.SUPPRESS and not a.dest.startswith("_")} - {"help"}
     assert flags == {f.name for f in dataclasses.fields(GenerateConfig)}
+    # a nested block's fields are flags too, gathered back into the block
+    args = p.parse_args(["--identity-adapter", "ip-adapter-faceid", "--identity_scale", "0.8", "--identity-photos", "me/"])
+    assert cli.overrides_from_args(args) == {"identity": {"adapter": "ip-adapter-faceid", "scale": 0.8, "photos": "me/"}}
 
 
 @pytest.mark.parametrize("command, cls", [("preprocess", "facechain.preprocess.config:PreprocessConfig"),
@@ -138,6 +141,14 @@ def test_one_flag_bridge_for_every_command(command, cls):
         by_dest.setdefault(action.dest, []).append(action)
     for f in dataclasses.fields(cfg_cls):
         if f.name == "options":  # a mapping: stylize's --option KEY=VALUE
+            continue
+        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None) or f.name == "identity":
+            from facechain.adapters import IdentityConfig  # a nested block: --identity-<field> per field
+
+            for sub in dataclasses.fields(IdentityConfig):
+                (action,) = by_dest[f"{f.name}.{sub.name}"]
+                assert f"--{f.name}-{sub.name.replace('_', '-')}" in action.option_strings
+                assert sub.metadata["help"][:20] in action.help and "(default:" in action.help
             continue
         visible = [a for a in by_dest[f.name] if a.help != argparse.SUPPRESS]
         assert len(visible) == 1, f.name

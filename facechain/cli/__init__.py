@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("facechain.cli.generate", "generate, fuse and rank portraits from a config or flags"),
     "stylize": ("facechain.cli.stylize", "training-free portrait stylization after a style image"),
     "eval": ("facechain.cli.eval", "likeness report of generated portraits against the person's photos"),
+    "convert": ("facechain.cli.convert", "convert a trusted pickle checkpoint (.bin) to .safetensors, once"),
     "make-tiny-model": ("facechain.cli.tiny", "build a tiny offline model for smoke tests"),
 }
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from facechain.config import from_dict, load_mapping, upgrade_names
+from facechain.adapters import IdentityConfig
+from facechain.config import from_dict, load_mapping, merge_settings, upgrade_names
 from facechain.errors import InputError
 from facechain.lora import LORA_FILE
 from facechain.models import DEVICE_HELP, DTYPE_HELP
@@ -78,6 +79,9 @@ class GenerateConfig:
     processed_dir: Path | None = _h("Processed photos folder from `facechain preprocess`: gives the prompt's "
                                     "attribute phrase (metadata.jsonl) and the template face for fusion and ranking.",
                                     default=None)
+    identity: IdentityConfig = field(default_factory=IdentityConfig, metadata={"help": (
+        "Identity adapter (no training): {adapter: ip-adapter-faceid, photos: DIR, scale: 0.6}. With lora_dir: the "
+        "adapter's identity plus the face LoRA; without: the adapter alone. Flags: --identity-adapter, ...")})
     trigger_word: str = _h("Identity token of the face LoRA; used when metadata.jsonl does not start with it.",
                            default="<fcsks>")
     styles: list[str] = _h("Style names (files in styles/ or style_dirs). Each style gets its own candidates.",
@@ -251,6 +255,14 @@ def resolve_paths(data: dict, base: Path) -> dict:
         v = out.get(key)
         if isinstance(v, str) and v and v not in ALIASES.get(key, ()) and _looks_relative_path(v, base):
             out[key] = str((base / v).resolve())
+    ident = out.get("identity")
+    if isinstance(ident, dict):
+        ident = dict(ident)
+        if isinstance(ident.get("photos"), str) and ident["photos"] and not os.path.isabs(os.path.expanduser(ident["photos"])):
+            ident["photos"] = str((base / ident["photos"]).resolve())
+        if isinstance(ident.get("weights"), str) and ident["weights"] and _looks_relative_path(ident["weights"], base):
+            ident["weights"] = str((base / ident["weights"]).resolve())
+        out["identity"] = ident
     if isinstance(out.get("style_dirs"), list):
         out["style_dirs"] = [
             str((base / d).resolve()) if isinstance(d, str) and not os.path.isabs(d) else d for d in out["style_dirs"]
@@ -268,5 +280,6 @@ def load_generate_config(path: str | os.PathLike | None = None, overrides: dict 
         path = Path(path)
         data = resolve_paths(upgrade_names(GenerateConfig, load_mapping(path), where), path.resolve().parent)
     if overrides:
-        data.update(resolve_paths(upgrade_names(GenerateConfig, overrides, "settings"), Path(base_dir or os.getcwd())))
+        data = merge_settings(data, resolve_paths(upgrade_names(GenerateConfig, overrides, "settings"),
+                                                  Path(base_dir or os.getcwd())))
     return from_dict(GenerateConfig, data, where=where)

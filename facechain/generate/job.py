@@ -87,6 +87,14 @@ def check_inputs(cfg: GenerateConfig):
     subject = subject_from_metadata(cfg.processed_dir, cfg.trigger_word)
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
     styles = [registry.get(name, resolved.family) for name in cfg.styles]
+    if cfg.identity.enabled:  # the adapter's weights (safetensors, this family) and photos, before any model loads
+        from facechain.adapters import get_identity_adapter
+        from facechain.images import list_images
+
+        get_identity_adapter(cfg.identity, resolved.family)
+        list_images(Path(cfg.identity.photos), "identity.photos folder")
+        if cfg.lora_dir is None:  # adapter only: no LoRA learned the trigger word, so it is left out of the prompt
+            subject = ("", subject[1])
     return resolved, styles, subject, control
 
 
@@ -143,6 +151,7 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
     manifest: dict = {
         "base_model": resolved.to_dict(),
         "face_lora": str(cfg.lora_dir) if cfg.lora_dir else None,
+        "identity_adapter": cfg.identity.adapter or None,
         "subject": {"trigger": subject[0], "attribute": subject[1]},
         "template": {"file": reference.file, "reason": reference.reason,
                      "fusion_source": reference.fusion_file or reference.file,

@@ -174,6 +174,14 @@ class PortraitGenerator:
         self.family = self.resolved.family
         face_lora = check_face_lora(cfg)
         pose_map, photo = control if control is not None else check_control_inputs(cfg)
+        self.identity = self.identity_embedding = None
+        if cfg.identity.enabled:  # weights, photos and embedding size are checked before the pipeline loads
+            from facechain.adapters import get_identity_adapter
+            from facechain.adapters.ip_adapter_faceid import identity_embedding
+
+            self.identity = get_identity_adapter(cfg.identity, self.family)
+            self.identity_embedding = identity_embedding(cfg.identity.photos, self._face_analyzer())
+            self.identity.check_embedding(self.identity_embedding)
         pipe = load_pipeline(self.resolved, torch_dtype=self.dtype, single_file_config=cfg.single_file_config)
         if cfg.fast:
             pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
@@ -186,6 +194,8 @@ class PortraitGenerator:
         if face_lora is not None:
             lora_io.load_adapter(pipe, face_lora, FACE_ADAPTER, "face LoRA")
             self.adapters[FACE_ADAPTER] = 1.0
+        if self.identity is not None:  # its own LoRA (faceid_0) joins the adapters mixed per style
+            self.adapters.update(self.identity.attach(pipe))
         self.default_style_lora = resolve_default_style_lora(cfg, self.family)
         if cfg.fast:
             ref = cfg.lcm_lora or lora_io.LCM_LORAS[self.family]
@@ -406,11 +416,14 @@ class PortraitGenerator:
             self._deactivate(weights)
             raise
         extra = {}
+        if self.identity is not None:
+            extra["ip_adapter_image_embeds"] = self.identity.embeds(
+                self.identity_embedding, do_cfg=guidance > 1, device=self.device, dtype=self.pipe.unet.dtype)
         if self.control_pipe is not None:
             if len(self.control_images) == 1:
-                extra = {"image": self.control_images[0], "controlnet_conditioning_scale": self.control_scales[0]}
+                extra.update(image=self.control_images[0], controlnet_conditioning_scale=self.control_scales[0])
             else:
-                extra = {"image": self.control_images, "controlnet_conditioning_scale": self.control_scales}
+                extra.update(image=self.control_images, controlnet_conditioning_scale=self.control_scales)
         gen_device = "cpu" if self.device.type == "mps" else self.device
         candidates: list[Candidate] = []
         try:
@@ -428,7 +441,8 @@ class PortraitGenerator:
                     candidates += [Candidate(i, s, img) for i, s, img in zip(idx, seeds, out.images)]
                     bar.update(len(idx))
             if cfg.detailer != "off":  # while the face LoRA (and style LoRA) is still active
-                candidates = self._detail(candidates, prompt, negative, dcfg, conditioning)
+                ident = {k: v for k, v in extra.items() if k == "ip_adapter_image_embeds"}  # the adapter's identity too
+                candidates = self._detail(candidates, prompt, negative, dcfg, {**conditioning, **ident})
         finally:
             self._deactivate(weights)
         if self.device.type == "cuda":
@@ -439,6 +453,7 @@ class PortraitGenerator:
             "height": self.height, "width": self.width, "batch_size": cfg.batch_size, "fused": cfg.fuse_loras,
             "controlnets": ["openpose"] + (["depth"] if cfg.depth else []) if self.control_pipe is not None else [],
             "controlnet_scales": self.control_scales, "family": self.family,
+            "identity": self.identity.describe(self.identity_embedding) if self.identity is not None else None,
             "prompt_encoding": {"weighting": "automatic1111", "encoder": "compel", "truncated": False,
                                 **self._prompt_encoder().describe(prompt, negative)},
             "detailer": {"mode": cfg.detailer, "strength": cfg.detailer_strength}

@@ -1,0 +1,77 @@
+"""Identity adapters: a person's likeness from a few photos without training a face LoRA.
+
+    spec = IdentityConfig(adapter="ip-adapter-faceid", photos="processed/", scale=0.6)
+    adapter = get_identity_adapter(spec, family="sd15")    # resolves the weights (safetensors only)
+    extra_loras = adapter.attach(pipe)                      # diffusers' load_ip_adapter / set_ip_adapter_scale
+    embeds = adapter.embeds(embedding, do_cfg=True, ...)    # -> pipe(..., ip_adapter_image_embeds=embeds)
+
+Adapters are behind an explicit registry (``register_identity_adapter``); generation uses one next
+to the face LoRA (both), or instead of it (no ``lora_dir``). Nothing here imports torch until an
+adapter is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from facechain.errors import InputError
+from facechain.registry import Registry
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """The ``identity:`` block of a generate config (also ``--identity-*`` flags)."""
+
+    adapter: str = field(default="", metadata={"help": "identity adapter: ip-adapter-faceid; empty = none"})
+    photos: Path | None = field(default=None, metadata={"help": "folder of the person's photos (one face each; the "
+                                                               "processed folder works): their face embeddings are averaged"})
+    scale: float = field(default=0.6, metadata={"help": "strength of the adapter's identity in [0, 2] (IP-Adapter's "
+                                                        "set_ip_adapter_scale; IP-Adapter-FaceID's model card: 0.6-1.0)"})
+    lora_scale: float = field(default=1.0, metadata={"help": "weight of the LoRA that ships inside an IP-Adapter-FaceID "
+                                                             "checkpoint (trained with it at 1.0); 0 = off"})
+    weights: str = field(default="", metadata={"help": "adapter weights: a .safetensors file (a .bin must be converted "
+                                                       "once with `facechain convert`); empty = the converted default "
+                                                       "for the base model's family"})
+
+    def __post_init__(self):
+        if not self.adapter:
+            if self.photos is not None or self.weights:
+                raise InputError("identity: photos/weights are set but adapter is empty. Set identity.adapter (e.g. "
+                                 f"ip-adapter-faceid; available: {available_identity_adapters()}), or remove the block.")
+            return
+        ADAPTERS.get(self.adapter)  # an unknown name lists the choices
+        if self.photos is None:
+            raise InputError(f"identity.adapter is {self.adapter} but identity.photos is empty. Set it to a folder of "
+                             "the person's photos (one face each), e.g. the output folder of `facechain preprocess`.")
+        if not 0.0 <= self.scale <= 2.0:
+            raise InputError(f"identity.scale must be in [0, 2], got {self.scale}.")
+        if not 0.0 <= self.lora_scale <= 2.0:
+            raise InputError(f"identity.lora_scale must be in [0, 2], got {self.lora_scale}.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.adapter)
+
+
+def _builtin(registry: Registry) -> None:
+    from facechain.adapters.ip_adapter_faceid import IPAdapterFaceID
+
+    registry.register(IPAdapterFaceID.name, IPAdapterFaceID)
+
+
+# name -> class(spec, family); the class has ``name``, ``attach(pipe)``, ``embeds(...)``
+ADAPTERS: Registry[Callable] = Registry("identity adapter", builtins=_builtin)
+
+
+def register_identity_adapter(name: str, factory: Callable) -> None:
+    ADAPTERS.register(name, factory)
+
+
+def available_identity_adapters() -> list[str]:
+    return ADAPTERS.names()
+
+
+def get_identity_adapter(spec: IdentityConfig, family: str):
+    return ADAPTERS.get(spec.adapter)(spec, family)

@@ -1,0 +1,272 @@
+"""IP-Adapter-FaceID (Ye et al. 2023, h94/IP-Adapter-FaceID) through diffusers' own loader.
+
+The adapter turns a face-recognition embedding (insightface's ArcFace, 512-d) into 4 extra
+cross-attention tokens (``IPAdapterFaceIDImageProjection``) that IP-Adapter attention processors
+attend to next to the prompt, and ships a LoRA trained with it. diffusers loads both:
+``pipe.load_ip_adapter(folder, subfolder="", weight_name=..., image_encoder_folder=None)`` (the
+LoRA becomes the peft adapter ``faceid_0``), ``pipe.set_ip_adapter_scale(scale)``, and sampling
+takes ``ip_adapter_image_embeds=[tensor of shape (2 or 1, 1, 1, D)]`` (zeros first for the
+unconditional half when guidance is on).
+
+What facechain adds around it:
+
+* **Safetensors only.** The published checkpoints are pickles (``.bin``); ``facechain convert``
+  reads a trusted one once with ``torch.load(weights_only=True)`` and writes ``.safetensors`` (into
+  :func:`adapters_home` by default, where the default weights are then found). A ``.bin`` is
+  refused with that command in the message.
+* **Checked before any sampling** (:func:`check_state`): that the file is an IP-Adapter-FaceID
+  checkpoint, made for this base model's family (its cross-attention size and number of
+  cross-attention layers match the UNet), and that the face embedding has the size the adapter
+  takes (the dlib backend's 128-d embedding is not ArcFace's 512-d).
+* **The person's embedding** (:func:`identity_embedding`): the mean of the unit-length embeddings
+  of one face per photo, scaled back to unit length. A photo with no face or several faces is an
+  error naming it.
+
+insightface's model packs (buffalo_l, antelopev2), whose ArcFace embedding this adapter needs, are
+licensed for non-commercial research only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facechain.errors import FacechainError, InputError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+FACEID_REPO = "h94/IP-Adapter-FaceID"
+# (adapter, family) -> the published pickle in FACEID_REPO; its converted copy is <stem>.safetensors
+CHECKPOINTS = {
+    ("ip-adapter-faceid", "sd15"): "ip-adapter-faceid_sd15.bin",
+    ("ip-adapter-faceid", "sdxl"): "ip-adapter-faceid_sdxl.bin",
+}
+FAMILY_CROSS_DIM = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
+LICENSE_NOTE = ("IP-Adapter-FaceID needs insightface's ArcFace embedding; insightface's model packs are licensed "
+                "for non-commercial research only.")
+
+
+def adapters_home() -> Path:
+    """Where converted adapter weights live: $FACECHAIN_HOME/adapters (default ~/.cache/facechain/adapters)."""
+    root = os.environ.get("FACECHAIN_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "facechain")
+    return Path(root) / "adapters"
+
+
+def convert_command(filename: str) -> str:
+    return f"facechain convert {FACEID_REPO} --file {filename}"
+
+
+def resolve_weights(adapter: str, family: str, weights: str = "") -> Path:
+    """The adapter's .safetensors file: ``weights`` when given, else the converted default for
+    ``family`` in :func:`adapters_home`. A pickle, or a default not converted yet, is one error
+    saying which ``facechain convert`` command makes the file."""
+    from facechain.models import resolve_weights_file
+
+    if weights:
+        suffix = Path(weights).suffix.lower()
+        if suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
+            raise InputError(
+                f"identity.weights {weights} is a pickle file, which facechain does not load (it can run code). "
+                f"Convert it once: `facechain convert {weights}` (reads tensors only) writes a .safetensors file; set "
+                "identity.weights to that file.")
+        return resolve_weights_file(weights, allow_pickle=False, what=f"{adapter} weights")
+    name = CHECKPOINTS.get((adapter, family))
+    if name is None:
+        raise InputError(f"{adapter} has no published checkpoint for {family} base models. Use an SD1.5 or SDXL base "
+                         "model, or set identity.weights to a checkpoint made for this one.")
+    path = adapters_home() / (Path(name).stem + ".safetensors")
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{adapter} weights for {family} are not on this machine ({path}). Run once, with network access: "
+            f"`{convert_command(name)}` (downloads {FACEID_REPO}/{name} and writes {path.name} there), or set "
+            "identity.weights to a converted .safetensors file.")
+    return path
+
+
+def convert_checkpoint(src: str, out: str | os.PathLike | None = None, *, filename: str | None = None,
+                       revision: str | None = None) -> Path:
+    """Read a trusted pickle checkpoint tensors-only (``torch.load(weights_only=True)``) and write its
+    tensors as one .safetensors file; nested dicts become dotted keys (``image_proj.norm.weight``, the
+    layout diffusers' ``load_ip_adapter`` reads). ``src``: a local file, or a hub / ModelScope repo id
+    with ``filename``. ``out``: default :func:`adapters_home` / <stem>.safetensors. An existing ``out``
+    is never overwritten."""
+    import torch
+
+    from facechain.io import save_safetensors
+    from facechain.models import read_weights_file, resolve_weights_file
+
+    path = resolve_weights_file(src, filename=filename, revision=revision, allow_pickle=True,
+                                what="checkpoint to convert")
+    dest = Path(out) if out is not None else adapters_home() / (path.stem + ".safetensors")
+    if dest.suffix.lower() != ".safetensors":
+        raise InputError(f"convert: the output {dest} must end in .safetensors.")
+    if dest.exists():
+        raise InputError(f"convert: {dest} already exists and is not overwritten. Remove it, or pass another --out.")
+    state = read_weights_file(path, "checkpoint to convert")
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            logger.info("convert: %s is a %s, not a tensor; not kept", prefix or "<root>", type(value).__name__)
+
+    walk("", state)
+    if not flat:
+        raise InputError(f"convert: {path} holds no tensors; nothing to convert.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(dest, flat, metadata={"converted_from": path.name})
+    logger.info("convert: %d tensors from %s -> %s", len(flat), path, dest)
+    return dest
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class FaceIDShape:
+    embed_dim: int  # the face embedding size the projection takes
+    cross_dim: int  # the cross-attention size it was made for
+    layers: int  # IP attention layers (one per UNet cross-attention layer)
+    has_lora: bool
+
+
+def read_shape(path: Path) -> FaceIDShape:
+    """What an IP-Adapter-FaceID .safetensors file was made for, from its tensor shapes (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            shapes = {k: f.get_slice(k).get_shape() for k in keys if k in ("image_proj.proj.0.weight", "image_proj.norm.weight")}
+    except Exception as exc:
+        raise InputError(f"IP-Adapter-FaceID weights {path} could not be read as safetensors ({type(exc).__name__}); "
+                         "the file is damaged or not an adapter.") from exc
+    if "image_proj.norm.weight" not in shapes or "image_proj.proj.0.weight" not in shapes:
+        kind = ("an IP-Adapter-FaceID Plus checkpoint" if any(k.startswith("image_proj.perceiver_resampler") for k in keys)
+                else "not an IP-Adapter-FaceID checkpoint")
+        raise InputError(f"{path} is {kind}: it lacks image_proj.norm / image_proj.proj.0 (the FaceID projection). Use "
+                         f"ip-adapter-faceid's own file ({', '.join(sorted(set(CHECKPOINTS.values())))}, converted).")
+    layers = sum(1 for k in keys if k.startswith("ip_adapter.") and k.endswith(".to_k_ip.weight"))
+    return FaceIDShape(embed_dim=int(shapes["image_proj.proj.0.weight"][1]), cross_dim=int(shapes["image_proj.norm.weight"][0]),
+                       layers=layers, has_lora=any(".to_q_lora." in k for k in keys))
+
+
+def check_state(shape: FaceIDShape, unet, path: Path, family: str) -> None:
+    """Refuse an adapter made for another UNet, before diffusers changes the pipeline."""
+    want = int(unet.config.cross_attention_dim)
+    if shape.cross_dim != want:
+        made = FAMILY_CROSS_DIM.get(shape.cross_dim, f"a {shape.cross_dim}-wide model")
+        raise InputError(
+            f"IP-Adapter-FaceID weights {path} were made for {made} (cross-attention size {shape.cross_dim}), and the "
+            f"base model is {family} (cross-attention size {want}). Use the adapter of the base model's family "
+            f"({CHECKPOINTS.get(('ip-adapter-faceid', family), 'none published')}).")
+    cross_layers = sum(1 for name in unet.attn_processors if not name.endswith("attn1.processor"))
+    if shape.layers != cross_layers:
+        raise InputError(
+            f"IP-Adapter-FaceID weights {path} have {shape.layers} attention layers and the base model's UNet has "
+            f"{cross_layers} cross-attention layers: the file was made for another UNet. Use the adapter made for this "
+            "base model's family.")
+
+
+# ---------------------------------------------------------------------------- the person's embedding
+
+
+@dataclass(frozen=True)
+class IdentityEmbedding:
+    vector: np.ndarray  # float32 (D,), unit length
+    photos: list[str]  # the photos it was averaged over
+    backend: str
+
+
+def identity_embedding(photos: str | os.PathLike, analyzer) -> IdentityEmbedding:
+    """The mean of the unit-length face embeddings of the photos directly in ``photos`` (one face each),
+    scaled to unit length. A photo with no face, or with several, is an error naming each such photo."""
+    from facechain.images import PHOTO_MAX_MEGAPIXELS, list_images, read_image
+
+    files = list_images(Path(photos), "identity.photos folder")
+    vectors, used, problems = [], [], []
+    for path in files:
+        try:
+            img = read_image(path, "identity photo", max_megapixels=PHOTO_MAX_MEGAPIXELS)
+        except FacechainError as exc:
+            problems.append(f"{path.name}: {exc}")
+            continue
+        faces = analyzer.detect(img, max_faces=3)
+        if not faces:
+            problems.append(f"{path.name}: no face found")
+        elif len(faces) > 1:
+            problems.append(f"{path.name}: {len(faces)} faces (whose identity is meant is unclear)")
+        else:
+            emb = faces[0].embedding if faces[0].embedding is not None else analyzer.embed(img, faces[0])
+            v = np.asarray(emb, np.float64).reshape(-1)
+            vectors.append(v / max(np.linalg.norm(v), 1e-12))
+            used.append(path.name)
+    if problems:
+        raise InputError(
+            f"identity.photos {photos}: every photo must show the person's face alone. Fix or remove:\n  "
+            + "\n  ".join(problems) + "\n(The output folder of `facechain preprocess` holds only such crops.)")
+    mean = np.mean(vectors, axis=0)
+    return IdentityEmbedding((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32), used, analyzer.name)
+
+
+# ---------------------------------------------------------------------------- the adapter
+
+
+class IPAdapterFaceID:
+    """IP-Adapter-FaceID on an SD1.5 or SDXL pipeline (see the module docstring)."""
+
+    name = "ip-adapter-faceid"
+    lora_adapter = "faceid_0"  # the peft adapter name diffusers gives the checkpoint's LoRA
+
+    def __init__(self, spec, family: str):
+        self.spec = spec
+        self.family = family
+        self.path = resolve_weights(spec.adapter, family, spec.weights)
+        self.shape = read_shape(self.path)
+
+    def check_embedding(self, emb: IdentityEmbedding) -> None:
+        if emb.vector.shape[0] != self.shape.embed_dim:
+            raise InputError(
+                f"{self.name} ({self.path.name}) takes {self.shape.embed_dim}-d face embeddings and the {emb.backend} "
+                f"face backend gives {emb.vector.shape[0]}-d ones. IP-Adapter-FaceID was trained on insightface's "
+                "ArcFace (512-d): set face_backend: insightface (its buffalo_l pack; " + LICENSE_NOTE.split('; ')[1] + ").")
+
+    def attach(self, pipe) -> dict[str, float]:
+        """Load the adapter into ``pipe`` with diffusers' ``load_ip_adapter`` and set its scale.
+        Returns the extra LoRA adapters it brought, name -> weight, for the caller's ``set_adapters``."""
+        check_state(self.shape, pipe.unet, self.path, self.family)
+        try:
+            pipe.load_ip_adapter(str(self.path.parent), subfolder="", weight_name=self.path.name,
+                                 image_encoder_folder=None)
+        except FacechainError:
+            raise
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise InputError(f"{self.name} weights {self.path} could not be loaded ({type(exc).__name__}: {first}). "
+                             "Check that the file is a complete IP-Adapter-FaceID checkpoint for this base model.") from exc
+        pipe.set_ip_adapter_scale(self.spec.scale)
+        loaded = getattr(pipe, "get_list_adapters", lambda: {})().get("unet", [])
+        return {self.lora_adapter: self.spec.lora_scale} if self.lora_adapter in loaded else {}
+
+    def embeds(self, emb: IdentityEmbedding, *, do_cfg: bool, device, dtype) -> list:
+        """``ip_adapter_image_embeds`` for one prompt: [(2 or 1, 1, 1, D)], zeros first under guidance."""
+        import torch
+
+        v = torch.from_numpy(emb.vector).reshape(1, 1, 1, -1)
+        if do_cfg:
+            v = torch.cat([torch.zeros_like(v), v])
+        return [v.to(device=device, dtype=dtype)]
+
+    def describe(self, emb: IdentityEmbedding) -> dict:
+        return {"adapter": self.name, "weights": str(self.path), "scale": self.spec.scale,
+                "lora_scale": self.spec.lora_scale if self.shape.has_lora else None,
+                "photos": emb.photos, "embedding": {"backend": emb.backend, "dim": int(emb.vector.shape[0])},
+                "license": LICENSE_NOTE}

@@ -1,0 +1,287 @@
+"""IP-Adapter-FaceID through diffusers' own loader, on tiny real-class models, with face
+embeddings from real photos (dlib). The adapter checkpoints are built in the published files' key
+layout (facechain.testing.build_tiny_faceid_adapter) and loaded through the same code path as a
+user's converted file. They take dlib's 128-d embedding, since ArcFace weights cannot be had here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facechain.errors import InputError, ModelNotFoundError, UnsafeCheckpointError
+
+
+@pytest.fixture(scope="module")
+def faceid(tiny_sd15, tmp_path_factory):
+    from facechain.testing import build_tiny_faceid_adapter
+
+    return build_tiny_faceid_adapter(tiny_sd15, tmp_path_factory.mktemp("faceid") / "faceid_tiny.safetensors", seed=3)
+
+
+@pytest.fixture(scope="module")
+def photo_dirs(tmp_path_factory, sample_photos):
+    """Two people's photo folders (one face each) and folders with bad photos."""
+    from facechain.io import save_image
+
+    root = tmp_path_factory.mktemp("people")
+    a = sample_photos.astronaut()
+    save_image(root / "astronaut" / "1.png", a)
+    save_image(root / "astronaut" / "2.png", np.ascontiguousarray(a[:, ::-1]))
+    save_image(root / "hanks" / "1.png", sample_photos.other_person())
+    save_image(root / "bad" / "ok.png", a)
+    save_image(root / "bad" / "group.png", sample_photos.group_photo())
+    save_image(root / "bad" / "blank.png", np.full((256, 256, 3), 200, np.uint8))
+    return root
+
+
+class Payload:
+    """An object a pickle can carry besides tensors (unpickling it could run code)."""
+
+
+def _cfg(tiny, tmp_path, **kw):
+    from facechain.generate import GenerateConfig
+
+    base = dict(base_model=str(tiny), output_dir=tmp_path / "out", num_candidates=2, num_images=2, batch_size=2,
+                num_inference_steps=2, rank_candidates=False, fusion="off", device="cpu", dtype="float32",
+                styles=["Business suit"], face_backend="dlib", detailer="off")
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def _identity(photos, weights, **kw):
+    from facechain.adapters import IdentityConfig
+
+    return IdentityConfig(adapter="ip-adapter-faceid", photos=photos, weights=str(weights), **kw)
+
+
+def _images(gen, style):
+    batch = gen.generate(style, ("", "a person"))
+    return np.stack([np.asarray(c.image, dtype=np.int16) for c in batch.candidates]), batch
+
+
+def test_identity_changes_the_output_and_scale_zero_restores_it(tiny_sd15, faceid, photo_dirs, dlib_analyzer, tmp_path):
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+
+    style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")
+    plain, _ = _images(PortraitGenerator(_cfg(tiny_sd15, tmp_path), analyzer=dlib_analyzer), style)
+    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=_identity(photo_dirs / "astronaut", faceid)),
+                            analyzer=dlib_analyzer)
+    assert "faceid_0" in gen.adapters  # the checkpoint's LoRA, mixed with set_adapters like the others
+    assert type(gen.pipe.unet.encoder_hid_proj.image_projection_layers[0]).__name__ == "IPAdapterFaceIDImageProjection"
+    astro, batch = _images(gen, style)
+    assert np.abs(astro - plain).mean() > 1.0
+    info = batch.settings["identity"]
+    assert info["adapter"] == "ip-adapter-faceid" and info["photos"] == ["1.png", "2.png"]
+    assert info["embedding"] == {"backend": "dlib", "dim": 128} and batch.adapters["faceid_0"] == 1.0
+    # another person's photos give another image
+    gen_h = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=_identity(photo_dirs / "hanks", faceid)),
+                              analyzer=dlib_analyzer)
+    hanks, _ = _images(gen_h, style)
+    assert np.abs(hanks - astro).mean() > 0.5
+    # the embedding reaches the image: the same adapter with the IP attention off but its LoRA on differs
+    gen0 = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=_identity(photo_dirs / "astronaut", faceid, scale=0.0)),
+                             analyzer=dlib_analyzer)
+    lora_only, _ = _images(gen0, style)
+    assert np.abs(lora_only - astro).mean() > 0.5
+    # scale 0 and lora_scale 0: the base model's output, to float precision
+    off = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=_identity(photo_dirs / "astronaut", faceid, scale=0.0,
+                                                                          lora_scale=0.0)), analyzer=dlib_analyzer)
+    restored, _ = _images(off, style)
+    assert np.abs(restored - plain).max() <= 1
+
+
+def test_embedding_is_the_mean_of_unit_embeddings(photo_dirs, dlib_analyzer):
+    from facechain.adapters.ip_adapter_faceid import identity_embedding
+    from facechain.images import read_image
+
+    emb = identity_embedding(photo_dirs / "astronaut", dlib_analyzer)
+    vs = []
+    for name in ("1.png", "2.png"):
+        f = dlib_analyzer.detect(read_image(photo_dirs / "astronaut" / name))[0]
+        vs.append(np.asarray(f.embedding, np.float64) / np.linalg.norm(f.embedding))
+    want = np.mean(vs, 0)
+    assert np.allclose(emb.vector, want / np.linalg.norm(want), atol=1e-5)
+    assert abs(np.linalg.norm(emb.vector) - 1) < 1e-5 and emb.photos == ["1.png", "2.png"]
+
+
+def test_bad_identity_photos_are_named_before_any_model_loads(tiny_sd15, faceid, photo_dirs, dlib_analyzer, tmp_path):
+    from facechain.adapters.ip_adapter_faceid import identity_embedding
+
+    with pytest.raises(InputError) as err:
+        identity_embedding(photo_dirs / "bad", dlib_analyzer)
+    text = str(err.value)
+    assert "blank.png: no face found" in text and "group.png:" in text and "faces" in text and "ok.png" not in text
+    with pytest.raises(InputError, match="does not exist"):
+        identity_embedding(tmp_path / "nowhere", dlib_analyzer)
+
+
+def test_adapter_only_job_from_a_config_file(tiny_sd15, faceid, photo_dirs, tmp_path):
+    """No face LoRA: the adapter alone, from run_inference's config file (identity: block, relative paths)."""
+    from facechain.cli import main
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "weights").mkdir()
+    (conf / "weights" / faceid.name).write_bytes(faceid.read_bytes())
+    (conf / "user.yaml").write_text(
+        f"base_model: {tiny_sd15}\noutput_dir: ../out\nnum_candidates: 2\nnum_images: 1\nbatch_size: 2\n"
+        "num_inference_steps: 2\nrank_candidates: false\nfusion: \"off\"\ndevice: cpu\ndtype: float32\nface_backend: dlib\n"
+        f"identity: {{adapter: ip-adapter-faceid, photos: {photo_dirs / 'astronaut'}, weights: ./weights/{faceid.name}}}\n")
+    assert main(["generate", "--config", str(conf / "user.yaml"), "--identity-scale", "0.8"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    style = manifest["styles"][0]
+    assert manifest["identity_adapter"] == "ip-adapter-faceid" and manifest["face_lora"] is None
+    assert style["settings"]["identity"]["scale"] == 0.8  # the flag overrides the block's default, keeps the rest
+    assert style["settings"]["identity"]["weights"] == str(conf / "weights" / faceid.name)
+    assert not style["prompt"].startswith("<fcsks>")  # no LoRA learned the trigger word
+    saved = json.loads((tmp_path / "out" / "generate_config.json").read_text())
+    assert saved["identity"]["adapter"] == "ip-adapter-faceid"
+
+
+def test_pickles_are_refused_and_convert_makes_a_loadable_file(tiny_sd15, faceid, photo_dirs, dlib_analyzer,
+                                                              tmp_path, monkeypatch):
+    """The published checkpoints are nested pickles ({"image_proj": ..., "ip_adapter": ...}); convert
+    reads one tensors-only and writes the flat safetensors layout load_ip_adapter reads."""
+    from safetensors.torch import load_file
+
+    from facechain.adapters import IdentityConfig, get_identity_adapter
+    from facechain.cli import main
+
+    monkeypatch.setenv("FACECHAIN_HOME", str(tmp_path / "home"))
+    flat = load_file(str(faceid))
+    nested = {"image_proj": {k[len("image_proj."):]: v for k, v in flat.items() if k.startswith("image_proj.")},
+              "ip_adapter": {k[len("ip_adapter."):]: v for k, v in flat.items() if k.startswith("ip_adapter.")}}
+    torch.save(nested, tmp_path / "ip-adapter-faceid_sd15.bin")
+    spec = IdentityConfig(adapter="ip-adapter-faceid", photos=photo_dirs / "astronaut",
+                          weights=str(tmp_path / "ip-adapter-faceid_sd15.bin"))
+    with pytest.raises(InputError, match="facechain convert"):
+        get_identity_adapter(spec, "sd15")
+    # the default weights, not converted yet: one error with the command that makes them
+    with pytest.raises(ModelNotFoundError, match="facechain convert h94/IP-Adapter-FaceID --file ip-adapter-faceid_sd15.bin"):
+        get_identity_adapter(IdentityConfig(adapter="ip-adapter-faceid", photos=photo_dirs / "astronaut"), "sd15")
+    assert main(["convert", str(tmp_path / "ip-adapter-faceid_sd15.bin")]) == 0
+    out = tmp_path / "home" / "adapters" / "ip-adapter-faceid_sd15.safetensors"
+    again = load_file(str(out))
+    assert set(again) == set(flat) and all(torch.equal(again[k], flat[k]) for k in flat)
+    assert main(["convert", str(tmp_path / "ip-adapter-faceid_sd15.bin")]) == 1  # never overwrites
+    # now the default resolves to the converted file
+    adapter = get_identity_adapter(IdentityConfig(adapter="ip-adapter-faceid", photos=photo_dirs / "astronaut"), "sd15")
+    assert adapter.path == out
+    # a pickle holding objects besides tensors is not unpickled, even by convert
+    torch.save({"x": Payload()}, tmp_path / "evil.bin")
+    with pytest.raises(UnsafeCheckpointError):
+        from facechain.adapters.ip_adapter_faceid import convert_checkpoint
+
+        convert_checkpoint(str(tmp_path / "evil.bin"), tmp_path / "evil.safetensors")
+
+
+def test_an_adapter_for_another_family_or_embedding_is_refused(tiny_sd15, tiny_sdxl, faceid, photo_dirs, dlib_analyzer,
+                                                               tmp_path):
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.testing import build_tiny_faceid_adapter
+
+    # an SDXL adapter on the SD1.5 model: refused before diffusers touches the pipeline
+    xl = build_tiny_faceid_adapter(tiny_sdxl, tmp_path / "xl.safetensors", with_lora=False)
+    from facechain.adapters import get_identity_adapter
+    from facechain.adapters.ip_adapter_faceid import check_state, read_shape
+    from diffusers import UNet2DConditionModel
+
+    unet15 = UNet2DConditionModel.from_pretrained(str(tiny_sd15), subfolder="unet")
+    unetxl = UNet2DConditionModel.from_pretrained(str(tiny_sdxl), subfolder="unet")
+    assert unet15.config.cross_attention_dim != unetxl.config.cross_attention_dim
+    with pytest.raises(InputError, match="cross-attention size 64"):
+        check_state(read_shape(xl), unet15, xl, "sd15")
+    with pytest.raises(InputError, match="cross-attention size 32"):
+        check_state(read_shape(faceid), unetxl, faceid, "sdxl")
+    # the right width but another UNet's layer count (a layer's keys missing)
+    from safetensors.torch import load_file
+
+    from facechain.io import save_safetensors
+
+    cut = {k: v for k, v in load_file(str(faceid)).items() if not k.startswith("ip_adapter.31.")}
+    save_safetensors(tmp_path / "cut.safetensors", cut)
+    with pytest.raises(InputError, match="15 attention layers and the base model's UNet has 16 cross-attention layers"):
+        check_state(read_shape(tmp_path / "cut.safetensors"), unet15, tmp_path / "cut.safetensors", "sd15")
+    with pytest.raises(InputError, match="made for another|cross-attention"):
+        PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=_identity(photo_dirs / "astronaut", xl)), analyzer=dlib_analyzer)
+    # an adapter that takes ArcFace's 512-d embedding, with the dlib backend's 128-d ones
+    arc = build_tiny_faceid_adapter(tiny_sd15, tmp_path / "arc.safetensors", embed_dim=512)
+    with pytest.raises(InputError, match="512-d face embeddings and the dlib face backend gives 128-d"):
+        PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=_identity(photo_dirs / "astronaut", arc)), analyzer=dlib_analyzer)
+    # not a FaceID checkpoint at all
+    save_safetensors(tmp_path / "other.safetensors", {"image_proj.proj.weight": torch.zeros(4, 4)})
+    with pytest.raises(InputError, match="not an IP-Adapter-FaceID checkpoint"):
+        get_identity_adapter(_identity(photo_dirs / "astronaut", tmp_path / "other.safetensors"), "sd15")
+
+
+def test_identity_settings_are_checked():
+    from facechain.adapters import IdentityConfig
+    from facechain.generate import GenerateConfig
+
+    with pytest.raises(InputError, match="unknown identity adapter 'photomaker'"):
+        IdentityConfig(adapter="photomaker", photos=Path("x"))
+    with pytest.raises(InputError, match="identity.photos is empty"):
+        IdentityConfig(adapter="ip-adapter-faceid")
+    with pytest.raises(InputError, match="adapter is empty"):
+        IdentityConfig(photos=Path("x"))
+    with pytest.raises(InputError, match="identity.scale"):
+        IdentityConfig(adapter="ip-adapter-faceid", photos=Path("x"), scale=3.0)
+    assert not GenerateConfig(base_model="m", output_dir=Path("o")).identity.enabled
+
+
+@pytest.mark.slow
+def test_sdxl_with_face_lora_and_adapter_together(tiny_sdxl, photo_dirs, dlib_analyzer, tmp_path):
+    """Both identity sources at once on SDXL: the face LoRA and the adapter (with its own LoRA) mixed by set_adapters."""
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.testing import build_tiny_faceid_adapter, random_lora
+
+    lora = random_lora(tiny_sdxl, tmp_path / "lora", seed=1, family="sdxl")
+    xl = build_tiny_faceid_adapter(tiny_sdxl, tmp_path / "xl.safetensors", seed=4)
+    style = next(s for s in load_styles([DEFAULT_STYLES_DIR]) if s.family == "sdxl" and not s.has_lora)
+    both = PortraitGenerator(_cfg(tiny_sdxl, tmp_path, lora_dir=lora, identity=_identity(photo_dirs / "astronaut", xl)),
+                             analyzer=dlib_analyzer)
+    a, batch = _images(both, style)
+    assert set(batch.adapters) == {"face", "faceid_0"}
+    lora_only, _ = _images(PortraitGenerator(_cfg(tiny_sdxl, tmp_path, lora_dir=lora), analyzer=dlib_analyzer), style)
+    assert np.abs(a - lora_only).mean() > 0.5
+
+
+@pytest.mark.slow
+def test_identity_with_pose_controlnet_and_the_face_detailer(tiny_sd15, faceid, photo_dirs, dlib_analyzer, tmp_path):
+    """The adapter's UNet is shared by the ControlNet pipeline and the detailer's inpaint pipeline
+    (both made with from_pipe); each call gets the identity embedding."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from PIL import Image
+
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16)).save_pretrained(tmp_path / "cn")
+    style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")
+    ident = _identity(photo_dirs / "astronaut", faceid)
+    posed = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=ident, pose="upper_body_front",
+                                   controlnet_openpose=str(tmp_path / "cn")), analyzer=dlib_analyzer)
+    a, batch = _images(posed, style)
+    assert batch.settings["controlnets"] == ["openpose"] and batch.settings["identity"]["adapter"] == "ip-adapter-faceid"
+    plain_pose = PortraitGenerator(_cfg(tiny_sd15, tmp_path, pose="upper_body_front", controlnet_openpose=str(tmp_path / "cn")),
+                                   analyzer=dlib_analyzer)
+    b, _ = _images(plain_pose, style)
+    assert np.abs(a - b).mean() > 0.5
+
+    # the detailer on a real face (the tiny model draws none: the sampler returns a photo)
+    from tests.test_generate_detailer import _PhotoSampler, _small_face_photo
+
+    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=ident, detailer="always", num_candidates=1, num_images=1),
+                            analyzer=dlib_analyzer)
+    gen.control_pipe = _PhotoSampler(gen.pipe, [_small_face_photo()])
+    batch = gen.generate(style, ("", "a person"))
+    assert batch.candidates[0].detailer[0]["detailed"] is True
+    assert isinstance(batch.candidates[0].image, Image.Image)
