@@ -14,6 +14,19 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_facechain_home(tmp_path_factory):
+    """facechain's own cache (converted adapters, identity embeddings) in a temporary folder, never the
+    user's ~/.cache/facechain."""
+    old = os.environ.get("FACECHAIN_HOME")
+    os.environ["FACECHAIN_HOME"] = str(tmp_path_factory.mktemp("facechain_home"))
+    yield
+    if old is None:
+        os.environ.pop("FACECHAIN_HOME", None)
+    else:
+        os.environ["FACECHAIN_HOME"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """One intra-op thread for the whole suite: tiny models spend their time in thread hand-offs,
     and on a small shared CPU OpenMP threads waiting on each other made tiny matmuls ~70x slower

@@ -285,3 +285,32 @@ def test_identity_with_pose_controlnet_and_the_face_detailer(tiny_sd15, faceid, 
     batch = gen.generate(style, ("", "a person"))
     assert batch.candidates[0].detailer[0]["detailed"] is True
     assert isinstance(batch.candidates[0].image, Image.Image)
+
+
+def test_embedding_is_cached_by_the_photos_bytes(photo_dirs, dlib_analyzer, tmp_path, monkeypatch):
+    from facechain.adapters.ip_adapter_faceid import identity_embedding
+    from facechain.io import save_image
+
+    monkeypatch.setenv("FACECHAIN_HOME", str(tmp_path / "home"))
+    first = identity_embedding(photo_dirs / "astronaut", dlib_analyzer)
+    assert len(list((tmp_path / "home" / "identity").glob("*.safetensors"))) == 1
+
+    class NoDetect:
+        name = dlib_analyzer.name
+
+        def detect(self, *a, **k):
+            raise AssertionError("the cached embedding should be used")
+
+    again = identity_embedding(photo_dirs / "astronaut", NoDetect())
+    assert np.array_equal(again.vector, first.vector) and again.photos == first.photos and again.backend == "dlib"
+    # other bytes, another key: measured again
+    folder = tmp_path / "edited"
+    from facechain import samples
+
+    save_image(folder / "1.png", samples.astronaut()[:, ::-1])
+    with pytest.raises(AssertionError, match="cached embedding"):
+        identity_embedding(folder, NoDetect())
+    # a damaged cache file is measured again, not trusted
+    (cache,) = (tmp_path / "home" / "identity").glob("*.safetensors")
+    cache.write_bytes(b"junk")
+    assert np.allclose(identity_embedding(photo_dirs / "astronaut", dlib_analyzer).vector, first.vector)

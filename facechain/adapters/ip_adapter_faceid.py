@@ -186,12 +186,49 @@ class IdentityEmbedding:
     backend: str
 
 
-def identity_embedding(photos: str | os.PathLike, analyzer) -> IdentityEmbedding:
+def _cache_key(files: list[Path], backend: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256(f"identity-v1|{backend}".encode())
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:32]
+
+
+def _read_cached(path: Path) -> IdentityEmbedding | None:
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            return IdentityEmbedding(f.get_tensor("embedding").astype(np.float32), json.loads(meta["photos"]), meta["backend"])
+    except Exception as exc:  # a damaged cache file is measured again, never trusted
+        logger.info("identity embedding cache %s unreadable (%s); measuring again", path, type(exc).__name__)
+        return None
+
+
+def identity_embedding(photos: str | os.PathLike, analyzer, cache: bool = True) -> IdentityEmbedding:
     """The mean of the unit-length face embeddings of the photos directly in ``photos`` (one face each),
-    scaled to unit length. A photo with no face, or with several, is an error naming each such photo."""
+    scaled to unit length. A photo with no face, or with several, is an error naming each such photo.
+
+    ``cache``: kept in $FACECHAIN_HOME/identity/ (default ~/.cache/facechain/identity), keyed by the
+    backend and the photos' names and bytes, so a later job with the same photos skips detection. Not
+    in the photos folder: that folder is the user's (or preprocessing's, whose record would count a
+    stranger's file there)."""
     from facechain.images import PHOTO_MAX_MEGAPIXELS, list_images, read_image
 
     files = list_images(Path(photos), "identity.photos folder")
+    cached = adapters_home().parent / "identity" / f"{_cache_key(files, analyzer.name)}.safetensors" if cache else None
+    if cached is not None and cached.is_file():
+        hit = _read_cached(cached)
+        if hit is not None:
+            logger.info("identity embedding: cached (%s), over %d photos", cached.name, len(hit.photos))
+            return hit
     vectors, used, problems = [], [], []
     for path in files:
         try:
@@ -214,7 +251,21 @@ def identity_embedding(photos: str | os.PathLike, analyzer) -> IdentityEmbedding
             f"identity.photos {photos}: every photo must show the person's face alone. Fix or remove:\n  "
             + "\n  ".join(problems) + "\n(The output folder of `facechain preprocess` holds only such crops.)")
     mean = np.mean(vectors, axis=0)
-    return IdentityEmbedding((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32), used, analyzer.name)
+    emb = IdentityEmbedding((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32), used, analyzer.name)
+    if cached is not None:
+        import json
+
+        import torch
+
+        from facechain.io import save_safetensors
+
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            save_safetensors(cached, {"embedding": torch.from_numpy(emb.vector)},
+                             metadata={"photos": json.dumps(used), "backend": analyzer.name})
+        except OSError as exc:  # a read-only home: the job goes on without the cache
+            logger.warning("identity embedding: could not cache it in %s (%s)", cached.parent, exc.strerror or exc)
+    return emb
 
 
 # ---------------------------------------------------------------------------- the adapter

@@ -1,0 +1,148 @@
+"""Identity adapter benchmark: IP-Adapter-FaceID against the face-LoRA path, run as users run them.
+
+* **Time to first portrait** (where adapters win): the LoRA path is `sh train_lora.sh` (preprocess +
+  train) then `python run_inference.py` for one image; the adapter path is `python run_inference.py`
+  with `--identity-adapter` and no training. Both as subprocesses, start-up and model loading included.
+* **Seconds per portrait** once loaded (in one process, same model, same settings): no identity (the
+  floor), face LoRA, adapter, both. The adapter adds 4 tokens to every cross-attention layer.
+
+    python benchmarks/adapter_bench.py                         # tiny SD1.5 model on CPU
+    python benchmarks/adapter_bench.py --full-sd15 --resolution 512 --train-steps 600   # GPU: full-size, random weights
+
+Random weights: the timings are real, the pictures noise. The adapter takes dlib's 128-d embedding
+here (the published one takes ArcFace's 512-d; the projection's cost differs by a few kFLOPs).
+Prints one table; copy it into benchmarks/RESULTS.md with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def _timed(cmd: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return time.perf_counter() - t0
+
+
+def prepare(work: Path, full: bool) -> dict:
+    import numpy as np
+    import torch
+
+    from facechain import samples
+    from facechain.io import save_image
+    from facechain.testing import build_full_sd15, build_tiny_faceid_adapter, build_tiny_sd15, random_lora
+
+    model = work / "model"
+    if full:
+        build_full_sd15(model, torch.float16 if torch.cuda.is_available() else torch.float32)
+    else:
+        build_tiny_sd15(model)
+    photos = work / "photos"
+    a = samples.astronaut()
+    save_image(photos / "a.png", a)
+    save_image(photos / "b.png", np.ascontiguousarray(a[:, ::-1]))
+    random_lora(model, work / "face", 1, "pytorch_lora_weights.safetensors")
+    faceid = build_tiny_faceid_adapter(model, work / "faceid.safetensors", seed=3)
+    return {"model": model, "photos": photos, "face": work / "face", "faceid": faceid}
+
+
+def first_portrait(paths: dict, work: Path, args) -> list[tuple[str, float]]:
+    common = ["--base-model", str(paths["model"]), "--num-candidates", "1", "--num-images", "1", "--batch-size", "1",
+              "--num-inference-steps", str(args.steps), "--height", str(args.resolution), "--width", str(args.resolution),
+              "--no-rank-candidates", "--fusion", "off", "--detailer", "off", "--face-backend", "dlib",
+              "--device", args.device, "--dtype", "auto"]
+    train_s = _timed(["sh", str(ROOT / "train_lora.sh"), str(paths["model"]), "", "", str(paths["photos"]),
+                      str(work / "processed"), str(work / "lora"), "--resolution", str(args.resolution),
+                      "--max_train_steps", str(args.train_steps), "--checkpointing_steps", str(args.train_steps),
+                      "--face_backend", "none", "--no-progress"], work)
+    gen_lora = _timed([sys.executable, str(ROOT / "run_inference.py"), *common, "--lora-dir", str(work / "lora"),
+                       "--processed-dir", str(work / "processed"), "--output-dir", str(work / "out-lora")], work)
+    gen_adapter = _timed([sys.executable, str(ROOT / "run_inference.py"), *common, "--identity-adapter", "ip-adapter-faceid",
+                          "--identity-photos", str(paths["photos"]), "--identity-weights", str(paths["faceid"]),
+                          "--output-dir", str(work / "out-adapter")], work)
+    return [(f"face LoRA: train_lora.sh ({args.train_steps} steps)", train_s),
+            ("face LoRA: run_inference.py, 1 image", gen_lora),
+            ("face LoRA: first portrait, total", train_s + gen_lora),
+            ("adapter: run_inference.py, 1 image (no training)", gen_adapter)]
+
+
+def per_portrait(paths: dict, work: Path, args) -> list[tuple[str, float]]:
+    import torch
+
+    from facechain.adapters import IdentityConfig
+    from facechain.face import get_analyzer
+    from facechain.generate import GenerateConfig
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+
+    analyzer = get_analyzer("dlib")
+    ident = IdentityConfig(adapter="ip-adapter-faceid", photos=paths["photos"], weights=str(paths["faceid"]))
+    variants = {"no identity (floor)": {}, "face LoRA": {"lora_dir": paths["face"]}, "adapter": {"identity": ident},
+                "face LoRA + adapter": {"lora_dir": paths["face"], "identity": ident}}
+    style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")
+    rows = []
+    for name, extra in variants.items():
+        cfg = GenerateConfig(base_model=str(paths["model"]), output_dir=work / "unused", num_candidates=args.images,
+                             num_images=1, batch_size=args.images, num_inference_steps=args.steps, height=args.resolution,
+                             width=args.resolution, rank_candidates=False, fusion="off", detailer="off",
+                             face_backend="dlib", device=args.device, **extra)
+        gen = PortraitGenerator(cfg, analyzer=analyzer)
+        gen.generate(style, ("", "a person"))  # warm-up
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.repeats):
+            gen.generate(style, ("", "a person"))
+        rows.append((name, (time.perf_counter() - t0) / (args.repeats * args.images)))
+        del gen
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full-sd15", action="store_true", help="full SD1.5 architecture with random weights (GPU)")
+    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="sampling steps")
+    p.add_argument("--images", type=int, default=4, help="images per timed job")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--train-steps", type=int, default=100, help="LoRA training steps (FaceChain's budget: 200 per photo)")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        paths = prepare(work, args.full_sd15)
+        per = per_portrait(paths, work, args)
+        first = first_portrait(paths, work, args)
+    floor = per[0][1]
+    print(f"model: {'full SD1.5 (random weights)' if args.full_sd15 else 'tiny SD1.5'}, {args.resolution} px, "
+          f"{args.steps} steps, device {args.device}\n")
+    print("| seconds per portrait (loaded) | s/image | x floor |\n|---|---|---|")
+    for name, s in per:
+        print(f"| {name} | {s:.3f} | {s / floor:.2f} |")
+    print("\n| time to first portrait (subprocesses, as users run them) | s |\n|---|---|")
+    for name, s in first:
+        print(f"| {name} | {s:.1f} |")
+    lora_total, adapter = first[2][1], first[3][1]
+    print(f"\nadapter's first portrait: {lora_total / adapter:.1f}x sooner than the face-LoRA path's")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
