@@ -18,49 +18,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
-    return env
-
-
-def _timed(cmd: list[str], cwd: Path) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return time.perf_counter() - t0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from infer_bench import prepare as infer_prepare  # noqa: E402  (the same model and face LoRA)
+from train_sh_bench import ROOT, _photos, _timed  # noqa: E402  (train_lora.sh as users run it)
 
 
 def prepare(work: Path, full: bool) -> dict:
-    import numpy as np
-    import torch
+    """infer_bench's model and face LoRA, the sample photos, and an adapter for the model."""
+    from facechain.testing import build_tiny_faceid_adapter
 
-    from facechain import samples
-    from facechain.io import save_image
-    from facechain.testing import build_full_sd15, build_tiny_faceid_adapter, build_tiny_sd15, random_lora
-
-    model = work / "model"
-    if full:
-        build_full_sd15(model, torch.float16 if torch.cuda.is_available() else torch.float32)
-    else:
-        build_tiny_sd15(model)
-    photos = work / "photos"
-    a = samples.astronaut()
-    save_image(photos / "a.png", a)
-    save_image(photos / "b.png", np.ascontiguousarray(a[:, ::-1]))
-    random_lora(model, work / "face", 1, "pytorch_lora_weights.safetensors")
-    faceid = build_tiny_faceid_adapter(model, work / "faceid.safetensors", seed=3)
-    return {"model": model, "photos": photos, "face": work / "face", "faceid": faceid}
+    paths = infer_prepare(work, full)
+    _photos(work / "photos")
+    faceid = build_tiny_faceid_adapter(paths["model"], work / "faceid.safetensors", seed=3)
+    return {"model": Path(paths["model"]), "photos": work / "photos", "face": Path(paths["face"]), "faceid": faceid}
 
 
 def first_portrait(paths: dict, work: Path, args) -> list[tuple[str, float]]:
