@@ -536,6 +536,20 @@ def load_controlnet(ref: str, *, dtype, what: str, allow_pickle: bool = False):
         ) from exc
 
 
+def load_image_encoder(ref: str, *, dtype, allow_pickle: bool = False):
+    """A CLIP image encoder (transformers' ``CLIPVisionModelWithProjection``; hub id or local folder) for
+    the IP-Adapter Plus variants; safetensors only unless ``allow_pickle``."""
+    from transformers import CLIPVisionModelWithProjection
+
+    try:
+        return CLIPVisionModelWithProjection.from_pretrained(str(ref), dtype=dtype, **safetensors_only(allow_pickle))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"CLIP image encoder '{ref}' could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
+            "Download it on a machine with network access and set identity.image_encoder to the local folder."
+        ) from exc
+
+
 def load_depth_estimator(ref: str, *, allow_pickle: bool = False):
     """A transformers ``depth-estimation`` pipeline (FaceChain: DPT-large); safetensors only unless ``allow_pickle``."""
     from transformers import pipeline as hf_pipeline

@@ -318,8 +318,62 @@ def random_lora(model_dir: str | Path, out_dir: str | Path, seed: int, weight_na
     return Path(out_dir)
 
 
+def build_tiny_image_encoder(folder: str | Path, seed: int = 0, hidden: int = 48) -> Path:
+    """A tiny CLIP image encoder (transformers' ``CLIPVisionModelWithProjection``, 32 px, 17 tokens), the
+    kind the IP-Adapter Plus variants read, saved as a transformers folder."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8, projection_dim=32)
+    CLIPVisionModelWithProjection(cfg).save_pretrained(str(folder))
+    return Path(folder)
+
+
+# diffusers name of an IPAdapterFaceIDPlusImageProjection weight -> the name in the published Plus files
+# (FacePerceiverResampler's), the inverse of diffusers' loader's renaming
+_PLUS_LAYER_NAMES = (("ln0.", "0.norm1."), ("ln1.", "0.norm2."), ("attn.to_q.", "0.to_q."), ("attn.to_out.0.", "0.to_out."),
+                     ("ff.0.", "1.0."), ("ff.1.net.0.proj.", "1.1."), ("ff.1.net.2.", "1.3."))
+
+
+def _plus_original_state(proj) -> dict:
+    import re
+
+    import torch
+
+    sd = proj.state_dict()
+    out = {}
+    for key, value in sd.items():
+        m = re.fullmatch(r"layers\.(\d+)\.(.*)", key)
+        if key.startswith("proj.net.0.proj."):
+            out["proj.0." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("proj.net.2."):
+            out["proj.2." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("norm."):
+            out[key] = value
+        elif m is None:  # proj_in, proj_out, norm_out
+            out["perceiver_resampler." + key] = value
+        elif m.group(2).startswith("attn.to_k."):
+            layer = m.group(1)
+            out[f"perceiver_resampler.layers.{layer}.0.to_kv.weight"] = torch.cat(
+                [value, sd[f"layers.{layer}.attn.to_v.weight"]])
+        elif m.group(2).startswith("attn.to_v."):
+            continue
+        else:
+            rest = m.group(2)
+            for new, old in _PLUS_LAYER_NAMES:
+                if rest.startswith(new):
+                    rest = old + rest[len(new):]
+                    break
+            else:
+                raise KeyError(key)
+            out[f"perceiver_resampler.layers.{m.group(1)}.{rest}"] = value
+    return out
+
+
 def build_tiny_faceid_adapter(model_dir: str | Path, out_file: str | Path, *, embed_dim: int = 128, seed: int = 0,
-                              lora_rank: int = 4, with_lora: bool = True) -> Path:
+                              lora_rank: int = 4, with_lora: bool = True, plus_clip_dim: int | None = None) -> Path:
     """An IP-Adapter-FaceID checkpoint for the model in ``model_dir``, in the published files' key
     layout (``image_proj.{proj.0,proj.2,norm}.*``; ``ip_adapter.<k>.to_{k,v}_ip.weight`` on cross-attention
     layer k = 1, 3, 5, ...; ``ip_adapter.<k>.to_{q,k,v,out}_lora.{down,up}.weight`` on every attention
@@ -327,24 +381,32 @@ def build_tiny_faceid_adapter(model_dir: str | Path, out_file: str | Path, *, em
     ``IPAdapterFaceIDImageProjection`` (4 tokens, mult 2) and the IP key/value layers are cut to the
     shapes of diffusers' ``IPAdapterAttnProcessor2_0`` for each layer, so the file loads through
     ``load_ip_adapter`` exactly as the published one does. ``embed_dim``: the face embedding size
-    (512 for ArcFace; 128 takes the dlib backend's embedding, for offline tests)."""
+    (512 for ArcFace; 128 takes the dlib backend's embedding, for offline tests). ``plus_clip_dim``: build
+    a FaceID Plus checkpoint instead (diffusers' ``IPAdapterFaceIDPlusImageProjection``, a perceiver
+    resampler reading CLIP image features of that width; its weights renamed to the published files'
+    ``perceiver_resampler.*`` layout)."""
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
-    from diffusers.models.embeddings import IPAdapterFaceIDImageProjection
+    from diffusers.models.embeddings import IPAdapterFaceIDImageProjection, IPAdapterFaceIDPlusImageProjection
 
     from facechain.io import save_safetensors
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
     cross = int(unet.config.cross_attention_dim)
-    proj = IPAdapterFaceIDImageProjection(image_embed_dim=embed_dim, cross_attention_dim=cross, mult=2, num_tokens=4)
-    names = {"ff.net.0.proj": "proj.0", "ff.net.2": "proj.2"}
     state = {}
-    for key, value in proj.state_dict().items():
-        for new, old in ((v, k) for k, v in names.items()):
-            key = key.replace(old, new)
-        state[f"image_proj.{key}"] = value
+    if plus_clip_dim:
+        plus = IPAdapterFaceIDPlusImageProjection(embed_dims=32, output_dims=cross, hidden_dims=plus_clip_dim, heads=1,
+                                                  id_embeddings_dim=embed_dim)
+        state.update({f"image_proj.{k}": v for k, v in _plus_original_state(plus).items()})
+    else:
+        proj = IPAdapterFaceIDImageProjection(image_embed_dim=embed_dim, cross_attention_dim=cross, mult=2, num_tokens=4)
+        names = {"ff.net.0.proj": "proj.0", "ff.net.2": "proj.2"}
+        for key, value in proj.state_dict().items():
+            for new, old in ((v, k) for k, v in names.items()):
+                key = key.replace(old, new)
+            state[f"image_proj.{key}"] = value
     key_id = 1
     for index, name in enumerate(unet.attn_processors):
         attn = unet.get_submodule(name[: -len(".processor")])

@@ -314,3 +314,67 @@ def test_embedding_is_cached_by_the_photos_bytes(photo_dirs, dlib_analyzer, tmp_
     (cache,) = (tmp_path / "home" / "identity").glob("*.safetensors")
     cache.write_bytes(b"junk")
     assert np.allclose(identity_embedding(photo_dirs / "astronaut", dlib_analyzer).vector, first.vector)
+
+
+@pytest.fixture(scope="module")
+def plus(tiny_sd15, tmp_path_factory):
+    """A FaceID Plus v2 checkpoint (published key layout) and the tiny CLIP image encoder it reads."""
+    from facechain.testing import build_tiny_faceid_adapter, build_tiny_image_encoder
+
+    root = tmp_path_factory.mktemp("plus")
+    return {"weights": build_tiny_faceid_adapter(tiny_sd15, root / "plus.safetensors", seed=5, plus_clip_dim=48),
+            "encoder": build_tiny_image_encoder(root / "encoder", hidden=48)}
+
+
+def test_plusv2_reads_the_faces_clip_features_and_keeps_seeds_per_candidate(tiny_sd15, plus, photo_dirs, dlib_analyzer,
+                                                                             tmp_path):
+    import dataclasses
+
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+
+    style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")
+    ident = _identity(photo_dirs / "astronaut", plus["weights"], image_encoder=str(plus["encoder"]))
+    ident = dataclasses.replace(ident, adapter="ip-adapter-faceid-plusv2")
+    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=ident, num_candidates=3, num_images=1, batch_size=2),
+                            analyzer=dlib_analyzer)
+    layer = gen.pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    assert type(layer).__name__ == "IPAdapterFaceIDPlusImageProjection" and layer.shortcut is True
+    a, batch = _images(gen, style)
+    assert batch.settings["identity"]["image_encoder"] == str(plus["encoder"])
+    assert layer.clip_embeds.shape[:2] == (2, 1)  # the last call drew one image: its unconditional + conditional rows
+    plain, _ = _images(PortraitGenerator(_cfg(tiny_sd15, tmp_path, num_candidates=3, num_images=1, batch_size=2),
+                                         analyzer=dlib_analyzer), style)
+    assert np.abs(a - plain).mean() > 1.0
+    # candidate i is the same image whatever the batch size (the CLIP rows follow each call's size)
+    one = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=ident, num_candidates=3, num_images=1, batch_size=1),
+                            analyzer=dlib_analyzer)
+    b, _ = _images(one, style)
+    assert np.abs(a - b).max() <= 2
+    # the CLIP features reach the image: other face crops, same ArcFace-side embedding, another image
+    emb = gen.identity_embedding
+    gen.identity.prepare(dataclasses.replace(emb, crops=np.ascontiguousarray(emb.crops[:, ::-1, :])))
+    c, _ = _images(gen, style)
+    assert np.abs(a - c).mean() > 0.1
+
+
+def test_plusv2_errors(tiny_sd15, faceid, plus, photo_dirs, dlib_analyzer, tmp_path):
+    from facechain.adapters import IdentityConfig, get_identity_adapter
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.testing import build_tiny_image_encoder
+
+    as_plain = IdentityConfig(adapter="ip-adapter-faceid", photos=photo_dirs / "astronaut", weights=str(plus["weights"]))
+    with pytest.raises(InputError, match="is an IP-Adapter-FaceID Plus checkpoint, and identity.adapter is ip-adapter-faceid"):
+        get_identity_adapter(as_plain, "sd15")
+    as_plus = IdentityConfig(adapter="ip-adapter-faceid-plusv2", photos=photo_dirs / "astronaut", weights=str(faceid))
+    with pytest.raises(InputError, match="is a plain IP-Adapter-FaceID checkpoint"):
+        get_identity_adapter(as_plus, "sd15")
+    wide = build_tiny_image_encoder(tmp_path / "wide", hidden=64)
+    cfg = IdentityConfig(adapter="ip-adapter-faceid-plusv2", photos=photo_dirs / "astronaut", weights=str(plus["weights"]),
+                         image_encoder=str(wide))
+    with pytest.raises(InputError, match="reads 48-wide CLIP image features"):
+        PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=cfg), analyzer=dlib_analyzer)
+    missing = IdentityConfig(adapter="ip-adapter-faceid-plusv2", photos=photo_dirs / "astronaut",
+                             weights=str(plus["weights"]), image_encoder=str(tmp_path / "no-encoder"))
+    with pytest.raises(ModelNotFoundError, match="identity.image_encoder"):
+        PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=missing), analyzer=dlib_analyzer)

@@ -24,7 +24,8 @@ from facechain.registry import Registry
 class IdentityConfig:
     """The ``identity:`` block of a generate config (also ``--identity-*`` flags)."""
 
-    adapter: str = field(default="", metadata={"help": "identity adapter: ip-adapter-faceid; empty = none"})
+    adapter: str = field(default="", metadata={"help": "identity adapter: ip-adapter-faceid or ip-adapter-faceid-plusv2 "
+                                                       "(also reads the face's CLIP image features); empty = none"})
     photos: Path | None = field(default=None, metadata={"help": "folder of the person's photos (one face each; the "
                                                                "processed folder works): their face embeddings are averaged"})
     scale: float = field(default=0.6, metadata={"help": "strength of the adapter's identity in [0, 2] (IP-Adapter's "
@@ -34,6 +35,9 @@ class IdentityConfig:
     weights: str = field(default="", metadata={"help": "adapter weights: a .safetensors file (a .bin must be converted "
                                                        "once with `facechain convert`); empty = the converted default "
                                                        "for the base model's family"})
+    image_encoder: str = field(default="", metadata={"help": "CLIP image encoder of the Plus variants (hub id or "
+                                                             "diffusers/transformers folder); empty = "
+                                                             "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"})
 
     def __post_init__(self):
         if not self.adapter:
@@ -56,9 +60,10 @@ class IdentityConfig:
 
 
 def _builtin(registry: Registry) -> None:
-    from facechain.adapters.ip_adapter_faceid import IPAdapterFaceID
+    from facechain.adapters.ip_adapter_faceid import IPAdapterFaceID, IPAdapterFaceIDPlusV2
 
     registry.register(IPAdapterFaceID.name, IPAdapterFaceID)
+    registry.register(IPAdapterFaceIDPlusV2.name, IPAdapterFaceIDPlusV2)
 
 
 # name -> class(spec, family); the class has ``name``, ``attach(pipe)``, ``embeds(...)``

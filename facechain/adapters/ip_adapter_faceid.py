@@ -44,7 +44,12 @@ FACEID_REPO = "h94/IP-Adapter-FaceID"
 CHECKPOINTS = {
     ("ip-adapter-faceid", "sd15"): "ip-adapter-faceid_sd15.bin",
     ("ip-adapter-faceid", "sdxl"): "ip-adapter-faceid_sdxl.bin",
+    ("ip-adapter-faceid-plusv2", "sd15"): "ip-adapter-faceid-plusv2_sd15.bin",
+    ("ip-adapter-faceid-plusv2", "sdxl"): "ip-adapter-faceid-plusv2_sdxl.bin",
 }
+# the image encoder the Plus checkpoints were trained with (diffusers' IP-Adapter-FaceID docs load this one)
+DEFAULT_IMAGE_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+CLIP_CROP = 224  # the face crop the Plus variants' image encoder sees (insightface's norm_crop at 224 px)
 FAMILY_CROSS_DIM = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 LICENSE_NOTE = ("IP-Adapter-FaceID needs insightface's ArcFace embedding; insightface's model packs are licensed "
                 "for non-commercial research only.")
@@ -136,30 +141,45 @@ class FaceIDShape:
     cross_dim: int  # the cross-attention size it was made for
     layers: int  # IP attention layers (one per UNet cross-attention layer)
     has_lora: bool
+    clip_dim: int | None = None  # Plus: the CLIP image encoder's hidden size it reads
 
 
-def read_shape(path: Path) -> FaceIDShape:
-    """What an IP-Adapter-FaceID .safetensors file was made for, from its tensor shapes (no tensor is read)."""
+PLUS_IN, PLUS_OUT = "image_proj.perceiver_resampler.proj_in.weight", "image_proj.perceiver_resampler.proj_out.weight"
+
+
+def read_shape(path: Path, adapter: str = "ip-adapter-faceid") -> FaceIDShape:
+    """What an IP-Adapter-FaceID (``plus``: FaceID Plus) .safetensors file was made for, from its tensor
+    shapes (no tensor is read)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             keys = list(f.keys())
-            shapes = {k: f.get_slice(k).get_shape() for k in keys if k in ("image_proj.proj.0.weight", "image_proj.norm.weight")}
+            shapes = {k: f.get_slice(k).get_shape() for k in keys
+                      if k in ("image_proj.proj.0.weight", "image_proj.norm.weight", PLUS_IN, PLUS_OUT)}
     except Exception as exc:
-        raise InputError(f"IP-Adapter-FaceID weights {path} could not be read as safetensors ({type(exc).__name__}); "
+        raise InputError(f"{adapter} weights {path} could not be read as safetensors ({type(exc).__name__}); "
                          "the file is damaged or not an adapter.") from exc
-    if "image_proj.norm.weight" not in shapes or "image_proj.proj.0.weight" not in shapes:
-        kind = ("an IP-Adapter-FaceID Plus checkpoint" if any(k.startswith("image_proj.perceiver_resampler") for k in keys)
-                else "not an IP-Adapter-FaceID checkpoint")
-        raise InputError(f"{path} is {kind}: it lacks image_proj.norm / image_proj.proj.0 (the FaceID projection). Use "
-                         f"ip-adapter-faceid's own file ({', '.join(sorted(set(CHECKPOINTS.values())))}, converted).")
+    is_plus = PLUS_IN in shapes and PLUS_OUT in shapes
+    is_plain = "image_proj.norm.weight" in shapes and not is_plus
+    own = sorted(v for (a, _), v in CHECKPOINTS.items() if a == adapter)
+    if "image_proj.proj.0.weight" not in shapes or not (is_plus or is_plain):
+        raise InputError(f"{path} is not an IP-Adapter-FaceID checkpoint: it lacks the FaceID projection "
+                         f"(image_proj.proj.0, and image_proj.norm or a perceiver resampler). Use {adapter}'s own file "
+                         f"({', '.join(own)}, converted).")
+    if is_plus != adapter.endswith("plusv2"):
+        kind = "an IP-Adapter-FaceID Plus checkpoint" if is_plus else "a plain IP-Adapter-FaceID checkpoint"
+        raise InputError(f"{path} is {kind}, and identity.adapter is {adapter}. Set identity.adapter to "
+                         f"{'ip-adapter-faceid-plusv2' if is_plus else 'ip-adapter-faceid'}, or use {adapter}'s own "
+                         f"file ({', '.join(own)}, converted).")
     layers = sum(1 for k in keys if k.startswith("ip_adapter.") and k.endswith(".to_k_ip.weight"))
-    return FaceIDShape(embed_dim=int(shapes["image_proj.proj.0.weight"][1]), cross_dim=int(shapes["image_proj.norm.weight"][0]),
-                       layers=layers, has_lora=any(".to_q_lora." in k for k in keys))
+    cross = int(shapes[PLUS_OUT][0] if is_plus else shapes["image_proj.norm.weight"][0])
+    return FaceIDShape(embed_dim=int(shapes["image_proj.proj.0.weight"][1]), cross_dim=cross, layers=layers,
+                       has_lora=any(".to_q_lora." in k for k in keys),
+                       clip_dim=int(shapes[PLUS_IN][1]) if is_plus else None)
 
 
-def check_state(shape: FaceIDShape, unet, path: Path, family: str) -> None:
+def check_state(shape: FaceIDShape, unet, path: Path, family: str, adapter: str = "ip-adapter-faceid") -> None:
     """Refuse an adapter made for another UNet, before diffusers changes the pipeline."""
     want = int(unet.config.cross_attention_dim)
     if shape.cross_dim != want:
@@ -167,7 +187,7 @@ def check_state(shape: FaceIDShape, unet, path: Path, family: str) -> None:
         raise InputError(
             f"IP-Adapter-FaceID weights {path} were made for {made} (cross-attention size {shape.cross_dim}), and the "
             f"base model is {family} (cross-attention size {want}). Use the adapter of the base model's family "
-            f"({CHECKPOINTS.get(('ip-adapter-faceid', family), 'none published')}).")
+            f"({CHECKPOINTS.get((adapter, family), 'none published')}).")
     cross_layers = sum(1 for name in unet.attn_processors if not name.endswith("attn1.processor"))
     if shape.layers != cross_layers:
         raise InputError(
@@ -184,12 +204,13 @@ class IdentityEmbedding:
     vector: np.ndarray  # float32 (D,), unit length
     photos: list[str]  # the photos it was averaged over
     backend: str
+    crops: np.ndarray | None = None  # uint8 (N, 224, 224, 3): each photo's face, aligned (insightface's norm_crop)
 
 
 def _cache_key(files: list[Path], backend: str) -> str:
     import hashlib
 
-    h = hashlib.sha256(f"identity-v1|{backend}".encode())
+    h = hashlib.sha256(f"identity-v2|{backend}".encode())
     for path in files:
         h.update(path.name.encode() + b"\0")
         with open(path, "rb") as f:
@@ -206,7 +227,8 @@ def _read_cached(path: Path) -> IdentityEmbedding | None:
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-            return IdentityEmbedding(f.get_tensor("embedding").astype(np.float32), json.loads(meta["photos"]), meta["backend"])
+            return IdentityEmbedding(f.get_tensor("embedding").astype(np.float32), json.loads(meta["photos"]), meta["backend"],
+                                     f.get_tensor("crops"))
     except Exception as exc:  # a damaged cache file is measured again, never trusted
         logger.info("identity embedding cache %s unreadable (%s); measuring again", path, type(exc).__name__)
         return None
@@ -220,7 +242,11 @@ def identity_embedding(photos: str | os.PathLike, analyzer, cache: bool = True) 
     backend and the photos' names and bytes, so a later job with the same photos skips detection. Not
     in the photos folder: that folder is the user's (or preprocessing's, whose record would count a
     stranger's file there)."""
+    from facechain.errors import require
     from facechain.images import PHOTO_MAX_MEGAPIXELS, list_images, read_image
+
+    require("insightface", "the identity adapter's face crops (insightface.utils.face_align)")
+    from insightface.utils.face_align import norm_crop
 
     files = list_images(Path(photos), "identity.photos folder")
     cached = adapters_home().parent / "identity" / f"{_cache_key(files, analyzer.name)}.safetensors" if cache else None
@@ -229,7 +255,7 @@ def identity_embedding(photos: str | os.PathLike, analyzer, cache: bool = True) 
         if hit is not None:
             logger.info("identity embedding: cached (%s), over %d photos", cached.name, len(hit.photos))
             return hit
-    vectors, used, problems = [], [], []
+    vectors, used, problems, crops = [], [], [], []
     for path in files:
         try:
             img = read_image(path, "identity photo", max_megapixels=PHOTO_MAX_MEGAPIXELS)
@@ -246,12 +272,14 @@ def identity_embedding(photos: str | os.PathLike, analyzer, cache: bool = True) 
             v = np.asarray(emb, np.float64).reshape(-1)
             vectors.append(v / max(np.linalg.norm(v), 1e-12))
             used.append(path.name)
+            crops.append(norm_crop(img, landmark=np.asarray(faces[0].kps, np.float32), image_size=CLIP_CROP))
     if problems:
         raise InputError(
             f"identity.photos {photos}: every photo must show the person's face alone. Fix or remove:\n  "
             + "\n  ".join(problems) + "\n(The output folder of `facechain preprocess` holds only such crops.)")
     mean = np.mean(vectors, axis=0)
-    emb = IdentityEmbedding((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32), used, analyzer.name)
+    emb = IdentityEmbedding((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32), used, analyzer.name,
+                            np.stack(crops).astype(np.uint8))
     if cached is not None:
         import json
 
@@ -261,7 +289,7 @@ def identity_embedding(photos: str | os.PathLike, analyzer, cache: bool = True) 
 
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            save_safetensors(cached, {"embedding": torch.from_numpy(emb.vector)},
+            save_safetensors(cached, {"embedding": torch.from_numpy(emb.vector), "crops": torch.from_numpy(emb.crops)},
                              metadata={"photos": json.dumps(used), "backend": analyzer.name})
         except OSError as exc:  # a read-only home: the job goes on without the cache
             logger.warning("identity embedding: could not cache it in %s (%s)", cached.parent, exc.strerror or exc)
@@ -281,7 +309,7 @@ class IPAdapterFaceID:
         self.spec = spec
         self.family = family
         self.path = resolve_weights(spec.adapter, family, spec.weights)
-        self.shape = read_shape(self.path)
+        self.shape = read_shape(self.path, self.name)
 
     def check_embedding(self, emb: IdentityEmbedding) -> None:
         if emb.vector.shape[0] != self.shape.embed_dim:
@@ -293,7 +321,8 @@ class IPAdapterFaceID:
     def attach(self, pipe) -> dict[str, float]:
         """Load the adapter into ``pipe`` with diffusers' ``load_ip_adapter`` and set its scale.
         Returns the extra LoRA adapters it brought, name -> weight, for the caller's ``set_adapters``."""
-        check_state(self.shape, pipe.unet, self.path, self.family)
+        check_state(self.shape, pipe.unet, self.path, self.family, self.name)
+        self._before_load(pipe)
         try:
             pipe.load_ip_adapter(str(self.path.parent), subfolder="", weight_name=self.path.name,
                                  image_encoder_folder=None)
@@ -304,8 +333,22 @@ class IPAdapterFaceID:
             raise InputError(f"{self.name} weights {self.path} could not be loaded ({type(exc).__name__}: {first}). "
                              "Check that the file is a complete IP-Adapter-FaceID checkpoint for this base model.") from exc
         pipe.set_ip_adapter_scale(self.spec.scale)
+        self._after_load(pipe)
         loaded = getattr(pipe, "get_list_adapters", lambda: {})().get("unet", [])
         return {self.lora_adapter: self.spec.lora_scale} if self.lora_adapter in loaded else {}
+
+    def _before_load(self, pipe) -> None:
+        pass
+
+    def _after_load(self, pipe) -> None:
+        pass
+
+    def prepare(self, emb: IdentityEmbedding) -> None:
+        """Called once after :meth:`attach` with the person's embedding; nothing to do here."""
+
+    def before_call(self, num_images: int, do_cfg: bool) -> None:
+        """Called before each pipeline call with its number of images (the Plus variants set their CLIP
+        features for that batch); nothing to do here."""
 
     def embeds(self, emb: IdentityEmbedding, *, do_cfg: bool, device, dtype) -> list:
         """``ip_adapter_image_embeds`` for one prompt: [(2 or 1, 1, 1, D)], zeros first under guidance."""
@@ -321,3 +364,64 @@ class IPAdapterFaceID:
                 "lora_scale": self.spec.lora_scale if self.shape.has_lora else None,
                 "photos": emb.photos, "embedding": {"backend": emb.backend, "dim": int(emb.vector.shape[0])},
                 "license": LICENSE_NOTE}
+
+
+class IPAdapterFaceIDPlusV2(IPAdapterFaceID):
+    """IP-Adapter-FaceID Plus v2: the ArcFace embedding plus the CLIP image features of the face
+    (a perceiver resampler over both, and v2's shortcut that adds the ID tokens back). The CLIP
+    encoder (ViT-H by default) reads each photo's face aligned by insightface's ``norm_crop`` at 224 px;
+    its penultimate hidden states are averaged over the photos, as the ArcFace embeddings are. diffusers
+    takes them on the projection layer (``clip_embeds``, ``shortcut=True``), one row per image of a call,
+    unconditional ones (a zero image) first under guidance."""
+
+    name = "ip-adapter-faceid-plusv2"
+
+    def __init__(self, spec, family: str):
+        super().__init__(spec, family)
+        self.encoder_ref = spec.image_encoder or DEFAULT_IMAGE_ENCODER
+        self._pipe = self._features = None
+
+    def _before_load(self, pipe) -> None:
+        from facechain.models import load_image_encoder
+
+        encoder = load_image_encoder(self.encoder_ref, dtype=pipe.unet.dtype)
+        if int(encoder.config.hidden_size) != self.shape.clip_dim:
+            raise InputError(
+                f"{self.name} ({self.path.name}) reads {self.shape.clip_dim}-wide CLIP image features, and the image "
+                f"encoder {self.encoder_ref} gives {encoder.config.hidden_size}-wide ones. Use the encoder it was "
+                f"trained with ({DEFAULT_IMAGE_ENCODER}).")
+        # registered before load_ip_adapter, which then sizes the feature extractor from this encoder
+        pipe.register_modules(image_encoder=encoder.to(pipe.unet.device))
+
+    def _after_load(self, pipe) -> None:
+        layer = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+        layer.shortcut = True  # v2
+        self._pipe = pipe
+
+    def prepare(self, emb: IdentityEmbedding) -> None:
+        """The averaged CLIP features of the face crops (and of a zero image, the unconditional ones)."""
+        import torch
+
+        pipe = self._pipe
+        if emb.crops is None or not len(emb.crops):
+            raise InputError(f"{self.name} needs the faces' crops, and the identity embedding has none.")
+        enc = pipe.image_encoder
+        pixels = pipe.feature_extractor(images=list(emb.crops), return_tensors="pt").pixel_values
+        pixels = pixels.to(device=enc.device, dtype=enc.dtype)
+        with torch.inference_mode():
+            pos = enc(pixels, output_hidden_states=True).hidden_states[-2].mean(0, keepdim=True)
+            neg = enc(torch.zeros_like(pixels[:1]), output_hidden_states=True).hidden_states[-2]
+        self._features = (neg, pos)  # each (1, tokens, hidden)
+
+    def before_call(self, num_images: int, do_cfg: bool) -> None:
+        import torch
+
+        if self._features is None:
+            raise RuntimeError("prepare() must run before the first pipeline call")
+        neg, pos = self._features
+        rows = [neg] * num_images + [pos] * num_images if do_cfg else [pos] * num_images
+        layer = self._pipe.unet.encoder_hid_proj.image_projection_layers[0]
+        layer.clip_embeds = torch.cat(rows)[:, None].to(dtype=self._pipe.unet.dtype)
+
+    def describe(self, emb: IdentityEmbedding) -> dict:
+        return {**super().describe(emb), "image_encoder": self.encoder_ref, "shortcut": True}

@@ -196,6 +196,7 @@ class PortraitGenerator:
             self.adapters[FACE_ADAPTER] = 1.0
         if self.identity is not None:  # its own LoRA (faceid_0) joins the adapters mixed per style
             self.adapters.update(self.identity.attach(pipe))
+            self.identity.prepare(self.identity_embedding)
         self.default_style_lora = resolve_default_style_lora(cfg, self.family)
         if cfg.fast:
             ref = cfg.lcm_lora or lora_io.LCM_LORAS[self.family]
@@ -432,6 +433,8 @@ class PortraitGenerator:
                     idx = list(range(start, min(start + cfg.batch_size, cfg.num_candidates)))
                     seeds = [cfg.seed + i for i in idx]
                     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
+                    if self.identity is not None:
+                        self.identity.before_call(len(idx), do_cfg=guidance > 1)
                     with torch.inference_mode():
                         out = pipe(
                             **conditioning, num_images_per_prompt=len(idx), num_inference_steps=steps,
@@ -442,6 +445,8 @@ class PortraitGenerator:
                     bar.update(len(idx))
             if cfg.detailer != "off":  # while the face LoRA (and style LoRA) is still active
                 ident = {k: v for k, v in extra.items() if k == "ip_adapter_image_embeds"}  # the adapter's identity too
+                if self.identity is not None:  # the detailer's inpaint calls draw one image each
+                    self.identity.before_call(1, do_cfg=dcfg.guidance_scale > 1)
                 candidates = self._detail(candidates, prompt, negative, dcfg, {**conditioning, **ident})
         finally:
             self._deactivate(weights)
