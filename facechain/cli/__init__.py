@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "stylize": ("facechain.cli.stylize", "training-free portrait stylization after a style image"),
     "eval": ("facechain.cli.eval", "likeness report of generated portraits against the person's photos"),
     "convert": ("facechain.cli.convert", "convert a trusted pickle checkpoint (.bin) to .safetensors, once"),
+    "train-adapter": ("facechain.cli.train_adapter", "train an adapter (repcontrolnet) on a base model"),
+    "merge-repcontrolnet": ("facechain.cli.merge_repcontrolnet", "merge a trained RepControlNet into its base model"),
     "make-tiny-model": ("facechain.cli.tiny", "build a tiny offline model for smoke tests"),
 }
 

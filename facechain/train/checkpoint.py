@@ -110,9 +110,10 @@ def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], groups: list[di
 
 
 def finalize(od, staging: Path, step: int, *, lora_flat: dict, opt_state: dict, sched_state: dict,
-             score: float | None, extra: dict) -> Path:
-    """Write the main-process files into ``staging`` and commit them as ``checkpoints/step-NNNNNN``."""
-    save_safetensors(staging / "lora.safetensors", lora_flat)
+             score: float | None, extra: dict, weights_name: str = "lora.safetensors") -> Path:
+    """Write the main-process files into ``staging`` and commit them as ``checkpoints/step-NNNNNN``.
+    ``lora_flat``: the trained tensors, written as ``weights_name`` (another trainer's own name)."""
+    save_safetensors(staging / weights_name, lora_flat)
     tensors, groups = optimizer_to_safetensors(opt_state)
     save_safetensors(staging / "optimizer.safetensors", tensors)
     sched = {k: v for k, v in sched_state.items() if _jsonable(v)}
@@ -125,8 +126,8 @@ def finalize(od, staging: Path, step: int, *, lora_flat: dict, opt_state: dict, 
     return final
 
 
-def read_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """(state.json, flat LoRA tensors, optimizer state dict)."""
+def read_state(ckpt: Path, weights_name: str = "lora.safetensors") -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(state.json, the trained tensors (``weights_name``), optimizer state dict)."""
     from safetensors.torch import load_file
 
     try:
@@ -134,7 +135,7 @@ def read_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
         missing = [k for k in ("step", "config", "lr_scheduler", "optimizer_param_groups") if k not in state]
         if missing:
             raise KeyError(f"state.json lacks {missing}")
-        lora = load_file(str(ckpt / "lora.safetensors"))
+        lora = load_file(str(ckpt / weights_name))
         opt = optimizer_from_safetensors(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer_param_groups"])
     except Exception as exc:  # JSON, missing file, truncated safetensors, wrong layout
         raise _damaged(ckpt, exc) from exc

@@ -1,0 +1,344 @@
+"""Training RepControlNet: only the modal copy of the UNet's layers and the condition adapter learn.
+
+    facechain train-adapter repcontrolnet --condition openpose --base-model M --data DIR --output-dir OUT
+
+``DIR/images/`` and ``DIR/conditions/`` hold pairs with the same file stem (any image format);
+``DIR/metadata.jsonl`` (``{"file_name": "x.png", "text": "..."}``, optional) gives captions. Images and
+condition maps are resized and centre-cropped to ``resolution``; latents, condition tensors and
+text embeddings are computed once. The loss is diffusers' usual one (MSE on the noise, or on the
+velocity for v-prediction models). accelerate runs it (multi-GPU, mixed precision); checkpoints
+(``checkpoints/step-N``: modal + adapter weights, AdamW state, RNG, all safetensors) are written
+atomically and ``--resume`` continues from the latest. Outputs in OUT:
+
+* ``repcontrolnet_modal.safetensors``: the modal weights, keyed like the base UNet's parameters;
+* ``condition_adapter.safetensors``: the condition encoder;
+* ``repcontrolnet_config.json``: the settings, the base model, the coefficient, the condition;
+* ``train_log.jsonl``: the loss per step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facechain.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+MODAL_FILE = "repcontrolnet_modal.safetensors"
+ADAPTER_FILE = "condition_adapter.safetensors"
+CONFIG_FILE = "repcontrolnet_config.json"
+LOG_FILE = "train_log.jsonl"
+CKPT_WEIGHTS = "repcontrolnet.safetensors"  # modal + adapter tensors inside a checkpoint
+CONDITIONS = ("openpose", "depth", "canny", "landmarks")
+
+
+def _h(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class RepControlNetConfig:
+    base_model: str = _h("Base model: hub id, ModelScope id, local diffusers folder or .safetensors file.")
+    data: Path = _h("Folder with images/ and conditions/ (same file stems) and an optional metadata.jsonl of captions.")
+    output_dir: Path = _h("Folder for the adapter, its checkpoints and log.")
+    condition: str = _h(f"What the condition maps show ({', '.join(CONDITIONS)}); recorded with the adapter.",
+                        default="openpose")
+    revision: str | None = _h("Hub revision / ModelScope version of base_model.", default=None)
+    sub_path: str | None = _h("Sub folder inside base_model.", default=None)
+    single_file_config: str | None = _h("Diffusers folder describing a single-file checkpoint's architecture.", default=None)
+    resolution: int = _h("Training resolution (square).", default=512)
+    max_train_steps: int = _h("Training steps.", default=1000)
+    train_batch_size: int = _h("Batch size per process.", default=1)
+    learning_rate: float = _h("AdamW learning rate (ControlNet's: 1e-5).", default=1e-5)
+    weight_decay: float = _h("AdamW weight decay.", default=1e-2)
+    coefficient: float = _h("c in (0, 1]: the modal copy starts as c x the base weights and the layer computes "
+                            "(1 - c) x base + modal, so training starts from the base model exactly; merged, "
+                            "W' = (1 - c) W + W_m. The paper gives no value; 0.5 is ours.", default=0.5)
+    checkpointing_steps: int = _h("Write a resumable checkpoint every N steps.", default=250)
+    checkpoints_total_limit: int | None = _h("Keep at most this many checkpoints (the latest always).", default=2)
+    seed: int = _h("Seed of the data order, noise and timesteps.", default=42)
+    mixed_precision: str = _h("auto (bf16/fp16 on a GPU, fp32 on a CPU), no, fp16 or bf16.", default="auto")
+    gradient_checkpointing: bool = _h("Trade compute for memory in the UNet.", default=False)
+    resume: bool = _h("Continue the run in output_dir from its latest checkpoint.", default=False)
+    allow_pickle: bool = _h("Allow pickle weight files of the base model (tensors only). Only for trusted files.",
+                            default=False)
+    allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write.", default=False)
+
+    def __post_init__(self):
+        if self.condition not in CONDITIONS:
+            raise InputError(f"condition must be one of {list(CONDITIONS)}, got '{self.condition}'.")
+        if not 0.0 < self.coefficient <= 1.0:
+            raise InputError(f"coefficient must be in (0, 1], got {self.coefficient}.")
+        for name in ("resolution", "max_train_steps", "train_batch_size", "checkpointing_steps"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.resolution % 8:
+            raise InputError(f"resolution must be a multiple of 8, got {self.resolution}.")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise InputError(f"mixed_precision must be auto, no, fp16 or bf16, got '{self.mixed_precision}'.")
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    condition: Path
+    caption: str
+
+
+def load_pairs(data: Path) -> list[Pair]:
+    """The (image, condition map, caption) pairs of ``data``; an image without its map (or the other way
+    round) is named and left out, and none at all is an error."""
+    from facechain.images import list_images
+
+    data = Path(data)
+    images_dir, cond_dir = data / "images", data / "conditions"
+    if not images_dir.is_dir():
+        raise InputError(f"data {data} has no images/ folder. Put the training images in {images_dir} and their "
+                         f"condition maps (same file names) in {cond_dir}.")
+    if not cond_dir.is_dir():
+        raise InputError(
+            f"data {data} has no conditions/ folder. Put each image's condition map (an OpenPose skeleton, a depth map, "
+            f"...) in {cond_dir} with the image's file name; compute them with an annotator first (controlnet_aux).")
+    images = {p.stem: p for p in list_images(images_dir, "images folder")}
+    conds = {p.stem: p for p in list_images(cond_dir, "conditions folder")}
+    captions: dict[str, str] = {}
+    meta = data / "metadata.jsonl"
+    if meta.is_file():
+        from facechain.io import read_jsonl
+
+        for row in read_jsonl(meta):
+            if isinstance(row, dict) and isinstance(row.get("file_name"), str) and isinstance(row.get("text"), str):
+                captions[Path(row["file_name"]).stem] = row["text"]
+    lonely = sorted(set(images) ^ set(conds))
+    if lonely:
+        logger.warning("repcontrolnet data: left out (no pair in the other folder): %s", ", ".join(lonely[:10]))
+    pairs = [Pair(images[s], conds[s], captions.get(s, "")) for s in sorted(set(images) & set(conds))]
+    if not pairs:
+        raise InputError(f"data {data}: no image in images/ has a condition map of the same name in conditions/.")
+    return pairs
+
+
+def _square(path: Path, size: int, what: str) -> np.ndarray:
+    from PIL import Image
+
+    from facechain.images import read_image
+
+    img = Image.fromarray(read_image(path, what))
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return np.asarray(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
+
+
+def _check_output_dir(cfg: RepControlNetConfig, out: Path):
+    from facechain.train import checkpoint as ckpt_io
+
+    existing = ckpt_io.list_checkpoints(out)
+    if cfg.resume:
+        if existing:
+            saved = json.loads((existing[-1].path / "state.json").read_text(encoding="utf-8")).get("config", {})
+            changed = [k for k in ("base_model", "condition", "coefficient", "resolution", "train_batch_size", "seed")
+                       if str(saved.get(k)) != str(getattr(cfg, k))]
+            if changed:
+                raise InputError(f"--resume: {', '.join(changed)} differ from the run in {out}. Resume with the same "
+                                 "settings (only max_train_steps may grow), or start a new output folder.")
+        elif (out / MODAL_FILE).exists():
+            raise InputError(f"--resume: {out} holds a finished adapter and no checkpoint. Choose a new output folder.")
+        return existing
+    if existing or (out / MODAL_FILE).exists():
+        raise InputError(f"output_dir {out} already holds a RepControlNet run. Pass --resume to continue it, or choose "
+                         "an empty output folder.")
+    return existing
+
+
+def train_repcontrolnet(cfg: RepControlNetConfig, *, progress: bool = True) -> Path:
+    """Train as configured (see the module docstring); returns the output folder."""
+    import torch
+
+    from facechain.outputs import OutputDir, check_writable_folder
+    from facechain.train.trainer import _release_accelerator_state
+
+    check_writable_folder(Path(cfg.output_dir), "output_dir")
+    pairs = load_pairs(cfg.data)
+    threads = torch.get_num_threads()
+    try:
+        with OutputDir.open(cfg.output_dir, "train-adapter", allow_other_files=cfg.allow_other_files) as od:
+            return _train(cfg, pairs, od, progress)
+    finally:
+        torch.set_num_threads(threads)
+        _release_accelerator_state()
+
+
+class RepControlNetModel:
+    """The two-branch UNet with its condition adapter: what training optimises (a torch Module built lazily)."""
+
+    @staticmethod
+    def build(unet, coefficient: float, seed: int = 0):
+        """``seed``: the condition adapter's initial weights (its output layer starts at zero either way)."""
+        import torch
+
+        from facechain.adapters.repcontrolnet.model import ConditionInjection, make_condition_adapter, wrap_unet
+
+        class _Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                wrap_unet(unet, coefficient)
+                self.unet = unet
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    self.adapter = make_condition_adapter(unet)
+                self.injection = ConditionInjection(unet)
+
+            def forward(self, noisy, timesteps, embeds, condition, added=None):
+                self.injection.features = self.adapter(condition)
+                try:
+                    return self.unet(noisy, timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]
+                finally:
+                    self.injection.features = None
+
+        return _Model()
+
+
+def trainable_state(model) -> dict:
+    from facechain.adapters.repcontrolnet.model import modal_state
+
+    out = {f"modal.{k}": v for k, v in modal_state(model.unet).items()}
+    out.update({f"adapter.{k}": v.detach() for k, v in model.adapter.state_dict().items()})
+    return out
+
+
+def load_trainable_state(model, state: dict) -> None:
+    from facechain.adapters.repcontrolnet.model import load_modal_state
+
+    load_modal_state(model.unet, {k[len("modal."):]: v for k, v in state.items() if k.startswith("modal.")})
+    model.adapter.load_state_dict({k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")})
+
+
+def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> Path:
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from tqdm.auto import tqdm
+
+    from facechain.config import save_config, to_dict
+    from facechain.io import append_jsonl, save_safetensors, write_json
+    from facechain.models import load_pipeline, resolve_model
+    from facechain.train import checkpoint as ckpt_io
+    from facechain.train.text import TextConditioner, sdxl_time_ids
+    from facechain.train.trainer import resolve_mixed_precision, set_threads
+
+    out = od.path
+    existing = _check_output_dir(cfg, out)
+    set_threads(0)
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision)
+    device = accelerator.device
+    main = accelerator.is_main_process
+    resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
+    pipe = load_pipeline(resolved, torch_dtype=torch.float32, single_file_config=cfg.single_file_config)
+    family = resolved.family
+    unet, vae = pipe.unet, pipe.vae
+    text = TextConditioner.from_pipeline(pipe, family)
+    for m in [vae, *text.encoders]:
+        m.requires_grad_(False)
+        m.to(device)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    pred_type = noise_scheduler.config.prediction_type
+
+    # everything that does not train is computed once
+    gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+    with torch.no_grad():
+        pixels = torch.stack([torch.from_numpy(_square(p.image, cfg.resolution, "training image")) for p in pairs])
+        pixels = pixels.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        latents = torch.cat([vae.encode(pixels[i:i + 1].to(device)).latent_dist.mean for i in range(len(pairs))])
+        latents = (latents * vae.config.scaling_factor).cpu()
+        conds = torch.stack([torch.from_numpy(_square(p.condition, cfg.resolution, "condition map")) for p in pairs])
+        conds = conds.permute(0, 3, 1, 2).float().div(255.0)
+        embeds, pooled = text.encode(text.tokenize([p.caption for p in pairs]))
+        embeds, pooled = embeds.cpu(), None if pooled is None else pooled.cpu()
+    for m in text.encoders:
+        m.to("cpu")
+
+    model = RepControlNetModel.build(unet, cfg.coefficient, cfg.seed)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    start = 0
+    if existing:
+        state, weights, opt_state = ckpt_io.read_state(existing[-1].path, CKPT_WEIGHTS)
+        load_trainable_state(model, weights)
+        optimizer.load_state_dict(opt_state)
+        ckpt_io.read_rng(existing[-1].path, gen, accelerator.process_index)
+        start = int(state["step"])
+        logger.info("resuming from %s (step %d)", existing[-1].path, start)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    inner = accelerator.unwrap_model(model)
+    inner.unet.train()
+    if main:
+        stage = od.stage()
+        save_config(cfg, stage / CONFIG_FILE)
+        od.commit(stage, replace=False)
+    log_path = out / LOG_FILE
+    step = start
+    bar = tqdm(total=cfg.max_train_steps, initial=start, desc="train repcontrolnet", unit="step",
+               disable=not (progress and main))
+    while step < cfg.max_train_steps:
+        t0 = time.perf_counter()
+        idx = torch.randint(0, len(pairs), (cfg.train_batch_size,), generator=gen)
+        x0 = latents[idx].to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
+        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+        emb = embeds[idx].to(device)
+        added = None
+        if family == "sdxl":
+            added = {"text_embeds": pooled[idx].to(device),
+                     "time_ids": sdxl_time_ids(cfg.resolution, x0.shape[0], device, emb.dtype)}
+        target = noise if pred_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
+        with accelerator.autocast():
+            pred = model(noisy, timesteps, emb, conds[idx].to(device), added)
+        loss = F.mse_loss(pred.float(), target.float())
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        value = loss.detach().item()
+        if not math.isfinite(value):
+            raise InputError(f"the training loss became {value} at step {step}. Lower --learning-rate, or use "
+                             "--mixed-precision bf16 or no.")
+        if main:
+            append_jsonl(log_path, {"step": step, "loss": value, "seconds": round(time.perf_counter() - t0, 5)})
+        if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
+            staging = ckpt_io.staging_dir(out, step)
+            ckpt_io.write_rng(staging, gen, accelerator.process_index)
+            accelerator.wait_for_everyone()
+            if main:
+                ckpt_io.finalize(od, staging, step, lora_flat=trainable_state(inner), opt_state=optimizer.state_dict(),
+                                 sched_state={}, score=None, extra={"config": to_dict(cfg), "model": resolved.to_dict()},
+                                 weights_name=CKPT_WEIGHTS)
+                ckpt_io.prune(od, cfg.checkpoints_total_limit, set())
+                od.record([LOG_FILE], logs=(LOG_FILE,))
+            accelerator.wait_for_everyone()
+    bar.close()
+    if main:
+        state = trainable_state(inner)
+        stage = od.stage()
+        save_safetensors(stage / MODAL_FILE, {k[len("modal."):]: v for k, v in state.items() if k.startswith("modal.")})
+        save_safetensors(stage / ADAPTER_FILE, {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")})
+        write_json(stage / "repcontrolnet.json", {
+            "condition": cfg.condition, "coefficient": cfg.coefficient, "family": family, "base_model": resolved.to_dict(),
+            "resolution": cfg.resolution, "steps": step, "adapter_channels": int(unet.conv_in.out_channels)})
+        od.commit(stage, replace=False)
+        od.record([LOG_FILE], logs=(LOG_FILE,))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
