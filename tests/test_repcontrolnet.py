@@ -225,3 +225,62 @@ def test_bad_data_and_merges_are_refused(tiny_sd15, tiny_sdxl, rep_data, tmp_pat
     (fake / "repcontrolnet.json").write_text(json.dumps({"family": "sd15", "coefficient": 0.5, "condition": "openpose"}))
     with pytest.raises(InputError, match="trained on a sd15 model"):
         merge_repcontrolnet(fake, str(tiny_sdxl), tmp_path / "m2")
+
+
+@pytest.fixture(scope="module")
+def merged_model(tiny_sd15, rep_data, tmp_path_factory):
+    from facechain.adapters.repcontrolnet.merge import merge_repcontrolnet
+    from facechain.adapters.repcontrolnet.train import train_repcontrolnet
+
+    root = tmp_path_factory.mktemp("merged")
+    out = train_repcontrolnet(_cfg(tiny_sd15, rep_data, root / "adapter", learning_rate=1e-2), progress=False)
+    return merge_repcontrolnet(out, str(tiny_sd15), root / "model")
+
+
+def test_generation_with_a_merged_model_steers_the_pose_without_a_controlnet(merged_model, tmp_path):
+    from facechain.generate import GenerateConfig
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from tests.test_generate_detailer import _PhotoSampler, _small_face_photo
+
+    def cfg(**kw):
+        base = dict(base_model=str(merged_model), output_dir=tmp_path / "out", num_candidates=2, num_images=1,
+                    batch_size=2, num_inference_steps=2, rank_candidates=False, fusion="off", device="cpu",
+                    dtype="float32", detailer="off", face_backend="dlib")
+        base.update(kw)
+        return GenerateConfig(**base)
+
+    style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")
+
+    def images(gen):
+        batch = gen.generate(style, ("", "a person"))
+        return np.stack([np.asarray(c.image, np.int16) for c in batch.candidates]), batch
+
+    plain, _ = images(PortraitGenerator(cfg()))  # the merged model used like any base model
+    posed_gen = PortraitGenerator(cfg(pose="upper_body_front"))  # auto: the model's own condition encoder
+    assert posed_gen.control_pipe is None
+    posed, batch = images(posed_gen)
+    assert batch.settings["pose_control"] == "repcontrolnet" and batch.settings["controlnets"] == []
+    assert np.abs(posed - plain).mean() > 0.5
+    turned, _ = images(PortraitGenerator(cfg(pose="upper_body_turn")))
+    assert np.abs(turned - posed).mean() > 0.1  # another pose, another picture
+    again, _ = images(posed_gen)  # the features are set per style, and removed after it
+    assert np.array_equal(again, posed)
+    # the face detailer's crops never get the whole picture's pose features
+    gen = PortraitGenerator(cfg(pose="upper_body_front", detailer="always", num_candidates=1, batch_size=1, height=128,
+                                width=128))  # 16x16 pose features; the detailer redraws at 64 px (8x8)
+    gen.control_pipe = _PhotoSampler(gen.pipe, [_small_face_photo()])  # the tiny model draws no face: a photo instead
+    detailed = gen.generate(style, ("", "a person"))  # the pose's 8x8 features on a 64 px face crop would raise
+    assert detailed.candidates[0].detailer[0]["detailed"] is True
+    with pytest.raises(InputError, match="depth needs a ControlNet"):
+        cfg(pose="upper_body_front", pose_control="repcontrolnet", depth=True, depth_image=tmp_path / "d.png")
+
+
+def test_pose_control_repcontrolnet_needs_a_merged_model(tiny_sd15, tmp_path):
+    from facechain.generate import GenerateConfig
+    from facechain.generate.pipeline import PortraitGenerator
+
+    with pytest.raises(InputError, match="not a model merged with an openpose RepControlNet"):
+        PortraitGenerator(GenerateConfig(base_model=str(tiny_sd15), output_dir=tmp_path / "o", pose="upper_body_front",
+                                         pose_control="repcontrolnet", num_inference_steps=2, device="cpu",
+                                         dtype="float32", rank_candidates=False, fusion="off"))

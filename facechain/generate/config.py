@@ -119,6 +119,11 @@ class GenerateConfig:
     pose: str | None = _h("Pose: a pose name from poses/ (e.g. upper_body_front), an OpenPose skeleton map, or a "
                           "photo (converted with controlnet_aux when its annotator weights are available).",
                           default=None)
+    pose_control: Literal["auto", "controlnet", "repcontrolnet"] = _h(
+        "How the pose steers generation: controlnet (an OpenPose ControlNet beside the UNet), repcontrolnet (base_model "
+        "is a model merged with `facechain merge-repcontrolnet`: its condition encoder runs once per job and the UNet "
+        "costs what the base costs), auto (repcontrolnet when base_model is such a merged openpose model, else "
+        "controlnet).", default="auto")
     depth: bool = _h("Add a depth ControlNet together with pose (FaceChain weights: pose 1.0, depth 0.5).",
                      default=False)
     depth_image: Path | None = _h("A ready depth map to use instead of estimating one from the pose photo.",
@@ -233,6 +238,9 @@ class GenerateConfig:
         if self.depth_image is not None and not self.depth:
             raise InputError("depth_image is set but depth is off, so it would be ignored. Set depth: true (with a "
                              "pose), or remove depth_image.")
+        if self.pose_control == "repcontrolnet" and self.depth:
+            raise InputError("pose_control repcontrolnet steers the pose only; depth needs a ControlNet. Turn depth off, "
+                             "or set pose_control: controlnet.")
         if self.depth and self.pose is None:
             raise InputError("depth is on but pose is empty: the depth ControlNet is used together with a pose.")
 

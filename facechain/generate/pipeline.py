@@ -212,6 +212,8 @@ class PortraitGenerator:
         self.control_images: list = []
         self.control_scales: list[float] = []
         self.control_pipe = None
+        self.pose_control: str | None = None  # "controlnet" | "repcontrolnet" once a pose is set up
+        self._rep_injection = self._rep_features = None
         # fuse_lora/unfuse_lora in half precision round the base weights a little each time; keep an
         # exact copy (on the CPU) of every weight a fuse touches and put it back after each unfuse
         self._base_copies: dict[int, tuple] = {}
@@ -228,12 +230,21 @@ class PortraitGenerator:
         from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
         from PIL import Image
 
+        from facechain.adapters.repcontrolnet.merge import merged_record
         from facechain.poses import letterbox
 
         cfg = self.cfg
         # letterboxed, never stretched: a pose (and its depth map) of another aspect than the output keeps
         # its proportions; both are fitted the same way, so they stay aligned
         pose_map = letterbox(pose_map, (self.width, self.height), "nearest")
+        rep = merged_record(self.resolved.path)
+        mode = cfg.pose_control
+        if mode == "auto":
+            mode = "repcontrolnet" if rep is not None and rep.get("condition") == "openpose" and not cfg.depth else "controlnet"
+        self.pose_control = mode
+        if mode == "repcontrolnet":
+            self._setup_repcontrol(pose_map, rep)
+            return
         nets = [load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family], dtype=self.dtype,
                                 what="openpose", allow_pickle=cfg.allow_pickle)]
         images = [Image.fromarray(pose_map)]
@@ -267,6 +278,24 @@ class PortraitGenerator:
         self.control_pipe.set_progress_bar_config(disable=True)
         self.control_images = images
         self.control_scales = scales
+
+    def _setup_repcontrol(self, pose_map: np.ndarray, record: dict | None) -> None:
+        """A merged RepControlNet base model: its condition encoder turns the pose map into features added
+        to the UNet's first feature map during sampling (facechain.adapters.repcontrolnet)."""
+        import torch
+
+        from facechain.adapters.repcontrolnet.merge import load_condition_adapter
+        from facechain.adapters.repcontrolnet.model import ConditionInjection
+
+        if record is None or record.get("condition") != "openpose":
+            raise InputError(
+                f"pose_control is repcontrolnet but base_model {self.resolved.reference} is not a model merged with an "
+                "openpose RepControlNet (`facechain merge-repcontrolnet`). Use such a model, or pose_control: controlnet.")
+        adapter = load_condition_adapter(self.resolved.path, self.pipe.unet).to(self.device, self.dtype)
+        pose = torch.from_numpy(np.ascontiguousarray(pose_map)).permute(2, 0, 1)[None].float().div(255.0)
+        with torch.inference_mode():
+            self._rep_features = adapter(pose.to(self.device, self.dtype))
+        self._rep_injection = ConditionInjection(self.pipe.unet)
 
     # ------------------------------------------------------------------ LoRA mixing
 
@@ -427,6 +456,8 @@ class PortraitGenerator:
                 extra.update(image=self.control_images, controlnet_conditioning_scale=self.control_scales)
         gen_device = "cpu" if self.device.type == "mps" else self.device
         candidates: list[Candidate] = []
+        if self._rep_injection is not None:
+            self._rep_injection.features = self._rep_features  # the pose, for this style's sampling only
         try:
             with tqdm(total=cfg.num_candidates, desc=f"style {style.name}", unit="img") as bar:
                 for start in range(0, cfg.num_candidates, cfg.batch_size):
@@ -443,12 +474,16 @@ class PortraitGenerator:
                         )
                     candidates += [Candidate(i, s, img) for i, s, img in zip(idx, seeds, out.images)]
                     bar.update(len(idx))
+            if self._rep_injection is not None:  # the pose is for the whole picture, not the detailer's face crops
+                self._rep_injection.features = None
             if cfg.detailer != "off":  # while the face LoRA (and style LoRA) is still active
                 ident = {k: v for k, v in extra.items() if k == "ip_adapter_image_embeds"}  # the adapter's identity too
                 if self.identity is not None:  # the detailer's inpaint calls draw one image each
                     self.identity.before_call(1, do_cfg=dcfg.guidance_scale > 1)
                 candidates = self._detail(candidates, prompt, negative, dcfg, {**conditioning, **ident})
         finally:
+            if self._rep_injection is not None:
+                self._rep_injection.features = None
             self._deactivate(weights)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -457,6 +492,7 @@ class PortraitGenerator:
             "scheduler": type(pipe.scheduler).__name__, "steps": steps, "guidance_scale": guidance,
             "height": self.height, "width": self.width, "batch_size": cfg.batch_size, "fused": cfg.fuse_loras,
             "controlnets": ["openpose"] + (["depth"] if cfg.depth else []) if self.control_pipe is not None else [],
+            "pose_control": self.pose_control,
             "controlnet_scales": self.control_scales, "family": self.family,
             "identity": self.identity.describe(self.identity_embedding) if self.identity is not None else None,
             "prompt_encoding": {"weighting": "automatic1111", "encoder": "compel", "truncated": False,

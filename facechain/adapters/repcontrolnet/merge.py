@@ -38,6 +38,35 @@ def read_adapter_record(adapter_dir: Path) -> dict:
         raise InputError(f"{record} is damaged ({exc}); train again.") from exc
 
 
+def merged_record(model_path) -> dict | None:
+    """The RepControlNet record of a merged model folder (``MODEL_DIR/repcontrolnet/merge.json``), or None."""
+    path = Path(model_path) / REP_DIR / "merge.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{path} is damaged ({exc}); merge the RepControlNet again.") from exc
+
+
+def load_condition_adapter(model_path, unet):
+    """The condition encoder kept in a merged model folder, for ``unet``."""
+    from safetensors.torch import load_file
+
+    from facechain.adapters.repcontrolnet.model import make_condition_adapter
+    from facechain.adapters.repcontrolnet.train import ADAPTER_FILE
+
+    path = Path(model_path) / REP_DIR / ADAPTER_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing: the merged RepControlNet model is incomplete. Merge it again.")
+    adapter = make_condition_adapter(unet)
+    try:
+        adapter.load_state_dict(load_file(str(path)))
+    except Exception as exc:
+        raise InputError(f"condition encoder {path} does not fit this model ({type(exc).__name__}). Merge again.") from exc
+    return adapter
+
+
 def merge_repcontrolnet(adapter_dir, base_model: str, out, *, revision: str | None = None, sub_path: str | None = None,
                         single_file_config: str | None = None, allow_pickle: bool = False,
                         allow_other_files: bool = False) -> Path:
