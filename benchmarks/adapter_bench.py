@@ -5,6 +5,9 @@
   with `--identity-adapter` and no training. Both as subprocesses, start-up and model loading included.
 * **Seconds per portrait** once loaded (in one process, same model, same settings): no identity (the
   floor), face LoRA, adapter, both. The adapter adds 4 tokens to every cross-attention layer.
+* **Pose control**: a merged RepControlNet model against the same base with an OpenPose ControlNet
+  (diffusers' ``ControlNetModel.from_unet``, the usual architecture), seconds per sampling step and
+  parameters, and the base without a pose (the floor the merged model must match).
 
     python benchmarks/adapter_bench.py                         # tiny SD1.5 model on CPU
     python benchmarks/adapter_bench.py --full-sd15 --resolution 512 --train-steps 600   # GPU: full-size, random weights
@@ -91,6 +94,55 @@ def per_portrait(paths: dict, work: Path, args) -> list[tuple[str, float]]:
     return rows
 
 
+def pose_control(paths: dict, work: Path, args) -> list[tuple[str, float, int]]:
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from facechain.adapters.repcontrolnet.merge import merge_repcontrolnet
+    from facechain.adapters.repcontrolnet.train import RepControlNetConfig, train_repcontrolnet
+    from facechain.generate import GenerateConfig
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.images import read_image
+    from facechain.io import save_image
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+
+    data = work / "repdata"
+    for name, pose in (("a", "upper_body_front"), ("b", "upper_body_turn")):
+        save_image(data / "images" / f"{name}.png", read_image(paths["photos"] / f"{name}.png"))
+        save_image(data / "conditions" / f"{name}.png", read_image(ROOT / "poses" / f"{pose}.png"))
+    trained = train_repcontrolnet(RepControlNetConfig(base_model=str(paths["model"]), data=data, output_dir=work / "rep",
+                                                      resolution=args.resolution, max_train_steps=2, checkpointing_steps=2),
+                                  progress=False)
+    merged = merge_repcontrolnet(trained, str(paths["model"]), work / "rep-model")
+    unet = UNet2DConditionModel.from_pretrained(str(paths["model"]), subfolder="unet")
+    ControlNetModel.from_unet(unet).save_pretrained(work / "controlnet")
+    style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")
+    variants = [("base, no pose (floor)", str(paths["model"]), {}),
+                ("merged RepControlNet + pose", str(merged), {"pose": "upper_body_front"}),
+                ("base + OpenPose ControlNet + pose", str(paths["model"]),
+                 {"pose": "upper_body_front", "controlnet_openpose": str(work / "controlnet"), "pose_control": "controlnet"})]
+    rows = []
+    for name, model, extra in variants:
+        cfg = GenerateConfig(base_model=model, output_dir=work / "unused", num_candidates=args.images, num_images=1,
+                             batch_size=args.images, num_inference_steps=args.steps, height=args.resolution,
+                             width=args.resolution, rank_candidates=False, fusion="off", detailer="off",
+                             device=args.device, **extra)
+        gen = PortraitGenerator(cfg)
+        gen.generate(style, ("", "a person"))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.repeats):
+            gen.generate(style, ("", "a person"))
+        per_step = (time.perf_counter() - t0) / (args.repeats * args.steps)
+        params = sum(p.numel() for p in gen.pipe.unet.parameters())
+        if gen.control_pipe is not None:
+            params += sum(p.numel() for p in gen.control_pipe.controlnet.parameters())
+        rows.append((name, per_step, params))
+        del gen
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--full-sd15", action="store_true", help="full SD1.5 architecture with random weights (GPU)")
@@ -105,6 +157,7 @@ def main(argv=None) -> int:
         work = Path(tmp)
         paths = prepare(work, args.full_sd15)
         per = per_portrait(paths, work, args)
+        poses = pose_control(paths, work, args)
         first = first_portrait(paths, work, args)
     floor = per[0][1]
     print(f"model: {'full SD1.5 (random weights)' if args.full_sd15 else 'tiny SD1.5'}, {args.resolution} px, "
@@ -115,6 +168,9 @@ def main(argv=None) -> int:
     print("\n| time to first portrait (subprocesses, as users run them) | s |\n|---|---|")
     for name, s in first:
         print(f"| {name} | {s:.1f} |")
+    print(f"\n| pose control ({args.images} images per call) | s per step | x floor | parameters per step |\n|---|---|---|---|")
+    for name, s, n in poses:
+        print(f"| {name} | {s:.3f} | {s / poses[0][1]:.2f} | {n:,} |")
     lora_total, adapter = first[2][1], first[3][1]
     print(f"\nadapter's first portrait: {lora_total / adapter:.1f}x sooner than the face-LoRA path's")
     return 0
