@@ -119,7 +119,8 @@ def _fixed_loss(tiny, data, adapter_dir=None) -> float:
     from safetensors.torch import load_file
 
     from facechain.adapters.repcontrolnet.model import load_modal_state
-    from facechain.adapters.repcontrolnet.train import ADAPTER_FILE, MODAL_FILE, RepControlNetModel, _square, load_pairs
+    from facechain.adapters.repcontrolnet.train import ADAPTER_FILE, MODAL_FILE, RepControlNetModel, load_pairs
+    from facechain.adapters.training import square_image as _square
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny), safety_checker=None)
     model = RepControlNetModel.build(pipe.unet, 0.5)

@@ -18,15 +18,11 @@ atomically and ``--resume`` continues from the latest. Outputs in OUT:
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from facechain.adapters.training import LOG_FILE  # train_log.jsonl, as every adapter trainer
 from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +30,6 @@ logger = logging.getLogger(__name__)
 MODAL_FILE = "repcontrolnet_modal.safetensors"
 ADAPTER_FILE = "condition_adapter.safetensors"
 CONFIG_FILE = "repcontrolnet_config.json"
-LOG_FILE = "train_log.jsonl"
 CKPT_WEIGHTS = "repcontrolnet.safetensors"  # modal + adapter tensors inside a checkpoint
 CONDITIONS = ("openpose", "depth", "canny", "landmarks")
 
@@ -125,38 +120,6 @@ def load_pairs(data: Path) -> list[Pair]:
     return pairs
 
 
-def _square(path: Path, size: int, what: str) -> np.ndarray:
-    from PIL import Image
-
-    from facechain.images import read_image
-
-    img = Image.fromarray(read_image(path, what))
-    side = min(img.size)
-    left, top = (img.width - side) // 2, (img.height - side) // 2
-    return np.asarray(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
-
-
-def _check_output_dir(cfg: RepControlNetConfig, out: Path):
-    from facechain.train import checkpoint as ckpt_io
-
-    existing = ckpt_io.list_checkpoints(out)
-    if cfg.resume:
-        if existing:
-            saved = json.loads((existing[-1].path / "state.json").read_text(encoding="utf-8")).get("config", {})
-            changed = [k for k in ("base_model", "condition", "coefficient", "resolution", "train_batch_size", "seed")
-                       if str(saved.get(k)) != str(getattr(cfg, k))]
-            if changed:
-                raise InputError(f"--resume: {', '.join(changed)} differ from the run in {out}. Resume with the same "
-                                 "settings (only max_train_steps may grow), or start a new output folder.")
-        elif (out / MODAL_FILE).exists():
-            raise InputError(f"--resume: {out} holds a finished adapter and no checkpoint. Choose a new output folder.")
-        return existing
-    if existing or (out / MODAL_FILE).exists():
-        raise InputError(f"output_dir {out} already holds a RepControlNet run. Pass --resume to continue it, or choose "
-                         "an empty output folder.")
-    return existing
-
-
 def train_repcontrolnet(cfg: RepControlNetConfig, *, progress: bool = True) -> Path:
     """Train as configured (see the module docstring); returns the output folder."""
     import torch
@@ -225,22 +188,20 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> P
     import torch.nn.functional as F
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
 
+    from facechain.adapters import training
     from facechain.config import save_config, to_dict
-    from facechain.io import append_jsonl, save_safetensors, write_json
+    from facechain.io import save_safetensors, write_json
     from facechain.models import load_pipeline, resolve_model
-    from facechain.train import checkpoint as ckpt_io
     from facechain.train.text import TextConditioner, sdxl_time_ids
     from facechain.train.trainer import resolve_mixed_precision, set_threads
 
     out = od.path
-    existing = _check_output_dir(cfg, out)
+    existing = training.check_output_dir(cfg, out, MODAL_FILE, ("base_model", "condition", "coefficient", "resolution",
+                                                                "train_batch_size", "seed"), "RepControlNet")
     set_threads(0)
-    precision = resolve_mixed_precision(cfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
     device = accelerator.device
-    main = accelerator.is_main_process
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
     pipe = load_pipeline(resolved, torch_dtype=torch.float32, single_file_config=cfg.single_file_config)
     family = resolved.family
@@ -255,12 +216,12 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> P
     # everything that does not train is computed once
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
     with torch.no_grad():
-        pixels = torch.stack([torch.from_numpy(_square(p.image, cfg.resolution, "training image")) for p in pairs])
-        pixels = pixels.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        pixels = torch.stack([torch.from_numpy(training.square_image(p.image, cfg.resolution, "training image"))
+                              for p in pairs]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         latents = torch.cat([vae.encode(pixels[i:i + 1].to(device)).latent_dist.mean for i in range(len(pairs))])
         latents = (latents * vae.config.scaling_factor).cpu()
-        conds = torch.stack([torch.from_numpy(_square(p.condition, cfg.resolution, "condition map")) for p in pairs])
-        conds = conds.permute(0, 3, 1, 2).float().div(255.0)
+        conds = torch.stack([torch.from_numpy(training.square_image(p.condition, cfg.resolution, "condition map"))
+                             for p in pairs]).permute(0, 3, 1, 2).float().div(255.0)
         embeds, pooled = text.encode(text.tokenize([p.caption for p in pairs]))
         embeds, pooled = embeds.cpu(), None if pooled is None else pooled.cpu()
     for m in text.encoders:
@@ -269,29 +230,19 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> P
     model = RepControlNetModel.build(unet, cfg.coefficient, cfg.seed)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    start = 0
-    if existing:
-        state, weights, opt_state = ckpt_io.read_state(existing[-1].path, CKPT_WEIGHTS)
-        load_trainable_state(model, weights)
-        optimizer.load_state_dict(opt_state)
-        ckpt_io.read_rng(existing[-1].path, gen, accelerator.process_index)
-        start = int(state["step"])
-        logger.info("resuming from %s (step %d)", existing[-1].path, start)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
+    run = training.Run(cfg, od, accelerator, gen, CKPT_WEIGHTS, {"config": to_dict(cfg), "model": resolved.to_dict()})
+    start = training.resume(run, existing, lambda w: load_trainable_state(model, w), optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
     inner.unet.train()
-    if main:
+    if accelerator.is_main_process:
         stage = od.stage()
         save_config(cfg, stage / CONFIG_FILE)
         od.commit(stage, replace=False)
-    log_path = out / LOG_FILE
-    step = start
-    bar = tqdm(total=cfg.max_train_steps, initial=start, desc="train repcontrolnet", unit="step",
-               disable=not (progress and main))
-    while step < cfg.max_train_steps:
-        t0 = time.perf_counter()
+
+    def step(_n: int):
         idx = torch.randint(0, len(pairs), (cfg.train_batch_size,), generator=gen)
         x0 = latents[idx].to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
@@ -305,38 +256,18 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> P
         target = noise if pred_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
         with accelerator.autocast():
             pred = model(noisy, timesteps, emb, conds[idx].to(device), added)
-        loss = F.mse_loss(pred.float(), target.float())
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        value = loss.detach().item()
-        if not math.isfinite(value):
-            raise InputError(f"the training loss became {value} at step {step}. Lower --learning-rate, or use "
-                             "--mixed-precision bf16 or no.")
-        if main:
-            append_jsonl(log_path, {"step": step, "loss": value, "seconds": round(time.perf_counter() - t0, 5)})
-        if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
-            staging = ckpt_io.staging_dir(out, step)
-            ckpt_io.write_rng(staging, gen, accelerator.process_index)
-            accelerator.wait_for_everyone()
-            if main:
-                ckpt_io.finalize(od, staging, step, lora_flat=trainable_state(inner), opt_state=optimizer.state_dict(),
-                                 sched_state={}, score=None, extra={"config": to_dict(cfg), "model": resolved.to_dict()},
-                                 weights_name=CKPT_WEIGHTS)
-                ckpt_io.prune(od, cfg.checkpoints_total_limit, set())
-                od.record([LOG_FILE], logs=(LOG_FILE,))
-            accelerator.wait_for_everyone()
-    bar.close()
-    if main:
+        return F.mse_loss(pred.float(), target.float())
+
+    steps = training.run_steps(run, start=start, step=step, optimizer=optimizer, trainable=lambda: trainable_state(inner),
+                               progress=progress, desc="train repcontrolnet")
+    if accelerator.is_main_process:
         state = trainable_state(inner)
         stage = od.stage()
         save_safetensors(stage / MODAL_FILE, {k[len("modal."):]: v for k, v in state.items() if k.startswith("modal.")})
         save_safetensors(stage / ADAPTER_FILE, {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")})
         write_json(stage / "repcontrolnet.json", {
             "condition": cfg.condition, "coefficient": cfg.coefficient, "family": family, "base_model": resolved.to_dict(),
-            "resolution": cfg.resolution, "steps": step, "adapter_channels": int(unet.conv_in.out_channels)})
+            "resolution": cfg.resolution, "steps": steps, "adapter_channels": int(unet.conv_in.out_channels)})
         od.commit(stage, replace=False)
         od.record([LOG_FILE], logs=(LOG_FILE,))
     accelerator.wait_for_everyone()
