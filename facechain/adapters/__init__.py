@@ -24,8 +24,9 @@ from facechain.registry import Registry
 class IdentityConfig:
     """The ``identity:`` block of a generate config (also ``--identity-*`` flags)."""
 
-    adapter: str = field(default="", metadata={"help": "identity adapter: ip-adapter-faceid or ip-adapter-faceid-plusv2 "
-                                                       "(also reads the face's CLIP image features); empty = none"})
+    adapter: str = field(default="", metadata={"help": "identity adapter: ip-adapter-faceid, ip-adapter-faceid-plusv2 "
+                                                       "(also reads the face's CLIP image features) or feedface (an "
+                                                       "adapter trained with `facechain train-adapter feedface`); empty = none"})
     photos: Path | None = field(default=None, metadata={"help": "folder of the person's photos (one face each; the "
                                                                "processed folder works): their face embeddings are averaged"})
     scale: float = field(default=0.6, metadata={"help": "strength of the adapter's identity in [0, 2] (IP-Adapter's "
@@ -34,7 +35,7 @@ class IdentityConfig:
                                                              "checkpoint (trained with it at 1.0); 0 = off"})
     weights: str = field(default="", metadata={"help": "adapter weights: a .safetensors file (a .bin must be converted "
                                                        "once with `facechain convert`); empty = the converted default "
-                                                       "for the base model's family"})
+                                                       "for the base model's family. feedface: its training output folder"})
     image_encoder: str = field(default="", metadata={"help": "CLIP image encoder of the Plus variants (hub id or "
                                                              "diffusers/transformers folder); empty = "
                                                              "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"})
@@ -64,6 +65,9 @@ def _builtin(registry: Registry) -> None:
 
     registry.register(IPAdapterFaceID.name, IPAdapterFaceID)
     registry.register(IPAdapterFaceIDPlusV2.name, IPAdapterFaceIDPlusV2)
+    from facechain.adapters.feedface.identity import FeedFaceIdentity
+
+    registry.register(FeedFaceIdentity.name, FeedFaceIdentity)
 
 
 # name -> class(spec, family); the class has ``name``, ``attach(pipe)``, ``embeds(...)``

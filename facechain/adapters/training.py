@@ -125,3 +125,100 @@ def square_image(path: Path, size: int, what: str):
     side = min(img.size)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     return np.array(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
+
+
+def train_in_output_dir(cfg, data, train: Callable, progress: bool) -> Path:
+    """Run ``train(cfg, data, od, progress)`` with ``cfg.output_dir`` open for this command (locked, its
+    record kept), then give back the caller's thread count and accelerate's process-wide state."""
+    import torch
+
+    from facechain.outputs import OutputDir, check_writable_folder
+    from facechain.train.trainer import _release_accelerator_state
+
+    check_writable_folder(Path(cfg.output_dir), "output_dir")
+    threads = torch.get_num_threads()
+    try:
+        with OutputDir.open(cfg.output_dir, "train-adapter", allow_other_files=cfg.allow_other_files) as od:
+            return train(cfg, data, od, progress)
+    finally:
+        torch.set_num_threads(threads)
+        _release_accelerator_state()
+
+
+@dataclass
+class Base:
+    """The frozen base model of an adapter run, on accelerate's device."""
+
+    accelerator: object
+    resolved: object  # facechain.models.ResolvedModel
+    pipe: object
+    text: object  # facechain.train.text.TextConditioner
+    noise_scheduler: object
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @property
+    def family(self) -> str:
+        return self.resolved.family
+
+
+def load_base(cfg) -> Base:
+    """accelerate (``cfg.mixed_precision``), every usable core, and the base pipeline (``cfg.base_model``,
+    fp32 master weights) with its VAE and text encoders frozen."""
+    import torch
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+
+    from facechain.models import load_pipeline, resolve_model
+    from facechain.train.text import TextConditioner
+    from facechain.train.trainer import resolve_mixed_precision, set_threads
+
+    set_threads(0)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+    resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
+    pipe = load_pipeline(resolved, torch_dtype=torch.float32, single_file_config=cfg.single_file_config)
+    text = TextConditioner.from_pipeline(pipe, resolved.family)
+    for m in [pipe.vae, *text.encoders]:
+        m.requires_grad_(False)
+    return Base(accelerator, resolved, pipe, text, DDPMScheduler.from_config(pipe.scheduler.config))
+
+
+def encode_images(base: Base, paths: list[Path], resolution: int):
+    """The VAE latents (N, 4, h, w) of the images, square-cropped to ``resolution``, on the CPU."""
+    import torch
+
+    vae = base.pipe.vae
+    vae.to(base.device)
+    with torch.no_grad():
+        latents = []
+        for p in paths:
+            px = torch.from_numpy(square_image(p, resolution, "training image")).permute(2, 0, 1)[None]
+            px = px.float().div(127.5).sub(1.0).to(base.device)
+            latents.append(vae.encode(px).latent_dist.mean * vae.config.scaling_factor)
+    vae.to("cpu")
+    return torch.cat(latents).cpu()
+
+
+def encode_captions(base: Base, captions: list[str]):
+    """(prompt embeddings, pooled embeddings or None), on the CPU."""
+    import torch
+
+    for enc in base.text.encoders:
+        enc.to(base.device)
+    with torch.no_grad():
+        embeds, pooled = base.text.encode(base.text.tokenize(captions))
+    for enc in base.text.encoders:
+        enc.to("cpu")
+    return embeds.cpu(), None if pooled is None else pooled.cpu()
+
+
+def added_conditions(base: Base, pooled, idx, resolution: int, dtype):
+    """SDXL's added conditions for the samples ``idx`` (None for SD1.5)."""
+    from facechain.train.text import sdxl_time_ids
+
+    if base.family != "sdxl":
+        return None
+    return {"text_embeds": pooled[idx].to(base.device),
+            "time_ids": sdxl_time_ids(resolution, len(idx), base.device, dtype)}

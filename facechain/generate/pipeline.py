@@ -447,8 +447,10 @@ class PortraitGenerator:
             raise
         extra = {}
         if self.identity is not None:
-            extra["ip_adapter_image_embeds"] = self.identity.embeds(
-                self.identity_embedding, do_cfg=guidance > 1, device=self.device, dtype=self.pipe.unet.dtype)
+            embeds = self.identity.embeds(self.identity_embedding, do_cfg=guidance > 1, device=self.device,
+                                          dtype=self.pipe.unet.dtype)
+            if embeds is not None:  # IP-Adapter inputs; FeedFace acts through its own hooks
+                extra["ip_adapter_image_embeds"] = embeds
         if self.control_pipe is not None:
             if len(self.control_images) == 1:
                 extra.update(image=self.control_images[0], controlnet_conditioning_scale=self.control_scales[0])

@@ -7,6 +7,7 @@ letting one bad photo stop the run, and writes:
 * ``OUTPUT_DIR/metadata.jsonl``: ``{"file_name", "text"}`` per kept photo (Hugging Face imagefolder);
 * ``OUTPUT_DIR/report.json``: one entry per input (kept or rejected, reason, scores, timings);
 * ``OUTPUT_DIR/preprocess_config.json``: the settings used;
+* ``OUTPUT_DIR/masks/NNN.png``: each kept photo's head mask (255 = head), when a mask was made;
 * ``OUTPUT_DIR/reference/hires.png``: the best kept photo (:func:`photo_quality`, the photo
   generation takes as the template face) cropped the same way at up to ``reference_size`` px, from
   the source photo's own pixels (never upscaled; not written when the source is no larger than the
@@ -101,6 +102,7 @@ class _Candidate:
     image: np.ndarray
     face: Face
     hires: np.ndarray | None = None  # the same crop at up to reference_size px (see reference_crop)
+    mask: np.ndarray | None = None  # the head mask (uint8 0/255) the background was whitened with
 
 
 def list_photos(inputs) -> list[Path]:
@@ -164,14 +166,24 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
     t = time.perf_counter()
     if cfg.retouch:
         crop = retouch_skin(crop, lms, cfg.retouch_strength)
+    mask = None
     if cfg.mask != "none":
         mask, method = head_mask(crop, lms, kps, cfg.mask, cfg.allow_pickle)
         crop = whiten_background(crop, mask)
         entry.scores["mask"] = method
     timings["mask"] = time.perf_counter() - t
-    return _Candidate(entry=entry, image=crop, hires=hires, face=Face(
+    return _Candidate(entry=entry, image=crop, hires=hires, mask=_mask_u8(mask), face=Face(
         bbox=tf.apply_points(full.bbox.reshape(2, 2)).reshape(4), score=face.score, kps=kps, backend=face.backend,
         landmarks=lms, embedding=embedding, gender=face.gender, age=face.age))
+
+
+def _mask_u8(mask) -> np.ndarray | None:
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype != np.uint8 or m.max() <= 1:
+        m = (m.astype(np.float32) > 0.5 * (1.0 if m.max() <= 1 else 255.0)).astype(np.uint8) * 255
+    return m
 
 
 def reference_crop(image: np.ndarray, face: Face, cfg: PreprocessConfig) -> np.ndarray | None:
@@ -270,7 +282,7 @@ def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer
 def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnalyzer | None, progress: bool) -> PreprocessResult:
     out = od.path
     od.check_free(["metadata.jsonl", "report.json", "preprocess_config.json", FAILED_REPORT, REFERENCE_HIRES]
-                  + [f"{i:03d}.png" for i in range(len(files))])
+                  + [f"{i:03d}.png" for i in range(len(files))] + [f"masks/{i:03d}.png" for i in range(len(files))])
     analyzer = analyzer or get_analyzer(cfg.face_backend)
     if cfg.mask == "auto":
         from facechain.face.segment import PARSING_WEIGHTS, parsing_weights_path, refused_pickle_weights
@@ -333,6 +345,8 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
     for i, c in enumerate(candidates):
         name = f"{i:03d}.png"
         save_image(stage / name, c.image)
+        if c.mask is not None:  # the head mask, for trainers that weight the face region (FeedFace's masked loss)
+            save_image(stage / "masks" / name, c.mask)
         c.entry.status, c.entry.output = "kept", name
         kept_paths.append(out / name)
         rows.append({"file_name": name, "text": text})

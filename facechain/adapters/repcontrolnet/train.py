@@ -122,20 +122,9 @@ def load_pairs(data: Path) -> list[Pair]:
 
 def train_repcontrolnet(cfg: RepControlNetConfig, *, progress: bool = True) -> Path:
     """Train as configured (see the module docstring); returns the output folder."""
-    import torch
+    from facechain.adapters.training import train_in_output_dir
 
-    from facechain.outputs import OutputDir, check_writable_folder
-    from facechain.train.trainer import _release_accelerator_state
-
-    check_writable_folder(Path(cfg.output_dir), "output_dir")
-    pairs = load_pairs(cfg.data)
-    threads = torch.get_num_threads()
-    try:
-        with OutputDir.open(cfg.output_dir, "train-adapter", allow_other_files=cfg.allow_other_files) as od:
-            return _train(cfg, pairs, od, progress)
-    finally:
-        torch.set_num_threads(threads)
-        _release_accelerator_state()
+    return train_in_output_dir(cfg, load_pairs(cfg.data), _train, progress)
 
 
 class RepControlNetModel:
@@ -186,53 +175,29 @@ def load_trainable_state(model, state: dict) -> None:
 def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> Path:
     import torch
     import torch.nn.functional as F
-    from accelerate import Accelerator
-    from diffusers import DDPMScheduler
 
     from facechain.adapters import training
     from facechain.config import save_config, to_dict
     from facechain.io import save_safetensors, write_json
-    from facechain.models import load_pipeline, resolve_model
-    from facechain.train.text import TextConditioner, sdxl_time_ids
-    from facechain.train.trainer import resolve_mixed_precision, set_threads
 
     out = od.path
     existing = training.check_output_dir(cfg, out, MODAL_FILE, ("base_model", "condition", "coefficient", "resolution",
                                                                 "train_batch_size", "seed"), "RepControlNet")
-    set_threads(0)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
-    device = accelerator.device
-    resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
-    pipe = load_pipeline(resolved, torch_dtype=torch.float32, single_file_config=cfg.single_file_config)
-    family = resolved.family
-    unet, vae = pipe.unet, pipe.vae
-    text = TextConditioner.from_pipeline(pipe, family)
-    for m in [vae, *text.encoders]:
-        m.requires_grad_(False)
-        m.to(device)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    pred_type = noise_scheduler.config.prediction_type
-
+    base = training.load_base(cfg)
+    accelerator, device, unet = base.accelerator, base.device, base.pipe.unet
     # everything that does not train is computed once
+    latents = training.encode_images(base, [p.image for p in pairs], cfg.resolution)
+    conds = torch.stack([torch.from_numpy(training.square_image(p.condition, cfg.resolution, "condition map"))
+                         for p in pairs]).permute(0, 3, 1, 2).float().div(255.0)
+    embeds, pooled = training.encode_captions(base, [p.caption for p in pairs])
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
-    with torch.no_grad():
-        pixels = torch.stack([torch.from_numpy(training.square_image(p.image, cfg.resolution, "training image"))
-                              for p in pairs]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        latents = torch.cat([vae.encode(pixels[i:i + 1].to(device)).latent_dist.mean for i in range(len(pairs))])
-        latents = (latents * vae.config.scaling_factor).cpu()
-        conds = torch.stack([torch.from_numpy(training.square_image(p.condition, cfg.resolution, "condition map"))
-                             for p in pairs]).permute(0, 3, 1, 2).float().div(255.0)
-        embeds, pooled = text.encode(text.tokenize([p.caption for p in pairs]))
-        embeds, pooled = embeds.cpu(), None if pooled is None else pooled.cpu()
-    for m in text.encoders:
-        m.to("cpu")
 
     model = RepControlNetModel.build(unet, cfg.coefficient, cfg.seed)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
-    run = training.Run(cfg, od, accelerator, gen, CKPT_WEIGHTS, {"config": to_dict(cfg), "model": resolved.to_dict()})
+    run = training.Run(cfg, od, accelerator, gen, CKPT_WEIGHTS, {"config": to_dict(cfg), "model": base.resolved.to_dict()})
     start = training.resume(run, existing, lambda w: load_trainable_state(model, w), optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
@@ -241,21 +206,18 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> P
         stage = od.stage()
         save_config(cfg, stage / CONFIG_FILE)
         od.commit(stage, replace=False)
+    sched = base.noise_scheduler
 
     def step(_n: int):
         idx = torch.randint(0, len(pairs), (cfg.train_batch_size,), generator=gen)
         x0 = latents[idx].to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
-        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
         emb = embeds[idx].to(device)
-        added = None
-        if family == "sdxl":
-            added = {"text_embeds": pooled[idx].to(device),
-                     "time_ids": sdxl_time_ids(cfg.resolution, x0.shape[0], device, emb.dtype)}
-        target = noise if pred_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
+        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, timesteps)
         with accelerator.autocast():
-            pred = model(noisy, timesteps, emb, conds[idx].to(device), added)
+            pred = model(sched.add_noise(x0, noise, timesteps), timesteps, emb, conds[idx].to(device),
+                         training.added_conditions(base, pooled, idx, cfg.resolution, emb.dtype))
         return F.mse_loss(pred.float(), target.float())
 
     steps = training.run_steps(run, start=start, step=step, optimizer=optimizer, trainable=lambda: trainable_state(inner),
@@ -266,8 +228,9 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> P
         save_safetensors(stage / MODAL_FILE, {k[len("modal."):]: v for k, v in state.items() if k.startswith("modal.")})
         save_safetensors(stage / ADAPTER_FILE, {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")})
         write_json(stage / "repcontrolnet.json", {
-            "condition": cfg.condition, "coefficient": cfg.coefficient, "family": family, "base_model": resolved.to_dict(),
-            "resolution": cfg.resolution, "steps": steps, "adapter_channels": int(unet.conv_in.out_channels)})
+            "condition": cfg.condition, "coefficient": cfg.coefficient, "family": base.family,
+            "base_model": base.resolved.to_dict(), "resolution": cfg.resolution, "steps": steps,
+            "adapter_channels": int(unet.conv_in.out_channels)})
         od.commit(stage, replace=False)
         od.record([LOG_FILE], logs=(LOG_FILE,))
     accelerator.wait_for_everyone()
