@@ -192,3 +192,32 @@ def test_feedface_errors(tiny_sd15, tiny_sdxl, processed, encoder, tmp_path):
     (fake / "feedface.json").write_text(json.dumps({"family": "sd15", "image_encoder": str(encoder)}))
     with pytest.raises(InputError, match="trained on a sd15 model and the base model is sdxl"):
         get_identity_adapter(IdentityConfig(adapter="feedface", photos=processed, weights=str(fake)), "sdxl")
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_training(tiny_sd15, processed, encoder, tmp_path):
+    """Two processes (gloo on CPU, launched like accelerate's multi-GPU launcher): the main process alone
+    owns the output folder and writes the log; every checkpoint has each process's random state; it resumes."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "dp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facechain",
+           "train-adapter", "feedface", "--base-model", str(tiny_sd15), "--data", str(processed), "--output-dir", str(out),
+           "--image-encoder", str(encoder), "--resolution", "64", "--max-train-steps", "4", "--checkpointing-steps", "2",
+           "--mixed-precision", "no", "--face-backend", "dlib", "--quiet"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "FeedFace adapter trained" in proc.stdout
+    assert sorted(p.name for p in (out / "checkpoints" / "step-000004").glob("rng-*")) == ["rng-0.safetensors",
+                                                                                          "rng-1.safetensors"]
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    shutil.rmtree(out / "checkpoints" / "step-000004")  # as if killed between the checkpoints at 2 and 4
+    proc = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows][-2:] == [3, 4] and (out / "checkpoints" / "step-000004").is_dir()

@@ -50,8 +50,8 @@ def check_output_dir(cfg, out: Path, final_file: str, same: tuple[str, ...], wha
 class Run:
     """One adapter training run's shared state."""
 
-    cfg: object  # needs max_train_steps, checkpointing_steps, checkpoints_total_limit
-    od: object  # the output folder's OutputDir
+    cfg: object  # needs output_dir, max_train_steps, checkpointing_steps, checkpoints_total_limit
+    od: object  # the output folder's OutputDir (None on processes other than the main one)
     accelerator: object
     gen: object  # the training RNG (torch.Generator), saved with each checkpoint
     weights_name: str  # the trained tensors' file inside a checkpoint
@@ -83,7 +83,8 @@ def run_steps(run: Run, *, start: int, step: Callable[[int], object], optimizer,
 
     cfg, od, accelerator = run.cfg, run.od, run.accelerator
     main = accelerator.is_main_process
-    log_path = od.path / LOG_FILE
+    out = Path(cfg.output_dir)
+    log_path = out / LOG_FILE
     n = start
     bar = tqdm(total=cfg.max_train_steps, initial=start, desc=desc, unit="step", disable=not (progress and main))
     while n < cfg.max_train_steps:
@@ -101,7 +102,7 @@ def run_steps(run: Run, *, start: int, step: Callable[[int], object], optimizer,
         if main:
             append_jsonl(log_path, {"step": n, "loss": value, "seconds": round(time.perf_counter() - t0, 5)})
         if n % cfg.checkpointing_steps == 0 or n == cfg.max_train_steps:
-            staging = ckpt_io.staging_dir(od.path, n)
+            staging = ckpt_io.staging_dir(out, n)
             ckpt_io.write_rng(staging, run.gen, accelerator.process_index)
             accelerator.wait_for_everyone()
             if main:
@@ -128,19 +129,29 @@ def square_image(path: Path, size: int, what: str):
 
 
 def train_in_output_dir(cfg, data, train: Callable, progress: bool) -> Path:
-    """Run ``train(cfg, data, od, progress)`` with ``cfg.output_dir`` open for this command (locked, its
-    record kept), then give back the caller's thread count and accelerate's process-wide state."""
+    """Run ``train(cfg, data, od, accelerator, progress)`` under accelerate (``cfg.mixed_precision``; the
+    processes of a multi-GPU launch) with ``cfg.output_dir`` open for this command (locked, its record
+    kept) by the main process (``od`` is None on the others), then give back the caller's thread count
+    and accelerate's process-wide state."""
     import torch
+    from accelerate import Accelerator
 
     from facechain.outputs import OutputDir, check_writable_folder
-    from facechain.train.trainer import _release_accelerator_state
+    from facechain.train.trainer import _release_accelerator_state, resolve_mixed_precision, set_threads
 
     check_writable_folder(Path(cfg.output_dir), "output_dir")
     threads = torch.get_num_threads()
+    od = None
     try:
-        with OutputDir.open(cfg.output_dir, "train-adapter", allow_other_files=cfg.allow_other_files) as od:
-            return train(cfg, data, od, progress)
+        set_threads(0)
+        accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+        if accelerator.is_main_process:
+            od = OutputDir.acquire(cfg.output_dir, "train-adapter", allow_other_files=cfg.allow_other_files)
+        accelerator.wait_for_everyone()
+        return train(cfg, data, od, accelerator, progress)
     finally:
+        if od is not None:
+            od.release()
         torch.set_num_threads(threads)
         _release_accelerator_state()
 
@@ -164,19 +175,14 @@ class Base:
         return self.resolved.family
 
 
-def load_base(cfg) -> Base:
-    """accelerate (``cfg.mixed_precision``), every usable core, and the base pipeline (``cfg.base_model``,
-    fp32 master weights) with its VAE and text encoders frozen."""
+def load_base(cfg, accelerator) -> Base:
+    """The base pipeline (``cfg.base_model``, fp32 master weights) with its VAE and text encoders frozen."""
     import torch
-    from accelerate import Accelerator
     from diffusers import DDPMScheduler
 
     from facechain.models import load_pipeline, resolve_model
     from facechain.train.text import TextConditioner
-    from facechain.train.trainer import resolve_mixed_precision, set_threads
 
-    set_threads(0)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
     pipe = load_pipeline(resolved, torch_dtype=torch.float32, single_file_config=cfg.single_file_config)
     text = TextConditioner.from_pipeline(pipe, resolved.family)

@@ -166,7 +166,7 @@ class _Trainable:
         return _M()
 
 
-def _train(cfg: FeedFaceConfig, samples: list[Sample], od, progress: bool) -> Path:
+def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress: bool) -> Path:
     import torch
     import torch.nn.functional as F
 
@@ -177,11 +177,11 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, progress: bool) -> Pa
     from facechain.io import save_safetensors, write_json
     from facechain.models import load_image_encoder
 
-    out = od.path
+    out = Path(cfg.output_dir)  # od: the main process's OutputDir, None on the others
     existing = training.check_output_dir(cfg, out, WEIGHTS_FILE, ("base_model", "image_encoder", "resolution",
                                                                   "max_faces", "seed"), "FeedFace")
-    base = training.load_base(cfg)
-    accelerator, device, unet = base.accelerator, base.device, base.pipe.unet
+    base = training.load_base(cfg, accelerator)
+    device, unet = base.device, base.pipe.unet
     unet.requires_grad_(False)
     unet.to(device)
     # frozen parts, computed once: latents, masks on the latent grid, text embeddings, face tokens

@@ -172,7 +172,7 @@ def load_trainable_state(model, state: dict) -> None:
     model.adapter.load_state_dict({k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")})
 
 
-def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> Path:
+def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, accelerator, progress: bool) -> Path:
     import torch
     import torch.nn.functional as F
 
@@ -180,11 +180,11 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, progress: bool) -> P
     from facechain.config import save_config, to_dict
     from facechain.io import save_safetensors, write_json
 
-    out = od.path
+    out = Path(cfg.output_dir)  # od: the main process's OutputDir, None on the others
     existing = training.check_output_dir(cfg, out, MODAL_FILE, ("base_model", "condition", "coefficient", "resolution",
                                                                 "train_batch_size", "seed"), "RepControlNet")
-    base = training.load_base(cfg)
-    accelerator, device, unet = base.accelerator, base.device, base.pipe.unet
+    base = training.load_base(cfg, accelerator)
+    device, unet = base.device, base.pipe.unet
     # everything that does not train is computed once
     latents = training.encode_images(base, [p.image for p in pairs], cfg.resolution)
     conds = torch.stack([torch.from_numpy(training.square_image(p.condition, cfg.resolution, "condition map"))
