@@ -378,3 +378,31 @@ def test_plusv2_errors(tiny_sd15, faceid, plus, photo_dirs, dlib_analyzer, tmp_p
                              weights=str(plus["weights"]), image_encoder=str(tmp_path / "no-encoder"))
     with pytest.raises(ModelNotFoundError, match="identity.image_encoder"):
         PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=missing), analyzer=dlib_analyzer)
+
+
+@pytest.mark.slow
+def test_identity_with_fast_mode_and_a_style_lora(tiny_sd15, faceid, photo_dirs, dlib_analyzer, tmp_path):
+    """Fast mode (LCM-LoRA + LCMScheduler, guidance 1.5) and a style with its own LoRA: the adapter's LoRA
+    is mixed with face, style and LCM adapters, and its identity still reaches the image."""
+    import json as _json
+
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.testing import random_lora
+
+    lcm = random_lora(tiny_sd15, tmp_path / "lcm", seed=7)
+    face = random_lora(tiny_sd15, tmp_path / "face", seed=8)
+    styles = tmp_path / "styles"
+    random_lora(tiny_sd15, styles, seed=9, weight_name="ink.safetensors")
+    (styles / "ink.json").write_text(_json.dumps({
+        "name": "Ink", "img": "", "model_id": "ink.safetensors", "revision": None, "bin_file": None,
+        "multiplier_style": 0.35, "multiplier_human": 0.9, "add_prompt_style": "ink drawing"}))
+    style = load_styles([DEFAULT_STYLES_DIR, styles]).get("Ink", "sd15")
+    common = dict(fast=True, fast_num_inference_steps=2, lcm_lora=str(lcm), lora_dir=face, style_dirs=[styles])
+    gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=_identity(photo_dirs / "astronaut", faceid), **common),
+                            analyzer=dlib_analyzer)
+    a, batch = _images(gen, style)
+    assert batch.adapters == {"face": 0.9, "faceid_0": 1.0, "lcm": 1.0, "style": 0.35}
+    assert batch.settings["scheduler"] == "LCMScheduler"
+    plain, _ = _images(PortraitGenerator(_cfg(tiny_sd15, tmp_path, **common), analyzer=dlib_analyzer), style)
+    assert np.abs(a - plain).mean() > 0.5
