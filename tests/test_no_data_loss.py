@@ -106,10 +106,11 @@ def test_preprocess_run_that_keeps_nothing_leaves_the_previous_set(tmp_path, sam
     after = _snapshot(out)
     assert {k: v for k, v in after.items() if k != "failed_report.json"} == before
     assert json.loads((out / "failed_report.json").read_text())["entries"][0]["reason"] == "several_faces"
-    # a later good run with one photo replaces the set; the extra 001.png of the earlier run goes
+    # a later good run with one photo replaces the set; the extra 001.png (and its mask) of the earlier run go
     (good / "b.png").unlink()
     preprocess(good, out, pcfg, progress=False)
-    assert sorted(_snapshot(out)) == ["000.png", "metadata.jsonl", "preprocess_config.json", "report.json"]
+    assert sorted(_snapshot(out)) == ["000.png", "masks/000.png", "metadata.jsonl", "preprocess_config.json",
+                                      "report.json"]
 
 
 def test_preprocess_output_path_problems_are_clear_and_early(tmp_path, sample_photos, pcfg, monkeypatch):

@@ -232,6 +232,9 @@ ALLOWED_DELETIONS = {
     ("facechain/io.py", "tmp_path.unlink()"): "the temporary file atomic_path made itself (mkstemp)",
     ("facechain/lora.py", "shutil.rmtree(tmp, ignore_errors=True)"): "the mkdtemp folder save_diffusers made",
     ("facechain/stylize/methods/diffstyle.py", "handle.remove()"): "a torch hook handle, not a file",
+    ("facechain/adapters/repcontrolnet/model.py", "self._handle.remove()"): "a torch hook handle, not a file",
+    ("facechain/adapters/feedface/model.py", "h.remove()"): "torch hook handles, not files",
+    ("facechain/adapters/feedface/train.py", "hooks.remove()"): "FeedFaceHooks.remove: torch hook handles",
     ("facechain/train/trainer.py", "od.remove(["): "OutputDir.remove: recorded outputs, checksum verified",
     ("facechain/train/checkpoint.py", "od.remove(od.owned_under("): "OutputDir.remove: recorded checkpoint files",
 }
