@@ -563,7 +563,7 @@ def load_depth_estimator(ref: str, *, allow_pickle: bool = False):
         ) from exc
 
 
-def load_pose_annotator(ref: str, *, allow_pickle: bool, needed_for: str, instead: str):
+def load_pose_annotator(ref: str, *, allow_pickle: bool, needed_for: str, instead: str, flag: str = "--pose-annotator"):
     """controlnet_aux's OpenPose detector. Its weights ship only as pickle files
     (body_pose_model.pth, hand_pose_model.pth), so it needs ``allow_pickle``. ``needed_for`` and
     ``instead`` complete the error messages (what asked for it; what works without it)."""
@@ -582,7 +582,7 @@ def load_pose_annotator(ref: str, *, allow_pickle: bool, needed_for: str, instea
     except Exception as exc:
         raise ModelNotFoundError(
             f"{needed_for} needs the OpenPose annotator weights '{ref}', which could not be loaded ({type(exc).__name__}). "
-            f"Download them on a machine with network access (a local folder works as `--pose-annotator`), or {instead}."
+            f"Download them on a machine with network access (a local folder works as `{flag}`), or {instead}."
         ) from exc
 
 

@@ -171,7 +171,9 @@ def load_pose(ref: str | os.PathLike, size: tuple[int, int] | None, annotator: s
     return pose, photo
 
 
-def openpose_from_photo(image: np.ndarray, path: Path, annotator: str, allow_pickle: bool = False) -> np.ndarray:
+def openpose_from_photo(image: np.ndarray, path: Path, annotator: str, allow_pickle: bool = False, *,
+                        needed_for: str | None = None, instead: str | None = None,
+                        flag: str = "--pose-annotator") -> np.ndarray:
     """Photo -> OpenPose map with controlnet_aux (body + hands, as FaceChain).
 
     controlnet_aux's annotator weights ship only as pickle files (body_pose_model.pth,
@@ -179,8 +181,8 @@ def openpose_from_photo(image: np.ndarray, path: Path, annotator: str, allow_pic
     from facechain.models import load_pose_annotator
 
     detector = load_pose_annotator(annotator, allow_pickle=allow_pickle,
-                                   needed_for=f"pose {path} is a photo; turning it into an OpenPose map",
-                                   instead=f"use a ready skeleton map: {named_poses()}")
+                                   needed_for=needed_for or f"pose {path} is a photo; turning it into an OpenPose map",
+                                   instead=instead or f"use a ready skeleton map: {named_poses()}", flag=flag)
     # include_hand/include_face, not the deprecated hand_and_face, which overrides both when not None
     out = detector(image, include_body=True, include_hand=True, include_face=False, output_type="np")
     return np.asarray(out, dtype=np.uint8)

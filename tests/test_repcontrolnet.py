@@ -209,9 +209,24 @@ def test_bad_data_and_merges_are_refused(tiny_sd15, tiny_sdxl, rep_data, tmp_pat
 
     pairs = load_pairs(rep_data)
     assert [p.image.name for p in pairs] == ["a.png", "b.png"] and pairs[0].caption == "a person, upper body"
-    (tmp_path / "nocond" / "images").mkdir(parents=True)
-    with pytest.raises(InputError, match="no conditions/ folder"):
-        load_pairs(tmp_path / "nocond")
+    from facechain.errors import UnsafeCheckpointError
+    from facechain.io import save_image
+
+    save_image(tmp_path / "nocond" / "images" / "a.png", np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(InputError, match="no conditions/ folder.*only openpose maps are computed"):
+        load_pairs(tmp_path / "nocond", "depth")
+    computed = load_pairs(tmp_path / "nocond", "openpose")
+    assert [(p.image.name, p.condition) for p in computed] == [("a.png", None)]  # maps to compute from the photos
+    # the annotator's weights are pickles: refused without allow_pickle, before any model loads
+    from facechain.adapters.repcontrolnet.train import train_repcontrolnet
+
+    with pytest.raises(UnsafeCheckpointError, match="pickle"):
+        train_repcontrolnet(RepControlNetConfig(base_model=str(tiny_sd15), data=tmp_path / "nocond",
+                                                output_dir=tmp_path / "o1", resolution=64), progress=False)
+    with pytest.raises(ModelNotFoundError):  # offline: the weights cannot be had
+        train_repcontrolnet(RepControlNetConfig(base_model=str(tiny_sd15), data=tmp_path / "nocond",
+                                                output_dir=tmp_path / "o2", resolution=64, allow_pickle=True),
+                            progress=False)
     with pytest.raises(InputError, match="no images/ folder"):
         load_pairs(tmp_path)
     with pytest.raises(InputError, match="condition must be one of"):

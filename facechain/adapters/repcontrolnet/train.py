@@ -2,7 +2,10 @@
 
     facechain train-adapter repcontrolnet --condition openpose --base-model M --data DIR --output-dir OUT
 
-``DIR/images/`` and ``DIR/conditions/`` hold pairs with the same file stem (any image format);
+``DIR/images/`` and ``DIR/conditions/`` hold pairs with the same file stem (any image format). With
+``images/`` alone and ``condition: openpose``, the maps are computed from the photos with
+controlnet_aux's OpenPose annotator (``annotator``; its weights are pickles: ``allow_pickle``) and kept
+in ``OUT/conditions/`` for inspection;
 ``DIR/metadata.jsonl`` (``{"file_name": "x.png", "text": "..."}``, optional) gives captions. Images and
 condition maps are resized and centre-cropped to ``resolution``; latents, condition tensors and
 text embeddings are computed once. The loss is diffusers' usual one (MSE on the noise, or on the
@@ -21,6 +24,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from facechain.adapters.training import LOG_FILE  # train_log.jsonl, as every adapter trainer
 from facechain.errors import InputError
@@ -56,6 +61,9 @@ class RepControlNetConfig:
     coefficient: float = _h("c in (0, 1]: the modal copy starts as c x the base weights and the layer computes "
                             "(1 - c) x base + modal, so training starts from the base model exactly; merged, "
                             "W' = (1 - c) W + W_m. The paper gives no value; 0.5 is ours.", default=0.5)
+    annotator: str = _h("controlnet_aux OpenPose annotator weights (hub id or folder) that compute the openpose maps "
+                        "when data has no conditions/ folder (pickle files: needs allow_pickle).",
+                        default="lllyasviel/Annotators")
     checkpointing_steps: int = _h("Write a resumable checkpoint every N steps.", default=250)
     checkpoints_total_limit: int | None = _h("Keep at most this many checkpoints (the latest always).", default=2)
     seed: int = _h("Seed of the data order, noise and timesteps.", default=42)
@@ -83,13 +91,14 @@ class RepControlNetConfig:
 @dataclass(frozen=True)
 class Pair:
     image: Path
-    condition: Path
+    condition: Path | None  # None: computed from the image with the annotator
     caption: str
 
 
-def load_pairs(data: Path) -> list[Pair]:
+def load_pairs(data: Path, condition: str = "openpose") -> list[Pair]:
     """The (image, condition map, caption) pairs of ``data``; an image without its map (or the other way
-    round) is named and left out, and none at all is an error."""
+    round) is named and left out, and none at all is an error. Without ``conditions/``, openpose maps
+    are to be computed from the images (``condition`` None in each pair)."""
     from facechain.images import list_images
 
     data = Path(data)
@@ -97,12 +106,12 @@ def load_pairs(data: Path) -> list[Pair]:
     if not images_dir.is_dir():
         raise InputError(f"data {data} has no images/ folder. Put the training images in {images_dir} and their "
                          f"condition maps (same file names) in {cond_dir}.")
-    if not cond_dir.is_dir():
-        raise InputError(
-            f"data {data} has no conditions/ folder. Put each image's condition map (an OpenPose skeleton, a depth map, "
-            f"...) in {cond_dir} with the image's file name; compute them with an annotator first (controlnet_aux).")
     images = {p.stem: p for p in list_images(images_dir, "images folder")}
-    conds = {p.stem: p for p in list_images(cond_dir, "conditions folder")}
+    if not cond_dir.is_dir() and condition != "openpose":
+        raise InputError(
+            f"data {data} has no conditions/ folder. Put each image's {condition} map in {cond_dir} with the image's file "
+            "name (only openpose maps are computed from the photos here).")
+    conds = {p.stem: p for p in list_images(cond_dir, "conditions folder")} if cond_dir.is_dir() else None
     captions: dict[str, str] = {}
     meta = data / "metadata.jsonl"
     if meta.is_file():
@@ -111,6 +120,10 @@ def load_pairs(data: Path) -> list[Pair]:
         for row in read_jsonl(meta):
             if isinstance(row, dict) and isinstance(row.get("file_name"), str) and isinstance(row.get("text"), str):
                 captions[Path(row["file_name"]).stem] = row["text"]
+    if conds is None:
+        logger.info("repcontrolnet data: no conditions/ folder; openpose maps will be computed from the %d photos",
+                    len(images))
+        return [Pair(images[s], None, captions.get(s, "")) for s in sorted(images)]
     lonely = sorted(set(images) ^ set(conds))
     if lonely:
         logger.warning("repcontrolnet data: left out (no pair in the other folder): %s", ", ".join(lonely[:10]))
@@ -120,11 +133,30 @@ def load_pairs(data: Path) -> list[Pair]:
     return pairs
 
 
+def condition_map(pair: Pair, cfg: RepControlNetConfig) -> np.ndarray:
+    """The pair's condition map at ``cfg.resolution`` (square, as the image): its file, or the OpenPose
+    map computed from the image (the photo square-cropped first, so the map lines up with the image)."""
+    from facechain.adapters.training import square_image
+
+    if pair.condition is not None:
+        return square_image(pair.condition, cfg.resolution, "condition map")
+    from PIL import Image
+
+    from facechain.poses import openpose_from_photo
+
+    photo = square_image(pair.image, cfg.resolution, "training image")
+    pose = openpose_from_photo(
+        photo, pair.image, cfg.annotator, cfg.allow_pickle, flag="--annotator",
+        needed_for=f"data has no conditions/ folder, so the openpose map of {pair.image} is computed from the photo; that",
+        instead=f"put each image's OpenPose map in {pair.image.parent.parent / 'conditions'} under the image's file name")
+    return np.array(Image.fromarray(pose).resize((cfg.resolution, cfg.resolution), Image.NEAREST))
+
+
 def train_repcontrolnet(cfg: RepControlNetConfig, *, progress: bool = True) -> Path:
     """Train as configured (see the module docstring); returns the output folder."""
     from facechain.adapters.training import train_in_output_dir
 
-    return train_in_output_dir(cfg, load_pairs(cfg.data), _train, progress)
+    return train_in_output_dir(cfg, load_pairs(cfg.data, cfg.condition), _train, progress)
 
 
 class RepControlNetModel:
@@ -183,12 +215,19 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, accelerator, progres
     out = Path(cfg.output_dir)  # od: the main process's OutputDir, None on the others
     existing = training.check_output_dir(cfg, out, MODAL_FILE, ("base_model", "condition", "coefficient", "resolution",
                                                                 "train_batch_size", "seed"), "RepControlNet")
+    maps = [condition_map(p, cfg) for p in pairs]  # before the model loads: a missing annotator fails early
+    if accelerator.is_main_process and any(p.condition is None for p in pairs):
+        from facechain.io import save_image
+
+        stage = od.stage()
+        for p, m in zip(pairs, maps):
+            save_image(stage / "conditions" / f"{p.image.stem}.png", m)
+        od.commit(stage, replace=False)
     base = training.load_base(cfg, accelerator)
     device, unet = base.device, base.pipe.unet
     # everything that does not train is computed once
     latents = training.encode_images(base, [p.image for p in pairs], cfg.resolution)
-    conds = torch.stack([torch.from_numpy(training.square_image(p.condition, cfg.resolution, "condition map"))
-                         for p in pairs]).permute(0, 3, 1, 2).float().div(255.0)
+    conds = torch.stack([torch.from_numpy(m) for m in maps]).permute(0, 3, 1, 2).float().div(255.0)
     embeds, pooled = training.encode_captions(base, [p.caption for p in pairs])
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
 
