@@ -221,3 +221,28 @@ def test_two_process_data_parallel_training(tiny_sd15, processed, encoder, tmp_p
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows][-2:] == [3, 4] and (out / "checkpoints" / "step-000004").is_dir()
+
+
+@pytest.mark.slow
+def test_sdxl_trains_and_gives_an_identity(tiny_sdxl, processed, encoder, dlib_analyzer, tmp_path):
+    """FeedFace on the SDXL architecture (added conditions in training, its transformer blocks hooked)."""
+    from facechain.adapters import IdentityConfig
+    from facechain.adapters.feedface.train import train_feedface
+    from facechain.generate import GenerateConfig
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+
+    out = train_feedface(_cfg(tiny_sdxl, processed, encoder, tmp_path / "a", max_train_steps=4, learning_rate=1e-2),
+                         progress=False)
+    record = json.loads((out / "feedface.json").read_text())
+    assert record["family"] == "sdxl" and len(record["blocks"]) > 0
+    style = next(s for s in load_styles([DEFAULT_STYLES_DIR]) if s.family == "sdxl" and not s.has_lora)
+    cfg = dict(base_model=str(tiny_sdxl), output_dir=tmp_path / "o", num_candidates=1, num_images=1, num_inference_steps=2,
+               rank_candidates=False, fusion="off", device="cpu", dtype="float32", detailer="off", face_backend="dlib",
+               guidance_scale=5.0)
+    ident = IdentityConfig(adapter="feedface", photos=processed, weights=str(out), scale=0.8)
+    a = PortraitGenerator(GenerateConfig(identity=ident, **cfg), analyzer=dlib_analyzer).generate(style, ("", "a person"))
+    b = PortraitGenerator(GenerateConfig(**cfg), analyzer=dlib_analyzer).generate(style, ("", "a person"))
+    assert a.settings["identity"]["faces"] == 3
+    diff = np.abs(np.asarray(a.candidates[0].image, np.int16) - np.asarray(b.candidates[0].image, np.int16))
+    assert diff.mean() > 0.1

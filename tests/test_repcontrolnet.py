@@ -300,3 +300,32 @@ def test_pose_control_repcontrolnet_needs_a_merged_model(tiny_sd15, tmp_path):
         PortraitGenerator(GenerateConfig(base_model=str(tiny_sd15), output_dir=tmp_path / "o", pose="upper_body_front",
                                          pose_control="repcontrolnet", num_inference_steps=2, device="cpu",
                                          dtype="float32", rank_candidates=False, fusion="off"))
+
+
+@pytest.mark.slow
+def test_sdxl_trains_merges_and_generates(tiny_sdxl, rep_data, tmp_path):
+    """The same on the SDXL architecture: its added conditions (pooled text, time ids) in training, a
+    merged folder of the base's shapes, and pose control in generation."""
+    from diffusers import UNet2DConditionModel
+
+    from facechain.adapters.repcontrolnet.merge import merge_repcontrolnet
+    from facechain.adapters.repcontrolnet.train import train_repcontrolnet
+    from facechain.generate import GenerateConfig
+    from facechain.generate.pipeline import PortraitGenerator
+    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+
+    out = train_repcontrolnet(_cfg(tiny_sdxl, rep_data, tmp_path / "a", max_train_steps=2, learning_rate=1e-2),
+                              progress=False)
+    assert json.loads((out / "repcontrolnet.json").read_text())["family"] == "sdxl"
+    merged = merge_repcontrolnet(out, str(tiny_sdxl), tmp_path / "model")
+    base = UNet2DConditionModel.from_pretrained(str(tiny_sdxl), subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(str(merged), subfolder="unet")
+    assert {n: p.shape for n, p in unet.named_parameters()} == {n: p.shape for n, p in base.named_parameters()}
+    cfg = dict(base_model=str(merged), output_dir=tmp_path / "o", num_candidates=1, num_images=1, num_inference_steps=2,
+               rank_candidates=False, fusion="off", device="cpu", dtype="float32", detailer="off")
+    style = next(s for s in load_styles([DEFAULT_STYLES_DIR]) if s.family == "sdxl" and not s.has_lora)
+    posed = PortraitGenerator(GenerateConfig(pose="upper_body_front", **cfg)).generate(style, ("", "a person"))
+    plain = PortraitGenerator(GenerateConfig(**cfg)).generate(style, ("", "a person"))
+    assert posed.settings["pose_control"] == "repcontrolnet"
+    diff = np.abs(np.asarray(posed.candidates[0].image, np.int16) - np.asarray(plain.candidates[0].image, np.int16))
+    assert diff.mean() > 0.5
