@@ -271,7 +271,7 @@ def _check_image(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _redraw(inpaint, crop: np.ndarray, support: np.ndarray, size: int, conditioning: dict,
+def redraw_region(inpaint, crop: np.ndarray, support: np.ndarray, size: int, conditioning: dict,
             cfg: DetailerConfig, seed: int) -> np.ndarray:
     """Re-generate ``crop`` (uint8 (s, s, 3)) where ``support`` is set, at ``size`` px; returns uint8 (s, s, 3).
     ``conditioning``: the prompt embeddings (:class:`facechain.prompts.PromptEncoder`'s keyword arguments)."""
@@ -299,7 +299,7 @@ def _redraw(inpaint, crop: np.ndarray, support: np.ndarray, size: int, condition
     return np.asarray(Image.fromarray(new).resize((side, side), Image.Resampling.LANCZOS))
 
 
-def _compose(orig: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def compose(orig: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """``orig * (1 - alpha) + new * alpha``, with ``orig`` copied bit for bit where alpha == 0."""
     a = alpha[..., None]
     out = np.clip(np.rint(orig.astype(np.float32) * (1.0 - a) + new.astype(np.float32) * a), 0, 255).astype(np.uint8)
@@ -377,8 +377,8 @@ def detail_faces(
             conditioning = PromptEncoder(inpaint)(prompt, negative_prompt)
         ys, xs = slice(region.y0, region.y0 + region.side), slice(region.x0, region.x0 + region.side)
         crop = out[ys, xs]
-        new = _redraw(inpaint, crop, support, size, conditioning, cfg, base_seed + k)
-        out[ys, xs] = _compose(crop, new, region.alpha)
+        new = redraw_region(inpaint, crop, support, size, conditioning, cfg, base_seed + k)
+        out[ys, xs] = compose(crop, new, region.alpha)
         entry.update(detailed=True, crop=[region.x0, region.y0, region.side], crop_size=region.side,
                      working_size=size, seed=base_seed + k)
         logger.info("face detailer: face %d (%.0f px) re-drawn from a %d px crop at %d px, strength %g",

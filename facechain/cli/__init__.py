@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("facechain.cli.preprocess", "photos -> processed training set (crop, mask, caption, report)"),
     "train": ("facechain.cli.train", "train a face LoRA on a processed set"),
     "generate": ("facechain.cli.generate", "generate, fuse and rank portraits from a config or flags"),
+    "template": ("facechain.cli.template", "put people's faces into a template photo (fixed-template portraits)"),
     "stylize": ("facechain.cli.stylize", "training-free portrait stylization after a style image"),
     "eval": ("facechain.cli.eval", "likeness report of generated portraits against the person's photos"),
     "convert": ("facechain.cli.convert", "convert a trusted pickle checkpoint (.bin) to .safetensors, once"),

@@ -31,6 +31,18 @@ def overrides_from_args(args) -> dict:
 def run(args) -> int:
     from facechain.generate import load_generate_config, run_job
 
+    if args._config is not None:
+        from facechain.config import load_mapping
+
+        if load_mapping(args._config).get("mode") == "template":  # a fixed-template job (facechain template)
+            from facechain.template import run_template
+            from facechain.template.config import load_template_config
+
+            result = run_template(load_template_config(args._config))
+            print(f"result: {result.result} (faces, manifest.json and contact_sheet.png in {result.output_dir})")
+            for f in result.failures:
+                print(f"failed: {f.item}: {f.error}", file=sys.stderr)
+            return result.exit_code
     overrides = overrides_from_args(args)
     if args._list_styles:
         return _list_styles(args, overrides)

@@ -197,7 +197,7 @@ def _warp_triangles(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, o
     return out, covered
 
 
-def _match_colour(src: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def match_colour(src: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Reinhard colour transfer in Lab: give ``src`` the mean/std of ``dst`` inside ``mask``."""
     import cv2
 
@@ -281,7 +281,7 @@ class LandmarkFusion:
         alpha = _feathered_hull_mask(hull_pts, (h, w), target_face.size)
         if alpha.max() <= 0:
             raise InputError("landmark fusion: the face mask is empty (face too small or outside the image).")
-        warped = _match_colour(warped, target, alpha)
+        warped = match_colour(warped, target, alpha)
         binary = (alpha > 0).astype(np.uint8) * 255
         ys, xs = np.nonzero(binary)
         # seamlessClone's ROI must stay inside the image; the centre of the mask's bounding box.

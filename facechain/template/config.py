@@ -1,0 +1,99 @@
+"""TemplateConfig: one fixed-template job (``mode: template`` in a run_inference config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facechain.errors import InputError
+
+
+def _h(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+def load_template_config(path) -> "TemplateConfig":
+    """A ``mode: template`` config file (run_inference's): its paths relative to the file's folder."""
+    import os
+
+    from facechain.config import from_dict, load_mapping
+
+    path = Path(path)
+    data = {k: v for k, v in load_mapping(path).items() if k != "mode"}
+    base = path.resolve().parent
+
+    def rel(v):
+        return str((base / v).resolve()) if isinstance(v, str) and v and not os.path.isabs(os.path.expanduser(v)) else v
+
+    for key in ("template", "output_dir"):
+        if key in data:
+            data[key] = rel(data[key])
+    if isinstance(data.get("people"), list):
+        data["people"] = [{**p, **{k: rel(p[k]) for k in ("lora_dir", "processed_dir") if k in p}}
+                          if isinstance(p, dict) else p for p in data["people"]]
+    return from_dict(TemplateConfig, data, where=f"config {path}")
+
+
+@dataclass(frozen=True)
+class PersonSpec:
+    """One person: their face LoRA (from `facechain train`) and processed photos (from `facechain preprocess`)."""
+
+    lora_dir: Path = _h("Face LoRA folder of the person (pytorch_lora_weights.safetensors).")
+    processed_dir: Path | None = _h("The person's processed photos: the prompt's attribute phrase and the face for "
+                                    "fusion; empty = 'a person' and no fusion.", default=None)
+    face: int | None = _h("Index of the template face (from --list-faces) this person goes to; empty = left to right.",
+                          default=None)
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    template: Path = _h("The template photo.")
+    output_dir: Path = _h("Folder for result.png, faces/, manifest.json and contact_sheet.png.")
+    people: list[PersonSpec] = _h("One entry per person to put in, mapped to the template's faces left to right "
+                                  "or by each entry's face index.", default_factory=list)
+    base_model: str = _h("Base model; empty = the one recorded in the first person's train_config.json.", default="")
+    revision: str | None = _h("Hub revision / ModelScope version of base_model.", default=None)
+    sub_path: str | None = _h("Sub folder inside base_model.", default=None)
+    single_file_config: str | None = _h("Diffusers folder describing a single-file checkpoint's architecture.",
+                                        default=None)
+    prompt: str = _h("Extra words for every face's prompt (AUTOMATIC1111 weights are read).",
+                     default="portrait, best quality, realistic")
+    negative_prompt: str | None = _h("Negative prompt; empty = generation's default (FaceChain's).", default=None)
+    num_inference_steps: int = _h("Scheduler steps of the inpaint pass (FaceChain: 40); strength x steps of them run.",
+                                  default=40)
+    strength: float = _h("Inpaint strength (FaceChain's template default: 0.65).", default=0.65)
+    guidance_scale: float = _h("Classifier-free guidance (FaceChain: 7).", default=7.0)
+    face_lora_weight: float = _h("Weight of each person's face LoRA (FaceChain: 0.95).", default=0.95)
+    crop_ratio: float = _h("Face size / crop side (FaceChain: 0.45: the crop is 2.2x the face).", default=0.45)
+    min_face_size: int = _h("Template faces smaller than this (px, Face.size) are refused: too small to edit.",
+                            default=48)
+    colour: str = _h("Colour correction of each new face to the template's: lab (mean/std transfer) or off.",
+                     default="lab")
+    fusion: str = _h("Face fusion with the person's best photo after the inpaint: auto, landmark, swapper, off.",
+                     default="auto")
+    face_backend: str = _h("Face analysis backend: auto, insightface or dlib.", default="auto")
+    seed: int = _h("Seed of face 0; face i uses seed + i.", default=42)
+    device: str = _h("auto, cpu, cuda, cuda:N or mps.", default="auto")
+    dtype: str = _h("auto, float32, float16 or bfloat16.", default="auto")
+    allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (tensors only). Only for files you trust.", default=False)
+    allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write.", default=False)
+
+    def __post_init__(self):
+        if not self.people:
+            raise InputError("people is empty: give one entry per person ({lora_dir, processed_dir}), or pass "
+                             "--person LORA_DIR[:PROCESSED_DIR] once per person.")
+        faces = [p.face for p in self.people if p.face is not None]
+        if faces and len(faces) != len(self.people):
+            raise InputError("give a face index to every person or to none (then they go left to right).")
+        if len(set(faces)) != len(faces):
+            raise InputError(f"two people are given the same template face ({faces}). Give each person its own face.")
+        if not 0.0 < self.strength <= 1.0:
+            raise InputError(f"strength must be in (0, 1], got {self.strength}.")
+        if int(self.strength * self.num_inference_steps) < 1:
+            raise InputError("strength x num_inference_steps runs no step; raise num_inference_steps.")
+        if not 0.1 <= self.crop_ratio <= 0.8:
+            raise InputError(f"crop_ratio (face size / crop side) must be in [0.1, 0.8], got {self.crop_ratio}.")
+        if self.colour not in ("lab", "off"):
+            raise InputError(f"colour must be lab or off, got '{self.colour}'.")
+        if self.fusion not in ("auto", "landmark", "swapper", "off"):
+            raise InputError(f"fusion must be auto, landmark, swapper or off, got '{self.fusion}'.")

@@ -1,0 +1,236 @@
+"""The fixed-template job (see the package docstring). Outputs in ``output_dir``:
+
+* ``result.png``: the template with every assigned face edited;
+* ``faces/face_K_before.png``, ``faces/face_K_after.png``, ``faces/face_K_mask.png``: each edited face's
+  crop before and after, and its feathered mask (K: the template face's index);
+* ``manifest.json``: the faces found (index, box, size), who went where, per face the crop, seed,
+  prompt, colour correction, fusion, identity similarity to the person before and after, and the
+  failures (one person's failure never loses the others' faces);
+* ``contact_sheet.png``: the template, the result and each face before/after; ``template_config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facechain.errors import FacechainError, InputError
+from facechain.template.config import TemplateConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TemplateResult:
+    output_dir: Path
+    result: Path
+    faces: list[dict]  # per template face
+    failures: list  # facechain.jobs.ItemFailure per person that failed
+
+    @property
+    def exit_code(self) -> int:
+        from facechain.jobs import exit_code_for
+
+        return exit_code_for(self.failures)
+
+
+def _detect(image: np.ndarray, analyzer) -> list:
+    faces = analyzer.detect(image, max_faces=64)
+    return sorted(faces, key=lambda f: float(f.center[0]))  # left to right
+
+
+def describe_faces(faces) -> list[dict]:
+    return [{"index": i, "bbox": [round(float(v), 1) for v in f.bbox[:4]], "size": round(float(f.size), 1)}
+            for i, f in enumerate(faces)]
+
+
+def preview(image: np.ndarray, faces):
+    """The template with each face's box and index drawn (PIL image)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(image).copy()
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(min(image.shape[:2]) / 200))
+    for i, f in enumerate(faces):
+        x1, y1, x2, y2 = (float(v) for v in f.bbox[:4])
+        draw.rectangle([x1, y1, x2, y2], outline=(255, 40, 40), width=width)
+        draw.text((x1 + 3, y1 + 3), str(i), fill=(255, 255, 0))
+    return img
+
+
+def list_template_faces(template, analyzer):
+    """(template RGB, its faces left to right, an annotated preview)."""
+    from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image
+
+    image = read_image(template, "template photo", max_megapixels=PHOTO_MAX_MEGAPIXELS)
+    faces = _detect(image, analyzer)
+    return image, faces, preview(image, faces)
+
+
+def assign(cfg: TemplateConfig, faces) -> list[tuple[int, int]]:
+    """(person index, face index) pairs; a count that does not fit is one error listing the faces."""
+    found = "; ".join(f"{d['index']}: box {d['bbox']}, {d['size']:.0f} px" for d in describe_faces(faces)) or "none"
+    fix = ("Give each person a face index (people: [{lora_dir, face: N}], or --person LORA_DIR@N) after "
+           "`facechain template TEMPLATE --list-faces`, or use a template with one face per person.")
+    if not faces:
+        raise InputError(f"no face was found in the template {cfg.template}. Use a photo with clearly visible faces.")
+    if all(p.face is not None for p in cfg.people):
+        bad = [p.face for p in cfg.people if not 0 <= p.face < len(faces)]
+        if bad:
+            raise InputError(f"face index {bad[0]} does not exist: the template has {len(faces)} faces ({found}). {fix}")
+        pairs = [(i, p.face) for i, p in enumerate(cfg.people)]
+    elif len(cfg.people) != len(faces):
+        raise InputError(f"{len(cfg.people)} people for {len(faces)} faces in the template {cfg.template}: faces found "
+                         f"(left to right) {found}. {fix}")
+    else:
+        pairs = list(enumerate(range(len(faces))))
+    for _, k in pairs:
+        if faces[k].size < cfg.min_face_size:
+            raise InputError(f"template face {k} is {faces[k].size:.0f} px, under min_face_size {cfg.min_face_size} px: "
+                             "too small to edit. Use a larger template photo, or map people to larger faces.")
+    return pairs
+
+
+def base_model_of(cfg: TemplateConfig) -> tuple[str, str | None, str | None]:
+    """``cfg.base_model``, or the one the first person's LoRA was trained on (train_config.json)."""
+    if cfg.base_model:
+        return cfg.base_model, cfg.revision, cfg.sub_path
+    path = Path(cfg.people[0].lora_dir) / "train_config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return str(saved["base_model"]), saved.get("revision") or None, saved.get("sub_path") or None
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"base_model is empty and {path} does not name one ({type(exc).__name__}). Pass --base-model, "
+                         "the model the people's LoRAs were trained on.") from exc
+
+
+def run_template(cfg: TemplateConfig, analyzer=None) -> TemplateResult:
+    """Edit each assigned template face with its person's identity; write the outputs (module docstring)."""
+    from facechain.outputs import OutputDir, check_writable_folder
+
+    check_writable_folder(Path(cfg.output_dir), "output_dir")
+    from facechain.face import get_analyzer
+
+    analyzer = analyzer or get_analyzer(cfg.face_backend)
+    image, faces, _ = list_template_faces(cfg.template, analyzer)
+    pairs = assign(cfg, faces)  # before any model loads
+    with OutputDir.open(cfg.output_dir, "template", allow_other_files=cfg.allow_other_files, what="output_dir") as od:
+        return _run(cfg, od, image, faces, pairs, analyzer)
+
+
+def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> TemplateResult:
+    import torch
+
+    from facechain import lora as lora_io
+    from facechain.config import save_config
+    from facechain.detailer import DetailerConfig, compose, face_region, inpaint_pipeline, redraw_region
+    from facechain.face import similarity
+    from facechain.face.fusion import get_fusion, match_colour
+    from facechain.generate.config import DEFAULT_NEGATIVE_PROMPT
+    from facechain.generate.prompt import join_prompt, subject_from_metadata
+    from facechain.io import save_image, write_json
+    from facechain.jobs import ItemFailure
+    from facechain.models import load_pipeline, native_size, resolve_device, resolve_dtype, resolve_model
+    from facechain.postprocess import contact_sheet, select_template
+    from facechain.prompts import PromptEncoder
+
+    t0 = time.perf_counter()
+    model, revision, sub_path = base_model_of(cfg)
+    resolved = resolve_model(model, revision, sub_path, allow_pickle=cfg.allow_pickle)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pipe = load_pipeline(resolved, torch_dtype=dtype, single_file_config=cfg.single_file_config)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    inpaint = inpaint_pipeline(pipe)
+    encoder = PromptEncoder(inpaint)
+    size = native_size(pipe)
+    fusion = None if cfg.fusion == "off" else get_fusion(cfg.fusion, backend=analyzer.name)
+    dcfg = DetailerConfig(mode="always", strength=cfg.strength, num_inference_steps=cfg.num_inference_steps,
+                          guidance_scale=cfg.guidance_scale, padding=min(8.0, 1.0 / cfg.crop_ratio), mask_dilation=0.06,
+                          mask_feather=0.04, working_size=size)
+    stage = od.stage()
+    save_config(cfg, stage / "template_config.json")
+    out = image.copy()
+    failures: list[ItemFailure] = []
+    report = [{**d, "person": None} for d in describe_faces(faces)]
+    sheet, captions = [image, None], ["template", "result"]
+    for person_index, k in pairs:
+        person = cfg.people[person_index]
+        entry = report[k]
+        entry.update(person=person_index, lora_dir=str(person.lora_dir))
+        adapter = f"person_{person_index}"
+        try:
+            path = lora_io.resolve(person.lora_dir, allow_pickle=cfg.allow_pickle, what=f"person {person_index}'s face LoRA")
+            lora_io.load_adapter(pipe, path, adapter, f"person {person_index}'s face LoRA")
+            pipe.set_adapters([adapter], adapter_weights=[cfg.face_lora_weight])
+            trigger, attribute = subject_from_metadata(person.processed_dir, "<fcsks>")
+            prompt = join_prompt(trigger, attribute, cfg.prompt)
+            conditioning = encoder(prompt, cfg.negative_prompt if cfg.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT)
+            region = face_region(faces[k], image.shape, dcfg)
+            ys, xs = slice(region.y0, region.y0 + region.side), slice(region.x0, region.x0 + region.side)
+            before = out[ys, xs].copy()
+            seed = cfg.seed + k
+            new = redraw_region(inpaint, before, region.alpha > 0, size, conditioning, dcfg, seed)
+            if cfg.colour == "lab":  # the new face takes the template face's colour statistics
+                new = match_colour(new, before, region.alpha)
+            notes = []
+            reference = select_template(person.processed_dir, analyzer) if person.processed_dir else None
+            if fusion is not None and reference is not None:
+                found = analyzer.detect(new, max_faces=1)
+                if found:
+                    try:
+                        res = fusion.fuse(new, found[0], *reference.fusion_source(), 1.0)
+                        new = res.image
+                        notes += list(res.notes)
+                        entry["fusion"] = res.method
+                    except FacechainError as exc:
+                        entry["fusion"] = f"skipped: {exc}"
+                else:
+                    entry["fusion"] = "skipped: no face found in the edited crop"
+            after = compose(before, new, region.alpha)
+            out[ys, xs] = after
+            entry.update(crop=[region.x0, region.y0, region.side], seed=seed, prompt=prompt, colour=cfg.colour,
+                         notes=notes)
+            if reference is not None:  # how like the person the face is, before and after
+                def like(img):
+                    f = analyzer.detect(img, max_faces=1)
+                    return round(float(similarity(f[0], reference.face)), 3) if f else None
+
+                entry["identity_before"], entry["identity_after"] = like(before), like(after)
+            save_image(stage / "faces" / f"face_{k}_before.png", before)
+            save_image(stage / "faces" / f"face_{k}_after.png", after)
+            save_image(stage / "faces" / f"face_{k}_mask.png", np.round(region.alpha * 255).astype(np.uint8))
+            sheet += [before, after]
+            captions += [f"face {k} before", f"face {k}: person {person_index}"]
+            logger.info("template face %d: person %d (%s)", k, person_index, person.lora_dir)
+        except FacechainError as exc:  # one person's failure is reported; the others' faces are kept
+            logger.warning("template face %d (person %d) failed: %s", k, person_index, exc)
+            entry["error"] = str(exc)
+            failures.append(ItemFailure(f"person {person_index} -> face {k}", str(exc)))
+        finally:
+            if adapter in getattr(pipe, "get_list_adapters", lambda: {})().get("unet", []):
+                pipe.delete_adapters(adapter)
+    if len(failures) == len(pairs):
+        raise InputError("no face could be edited:\n  " + "\n  ".join(f"{f.item}: {f.error}" for f in failures))
+    result = stage / "result.png"
+    save_image(result, out)
+    sheet[1] = out
+    save_image(stage / "contact_sheet.png", contact_sheet(sheet, captions))
+    if torch.cuda.is_available() and device.type == "cuda":
+        torch.cuda.synchronize()
+    write_json(stage / "manifest.json", {
+        "template": str(cfg.template), "base_model": resolved.to_dict(), "faces": report,
+        "assignment": [{"person": p, "face": k} for p, k in pairs], "face_backend": analyzer.name,
+        "fusion": fusion.name if fusion else "off", "failed": [f.to_dict() for f in failures],
+        "settings": {"strength": cfg.strength, "steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
+                     "working_size": size, "crop_ratio": cfg.crop_ratio, "face_lora_weight": cfg.face_lora_weight},
+        "seconds": round(time.perf_counter() - t0, 2)})
+    od.commit(stage)
+    return TemplateResult(od.path, od.path / "result.png", report, failures)
+

@@ -1,0 +1,132 @@
+"""Fixed templates on the tiny SD1.5 model with a real 3-face template composed from sample photos
+(dlib finds the faces): each face edited with its person's LoRA, everything else bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from facechain.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, sample_photos):
+    """Three people side by side (the astronaut, her mirror image, Tom Hanks), 768 x 256."""
+    from PIL import Image
+
+    from facechain.io import save_image
+
+    a = sample_photos.astronaut()[0:256, 100:356]
+    hanks = np.asarray(Image.fromarray(sample_photos.other_person()).resize((256, 256), Image.LANCZOS))
+    canvas = np.concatenate([a, np.ascontiguousarray(a[:, ::-1]), hanks], axis=1)
+    return save_image(tmp_path_factory.mktemp("tpl") / "team.png", canvas)
+
+
+@pytest.fixture(scope="module")
+def people(tiny_sd15, tmp_path_factory, dlib_analyzer, sample_photos):
+    """Three face LoRAs (random, different) for the tiny model; the first records its base model, and has a
+    processed folder (the astronaut) for the prompt, fusion and identity scores."""
+    from facechain.io import save_image
+    from facechain.preprocess import preprocess
+    from facechain.testing import random_lora
+
+    root = tmp_path_factory.mktemp("people")
+    loras = [random_lora(tiny_sd15, root / f"lora{i}", seed=10 + i) for i in range(3)]
+    (loras[0] / "train_config.json").write_text(json.dumps({"base_model": str(tiny_sd15), "revision": None,
+                                                            "sub_path": None}))
+    save_image(root / "photos" / "a.png", sample_photos.astronaut())
+    preprocess(root / "photos", root / "processed", analyzer=dlib_analyzer, progress=False)
+    return {"loras": loras, "processed": root / "processed"}
+
+
+def _cfg(template, folks, out, **kw):
+    from facechain.template import PersonSpec, TemplateConfig
+
+    persons = [PersonSpec(lora_dir=folks["loras"][0], processed_dir=folks["processed"]),
+               PersonSpec(lora_dir=folks["loras"][1]), PersonSpec(lora_dir=folks["loras"][2])]
+    base = dict(template=template, output_dir=out, people=persons, num_inference_steps=4, strength=0.65,
+                device="cpu", dtype="float32", face_backend="dlib", fusion="landmark")
+    base.update(kw)
+    return TemplateConfig(**base)
+
+
+def test_faces_are_listed_left_to_right_and_counts_checked(template, dlib_analyzer, tmp_path, people):
+    from facechain.cli import main
+    from facechain.template import PersonSpec, list_template_faces
+    from facechain.template.job import assign
+
+    image, faces, preview = list_template_faces(template, dlib_analyzer)
+    assert len(faces) == 3 and [f.center[0] for f in faces] == sorted(f.center[0] for f in faces)
+    assert preview.size == (image.shape[1], image.shape[0])
+    assert main(["template", str(template), "--list-faces", "--face-backend", "dlib", "--output-dir", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "faces_preview.png").is_file()
+    two = _cfg(template, people, tmp_path / "o", people=[PersonSpec(lora_dir=people["loras"][0]),
+                                                         PersonSpec(lora_dir=people["loras"][1])])
+    with pytest.raises(InputError, match=r"2 people for 3 faces .* 0: box .*1: box .*2: box .*--person LORA_DIR@N"):
+        assign(two, faces)
+    with pytest.raises(InputError, match="face index 5 does not exist: the template has 3 faces"):
+        assign(_cfg(template, people, tmp_path / "o", people=[PersonSpec(lora_dir=people["loras"][0], face=5)]), faces)
+    assert assign(_cfg(template, people, tmp_path / "o", people=[PersonSpec(lora_dir=people["loras"][0], face=2)]),
+                  faces) == [(0, 2)]
+    with pytest.raises(InputError, match="same template face"):
+        _cfg(template, people, tmp_path / "o", people=[PersonSpec(lora_dir=people["loras"][0], face=1),
+                                                       PersonSpec(lora_dir=people["loras"][1], face=1)])
+    with pytest.raises(InputError, match="under min_face_size 500 px: too small to edit"):
+        assign(_cfg(template, people, tmp_path / "o", min_face_size=500), faces)
+    (tmp_path / "notes.png").write_text("not a photo")
+    from facechain.template import run_template
+
+    with pytest.raises(InputError, match="template photo"):
+        run_template(_cfg(tmp_path / "notes.png", people, tmp_path / "o"), analyzer=dlib_analyzer)
+
+
+@pytest.mark.slow
+def test_three_face_template_from_a_config_file(template, people, tmp_path):
+    """run_inference's config with mode: template: each face edited with its person's LoRA, every pixel
+    outside the faces' masks the template's, bit for bit; crops, masks, manifest and contact sheet."""
+    from PIL import Image
+
+    from facechain.cli import main
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    lines = ["mode: template", f"template: {template}", "output_dir: ../out", "num_inference_steps: 4", "device: cpu",
+             "dtype: float32", "face_backend: dlib", "fusion: landmark", "people:",
+             f"  - {{lora_dir: {people['loras'][0]}, processed_dir: {people['processed']}}}",
+             f"  - {{lora_dir: {people['loras'][1]}}}", f"  - {{lora_dir: {people['loras'][2]}}}"]
+    (conf / "team.yaml").write_text("\n".join(lines) + "\n")
+    assert main(["generate", "--config", str(conf / "team.yaml")]) == 0  # run_inference.py's entry point
+    out = tmp_path / "out"
+    before = np.asarray(Image.open(template).convert("RGB")).astype(np.int16)
+    after = np.asarray(Image.open(out / "result.png").convert("RGB")).astype(np.int16)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [f["person"] for f in manifest["faces"]] == [0, 1, 2] and manifest["failed"] == []
+    assert manifest["base_model"]["path"].endswith("sd15")  # from person 0's train_config.json
+    touched = np.zeros(before.shape[:2], bool)
+    for face in manifest["faces"]:
+        x0, y0, side = face["crop"]
+        mask = np.asarray(Image.open(out / "faces" / f"face_{face['index']}_mask.png")) > 0
+        region = np.zeros_like(touched)
+        region[y0:y0 + side, x0:x0 + side] = mask
+        assert np.abs(after[region] - before[region]).mean() > 1.0, face["index"]  # the face was re-drawn
+        touched |= region
+        assert (out / "faces" / f"face_{face['index']}_before.png").is_file()
+    assert np.array_equal(after[~touched], before[~touched])  # nothing else moved
+    assert manifest["faces"][0]["prompt"].startswith("<fcsks>") and "identity_before" in manifest["faces"][0]
+    assert (out / "contact_sheet.png").is_file()
+
+
+@pytest.mark.slow
+def test_one_persons_failure_keeps_the_others(template, people, tmp_path, dlib_analyzer):
+    from facechain.template import PersonSpec, run_template
+
+    cfg = _cfg(template, people, tmp_path / "out", fusion="off",
+               people=[PersonSpec(lora_dir=people["loras"][0]), PersonSpec(lora_dir=tmp_path / "missing"),
+                       PersonSpec(lora_dir=people["loras"][2])])
+    result = run_template(cfg, analyzer=dlib_analyzer)
+    assert result.exit_code == 1 and [f.item for f in result.failures] == ["person 1 -> face 1"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "error" in manifest["faces"][1] and "crop" in manifest["faces"][0] and "crop" in manifest["faces"][2]
+    assert not (tmp_path / "out" / "faces" / "face_1_after.png").exists()
