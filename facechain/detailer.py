@@ -272,9 +272,11 @@ def _check_image(image) -> np.ndarray:
 
 
 def redraw_region(inpaint, crop: np.ndarray, support: np.ndarray, size: int, conditioning: dict,
-            cfg: DetailerConfig, seed: int) -> np.ndarray:
+            cfg: DetailerConfig, seed: int, controls: dict | None = None) -> np.ndarray:
     """Re-generate ``crop`` (uint8 (s, s, 3)) where ``support`` is set, at ``size`` px; returns uint8 (s, s, 3).
-    ``conditioning``: the prompt embeddings (:class:`facechain.prompts.PromptEncoder`'s keyword arguments)."""
+    ``conditioning``: the prompt embeddings (:class:`facechain.prompts.PromptEncoder`'s keyword arguments).
+    ``controls``: a ControlNet inpaint pipeline's extra arguments (``control_image`` as images of the crop,
+    resized here to ``size``, and ``controlnet_conditioning_scale``)."""
     import cv2
     import torch
     from PIL import Image
@@ -289,9 +291,15 @@ def redraw_region(inpaint, crop: np.ndarray, support: np.ndarray, size: int, con
     device = inpaint.device
     gen_device = "cpu" if device.type == "mps" else device
     generator = torch.Generator(gen_device).manual_seed(int(seed))
+    extra = dict(controls or {})
+    if "control_image" in extra:
+        imgs = extra["control_image"]
+        imgs = [Image.fromarray(c).resize((size, size), Image.Resampling.NEAREST) for c in
+                (imgs if isinstance(imgs, list) else [imgs])]
+        extra["control_image"] = imgs if len(imgs) > 1 else imgs[0]
     with torch.inference_mode(), _quiet_empty_fp32_notice():
         out = inpaint(
-            **conditioning, image=up, mask_image=Image.fromarray(m),
+            **conditioning, **extra, image=up, mask_image=Image.fromarray(m),
             height=size, width=size, strength=cfg.strength, num_inference_steps=cfg.num_inference_steps,
             guidance_scale=cfg.guidance_scale, generator=generator, output_type="np",
         ).images[0]  # float (size, size, 3) in [0, 1]

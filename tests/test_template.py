@@ -41,13 +41,26 @@ def people(tiny_sd15, tmp_path_factory, dlib_analyzer, sample_photos):
     return {"loras": loras, "processed": root / "processed"}
 
 
+@pytest.fixture(scope="module")
+def controlnets(tiny_sd15, tmp_path_factory):
+    """A tiny ControlNet (diffusers' from_unet), used for both controls."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_sd15), subfolder="unet")
+    path = tmp_path_factory.mktemp("cn") / "cn"
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16)).save_pretrained(path)
+    return path
+
+
 def _cfg(template, folks, out, **kw):
     from facechain.template import PersonSpec, TemplateConfig
 
     persons = [PersonSpec(lora_dir=folks["loras"][0], processed_dir=folks["processed"]),
                PersonSpec(lora_dir=folks["loras"][1]), PersonSpec(lora_dir=folks["loras"][2])]
     base = dict(template=template, output_dir=out, people=persons, num_inference_steps=4, strength=0.65,
-                device="cpu", dtype="float32", face_backend="dlib", fusion="landmark")
+                device="cpu", dtype="float32", face_backend="dlib", fusion="landmark", controls=[])
     base.update(kw)
     return TemplateConfig(**base)
 
@@ -80,10 +93,18 @@ def test_faces_are_listed_left_to_right_and_counts_checked(template, dlib_analyz
 
     with pytest.raises(InputError, match="template photo"):
         run_template(_cfg(tmp_path / "notes.png", people, tmp_path / "o"), analyzer=dlib_analyzer)
+    from facechain.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="canny ControlNet .* could not be loaded"):  # before any face is edited
+        run_template(_cfg(template, people, tmp_path / "o", controls=["canny"], controlnet_canny=str(tmp_path / "no")),
+                     analyzer=dlib_analyzer)
+    assert not (tmp_path / "o" / "result.png").exists()
+    with pytest.raises(InputError, match="controls must be a list of openpose and canny"):
+        _cfg(template, people, tmp_path / "o", controls=["depth"])
 
 
 @pytest.mark.slow
-def test_three_face_template_from_a_config_file(template, people, tmp_path):
+def test_three_face_template_from_a_config_file(template, people, controlnets, tmp_path):
     """run_inference's config with mode: template: each face edited with its person's LoRA, every pixel
     outside the faces' masks the template's, bit for bit; crops, masks, manifest and contact sheet."""
     from PIL import Image
@@ -93,7 +114,8 @@ def test_three_face_template_from_a_config_file(template, people, tmp_path):
     conf = tmp_path / "conf"
     conf.mkdir()
     lines = ["mode: template", f"template: {template}", "output_dir: ../out", "num_inference_steps: 4", "device: cpu",
-             "dtype: float32", "face_backend: dlib", "fusion: landmark", "people:",
+             "dtype: float32", "face_backend: dlib", "fusion: landmark", "controls: [openpose, canny]",
+             f"controlnet_openpose: {controlnets}", f"controlnet_canny: {controlnets}", "people:",
              f"  - {{lora_dir: {people['loras'][0]}, processed_dir: {people['processed']}}}",
              f"  - {{lora_dir: {people['loras'][1]}}}", f"  - {{lora_dir: {people['loras'][2]}}}"]
     (conf / "team.yaml").write_text("\n".join(lines) + "\n")
@@ -116,6 +138,12 @@ def test_three_face_template_from_a_config_file(template, people, tmp_path):
     assert np.array_equal(after[~touched], before[~touched])  # nothing else moved
     assert manifest["faces"][0]["prompt"].startswith("<fcsks>") and "identity_before" in manifest["faces"][0]
     assert (out / "contact_sheet.png").is_file()
+    # the controls: the template face's landmarks as OpenPose face keypoints, the crop's edges without the face
+    assert manifest["faces"][1]["controls"] == {"openpose": 1.0, "canny": 0.2}
+    pose = np.asarray(Image.open(out / "faces" / "face_1_openpose.png"))
+    canny = np.asarray(Image.open(out / "faces" / "face_1_canny.png"))
+    mask = np.asarray(Image.open(out / "faces" / "face_1_mask.png")) > 0
+    assert 60 <= (pose[..., 0] > 0).sum() // 4 and not canny[mask].any() and canny[~mask].any()
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ FACECHAIN_STYLE_LORA = ("Cherrytest/zjz_mj_jiyi_small_addtxt_fromleo", "v1.0.0",
 
 # Public weights per base family. Only used when the config leaves the field empty.
 DEFAULT_OPENPOSE_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_openpose", "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"}
+DEFAULT_CANNY_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"}
 DEFAULT_DEPTH_CONTROLNET = {"sd15": "lllyasviel/control_v11f1p_sd15_depth", "sdxl": "diffusers/controlnet-depth-sdxl-1.0"}
 
 # torch generators take 64-bit seeds.

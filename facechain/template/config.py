@@ -67,6 +67,15 @@ class TemplateConfig:
     crop_ratio: float = _h("Face size / crop side (FaceChain: 0.45: the crop is 2.2x the face).", default=0.45)
     min_face_size: int = _h("Template faces smaller than this (px, Face.size) are refused: too small to edit.",
                             default=48)
+    controls: list[str] = _h("ControlNets of the inpaint pass (FaceChain's): openpose (the template face's landmarks "
+                             "drawn as OpenPose face keypoints, so the new face keeps its pose) and canny (the crop's "
+                             "edges with the face zeroed, so the hair, neck and clothes line up); [] = none.",
+                             default_factory=lambda: ["openpose", "canny"])
+    openpose_weight: float = _h("Conditioning scale of the openpose control (FaceChain: 1.0).", default=1.0)
+    canny_weight: float = _h("Conditioning scale of the canny control (FaceChain: 0.2).", default=0.2)
+    controlnet_openpose: str | None = _h("OpenPose ControlNet: hub id or folder; empty = the family default.",
+                                         default=None)
+    controlnet_canny: str | None = _h("Canny ControlNet: hub id or folder; empty = the family default.", default=None)
     colour: str = _h("Colour correction of each new face to the template's: lab (mean/std transfer) or off.",
                      default="lab")
     fusion: str = _h("Face fusion with the person's best photo after the inpaint: auto, landmark, swapper, off.",
@@ -93,6 +102,9 @@ class TemplateConfig:
             raise InputError("strength x num_inference_steps runs no step; raise num_inference_steps.")
         if not 0.1 <= self.crop_ratio <= 0.8:
             raise InputError(f"crop_ratio (face size / crop side) must be in [0.1, 0.8], got {self.crop_ratio}.")
+        unknown = sorted(set(self.controls) - {"openpose", "canny"})
+        if unknown or len(set(self.controls)) != len(self.controls):
+            raise InputError(f"controls must be a list of openpose and canny (each once), got {self.controls}.")
         if self.colour not in ("lab", "off"):
             raise InputError(f"colour must be lab or off, got '{self.colour}'.")
         if self.fusion not in ("auto", "landmark", "swapper", "off"):

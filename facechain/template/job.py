@@ -96,6 +96,54 @@ def assign(cfg: TemplateConfig, faces) -> list[tuple[int, int]]:
     return pairs
 
 
+def pose_map(face, x0: int, y0: int, side: int) -> np.ndarray:
+    """The face's landmarks (or its 5 keypoints) in the crop, drawn as OpenPose face keypoints: white dots
+    on black, as controlnet_aux draws a face (RGB uint8 (side, side, 3))."""
+    import cv2
+
+    out = np.zeros((side, side, 3), np.uint8)
+    pts = face.landmarks if face.landmarks is not None else face.kps
+    r = max(1, round(side / 160))
+    for x, y in np.asarray(pts, np.float64)[:, :2] - (x0, y0):
+        cv2.circle(out, (int(round(x)), int(round(y))), r, (255, 255, 255), -1)
+    return out
+
+
+def canny_map(crop: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Canny edges (100, 200) of the crop with the face (its mask) zeroed, as FaceChain's template pass."""
+    import cv2
+
+    edges = cv2.Canny(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), 100, 200)
+    edges[alpha > 0] = 0
+    return np.repeat(edges[..., None], 3, axis=2)
+
+
+def control_pipeline(pipe, cfg: TemplateConfig, family: str):
+    """The ControlNet inpaint pipeline of ``pipe`` (from_pipe: the same UNet, LoRAs and VAE) with the
+    configured ControlNets, or None without controls."""
+    from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionXLControlNetInpaintPipeline
+
+    from facechain.generate.config import DEFAULT_CANNY_CONTROLNET, DEFAULT_OPENPOSE_CONTROLNET
+    from facechain.models import dtype_kwargs, load_controlnet
+
+    if not cfg.controls:
+        return None
+    refs = {"openpose": cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[family],
+            "canny": cfg.controlnet_canny or DEFAULT_CANNY_CONTROLNET[family]}
+    nets = [load_controlnet(refs[c], dtype=pipe.unet.dtype, what=c, allow_pickle=cfg.allow_pickle).to(pipe.device)
+            for c in cfg.controls]
+    if len(nets) > 1:
+        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+        net = MultiControlNetModel(nets)
+    else:
+        net = nets[0]
+    cls = StableDiffusionXLControlNetInpaintPipeline if family == "sdxl" else StableDiffusionControlNetInpaintPipeline
+    control = cls.from_pipe(pipe, controlnet=net, **dtype_kwargs(pipe.unet.dtype))
+    control.set_progress_bar_config(disable=True)
+    return control
+
+
 def base_model_of(cfg: TemplateConfig) -> tuple[str, str | None, str | None]:
     """``cfg.base_model``, or the one the first person's LoRA was trained on (train_config.json)."""
     if cfg.base_model:
@@ -147,8 +195,10 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     pipe = load_pipeline(resolved, torch_dtype=dtype, single_file_config=cfg.single_file_config)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    inpaint = inpaint_pipeline(pipe)
+    control = control_pipeline(pipe, cfg, resolved.family)  # a missing ControlNet fails here, before any face
+    inpaint = control or inpaint_pipeline(pipe)
     encoder = PromptEncoder(inpaint)
+    weights = {"openpose": cfg.openpose_weight, "canny": cfg.canny_weight}
     size = native_size(pipe)
     fusion = None if cfg.fusion == "off" else get_fusion(cfg.fusion, backend=analyzer.name)
     dcfg = DetailerConfig(mode="always", strength=cfg.strength, num_inference_steps=cfg.num_inference_steps,
@@ -176,7 +226,18 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
             ys, xs = slice(region.y0, region.y0 + region.side), slice(region.x0, region.x0 + region.side)
             before = out[ys, xs].copy()
             seed = cfg.seed + k
-            new = redraw_region(inpaint, before, region.alpha > 0, size, conditioning, dcfg, seed)
+            controls = None
+            if control is not None:  # the template face's pose and the crop's edges around the face
+                maps = {"openpose": pose_map(faces[k], region.x0, region.y0, region.side),
+                        "canny": canny_map(before, region.alpha)}
+                images = [maps[c] for c in cfg.controls]
+                scales = [weights[c] for c in cfg.controls]
+                controls = {"control_image": images if len(images) > 1 else images[0],
+                            "controlnet_conditioning_scale": scales if len(scales) > 1 else scales[0]}
+                for c in cfg.controls:
+                    save_image(stage / "faces" / f"face_{k}_{c}.png", maps[c])
+                entry["controls"] = dict(zip(cfg.controls, scales))
+            new = redraw_region(inpaint, before, region.alpha > 0, size, conditioning, dcfg, seed, controls)
             if cfg.colour == "lab":  # the new face takes the template face's colour statistics
                 new = match_colour(new, before, region.alpha)
             notes = []
@@ -229,7 +290,8 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         "assignment": [{"person": p, "face": k} for p, k in pairs], "face_backend": analyzer.name,
         "fusion": fusion.name if fusion else "off", "failed": [f.to_dict() for f in failures],
         "settings": {"strength": cfg.strength, "steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
-                     "working_size": size, "crop_ratio": cfg.crop_ratio, "face_lora_weight": cfg.face_lora_weight},
+                     "working_size": size, "crop_ratio": cfg.crop_ratio, "face_lora_weight": cfg.face_lora_weight,
+                     "controls": {c: weights[c] for c in cfg.controls}},
         "seconds": round(time.perf_counter() - t0, 2)})
     od.commit(stage)
     return TemplateResult(od.path, od.path / "result.png", report, failures)
