@@ -275,8 +275,9 @@ def redraw_region(inpaint, crop: np.ndarray, support: np.ndarray, size: int, con
             cfg: DetailerConfig, seed: int, controls: dict | None = None) -> np.ndarray:
     """Re-generate ``crop`` (uint8 (s, s, 3)) where ``support`` is set, at ``size`` px; returns uint8 (s, s, 3).
     ``conditioning``: the prompt embeddings (:class:`facechain.prompts.PromptEncoder`'s keyword arguments).
-    ``controls``: a ControlNet inpaint pipeline's extra arguments (``control_image`` as images of the crop,
-    resized here to ``size``, and ``controlnet_conditioning_scale``)."""
+    ``controls``: extra pipeline arguments: a ControlNet inpaint pipeline's ``control_image`` (images of the
+    crop, resized here to ``size``) and ``controlnet_conditioning_scale``, an IP-Adapter's
+    ``ip_adapter_image_embeds``."""
     import cv2
     import torch
     from PIL import Image

@@ -158,3 +158,37 @@ def test_one_persons_failure_keeps_the_others(template, people, tmp_path, dlib_a
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert "error" in manifest["faces"][1] and "crop" in manifest["faces"][0] and "crop" in manifest["faces"][2]
     assert not (tmp_path / "out" / "faces" / "face_1_after.png").exists()
+
+
+@pytest.mark.slow
+def test_identity_adapters_as_the_peoples_identity(template, people, tiny_sd15, tmp_path, dlib_analyzer, sample_photos):
+    """Each person's own photos through one IP-Adapter-FaceID (no LoRA for one of them): faces edited with
+    their identity; mixing adapter and non-adapter people, or two adapters, is refused."""
+    from facechain.adapters import IdentityConfig
+    from facechain.io import save_image
+    from facechain.template import PersonSpec, run_template
+    from facechain.testing import build_tiny_faceid_adapter
+
+    weights = build_tiny_faceid_adapter(tiny_sd15, tmp_path / "faceid.safetensors", seed=3)
+    save_image(tmp_path / "hanks" / "1.png", sample_photos.other_person())
+
+    def ident(photos, w=weights):
+        return IdentityConfig(adapter="ip-adapter-faceid", photos=photos, weights=str(w))
+
+    persons = [PersonSpec(lora_dir=people["loras"][0], processed_dir=people["processed"], face=0,
+                          identity=ident(people["processed"])),
+               PersonSpec(identity=ident(tmp_path / "hanks"), face=2)]
+    result = run_template(_cfg(template, people, tmp_path / "out", people=persons, base_model=str(tiny_sd15)),
+                          analyzer=dlib_analyzer)
+    assert result.exit_code == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["faces"][0]["identity"]["photos"] == ["000.png"] and manifest["faces"][1]["person"] is None
+    assert manifest["faces"][2]["identity"]["photos"] == ["1.png"] and manifest["faces"][2]["lora_dir"] is None
+    assert not manifest["faces"][2]["prompt"].startswith("<fcsks>")
+    with pytest.raises(InputError, match="some people have an identity adapter and some do not"):
+        _cfg(template, people, tmp_path / "o", people=[persons[0], PersonSpec(lora_dir=people["loras"][1], face=1)])
+    with pytest.raises(InputError, match="different identity adapters"):
+        _cfg(template, people, tmp_path / "o", people=[persons[0], PersonSpec(identity=ident(tmp_path / "hanks",
+                                                                                            tmp_path / "other.st"), face=2)])
+    with pytest.raises(InputError, match="needs a face LoRA .* or an identity adapter"):
+        PersonSpec()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facechain.adapters import IdentityConfig
 from facechain.errors import InputError
 
 
@@ -38,11 +39,19 @@ def load_template_config(path) -> "TemplateConfig":
 class PersonSpec:
     """One person: their face LoRA (from `facechain train`) and processed photos (from `facechain preprocess`)."""
 
-    lora_dir: Path = _h("Face LoRA folder of the person (pytorch_lora_weights.safetensors).")
+    lora_dir: Path | None = _h("Face LoRA folder of the person (pytorch_lora_weights.safetensors); empty when the "
+                               "identity comes from an adapter alone.", default=None)
     processed_dir: Path | None = _h("The person's processed photos: the prompt's attribute phrase and the face for "
                                     "fusion; empty = 'a person' and no fusion.", default=None)
     face: int | None = _h("Index of the template face (from --list-faces) this person goes to; empty = left to right.",
                           default=None)
+    identity: IdentityConfig | None = _h("An identity adapter for this person ({adapter, photos, scale, weights}), "
+                                         "with or instead of the face LoRA; every person of a job uses the same "
+                                         "adapter, each with their own photos.", default=None)
+
+    def __post_init__(self):
+        if self.lora_dir is None and (self.identity is None or not self.identity.enabled):
+            raise InputError("a person needs a face LoRA (lora_dir) or an identity adapter (identity), or both.")
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,15 @@ class TemplateConfig:
             raise InputError("give a face index to every person or to none (then they go left to right).")
         if len(set(faces)) != len(faces):
             raise InputError(f"two people are given the same template face ({faces}). Give each person its own face.")
+        adapters = {(p.identity.adapter, p.identity.weights, p.identity.image_encoder)
+                    for p in self.people if p.identity is not None and p.identity.enabled}
+        if len(adapters) > 1:
+            raise InputError(f"the people use different identity adapters {sorted(adapters)}; one job loads one adapter. "
+                             "Give everyone the same adapter and weights (each with their own photos), or run the "
+                             "template twice.")
+        if adapters and any(p.identity is None or not p.identity.enabled for p in self.people):
+            raise InputError("some people have an identity adapter and some do not; the adapter would act on everyone. "
+                             "Give every person an identity block (their own photos), or none.")
         if not 0.0 < self.strength <= 1.0:
             raise InputError(f"strength must be in (0, 1], got {self.strength}.")
         if int(self.strength * self.num_inference_steps) < 1:

@@ -148,6 +148,9 @@ def base_model_of(cfg: TemplateConfig) -> tuple[str, str | None, str | None]:
     """``cfg.base_model``, or the one the first person's LoRA was trained on (train_config.json)."""
     if cfg.base_model:
         return cfg.base_model, cfg.revision, cfg.sub_path
+    if cfg.people[0].lora_dir is None:
+        raise InputError("base_model is empty and the first person has no face LoRA whose train_config.json would name "
+                         "it. Pass --base-model (base_model: in the config).")
     path = Path(cfg.people[0].lora_dir) / "train_config.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -195,6 +198,13 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     pipe = load_pipeline(resolved, torch_dtype=dtype, single_file_config=cfg.single_file_config)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    ident_spec = next((p.identity for p in cfg.people if p.identity is not None and p.identity.enabled), None)
+    adapter, adapter_loras = None, {}
+    if ident_spec is not None:  # one adapter for the job (its weights checked before any face); photos per person
+        from facechain.adapters import get_identity_adapter
+
+        adapter = get_identity_adapter(ident_spec, resolved.family)
+        adapter_loras = adapter.attach(pipe)
     control = control_pipeline(pipe, cfg, resolved.family)  # a missing ControlNet fails here, before any face
     inpaint = control or inpaint_pipeline(pipe)
     encoder = PromptEncoder(inpaint)
@@ -213,27 +223,46 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     for person_index, k in pairs:
         person = cfg.people[person_index]
         entry = report[k]
-        entry.update(person=person_index, lora_dir=str(person.lora_dir))
-        adapter = f"person_{person_index}"
+        entry.update(person=person_index, lora_dir=str(person.lora_dir) if person.lora_dir else None)
+        lora_name = f"person_{person_index}"
         try:
-            path = lora_io.resolve(person.lora_dir, allow_pickle=cfg.allow_pickle, what=f"person {person_index}'s face LoRA")
-            lora_io.load_adapter(pipe, path, adapter, f"person {person_index}'s face LoRA")
-            pipe.set_adapters([adapter], adapter_weights=[cfg.face_lora_weight])
+            weights_of = dict(adapter_loras)
+            if person.lora_dir is not None:
+                path = lora_io.resolve(person.lora_dir, allow_pickle=cfg.allow_pickle,
+                                       what=f"person {person_index}'s face LoRA")
+                lora_io.load_adapter(pipe, path, lora_name, f"person {person_index}'s face LoRA")
+                weights_of[lora_name] = cfg.face_lora_weight
+            if weights_of:
+                pipe.set_adapters(list(weights_of), adapter_weights=list(weights_of.values()))
             trigger, attribute = subject_from_metadata(person.processed_dir, "<fcsks>")
+            if person.lora_dir is None:  # no LoRA learned the trigger word
+                trigger = ""
             prompt = join_prompt(trigger, attribute, cfg.prompt)
+            extra: dict = {}
+            if adapter is not None:  # this person's photos through the job's adapter
+                from facechain.adapters.ip_adapter_faceid import identity_embedding
+
+                emb = identity_embedding(person.identity.photos, analyzer)
+                adapter.check_embedding(emb)
+                adapter.prepare(emb)
+                adapter.before_call(1, do_cfg=cfg.guidance_scale > 1)
+                embeds = adapter.embeds(emb, do_cfg=cfg.guidance_scale > 1, device=device, dtype=pipe.unet.dtype)
+                if embeds is not None:
+                    extra["ip_adapter_image_embeds"] = embeds
+                entry["identity"] = adapter.describe(emb)
             conditioning = encoder(prompt, cfg.negative_prompt if cfg.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT)
             region = face_region(faces[k], image.shape, dcfg)
             ys, xs = slice(region.y0, region.y0 + region.side), slice(region.x0, region.x0 + region.side)
             before = out[ys, xs].copy()
             seed = cfg.seed + k
-            controls = None
+            controls = dict(extra)
             if control is not None:  # the template face's pose and the crop's edges around the face
                 maps = {"openpose": pose_map(faces[k], region.x0, region.y0, region.side),
                         "canny": canny_map(before, region.alpha)}
                 images = [maps[c] for c in cfg.controls]
                 scales = [weights[c] for c in cfg.controls]
-                controls = {"control_image": images if len(images) > 1 else images[0],
-                            "controlnet_conditioning_scale": scales if len(scales) > 1 else scales[0]}
+                controls.update(control_image=images if len(images) > 1 else images[0],
+                                controlnet_conditioning_scale=scales if len(scales) > 1 else scales[0])
                 for c in cfg.controls:
                     save_image(stage / "faces" / f"face_{k}_{c}.png", maps[c])
                 entry["controls"] = dict(zip(cfg.controls, scales))
@@ -275,8 +304,8 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
             entry["error"] = str(exc)
             failures.append(ItemFailure(f"person {person_index} -> face {k}", str(exc)))
         finally:
-            if adapter in getattr(pipe, "get_list_adapters", lambda: {})().get("unet", []):
-                pipe.delete_adapters(adapter)
+            if lora_name in getattr(pipe, "get_list_adapters", lambda: {})().get("unet", []):
+                pipe.delete_adapters(lora_name)
     if len(failures) == len(pairs):
         raise InputError("no face could be edited:\n  " + "\n  ".join(f"{f.item}: {f.error}" for f in failures))
     result = stage / "result.png"
