@@ -178,10 +178,36 @@ def test_identity_adapters_as_the_peoples_identity(template, people, tiny_sd15, 
     persons = [PersonSpec(lora_dir=people["loras"][0], processed_dir=people["processed"], face=0,
                           identity=ident(people["processed"])),
                PersonSpec(identity=ident(tmp_path / "hanks"), face=2)]
-    result = run_template(_cfg(template, people, tmp_path / "out", people=persons, base_model=str(tiny_sd15)),
-                          analyzer=dlib_analyzer)
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    seen = []  # the identity masks every IP attention layer receives in the harmonisation pass
+    real_call = IPAdapterAttnProcessor2_0.__call__
+
+    def record(self, attn, hidden_states, *args, ip_adapter_masks=None, **kw):
+        if ip_adapter_masks is not None:
+            seen.append(ip_adapter_masks[0].detach().clone())
+        return real_call(self, attn, hidden_states, *args, ip_adapter_masks=ip_adapter_masks, **kw)
+
+    IPAdapterAttnProcessor2_0.__call__ = record
+    try:
+        result = run_template(_cfg(template, people, tmp_path / "out", people=persons, base_model=str(tiny_sd15)),
+                              analyzer=dlib_analyzer)
+    finally:
+        IPAdapterAttnProcessor2_0.__call__ = real_call
     assert result.exit_code == 0
+    # MGMICA: one pass with both identities, each masked to its own face; the masks are disjoint
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["harmonization"]["ran"] and manifest["harmonization"]["faces"] == [0, 2]
+    assert seen and all(m.shape[:2] == (1, 2) for m in seen)
+    m = seen[0][0]
+    assert float((m[0] * m[1]).max()) == 0.0 and float(m[0].max()) == 1.0 and float(m[1].max()) == 1.0
+    from PIL import Image
+
+    a = np.asarray(Image.open(tmp_path / "out" / "faces" / "identity_mask_0.png")) > 0
+    b = np.asarray(Image.open(tmp_path / "out" / "faces" / "identity_mask_2.png")) > 0
+    cx0, cy0 = (np.array(manifest["faces"][0]["bbox"][:2]) + manifest["faces"][0]["bbox"][2:]) / 2
+    cx2, cy2 = (np.array(manifest["faces"][2]["bbox"][:2]) + manifest["faces"][2]["bbox"][2:]) / 2
+    assert not (a & b).any() and a[int(cy0), int(cx0)] and b[int(cy2), int(cx2)] and not a[int(cy2), int(cx2)]
     assert manifest["faces"][0]["identity"]["photos"] == ["000.png"] and manifest["faces"][1]["person"] is None
     assert manifest["faces"][2]["identity"]["photos"] == ["1.png"] and manifest["faces"][2]["lora_dir"] is None
     assert not manifest["faces"][2]["prompt"].startswith("<fcsks>")

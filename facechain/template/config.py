@@ -85,6 +85,10 @@ class TemplateConfig:
     controlnet_openpose: str | None = _h("OpenPose ControlNet: hub id or folder; empty = the family default.",
                                          default=None)
     controlnet_canny: str | None = _h("Canny ControlNet: hub id or folder; empty = the family default.", default=None)
+    harmonize: bool = _h("With IP-Adapter-FaceID identities and 2+ people: a last inpaint pass over the rings around "
+                         "all faces with every identity at once, each masked to its own face (MagicID's mask-guided "
+                         "multi-ID attention through diffusers' ip_adapter_masks).", default=True)
+    harmonize_strength: float = _h("Strength of that pass (EasyPhoto's last pass: 0.3).", default=0.3)
     colour: str = _h("Colour correction of each new face to the template's: lab (mean/std transfer) or off.",
                      default="lab")
     fusion: str = _h("Face fusion with the person's best photo after the inpaint: auto, landmark, swapper, off.",

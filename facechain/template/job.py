@@ -220,6 +220,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     failures: list[ItemFailure] = []
     report = [{**d, "person": None} for d in describe_faces(faces)]
     sheet, captions = [image, None], ["template", "result"]
+    edited: list[tuple[int, object, np.ndarray]] = []  # (face index, region, the person's identity vector or None)
     for person_index, k in pairs:
         person = cfg.people[person_index]
         entry = report[k]
@@ -285,6 +286,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
                     entry["fusion"] = "skipped: no face found in the edited crop"
             after = compose(before, new, region.alpha)
             out[ys, xs] = after
+            edited.append((k, region, emb.vector if adapter is not None else None))
             entry.update(crop=[region.x0, region.y0, region.side], seed=seed, prompt=prompt, colour=cfg.colour,
                          notes=notes)
             if reference is not None:  # how like the person the face is, before and after
@@ -308,6 +310,30 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
                 pipe.delete_adapters(lora_name)
     if len(failures) == len(pairs):
         raise InputError("no face could be edited:\n  " + "\n  ".join(f"{f.item}: {f.error}" for f in failures))
+    harmonization = {"ran": False}
+    if not cfg.harmonize:
+        harmonization["reason"] = "harmonize is off"
+    elif adapter is None or adapter.name != "ip-adapter-faceid":
+        harmonization["reason"] = ("needs IP-Adapter-FaceID identities (its per-image attention masks); the people's "
+                                   "identities are " + (adapter.name if adapter is not None else "face LoRAs"))
+    elif len(edited) < 2:
+        harmonization["reason"] = "fewer than 2 faces were edited"
+    else:  # MGMICA: every identity at once, each masked to its own face
+        from facechain.template.multi_id import harmonize
+
+        if adapter_loras:
+            pipe.set_adapters(list(adapter_loras), adapter_weights=list(adapter_loras.values()))
+        plain = inpaint_pipeline(pipe)
+        neg = cfg.negative_prompt if cfg.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
+        masks = [region.full_alpha(image.shape) > 0 for _, region, _ in edited]
+        out, info, ids, ring = harmonize(plain, out, masks, [float(faces[k].size) for k, _, _ in edited],
+                                         [v for _, _, v in edited], PromptEncoder(plain)(cfg.prompt, neg), size=size,
+                                         steps=cfg.num_inference_steps, strength=cfg.harmonize_strength,
+                                         guidance=cfg.guidance_scale, seed=cfg.seed + 1000)
+        for (k, _, _), m in zip(edited, ids):
+            save_image(stage / "faces" / f"identity_mask_{k}.png", m.astype(np.uint8) * 255)
+        save_image(stage / "faces" / "harmonize_ring.png", ring.astype(np.uint8) * 255)
+        harmonization = {"ran": True, "faces": [k for k, _, _ in edited], **info}
     result = stage / "result.png"
     save_image(result, out)
     sheet[1] = out
@@ -318,6 +344,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         "template": str(cfg.template), "base_model": resolved.to_dict(), "faces": report,
         "assignment": [{"person": p, "face": k} for p, k in pairs], "face_backend": analyzer.name,
         "fusion": fusion.name if fusion else "off", "failed": [f.to_dict() for f in failures],
+        "harmonization": harmonization,
         "settings": {"strength": cfg.strength, "steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
                      "working_size": size, "crop_ratio": cfg.crop_ratio, "face_lora_weight": cfg.face_lora_weight,
                      "controls": {c: weights[c] for c in cfg.controls}},
