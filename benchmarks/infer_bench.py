@@ -27,16 +27,21 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def prepare(work: Path, full: bool) -> dict:
+def build_model(model: Path, full: bool) -> Path:
+    """The benchmarks' base model: full-size SD1.5 with random weights (fp16 on a GPU), or the tiny one."""
     import torch
 
-    from facechain.testing import build_full_sd15, build_tiny_sd15, random_lora
+    from facechain.testing import build_full_sd15, build_tiny_sd15
 
-    model = work / "model"
     if full:
-        build_full_sd15(model, torch.float16 if torch.cuda.is_available() else torch.float32)
-    else:
-        build_tiny_sd15(model)
+        return build_full_sd15(model, torch.float16 if torch.cuda.is_available() else torch.float32)
+    return build_tiny_sd15(model)
+
+
+def prepare(work: Path, full: bool) -> dict:
+    from facechain.testing import random_lora
+
+    model = build_model(work / "model", full)
     random_lora(model, work / "face", 1, "pytorch_lora_weights.safetensors")
     random_lora(model, work / "lcm", 3, "pytorch_lora_weights.safetensors")
     styles = work / "styles"

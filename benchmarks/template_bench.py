@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from infer_bench import build_model  # noqa: E402  (the same base model as the other benchmarks)
 from train_sh_bench import _env  # noqa: E402  (the same environment as the other command-line benchmarks)
 
 
@@ -36,23 +37,14 @@ def _run(cmd: list[str], cwd: Path) -> tuple[float, float]:
 
 
 def prepare(work: Path, full: bool) -> dict:
-    import numpy as np
-    import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
-    from PIL import Image
 
     from facechain import samples
     from facechain.io import save_image
-    from facechain.testing import build_full_sd15, build_tiny_sd15, random_lora
+    from facechain.testing import random_lora
 
-    model = work / "model"
-    if full:
-        build_full_sd15(model, torch.float16 if torch.cuda.is_available() else torch.float32)
-    else:
-        build_tiny_sd15(model)
-    a = samples.astronaut()[0:256, 100:356]
-    hanks = np.asarray(Image.fromarray(samples.other_person()).resize((256, 256), Image.LANCZOS))
-    template = save_image(work / "team.png", np.concatenate([a, np.ascontiguousarray(a[:, ::-1]), hanks], axis=1))
+    model = build_model(work / "model", full)
+    template = save_image(work / "team.png", samples.three_faces())
     loras = [random_lora(model, work / f"lora{i}", seed=10 + i) for i in range(3)]
     unet = UNet2DConditionModel.from_pretrained(str(model), subfolder="unet")
     ControlNetModel.from_unet(unet).save_pretrained(work / "cn")

@@ -47,6 +47,14 @@ def other_person() -> np.ndarray:
     return insightface_image("Tom_Hanks_54745.png")
 
 
+def three_faces() -> np.ndarray:
+    """A 768 x 256 group picture of three faces side by side (the astronaut, her mirror image, Tom Hanks),
+    for fixed-template runs."""
+    a = astronaut()[0:256, 100:356]
+    hanks = np.asarray(Image.fromarray(other_person()).resize((256, 256), Image.LANCZOS))
+    return np.concatenate([a, np.ascontiguousarray(a[:, ::-1]), hanks], axis=1)
+
+
 def jpeg_with_exif_orientation(image: np.ndarray, orientation: int = 6) -> bytes:
     """JPEG whose pixels are stored rotated, with the EXIF tag that says how to turn them upright.
     Orientation 6 means "rotate 90 degrees clockwise to display"; stored pixels are the upright

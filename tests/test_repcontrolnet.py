@@ -119,11 +119,12 @@ def _fixed_loss(tiny, data, adapter_dir=None) -> float:
     from safetensors.torch import load_file
 
     from facechain.adapters.repcontrolnet.model import load_modal_state
-    from facechain.adapters.repcontrolnet.train import ADAPTER_FILE, MODAL_FILE, RepControlNetModel, load_pairs
+    from facechain.adapters.repcontrolnet.model import ConditionedUNet
+    from facechain.adapters.repcontrolnet.train import ADAPTER_FILE, MODAL_FILE, load_pairs
     from facechain.adapters.training import square_image as _square
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny), safety_checker=None)
-    model = RepControlNetModel.build(pipe.unet, 0.5)
+    model = ConditionedUNet(pipe.unet, 0.5)
     if adapter_dir is not None:
         load_modal_state(model.unet, load_file(str(Path(adapter_dir) / MODAL_FILE)))
         model.adapter.load_state_dict(load_file(str(Path(adapter_dir) / ADAPTER_FILE)))

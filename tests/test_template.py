@@ -14,14 +14,9 @@ from facechain.errors import InputError
 @pytest.fixture(scope="module")
 def template(tmp_path_factory, sample_photos):
     """Three people side by side (the astronaut, her mirror image, Tom Hanks), 768 x 256."""
-    from PIL import Image
-
     from facechain.io import save_image
 
-    a = sample_photos.astronaut()[0:256, 100:356]
-    hanks = np.asarray(Image.fromarray(sample_photos.other_person()).resize((256, 256), Image.LANCZOS))
-    canvas = np.concatenate([a, np.ascontiguousarray(a[:, ::-1]), hanks], axis=1)
-    return save_image(tmp_path_factory.mktemp("tpl") / "team.png", canvas)
+    return save_image(tmp_path_factory.mktemp("tpl") / "team.png", sample_photos.three_faces())
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,8 @@ CHECKPOINTS = {
 DEFAULT_IMAGE_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 CLIP_CROP = 224  # the face crop the Plus variants' image encoder sees (insightface's norm_crop at 224 px)
 FAMILY_CROSS_DIM = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
-LICENSE_NOTE = ("IP-Adapter-FaceID needs insightface's ArcFace embedding; insightface's model packs are licensed "
-                "for non-commercial research only.")
+PACK_LICENSE = "insightface's model packs are licensed for non-commercial research only"
+LICENSE_NOTE = f"IP-Adapter-FaceID needs insightface's ArcFace embedding; {PACK_LICENSE}."
 
 
 def adapters_home() -> Path:
@@ -316,7 +316,7 @@ class IPAdapterFaceID:
             raise InputError(
                 f"{self.name} ({self.path.name}) takes {self.shape.embed_dim}-d face embeddings and the {emb.backend} "
                 f"face backend gives {emb.vector.shape[0]}-d ones. IP-Adapter-FaceID was trained on insightface's "
-                "ArcFace (512-d): set face_backend: insightface (its buffalo_l pack; " + LICENSE_NOTE.split('; ')[1] + ").")
+                f"ArcFace (512-d): set face_backend: insightface (its buffalo_l pack; {PACK_LICENSE}).")
 
     def attach(self, pipe) -> dict[str, float]:
         """Load the adapter into ``pipe`` with diffusers' ``load_ip_adapter`` and set its scale.

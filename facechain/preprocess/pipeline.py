@@ -102,7 +102,7 @@ class _Candidate:
     image: np.ndarray
     face: Face
     hires: np.ndarray | None = None  # the same crop at up to reference_size px (see reference_crop)
-    mask: np.ndarray | None = None  # the head mask (uint8 0/255) the background was whitened with
+    mask: np.ndarray | None = None  # the head mask (head_mask's uint8 {0, 255}) the background was whitened with
 
 
 def list_photos(inputs) -> list[Path]:
@@ -172,18 +172,9 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
         crop = whiten_background(crop, mask)
         entry.scores["mask"] = method
     timings["mask"] = time.perf_counter() - t
-    return _Candidate(entry=entry, image=crop, hires=hires, mask=_mask_u8(mask), face=Face(
+    return _Candidate(entry=entry, image=crop, hires=hires, mask=mask, face=Face(
         bbox=tf.apply_points(full.bbox.reshape(2, 2)).reshape(4), score=face.score, kps=kps, backend=face.backend,
         landmarks=lms, embedding=embedding, gender=face.gender, age=face.age))
-
-
-def _mask_u8(mask) -> np.ndarray | None:
-    if mask is None:
-        return None
-    m = np.asarray(mask)
-    if m.dtype != np.uint8 or m.max() <= 1:
-        m = (m.astype(np.float32) > 0.5 * (1.0 if m.max() <= 1 else 255.0)).astype(np.uint8) * 255
-    return m
 
 
 def reference_crop(image: np.ndarray, face: Face, cfg: PreprocessConfig) -> np.ndarray | None:

@@ -89,5 +89,6 @@ def harmonize(inpaint, image: np.ndarray, face_masks: list[np.ndarray], sizes: l
     result = image.copy()
     result[y0:y1, x0:x1] = compose(crop, new, alpha)
     info = {"box": [int(x0), int(y0), int(x1), int(y1)], "working_size": list(wh), "strength": strength,
-            "steps": steps, "people": len(vectors), "identity_masks_disjoint": True}
+            "steps": steps, "people": len(vectors),
+            "identity_masks_disjoint": bool((np.sum(ids, axis=0) <= 1).all())}
     return result, info, ids, ring

@@ -41,6 +41,7 @@ class FeedFaceIdentity:
         self.family = family
         self.encoder_ref = spec.image_encoder or self.record["image_encoder"]
         self.hooks = self.encoder = self._ctx = None
+        self.faces: int | None = None  # how many faces the condition holds, once prepared
 
     def check_embedding(self, emb) -> None:
         """FeedFace reads the faces' crops, not the recognition embedding: any face backend works."""
@@ -100,5 +101,5 @@ class FeedFaceIdentity:
 
     def describe(self, emb) -> dict:
         return {"adapter": self.name, "weights": str(self.weights), "scale": self.spec.scale,
-                "image_encoder": self.encoder_ref, "photos": emb.photos[: getattr(self, "faces", len(emb.photos))],
-                "faces": getattr(self, "faces", None), "trained_steps": self.record.get("steps")}
+                "image_encoder": self.encoder_ref, "photos": emb.photos[: self.faces or len(emb.photos)],
+                "faces": self.faces, "trained_steps": self.record.get("steps")}

@@ -98,6 +98,25 @@ class FeedFaceHooks:
         self._handles = []
 
 
+class HookedUNet(nn.Module):
+    """The adapter (the only trained module) and the frozen UNet it hooks into, as one Module whose forward
+    runs the UNet with the face condition, so accelerate's data-parallel wrapper sees the whole step.
+    The UNet is held outside the module tree: it is neither trained nor broadcast."""
+
+    def __init__(self, adapter: FeedFace, unet, hooks: FeedFaceHooks):
+        super().__init__()
+        self.adapter = adapter
+        self._frozen = (unet, hooks)
+
+    def forward(self, noisy, timesteps, embeds, condition, added=None):
+        unet, hooks = self._frozen
+        hooks.context = self.adapter.context(condition)
+        try:
+            return unet(noisy, timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]
+        finally:
+            hooks.context = None
+
+
 def encode_faces(encoder, crops) -> torch.Tensor:
     """Aligned face crops (N, H, W, 3) uint8 -> the CLIP image encoder's penultimate hidden states (N, T, D)."""
     from transformers import CLIPImageProcessor

@@ -142,36 +142,12 @@ def face_crops(samples: list[Sample], analyzer) -> np.ndarray:
     return np.stack(crops)
 
 
-class _Trainable:
-    """The adapter (the only trained module) and the frozen UNet it hooks into, as one Module whose forward
-    runs the UNet with the face condition (so accelerate's data-parallel wrapper sees the whole step)."""
-
-    def __new__(cls, adapter, unet, hooks):
-        import torch
-
-        class _M(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.adapter = adapter
-                self._frozen = [unet, hooks]  # not a sub-module: the base is neither trained nor broadcast
-
-            def forward(self, noisy, timesteps, embeds, condition, added=None):
-                unet_, hooks_ = self._frozen
-                hooks_.context = self.adapter.context(condition)
-                try:
-                    return unet_(noisy, timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]
-                finally:
-                    hooks_.context = None
-
-        return _M()
-
-
 def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress: bool) -> Path:
     import torch
     import torch.nn.functional as F
 
     from facechain.adapters import training
-    from facechain.adapters.feedface.model import FeedFace, FeedFaceHooks, encode_faces
+    from facechain.adapters.feedface.model import FeedFace, FeedFaceHooks, HookedUNet, encode_faces
     from facechain.config import save_config, to_dict
     from facechain.face import get_analyzer
     from facechain.io import save_safetensors, write_json
@@ -201,7 +177,7 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
         torch.manual_seed(cfg.seed)
         adapter = FeedFace.for_unet(unet, int(tokens.shape[-1]))
     hooks = FeedFaceHooks(unet, adapter, multiplier=1.0)
-    model = _Trainable(adapter, unet, hooks)
+    model = HookedUNet(adapter, unet, hooks)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
     run = training.Run(cfg, od, accelerator, gen, "feedface_adapter.safetensors",

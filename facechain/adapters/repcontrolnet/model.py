@@ -161,5 +161,27 @@ class ConditionInjection:
         self._handle.remove()
 
 
+class ConditionedUNet(nn.Module):
+    """What training optimises: the UNet wrapped into two-branch layers (:func:`wrap_unet`, in place) and
+    its condition adapter; ``forward`` runs the UNet with the condition's features at ``conv_in``.
+    ``seed``: the adapter's initial weights (its output layer starts at zero either way)."""
+
+    def __init__(self, unet, coefficient: float, seed: int = 0):
+        super().__init__()
+        wrap_unet(unet, coefficient)
+        self.unet = unet
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.adapter = make_condition_adapter(unet)
+        self.injection = ConditionInjection(unet)
+
+    def forward(self, noisy, timesteps, embeds, condition, added=None):
+        self.injection.features = self.adapter(condition)
+        try:
+            return self.unet(noisy, timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]
+        finally:
+            self.injection.features = None
+
+
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -159,36 +159,6 @@ def train_repcontrolnet(cfg: RepControlNetConfig, *, progress: bool = True) -> P
     return train_in_output_dir(cfg, load_pairs(cfg.data, cfg.condition), _train, progress)
 
 
-class RepControlNetModel:
-    """The two-branch UNet with its condition adapter: what training optimises (a torch Module built lazily)."""
-
-    @staticmethod
-    def build(unet, coefficient: float, seed: int = 0):
-        """``seed``: the condition adapter's initial weights (its output layer starts at zero either way)."""
-        import torch
-
-        from facechain.adapters.repcontrolnet.model import ConditionInjection, make_condition_adapter, wrap_unet
-
-        class _Model(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                wrap_unet(unet, coefficient)
-                self.unet = unet
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    self.adapter = make_condition_adapter(unet)
-                self.injection = ConditionInjection(unet)
-
-            def forward(self, noisy, timesteps, embeds, condition, added=None):
-                self.injection.features = self.adapter(condition)
-                try:
-                    return self.unet(noisy, timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]
-                finally:
-                    self.injection.features = None
-
-        return _Model()
-
-
 def trainable_state(model) -> dict:
     from facechain.adapters.repcontrolnet.model import modal_state
 
@@ -209,6 +179,7 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, accelerator, progres
     import torch.nn.functional as F
 
     from facechain.adapters import training
+    from facechain.adapters.repcontrolnet.model import ConditionedUNet
     from facechain.config import save_config, to_dict
     from facechain.io import save_safetensors, write_json
 
@@ -231,7 +202,7 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, accelerator, progres
     embeds, pooled = training.encode_captions(base, [p.caption for p in pairs])
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
 
-    model = RepControlNetModel.build(unet, cfg.coefficient, cfg.seed)
+    model = ConditionedUNet(unet, cfg.coefficient, cfg.seed)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
