@@ -109,6 +109,19 @@ def letterbox(image: np.ndarray, size: tuple[int, int], resample: str = "nearest
     return out
 
 
+def face_keypoint_map(face, x0: int, y0: int, side: int) -> np.ndarray:
+    """The face's landmarks (or its 5 keypoints) in the crop, drawn as OpenPose face keypoints: white dots
+    on black, as controlnet_aux draws a face (RGB uint8 (side, side, 3))."""
+    import cv2
+
+    out = np.zeros((side, side, 3), np.uint8)
+    pts = face.landmarks if face.landmarks is not None else face.kps
+    r = max(1, round(side / 160))
+    for x, y in np.asarray(pts, np.float64)[:, :2] - (x0, y0):
+        cv2.circle(out, (int(round(x)), int(round(y))), r, (255, 255, 255), -1)
+    return out
+
+
 def mask_heads_in_depth(depth: np.ndarray, faces: list) -> np.ndarray:
     """``depth`` (H, W[, C]) with each face's head set to 0 (the far plane), as FaceChain masks the head
     in its depth map: the depth ControlNet then keeps the pose photo's body and room, and the head's

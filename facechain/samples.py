@@ -25,6 +25,25 @@ def astronaut() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut())
 
 
+def textured_canvas(size: int = 512, seed: int = 7) -> np.ndarray:
+    """A background with no face (smooth gradients + seeded noise), RGB uint8 (size, size, 3)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = np.stack([60 + 80 * x, 70 + 60 * y, 90 + 40 * (x * y)], axis=-1)
+    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+
+
+def pasted_head(paste_px: int = 200, size: int = 512, at: tuple[int, int] = (140, 150)) -> np.ndarray:
+    """The astronaut's head (a real photo, 200 x 200 around the face) resized to ``paste_px`` and pasted at
+    ``at`` = (x, y) into :func:`textured_canvas`. paste_px 200 -> Face.size ~109 px (dlib's box 87 px): 0.21
+    of 512, a face under ranking's min_face_frac."""
+    head = astronaut()[27:227, 122:322]
+    img = textured_canvas(size)
+    x, y = at
+    img[y:y + paste_px, x:x + paste_px] = np.asarray(Image.fromarray(head).resize((paste_px, paste_px), Image.LANCZOS))
+    return img
+
+
 def insightface_images_dir() -> Path:
     spec = importlib.util.find_spec("insightface")
     if spec is None or not spec.submodule_search_locations:

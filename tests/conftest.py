@@ -105,3 +105,22 @@ def hold_lock():
     for proc in procs:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def sd15_pipe(tiny_sd15):
+    """The tiny SD1.5 pipeline, loaded once per test module."""
+    from facechain.models import load_pipeline, resolve_model
+
+    pipe = load_pipeline(resolve_model(str(tiny_sd15)))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(tiny_sdxl):
+    from facechain.models import load_pipeline, resolve_model
+
+    pipe = load_pipeline(resolve_model(str(tiny_sdxl)))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

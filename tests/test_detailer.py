@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from facechain import detailer
 from facechain.detailer import DetailerConfig, detail_faces, face_region, inpaint_pipeline, needs_detail
@@ -20,41 +19,15 @@ PROMPT, NEGATIVE = "<fcsks>, a woman, portrait photo", "blurry"
 
 
 def _canvas(size: int = 512) -> np.ndarray:
-    """A textured background (smooth gradients + seeded noise) that holds no face."""
-    rng = np.random.default_rng(7)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    base = np.stack([60 + 80 * x, 70 + 60 * y, 90 + 40 * (x * y)], axis=-1)
-    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    from facechain import samples
+
+    return samples.textured_canvas(size)
 
 
 def _candidate(paste_px: int, size: int = 512, at: tuple[int, int] = (140, 150)) -> np.ndarray:
-    """The astronaut's head (a real photo) resized to ``paste_px`` and pasted into a ``size`` canvas.
-    paste_px 200 -> Face.size ~109 px (dlib's box 87 px): 0.21 of 512, a small face (under 0.23)."""
     from facechain import samples
 
-    head = samples.astronaut()[27:227, 122:322]  # 200 x 200 around the face
-    img = _canvas(size)
-    x, y = at
-    img[y:y + paste_px, x:x + paste_px] = np.asarray(Image.fromarray(head).resize((paste_px, paste_px), Image.LANCZOS))
-    return img
-
-
-@pytest.fixture(scope="module")
-def sd15_pipe(tiny_sd15):
-    from facechain.models import load_pipeline, resolve_model
-
-    pipe = load_pipeline(resolve_model(str(tiny_sd15)))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def sdxl_pipe(tiny_sdxl):
-    from facechain.models import load_pipeline, resolve_model
-
-    pipe = load_pipeline(resolve_model(str(tiny_sdxl)))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return samples.pasted_head(paste_px, size, at)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def test_config_relative_paths_and_overrides(tmp_path):
     ("num_images: three", r"num_images: expected an integer, got 'three'"),
     ("fast: yes please", r"fast: expected true or false"),
     ("styles: Cyberpunk", r"styles: expected a list"),
-    ("fusion: magic", r"fusion: must be one of \['auto', 'swapper', 'landmark', 'off'\]"),
+    ("fusion: magic", r"fusion: must be one of \['auto', 'swapper', 'landmark', 'diir', 'off'\]"),
     ("num_image: 3", r"unknown setting\(s\) \['num_image'\]"),
     ("num_images: 20", r"num_images \(20\) is more than num_candidates \(10\)"),
     ("device: gpu", r"device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
@@ -129,6 +129,7 @@ def test_one_flag_bridge_for_every_command(command, cls):
     import argparse
     import dataclasses
     import importlib
+    import typing
 
     from facechain.config import renamed
 
@@ -142,10 +143,9 @@ def test_one_flag_bridge_for_every_command(command, cls):
     for f in dataclasses.fields(cfg_cls):
         if f.name == "options":  # a mapping: stylize's --option KEY=VALUE
             continue
-        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None) or f.name == "identity":
-            from facechain.adapters import IdentityConfig  # a nested block: --identity-<field> per field
-
-            for sub in dataclasses.fields(IdentityConfig):
+        nested = typing.get_type_hints(cfg_cls)[f.name]
+        if dataclasses.is_dataclass(nested):  # a nested block (identity, diir): --<block>-<field> per field
+            for sub in dataclasses.fields(nested):
                 (action,) = by_dest[f"{f.name}.{sub.name}"]
                 assert f"--{f.name}-{sub.name.replace('_', '-')}" in action.option_strings
                 assert sub.metadata["help"][:20] in action.help and "(default:" in action.help

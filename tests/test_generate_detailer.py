@@ -15,18 +15,10 @@ from facechain.testing import random_lora
 
 
 def _small_face_photo(size: int = 512, paste_px: int = 200) -> np.ndarray:
-    """The astronaut's head (a real photo) pasted small into a plain canvas: Face.size ~109 px = 0.21 of 512
-    (dlib's box: 87 px), below ranking's min_face_frac (0.23), which is the detailer's auto threshold."""
+    """The astronaut's head pasted small: below ranking's min_face_frac, the detailer's auto threshold."""
     from facechain import samples
 
-    rng = np.random.default_rng(7)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    img = np.clip(np.stack([60 + 80 * x, 70 + 60 * y, 90 + 40 * x * y], -1) + rng.normal(0, 6, (size, size, 3)),
-                  0, 255).astype(np.uint8)
-    head = samples.astronaut()[27:227, 122:322]
-    img[150:150 + paste_px, 140:140 + paste_px] = np.asarray(
-        Image.fromarray(head).resize((paste_px, paste_px), Image.LANCZOS))
-    return img
+    return samples.pasted_head(paste_px, size)
 
 
 @pytest.fixture(scope="module")

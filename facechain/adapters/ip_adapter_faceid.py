@@ -346,9 +346,10 @@ class IPAdapterFaceID:
     def prepare(self, emb: IdentityEmbedding) -> None:
         """Called once after :meth:`attach` with the person's embedding; nothing to do here."""
 
-    def before_call(self, num_images: int, do_cfg: bool) -> None:
+    def before_call(self, num_images: int, do_cfg: bool, unconditional: bool = False) -> None:
         """Called before each pipeline call with its number of images (the Plus variants set their CLIP
-        features for that batch); nothing to do here."""
+        features for that batch; ``unconditional``: the unconditional rows only, for DIIR's inversion);
+        nothing to do here."""
 
     def embeds(self, emb: IdentityEmbedding, *, do_cfg: bool, device, dtype) -> list:
         """``ip_adapter_image_embeds`` for one prompt: [(2 or 1, 1, 1, D)], zeros first under guidance."""
@@ -413,13 +414,16 @@ class IPAdapterFaceIDPlusV2(IPAdapterFaceID):
             neg = enc(torch.zeros_like(pixels[:1]), output_hidden_states=True).hidden_states[-2]
         self._features = (neg, pos)  # each (1, tokens, hidden)
 
-    def before_call(self, num_images: int, do_cfg: bool) -> None:
+    def before_call(self, num_images: int, do_cfg: bool, unconditional: bool = False) -> None:
         import torch
 
         if self._features is None:
             raise RuntimeError("prepare() must run before the first pipeline call")
         neg, pos = self._features
-        rows = [neg] * num_images + [pos] * num_images if do_cfg else [pos] * num_images
+        if unconditional:
+            rows = [neg] * num_images
+        else:
+            rows = [neg] * num_images + [pos] * num_images if do_cfg else [pos] * num_images
         layer = self._pipe.unet.encoder_hid_proj.image_projection_layers[0]
         layer.clip_embeds = torch.cat(rows)[:, None].to(dtype=self._pipe.unet.dtype)
 

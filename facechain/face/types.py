@@ -108,6 +108,14 @@ class Face:
     def center(self) -> np.ndarray:
         return np.array([(self.bbox[0] + self.bbox[2]) / 2, (self.bbox[1] + self.bbox[3]) / 2], dtype=np.float32)
 
+    def shifted(self, dx: float, dy: float) -> "Face":
+        """This face in a frame moved by (dx, dy): e.g. ``shifted(-x0, -y0)`` in a crop starting at (x0, y0)."""
+        import dataclasses
+
+        d = np.array([dx, dy], dtype=np.float32)
+        return dataclasses.replace(self, bbox=np.asarray(self.bbox, np.float32) + np.tile(d, 2), kps=self.kps + d,
+                                   landmarks=None if self.landmarks is None else self.landmarks + d)
+
 
 @runtime_checkable
 class FaceAnalyzer(Protocol):

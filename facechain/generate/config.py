@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 
 from facechain.adapters import IdentityConfig
 from facechain.config import from_dict, load_mapping, merge_settings, upgrade_names
+from facechain.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.lora import LORA_FILE
 from facechain.models import DEVICE_HELP, DTYPE_HELP
@@ -138,9 +139,14 @@ class GenerateConfig:
     pose_annotator: str = _h("controlnet_aux OpenPose annotator weights (hub id or folder) for a pose photo.",
                              default="lllyasviel/Annotators")
     # --- post-processing
-    fusion: Literal["auto", "swapper", "landmark", "off"] = _h(
+    fusion: Literal["auto", "swapper", "landmark", "diir", "off"] = _h(
         "Face fusion: swapper (insightface inswapper_128.onnx), landmark (offline warp + Poisson blend), "
+        "diir (MagicID's DDIM-inversion restoration: each face inverted and regenerated with the face LoRA / identity "
+        "adapter and landmark control; settings in the diir block), "
         "auto (swapper when its model file is present, else landmark), off.", default="auto")
+    diir: DIIRConfig = field(default_factory=DIIRConfig, metadata={"help": (
+        "DIIR settings when fusion is diir: {strength: 0.6, num_inference_steps: 30, guidance_scale: 5, "
+        "landmark_weight: 0.6, ...}. Flags: --diir-strength, ...")})
     fusion_strength: float = _h("Fusion strength in [0, 1]: 0 keeps the generated face, 1 fully fuses.", default=1.0)
     swapper_model: Path | None = _h("Path of inswapper_128.onnx; empty = ~/.insightface/models/inswapper_128.onnx.",
                                     default=None)
@@ -198,6 +204,9 @@ class GenerateConfig:
             v = getattr(self, dim)
             if v is not None and (v < 8 or v % 8):
                 raise InputError(f"{dim} must be a positive multiple of 8, got {v}.")
+        if self.fusion == "diir" and self.fast:
+            raise InputError("fusion: diir does not run with fast: true (DDIM inversion needs the full scheduler, not "
+                             "LCM's few steps). Turn fast off, or use fusion: landmark or swapper.")
         if not 0.0 <= self.fusion_strength <= 1.0:
             raise InputError(f"fusion_strength must be in [0, 1], got {self.fusion_strength}.")
         if not (math.isfinite(self.restore_strength) and 0.0 <= self.restore_strength <= 1.0):

@@ -74,12 +74,15 @@ def check_inputs(cfg: GenerateConfig):
     if cfg.processed_dir is not None and Path(cfg.processed_dir).is_dir():
         check_settled(cfg.processed_dir, "preprocess", "processed_dir")
     check_face_lora(cfg)
-    if cfg.processed_dir is None and (cfg.rank_candidates or cfg.fusion != "off"):
+    if cfg.processed_dir is None and (cfg.rank_candidates or cfg.fusion not in ("off", "diir")):
         raise InputError(
             "rank and fusion need the template face from processed_dir, which is empty. Set processed_dir to the "
             "output folder of `facechain preprocess`, or set rank: false and fusion: off."
         )
-    if cfg.fusion not in ("auto", "off") and cfg.face_backend != "auto":  # before any model loads
+    if cfg.fusion == "diir" and cfg.lora_dir is None and not cfg.identity.enabled:
+        raise InputError("fusion: diir regenerates each face with the person's identity, and there is none: set lora_dir "
+                         "(a face LoRA) or an identity adapter (identity: {adapter, photos}), or use fusion: landmark.")
+    if cfg.fusion not in ("auto", "off", "diir") and cfg.face_backend != "auto":  # before any model loads
         from facechain.face.fusion import check_backend
 
         check_backend(cfg.fusion, cfg.face_backend)
@@ -134,8 +137,8 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
 
         t0 = time.perf_counter()
         analyzer = get_analyzer(cfg.face_backend)
-        reference = select_template(cfg.processed_dir, analyzer)
-        if cfg.fusion != "off":  # refuses a method whose required face backend is not the one loaded (auto -> dlib)
+        reference = select_template(cfg.processed_dir, analyzer) if cfg.processed_dir is not None else None
+        if cfg.fusion not in ("off", "diir"):  # diir runs inside generation, while the identity is active; refuses a method whose required face backend is not the one loaded (auto -> dlib)
             fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model, backend=analyzer.name)
         if fusion is None and cfg.restore_model is not None:
             logger.warning("restore_model is set but fusion is off: faces are restored after fusion only, so not at all")
@@ -156,7 +159,8 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         "template": {"file": reference.file, "reason": reference.reason,
                      "fusion_source": reference.fusion_file or reference.file,
                      "fusion_source_size": int(reference.fusion_source()[0].shape[0])} if reference else None,
-        "fusion": {"method": fusion.name if fusion else "off", "strength": cfg.fusion_strength,
+        "fusion": {"method": "diir" if cfg.fusion == "diir" else fusion.name if fusion else "off",
+                   "strength": cfg.fusion_strength, "diir": to_dict(cfg.diir) if cfg.fusion == "diir" else None,
                    "restore": {"model": str(cfg.restore_model), "architecture": restorer.architecture,
                                "strength": cfg.restore_strength} if restorer else None},
         "ranking": {"on": cfg.rank_candidates, "backend": getattr(analyzer, "name", None),
@@ -188,8 +192,9 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
             upscale_factor=cfg.upscale_factor if cfg.upscale == "lanczos" else 1,
         )
         entries, keep, usable = saved.entries, saved.kept_scored, saved.usable
-        for entry in entries:  # the face detailer's per-face report (None: it did not run)
+        for entry in entries:  # the face detailer's and DIIR's per-face reports (None: it did not run)
             entry["detailer"] = detailer_info[entry["index"]]
+            entry["diir"] = batch.candidates[entry["index"]].diir
         kept_files.extend(out / p.relative_to(stage) for p in saved.kept_files)
         sheet_images.extend(saved.sheet_images)
         sheet_captions.extend(saved.sheet_captions)

@@ -59,6 +59,7 @@ class Candidate:
     seed: int
     image: object  # PIL.Image.Image
     detailer: list[dict] | None = None  # per-face info of the face detailer; None when it did not run
+    diir: list[dict] | None = None  # per-face info of DIIR restoration (fusion: diir); None when it did not run
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,16 @@ class PortraitGenerator:
         self._encoder = None  # facechain.prompts.PromptEncoder, made on first use
         if cfg.pose is not None:
             self._setup_control(pose_map, photo)
+        self._diir_net = None  # DIIR's landmark ControlNet: the job's OpenPose one, else loaded here
+        if cfg.fusion == "diir" and cfg.diir.landmark_weight > 0:
+            from facechain.diir import openpose_net
+
+            if self.control_pipe is not None:
+                self._diir_net = openpose_net(self.control_pipe.controlnet, ["openpose"] + (["depth"] if cfg.depth else []))
+            if self._diir_net is None:
+                self._diir_net = load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family],
+                                                 dtype=self.dtype, what="openpose (DIIR's landmark control)",
+                                                 allow_pickle=cfg.allow_pickle).to(self.device)
         if torch.cuda.is_available() and self.device.type == "cuda":
             torch.cuda.synchronize()
         self.load_seconds = time.perf_counter() - t0
@@ -419,9 +430,35 @@ class PortraitGenerator:
             image, info = detail_faces(self.pipe, np.asarray(c.image.convert("RGB")), analyzer, prompt, negative,
                                        dcfg, seed=c.seed, conditioning=conditioning)
             if any(f["detailed"] for f in info):
-                out.append(Candidate(c.index, c.seed, Image.fromarray(image), info))
+                out.append(Candidate(c.index, c.seed, Image.fromarray(image), info, c.diir))
             else:
-                out.append(Candidate(c.index, c.seed, c.image, info))
+                out.append(Candidate(c.index, c.seed, c.image, info, c.diir))
+        return out
+
+    def _restore(self, candidates: list[Candidate], conditioning: dict) -> list[Candidate]:
+        """DIIR on every candidate's faces (fusion: diir), while the face LoRA and identity are active."""
+        import dataclasses
+
+        from PIL import Image
+
+        from facechain.diir import Identity, restore_faces
+
+        analyzer = self._face_analyzer()
+        null = self._prompt_encoder()("", "")
+        identity = None
+        if self.identity is not None:  # the adapter's identity in the regeneration (its zero row in the inversion)
+            identity = Identity(self.identity, self.identity.embeds(self.identity_embedding, do_cfg=True,
+                                                                    device=self.device, dtype=self.pipe.unet.dtype))
+        out = []
+        for c in candidates:
+            image = np.asarray(c.image.convert("RGB"))
+            faces = analyzer.detect(image, embed=False)
+            if not faces:
+                out.append(dataclasses.replace(c, diir=[{"skipped": "no face found"}]))
+                continue
+            new, report = restore_faces(self.pipe, image, faces, conditioning, null, self.cfg.diir,
+                                        controlnet=self._diir_net, identity=identity)
+            out.append(dataclasses.replace(c, image=Image.fromarray(new), diir=report))
         return out
 
     # ------------------------------------------------------------------ sampling
@@ -483,6 +520,8 @@ class PortraitGenerator:
                 if self.identity is not None:  # the detailer's inpaint calls draw one image each
                     self.identity.before_call(1, do_cfg=dcfg.guidance_scale > 1)
                 candidates = self._detail(candidates, prompt, negative, dcfg, {**conditioning, **ident})
+            if cfg.fusion == "diir":  # the same: while the identity is active
+                candidates = self._restore(candidates, conditioning)
         finally:
             if self._rep_injection is not None:
                 self._rep_injection.features = None

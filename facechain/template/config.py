@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facechain.adapters import IdentityConfig
+from facechain.diir import DIIRConfig
 from facechain.errors import InputError
 
 
@@ -91,8 +92,11 @@ class TemplateConfig:
     harmonize_strength: float = _h("Strength of that pass (EasyPhoto's last pass: 0.3).", default=0.3)
     colour: str = _h("Colour correction of each new face to the template's: lab (mean/std transfer) or off.",
                      default="lab")
-    fusion: str = _h("Face fusion with the person's best photo after the inpaint: auto, landmark, swapper, off.",
+    fusion: str = _h("Face fusion after the inpaint: auto, landmark, swapper (the person's best photo), diir "
+                     "(MagicID's DDIM-inversion restoration with the person's identity; the diir block), off.",
                      default="auto")
+    diir: DIIRConfig = field(default_factory=DIIRConfig, metadata={"help": (
+        "DIIR settings when fusion is diir: {strength, num_inference_steps, guidance_scale, landmark_weight, ...}.")})
     face_backend: str = _h("Face analysis backend: auto, insightface or dlib.", default="auto")
     seed: int = _h("Seed of face 0; face i uses seed + i.", default=42)
     device: str = _h("auto, cpu, cuda, cuda:N or mps.", default="auto")
@@ -129,5 +133,5 @@ class TemplateConfig:
             raise InputError(f"controls must be a list of openpose and canny (each once), got {self.controls}.")
         if self.colour not in ("lab", "off"):
             raise InputError(f"colour must be lab or off, got '{self.colour}'.")
-        if self.fusion not in ("auto", "landmark", "swapper", "off"):
-            raise InputError(f"fusion must be auto, landmark, swapper or off, got '{self.fusion}'.")
+        if self.fusion not in ("auto", "landmark", "swapper", "diir", "off"):
+            raise InputError(f"fusion must be auto, landmark, swapper, diir or off, got '{self.fusion}'.")

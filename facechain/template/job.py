@@ -96,19 +96,6 @@ def assign(cfg: TemplateConfig, faces) -> list[tuple[int, int]]:
     return pairs
 
 
-def pose_map(face, x0: int, y0: int, side: int) -> np.ndarray:
-    """The face's landmarks (or its 5 keypoints) in the crop, drawn as OpenPose face keypoints: white dots
-    on black, as controlnet_aux draws a face (RGB uint8 (side, side, 3))."""
-    import cv2
-
-    out = np.zeros((side, side, 3), np.uint8)
-    pts = face.landmarks if face.landmarks is not None else face.kps
-    r = max(1, round(side / 160))
-    for x, y in np.asarray(pts, np.float64)[:, :2] - (x0, y0):
-        cv2.circle(out, (int(round(x)), int(round(y))), r, (255, 255, 255), -1)
-    return out
-
-
 def canny_map(crop: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Canny edges (100, 200) of the crop with the face (its mask) zeroed, as FaceChain's template pass."""
     import cv2
@@ -178,7 +165,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     import torch
 
     from facechain import lora as lora_io
-    from facechain.config import save_config
+    from facechain.config import save_config, to_dict
     from facechain.detailer import DetailerConfig, compose, face_region, inpaint_pipeline, redraw_region
     from facechain.face import similarity
     from facechain.face.fusion import get_fusion, match_colour
@@ -188,6 +175,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     from facechain.jobs import ItemFailure
     from facechain.models import load_pipeline, native_size, resolve_device, resolve_dtype, resolve_model
     from facechain.postprocess import contact_sheet, select_template
+    from facechain.poses import face_keypoint_map
     from facechain.prompts import PromptEncoder
 
     t0 = time.perf_counter()
@@ -210,7 +198,8 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     encoder = PromptEncoder(inpaint)
     weights = {"openpose": cfg.openpose_weight, "canny": cfg.canny_weight}
     size = native_size(pipe)
-    fusion = None if cfg.fusion == "off" else get_fusion(cfg.fusion, backend=analyzer.name)
+    fusion = None if cfg.fusion in ("off", "diir") else get_fusion(cfg.fusion, backend=analyzer.name)
+    null_conditioning = encoder("", "") if cfg.fusion == "diir" else None
     dcfg = DetailerConfig(mode="always", strength=cfg.strength, num_inference_steps=cfg.num_inference_steps,
                           guidance_scale=cfg.guidance_scale, padding=min(8.0, 1.0 / cfg.crop_ratio), mask_dilation=0.06,
                           mask_feather=0.04, working_size=size)
@@ -258,7 +247,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
             seed = cfg.seed + k
             controls = dict(extra)
             if control is not None:  # the template face's pose and the crop's edges around the face
-                maps = {"openpose": pose_map(faces[k], region.x0, region.y0, region.side),
+                maps = {"openpose": face_keypoint_map(faces[k], region.x0, region.y0, region.side),
                         "canny": canny_map(before, region.alpha)}
                 images = [maps[c] for c in cfg.controls]
                 scales = [weights[c] for c in cfg.controls]
@@ -272,7 +261,20 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
                 new = match_colour(new, before, region.alpha)
             notes = []
             reference = select_template(person.processed_dir, analyzer) if person.processed_dir else None
-            if fusion is not None and reference is not None:
+            if cfg.fusion == "diir":  # re-drawn from its DDIM inversion with this person's identity (still active)
+                from facechain.diir import Identity, openpose_net, restore_faces
+
+                # the template face's geometry: the inpaint redrew the face in its place, under its pose control
+                ident = None
+                if adapter is not None:
+                    ident = Identity(adapter, adapter.embeds(emb, do_cfg=True, device=device, dtype=pipe.unet.dtype))
+                new, restored = restore_faces(
+                    pipe, new, [faces[k].shifted(-region.x0, -region.y0)], conditioning, null_conditioning, cfg.diir,
+                    identity=ident, controlnet=openpose_net(control.controlnet if control is not None else None,
+                                                            cfg.controls))
+                entry["fusion"] = "diir"
+                entry["diir"] = restored[0]
+            elif fusion is not None and reference is not None:
                 found = analyzer.detect(new, max_faces=1)
                 if found:
                     try:
@@ -343,11 +345,12 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     write_json(stage / "manifest.json", {
         "template": str(cfg.template), "base_model": resolved.to_dict(), "faces": report,
         "assignment": [{"person": p, "face": k} for p, k in pairs], "face_backend": analyzer.name,
-        "fusion": fusion.name if fusion else "off", "failed": [f.to_dict() for f in failures],
+        "fusion": "diir" if cfg.fusion == "diir" else fusion.name if fusion else "off", "failed": [f.to_dict() for f in failures],
         "harmonization": harmonization,
         "settings": {"strength": cfg.strength, "steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
                      "working_size": size, "crop_ratio": cfg.crop_ratio, "face_lora_weight": cfg.face_lora_weight,
-                     "controls": {c: weights[c] for c in cfg.controls}},
+                     "controls": {c: weights[c] for c in cfg.controls},
+                     "diir": to_dict(cfg.diir) if cfg.fusion == "diir" else None},
         "seconds": round(time.perf_counter() - t0, 2)})
     od.commit(stage)
     return TemplateResult(od.path, od.path / "result.png", report, failures)

@@ -89,11 +89,14 @@ class FeedFaceIdentity:
             self._ctx = (adapter.context(torch.zeros_like(tokens)), adapter.context(tokens))
         self.faces = k
 
-    def before_call(self, num_images: int, do_cfg: bool) -> None:
+    def before_call(self, num_images: int, do_cfg: bool, unconditional: bool = False) -> None:
         import torch
 
         uncond, cond = self._ctx
-        rows = [uncond] * num_images + [cond] * num_images if do_cfg else [cond] * num_images
+        if unconditional:  # DIIR's inversion: the unconditional rows only
+            rows = [uncond] * num_images
+        else:
+            rows = [uncond] * num_images + [cond] * num_images if do_cfg else [cond] * num_images
         self.hooks.context = torch.cat(rows)
 
     def embeds(self, emb, *, do_cfg: bool, device, dtype):

@@ -1,0 +1,282 @@
+"""DIIR: DDIM-inversion-based identity restoration (MagicID), a post-step after any generator.
+
+For each face of an image: crop a square around it and upscale the crop to the model's native size,
+encode it with the VAE, run DDIM *inversion* (Song et al. 2021; the deterministic ODE run backwards)
+for ``strength`` of the schedule under the unconditional branch (empty prompt, the identity's
+unconditional input), then run DDIM forward from the inverted latent with the person's identity (the
+face LoRA, which acts through the prompt's trigger word, and/or an identity adapter's embedding),
+classifier-free guidance and, when a ControlNet is given, the face's landmarks drawn as OpenPose face
+keypoints. The regenerated crop is scaled back and pasted through the feathered face mask, so every
+pixel outside the mask is the input's, bit for bit.
+
+Inversion, not noise: img2img at the same strength starts from random noise and loses the face's
+layout (pose, expression, lighting); the inverted latent keeps it, so regeneration changes what the
+identity conditioning changes. ``invert`` and ``regenerate`` are public so the round trip can be
+measured (tests/test_diir.py).
+
+The loop calls the pipeline's own modules (UNet, VAE, ControlNet, the pipeline's scheduler config
+through diffusers' DDIMScheduler / DDIMInverseScheduler), so LoRAs loaded or fused into the UNet and
+IP-Adapter attention processors act as they do in the pipeline's own calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from facechain.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def _h(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class DIIRConfig:
+    """Settings of DIIR restoration; checked on creation (InputError names the field and the rule)."""
+
+    strength: float = _h("Fraction of the DDIM schedule inverted and regenerated, in (0, 1]: more lets the identity "
+                         "change more of the face, less keeps more of its details.", default=0.6)
+    num_inference_steps: int = _h("DDIM steps over the full schedule; strength x steps of them run each way.",
+                                  default=30)
+    guidance_scale: float = _h("Classifier-free guidance of the regeneration (the inversion runs unguided).",
+                               default=5.0)
+    landmark_weight: float = _h("ControlNet scale of the landmark map (the face's landmarks as OpenPose face "
+                                "keypoints); 0 = no landmark control.", default=0.6)
+    padding: float = _h("Crop side as a multiple of the face side, in [1.2, 8].", default=1.6)
+    working_size: int | None = _h("Side (px) the crop is upscaled to; empty = the model's native size.", default=None)
+    min_face_px: int = _h("Faces smaller than this are left as they are (reported).", default=32)
+
+    def __post_init__(self):
+        if not (isinstance(self.strength, (int, float)) and 0.0 < self.strength <= 1.0):
+            raise InputError(f"diir strength must be in (0, 1], got {self.strength!r}. 0.4-0.7 restores the identity "
+                             "and keeps the face's layout.")
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+            raise InputError(f"diir num_inference_steps must be an integer >= 1, got {self.num_inference_steps!r}.")
+        if int(self.num_inference_steps * self.strength) < 1:
+            raise InputError(f"diir strength x num_inference_steps = {self.strength} x {self.num_inference_steps} runs "
+                             f"no step. Raise num_inference_steps to at least {math.ceil(1 / self.strength)}.")
+        if not (isinstance(self.guidance_scale, (int, float)) and self.guidance_scale >= 0):
+            raise InputError(f"diir guidance_scale must be >= 0, got {self.guidance_scale!r}.")
+        if not (isinstance(self.landmark_weight, (int, float)) and self.landmark_weight >= 0):
+            raise InputError(f"diir landmark_weight must be >= 0 (0: no landmark control), got {self.landmark_weight!r}.")
+        if not (isinstance(self.padding, (int, float)) and 1.2 <= self.padding <= 8):
+            raise InputError(f"diir padding (crop side / face side) must be in [1.2, 8], got {self.padding!r}.")
+        if self.working_size is not None and (not isinstance(self.working_size, int) or self.working_size < 64
+                                              or self.working_size % 8):
+            raise InputError(f"diir working_size must be a multiple of 8 and >= 64 (or empty), got {self.working_size!r}.")
+
+    @property
+    def run_steps(self) -> int:
+        return int(self.num_inference_steps * self.strength)
+
+
+@dataclass
+class Identity:
+    """What the regeneration adds over the unconditional inversion: the identity adapter (None: the face
+    LoRA alone, through the prompt) and its ``ip_adapter_image_embeds`` ([(2 or 1, 1, 1, D)], the
+    unconditional row first under guidance; None for adapters that act through hooks)."""
+
+    adapter: object | None = None
+    ip_embeds: list | None = None
+
+
+def _schedulers(pipe, steps: int):
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    config = dict(pipe.scheduler.config)
+    kw = dict(clip_sample=False, set_alpha_to_one=False)  # latents are not clipped to [-1, 1]
+    fwd = DDIMScheduler.from_config(config, **kw)
+    inv = DDIMInverseScheduler.from_config(config, **kw)
+    fwd.set_timesteps(steps)
+    inv.set_timesteps(steps)
+    if not np.array_equal(inv.timesteps.flip(0).numpy(), fwd.timesteps.numpy()):
+        raise RuntimeError(f"DDIM inversion timesteps {inv.timesteps.tolist()} do not mirror the forward ones")
+    return fwd, inv
+
+
+def _added_conditions(pipe, conditioning: dict, size: int, negative: bool):
+    """(text embeddings, UNet added_cond_kwargs) of one branch; SDXL's pooled text and size ids."""
+    import torch
+
+    prefix = "negative_" if negative else ""
+    emb = conditioning[f"{prefix}prompt_embeds"]
+    added = {}
+    if getattr(pipe.unet.config, "addition_embed_type", None) == "text_time":
+        added["text_embeds"] = conditioning[f"{prefix}pooled_prompt_embeds"]
+        added["time_ids"] = torch.tensor([[size, size, 0, 0, size, size]], dtype=emb.dtype, device=emb.device)
+    return emb, added
+
+
+def _predict(pipe, latents, t, emb, added: dict, control: tuple | None):
+    """The UNet's noise prediction for a batch (ControlNet residuals added when ``control`` is given)."""
+    kw = {}
+    if control is not None:
+        net, image, scale = control
+        down, mid = net(latents, t, encoder_hidden_states=emb, controlnet_cond=image, conditioning_scale=scale,
+                        added_cond_kwargs=added, return_dict=False)
+        kw = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+    return pipe.unet(latents, t, encoder_hidden_states=emb, added_cond_kwargs=added, return_dict=False, **kw)[0]
+
+
+def _cat(a: dict, b: dict) -> dict:
+    import torch
+
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def encode(pipe, image: np.ndarray):
+    """VAE latents (the distribution's mean, scaled) of an RGB uint8 image."""
+    import torch
+
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    with torch.inference_mode():
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            lat = vae.encode(x.to(pipe.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+    return lat.to(pipe.unet.dtype)
+
+
+def decode(pipe, latents) -> np.ndarray:
+    import torch
+
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    with torch.inference_mode():
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+    x = (x[0].float().clamp(-1, 1) + 1) * 127.5
+    return x.permute(1, 2, 0).round().to(torch.uint8).cpu().numpy()
+
+
+def invert(pipe, latents, null_conditioning: dict, cfg: DIIRConfig, *, size: int, control: tuple | None = None,
+           identity: Identity | None = None):
+    """DDIM-invert ``latents`` through the first ``cfg.run_steps`` steps of the schedule, unguided, on the
+    unconditional branch (``null_conditioning``: the empty prompt's embeddings; the identity's
+    unconditional input). Returns the latent at the noise level regeneration starts from."""
+    import torch
+
+    _, inv = _schedulers(pipe, cfg.num_inference_steps)
+    emb, added = _added_conditions(pipe, null_conditioning, size, negative=False)
+    identity = identity or Identity()
+    if identity.adapter is not None:
+        identity.adapter.before_call(1, do_cfg=False, unconditional=True)
+    if identity.ip_embeds is not None:
+        added = {**added, "image_embeds": [torch.zeros_like(e[-1:]) for e in identity.ip_embeds]}
+    x = latents
+    with torch.inference_mode():
+        for t in inv.timesteps[: cfg.run_steps]:
+            eps = _predict(pipe, x, t, emb, added, control)
+            x = inv.step(eps, t, x).prev_sample
+    return x
+
+
+def regenerate(pipe, latents, conditioning: dict, cfg: DIIRConfig, *, size: int, control: tuple | None = None,
+               identity: Identity | None = None):
+    """DDIM from the inverted ``latents`` through the last ``cfg.run_steps`` steps, with the prompt
+    (``conditioning``: PromptEncoder's keyword arguments, the face LoRA's trigger word in it), the identity
+    and classifier-free guidance. Returns clean latents."""
+    import torch
+
+    fwd, _ = _schedulers(pipe, cfg.num_inference_steps)
+    guided = cfg.guidance_scale > 1
+    emb, added = _added_conditions(pipe, conditioning, size, negative=False)
+    if guided:
+        n_emb, n_added = _added_conditions(pipe, conditioning, size, negative=True)
+        emb, added = torch.cat([n_emb, emb]), _cat(n_added, added)
+    identity = identity or Identity()
+    if identity.adapter is not None:
+        identity.adapter.before_call(1, do_cfg=guided)
+    if identity.ip_embeds is not None:
+        added = {**added, "image_embeds": [e if guided else e[-1:] for e in identity.ip_embeds]}
+    if control is not None and guided:
+        control = (control[0], torch.cat([control[1]] * 2), control[2])
+    x = latents
+    with torch.inference_mode():
+        for t in fwd.timesteps[cfg.num_inference_steps - cfg.run_steps:]:
+            x_in = torch.cat([x, x]) if guided else x
+            eps = _predict(pipe, x_in, t, emb, added, control)
+            if guided:
+                uncond, cond = eps.chunk(2)
+                eps = uncond + cfg.guidance_scale * (cond - uncond)
+            x = fwd.step(eps, t, x).prev_sample
+    return x
+
+
+def openpose_net(controlnet, names: list[str] | None = None):
+    """The OpenPose ControlNet inside a job's ControlNet (``names``: the nets' roles, in order, for a
+    MultiControlNetModel), or None."""
+    if controlnet is None:
+        return None
+    nets = getattr(controlnet, "nets", None)
+    if nets is None:
+        return controlnet if names is None or names == ["openpose"] else None
+    names = names or []
+    return nets[names.index("openpose")] if "openpose" in names else None
+
+
+def restore_faces(pipe, image: np.ndarray, faces: list, conditioning: dict, null_conditioning: dict,
+                  cfg: DIIRConfig | None = None, *, controlnet=None, identity: Identity | None = None
+                  ) -> tuple[np.ndarray, list[dict]]:
+    """Restore every face in ``faces`` (detected on ``image``, RGB uint8) in turn; returns the new image and
+    a report per face (crop, steps, whether landmark control ran, or why the face was skipped)."""
+    import torch
+    from PIL import Image
+
+    from facechain.detailer import DetailerConfig, compose, face_region
+    from facechain.models import native_size
+    from facechain.poses import face_keypoint_map
+
+    cfg = cfg or DIIRConfig()
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"DIIR expects an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
+                         f"{getattr(image, 'shape', '')}.")
+    size = cfg.working_size or native_size(pipe)
+    region_cfg = DetailerConfig(mode="always", padding=cfg.padding, mask_dilation=0.06, mask_feather=0.04,
+                                working_size=size)
+    use_control = controlnet is not None and cfg.landmark_weight > 0
+    out = image.copy()
+    report = []
+    for k, face in enumerate(faces):
+        entry = {"face": k, "bbox": [round(float(v), 1) for v in face.bbox[:4]], "face_px": round(float(face.size), 1)}
+        if face.size < cfg.min_face_px:
+            entry["skipped"] = f"face of {face.size:.0f} px is under min_face_px {cfg.min_face_px}"
+            report.append(entry)
+            continue
+        region = face_region(face, image.shape, region_cfg)
+        ys, xs = slice(region.y0, region.y0 + region.side), slice(region.x0, region.x0 + region.side)
+        crop = out[ys, xs]
+        up = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS))
+        control = None
+        if use_control:
+            dots = face_keypoint_map(face, region.x0, region.y0, region.side)
+            dots = np.asarray(Image.fromarray(dots).resize((size, size), Image.Resampling.NEAREST))
+            cond = torch.from_numpy(np.array(dots, copy=True)).permute(2, 0, 1)[None].float().div(255.0)
+            control = (controlnet, cond.to(pipe.device, controlnet.dtype), float(cfg.landmark_weight))
+        lat = encode(pipe, up)
+        noisy = invert(pipe, lat, null_conditioning, cfg, size=size, control=control, identity=identity)
+        clean = regenerate(pipe, noisy, conditioning, cfg, size=size, control=control, identity=identity)
+        new = np.asarray(Image.fromarray(decode(pipe, clean)).resize((region.side, region.side),
+                                                                     Image.Resampling.LANCZOS))
+        out[ys, xs] = compose(crop, new, region.alpha)
+        entry.update(crop=[region.x0, region.y0, region.side], working_size=size, steps=cfg.run_steps,
+                     strength=cfg.strength, guidance_scale=cfg.guidance_scale,
+                     landmark_control=float(cfg.landmark_weight) if use_control else None)
+        report.append(entry)
+    return out, report
