@@ -213,3 +213,31 @@ def test_identity_adapters_as_the_peoples_identity(template, people, tiny_sd15, 
                                                                                             tmp_path / "other.st"), face=2)])
     with pytest.raises(InputError, match="needs a face LoRA .* or an identity adapter"):
         PersonSpec()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_fast_mode_and_sdxl(template, family, tiny_sd15, tiny_sdxl, tmp_path, dlib_analyzer):
+    """fast: LCM-LoRA (a local file here) + LCMScheduler in every pass; SDXL runs the same job."""
+    from PIL import Image
+
+    from facechain.template import PersonSpec, TemplateConfig, run_template
+    from facechain.testing import random_lora
+
+    model = tiny_sd15 if family == "sd15" else tiny_sdxl
+    loras = [random_lora(model, tmp_path / f"l{i}", seed=30 + i) for i in range(3)]
+    lcm = random_lora(model, tmp_path / "lcm", seed=9)
+    cfg = TemplateConfig(template=template, output_dir=tmp_path / "out", people=[PersonSpec(lora_dir=p) for p in loras],
+                         base_model=str(model), fast=True, lcm_lora=str(lcm), strength=0.65, device="cpu",
+                         dtype="float32", face_backend="dlib", fusion="off", controls=[])
+    result = run_template(cfg, analyzer=dlib_analyzer)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert result.exit_code == 0 and manifest["settings"]["scheduler"] == "LCMScheduler"
+    assert manifest["settings"]["steps"] == 8 and manifest["settings"]["guidance_scale"] == 1.5
+    before = np.asarray(Image.open(template).convert("RGB")).astype(int)
+    after = np.asarray(Image.open(result.result).convert("RGB")).astype(int)
+    for face in manifest["faces"]:
+        x0, y0, side = face["crop"]
+        assert np.abs(after[y0:y0 + side, x0:x0 + side] - before[y0:y0 + side, x0:x0 + side]).mean() > 0.5
+    with pytest.raises(InputError, match="fusion: diir does not run with fast: true"):
+        TemplateConfig(template=template, output_dir=tmp_path / "o", people=cfg.people, fast=True, fusion="diir")

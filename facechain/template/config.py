@@ -73,6 +73,13 @@ class TemplateConfig:
                                   default=40)
     strength: float = _h("Inpaint strength (FaceChain's template default: 0.65).", default=0.65)
     guidance_scale: float = _h("Classifier-free guidance (FaceChain: 7).", default=7.0)
+    fast: bool = _h("Fast mode: LCM-LoRA + LCMScheduler, fast_num_inference_steps steps at fast_guidance_scale.",
+                    default=False)
+    fast_num_inference_steps: int = _h("Steps of the full schedule in fast mode; strength x steps of them run.",
+                                       default=8)
+    fast_guidance_scale: float = _h("Guidance in fast mode (LCM-LoRA model card: 1-2).", default=1.5)
+    lcm_lora: str | None = _h("LCM-LoRA: hub id or local file/folder; empty = latent-consistency/lcm-lora-sdv1-5 or "
+                              "-sdxl by base family.", default=None)
     face_lora_weight: float = _h("Weight of each person's face LoRA (FaceChain: 0.95).", default=0.95)
     crop_ratio: float = _h("Face size / crop side (FaceChain: 0.45: the crop is 2.2x the face).", default=0.45)
     min_face_size: int = _h("Template faces smaller than this (px, Face.size) are refused: too small to edit.",
@@ -124,8 +131,13 @@ class TemplateConfig:
                              "Give every person an identity block (their own photos), or none.")
         if not 0.0 < self.strength <= 1.0:
             raise InputError(f"strength must be in (0, 1], got {self.strength}.")
-        if int(self.strength * self.num_inference_steps) < 1:
-            raise InputError("strength x num_inference_steps runs no step; raise num_inference_steps.")
+        steps = self.fast_num_inference_steps if self.fast else self.num_inference_steps
+        if int(self.strength * steps) < 1:
+            raise InputError(f"strength x {'fast_' if self.fast else ''}num_inference_steps runs no step; raise "
+                             f"{'fast_' if self.fast else ''}num_inference_steps.")
+        if self.fast and self.fusion == "diir":
+            raise InputError("fusion: diir does not run with fast: true (DDIM inversion needs the full scheduler, not "
+                             "LCM's few steps). Turn fast off, or use fusion: landmark.")
         if not 0.1 <= self.crop_ratio <= 0.8:
             raise InputError(f"crop_ratio (face size / crop side) must be in [0.1, 0.8], got {self.crop_ratio}.")
         unknown = sorted(set(self.controls) - {"openpose", "canny"})

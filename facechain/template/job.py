@@ -193,6 +193,16 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
 
         adapter = get_identity_adapter(ident_spec, resolved.family)
         adapter_loras = adapter.attach(pipe)
+    steps, guidance = cfg.num_inference_steps, cfg.guidance_scale
+    if cfg.fast:  # LCM-LoRA + LCMScheduler, active in every pass (mixed with each person's LoRA)
+        from diffusers import LCMScheduler
+
+        steps, guidance = cfg.fast_num_inference_steps, cfg.fast_guidance_scale
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        path = lora_io.resolve(cfg.lcm_lora or lora_io.LCM_LORAS[resolved.family], allow_pickle=cfg.allow_pickle,
+                               what="LCM-LoRA")
+        lora_io.load_adapter(pipe, path, "lcm", "LCM-LoRA")
+        adapter_loras = {**adapter_loras, "lcm": 1.0}
     control = control_pipeline(pipe, cfg, resolved.family)  # a missing ControlNet fails here, before any face
     inpaint = control or inpaint_pipeline(pipe)
     encoder = PromptEncoder(inpaint)
@@ -200,8 +210,8 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     size = native_size(pipe)
     fusion = None if cfg.fusion in ("off", "diir") else get_fusion(cfg.fusion, backend=analyzer.name)
     null_conditioning = encoder("", "") if cfg.fusion == "diir" else None
-    dcfg = DetailerConfig(mode="always", strength=cfg.strength, num_inference_steps=cfg.num_inference_steps,
-                          guidance_scale=cfg.guidance_scale, padding=min(8.0, 1.0 / cfg.crop_ratio), mask_dilation=0.06,
+    dcfg = DetailerConfig(mode="always", strength=cfg.strength, num_inference_steps=steps,
+                          guidance_scale=guidance, padding=min(8.0, 1.0 / cfg.crop_ratio), mask_dilation=0.06,
                           mask_feather=0.04, working_size=size)
     stage = od.stage()
     save_config(cfg, stage / "template_config.json")
@@ -235,8 +245,8 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
                 emb = identity_embedding(person.identity.photos, analyzer)
                 adapter.check_embedding(emb)
                 adapter.prepare(emb)
-                adapter.before_call(1, do_cfg=cfg.guidance_scale > 1)
-                embeds = adapter.embeds(emb, do_cfg=cfg.guidance_scale > 1, device=device, dtype=pipe.unet.dtype)
+                adapter.before_call(1, do_cfg=guidance > 1)
+                embeds = adapter.embeds(emb, do_cfg=guidance > 1, device=device, dtype=pipe.unet.dtype)
                 if embeds is not None:
                     extra["ip_adapter_image_embeds"] = embeds
                 entry["identity"] = adapter.describe(emb)
@@ -330,8 +340,8 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         masks = [region.full_alpha(image.shape) > 0 for _, region, _ in edited]
         out, info, ids, ring = harmonize(plain, out, masks, [float(faces[k].size) for k, _, _ in edited],
                                          [v for _, _, v in edited], PromptEncoder(plain)(cfg.prompt, neg), size=size,
-                                         steps=cfg.num_inference_steps, strength=cfg.harmonize_strength,
-                                         guidance=cfg.guidance_scale, seed=cfg.seed + 1000)
+                                         steps=steps, strength=cfg.harmonize_strength,
+                                         guidance=guidance, seed=cfg.seed + 1000)
         for (k, _, _), m in zip(edited, ids):
             save_image(stage / "faces" / f"identity_mask_{k}.png", m.astype(np.uint8) * 255)
         save_image(stage / "faces" / "harmonize_ring.png", ring.astype(np.uint8) * 255)
@@ -347,7 +357,8 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         "assignment": [{"person": p, "face": k} for p, k in pairs], "face_backend": analyzer.name,
         "fusion": "diir" if cfg.fusion == "diir" else fusion.name if fusion else "off", "failed": [f.to_dict() for f in failures],
         "harmonization": harmonization,
-        "settings": {"strength": cfg.strength, "steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
+        "settings": {"strength": cfg.strength, "steps": steps, "guidance_scale": guidance, "fast": cfg.fast,
+                     "scheduler": type(pipe.scheduler).__name__,
                      "working_size": size, "crop_ratio": cfg.crop_ratio, "face_lora_weight": cfg.face_lora_weight,
                      "controls": {c: weights[c] for c in cfg.controls},
                      "diir": to_dict(cfg.diir) if cfg.fusion == "diir" else None},
