@@ -235,6 +235,34 @@ class PortraitGenerator:
             torch.cuda.synchronize()
         self.load_seconds = time.perf_counter() - t0
 
+    # ------------------------------------------------------------------ another person, same pipeline
+
+    # settings that shape the loaded pipeline: two jobs that agree on them can share one generator
+    PIPELINE_FIELDS = ("base_model", "revision", "sub_path", "single_file_config", "fast", "lcm_lora", "pose",
+                       "pose_control", "depth", "depth_image", "controlnet_openpose", "controlnet_depth",
+                       "depth_estimator", "pose_annotator", "identity", "default_style_lora", "fusion", "diir",
+                       "face_backend", "device", "dtype", "height", "width", "allow_pickle")
+
+    @classmethod
+    def pipeline_key(cls, cfg: GenerateConfig) -> tuple:
+        return tuple(repr(getattr(cfg, f)) for f in cls.PIPELINE_FIELDS)
+
+    def switch_person(self, cfg: GenerateConfig) -> None:
+        """Serve another job on the loaded pipeline: its face LoRA replaces this one's (no model reload).
+        ``cfg`` must agree with this generator's on :attr:`PIPELINE_FIELDS` (batch jobs check
+        :meth:`pipeline_key` and load a new generator when they differ)."""
+        if self.pipeline_key(cfg) != self.pipeline_key(self.cfg):
+            raise ValueError("switch_person: the job needs another pipeline (base model, pose, identity ...)")
+        face_lora = check_face_lora(cfg)
+        if FACE_ADAPTER in self.adapters:
+            self.pipe.delete_adapters(FACE_ADAPTER)
+            del self.adapters[FACE_ADAPTER]
+        if face_lora is not None:
+            lora_io.load_adapter(self.pipe, face_lora, FACE_ADAPTER, "face LoRA")
+            self.adapters = {FACE_ADAPTER: 1.0, **self.adapters}
+        self.cfg = cfg
+        self.load_seconds = 0.0
+
     # ------------------------------------------------------------------ ControlNet
 
     def _setup_control(self, pose_map: np.ndarray, photo: np.ndarray | None) -> None:

@@ -1,0 +1,336 @@
+"""The batch driver: walks every person through their stages on an executor, from the manifest.
+
+Executors:
+
+* :class:`RayExecutor` (``address``: ``local`` starts a Ray runtime on this machine, no server needed;
+  ``auto`` joins the cluster this machine is part of; ``ray://host:10001`` a remote cluster through Ray
+  Client). Preprocess, train and eval are Ray tasks with their CPU/GPU requests (fractional GPUs let
+  several trainings share one GPU); generation runs on long-lived actors that keep the base pipeline
+  loaded. A task whose worker dies is re-run by Ray (``max_retries``); an actor is restarted.
+* :class:`InProcessExecutor` (``address: inprocess``): the same stages one after another in this
+  process (no Ray), for debugging and machines without Ray.
+
+The driver submits each person's next stage when the previous one is done, so CPU preprocessing of
+one person overlaps GPU training of another. ``--resume`` reads the manifest: a done stage whose
+outputs still match their checksums is not rerun; a stage left running by a crash, or failed, runs
+again (training resumes from its checkpoint); a stage whose outputs changed runs again with every
+stage after it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from facechain.batch.config import BatchConfig, PersonJob, Resources
+from facechain.batch.manifest import DONE, FAILED, PENDING, RUNNING, Manifest, StageRecord, status_table
+from facechain.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+ADDRESSES = ("local", "auto", "inprocess")  # or ray://host:port
+# passed to Ray workers explicitly: the offline switches and caches the driver was started with
+WORKER_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HF_HUB_CACHE",
+              "FACECHAIN_HOME", "MODELSCOPE_CACHE", "INSIGHTFACE_HOME", "FACECHAIN_INSIGHTFACE_ROOT")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    records: list[StageRecord]
+    failed: list[tuple[str, str, str]]  # (person, stage, reason)
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or any(r.state != DONE for r in self.records) else 0
+
+
+def _threads(n: int) -> int:
+    from facechain.train.trainer import usable_cpus
+
+    return n if n > 0 else usable_cpus()
+
+
+def _run_local_stage(manifest_path: str, root: str, job: PersonJob, stage: str) -> dict:
+    """run_stage with a training's thread count resolved on the worker (0: the worker machine's cores;
+    Ray sets OMP_NUM_THREADS to the task's logical CPUs, which would leave a CPU training on one core)."""
+    from facechain.batch.stages import run_stage
+
+    if stage == "train" and job.train.num_threads == 0:
+        job = dataclasses.replace(job, train=dataclasses.replace(job.train, num_threads=_threads(0)))
+    return run_stage(manifest_path, root, job, stage)
+
+
+class InProcessExecutor:
+    name = "in-process"
+
+    def __init__(self, resources: Resources):
+        self.resources = resources
+        self.worker = None
+        self.done: collections.deque = collections.deque()
+
+    def submit(self, person: str, stage: str, job: PersonJob, manifest_path: str, root: str) -> None:
+        try:
+            if stage == "generate":
+                from facechain.batch.stages import GenerationWorker
+
+                if self.worker is None:
+                    self.worker = GenerationWorker(0)
+                result = self.worker.run(manifest_path, root, job)
+            else:
+                result = _run_local_stage(manifest_path, root, job, stage)
+        except Exception as exc:  # recorded by the driver, the batch goes on
+            result = exc
+        self.done.append((person, result))
+
+    def busy(self) -> bool:
+        return bool(self.done)
+
+    def wait(self):
+        return self.done.popleft()
+
+    def shutdown(self) -> None:
+        self.worker = None
+
+
+class _GenerationActor:
+    """The Ray actor's class: a GenerationWorker whose torch threads are set on its own machine."""
+
+    def __init__(self, threads: int):
+        from facechain.batch.stages import GenerationWorker
+
+        self.worker = GenerationWorker(_threads(threads))
+
+    def run(self, manifest_path: str, root: str, job: PersonJob) -> dict:
+        return self.worker.run(manifest_path, root, job)
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, address: str, resources: Resources):
+        import ray
+
+        from facechain.train.trainer import usable_cpus
+
+        env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+        env["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave in the driver's log; the driver has one
+        kw = dict(include_dashboard=False, runtime_env={"env_vars": env},
+                  logging_level=logging.WARNING, configure_logging=True)
+        if address == "local":  # an embedded runtime on this machine: at least 2 logical CPUs, so one generation
+            ray.init(num_cpus=max(2, usable_cpus()), **kw)  # actor and one task can always both be placed
+        else:
+            ray.init(address=address, **kw)
+        self.ray = ray
+        cluster = ray.cluster_resources()
+        gpus = float(cluster.get("GPU", 0))
+        r = resources
+        if gpus == 0 and (r.train_gpus or r.generate_gpus):
+            logger.info("batch: the Ray cluster has no GPU; training and generation run on CPUs")
+        g = (lambda x: x) if gpus > 0 else (lambda x: 0)
+        common = dict(max_retries=r.max_retries, retry_exceptions=False)
+        self.options = {"preprocess": dict(num_cpus=r.preprocess_cpus, **common),
+                        "train": dict(num_cpus=r.train_cpus, num_gpus=g(r.train_gpus), **common),
+                        "eval": dict(num_cpus=r.eval_cpus, **common)}
+        self.stage_task = ray.remote(_run_local_stage)
+        n = r.generate_workers or (max(1, int(gpus // r.generate_gpus)) if gpus > 0 and r.generate_gpus > 0 else 1)
+        actor = ray.remote(_GenerationActor).options(num_cpus=r.generate_cpus, num_gpus=g(r.generate_gpus),
+                                                     max_restarts=r.max_retries, max_task_retries=r.max_retries)
+        self.actors = [actor.remote(r.train_threads) for _ in range(n)]
+        self.idle = list(self.actors)
+        self.queue: collections.deque = collections.deque()
+        self.inflight: dict = {}  # ObjectRef -> (person, actor or None)
+        logger.info("batch: Ray cluster %s: %s CPUs, %s GPUs; %d generation worker(s)", address,
+                    cluster.get("CPU", 0), gpus, n)
+
+    def submit(self, person: str, stage: str, job: PersonJob, manifest_path: str, root: str) -> None:
+        if stage == "generate":
+            self.queue.append((person, job, manifest_path, root))
+            self._dispatch()
+        else:
+            ref = self.stage_task.options(**self.options[stage]).remote(manifest_path, root, job, stage)
+            self.inflight[ref] = (person, None)
+
+    def _dispatch(self) -> None:
+        while self.idle and self.queue:
+            person, job, manifest_path, root = self.queue.popleft()
+            actor = self.idle.pop()
+            self.inflight[actor.run.remote(manifest_path, root, job)] = (person, actor)
+
+    def busy(self) -> bool:
+        return bool(self.inflight or self.queue)
+
+    def wait(self):
+        ready, _ = self.ray.wait(list(self.inflight), num_returns=1)
+        person, actor = self.inflight.pop(ready[0])
+        try:
+            result = self.ray.get(ready[0])
+        except Exception as exc:  # the worker died past its retries, a node was lost: recorded by the driver
+            result = exc
+        if actor is not None:
+            self.idle.append(actor)
+        self._dispatch()
+        return person, result
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+
+
+def make_executor(address: str, resources: Resources):
+    if address == "inprocess":
+        return InProcessExecutor(resources)
+    if address not in ADDRESSES and not address.startswith("ray://"):
+        raise InputError(f"--address {address!r}: use local (a Ray runtime on this machine), auto (the Ray cluster "
+                         "this machine belongs to), ray://HOST:PORT (Ray Client) or inprocess (no Ray).")
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        from facechain.errors import MissingDependencyError
+
+        raise MissingDependencyError("facechain batch runs on Ray, which is not installed: pip install 'ray>=2.60' "
+                                     "(or run with --address inprocess).")
+    return RayExecutor(address, resources)
+
+
+class _Lock:
+    """One driver per batch folder: an exclusive lock on ``batch.lock`` (released by the OS if the driver dies)."""
+
+    def __init__(self, folder: Path):
+        import fcntl
+
+        self.fh = open(folder / "batch.lock", "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise InputError(f"another facechain batch is running on {folder} ({holder}). Wait for it, or stop it; "
+                             "then rerun with --resume.") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()}")
+        self.fh.flush()
+
+    def release(self) -> None:
+        self.fh.close()
+
+
+def prepare_manifest(cfg: BatchConfig, resume: bool) -> Manifest:
+    """The manifest with a row per person and stage; on resume, every stage that must run again is pending."""
+    from facechain.batch.stages import checksums, stage_outputs
+
+    m = Manifest(cfg.manifest_path)
+    if m.exists() and not resume and any(r.state != PENDING for r in m.records()):
+        raise InputError(f"{cfg.output_dir} already holds a batch ({m.path.name}). Pass --resume to continue it, or "
+                         "choose a new output_dir.")
+    m.create()
+    for job in cfg.people:
+        m.ensure(job.name, job.stages)
+    if not resume:
+        return m
+    records = {(r.person, r.stage): r for r in m.records()}
+    for job in cfg.people:
+        rerun = None  # once a stage runs again, every stage after it does too
+        for stage in job.stages:
+            r = records[(job.name, stage)]
+            if rerun is None and r.state == DONE:
+                try:
+                    now = checksums(cfg.output_dir, stage_outputs(job, stage))
+                except (OSError, ValueError, KeyError) as exc:
+                    now = {"unreadable": str(exc)}
+                if now != r.outputs:
+                    changed = sorted(set(now.items()) ^ set(r.outputs.items()))
+                    rerun = f"its outputs changed since it was done ({changed[0][0]} ...)"
+                    m.reset(job.name, stage, rerun)
+                continue
+            if r.state == RUNNING:
+                m.reset(job.name, stage, "interrupted (the driver or its worker stopped); running it again")
+                rerun = rerun or "an earlier stage runs again"
+            elif r.state == FAILED:
+                m.reset(job.name, stage, f"failed before ({r.error}); trying again")
+                rerun = rerun or "an earlier stage runs again"
+            elif r.state == DONE:  # an earlier stage runs again: this one must follow it
+                m.reset(job.name, stage, rerun)
+            else:
+                rerun = rerun or "an earlier stage runs again"
+    return m
+
+
+def run_batch(cfg: BatchConfig, address: str = "local", resume: bool = False, progress: bool = True) -> BatchResult:
+    from tqdm.auto import tqdm
+
+    from facechain.outputs import check_writable_folder
+
+    t0 = time.perf_counter()
+    check_writable_folder(cfg.output_dir, "output_dir")
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    lock = _Lock(cfg.output_dir)
+    try:
+        m = prepare_manifest(cfg, resume)
+        last_event = max((e[0] for e in m.events()), default=0)
+        jobs = {j.name: j for j in cfg.people}
+        records = {(r.person, r.stage): r for r in m.records()}
+        total = sum(len(j.stages) for j in cfg.people)
+        done0 = sum(records[(j.name, s)].state == DONE for j in cfg.people for s in j.stages)
+        executor = make_executor(address, cfg.resources)
+        failed: list[tuple[str, str, str]] = []
+        current: dict[str, str] = {}
+        bar = tqdm(total=total, initial=done0, desc="batch", unit="stage", disable=not progress)
+
+        def say():
+            nonlocal last_event
+            for eid, when, person, stage, state, attempt, detail in m.events(last_event):
+                last_event = eid
+                extra = f" (attempt {attempt})" if state == RUNNING and attempt else ""
+                line = f"{time.strftime('%H:%M:%S', time.localtime(when))} {person}: {stage} {state}{extra}" + \
+                    (f": {detail}" if detail and state != RUNNING else "")
+                bar.write(line, file=sys.stderr)
+
+        def submit_next(name: str) -> None:
+            job = jobs[name]
+            stage = next((s for s in job.stages if m.get(name, s).state != DONE), None)
+            if stage is None:
+                current.pop(name, None)
+                return
+            current[name] = stage
+            executor.submit(name, stage, job, str(m.path), str(cfg.output_dir))
+
+        try:
+            for name in jobs:
+                submit_next(name)
+                say()
+            while executor.busy():
+                name, result = executor.wait()
+                stage = current[name]
+                if isinstance(result, Exception):  # the worker was lost past its retries: nobody recorded it
+                    reason = f"worker lost after {cfg.resources.max_retries} retries: {type(result).__name__}: {result}"
+                    m.fail(name, stage, reason.splitlines()[0])
+                    failed.append((name, stage, reason.splitlines()[0]))
+                elif result["state"] == DONE:
+                    bar.update(1)
+                    submit_next(name)
+                else:
+                    failed.append((name, stage, result["error"]))
+                say()
+        finally:
+            bar.close()
+            executor.shutdown()
+        return BatchResult([r for r in m.records() if r.person in jobs], failed, time.perf_counter() - t0)
+    finally:
+        lock.release()
+
+
+def summary(result: BatchResult) -> str:
+    lines = [status_table(result.records)]
+    people = sorted({r.person for r in result.records})
+    ok = [p for p in people if all(r.state == DONE for r in result.records if r.person == p)]
+    lines.append(f"{len(ok)} of {len(people)} people finished in {result.seconds:.0f} s"
+                 + (f"; failed: {', '.join(sorted({f[0] for f in result.failed}))}" if result.failed else ""))
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""What runs on a worker: one person's stage, recorded in the manifest by the worker itself.
+
+Each stage marks itself running (one more attempt) when it starts and done, with its outputs' sha256,
+when its outputs are committed; a bad input (FacechainError) or any other error is recorded as failed
+with its reason and returned, so one person's failure is data, not a crash. A worker that dies leaves
+the record running; the driver (or Ray's retry of the task) takes it from there.
+
+* preprocess: ``facechain.preprocess.preprocess`` photos -> ``<name>/processed``;
+* train: ``facechain.train.train`` with ``resume=True``: a re-run continues from the last checkpoint;
+* generate: :class:`GenerationWorker`, a long-lived worker (a Ray actor) that keeps the base pipeline
+  loaded and swaps the face LoRA between people (:meth:`PortraitGenerator.switch_person`);
+* eval: ``facechain.evaluate.evaluate`` portraits against the processed photos.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from facechain.batch.config import PersonJob
+from facechain.batch.manifest import Manifest
+from facechain.errors import FacechainError
+
+logger = logging.getLogger(__name__)
+
+
+def checksums(root: Path, files) -> dict[str, str]:
+    """{path relative to ``root``: sha256} of ``files``."""
+    from facechain.outputs import sha256_file
+
+    return {str(Path(f).resolve().relative_to(root.resolve())): sha256_file(Path(f)) for f in sorted(set(files))}
+
+
+def stage_outputs(job: PersonJob, stage: str) -> list[Path]:
+    """The files that make a stage's result (what the manifest's checksums cover)."""
+    if stage == "preprocess":
+        import json
+
+        meta = job.processed_dir / "metadata.jsonl"
+        names = [json.loads(line)["file_name"] for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [meta] + [job.processed_dir / n for n in names]
+    if stage == "train":
+        from facechain import lora as lora_io
+
+        return [job.lora_dir / lora_io.LORA_FILE, job.lora_dir / "train_config.json"]
+    if stage == "generate":
+        import json
+
+        manifest = json.loads((job.portraits_dir / "manifest.json").read_text(encoding="utf-8"))
+        kept = [k["file"] for s in manifest["styles"] if "kept" in s for k in s["kept"]]
+        return [job.portraits_dir / "manifest.json"] + [job.portraits_dir / Path(f).name for f in kept]
+    if stage == "eval":
+        return [job.eval_dir / "report.json"]
+    raise ValueError(stage)
+
+
+def _run_preprocess(job: PersonJob) -> None:
+    from facechain.preprocess import preprocess
+
+    preprocess(job.photos, job.processed_dir, job.preprocess, progress=False)
+
+
+def _run_train(job: PersonJob) -> None:
+    from facechain.train import train
+
+    train(job.train, progress=False)
+
+
+def _run_eval(job: PersonJob) -> None:
+    from facechain.evaluate import evaluate
+
+    evaluate(job.portraits_dir, job.processed_dir, job.eval)
+
+
+RUNNERS = {"preprocess": _run_preprocess, "train": _run_train, "eval": _run_eval}
+
+
+def record(manifest_path: str, batch_root: str, job: PersonJob, stage: str, work) -> dict:
+    """Run ``work()`` as ``job``'s ``stage``, recording it in the manifest; returns {state, attempt, error}."""
+    manifest = Manifest(manifest_path)
+    attempt = manifest.start(job.name, stage)
+    t0 = time.perf_counter()
+    try:
+        work()
+        outputs = checksums(Path(batch_root), stage_outputs(job, stage))
+    except FacechainError as exc:  # a bad input, with its fix: this person's stage fails, the batch goes on
+        manifest.fail(job.name, stage, str(exc))
+        return {"state": "failed", "attempt": attempt, "error": str(exc)}
+    except Exception as exc:  # an unexpected error in one person's stage: reported with its type
+        logger.exception("%s: %s failed with an unexpected error", job.name, stage)
+        manifest.fail(job.name, stage, f"{type(exc).__name__}: {exc}")
+        return {"state": "failed", "attempt": attempt, "error": f"{type(exc).__name__}: {exc}"}
+    seconds = time.perf_counter() - t0
+    manifest.finish(job.name, stage, outputs, seconds)
+    return {"state": "done", "attempt": attempt, "error": None, "seconds": seconds}
+
+
+def run_stage(manifest_path: str, batch_root: str, job: PersonJob, stage: str) -> dict:
+    """A preprocess, train or eval stage (a Ray task, or a call in the in-process executor)."""
+    return record(manifest_path, batch_root, job, stage, lambda: RUNNERS[stage](job))
+
+
+class GenerationWorker:
+    """Keeps one portrait pipeline loaded across people (a Ray actor in a cluster). A person whose job needs
+    the same pipeline (base model, pose, identity ... :meth:`PortraitGenerator.pipeline_key`) gets their
+    face LoRA swapped in; another pipeline is loaded when it differs."""
+
+    def __init__(self, threads: int = 0):
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.generator = None
+        self.key = None
+        self.loads = 0  # pipelines loaded by this worker (the batch benchmark reads it)
+
+    def run(self, manifest_path: str, batch_root: str, job: PersonJob) -> dict:
+        def work():
+            from facechain.generate import run_job
+            from facechain.generate.pipeline import PortraitGenerator
+
+            cfg = job.generate
+            key = PortraitGenerator.pipeline_key(cfg)
+            if self.generator is not None and key == self.key:
+                self.generator.switch_person(cfg)
+            else:
+                self.generator = None  # the old pipeline goes before the new one loads
+                self.generator = PortraitGenerator(cfg)
+                self.key = key
+                self.loads += 1
+            result = run_job(cfg, generator=self.generator)
+            if result.failures:
+                raise FacechainError(f"{len(result.failures)} style(s) failed: "
+                                     + "; ".join(f"{f.item}: {f.error}" for f in result.failures))
+
+        return {**record(manifest_path, batch_root, job, "generate", work), "loads": self.loads}
+
+    def ping(self) -> int:
+        return self.loads
