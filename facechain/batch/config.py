@@ -139,12 +139,24 @@ def _abs(value, base: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+def _build(cls, data: dict, where: str):
+    """``from_dict`` whose every error names the person and block (a dataclass's own checks included)."""
+    from facechain.config import from_dict
+
+    try:
+        return from_dict(cls, data, where=where)
+    except InputError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise InputError(f"{where}: {exc}") from None
+
+
 def load_batch(path: str | os.PathLike) -> BatchConfig:
     """Read and check a batch file; every person's stage configs are built here, so a bad setting is one
     error naming the person and the setting before any work starts."""
-    from facechain.config import from_dict, load_mapping, merge_settings
+    from facechain.config import load_mapping, merge_settings
     from facechain.evaluate import EvalConfig
-    from facechain.generate.config import GenerateConfig, resolve_paths
+    from facechain.generate.config import GenerateConfig, looks_relative_path, resolve_paths
     from facechain.preprocess import PreprocessConfig
     from facechain.train.config import TrainConfig
 
@@ -164,7 +176,7 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
         raise InputError(f"{where}: output_dir is missing: the folder for every person's work and the manifest.")
     out = _abs(data["output_dir"], base)
     shared = {k: v for k, v in data.items() if k not in TOP_LEVEL}
-    resources = from_dict(Resources, _block(data, "resources", where), where=f"{where}.resources")
+    resources = _build(Resources, _block(data, "resources", where), f"{where}.resources")
     people = data.get("people")
     if not isinstance(people, list) or not people:
         raise InputError(f"{where}: people must be a non-empty list of {{name, photos}}.")
@@ -197,23 +209,24 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
             s = merge_settings(s, blocks[stage])
             return merge_settings(s, _block(person, stage, pw))
 
-        pre = from_dict(PreprocessConfig, settings("preprocess", _fields(PreprocessConfig)),
-                        where=f"{pw}.preprocess")
+        pre = _build(PreprocessConfig, settings("preprocess", _fields(PreprocessConfig)), f"{pw}.preprocess")
         tr = settings("train", train_fields)
+        for key in ("base_model", "init_lora", "single_file_config"):  # a local path relative to the batch file
+            if isinstance(tr.get(key), str) and tr[key] and looks_relative_path(tr[key], base):
+                tr[key] = str((base / tr[key]).resolve())
         tr.update(train_data_dir=str(root / "processed"), output_dir=str(root / "lora"), resume=True)
         tr.setdefault("num_threads", resources.train_threads)
         if "base_model" not in tr:
             raise InputError(f"{pw}: base_model is not set (top level or train block).")
-        train_cfg = from_dict(TrainConfig, tr, where=f"{pw}.train")
+        train_cfg = _build(TrainConfig, tr, f"{pw}.train")
         gen = settings("generate", gen_fields)
         gen = resolve_paths(gen, base)
         gen.update(lora_dir=root / "lora", processed_dir=root / "processed", output_dir=root / "portraits")
         for key in ("base_model", "revision", "sub_path"):  # generation uses the model the LoRA was trained on
             gen.setdefault(key, getattr(train_cfg, key) or None)
-        gen_cfg = from_dict(GenerateConfig, gen, where=f"{pw}.generate")
+        gen_cfg = _build(GenerateConfig, gen, f"{pw}.generate")
         ev = None
         if eval_on:
-            ev = from_dict(EvalConfig, {**settings("eval", _fields(EvalConfig)), "output_dir": root / "eval"},
-                           where=f"{pw}.eval")
+            ev = _build(EvalConfig, {**settings("eval", _fields(EvalConfig)), "output_dir": root / "eval"}, f"{pw}.eval")
         jobs.append(PersonJob(name, _abs(person["photos"], base), root, pre, train_cfg, gen_cfg, ev))
     return BatchConfig(path, out, jobs, resources)

@@ -255,7 +255,7 @@ class GenerateConfig:
             raise InputError("depth is on but pose is empty: the depth ControlNet is used together with a pose.")
 
 
-def _looks_relative_path(value: str, base: Path) -> bool:
+def looks_relative_path(value: str, base: Path) -> bool:
     return value.startswith(("./", "../")) or (not os.path.isabs(value) and (base / value).exists())
 
 
@@ -271,14 +271,14 @@ def resolve_paths(data: dict, base: Path) -> dict:
             out[key] = str((base / v).resolve())
     for key in MAYBE_PATH_FIELDS:
         v = out.get(key)
-        if isinstance(v, str) and v and v not in ALIASES.get(key, ()) and _looks_relative_path(v, base):
+        if isinstance(v, str) and v and v not in ALIASES.get(key, ()) and looks_relative_path(v, base):
             out[key] = str((base / v).resolve())
     ident = out.get("identity")
     if isinstance(ident, dict):
         ident = dict(ident)
         if isinstance(ident.get("photos"), str) and ident["photos"] and not os.path.isabs(os.path.expanduser(ident["photos"])):
             ident["photos"] = str((base / ident["photos"]).resolve())
-        if isinstance(ident.get("weights"), str) and ident["weights"] and _looks_relative_path(ident["weights"], base):
+        if isinstance(ident.get("weights"), str) and ident["weights"] and looks_relative_path(ident["weights"], base):
             ident["weights"] = str((base / ident["weights"]).resolve())
         out["identity"] = ident
     if isinstance(out.get("style_dirs"), list):
