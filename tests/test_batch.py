@@ -273,3 +273,19 @@ def test_training_worker_killed_is_retried_from_its_checkpoint(batch_inputs):
     starts = [e for e in map(json.loads, (out / "alice" / "lora" / "train_log.jsonl").read_text().splitlines())
               if e.get("event") in ("start", "resume")]
     assert [e["event"] for e in starts] == ["start", "resume"] and starts[1]["step"] >= 20  # resumed, not restarted
+
+
+def test_one_driver_per_batch_folder(tmp_path, tiny_sd15):
+    from facechain.batch import load_batch, run_batch
+    from facechain.batch.runner import _Lock
+
+    cfg = load_batch(_jobs(tmp_path, tiny_sd15, Path("photos")))
+    cfg.output_dir.mkdir(parents=True)
+    held = _Lock(cfg.output_dir)
+    try:
+        with pytest.raises(InputError, match=f"another facechain batch is running on .* \\(pid {os.getpid()}\\)"):
+            run_batch(cfg, address="inprocess", progress=False)
+    finally:
+        held.release()
+    with pytest.raises(InputError, match="--address 'nowhere'"):
+        run_batch(cfg, address="nowhere", progress=False)

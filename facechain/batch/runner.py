@@ -182,12 +182,16 @@ class RayExecutor:
         self.ray.shutdown()
 
 
-def make_executor(address: str, resources: Resources):
-    if address == "inprocess":
-        return InProcessExecutor(resources)
+def check_address(address: str) -> None:
     if address not in ADDRESSES and not address.startswith("ray://"):
         raise InputError(f"--address {address!r}: use local (a Ray runtime on this machine), auto (the Ray cluster "
                          "this machine belongs to), ray://HOST:PORT (Ray Client) or inprocess (no Ray).")
+
+
+def make_executor(address: str, resources: Resources):
+    check_address(address)
+    if address == "inprocess":
+        return InProcessExecutor(resources)
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
@@ -269,6 +273,7 @@ def run_batch(cfg: BatchConfig, address: str = "local", resume: bool = False, pr
     from facechain.outputs import check_writable_folder
 
     t0 = time.perf_counter()
+    check_address(address)
     check_writable_folder(cfg.output_dir, "output_dir")
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     lock = _Lock(cfg.output_dir)
