@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("facechain.cli.generate", "generate, fuse and rank portraits from a config or flags"),
     "template": ("facechain.cli.template", "put people's faces into a template photo (fixed-template portraits)"),
     "stylize": ("facechain.cli.stylize", "training-free portrait stylization after a style image"),
+    "serve": ("facechain.cli.serve", "the web app and the HTTP API (Gradio + FastAPI) on one local server"),
     "batch": ("facechain.cli.batch", "many people's preprocess, train, generate and eval on Ray, resumable"),
     "eval": ("facechain.cli.eval", "likeness report of generated portraits against the person's photos"),
     "convert": ("facechain.cli.convert", "convert a trusted pickle checkpoint (.bin) to .safetensors, once"),

@@ -1,0 +1,54 @@
+"""`facechain serve`: one server with the web app (Gradio) and the HTTP API (FastAPI) over the library.
+
+``build_server(ServeConfig)`` returns (the ASGI app, the :class:`Service`); ``demo_config(workdir)`` is
+the settings of the offline demo (the tiny model). See docs/serve.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from facechain.server.service import ServeConfig, Service
+
+DEMO_TRAIN = {"resolution": 64, "max_train_steps": 20, "checkpointing_steps": 10}
+DEMO_GENERATE = {"num_inference_steps": 4, "num_candidates": 2, "batch_size": 2, "rank_candidates": False,
+                 "fusion": "off", "detailer": "off", "device": "cpu", "dtype": "float32"}
+DEMO_TEMPLATE = {"controls": [], "num_inference_steps": 4, "fusion": "off", "device": "cpu", "dtype": "float32"}
+DEMO_STYLIZE = {"num_inference_steps": 10, "resolution": 64, "device": "cpu"}
+
+
+def demo_config(workdir: str | Path) -> ServeConfig:
+    """The offline demo: a tiny random model built in the workdir (it draws noise, not faces, so ranking and
+    fusion are off), dlib faces, a few training steps."""
+    from facechain.testing import build_tiny_model
+
+    workdir = Path(workdir)
+    model = workdir / "models" / "tiny-sd15"
+    if not (model / "model_index.json").is_file():
+        build_tiny_model(model)
+    return ServeConfig(workdir=workdir, base_model=str(model.resolve()), revision="", sub_path="", face_backend="dlib",
+                       train=dict(DEMO_TRAIN), generate=dict(DEMO_GENERATE), template=dict(DEMO_TEMPLATE),
+                       stylize=dict(DEMO_STYLIZE))
+
+
+def build_server(cfg: ServeConfig, workers: int | None = None):
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from facechain.errors import InputError
+    from facechain.server.api import build_api
+    from facechain.server.app import build_app
+
+    service = Service(cfg, workers)
+    api = FastAPI(title="facechain", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    router, on_error = build_api(service)
+    api.include_router(router)
+    api.add_exception_handler(InputError, on_error)
+    app = gr.mount_gradio_app(api, build_app(service), path="/", allowed_paths=[str(service.root)])
+    return app, service
+
+
+__all__ = ["ServeConfig", "Service", "build_server", "demo_config"]

@@ -1,0 +1,437 @@
+"""The operations the web app and the HTTP API share: people (uploaded photos), background jobs
+(train = preprocess + train, generate, template, stylize), their status and outputs. No pipeline logic:
+each job builds the stage's config and calls the library, as the CLI does.
+
+Everything lives in the workdir::
+
+    people/<id>/person.json, photos/, processed/, lora/
+    jobs/<id>/job.json, out/ (the stage's output folder), inputs/ (uploaded template / style images)
+
+Ids are random (``secrets.token_urlsafe``: not guessable) and checked against their pattern before they
+touch a path; a file is served only when its resolved path is inside its job's or person's folder.
+Jobs run on worker threads, one per GPU (one on a CPU machine): one GPU job at a time per GPU, the rest
+queued. A job's state is written to ``job.json`` (atomically) at every transition, so a browser refresh
+or a new client sees it; a job a stopped server left queued or running is marked failed at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import secrets
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facechain.errors import FacechainError, InputError
+
+logger = logging.getLogger(__name__)
+
+ID_RULE = re.compile(r"^[A-Za-z0-9_-]{16}$")
+NAME_RULE = re.compile(r"[^A-Za-z0-9._ -]+")
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+
+
+def _h(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The server's settings; the jobs' defaults are the config files' (``configs/example.yaml``)."""
+
+    workdir: Path = _h("Folder for people, jobs and their outputs; nothing outside it is read or written "
+                       "on a request's behalf.", default=Path("facechain-workdir"))
+    base_model: str = _h("Base model for training (hub id, ModelScope id, folder or .safetensors).",
+                         default="ly261666/cv_portrait_model")
+    revision: str = _h("Revision of base_model.", default="v2.0")
+    sub_path: str = _h("Sub folder inside base_model.", default="film/film")
+    face_backend: str = _h("Face backend of preprocessing, ranking and eval: auto, insightface or dlib.",
+                           default="auto")
+    train: dict = _h("Trainer settings for every training (TrainConfig fields), e.g. {max_train_steps: 400}.",
+                     default_factory=dict)
+    generate: dict = _h("Generation settings for every portrait job (GenerateConfig fields).",
+                        default_factory=dict)
+    template: dict = _h("Template settings for every template job (TemplateConfig fields).", default_factory=dict)
+    stylize: dict = _h("Stylize settings for every stylize job (StylizeConfig fields).", default_factory=dict)
+    max_upload_mb: float = _h("Largest accepted upload file, in MB.", default=20.0)
+    max_photos: int = _h("Most photos per person.", default=30)
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str  # train | generate | template | stylize
+    state: str
+    created: float
+    params: dict
+    person: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    outputs: list[str] = field(default_factory=list)  # paths relative to the job's folder
+    info: dict = field(default_factory=dict)  # the stage's report (preprocess report, ranking scores ...)
+
+
+class NotFoundError(InputError):
+    """No such person, job or file (HTTP 404); other InputErrors are bad requests (400)."""
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(12)  # 16 URL-safe characters, 96 random bits
+
+
+def check_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not ID_RULE.match(value):
+        raise InputError(f"{what} {value!r} is not a valid id.")
+    return value
+
+
+def safe_name(name: str, fallback: str) -> str:
+    """An uploaded file's name reduced to its last component and safe characters (never a path)."""
+    base = re.split(r"[\\/]", str(name or ""))[-1]
+    base = NAME_RULE.sub("_", base).strip(" .")
+    return base[:80] or fallback
+
+
+def inside(root: Path, path: Path) -> Path:
+    """``path`` resolved, or InputError when it leaves ``root`` (symlinks included)."""
+    root_r, p = root.resolve(), path.resolve()
+    if p != root_r and root_r not in p.parents:
+        raise InputError("that path is outside the server's workdir.")
+    return p
+
+
+class Service:
+    def __init__(self, cfg: ServeConfig, workers: int | None = None):
+        self.cfg = cfg
+        self.root = Path(cfg.workdir).resolve()
+        for sub in ("people", "jobs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._load_jobs()
+        n = workers or self._gpu_count() or 1
+        self.devices = [f"cuda:{i}" for i in range(n)] if self._gpu_count() else ["auto"] * n
+        self._threads = [threading.Thread(target=self._work, args=(d,), daemon=True, name=f"facechain-job-{i}")
+                         for i, d in enumerate(self.devices)]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _gpu_count() -> int:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+    # ------------------------------------------------------------------ people
+
+    def person_dir(self, pid: str) -> Path:
+        return self.root / "people" / check_id(pid, "person")
+
+    def add_person(self, name: str, files: list[tuple[str, bytes]]) -> dict:
+        """Store the uploaded photos of a new person: each file checked (size, an image), names made safe."""
+        from facechain.io import write_bytes, write_json
+
+        name = (name or "").strip()[:64] or "person"
+        if not files:
+            raise InputError("no photos were uploaded. Upload 3-20 photos of one person, one face each.")
+        if len(files) > self.cfg.max_photos:
+            raise InputError(f"{len(files)} photos uploaded; the most is {self.cfg.max_photos}.")
+        checked, rejected = [], []
+        for i, (fname, data) in enumerate(files):  # one bad file is reported; the others are kept
+            try:
+                checked.append(self._check_image_upload(fname, data, f"photo {i}"))
+            except InputError as exc:
+                rejected.append({"file": safe_name(fname, f"photo {i}"), "status": "rejected", "reason": str(exc),
+                                 "output": None})
+        if not checked:
+            raise InputError("no uploaded file is a usable photo: " + "; ".join(r["reason"] for r in rejected))
+        pid = new_id()
+        folder = self.person_dir(pid)
+        used: set[str] = set()
+        for fname, data in checked:  # the upload's own (safe) name; a repeated one gets _2, _3 ...
+            stem, suffix, n = Path(fname).stem, Path(fname).suffix, 1
+            while fname.lower() in used:
+                n += 1
+                fname = f"{stem}_{n}{suffix}"
+            used.add(fname.lower())
+            write_bytes(folder / "photos" / fname, data)
+        write_json(folder / "person.json", {"id": pid, "name": name, "created": time.time(),
+                                            "photos": sorted(p.name for p in (folder / "photos").iterdir()),
+                                            "rejected_uploads": rejected})
+        return self.person(pid)
+
+    def _check_image_upload(self, fname: str, data: bytes, what: str) -> tuple[str, bytes]:
+        import io
+
+        from PIL import Image
+
+        from facechain.images import IMAGE_SUFFIXES
+
+        limit = self.cfg.max_upload_mb * 1e6
+        if len(data) > limit:
+            raise InputError(f"{what} ({safe_name(fname, '?')}) is {len(data) / 1e6:.1f} MB; the limit is "
+                             f"{self.cfg.max_upload_mb:g} MB.")
+        name = safe_name(fname, "photo.png")
+        if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{what} ({name}) is not an image file ({', '.join(IMAGE_SUFFIXES)}).")
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.verify()
+        except Exception as exc:
+            raise InputError(f"{what} ({name}) is not an image PIL can read ({type(exc).__name__}).") from None
+        return name, data
+
+    def person(self, pid: str) -> dict:
+        import json
+
+        from facechain import lora as lora_io
+
+        folder = self.person_dir(pid)
+        if not (folder / "person.json").is_file():
+            raise NotFoundError(f"no person {pid}.")
+        info = json.loads((folder / "person.json").read_text(encoding="utf-8"))
+        info["trained"] = (folder / "lora" / lora_io.LORA_FILE).is_file()
+        return info
+
+    def people(self) -> list[dict]:
+        out = []
+        for d in sorted((self.root / "people").iterdir()):
+            if ID_RULE.match(d.name) and (d / "person.json").is_file():
+                out.append(self.person(d.name))
+        return sorted(out, key=lambda p: p.get("created", 0))
+
+    def person_file(self, pid: str, rel: str) -> Path:
+        """A file of the person's processed photos (thumbnails of what preprocessing kept)."""
+        folder = self.person_dir(pid) / "processed"
+        path = inside(folder, folder / rel)
+        if not path.is_file():
+            raise NotFoundError(f"person {pid} has no processed file {rel!r}.")
+        return path
+
+    def lora_file(self, pid: str, fmt: str) -> Path:
+        from facechain import lora as lora_io
+
+        name = {"diffusers": lora_io.LORA_FILE, "kohya": lora_io.KOHYA_FILE}.get(fmt)
+        if name is None:
+            raise InputError(f"format {fmt!r}: use diffusers or kohya.")
+        path = self.person_dir(pid) / "lora" / name
+        if not path.is_file():
+            raise NotFoundError(f"person {pid} has no trained LoRA yet.")
+        return path
+
+    # ------------------------------------------------------------------ jobs
+
+    def job_dir(self, jid: str) -> Path:
+        return self.root / "jobs" / check_id(jid, "job")
+
+    def _save(self, job: Job) -> None:
+        import dataclasses
+
+        from facechain.io import write_json
+
+        write_json(self.job_dir(job.id) / "job.json", dataclasses.asdict(job))
+
+    def _load_jobs(self) -> None:
+        import json
+
+        for d in (self.root / "jobs").iterdir():
+            if not (ID_RULE.match(d.name) and (d / "job.json").is_file()):
+                continue
+            try:
+                job = Job(**json.loads((d / "job.json").read_text(encoding="utf-8")))
+            except (ValueError, TypeError) as exc:
+                logger.warning("job %s: unreadable job.json (%s); skipped", d.name, exc)
+                continue
+            if job.state in (QUEUED, RUNNING):  # a server stopped under it
+                job.state, job.error, job.finished = FAILED, "the server stopped before this job finished", time.time()
+                self._save(job)
+            self._jobs[job.id] = job
+
+    def submit(self, kind: str, params: dict, person: str | None = None, prepare=None) -> dict:
+        """Queue a job; ``prepare(job_dir)`` stores its inputs first (uploads)."""
+        job = Job(new_id(), kind, QUEUED, time.time(), params, person)
+        if prepare is not None:
+            prepare(self.job_dir(job.id))
+        with self._lock:
+            self._jobs[job.id] = job
+            self._save(job)
+        self._queue.put(job.id)
+        return self.job(job.id)
+
+    def job(self, jid: str) -> dict:
+        import dataclasses
+
+        check_id(jid, "job")
+        with self._lock:
+            job = self._jobs.get(jid)
+            if job is None:
+                raise NotFoundError(f"no job {jid}.")
+            out = dataclasses.asdict(job)
+        out["position"] = self._position(jid) if job.state == QUEUED else None
+        if job.kind == "train":
+            out["progress"] = self._train_progress(job)
+        return out
+
+    def jobs(self) -> list[dict]:
+        with self._lock:
+            ids = sorted(self._jobs, key=lambda j: -self._jobs[j].created)
+        return [self.job(j) for j in ids]
+
+    def _position(self, jid: str) -> int:
+        with self._queue.mutex:
+            pending = list(self._queue.queue)
+        return pending.index(jid) + 1 if jid in pending else 0
+
+    def job_file(self, jid: str, rel: str) -> Path:
+        folder = self.job_dir(jid)
+        path = inside(folder, folder / rel)
+        if not path.is_file():
+            raise NotFoundError(f"job {jid} has no file {rel!r}.")
+        return path
+
+    def _train_progress(self, job: Job) -> dict:
+        from facechain.io import read_jsonl
+
+        log = self.person_dir(job.person) / "lora" / "train_log.jsonl"
+        rows = read_jsonl(log) if log.is_file() else []
+        total = next((r.get("max_train_steps") for r in reversed(rows) if r.get("event") in ("start", "resume")), None)
+        losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+        return {"step": losses[-1][0] if losses else 0, "total": total, "loss": losses[-500:]}
+
+    def _work(self, device: str) -> None:
+        while True:
+            jid = self._queue.get()
+            with self._lock:
+                job = self._jobs[jid]
+                job.state, job.started = RUNNING, time.time()
+                self._save(job)
+            try:
+                getattr(self, f"_run_{job.kind}")(job, device)
+                state, error = DONE, None
+            except FacechainError as exc:  # a bad input: shown in the UI, the server goes on
+                state, error = FAILED, str(exc)
+            except Exception as exc:  # anything else: logged with its traceback, the server goes on
+                logger.error("job %s (%s) failed:\n%s", jid, job.kind, traceback.format_exc())
+                state, error = FAILED, f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                job.state, job.error, job.finished = state, error, time.time()
+                self._save(job)
+
+    def _set_info(self, job: Job, **info) -> None:
+        with self._lock:
+            job.info.update(info)
+            self._save(job)
+
+    # ------------------------------------------------------------------ the stages
+
+    def start_train(self, pid: str, params: dict | None = None) -> dict:
+        self.person(pid)
+        return self.submit("train", dict(params or {}), person=pid)
+
+    def _run_train(self, job: Job, device: str) -> None:
+        from facechain.config import from_dict
+        from facechain.preprocess import PreprocessConfig, preprocess
+        from facechain.train import TrainConfig, train
+
+        folder = self.person_dir(job.person)
+        result = preprocess(folder / "photos", folder / "processed",
+                            PreprocessConfig(face_backend=self.cfg.face_backend), progress=False)
+        self._set_info(job, preprocess=self.person(job.person).get("rejected_uploads", []) + [{"file": Path(e.input).name, "status": e.status,
+                                         "reason": " ".join(x for x in (e.reason, e.detail) if x) or None,
+                                         "output": Path(e.output).name if e.output else None} for e in result.entries])
+        settings = {"face_backend": self.cfg.face_backend, **self.cfg.train, **job.params,
+                    "base_model": self.cfg.base_model, "revision": self.cfg.revision, "sub_path": self.cfg.sub_path,
+                    "train_data_dir": str(folder / "processed"), "output_dir": str(folder / "lora"), "resume": True}
+        train(from_dict(TrainConfig, settings, where="training settings"), progress=False)
+
+    def start_generate(self, pid: str, params: dict) -> dict:
+        if not self.person(pid)["trained"]:
+            raise InputError(f"person {pid} has no trained LoRA yet: train first.")
+        return self.submit("generate", dict(params), person=pid)
+
+    def _run_generate(self, job: Job, device: str) -> None:
+        import json
+
+        from facechain.config import from_dict
+        from facechain.generate import GenerateConfig, run_job
+
+        folder = self.person_dir(job.person)
+        saved = json.loads((folder / "lora" / "train_config.json").read_text(encoding="utf-8"))
+        settings = {"face_backend": self.cfg.face_backend, **self.cfg.generate, **job.params,
+                    "base_model": saved["base_model"], "revision": saved.get("revision") or None,
+                    "sub_path": saved.get("sub_path") or None, "lora_dir": folder / "lora",
+                    "processed_dir": folder / "processed", "output_dir": self.job_dir(job.id) / "out"}
+        if "num_candidates" not in job.params and settings.get("num_images", 3) > settings.get("num_candidates", 10):
+            settings["num_candidates"] = settings.get("num_images", 3)  # more images asked than the default candidates
+        if device != "auto":
+            settings["device"] = device
+        result = run_job(from_dict(GenerateConfig, settings, where="generation settings"))
+        kept = [{"file": f"out/{k['file']}", "score": k.get("score"), "style": s["style"]}
+                for s in result.manifest["styles"] if "kept" in s for k in s["kept"]]
+        job.outputs = [k["file"] for k in kept] + ["out/manifest.json", "out/contact_sheet.png"]
+        self._set_info(job, gallery=kept)
+        if result.failures:
+            raise InputError("; ".join(f"{f.item}: {f.error}" for f in result.failures))
+
+    def start_template(self, template: tuple[str, bytes], people: list[str], params: dict | None = None) -> dict:
+        from facechain.io import write_bytes
+
+        name, data = self._check_image_upload(*template, "template")
+        for pid in people:
+            if not self.person(pid)["trained"]:
+                raise InputError(f"person {pid} has no trained LoRA yet: train first.")
+        return self.submit("template", {**(params or {}), "people": list(people), "template": f"inputs/{name}"},
+                           prepare=lambda d: write_bytes(d / "inputs" / name, data))
+
+    def _run_template(self, job: Job, device: str) -> None:
+        from facechain.config import from_dict
+        from facechain.template import PersonSpec, TemplateConfig, run_template
+
+        params = dict(job.params)
+        people = [PersonSpec(lora_dir=self.person_dir(p) / "lora", processed_dir=self.person_dir(p) / "processed",
+                             face=i) for i, p in enumerate(params.pop("people"))]
+        folder = self.job_dir(job.id)
+        settings = {"face_backend": self.cfg.face_backend, **self.cfg.template, **params,
+                    "template": folder / params.pop("template"),
+                    "people": people, "output_dir": folder / "out"}
+        if device != "auto":
+            settings["device"] = device
+        result = run_template(from_dict(TemplateConfig, settings, where="template settings"))
+        job.outputs = ["out/result.png", "out/manifest.json", "out/contact_sheet.png"]
+        self._set_info(job, faces=result.faces)
+
+    def start_stylize(self, content: tuple[str, bytes], style: tuple[str, bytes], params: dict | None = None) -> dict:
+        from facechain.io import write_bytes
+
+        c = self._check_image_upload(*content, "content image")
+        s = self._check_image_upload(*style, "style image")
+        c, s = ("content_" + c[0], c[1]), ("style_" + s[0], s[1])
+
+        def prepare(d: Path) -> None:
+            write_bytes(d / "inputs" / c[0], c[1])
+            write_bytes(d / "inputs" / s[0], s[1])
+
+        return self.submit("stylize", {**(params or {}), "content": f"inputs/{c[0]}", "style": f"inputs/{s[0]}"},
+                           prepare=prepare)
+
+    def _run_stylize(self, job: Job, device: str) -> None:
+        from facechain.config import from_dict
+        from facechain.stylize import StylizeConfig
+        from facechain.stylize.job import run_stylize_job
+
+        params = dict(job.params)
+        folder = self.job_dir(job.id)
+        content, style = folder / params.pop("content"), folder / params.pop("style")
+        settings = {"base_model": self.cfg.base_model, "revision": self.cfg.revision or None,
+                    "sub_path": self.cfg.sub_path or None, **self.cfg.stylize, **params}
+        if device != "auto":
+            settings["device"] = device
+        result = run_stylize_job(content, [style], from_dict(StylizeConfig, settings, where="stylize settings"),
+                                 folder / "out", progress=False)
+        job.outputs = [str(Path(p).resolve().relative_to(folder.resolve())) for p in result.outputs]
