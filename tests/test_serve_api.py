@@ -170,6 +170,17 @@ def test_template_and_stylize_jobs(server, trained):
     job = _wait(client, r.json()["id"])
     assert job["state"] == "done", job["error"]
     assert job["outputs"] and client.get(f"/api/jobs/{job['id']}/files/{job['outputs'][0]}").status_code == 200
+    import numpy as np
+
+    mask = np.zeros((512, 512), np.uint8)
+    mask[100:400, 150:350] = 255  # the face region of the astronaut
+    r = client.post("/api/stylize", data={"method": "portrait-diffusion", "only_mask_region": "true"},
+                    files={"content": ("me.png", _png(samples.astronaut()), "image/png"),
+                           "style": ("art.png", _png(samples.astronaut()[::-1].copy()), "image/png"),
+                           "content_mask": ("m.png", _png(mask), "image/png")})
+    masked = _wait(client, r.json()["id"])
+    assert masked["state"] == "done", masked["error"]
+    assert masked["params"]["content_mask"] == "inputs/content_mask_m.png" and masked["params"]["only_mask_region"]
     untrained = client.post("/api/people", data={"name": "n"},
                             files=[("photos", ("a.png", _png(samples.astronaut()), "image/png"))]).json()
     r = client.post("/api/template", data={"people": untrained["id"]},

@@ -40,14 +40,15 @@ def build_server(cfg: ServeConfig, workers: int | None = None):
 
     from facechain.errors import InputError
     from facechain.server.api import build_api
-    from facechain.server.app import build_app
+    from facechain.server.app import build_app, local_theme
 
     service = Service(cfg, workers)
     api = FastAPI(title="facechain", docs_url="/api/docs", openapi_url="/api/openapi.json")
     router, on_error = build_api(service)
     api.include_router(router)
     api.add_exception_handler(InputError, on_error)
-    app = gr.mount_gradio_app(api, build_app(service), path="/", allowed_paths=[str(service.root)])
+    app = gr.mount_gradio_app(api, build_app(service), path="/", allowed_paths=[str(service.root)], theme=local_theme(),
+                              max_file_size=int(cfg.max_upload_mb * 1e6))
     return app, service
 
 

@@ -10,7 +10,8 @@ web app is mounted on the same server). Long work returns a job id at once; poll
     POST /api/people/{id}/train (JSON: trainer settings, optional)     -> job
     POST /api/people/{id}/generate (JSON: styles, num_images, fast, pose, ...) -> job
     POST /api/template          (multipart: template, people (comma-separated ids, left to right)) -> job
-    POST /api/stylize           (multipart: content, style, method)    -> job
+    POST /api/stylize           (multipart: content, style, method; optional content_mask, style_mask,
+                                 only_mask_region)                       -> job
     GET  /api/jobs, /api/jobs/{id}                                      -> jobs / job (state, progress, error, outputs)
     GET  /api/jobs/{id}/files/{path}                                    an output file
 
@@ -100,8 +101,12 @@ def build_api(service: Service):
 
     @router.post("/stylize")
     async def stylize(content: UploadFile = File(...), style: UploadFile = File(...),
-                      method: str = Form("portrait-diffusion")):
-        return service.start_stylize(await read(content), await read(style), {"method": method})
+                      method: str = Form("portrait-diffusion"), content_mask: UploadFile | None = File(None),
+                      style_mask: UploadFile | None = File(None), only_mask_region: bool = Form(False)):
+        return service.start_stylize(
+            await read(content), await read(style), {"method": method, "only_mask_region": only_mask_region},
+            content_mask=await read(content_mask) if content_mask else None,
+            style_mask=await read(style_mask) if style_mask else None)
 
     @router.get("/jobs")
     def jobs():

@@ -31,6 +31,14 @@ def _status_line(job: dict) -> str:
     return f"job {job['id']}: {state}"
 
 
+def local_theme():
+    """Gradio's default theme with the system's fonts: the default would fetch Google fonts (a call home, and a
+    wait offline)."""
+    import gradio as gr
+
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
 def build_app(service: Service):
     import gradio as gr
 
@@ -75,10 +83,7 @@ def build_app(service: Service):
             lines.append(f"{img}**{name}**: {style.add_prompt_style}.{lora}")
         return "\n\n".join(lines) or "Pick at least one style."
 
-    # the system's fonts: the default theme would fetch Google fonts, a call home (and a wait offline)
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])
-    with gr.Blocks(title="facechain", theme=theme) as app:
+    with gr.Blocks(title="facechain") as app:
         gr.Markdown("# facechain\nTrain a face LoRA from a few photos, then make portraits, templates and stylized images.")
         with gr.Tab("Train", id="train"):
             with gr.Row():
@@ -217,6 +222,11 @@ def build_app(service: Service):
                 with gr.Column():
                     content = gr.Image(type="filepath", label="Content (a portrait)", elem_id="stylize-content")
                     style_img = gr.Image(type="filepath", label="Style image", elem_id="stylize-style")
+                    with gr.Row():
+                        content_mask = gr.Image(type="filepath", label="Content mask (optional: white = stylize)",
+                                                elem_id="stylize-content-mask")
+                        style_mask = gr.Image(type="filepath", label="Style mask (optional)", elem_id="stylize-style-mask")
+                    only_mask = gr.Checkbox(label="Only inside the content mask", value=False, elem_id="stylize-only-mask")
                     method = gr.Dropdown(choices=["portrait-diffusion", "styleid", "masactrl", "diffstyle"],
                                          value="portrait-diffusion", label="Method", elem_id="stylize-method")
                     sty_btn = gr.Button("Stylize", variant="primary", elem_id="stylize-button")
@@ -225,16 +235,19 @@ def build_app(service: Service):
                     sty_result = gr.Gallery(label="Result", elem_id="stylize-result")
             sty_job = gr.State(None)
 
-            def start_stylize(c, s, m):
+            def start_stylize(c, s, m, cm, sm, only):
                 if not c or not s:
                     return None, "**Error:** upload a content image and a style image."
-                return start(lambda: service.start_stylize(_read(c), _read(s), {"method": m}))
+                masks = {"content_mask": _read(cm) if cm else None, "style_mask": _read(sm) if sm else None}
+                return start(lambda: service.start_stylize(_read(c), _read(s), {"method": m, "only_mask_region": bool(only)},
+                                                           **masks))
 
             def refresh_stylize(jid):
                 return when_done(jid, lambda job: [str(service.job_file(jid, f)) for f in job["outputs"]
                                                    if f.endswith(".png")])
 
-            sty_btn.click(start_stylize, [content, style_img, method], [sty_job, sty_status])
+            sty_btn.click(start_stylize, [content, style_img, method, content_mask, style_mask, only_mask],
+                          [sty_job, sty_status])
             gr.Timer(1.0).tick(refresh_stylize, sty_job, [sty_status, sty_result])
 
         with gr.Tab("Runs", id="runs"):

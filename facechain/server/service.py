@@ -406,18 +406,23 @@ class Service:
         job.outputs = ["out/result.png", "out/manifest.json", "out/contact_sheet.png"]
         self._set_info(job, faces=result.faces)
 
-    def start_stylize(self, content: tuple[str, bytes], style: tuple[str, bytes], params: dict | None = None) -> dict:
+    def start_stylize(self, content: tuple[str, bytes], style: tuple[str, bytes], params: dict | None = None, *,
+                      content_mask: tuple[str, bytes] | None = None, style_mask: tuple[str, bytes] | None = None) -> dict:
+        """A stylize job; the optional masks (white = the region) are the CLI's --content-mask / --style-mask."""
         from facechain.io import write_bytes
 
-        c = self._check_image_upload(*content, "content image")
-        s = self._check_image_upload(*style, "style image")
-        c, s = ("content_" + c[0], c[1]), ("style_" + s[0], s[1])
+        files = {"content": content, "style": style, "content_mask": content_mask, "style_mask": style_mask}
+        stored = {}
+        for role, upload in files.items():
+            if upload is not None:
+                name, data = self._check_image_upload(*upload, role.replace("_", " "))
+                stored[role] = (f"inputs/{role}_{name}", data)
 
         def prepare(d: Path) -> None:
-            write_bytes(d / "inputs" / c[0], c[1])
-            write_bytes(d / "inputs" / s[0], s[1])
+            for rel, data in stored.values():
+                write_bytes(d / rel, data)
 
-        return self.submit("stylize", {**(params or {}), "content": f"inputs/{c[0]}", "style": f"inputs/{s[0]}"},
+        return self.submit("stylize", {**(params or {}), **{role: rel for role, (rel, _) in stored.items()}},
                            prepare=prepare)
 
     def _run_stylize(self, job: Job, device: str) -> None:
@@ -428,10 +433,11 @@ class Service:
         params = dict(job.params)
         folder = self.job_dir(job.id)
         content, style = folder / params.pop("content"), folder / params.pop("style")
+        masks = {k: folder / params.pop(k) for k in ("content_mask", "style_mask") if params.get(k)}
         settings = {"base_model": self.cfg.base_model, "revision": self.cfg.revision or None,
                     "sub_path": self.cfg.sub_path or None, **self.cfg.stylize, **params}
         if device != "auto":
             settings["device"] = device
         result = run_stylize_job(content, [style], from_dict(StylizeConfig, settings, where="stylize settings"),
-                                 folder / "out", progress=False)
+                                 folder / "out", progress=False, **masks)
         job.outputs = [str(Path(p).resolve().relative_to(folder.resolve())) for p in result.outputs]
