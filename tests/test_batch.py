@@ -289,3 +289,27 @@ def test_one_driver_per_batch_folder(tmp_path, tiny_sd15):
         held.release()
     with pytest.raises(InputError, match="--address 'nowhere'"):
         run_batch(cfg, address="nowhere", progress=False)
+
+
+@pytest.mark.slow
+def test_template_stage_in_process(tmp_path, tiny_sd15):
+    """A `template:` block adds a template stage: the person alone in the template photo, after generation."""
+    from facechain import samples
+    from facechain.batch import load_batch, run_batch
+    from facechain.io import save_image
+
+    save_image(tmp_path / "tpl.png", samples.astronaut())
+    photos = _photos(tmp_path / "photos")
+    path = _jobs(tmp_path / "b", tiny_sd15, photos, people=("alice",),
+                 extra=f"template: {{template: {tmp_path / 'tpl.png'}, controls: [], num_inference_steps: 4, "
+                       "fusion: 'off', device: cpu, dtype: float32}\neval: null")
+    cfg = load_batch(path)
+    assert cfg.people[0].stages == ("preprocess", "train", "generate", "template")
+    assert cfg.people[0].template.base_model == str(tiny_sd15) and cfg.people[0].template.people[0].face is None
+    result = run_batch(cfg, address="inprocess", progress=False)
+    assert result.exit_code == 0, result.failed
+    recs = _records(cfg.output_dir)
+    assert recs[("alice", "template")].state == "done"
+    assert set(recs[("alice", "template")].outputs) == {"alice/template/result.png", "alice/template/manifest.json"}
+    with pytest.raises(InputError, match="template .the template photo. is missing"):
+        load_batch(_jobs(tmp_path / "c", tiny_sd15, photos, people=("alice",), extra="template: {face: 0}"))

@@ -5,6 +5,7 @@
     preprocess: {face_backend: dlib}
     train: {max_train_steps: 400, resolution: 512}
     generate: {styles: [Business suit], num_images: 3}
+    template: {template: team.jpg, face: 0}   # optional: each person put into a template photo (face: its index)
     eval: {}                         # optional: the eval stage's settings (null: no eval stage)
     resources: {train_gpus: 1.0, generate_gpus: 1.0, ...}
     people:
@@ -33,11 +34,11 @@ from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("preprocess", "train", "generate", "eval")
+STAGES = ("preprocess", "train", "generate", "template", "eval")
 # folders the batch sets per person; a block that sets them would point two people at one folder
 OWNED = ("lora_dir", "processed_dir", "output_dir", "train_data_dir")
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-TOP_LEVEL = ("output_dir", "people", "preprocess", "train", "generate", "eval", "resources")
+TOP_LEVEL = ("output_dir", "people", "preprocess", "train", "generate", "template", "eval", "resources")
 
 
 def _h(text: str, **kw):
@@ -57,6 +58,8 @@ class Resources:
     generate_cpus: float = _h("Logical CPUs of a generation actor.", default=1.0)
     generate_workers: int = _h("Generation actors; 0 = one per generate_gpus share of the cluster's GPUs "
                                "(1 without GPUs).", default=0)
+    template_gpus: float = _h("GPUs of a template task.", default=1.0)
+    template_cpus: float = _h("Logical CPUs of a template task.", default=1.0)
     eval_cpus: float = _h("Logical CPUs of an eval task.", default=1.0)
     max_retries: int = _h("Times a task whose worker died (killed, node lost, spot preemption) is re-run; a "
                           "training re-run resumes from its last checkpoint.", default=2)
@@ -66,7 +69,7 @@ class Resources:
             v = getattr(self, f.name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
                 raise InputError(f"resources.{f.name} must be a number >= 0, got {v!r}.")
-        for name in ("train_gpus", "generate_gpus"):
+        for name in ("train_gpus", "generate_gpus", "template_gpus"):
             v = getattr(self, name)
             if v > 1 and v != int(v):
                 raise InputError(f"resources.{name} must be a fraction of one GPU (<= 1) or a whole number, got {v}.")
@@ -82,6 +85,7 @@ class PersonJob:
     preprocess: object  # PreprocessConfig
     train: object  # TrainConfig
     generate: object  # GenerateConfig
+    template: object | None  # TemplateConfig (this person alone in the template photo), None: no template stage
     eval: object | None  # EvalConfig, None: no eval stage
 
     @property
@@ -97,12 +101,16 @@ class PersonJob:
         return self.root / "portraits"
 
     @property
+    def template_dir(self) -> Path:
+        return self.root / "template"
+
+    @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return STAGES if self.eval is not None else STAGES[:-1]
+        return tuple(s for s in STAGES if getattr(self, s, True) is not None)
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,23 @@ def _build(cls, data: dict, where: str):
         raise InputError(f"{where}: {exc}") from None
 
 
+def _template_config(settings: dict, root: Path, base: Path, train_cfg, where: str):
+    """The person alone in the template photo (``face``: the template face's index; empty = its only face),
+    with their LoRA and processed photos, on the model the LoRA was trained on."""
+    from facechain.template import PersonSpec, TemplateConfig
+
+    settings = dict(settings)
+    if not settings.get("template"):
+        raise InputError(f"{where}: template (the template photo) is missing.")
+    settings["template"] = _abs(settings["template"], base)
+    face = settings.pop("face", None)
+    settings["people"] = [PersonSpec(lora_dir=root / "lora", processed_dir=root / "processed", face=face)]
+    settings["output_dir"] = root / "template"
+    for key in ("base_model", "revision", "sub_path"):  # the model the person's LoRA was trained on
+        settings[key] = getattr(train_cfg, key) or (None if key != "base_model" else "")
+    return _build(TemplateConfig, settings, where)
+
+
 def load_batch(path: str | os.PathLike) -> BatchConfig:
     """Read and check a batch file; every person's stage configs are built here, so a bad setting is one
     error naming the person and the setting before any work starts."""
@@ -158,6 +183,7 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
     from facechain.evaluate import EvalConfig
     from facechain.generate.config import GenerateConfig, looks_relative_path, resolve_paths
     from facechain.preprocess import PreprocessConfig
+    from facechain.template import TemplateConfig
     from facechain.train.config import TrainConfig
 
     path = Path(path).resolve()
@@ -180,7 +206,7 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
     people = data.get("people")
     if not isinstance(people, list) or not people:
         raise InputError(f"{where}: people must be a non-empty list of {{name, photos}}.")
-    blocks = {s: _block(data, s, where) for s in ("preprocess", "train", "generate")}
+    blocks = {s: _block(data, s, where) for s in ("preprocess", "train", "generate", "template")}
     eval_on = "eval" not in data or data["eval"] is not None
     blocks["eval"] = _block(data, "eval", where) if eval_on else {}
     jobs, seen = [], set()
@@ -188,10 +214,10 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
         pw = f"{where}: people[{i}]"
         if not isinstance(person, dict):
             raise InputError(f"{pw} must be a mapping {{name, photos, ...}}, got {person!r}.")
-        extra = sorted(set(person) - {"name", "photos", "preprocess", "train", "generate", "eval"})
+        extra = sorted(set(person) - {"name", "photos", "preprocess", "train", "generate", "template", "eval"})
         if extra:
             raise InputError(f"{pw} has unknown keys {extra}; a person takes name, photos and per-person "
-                             "preprocess/train/generate/eval blocks.")
+                             "preprocess/train/generate/template/eval blocks.")
         name = person.get("name")
         if not isinstance(name, str) or not NAME_RULE.match(name):
             raise InputError(f"{pw}: name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it names the "
@@ -225,8 +251,12 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
         for key in ("base_model", "revision", "sub_path"):  # generation uses the model the LoRA was trained on
             gen.setdefault(key, getattr(train_cfg, key) or None)
         gen_cfg = _build(GenerateConfig, gen, f"{pw}.generate")
+        tpl = None
+        if data.get("template") is not None:
+            tpl = _template_config(settings("template", _fields(TemplateConfig) | {"face"}), root, base, train_cfg,
+                                   f"{pw}.template")
         ev = None
         if eval_on:
             ev = _build(EvalConfig, {**settings("eval", _fields(EvalConfig)), "output_dir": root / "eval"}, f"{pw}.eval")
-        jobs.append(PersonJob(name, _abs(person["photos"], base), root, pre, train_cfg, gen_cfg, ev))
+        jobs.append(PersonJob(name, _abs(person["photos"], base), root, pre, train_cfg, gen_cfg, tpl, ev))
     return BatchConfig(path, out, jobs, resources)

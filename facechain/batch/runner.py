@@ -137,6 +137,7 @@ class RayExecutor:
         common = dict(max_retries=r.max_retries, retry_exceptions=False)
         self.options = {"preprocess": dict(num_cpus=r.preprocess_cpus, **common),
                         "train": dict(num_cpus=r.train_cpus, num_gpus=g(r.train_gpus), **common),
+                        "template": dict(num_cpus=r.template_cpus, num_gpus=g(r.template_gpus), **common),
                         "eval": dict(num_cpus=r.eval_cpus, **common)}
         self.stage_task = ray.remote(_run_local_stage)
         n = r.generate_workers or (max(1, int(gpus // r.generate_gpus)) if gpus > 0 and r.generate_gpus > 0 else 1)

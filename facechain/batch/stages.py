@@ -9,6 +9,8 @@ the record running; the driver (or Ray's retry of the task) takes it from there.
 * train: ``facechain.train.train`` with ``resume=True``: a re-run continues from the last checkpoint;
 * generate: :class:`GenerationWorker`, a long-lived worker (a Ray actor) that keeps the base pipeline
   loaded and swaps the face LoRA between people (:meth:`PortraitGenerator.switch_person`);
+* template (when the batch file has a ``template:`` block): ``facechain.template.run_template`` with the
+  person in the template photo (a task: it loads its own pipeline);
 * eval: ``facechain.evaluate.evaluate`` portraits against the processed photos.
 """
 
@@ -50,6 +52,8 @@ def stage_outputs(job: PersonJob, stage: str) -> list[Path]:
         manifest = json.loads((job.portraits_dir / "manifest.json").read_text(encoding="utf-8"))
         kept = [k["file"] for s in manifest["styles"] if "kept" in s for k in s["kept"]]
         return [job.portraits_dir / "manifest.json"] + [job.portraits_dir / Path(f).name for f in kept]
+    if stage == "template":
+        return [job.template_dir / "result.png", job.template_dir / "manifest.json"]
     if stage == "eval":
         return [job.eval_dir / "report.json"]
     raise ValueError(stage)
@@ -73,7 +77,15 @@ def _run_eval(job: PersonJob) -> None:
     evaluate(job.portraits_dir, job.processed_dir, job.eval)
 
 
-RUNNERS = {"preprocess": _run_preprocess, "train": _run_train, "eval": _run_eval}
+def _run_template(job: PersonJob) -> None:
+    from facechain.template import run_template
+
+    result = run_template(job.template)
+    if result.failures:
+        raise FacechainError("; ".join(f"{f.item}: {f.error}" for f in result.failures))
+
+
+RUNNERS = {"preprocess": _run_preprocess, "train": _run_train, "template": _run_template, "eval": _run_eval}
 
 
 def record(manifest_path: str, batch_root: str, job: PersonJob, stage: str, work) -> dict:
