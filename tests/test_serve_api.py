@@ -26,7 +26,12 @@ def server(tmp_path_factory, tiny_sd15):
     from facechain.server import build_server, demo_config
 
     work = tmp_path_factory.mktemp("serve")
-    cfg = dataclasses.replace(demo_config(work), base_model=str(tiny_sd15), max_upload_mb=2.0)
+    from facechain import samples
+    from facechain.io import save_image
+
+    save_image(work / "templates" / "solo.png", samples.astronaut())
+    cfg = dataclasses.replace(demo_config(work), base_model=str(tiny_sd15), max_upload_mb=2.0,
+                              templates_dir=work / "templates")
     app, service = build_server(cfg)
     with TestClient(app) as client:
         yield client, service
@@ -164,6 +169,11 @@ def test_template_and_stylize_jobs(server, trained):
     job = _wait(client, r.json()["id"])
     assert job["state"] == "done", job["error"]
     assert client.get(f"/api/jobs/{job['id']}/files/out/result.png").status_code == 200
+    assert client.get("/api/templates").json()["templates"] == ["solo.png"]
+    named = _wait(client, client.post("/api/template", data={"people": person["id"], "name": "solo.png"}).json()["id"])
+    assert named["state"] == "done", named["error"]
+    r = client.post("/api/template", data={"people": person["id"], "name": "../serve.png"})
+    assert r.status_code == 400 and "no template '../serve.png'" in r.json()["error"]
     r = client.post("/api/stylize", data={"method": "portrait-diffusion"},
                     files={"content": ("me.png", _png(samples.astronaut()), "image/png"),
                            "style": ("art.png", _png(samples.astronaut()[::-1].copy()), "image/png")})

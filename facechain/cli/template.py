@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from facechain.config import add_config_arguments
     from facechain.template.config import TemplateConfig
 
-    p.add_argument("template", help="the template photo")
+    p.add_argument("template", help="the template photo (a path, or the name of a photo in templates/)")
     p.add_argument("--person", dest="_person", action="append", default=[], metavar="LORA_DIR[:PROCESSED_DIR][@FACE]",
                    help="one per person, left to right (or @FACE: the template face's index from --list-faces)")
     p.add_argument("--list-faces", dest="_list_faces", action="store_true",
@@ -43,6 +43,7 @@ def run(args) -> int:
 
     from facechain.config import from_dict, settings_from_args
     from facechain.template import TemplateConfig, list_template_faces, run_template
+    from facechain.template.config import resolve_template
 
     if args._list_faces:
         from facechain.face import get_analyzer
@@ -50,7 +51,7 @@ def run(args) -> int:
         from facechain.template.job import describe_faces
 
         settings = settings_from_args(TemplateConfig, args)
-        _, faces, preview = list_template_faces(args.template, get_analyzer(settings.get("face_backend", "auto")))
+        _, faces, preview = list_template_faces(resolve_template(args.template), get_analyzer(settings.get("face_backend", "auto")))
         for d in describe_faces(faces):
             print(f"face {d['index']}: box {d['bbox']}, size {d['size']:.0f} px")
         if settings.get("output_dir"):  # written through the folder's record, like every output
@@ -63,7 +64,7 @@ def run(args) -> int:
             print(f"annotated preview: {Path(settings['output_dir']) / 'faces_preview.png'}")
         return 0
     settings = settings_from_args(TemplateConfig, args)
-    settings.update(template=args.template, people=[parse_person(p) for p in args._person])
+    settings.update(template=resolve_template(args.template), people=[parse_person(p) for p in args._person])
     result = run_template(from_dict(TemplateConfig, settings))
     print(f"result: {result.result} (faces, manifest.json and contact_sheet.png in {result.output_dir})")
     for f in result.failures:

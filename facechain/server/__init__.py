@@ -47,7 +47,7 @@ def build_server(cfg: ServeConfig, workers: int | None = None):
     router, on_error = build_api(service)
     api.include_router(router)
     api.add_exception_handler(InputError, on_error)
-    app = gr.mount_gradio_app(api, build_app(service), path="/", allowed_paths=[str(service.root)], theme=local_theme(),
+    app = gr.mount_gradio_app(api, build_app(service), path="/", allowed_paths=[str(service.root), str(service.templates_dir)], theme=local_theme(),
                               max_file_size=int(cfg.max_upload_mb * 1e6))
     return app, service
 

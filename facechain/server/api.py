@@ -9,7 +9,8 @@ web app is mounted on the same server). Long work returns a job id at once; poll
     GET  /api/people/{id}/lora?format=diffusers|kohya                  the trained LoRA
     POST /api/people/{id}/train (JSON: trainer settings, optional)     -> job
     POST /api/people/{id}/generate (JSON: styles, num_images, fast, pose, ...) -> job
-    POST /api/template          (multipart: template, people (comma-separated ids, left to right)) -> job
+    GET  /api/templates                                                 -> the photos in templates/
+    POST /api/template          (multipart: template or name, people (comma-separated ids, left to right)) -> job
     POST /api/stylize           (multipart: content, style, method; optional content_mask, style_mask,
                                  only_mask_region)                       -> job
     GET  /api/jobs, /api/jobs/{id}                                      -> jobs / job (state, progress, error, outputs)
@@ -94,10 +95,18 @@ def build_api(service: Service):
     async def generate(pid: str, request: Request):
         return service.start_generate(pid, await json_body(request))
 
+    @router.get("/templates")
+    def templates():
+        from facechain.template.config import named_templates
+
+        return {"templates": named_templates(service.templates_dir)}
+
     @router.post("/template")
-    async def template(template: UploadFile = File(...), people: str = Form(...)):
+    async def template(people: str = Form(...), template: UploadFile | None = File(None), name: str = Form("")):
         ids = [p.strip() for p in people.split(",") if p.strip()]
-        return service.start_template(await read(template), ids)
+        if template is None and not name:
+            raise InputError("upload a template photo (template) or name one in templates/ (name).")
+        return service.start_template(await read(template) if template is not None else name, ids)
 
     @router.post("/stylize")
     async def stylize(content: UploadFile = File(...), style: UploadFile = File(...),

@@ -55,6 +55,11 @@ def build_app(service: Service):
 
         return named_poses()
 
+    def templates():
+        from facechain.template.config import named_templates
+
+        return named_templates(service.templates_dir)
+
     def start(submit):
         """(job id, status line) of a submitted job, or (None, the error) when it was refused."""
         try:
@@ -181,7 +186,9 @@ def build_app(service: Service):
         with gr.Tab("Templates", id="templates"):
             with gr.Row():
                 with gr.Column():
-                    tpl = gr.Image(type="filepath", label="Template photo", elem_id="template-image")
+                    tpl_named = gr.Dropdown(choices=["(upload)"] + templates(), value="(upload)",
+                                            label="Template from templates/", elem_id="template-named")
+                    tpl = gr.Image(type="filepath", label="Template photo (upload)", elem_id="template-image")
                     detect = gr.Button("Find faces", elem_id="template-detect")
                     faces_view = gr.Image(label="Faces, numbered left to right", interactive=False,
                                           elem_id="template-faces")
@@ -205,16 +212,22 @@ def build_app(service: Service):
                     return None, f"**Error:** {exc}"
                 return preview, f"{len(faces)} face(s) found; pick one person per face, left to right."
 
-            def start_template(path, ids):
+            def pick_template(name):
+                return str(service.templates_dir / name) if name in templates() else None
+
+            def start_template(named, path, ids):
+                if named and named != "(upload)":
+                    return start(lambda: service.start_template(named, list(ids or [])))
                 if not path:
-                    return None, "**Error:** upload a template photo first."
+                    return None, "**Error:** upload a template photo, or pick one from templates/."
                 return start(lambda: service.start_template(_read(path), list(ids or [])))
 
             def refresh_template(jid):
                 return when_done(jid, lambda job: str(service.job_file(jid, "out/result.png")))
 
             detect.click(find_faces, tpl, [faces_view, tpl_status])
-            tpl_btn.click(start_template, [tpl, tpl_people], [tpl_job, tpl_status])
+            tpl_named.change(pick_template, tpl_named, tpl)
+            tpl_btn.click(start_template, [tpl_named, tpl, tpl_people], [tpl_job, tpl_status])
             gr.Timer(1.0).tick(refresh_template, tpl_job, [tpl_status, tpl_result])
 
         with gr.Tab("Stylize", id="stylize"):

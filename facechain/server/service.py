@@ -57,6 +57,8 @@ class ServeConfig:
                         default_factory=dict)
     template: dict = _h("Template settings for every template job (TemplateConfig fields).", default_factory=dict)
     stylize: dict = _h("Stylize settings for every stylize job (StylizeConfig fields).", default_factory=dict)
+    templates_dir: Path | None = _h("Folder of template photos offered by name; empty = the repository's templates/.",
+                                    default=None)
     max_upload_mb: float = _h("Largest accepted upload file, in MB.", default=20.0)
     max_photos: int = _h("Most photos per person.", default=30)
 
@@ -109,6 +111,9 @@ class Service:
     def __init__(self, cfg: ServeConfig, workers: int | None = None):
         self.cfg = cfg
         self.root = Path(cfg.workdir).resolve()
+        from facechain.template.config import TEMPLATES_DIR
+
+        self.templates_dir = Path(cfg.templates_dir or TEMPLATES_DIR).resolve()
         for sub in ("people", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -379,9 +384,16 @@ class Service:
         if result.failures:
             raise InputError("; ".join(f"{f.item}: {f.error}" for f in result.failures))
 
-    def start_template(self, template: tuple[str, bytes], people: list[str], params: dict | None = None) -> dict:
+    def start_template(self, template: tuple[str, bytes] | str, people: list[str], params: dict | None = None) -> dict:
+        """A template job: ``template`` is an upload (name, bytes) or the name of a photo in ``templates/``."""
         from facechain.io import write_bytes
+        from facechain.template.config import named_templates
 
+        if isinstance(template, str):
+            names = named_templates(self.templates_dir)
+            if template not in names:  # a name from the list, never a path
+                raise InputError(f"no template {template!r} in {self.templates_dir} (there: {names or 'none'}).")
+            template = (template, (self.templates_dir / template).read_bytes())
         name, data = self._check_image_upload(*template, "template")
         for pid in people:
             if not self.person(pid)["trained"]:

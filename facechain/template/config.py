@@ -14,6 +14,27 @@ def _h(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 
 
+# template photos users drop in: `facechain template NAME` and the web app's Templates tab find them by name
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+
+
+def named_templates(folder: Path = TEMPLATES_DIR) -> list[str]:
+    """The image files in ``templates/`` (names)."""
+    from facechain.images import IMAGE_SUFFIXES
+
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def resolve_template(ref) -> Path:
+    """A template given as a path, or as the name of a photo in ``templates/``."""
+    path = Path(ref)
+    if not path.exists() and str(ref) in named_templates():
+        return TEMPLATES_DIR / str(ref)
+    return path
+
+
 def load_template_config(path) -> "TemplateConfig":
     """A ``mode: template`` config file (run_inference's): its paths relative to the file's folder."""
     import os
