@@ -48,6 +48,8 @@ def load_template_config(path) -> "TemplateConfig":
     def rel(v):
         return str((base / v).resolve()) if isinstance(v, str) and v and not os.path.isabs(os.path.expanduser(v)) else v
 
+    if isinstance(data.get("template"), str) and not (base / data["template"]).exists():
+        data["template"] = str(resolve_template(data["template"]))  # a photo in templates/, by name
     for key in ("template", "output_dir"):
         if key in data:
             data[key] = rel(data[key])
