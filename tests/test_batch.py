@@ -149,6 +149,8 @@ def test_manifest_survives_concurrent_writers(tmp_path):
 
     m = Manifest(tmp_path / "batch.sqlite")
     m.create()
+    assert [p.name for p in tmp_path.iterdir()] == ["batch.sqlite"]  # built beside, renamed into place whole
+    assert m.records() == []
     for p in range(4):
         m.ensure(f"p{p}", ("a", "b"))
     m.ensure("shared", ("count",))
@@ -225,17 +227,19 @@ def test_driver_killed_then_resumed(batch_inputs, uninterrupted):
     path = _jobs(root / "killed", model, photos)
     out = path.parent / "out"
     proc = _batch(path, cwd=root, wait=False, log=root / "killed.log")
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        time.sleep(0.5)
-        if (out / "batch.sqlite").is_file():
-            recs = _records(out)
-            if recs and any(r.state == "done" for r in recs.values()) and ("alice", "train") in recs \
-                    and recs[("alice", "train")].state in ("running", "done") and recs[("bob", "eval")].state != "done":
-                break
-        assert proc.poll() is None, (root / "killed.log").read_text()
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if (out / "batch.sqlite").is_file():
+                recs = _records(out)
+                if recs and any(r.state == "done" for r in recs.values()) and ("alice", "train") in recs \
+                        and recs[("alice", "train")].state in ("running", "done") and recs[("bob", "eval")].state != "done":
+                    break
+            assert proc.poll() is None, (root / "killed.log").read_text()
+    finally:  # the driver and the Ray runtime it started: killed here, also when the test fails
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     before = _records(out)
     finished = {k: r.finished for k, r in before.items() if r.state == "done"}
     assert finished and len(finished) < 8
@@ -257,17 +261,22 @@ def test_training_worker_killed_is_retried_from_its_checkpoint(batch_inputs):
     proc = _batch(path, cwd=root, wait=False, log=root / "worker.log")
     from facechain.train.checkpoint import list_checkpoints
 
-    deadline, pid = time.time() + 300, None
-    while time.time() < deadline and pid is None:
-        time.sleep(0.2)
-        if (out / "batch.sqlite").is_file():
-            r = _records(out).get(("alice", "train"))
-            if r is not None and r.state == "running" and list_checkpoints(out / "alice" / "lora"):
-                pid = int(r.worker.rsplit(":", 1)[1])
-        assert proc.poll() is None, (root / "worker.log").read_text()
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    assert proc.wait(timeout=600) == 0, (root / "worker.log").read_text()
+    try:
+        deadline, pid = time.time() + 300, None
+        while time.time() < deadline and pid is None:
+            time.sleep(0.2)
+            if (out / "batch.sqlite").is_file():
+                r = _records(out).get(("alice", "train"))
+                if r is not None and r.state == "running" and list_checkpoints(out / "alice" / "lora"):
+                    pid = int(r.worker.rsplit(":", 1)[1])
+            assert proc.poll() is None, (root / "worker.log").read_text()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(timeout=600) == 0, (root / "worker.log").read_text()
+    finally:  # never leave the batch (and its Ray runtime) running after a failure
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     r = _records(out)[("alice", "train")]
     assert r.state == "done" and r.attempts == 2
     starts = [e for e in map(json.loads, (out / "alice" / "lora" / "train_log.jsonl").read_text().splitlines())

@@ -79,13 +79,20 @@ class Manifest:
             con.close()
 
     def create(self) -> None:
+        """The file with its tables. A new file is built beside and renamed into place, so a reader (``facechain
+        batch status``, a worker) never opens it before its tables exist."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+        target = self.path
+        if not target.exists():
+            target = self.path.with_name(f"{self.path.name}.{os.getpid()}.new")
+        con = sqlite3.connect(target, timeout=120, isolation_level=None)
         try:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
         finally:
-            con.close()
+            con.close()  # the last connection: SQLite folds the WAL into the file and removes it
+        if target != self.path:
+            os.replace(target, self.path)
 
     def exists(self) -> bool:
         return self.path.is_file()
