@@ -91,8 +91,8 @@ class Manifest:
             con.executescript(_SCHEMA)
         finally:
             con.close()  # the last connection: SQLite folds the WAL into the file and removes it
-        if target != self.path:
-            os.replace(target, self.path)
+        if target != self.path:  # only the driver calls create(), under its batch.lock: nobody else made the file
+            os.replace(target, self.path)  # our own temp file onto a name that did not exist a moment ago
 
     def exists(self) -> bool:
         return self.path.is_file()
