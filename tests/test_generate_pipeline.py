@@ -69,7 +69,7 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     assert len(list((out / "candidates").glob("*.png"))) == 6
     man = json.loads((out / "manifest.json").read_text())
     suit, broken, ink = man["styles"]  # a broken style is reported; the others still run
-    assert broken["style"] == "Broken" and "could not be loaded" in broken["error"]
+    assert broken["style"] == "Broken" and "could not be read as a safetensors file" in broken["error"]
     assert man["failed"] == [{"item": "Broken", "error": broken["error"]}]
     assert suit["prompt"].startswith("<fcsks>, a person, wearing a tailored dark business suit")
     assert ink["prompt"] == "<fcsks>, a person, (ink drawing:1.3), black and white"  # weights kept: compel reads them

@@ -447,7 +447,7 @@ def test_a_damaged_lora_file_is_a_clear_error(tiny_sd15, tmp_path):
 
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{truncated")
     pipe = load_pipeline(resolve_model(str(tiny_sd15)))
-    with pytest.raises(InputError, match=r"LoRA .*bad.safetensors \(face\) could not be loaded"):
+    with pytest.raises(InputError, match=r"LoRA .*bad.safetensors could not be read as a safetensors file"):
         _load_lora(pipe, tmp_path / "bad.safetensors", "face")
 
 

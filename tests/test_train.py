@@ -562,3 +562,25 @@ def test_flat_parameter_views_weights_and_gradients():
     assert not torch.equal(next(net.parameters()), before[0])  # stepping the flat tensor moves the layers
     opt.zero_grad(set_to_none=False)
     assert next(net.parameters()).grad.abs().sum() == 0 and flat.grad.data_ptr() == next(net.parameters()).grad.data_ptr()
+
+
+def test_init_lora_facechain_asks_for_the_file_facechain_publishes(monkeypatch, tmp_path):
+    """`--init_lora facechain` (README quickstart) is damo/face_frombase_c4 at revision v1.0.0, file
+    face_frombase_c4.bin, as every FaceChain version loads it; offline, the error names that file and revision."""
+    import facechain.models as models
+    from facechain.errors import ModelNotFoundError
+    from facechain.train.config import TrainConfig
+    from facechain.train.trainer import resolve_init_lora
+
+    cfg = TrainConfig(base_model="m", train_data_dir=str(tmp_path), output_dir=str(tmp_path / "o"), init_lora="facechain")
+    asked = []
+    real = models.resolve_weights_file
+
+    def recording(ref, **kw):
+        asked.append((ref, kw.get("revision"), kw.get("filename"), kw.get("allow_pickle")))
+        return real(ref, **kw)
+
+    monkeypatch.setattr(models, "resolve_weights_file", recording)
+    with pytest.raises(ModelNotFoundError, match=r"damo/face_frombase_c4 revision v1\.0\.0, file face_frombase_c4\.bin"):
+        resolve_init_lora(cfg)
+    assert asked == [("damo/face_frombase_c4", "v1.0.0", "face_frombase_c4.bin", True)]

@@ -23,9 +23,11 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 RESUME_MUTABLE = ("resume", "checkpoints_total_limit", "allow_pickle", "single_file_config", "allow_other_files",
                   "num_threads", "compile_unet")
 # FaceChain's generic face LoRA (ModelScope), the start of its default training: `--init_lora facechain`.
-# It is made for FaceChain's base, ly261666/cv_portrait_model v2.0 film/film (SD1.5).
+# It is made for FaceChain's base, ly261666/cv_portrait_model v2.0 film/film (SD1.5). Repo, revision and file as
+# every FaceChain version loads it (facechain/train_text_to_image_lora.py: snapshot_download('damo/face_frombase_c4',
+# revision='v1.0.0'), then face_frombase_c4.bin): an attention-processor-format tensor pickle.
 FACECHAIN_INIT_LORA = "facechain"
-FACECHAIN_FACE_LORA = ("damo/face_frombase_c4", "pytorch_lora_weights.bin")
+FACECHAIN_FACE_LORA = ("damo/face_frombase_c4", "v1.0.0", "face_frombase_c4.bin")
 # Paths compared by what they point to (the same folder, the same model's files), not by spelling.
 RESUME_SAME_TARGET = ("base_model", "train_data_dir", "output_dir")
 # accelerate's set_seed seeds numpy too, which takes seeds below 2**32; each process adds its index.

@@ -173,15 +173,17 @@ def resolve_init_lora(cfg: TrainConfig) -> Path:
     if cfg.init_lora != FACECHAIN_INIT_LORA:
         return resolve_weights_file(cfg.init_lora, filename=cfg.init_lora_weight_name or None,
                                     allow_pickle=cfg.allow_pickle, what="init LoRA")
-    repo, name = FACECHAIN_FACE_LORA
+    repo, revision, name = FACECHAIN_FACE_LORA
+    name = cfg.init_lora_weight_name or name
     try:
-        return resolve_weights_file(repo, filename=cfg.init_lora_weight_name or name, allow_pickle=True,
+        return resolve_weights_file(repo, filename=name, revision=revision, allow_pickle=True,
                                     what="FaceChain's face LoRA (--init_lora facechain)")
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(
-            f"--init_lora facechain: FaceChain's face LoRA ({repo} / {name} on ModelScope) could not be had ({exc}). "
-            f"Connect to ModelScope once (it is cached afterwards), or download {name} from {repo} yourself and pass "
-            "--init_lora PATH_TO_FILE --allow_pickle, or train without --init_lora."
+            f"--init_lora facechain: FaceChain's face LoRA ({repo} revision {revision}, file {name}, on ModelScope) "
+            f"could not be had ({exc}). Connect to ModelScope once (it is cached afterwards), or download {name} "
+            f"from {repo} (revision {revision}) yourself and pass --init_lora PATH_TO_FILE --allow_pickle, or train "
+            "without --init_lora."
         ) from exc
 
 
