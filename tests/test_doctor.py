@@ -219,3 +219,21 @@ def test_doctor_json_reports_this_machine(tmp_path):
     assert by[("models", "insightface buffalo_l")]["status"] == "note"
     assert by[("disk", "Hugging Face cache")]["data"]["path"] == str(tmp_path / "hub")
     assert not (tmp_path / "insightface").exists() and not (tmp_path / "modelscope").exists()
+
+
+def test_cli_json_parses_and_its_exit_code_counts_the_problems(capsys, tmp_path, monkeypatch):
+    import shutil
+
+    from facechain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["doctor", "--json", "--only", "opencv,disk"])
+    report = json.loads(capsys.readouterr().out)
+    assert {f["section"] for f in report["findings"]} == {"opencv", "disk"}
+    assert code == (1 if report["problems"] else 0)
+    (here,) = [f for f in report["findings"] if f["check"] == "current folder"]
+    free = shutil.disk_usage(tmp_path).free
+    assert abs(here["data"]["free_bytes"] - free) < 1 << 30  # other writers on the disk move it a little
+    assert here["status"] == ("problem" if free < doctor.MIN_FREE_DISK else "ok")
+    assert main(["doctor", "--only", "bogus"]) == 1
+    assert "doctor sections ['bogus'] are unknown" in capsys.readouterr().err
