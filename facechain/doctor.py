@@ -412,11 +412,23 @@ def _in_modelscope_cache(model: DefaultModel) -> Path | None:
     return path if path.is_file() else None
 
 
+def _hf_repo_sizes(cache: Path) -> dict[str, int]:
+    """Bytes on disk of each model repo in the Hugging Face cache (huggingface_hub's scan_cache_dir)."""
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        info = scan_cache_dir(cache)
+    except Exception:  # CacheNotFound (no cache folder yet) or an unreadable one: no sizes
+        return {}
+    return {r.repo_id: r.size_on_disk for r in info.repos if r.repo_type == "model"}
+
+
 def check_models(models: Iterable[DefaultModel] | None = None) -> list[Finding]:
     """One finding per default model: cached (where), or downloaded on first use."""
     cache = hf_cache_dir()
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     out = []
+    sizes: dict[str, int] | None = None  # scanned once, on the first hit
     for m in default_models() if models is None else models:
         rev = f" (revision {m.revision})" if m.revision else ""
         hit = _in_hf_cache(m, cache)
@@ -426,7 +438,16 @@ def check_models(models: Iterable[DefaultModel] | None = None) -> list[Finding]:
             hub = "modelscope" if hit else None
         data = {"repo_id": m.repo_id, "revision": m.revision, "file": m.filename, "cached": hub, "path": str(hit or "")}
         if hit:
-            out.append(Finding("models", m.repo_id, "ok", f"{m.used_for}: cached ({hub}, {hit.parent})", data=data))
+            if hub == "huggingface":
+                sizes = sizes if sizes is not None else _hf_repo_sizes(cache)
+                size = sizes.get(m.repo_id, 0)
+            else:  # the ModelScope snapshot folder holding the file
+                root = hit.parents[len(Path(m.filename).parts) - 1]
+                size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+            data["size_bytes"] = size
+            # a folder model whose download stopped half-way has its config and few of its weights
+            out.append(Finding("models", m.repo_id, "ok", f"{m.used_for}: cached ({hub}: {hit}; {_gib(size)} of its "
+                               "files in the cache)", data=data))
             continue
         when = "downloads are off (HF_HUB_OFFLINE), so using it fails" if offline else f"downloaded from {m.hub} on first use"
         out.append(Finding("models", m.repo_id, "note", f"{m.used_for}: {m.filename} not cached{rev}; {when}",

@@ -166,6 +166,7 @@ def test_a_model_in_the_hub_cache_shows_as_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     (found,) = [f for f in doctor.check_models([DefaultModel(repo, LORA_FILE, "LCM")]) if f.check == repo]
     assert found.status == "ok" and found.data["cached"] == "huggingface" and Path(found.data["path"]) == snap
+    assert found.data["size_bytes"] == snap.resolve().stat().st_size  # the one blob, as huggingface_hub counts it
 
 
 @pytest.mark.slow  # loads dlib and imports insightface: about 9 s on 2 cores
@@ -188,7 +189,15 @@ def test_doctor_json_reports_this_machine(tmp_path):
 
     from facechain.lora import LCM_LORAS, LORA_FILE
 
+    from facechain.train.config import FACECHAIN_FACE_LORA
+
     _hf_cache_with(tmp_path / "hub", LCM_LORAS["sd15"], LORA_FILE)
+    # FaceChain's face LoRA in ModelScope's cache layout: models/<owner>--<name>/snapshots/<revision>/<file>
+    face_lora, face_lora_file = FACECHAIN_FACE_LORA
+    ms_file = (tmp_path / "modelscope" / "models" / face_lora.replace("/", "--") / "snapshots" / "master"
+               / face_lora_file)
+    ms_file.parent.mkdir(parents=True)
+    ms_file.write_bytes(b"\0" * 1000)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(tmp_path / "hub"),
            "INSIGHTFACE_HOME": str(tmp_path / "insightface"), "MODELSCOPE_CACHE": str(tmp_path / "modelscope")}
     run = subprocess.run([sys.executable, "-m", "facechain", "doctor", "--json"], capture_output=True, text=True,
@@ -216,9 +225,12 @@ def test_doctor_json_reports_this_machine(tmp_path):
     lcm = by[("models", LCM_LORAS["sd15"])]
     assert lcm["status"] == "ok" and lcm["data"]["cached"] == "huggingface"
     assert by[("models", LCM_LORAS["sdxl"])]["status"] == "note"
+    ms = by[("models", face_lora)]
+    assert ms["status"] == "ok" and ms["data"]["cached"] == "modelscope" and ms["data"]["size_bytes"] == 1000
+    assert Path(ms["data"]["path"]) == ms_file
     assert by[("models", "insightface buffalo_l")]["status"] == "note"
     assert by[("disk", "Hugging Face cache")]["data"]["path"] == str(tmp_path / "hub")
-    assert not (tmp_path / "insightface").exists() and not (tmp_path / "modelscope").exists()
+    assert not (tmp_path / "insightface").exists()
 
 
 def test_cli_json_parses_and_its_exit_code_counts_the_problems(capsys, tmp_path, monkeypatch):
