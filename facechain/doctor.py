@@ -200,8 +200,9 @@ def check_torch(smi_gpus: list[str] | None) -> list[Finding]:
         why = ("this torch is a CPU-only build" if not cuda_build else
                f"torch's CUDA {cuda_build} build cannot use them (the NVIDIA driver is older than that CUDA, or the "
                "GPUs are hidden by CUDA_VISIBLE_DEVICES)")
-        fix = ("install torch's CUDA build: pip install --force-reinstall --no-deps torch==" + torch.__version__.split("+")[0]
-               + " (PyPI's Linux x86_64 wheel is the CUDA build)" if not cuda_build else
+        pins = " ".join(f"{d}=={v.split('+')[0]}" for d, v in installed_distributions().items() if d in ("torch", "torchvision"))
+        fix = (f"install torch's CUDA build (PyPI's Linux x86_64 wheels are it): pip uninstall -y torch torchvision "
+               f"&& pip install {pins}" if not cuda_build else
                "update the NVIDIA driver to one that supports CUDA " + str(cuda_build)
                + " (nvidia-smi prints the CUDA version the driver supports), or install the torch build for your driver")
         out.append(Finding("torch", "CUDA devices", "problem",
@@ -218,7 +219,6 @@ def check_torch(smi_gpus: list[str] | None) -> list[Finding]:
 
 def _one_node_model() -> bytes:
     """An ONNX model of one Identity node: enough for onnxruntime to place a session on its providers."""
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])

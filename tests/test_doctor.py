@@ -119,6 +119,20 @@ def test_one_opencv_wheel_is_fine_none_is_a_problem():
     assert none.status == "problem" and none.commands == (("install", f"{OPENCV_KEPT}=={PINS[OPENCV_KEPT]}"),)
 
 
+def test_torch_without_cuda_devices():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    findings = doctor.check_torch(None)  # no nvidia-smi: a CPU machine
+    assert [f.status for f in findings] == ["ok", "note"]
+    assert findings[0].data == {"version": torch.__version__, "cuda_build": torch.version.cuda}
+    # nvidia-smi lists a GPU that torch cannot use: a problem, with the fix for this torch build
+    (_, gpu) = doctor.check_torch(["GPU 0: NVIDIA H200 (UUID: GPU-0)"])
+    assert gpu.status == "problem" and "nvidia-smi lists 1 GPU(s)" in gpu.detail
+    assert ("update the NVIDIA driver" if torch.version.cuda else "pip uninstall -y torch torchvision") in gpu.fix
+
+
 def test_default_models_are_the_ones_facechain_names():
     from facechain.generate import config as gen
     from facechain.lora import LCM_LORAS
