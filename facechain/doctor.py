@@ -253,14 +253,25 @@ def check_onnxruntime_providers(gpu: bool) -> Finding:
                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
                        "run `facechain doctor --fix` to reinstall one onnxruntime build", data=data)
     data["session"] = got
-    detail = f"onnxruntime {ort.__version__}: available {available}; an insightface session gets {got}"
-    if gpu and "CUDAExecutionProvider" not in got:
-        why = ("this build has no CUDA provider" if "CUDAExecutionProvider" not in available else
-               "the CUDA provider is built in but failed to load (CUDA 13 runtime or cuDNN 9 libraries missing)")
-        return Finding("onnxruntime", "providers", "problem", f"{detail}: {why}",
-                       f"pip install 'onnxruntime-gpu{GPU_EXTRAS}=={PINS['onnxruntime-gpu']}' (brings those libraries), "
-                       "after `facechain doctor --fix` leaves one build", data=data)
-    return Finding("onnxruntime", "providers", "ok", detail, data=data)
+    return providers_finding(data, gpu)
+
+
+def providers_finding(data: dict, gpu: bool) -> Finding:
+    """Judge a provider probe (``version``, ``available``, ``requested``, ``session``: what the session got):
+    on a GPU machine the session must get CUDAExecutionProvider."""
+    got, available = data["session"], data["available"]
+    detail = f"onnxruntime {data['version']}: available {available}; an insightface session gets {got}"
+    if not gpu or "CUDAExecutionProvider" in got:
+        return Finding("onnxruntime", "providers", "ok", detail, data=data)
+    if "CUDAExecutionProvider" not in available:
+        return Finding("onnxruntime", "providers", "problem", f"{detail}: this onnxruntime build has no CUDA provider",
+                       "run `facechain doctor --fix` (it installs onnxruntime-gpu alone)", data=data)
+    # onnxruntime lists the provider it was built with, then falls back to the CPU when its libraries do not load
+    return Finding("onnxruntime", "providers", "problem",
+                   f"{detail}: the CUDA provider is built in but did not load (its CUDA 13 runtime or cuDNN 9 "
+                   "libraries are missing; onnxruntime's log above names the file)",
+                   f"pip install 'onnxruntime-gpu{GPU_EXTRAS}=={PINS['onnxruntime-gpu']}' (brings them as pip "
+                   "packages)", data=data)
 
 
 def check_cv2() -> Finding:

@@ -113,6 +113,25 @@ def test_onnxruntime_build_for_the_machine(installed, gpu, status, last):
         assert found.commands == (last,)  # nothing to uninstall
 
 
+def test_a_gpu_machine_needs_the_cuda_provider_in_the_session():
+    cpu_only = ["AzureExecutionProvider", "CPUExecutionProvider"]
+    built_in = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def judge(available, session, gpu):
+        return doctor.providers_finding({"version": "1.31.1", "available": available, "requested": session,
+                                         "session": session}, gpu)
+
+    assert judge(cpu_only, ["CPUExecutionProvider"], gpu=False).status == "ok"
+    assert judge(built_in, ["CUDAExecutionProvider", "CPUExecutionProvider"], gpu=True).status == "ok"
+    no_cuda = judge(cpu_only, ["CPUExecutionProvider"], gpu=True)
+    assert no_cuda.status == "problem" and "no CUDA provider" in no_cuda.detail and "--fix" in no_cuda.fix
+    # onnxruntime-gpu whose CUDA libraries do not load (seen with onnxruntime-gpu 1.31.1 and no libcublasLt.so.13):
+    # the provider is listed as available, and the session falls back to the CPU
+    not_loaded = judge(built_in, ["CPUExecutionProvider"], gpu=True)
+    assert not_loaded.status == "problem" and "did not load" in not_loaded.detail
+    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in not_loaded.fix
+
+
 def test_one_opencv_wheel_is_fine_none_is_a_problem():
     assert opencv_distributions({"opencv-python": "5.0.0.93"}).status == "ok"
     none = opencv_distributions({"numpy": "2.4.6"})
