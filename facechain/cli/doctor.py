@@ -45,7 +45,12 @@ def run(args) -> int:
         for cmd in commands:
             argv = [sys.executable, "-m", "pip", *cmd]
             print("facechain doctor --fix: " + shlex.join(argv[1:]), file=sys.stderr)
-            subprocess.run(argv, check=True)
+            done = subprocess.run(argv)
+            if done.returncode:
+                print(f"error: `{shlex.join(argv[1:])}` failed (exit {done.returncode}; pip's message is above). Fix "
+                      "its cause (network, disk, permissions) and rerun `facechain doctor --fix`, which starts again "
+                      "from what is installed now.", file=sys.stderr)
+                return 1
         if commands:
             # check again in a fresh interpreter: this one has the old onnxruntime / cv2 loaded
             again = [sys.executable, "-m", "facechain", "doctor"] + (["--json"] if args.json else [])
