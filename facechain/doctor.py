@@ -498,18 +498,20 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def check_disk(places: Mapping[str, Path] | None = None) -> list[Finding]:
+def check_disk(places: Mapping[str, tuple[Path, str]] | None = None) -> list[Finding]:
+    """Free disk at each place (what -> (folder, how to get more room there)); under MIN_FREE_DISK is a problem."""
     if places is None:
-        places = {"Hugging Face cache": hf_cache_dir(), "current folder": Path.cwd()}
+        places = {"Hugging Face cache": (hf_cache_dir(), "free space there, or set HF_HUB_CACHE to a folder on a "
+                                                         "larger disk"),
+                  "current folder": (Path.cwd(), "free space there, or work in a folder on a larger disk")}
     out = []
-    for what, path in places.items():
+    for what, (path, fix) in places.items():
         usage = shutil.disk_usage(_existing(path))
         data = {"path": str(path), "free_bytes": usage.free}
         detail = f"{what} ({path}): {_gib(usage.free)} free"
         if usage.free < MIN_FREE_DISK:
-            out.append(Finding("disk", what, "problem", f"{detail}, under {_gib(MIN_FREE_DISK)} (an SDXL base model is "
-                               "about 7 GB)", "free space there" + (", or set HF_HUB_CACHE to a folder on a larger disk"
-                                                                    if what.startswith("Hugging") else ""), data=data))
+            out.append(Finding("disk", what, "problem", f"{detail}, under {_gib(MIN_FREE_DISK)} (an SDXL base model "
+                               "is about 7 GB)", fix, data=data))
         else:
             out.append(Finding("disk", what, "ok", detail, data=data))
     return out
