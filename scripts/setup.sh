@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install facechain with everything it needs.
-# Picks onnxruntime-gpu when nvidia-smi sees a GPU, onnxruntime otherwise.
+# Picks onnxruntime-gpu when nvidia-smi sees a GPU, onnxruntime otherwise, and ends with exactly one
+# onnxruntime build and one OpenCV wheel (`facechain doctor --fix`); `facechain doctor` reports the rest.
 # dlib compiles from source the first time (about 8 minutes); pip's cache keeps the wheel after that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +18,10 @@ else
 fi
 echo "facechain setup: installing (onnxruntime build: $extra); the first install compiles dlib (~8 min)"
 python -m pip install --quiet -e ".[test,$extra]"
-if [ "$extra" = gpu ]; then
-  # insightface requires the CPU 'onnxruntime'; it and onnxruntime-gpu install the same module,
-  # so keep only the GPU build (otherwise the CUDA provider can vanish)
-  python -m pip uninstall --quiet -y onnxruntime
-  python -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.31"
-fi
+# insightface declares the CPU 'onnxruntime' and 'opencv-python', facexlib 'opencv-python', controlnet-aux
+# 'opencv-python-headless': pip installs them all, and each pair installs one module over the other.
+# Leave exactly one of each (onnxruntime-gpu on a GPU machine, opencv-python-headless); fails if it cannot.
+facechain doctor --fix --only onnxruntime,opencv
 python - <<'PY'
 import diffusers, dlib, torch
 from facechain.face.backends.dlib_backend import models_dir

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train-adapter": ("facechain.cli.train_adapter", "train an adapter (repcontrolnet) on a base model"),
     "merge-repcontrolnet": ("facechain.cli.merge_repcontrolnet", "merge a trained RepControlNet into its base model"),
     "make-tiny-model": ("facechain.cli.tiny", "build a tiny offline model for smoke tests"),
+    "doctor": ("facechain.cli.doctor", "what this machine has (GPU, onnxruntime, OpenCV, face backend, cached models) and fixes"),
 }
 
 
