@@ -555,3 +555,34 @@ def test_plusv2_clip_encoder_runs_on_the_pipelines_device(tiny_sd15, plus, plus_
                                 analyzer=dlib_analyzer)
     assert seen.calls == 2 and seen.devices == {"cuda"}
     assert all(f.device.type == "cuda" and f.dtype == torch.float16 for f in gen.identity._features)
+
+
+@pytest.mark.slow
+def test_plusv2_default_encoder_from_the_hub_cache_is_cached_by_commit(tiny_sd15, plus, photo_dirs, dlib_analyzer,
+                                                                       tmp_path, monkeypatch):
+    """The default encoder (h94/IP-Adapter, subfolder models/image_encoder), found offline in huggingface_hub's
+    cache layout, loads as CLIPVisionModelWithProjection; its features are keyed by the snapshot's commit."""
+    import huggingface_hub.constants
+    from diffusers import StableDiffusionPipeline
+
+    from facechain.adapters import IdentityConfig, get_identity_adapter
+    from facechain.adapters.ip_adapter_faceid import encoder_identity, identity_embedding
+    from facechain.testing import build_tiny_image_encoder
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--h94--IP-Adapter"
+    build_tiny_image_encoder(repo / "snapshots" / commit / "models" / "image_encoder", hidden=48)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("FACECHAIN_HOME", str(tmp_path / "home"))
+    assert encoder_identity("h94/IP-Adapter", "models/image_encoder") == f"hub:h94/IP-Adapter:models/image_encoder@{commit}"
+    emb = identity_embedding(photo_dirs / "astronaut", dlib_analyzer)
+    spec = IdentityConfig(adapter="ip-adapter-faceid-plusv2", photos=photo_dirs / "astronaut", weights=str(plus["weights"]))
+    hits = []
+    for _ in range(2):
+        adapter = get_identity_adapter(spec, "sd15")
+        adapter.attach(StableDiffusionPipeline.from_pretrained(str(tiny_sd15), dtype=torch.float32))
+        adapter.prepare(emb)
+        hits.append((adapter.cache_hit, type(adapter.encoder).__name__))
+    assert hits == [(False, "CLIPVisionModelWithProjection"), (True, "NoneType")]  # the second job loads no encoder

@@ -380,10 +380,11 @@ class IPAdapterFaceID:
                 "license": LICENSE_NOTE}
 
 
-def encoder_identity(ref: str, subfolder: str, config) -> str | None:
+def encoder_identity(ref: str, subfolder: str) -> str | None:
     """What names an image encoder's weights for the CLIP feature cache: a hub repo by id, subfolder and
-    the commit its files came from (``config._commit_hash``); a local folder by its config.json bytes and
-    each weight file's name, size and modification time. None when a hub commit is unknown (no caching)."""
+    the commit its files come from (the snapshot huggingface_hub resolves config.json to, from its cache
+    when offline); a local folder by its config.json bytes and each weight file's name, size and
+    modification time. None when a hub commit cannot be had (the features are then not cached)."""
     import hashlib
 
     folder = Path(ref).expanduser() / subfolder
@@ -396,7 +397,14 @@ def encoder_identity(ref: str, subfolder: str, config) -> str | None:
                 st = f.stat()
                 h.update(f"|{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
         return "local:" + h.hexdigest()[:32]
-    commit = getattr(config, "_commit_hash", None)
+    from huggingface_hub import hf_hub_download
+
+    try:  # <cache>/models--owner--name/snapshots/<commit>/<subfolder>/config.json
+        parts = Path(hf_hub_download(ref, "config.json", subfolder=subfolder or None)).parts
+    except Exception as exc:
+        logger.info("image encoder %s: no hub commit (%s)", ref, type(exc).__name__)
+        return None
+    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
     return f"hub:{ref}:{subfolder}@{commit}" if commit else None
 
 
@@ -453,7 +461,7 @@ class IPAdapterFaceIDPlusV2(IPAdapterFaceID):
                 f"encoder {self._encoder_name()} gives {config.hidden_size}-wide ones. Use the encoder it was trained "
                 f"with ({DEFAULT_IMAGE_ENCODER[0]}, subfolder {DEFAULT_IMAGE_ENCODER[1]}).")
         self._encoder_config = config
-        self._encoder_id = encoder_identity(self.encoder_ref, self.encoder_subfolder, config)
+        self._encoder_id = encoder_identity(self.encoder_ref, self.encoder_subfolder)
 
     def _after_load(self, pipe) -> None:
         layer = pipe.unet.encoder_hid_proj.image_projection_layers[0]
@@ -517,6 +525,8 @@ class IPAdapterFaceIDPlusV2(IPAdapterFaceID):
         with torch.inference_mode():
             pos = enc(pixels, output_hidden_states=True).hidden_states[-2].mean(0, keepdim=True)
             neg = enc(torch.zeros_like(pixels[:1]), output_hidden_states=True).hidden_states[-2]
+        if torch.device(device).type != "cpu":  # sampling does not need it: its memory goes back to the UNet
+            enc.to("cpu")
         return neg, pos
 
     def before_call(self, num_images: int, do_cfg: bool, unconditional: bool = False) -> None:
