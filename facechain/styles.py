@@ -82,7 +82,13 @@ def facechain_sdxl_weight(multiplier: float, lora_path: Path) -> float:
     ``multiplier_style`` and then calls ``pipe.load_lora_weights`` on it. A LoRA module's update is
     alpha/r * up @ down, so with up, down and alpha each scaled by m it is m**3 times the file's update
     (kohya files, which carry an ``alpha`` per module: 0.55 -> 0.166), and m**2 for a file without
-    alphas. A file where only some modules carry an alpha cannot be given one weight and is refused."""
+    alphas. A file where only some modules carry an alpha cannot be given one weight and is refused.
+
+    Not reproduced: FaceChain loads the style and then the face LoRA with two un-named
+    ``load_lora_weights`` calls (diffusers >= 0.23, < 0.26), which do not leave both active on the layers
+    they share (read from the code, not run: with peft 0.6/0.7 an existing LoRA layer keeps its first
+    adapter active, ``LoraLayer.update_layer``; without peft the second load replaces the first). Here both
+    are active, mixed by ``set_adapters``, with the style at the strength FaceChain's code gave it."""
     from facechain.lora import read_tensors
 
     path = Path(lora_path)
