@@ -586,3 +586,15 @@ def test_plusv2_default_encoder_from_the_hub_cache_is_cached_by_commit(tiny_sd15
         adapter.prepare(emb)
         hits.append((adapter.cache_hit, type(adapter.encoder).__name__))
     assert hits == [(False, "CLIPVisionModelWithProjection"), (True, "NoneType")]  # the second job loads no encoder
+
+
+def test_config_file_image_encoder_is_relative_to_the_config_and_a_hub_id_is_kept(tmp_path):
+    from facechain.generate.config import load_generate_config
+
+    (tmp_path / "conf" / "enc").mkdir(parents=True)
+    for encoder, want in (("./enc", str(tmp_path / "conf" / "enc")), ("h94/IP-Adapter", "h94/IP-Adapter")):
+        (tmp_path / "conf" / "user.yaml").write_text(
+            f"base_model: m\noutput_dir: out\nidentity: {{adapter: ip-adapter-faceid-plusv2, photos: p, "
+            f"image_encoder: {encoder}, image_encoder_subfolder: models/image_encoder}}\n")
+        ident = load_generate_config(tmp_path / "conf" / "user.yaml").identity
+        assert (ident.image_encoder, ident.image_encoder_subfolder) == (want, "models/image_encoder")
