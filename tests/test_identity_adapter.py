@@ -598,3 +598,24 @@ def test_config_file_image_encoder_is_relative_to_the_config_and_a_hub_id_is_kep
             f"image_encoder: {encoder}, image_encoder_subfolder: models/image_encoder}}\n")
         ident = load_generate_config(tmp_path / "conf" / "user.yaml").identity
         assert (ident.image_encoder, ident.image_encoder_subfolder) == (want, "models/image_encoder")
+
+
+def test_feedface_reads_its_image_encoder_from_the_subfolder(tiny_sd15, plus_repo, photo_dirs, tmp_path):
+    """identity.image_encoder_subfolder reaches FeedFace's encoder too (an untrained adapter: only the loading)."""
+    from diffusers import StableDiffusionPipeline
+
+    from facechain.adapters import IdentityConfig, get_identity_adapter
+    from facechain.adapters.feedface.model import FeedFace
+    from facechain.adapters.feedface.train import RECORD_FILE, WEIGHTS_FILE
+    from facechain.io import save_safetensors
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd15), dtype=torch.float32)
+    adapter = FeedFace.for_unet(pipe.unet, 48)
+    save_safetensors(tmp_path / "ff" / WEIGHTS_FILE, adapter.state_dict())
+    (tmp_path / "ff" / RECORD_FILE).write_text(json.dumps({"family": "sd15", "image_encoder": "elsewhere", "clip_dim": 48,
+                                                           "blocks": adapter.block_names}))
+    spec = IdentityConfig(adapter="feedface", photos=photo_dirs / "astronaut", weights=str(tmp_path / "ff"),
+                          image_encoder=str(plus_repo), image_encoder_subfolder="models/image_encoder")
+    ff = get_identity_adapter(spec, "sd15")
+    ff.attach(pipe)
+    assert type(ff.encoder).__name__ == "CLIPVisionModelWithProjection" and ff.encoder.config.hidden_size == 48
