@@ -557,7 +557,6 @@ def test_plusv2_clip_encoder_runs_on_the_pipelines_device(tiny_sd15, plus, plus_
     assert all(f.device.type == "cuda" and f.dtype == torch.float16 for f in gen.identity._features)
 
 
-@pytest.mark.slow
 def test_plusv2_default_encoder_from_the_hub_cache_is_cached_by_commit(tiny_sd15, plus, photo_dirs, dlib_analyzer,
                                                                        tmp_path, monkeypatch):
     """The default encoder (h94/IP-Adapter, subfolder models/image_encoder), found offline in huggingface_hub's
