@@ -52,7 +52,8 @@ CHECKPOINTS = {
 # safetensors: h94/IP-Adapter's models/image_encoder (config.json: CLIPVisionModelWithProjection, hidden
 # 1280; model.safetensors). diffusers' IP-Adapter docs load it so (`from_pretrained("h94/IP-Adapter",
 # subfolder="models/image_encoder")`) and load_ip_adapter finds it there (<subfolder>/image_encoder).
-# laion/CLIP-ViT-H-14-laion2B-s32B-b79K holds the same weights as a whole CLIPModel (text tower too).
+# laion/CLIP-ViT-H-14-laion2B-s32B-b79K is that model (IP-Adapter's README: OpenCLIP ViT-H-14) packaged as a
+# whole CLIPModel, text tower included, so its vision tower loads only as part of a larger download.
 DEFAULT_IMAGE_ENCODER = ("h94/IP-Adapter", "models/image_encoder")
 CLIP_CROP = 224  # the face crop the Plus variants' image encoder sees (insightface's norm_crop at 224 px)
 # The channel order the face crop is handed to CLIP in: BGR, as in the published usage. h94/IP-Adapter-FaceID's
