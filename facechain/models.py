@@ -536,16 +536,19 @@ def load_controlnet(ref: str, *, dtype, what: str, allow_pickle: bool = False):
         ) from exc
 
 
-def load_image_encoder(ref: str, *, dtype, allow_pickle: bool = False):
-    """A CLIP image encoder (transformers' ``CLIPVisionModelWithProjection``; hub id or local folder) for
-    the IP-Adapter Plus variants; safetensors only unless ``allow_pickle``."""
+def load_image_encoder(ref: str, *, dtype, allow_pickle: bool = False, subfolder: str = ""):
+    """A CLIP image encoder (transformers' ``CLIPVisionModelWithProjection``; hub id or local folder, with
+    ``subfolder`` inside it, e.g. ``h94/IP-Adapter`` + ``models/image_encoder``) for the IP-Adapter Plus
+    variants; safetensors only unless ``allow_pickle``."""
     from transformers import CLIPVisionModelWithProjection
 
     try:
-        return CLIPVisionModelWithProjection.from_pretrained(str(ref), dtype=dtype, **safetensors_only(allow_pickle))
+        return CLIPVisionModelWithProjection.from_pretrained(str(ref), subfolder=subfolder, dtype=dtype,
+                                                             **safetensors_only(allow_pickle))
     except (OSError, ValueError) as exc:
+        where = f"'{ref}'" + (f" (subfolder {subfolder})" if subfolder else "")
         raise ModelNotFoundError(
-            f"CLIP image encoder '{ref}' could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
+            f"CLIP image encoder {where} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
             "Download it on a machine with network access and set identity.image_encoder to the local folder."
         ) from exc
 

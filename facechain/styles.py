@@ -10,8 +10,16 @@ One JSON file per style, in FaceChain's style format (modelscope/facechain ``sty
       "bin_file": null,                    # LoRA file name inside model_id
       "multiplier_style": 0.35,            # adapter weight of the style LoRA
       "multiplier_human": 0.95,            # adapter weight of the face LoRA
-      "add_prompt_style": "neon lights, ..."  # appended to the prompt
+      "add_prompt_style": "neon lights, ...", # appended to the prompt
+      "weight_rule": "linear"              # optional: how multiplier_style becomes the LoRA's strength
     }
+
+``weight_rule`` (not in FaceChain's files; default ``linear``): ``linear`` gives the style LoRA
+``multiplier_style`` as its adapter weight (FaceChain's SD1.5 path, ``merge_lora``: W += m * alpha/r *
+up @ down). ``facechain_sdxl`` reproduces FaceChain's SDXL path, which multiplies every tensor of the
+style file by the multiplier before loading it (see :func:`facechain_sdxl_weight`); the styles shipped
+from FaceChain's SDXL set use it, so they look as FaceChain drew them, and a user's own style keeps
+linear weights unless its file asks for the rule.
 
 Styles are grouped by base-model family in folders: a file under a folder named ``sd15`` or
 ``sdxl`` belongs to that family; a file elsewhere (a user's own folder) is usable with any base.
@@ -24,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -48,7 +57,64 @@ STYLE_FIELDS: dict[str, tuple[type, ...]] = {
     "add_prompt_style": (str,),
 }
 
+# Optional fields of ours, with their JSON types and defaults.
+OPTIONAL_FIELDS: dict[str, tuple[tuple[type, ...], object]] = {"weight_rule": ((str,), "linear")}
+
 DEFAULT_STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
+
+
+# --------------------------------------------------------------------------- weight rules
+
+
+def _linear_weight(multiplier: float, lora_path: Path) -> float:
+    """The adapter weight is the multiplier (FaceChain's SD1.5 ``merge_lora``: W += m * alpha/r * up @ down)."""
+    return multiplier
+
+
+_LORA_DOWN = re.compile(r"^(.*?)\.(?:lora_down|lora_A|lora\.down|lora_linear_layer\.down)(?:\.[^.]+)?\.weight$")
+
+
+def facechain_sdxl_weight(multiplier: float, lora_path: Path) -> float:
+    """FaceChain's SDXL strength for a style LoRA file, as one adapter weight.
+
+    FaceChain (modelscope/facechain, ``facechain/inference.py``, ``main_diffusion_inference``, its
+    ``'xl-base'`` branch, from SDXL support in #436 until FACT replaced it in #554) multiplies *every* tensor of the style's state dict by
+    ``multiplier_style`` and then calls ``pipe.load_lora_weights`` on it. A LoRA module's update is
+    alpha/r * up @ down, so with up, down and alpha each scaled by m it is m**3 times the file's update
+    (kohya files, which carry an ``alpha`` per module: 0.55 -> 0.166), and m**2 for a file without
+    alphas. A file where only some modules carry an alpha cannot be given one weight and is refused.
+
+    Not reproduced: FaceChain loads the style and then the face LoRA with two un-named
+    ``load_lora_weights`` calls (diffusers >= 0.23, < 0.26), which do not leave both active on the layers
+    they share (read from the code, not run: with peft 0.6/0.7 an existing LoRA layer keeps its first
+    adapter active, ``LoraLayer.update_layer``; without peft the second load replaces the first). Here both
+    are active, mixed by ``set_adapters``, with the style at the strength FaceChain's code gave it."""
+    from facechain.lora import read_tensors
+
+    path = Path(lora_path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+    else:
+        keys = list(read_tensors(path))
+    modules = {m.group(1) for m in map(_LORA_DOWN.match, keys) if m}
+    with_alpha = {k[: -len(".alpha")] for k in keys if k.endswith(".alpha")} & modules
+    if not modules:
+        raise InputError(f"weight_rule facechain_sdxl: LoRA file {path} has no LoRA down/up weights to scale.")
+    if with_alpha and with_alpha != modules:
+        raise InputError(
+            f"weight_rule facechain_sdxl: LoRA file {path} has an alpha on {len(with_alpha)} of its {len(modules)} "
+            "modules, so FaceChain's rule (every tensor times the multiplier) gives no single adapter weight. Use "
+            "weight_rule linear for this style.")
+    return float(multiplier) ** (3 if with_alpha else 2)
+
+
+# name -> (multiplier_style, LoRA file) -> adapter weight
+WEIGHT_RULES: Registry = Registry("style weight_rule")
+WEIGHT_RULES.register("linear", _linear_weight)
+WEIGHT_RULES.register("facechain_sdxl", facechain_sdxl_weight)
 
 
 @dataclass(frozen=True)
@@ -65,6 +131,7 @@ class Style:
     add_prompt_style: str
     family: StyleFamily
     path: Path  # the JSON file it came from
+    weight_rule: str = "linear"  # a WEIGHT_RULES name: how multiplier_style becomes the LoRA's adapter weight
 
     @property
     def has_lora(self) -> bool:
@@ -81,12 +148,16 @@ class Style:
                 return str(beside)
         return self.model_id
 
+    def style_weight(self, lora_path: str | os.PathLike) -> float:
+        """The adapter weight of this style's LoRA file under its ``weight_rule``."""
+        return WEIGHT_RULES.get(self.weight_rule)(self.multiplier_style, Path(lora_path))
+
     def to_dict(self) -> dict:
         return {
             "name": self.name, "img": self.img, "model_id": self.model_id, "revision": self.revision,
             "bin_file": self.bin_file, "multiplier_style": self.multiplier_style,
             "multiplier_human": self.multiplier_human, "add_prompt_style": self.add_prompt_style,
-            "family": self.family, "path": str(self.path),
+            "weight_rule": self.weight_rule, "family": self.family, "path": str(self.path),
         }
 
 
@@ -112,10 +183,12 @@ def parse_style(data: object, path: Path, family: StyleFamily = "any") -> Style:
             f"{where}: missing field(s) {missing}. A style file needs all of {list(STYLE_FIELDS)} "
             "(use null for model_id/revision/bin_file in a prompt-only style)."
         )
-    unknown = sorted(set(data) - set(STYLE_FIELDS))
+    unknown = sorted(set(data) - set(STYLE_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
-        raise InputError(f"{where}: unknown field(s) {unknown}. Valid fields: {list(STYLE_FIELDS)}.")
-    for key, types in STYLE_FIELDS.items():
+        raise InputError(f"{where}: unknown field(s) {unknown}. Valid fields: {list(STYLE_FIELDS)}, optional: "
+                         f"{list(OPTIONAL_FIELDS)}.")
+    data = {**{k: default for k, (_, default) in OPTIONAL_FIELDS.items()}, **data}
+    for key, types in [*STYLE_FIELDS.items(), *((k, t) for k, (t, _) in OPTIONAL_FIELDS.items())]:
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, types):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
@@ -136,13 +209,16 @@ def parse_style(data: object, path: Path, family: StyleFamily = "any") -> Style:
                 f"{where}: 'model_id' {data['model_id']!r} is not a local LoRA file, so 'bin_file' must name the "
                 "LoRA file inside it (e.g. \"style.safetensors\")."
             )
+    if data["weight_rule"] not in WEIGHT_RULES:
+        raise InputError(f"{where}: field 'weight_rule' is {data['weight_rule']!r}; choose one of {WEIGHT_RULES.names()} "
+                         "(linear: multiplier_style is the LoRA's weight; facechain_sdxl: FaceChain's SDXL strength).")
     if "(" in data["add_prompt_style"] and ":" in data["add_prompt_style"]:
         logger.debug("%s: prompt uses A1111 weighting; it is converted at generation time", where)
     return Style(
         name=data["name"].strip(), img=data["img"], model_id=data["model_id"], revision=data["revision"],
         bin_file=data["bin_file"], multiplier_style=float(data["multiplier_style"]),
         multiplier_human=float(data["multiplier_human"]), add_prompt_style=data["add_prompt_style"],
-        family=family, path=path,
+        family=family, path=path, weight_rule=data["weight_rule"],
     )
 
 

@@ -435,3 +435,186 @@ def test_plusv2_identity_in_diir_restoration(tiny_sd15, plus, photo_dirs, dlib_a
     gen.identity.prepare(dataclasses.replace(emb, crops=np.ascontiguousarray(emb.crops[:, ::-1, :])))
     b, _ = _images(gen, style)
     assert np.abs(a - b).mean() > 0.2  # other CLIP features, another restored face (measured: 0.67)
+
+
+# ---------------------------------------------------------------------------- Plus v2's CLIP features: order, device, cache
+
+
+@pytest.fixture(scope="module")
+def plus_repo(tmp_path_factory):
+    """The tiny CLIP image encoder in the published repo's layout: <repo>/models/image_encoder (h94/IP-Adapter's)."""
+    from facechain.testing import build_tiny_image_encoder
+
+    root = tmp_path_factory.mktemp("plus_repo") / "IP-Adapter"
+    build_tiny_image_encoder(root / "models" / "image_encoder", hidden=48)
+    return root
+
+
+class _EncoderCalls:
+    """Counts forward calls of every real CLIPVisionModelWithProjection (a global module forward hook) and
+    the device of their input."""
+
+    def __enter__(self):
+        from transformers import CLIPVisionModelWithProjection
+
+        self.calls, self.devices = 0, set()
+
+        def hook(module, args, kwargs, output):
+            if isinstance(module, CLIPVisionModelWithProjection):
+                self.calls += 1
+                self.devices.add((kwargs.get("pixel_values") if "pixel_values" in kwargs else args[0]).device.type)
+
+        self._handle = torch.nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def _attached_plus(tiny, weights, photos, repo):
+    """A Plus v2 adapter attached to a freshly loaded tiny pipeline, its encoder read from ``repo``'s subfolder."""
+    from diffusers import StableDiffusionPipeline
+
+    from facechain.adapters import IdentityConfig, get_identity_adapter
+
+    spec = IdentityConfig(adapter="ip-adapter-faceid-plusv2", photos=photos, weights=str(weights), image_encoder=str(repo),
+                          image_encoder_subfolder="models/image_encoder")
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny), torch_dtype=torch.float32)
+    adapter = get_identity_adapter(spec, "sd15")
+    adapter.attach(pipe)
+    return adapter
+
+
+def test_plusv2_clip_features_are_cached_and_read_in_bgr(tiny_sd15, plus, plus_repo, photo_dirs, dlib_analyzer,
+                                                         tmp_path, monkeypatch):
+    """The encoder runs once per set of face crops: a second job with the same photos neither loads nor runs it
+    and gets the same features; other photos miss. The crops reach CLIP in BGR order (the published usage)."""
+    from transformers import CLIPImageProcessor
+
+    from facechain.adapters.ip_adapter_faceid import identity_embedding
+    from facechain.models import load_image_encoder
+
+    monkeypatch.setenv("FACECHAIN_HOME", str(tmp_path / "home"))
+    emb = identity_embedding(photo_dirs / "astronaut", dlib_analyzer)
+    first = _attached_plus(tiny_sd15, plus["weights"], photo_dirs / "astronaut", plus_repo)
+    with _EncoderCalls() as seen:
+        first.prepare(emb)
+        assert seen.calls == 2 and first.cache_hit is False  # the crops and the zero image
+        assert len(list((tmp_path / "home" / "identity").glob("clip-*.safetensors"))) == 1
+        second = _attached_plus(tiny_sd15, plus["weights"], photo_dirs / "astronaut", plus_repo)
+        second.prepare(emb)
+        assert seen.calls == 2 and second.cache_hit is True and second.encoder is None  # neither run nor loaded
+        for cached, fresh in zip(second._features, first._features):
+            assert torch.equal(cached, fresh)
+        again = second.clip_features(emb.crops, torch.device("cpu"), torch.float32)  # a fresh computation
+        assert all(torch.equal(a, b) for a, b in zip(again, second._features))
+        calls = seen.calls
+        other = identity_embedding(photo_dirs / "hanks", dlib_analyzer)
+        second.prepare(other)  # other photos, other crops: computed
+        assert second.cache_hit is False and seen.calls == calls + 2
+        assert (second._features[1] - first._features[1]).abs().mean() > 1e-3
+    assert second.describe(emb)["clip_channels"] == "bgr"
+    # by hand: the published order (BGR) is what the adapter passes, and it differs from RGB
+    enc = load_image_encoder(str(plus_repo), dtype=torch.float32, subfolder="models/image_encoder")
+    proc = CLIPImageProcessor(size=enc.config.image_size, crop_size=enc.config.image_size)
+
+    def mean_features(crops):
+        with torch.inference_mode():
+            return enc(proc(images=list(crops), return_tensors="pt").pixel_values,
+                       output_hidden_states=True).hidden_states[-2].mean(0, keepdim=True)
+
+    bgr, rgb = mean_features(np.ascontiguousarray(emb.crops[..., ::-1])), mean_features(emb.crops)
+    torch.testing.assert_close(first._features[1], bgr)
+    assert (bgr - rgb).abs().mean() > 1e-3
+
+
+def test_plusv2_default_image_encoder_is_h94_models_image_encoder(plus, photo_dirs):
+    from facechain.adapters import IdentityConfig, get_identity_adapter
+
+    spec = IdentityConfig(adapter="ip-adapter-faceid-plusv2", photos=photo_dirs / "astronaut", weights=str(plus["weights"]))
+    adapter = get_identity_adapter(spec, "sd15")
+    assert (adapter.encoder_ref, adapter.encoder_subfolder) == ("h94/IP-Adapter", "models/image_encoder")
+    with pytest.raises(InputError, match="image_encoder_subfolder is 'models/image_encoder' but identity.image_encoder is empty"):
+        IdentityConfig(adapter="ip-adapter-faceid-plusv2", photos=photo_dirs / "astronaut",
+                       image_encoder_subfolder="models/image_encoder")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_plusv2_clip_encoder_runs_on_the_pipelines_device(tiny_sd15, plus, plus_repo, photo_dirs, dlib_analyzer,
+                                                          tmp_path, monkeypatch):
+    import dataclasses
+
+    from facechain.generate.pipeline import PortraitGenerator
+
+    monkeypatch.setenv("FACECHAIN_HOME", str(tmp_path / "home"))
+    ident = dataclasses.replace(_identity(photo_dirs / "astronaut", plus["weights"], image_encoder=str(plus_repo),
+                                          image_encoder_subfolder="models/image_encoder"),
+                                adapter="ip-adapter-faceid-plusv2")
+    with _EncoderCalls() as seen:
+        gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=ident, device="cuda", dtype="float16"),
+                                analyzer=dlib_analyzer)
+    assert seen.calls == 2 and seen.devices == {"cuda"}
+    assert all(f.device.type == "cuda" and f.dtype == torch.float16 for f in gen.identity._features)
+
+
+def test_plusv2_default_encoder_from_the_hub_cache_is_cached_by_commit(tiny_sd15, plus, photo_dirs, dlib_analyzer,
+                                                                       tmp_path, monkeypatch):
+    """The default encoder (h94/IP-Adapter, subfolder models/image_encoder), found offline in huggingface_hub's
+    cache layout, loads as CLIPVisionModelWithProjection; its features are keyed by the snapshot's commit."""
+    import huggingface_hub.constants
+    from diffusers import StableDiffusionPipeline
+
+    from facechain.adapters import IdentityConfig, get_identity_adapter
+    from facechain.adapters.ip_adapter_faceid import encoder_identity, identity_embedding
+    from facechain.testing import build_tiny_image_encoder
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--h94--IP-Adapter"
+    build_tiny_image_encoder(repo / "snapshots" / commit / "models" / "image_encoder", hidden=48)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("FACECHAIN_HOME", str(tmp_path / "home"))
+    assert encoder_identity("h94/IP-Adapter", "models/image_encoder") == f"hub:h94/IP-Adapter:models/image_encoder@{commit}"
+    emb = identity_embedding(photo_dirs / "astronaut", dlib_analyzer)
+    spec = IdentityConfig(adapter="ip-adapter-faceid-plusv2", photos=photo_dirs / "astronaut", weights=str(plus["weights"]))
+    hits = []
+    for _ in range(2):
+        adapter = get_identity_adapter(spec, "sd15")
+        adapter.attach(StableDiffusionPipeline.from_pretrained(str(tiny_sd15), dtype=torch.float32))
+        adapter.prepare(emb)
+        hits.append((adapter.cache_hit, type(adapter.encoder).__name__))
+    assert hits == [(False, "CLIPVisionModelWithProjection"), (True, "NoneType")]  # the second job loads no encoder
+
+
+def test_config_file_image_encoder_is_relative_to_the_config_and_a_hub_id_is_kept(tmp_path):
+    from facechain.generate.config import load_generate_config
+
+    (tmp_path / "conf" / "enc").mkdir(parents=True)
+    for encoder, want in (("./enc", str(tmp_path / "conf" / "enc")), ("h94/IP-Adapter", "h94/IP-Adapter")):
+        (tmp_path / "conf" / "user.yaml").write_text(
+            f"base_model: m\noutput_dir: out\nidentity: {{adapter: ip-adapter-faceid-plusv2, photos: p, "
+            f"image_encoder: {encoder}, image_encoder_subfolder: models/image_encoder}}\n")
+        ident = load_generate_config(tmp_path / "conf" / "user.yaml").identity
+        assert (ident.image_encoder, ident.image_encoder_subfolder) == (want, "models/image_encoder")
+
+
+def test_feedface_reads_its_image_encoder_from_the_subfolder(tiny_sd15, plus_repo, photo_dirs, tmp_path):
+    """identity.image_encoder_subfolder reaches FeedFace's encoder too (an untrained adapter: only the loading)."""
+    from diffusers import StableDiffusionPipeline
+
+    from facechain.adapters import IdentityConfig, get_identity_adapter
+    from facechain.adapters.feedface.model import FeedFace
+    from facechain.adapters.feedface.train import RECORD_FILE, WEIGHTS_FILE
+    from facechain.io import save_safetensors
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd15), dtype=torch.float32)
+    adapter = FeedFace.for_unet(pipe.unet, 48)
+    save_safetensors(tmp_path / "ff" / WEIGHTS_FILE, adapter.state_dict())
+    (tmp_path / "ff" / RECORD_FILE).write_text(json.dumps({"family": "sd15", "image_encoder": "elsewhere", "clip_dim": 48,
+                                                           "blocks": adapter.block_names}))
+    spec = IdentityConfig(adapter="feedface", photos=photo_dirs / "astronaut", weights=str(tmp_path / "ff"),
+                          image_encoder=str(plus_repo), image_encoder_subfolder="models/image_encoder")
+    ff = get_identity_adapter(spec, "sd15")
+    ff.attach(pipe)
+    assert type(ff.encoder).__name__ == "CLIPVisionModelWithProjection" and ff.encoder.config.hidden_size == 48

@@ -37,8 +37,11 @@ class IdentityConfig:
                                                        "once with `facechain convert`); empty = the converted default "
                                                        "for the base model's family. feedface: its training output folder"})
     image_encoder: str = field(default="", metadata={"help": "CLIP image encoder of the Plus variants (hub id or "
-                                                             "diffusers/transformers folder); empty = "
-                                                             "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"})
+                                                             "transformers folder); empty = h94/IP-Adapter, subfolder "
+                                                             "models/image_encoder (the ViT-H/14 they were trained with)"})
+    image_encoder_subfolder: str = field(default="", metadata={"help": "folder inside image_encoder that holds the "
+                                                                       "encoder (e.g. models/image_encoder); empty = "
+                                                                       "image_encoder itself"})
 
     def __post_init__(self):
         if not self.adapter:
@@ -50,6 +53,10 @@ class IdentityConfig:
         if self.photos is None:
             raise InputError(f"identity.adapter is {self.adapter} but identity.photos is empty. Set it to a folder of "
                              "the person's photos (one face each), e.g. the output folder of `facechain preprocess`.")
+        if self.image_encoder_subfolder and not self.image_encoder:
+            raise InputError(f"identity.image_encoder_subfolder is {self.image_encoder_subfolder!r} but "
+                             "identity.image_encoder is empty. Set image_encoder to the repo or folder it is in, or "
+                             "leave both empty for the default (h94/IP-Adapter, models/image_encoder).")
         if not 0.0 <= self.scale <= 2.0:
             raise InputError(f"identity.scale must be in [0, 2], got {self.scale}.")
         if not 0.0 <= self.lora_scale <= 2.0:

@@ -47,9 +47,23 @@ CHECKPOINTS = {
     ("ip-adapter-faceid-plusv2", "sd15"): "ip-adapter-faceid-plusv2_sd15.bin",
     ("ip-adapter-faceid-plusv2", "sdxl"): "ip-adapter-faceid-plusv2_sdxl.bin",
 }
-# the image encoder the Plus checkpoints were trained with (diffusers' IP-Adapter-FaceID docs load this one)
-DEFAULT_IMAGE_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+# The image encoder the Plus checkpoints were trained with, OpenCLIP ViT-H/14 (IP-Adapter's wiki,
+# "IP-Adapter-Face"), in the copy that loads as transformers' CLIPVisionModelWithProjection from
+# safetensors: h94/IP-Adapter's models/image_encoder (config.json: CLIPVisionModelWithProjection, hidden
+# 1280; model.safetensors). diffusers' IP-Adapter docs load it so (`from_pretrained("h94/IP-Adapter",
+# subfolder="models/image_encoder")`) and load_ip_adapter finds it there (<subfolder>/image_encoder).
+# laion/CLIP-ViT-H-14-laion2B-s32B-b79K is that model (IP-Adapter's README: OpenCLIP ViT-H-14) packaged as a
+# whole CLIPModel, text tower included, so its vision tower loads only as part of a larger download.
+DEFAULT_IMAGE_ENCODER = ("h94/IP-Adapter", "models/image_encoder")
 CLIP_CROP = 224  # the face crop the Plus variants' image encoder sees (insightface's norm_crop at 224 px)
+# The channel order the face crop is handed to CLIP in: BGR, as in the published usage. h94/IP-Adapter-FaceID's
+# model card (FaceID-Plus / Plus v2): `image = cv2.imread(...)` (BGR), `face_align.norm_crop(image, ...,
+# image_size=224)`, the BGR crop passed as is to IPAdapterFaceIDPlus.generate(face_image=...), whose
+# CLIPImageProcessor takes it for RGB. diffusers' docs ("IP-Adapter > FaceID"): `cv2.cvtColor(np.asarray(image),
+# cv2.COLOR_BGR2RGB)` on a PIL (RGB) image swaps it to BGR before norm_crop and prepare_ip_adapter_image_embeds.
+# Our crops are RGB (read_image): they are flipped to BGR for the encoder only.
+CLIP_CHANNELS = "bgr"
+CLIP_FEATURES_VERSION = "plusv2-clip-1"  # what the cached features are: penultimate hidden states, mean over crops
 FAMILY_CROSS_DIM = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 PACK_LICENSE = "insightface's model packs are licensed for non-commercial research only"
 LICENSE_NOTE = f"IP-Adapter-FaceID needs insightface's ArcFace embedding; {PACK_LICENSE}."
@@ -367,52 +381,154 @@ class IPAdapterFaceID:
                 "license": LICENSE_NOTE}
 
 
+def encoder_identity(ref: str, subfolder: str) -> str | None:
+    """What names an image encoder's weights for the CLIP feature cache: a hub repo by id, subfolder and
+    the commit its files come from (the snapshot huggingface_hub resolves config.json to, from its cache
+    when offline); a local folder by its config.json bytes and each weight file's name, size and
+    modification time. None when a hub commit cannot be had (the features are then not cached)."""
+    import hashlib
+
+    folder = Path(ref).expanduser() / subfolder
+    if folder.is_dir():
+        h = hashlib.sha256(b"local|")
+        config_file = folder / "config.json"
+        h.update(config_file.read_bytes() if config_file.is_file() else b"")
+        for f in sorted(folder.iterdir()):
+            if f.suffix in (".safetensors", ".bin") and f.is_file():
+                st = f.stat()
+                h.update(f"|{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return "local:" + h.hexdigest()[:32]
+    from huggingface_hub import hf_hub_download
+
+    try:  # <cache>/models--owner--name/snapshots/<commit>/<subfolder>/config.json
+        parts = Path(hf_hub_download(ref, "config.json", subfolder=subfolder or None)).parts
+    except Exception as exc:
+        logger.info("image encoder %s: no hub commit (%s)", ref, type(exc).__name__)
+        return None
+    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+    return f"hub:{ref}:{subfolder}@{commit}" if commit else None
+
+
+def clip_cache_key(crops: np.ndarray, encoder_id: str, dtype) -> str:
+    """The CLIP feature cache key: the encoder's input (the aligned crops' bytes and shape, CLIP_CROP,
+    channel order), the encoder and the dtype it ran in."""
+    import hashlib
+
+    h = hashlib.sha256(f"{CLIP_FEATURES_VERSION}|{CLIP_CROP}|{CLIP_CHANNELS}|{encoder_id}|{dtype}|{crops.shape}|".encode())
+    h.update(np.ascontiguousarray(crops, dtype=np.uint8).tobytes())
+    return h.hexdigest()[:32]
+
+
 class IPAdapterFaceIDPlusV2(IPAdapterFaceID):
     """IP-Adapter-FaceID Plus v2: the ArcFace embedding plus the CLIP image features of the face
     (a perceiver resampler over both, and v2's shortcut that adds the ID tokens back). The CLIP
-    encoder (ViT-H by default) reads each photo's face aligned by insightface's ``norm_crop`` at 224 px;
-    its penultimate hidden states are averaged over the photos, as the ArcFace embeddings are. diffusers
-    takes them on the projection layer (``clip_embeds``, ``shortcut=True``), one row per image of a call,
-    unconditional ones (a zero image) first under guidance."""
+    encoder (ViT-H by default) reads each photo's face aligned by insightface's ``norm_crop`` at 224 px,
+    in BGR order (:data:`CLIP_CHANNELS`); its penultimate hidden states are averaged over the photos, as
+    the ArcFace embeddings are. diffusers takes them on the projection layer (``clip_embeds``,
+    ``shortcut=True``), one row per image of a call, unconditional ones (a zero image) first under guidance.
+
+    The encoder runs on the pipeline's execution device in the UNet's dtype, once per set of face crops:
+    its features are cached in $FACECHAIN_HOME/identity/ beside the ArcFace embeddings (keyed by
+    :func:`clip_cache_key`), so a later job with the same photos neither loads nor runs it."""
 
     name = "ip-adapter-faceid-plusv2"
 
     def __init__(self, spec, family: str):
         super().__init__(spec, family)
-        self.encoder_ref = spec.image_encoder or DEFAULT_IMAGE_ENCODER
-        self._pipe = self._features = None
+        self.encoder_ref, self.encoder_subfolder = ((spec.image_encoder, spec.image_encoder_subfolder)
+                                                    if spec.image_encoder else DEFAULT_IMAGE_ENCODER)
+        self._pipe = self._features = self._encoder_config = self._encoder_id = None
+        self.encoder = None  # the CLIPVisionModelWithProjection, loaded on the first cache miss
+        self.cache_hit: bool | None = None  # whether the last prepare() read its features from the cache
+
+    def _encoder_name(self) -> str:
+        return self.encoder_ref + (f" (subfolder {self.encoder_subfolder})" if self.encoder_subfolder else "")
 
     def _before_load(self, pipe) -> None:
-        from facechain.models import load_image_encoder
+        """Check the encoder's width from its config (its weights load only when features are computed)."""
+        from transformers import CLIPVisionConfig
 
-        encoder = load_image_encoder(self.encoder_ref, dtype=pipe.unet.dtype)
-        if int(encoder.config.hidden_size) != self.shape.clip_dim:
+        try:
+            config = CLIPVisionConfig.from_pretrained(self.encoder_ref, subfolder=self.encoder_subfolder)
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(
+                f"CLIP image encoder {self._encoder_name()} could not be read ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160] if str(exc) else ''}). Download it on a machine with network access "
+                "and set identity.image_encoder to the local folder (identity.image_encoder_subfolder to the "
+                "folder inside it that holds config.json).") from exc
+        if int(config.hidden_size) != self.shape.clip_dim:
             raise InputError(
                 f"{self.name} ({self.path.name}) reads {self.shape.clip_dim}-wide CLIP image features, and the image "
-                f"encoder {self.encoder_ref} gives {encoder.config.hidden_size}-wide ones. Use the encoder it was "
-                f"trained with ({DEFAULT_IMAGE_ENCODER}).")
-        # registered before load_ip_adapter, which then sizes the feature extractor from this encoder
-        pipe.register_modules(image_encoder=encoder.to(pipe.unet.device))
+                f"encoder {self._encoder_name()} gives {config.hidden_size}-wide ones. Use the encoder it was trained "
+                f"with ({DEFAULT_IMAGE_ENCODER[0]}, subfolder {DEFAULT_IMAGE_ENCODER[1]}).")
+        self._encoder_config = config
+        self._encoder_id = encoder_identity(self.encoder_ref, self.encoder_subfolder)
 
     def _after_load(self, pipe) -> None:
         layer = pipe.unet.encoder_hid_proj.image_projection_layers[0]
         layer.shortcut = True  # v2
         self._pipe = pipe
 
-    def prepare(self, emb: IdentityEmbedding) -> None:
-        """The averaged CLIP features of the face crops (and of a zero image, the unconditional ones)."""
-        import torch
+    def _cache_path(self, crops: np.ndarray, dtype) -> Path | None:
+        if self._encoder_id is None:
+            logger.info("%s: the image encoder's revision is unknown; its features are not cached", self.name)
+            return None
+        return adapters_home().parent / "identity" / f"clip-{clip_cache_key(crops, self._encoder_id, dtype)}.safetensors"
 
+    def prepare(self, emb: IdentityEmbedding) -> None:
+        """The averaged CLIP features of the face crops (and of a zero image, the unconditional ones), from
+        the cache or computed on the pipeline's execution device. Call after the pipeline is on its device."""
         pipe = self._pipe
         if emb.crops is None or not len(emb.crops):
             raise InputError(f"{self.name} needs the faces' crops, and the identity embedding has none.")
-        enc = pipe.image_encoder
-        pixels = pipe.feature_extractor(images=list(emb.crops), return_tensors="pt").pixel_values
-        pixels = pixels.to(device=enc.device, dtype=enc.dtype)
+        device, dtype = pipe._execution_device, pipe.unet.dtype
+        cached = self._cache_path(emb.crops, dtype)
+        if cached is not None and cached.is_file():
+            from safetensors.torch import load_file
+
+            try:
+                hit = load_file(str(cached), device=str(device))
+                self._features, self.cache_hit = (hit["negative"], hit["positive"]), True
+                logger.info("%s: CLIP features cached (%s)", self.name, cached.name)
+                return
+            except Exception as exc:  # a damaged cache file is computed again, never trusted
+                logger.info("%s: CLIP feature cache %s unreadable (%s); computing", self.name, cached, type(exc).__name__)
+        self._features, self.cache_hit = self.clip_features(emb.crops, device, dtype), False
+        if cached is not None:
+            from facechain.io import save_safetensors
+
+            neg, pos = self._features
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                save_safetensors(cached, {"negative": neg.contiguous().cpu(), "positive": pos.contiguous().cpu()},
+                                 metadata={"image_encoder": self._encoder_id, "channels": CLIP_CHANNELS})
+            except OSError as exc:  # a read-only home: the job goes on without the cache
+                logger.warning("%s: could not cache CLIP features in %s (%s)", self.name, cached.parent,
+                               exc.strerror or exc)
+
+    def clip_features(self, crops: np.ndarray, device, dtype):
+        """(negative, positive), each (1, tokens, hidden): the encoder's penultimate hidden states of a zero
+        image and the mean over ``crops`` (uint8 RGB (N, 224, 224, 3), handed to CLIP in BGR order)."""
+        import torch
+        from transformers import CLIPImageProcessor
+
+        from facechain.models import load_image_encoder
+
+        if self.encoder is None:
+            self.encoder = load_image_encoder(self.encoder_ref, dtype=dtype, subfolder=self.encoder_subfolder)
+        enc = self.encoder.to(device=device, dtype=dtype)
+        # diffusers' load_ip_adapter makes this processor for an encoder of this input size (and IP-Adapter's own
+        # code uses CLIPImageProcessor's defaults: resize and centre-crop to 224, OpenAI CLIP mean/std)
+        size = int(self._encoder_config.image_size)
+        processor = CLIPImageProcessor(size=size, crop_size=size)
+        bgr = [np.ascontiguousarray(c[..., ::-1]) for c in crops]  # CLIP_CHANNELS
+        pixels = processor(images=bgr, return_tensors="pt").pixel_values.to(device=device, dtype=dtype)
         with torch.inference_mode():
             pos = enc(pixels, output_hidden_states=True).hidden_states[-2].mean(0, keepdim=True)
             neg = enc(torch.zeros_like(pixels[:1]), output_hidden_states=True).hidden_states[-2]
-        self._features = (neg, pos)  # each (1, tokens, hidden)
+        if torch.device(device).type != "cpu":  # sampling does not need it: its memory goes back to the UNet
+            enc.to("cpu")
+        return neg, pos
 
     def before_call(self, num_images: int, do_cfg: bool, unconditional: bool = False) -> None:
         import torch
@@ -425,7 +541,9 @@ class IPAdapterFaceIDPlusV2(IPAdapterFaceID):
         else:
             rows = [neg] * num_images + [pos] * num_images if do_cfg else [pos] * num_images
         layer = self._pipe.unet.encoder_hid_proj.image_projection_layers[0]
-        layer.clip_embeds = torch.cat(rows)[:, None].to(dtype=self._pipe.unet.dtype)
+        layer.clip_embeds = torch.cat(rows)[:, None].to(device=self._pipe._execution_device, dtype=self._pipe.unet.dtype)
 
     def describe(self, emb: IdentityEmbedding) -> dict:
-        return {**super().describe(emb), "image_encoder": self.encoder_ref, "shortcut": True}
+        return {**super().describe(emb), "image_encoder": self.encoder_ref,
+                "image_encoder_subfolder": self.encoder_subfolder, "clip_channels": CLIP_CHANNELS,
+                "clip_features_cached": self.cache_hit, "shortcut": True}

@@ -278,8 +278,9 @@ def resolve_paths(data: dict, base: Path) -> dict:
         ident = dict(ident)
         if isinstance(ident.get("photos"), str) and ident["photos"] and not os.path.isabs(os.path.expanduser(ident["photos"])):
             ident["photos"] = str((base / ident["photos"]).resolve())
-        if isinstance(ident.get("weights"), str) and ident["weights"] and looks_relative_path(ident["weights"], base):
-            ident["weights"] = str((base / ident["weights"]).resolve())
+        for key in ("weights", "image_encoder"):  # a file/folder, or a hub id (image_encoder)
+            if isinstance(ident.get(key), str) and ident[key] and looks_relative_path(ident[key], base):
+                ident[key] = str((base / ident[key]).resolve())
         out["identity"] = ident
     if isinstance(out.get("style_dirs"), list):
         out["style_dirs"] = [

@@ -197,7 +197,6 @@ class PortraitGenerator:
             self.adapters[FACE_ADAPTER] = 1.0
         if self.identity is not None:  # its own LoRA (faceid_0) joins the adapters mixed per style
             self.adapters.update(self.identity.attach(pipe))
-            self.identity.prepare(self.identity_embedding)
         self.default_style_lora = resolve_default_style_lora(cfg, self.family)
         if cfg.fast:
             ref = cfg.lcm_lora or lora_io.LCM_LORAS[self.family]
@@ -205,6 +204,8 @@ class PortraitGenerator:
             lora_io.load_adapter(pipe, path, LCM_ADAPTER, "LCM-LoRA")
             self.adapters[LCM_ADAPTER] = 1.0
         pipe.to(self.device)
+        if self.identity is not None:  # after the move: Plus v2's CLIP encoder runs on the execution device
+            self.identity.prepare(self.identity_embedding)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         native = native_size(pipe)
@@ -348,7 +349,8 @@ class PortraitGenerator:
         if style.has_lora:
             path = lora_io.resolve(style.lora_reference(), filename=style.bin_file, revision=style.revision,
                                    allow_pickle=self.cfg.allow_pickle, what=f"style '{style.name}' LoRA")
-            weight, what = style.multiplier_style, f"style '{style.name}' ({style.path}) LoRA"
+            # its weight_rule: linear, or FaceChain's SDXL strength (every tensor times the multiplier: m**3 for kohya)
+            weight, what = style.style_weight(path), f"style '{style.name}' ({style.path}) LoRA"
         elif self.default_style_lora is not None:  # a prompt-only style: FaceChain merges its default style LoRA
             path = self.default_style_lora
             weight = style.multiplier_style or self.cfg.default_style_lora_weight
@@ -562,6 +564,7 @@ class PortraitGenerator:
             "height": self.height, "width": self.width, "batch_size": cfg.batch_size, "fused": cfg.fuse_loras,
             "controlnets": ["openpose"] + (["depth"] if cfg.depth else []) if self.control_pipe is not None else [],
             "pose_control": self.pose_control,
+            "style_weight_rule": style.weight_rule if style.has_lora else None,  # adapters["style"] is its result
             "controlnet_scales": self.control_scales, "family": self.family,
             "identity": self.identity.describe(self.identity_embedding) if self.identity is not None else None,
             "prompt_encoding": {"weighting": "automatic1111", "encoder": "compel", "truncated": False,

@@ -143,7 +143,8 @@ class TemplateConfig:
             raise InputError("give a face index to every person or to none (then they go left to right).")
         if len(set(faces)) != len(faces):
             raise InputError(f"two people are given the same template face ({faces}). Give each person its own face.")
-        adapters = {(p.identity.adapter, p.identity.weights, p.identity.image_encoder)
+        adapters = {(p.identity.adapter, p.identity.weights, p.identity.image_encoder,
+                     p.identity.image_encoder_subfolder)
                     for p in self.people if p.identity is not None and p.identity.enabled}
         if len(adapters) > 1:
             raise InputError(f"the people use different identity adapters {sorted(adapters)}; one job loads one adapter. "

@@ -64,7 +64,8 @@ class FeedFaceIdentity:
                              f"{str(exc).splitlines()[0][:160]}). Train the adapter again.") from exc
         adapter.to(device=pipe.unet.device, dtype=pipe.unet.dtype).eval()
         self.hooks = FeedFaceHooks(pipe.unet, adapter, multiplier=self.spec.scale)
-        encoder = load_image_encoder(self.encoder_ref, dtype=pipe.unet.dtype)
+        encoder = load_image_encoder(self.encoder_ref, dtype=pipe.unet.dtype,
+                                     subfolder=self.spec.image_encoder_subfolder if self.spec.image_encoder else "")
         if int(encoder.config.hidden_size) != int(self.record["clip_dim"]):
             raise InputError(f"the FeedFace adapter reads {self.record['clip_dim']}-wide CLIP tokens, and the image "
                              f"encoder {self.encoder_ref} gives {encoder.config.hidden_size}-wide ones. Use the encoder it "
