@@ -8,6 +8,12 @@ A base model reference may be:
 * a Hugging Face hub id (``owner/name``) or a ModelScope id (``owner/name`` + revision such
   as ``v2.0``; FaceChain's default base ``ly261666/cv_portrait_model`` is one).
 
+A hub download fetches only the files that load (:func:`download_plan`): of a pipeline, the components
+:func:`load_pipeline` loads (never the safety checker), in the weights variant :func:`plan_component` picks
+(``variant`` auto: the fp16 files when running in float16 and they exist). The same rule picks the files of
+a local folder, per component, and refuses pickles only in components that load. After the Hugging Face hub
+and ModelScope, FaceChain's ModelScope copies (:data:`MODELSCOPE_COPIES`) are tried.
+
 Whether a model is SD1.5-family or SDXL is read from the model's own config (the UNet's
 ``addition_embed_type`` for folders and loaded pipelines, the text-conditioner keys for single
 files), never from its name or class name.
@@ -565,7 +571,10 @@ def fetch_from_hub(src: HubSource, *, kind: Literal["pipeline", "model", "contro
     cache); returns the local path of ``src.path`` (a folder or a file). Offline, the Hugging Face cache is
     used as it is."""
     if _hub_local_only(src.hub):
-        return _hub_snapshot(src, None, local_only=True) / src.path
+        path = _hub_snapshot(src, None, local_only=True) / src.path
+        if not path.exists():
+            raise FileNotFoundError(f"'{src.path}' is not in the cached copy of {src.repo}")
+        return path
     files = _hub_files(src)
     index = _join(src.path, "model_index.json")
     model_index = _hub_json(src, index) if kind == "pipeline" and index in files else None
@@ -744,7 +753,7 @@ def _components_by_plan(resolved: ResolvedModel, dtype, variant: str, passed: di
         names = [f.name for f in (resolved.path / comp).iterdir() if f.is_file()]
         derived = common if common and any(len(n.split(".")) > 2 and n.split(".")[1].startswith(common)
                                            for n in names) else None
-        if not plan.files or derived == plan.variant:
+        if not plan.files or derived == plan.variant or comp not in index:
             continue
         library, class_name = index[comp]
         model_cls = getattr(importlib.import_module(library), class_name)
@@ -914,8 +923,9 @@ def load_controlnet(ref: str, *, dtype, what: str, allow_pickle: bool = False, v
     "depth", "canny"), for messages and the setting's name."""
     check_variant(variant)
     where = f"{what} ControlNet '{ref}'"
+    setting = f"controlnet_{what.split()[0]}"
     path = _fetch_model(ref, where, "controlnet", dtype=dtype, variant=variant, allow_pickle=allow_pickle,
-                        setting=f"controlnet_{what}")
+                        setting=setting)
     from diffusers import ControlNetModel
 
     if path.is_file():
@@ -929,7 +939,7 @@ def load_controlnet(ref: str, *, dtype, what: str, allow_pickle: bool = False, v
         return _controlnet_from_file(path / single[0], where, dtype=dtype, allow_pickle=allow_pickle)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"{where} could not be loaded from {path} ({_first_line(exc)}). Set "
-                                 f"controlnet_{what} to a diffusers ControlNet folder (config.json + weights).") from exc
+                                 f"{setting} to a diffusers ControlNet folder (config.json + weights).") from exc
 
 
 def _controlnet_from_file(path: Path, where: str, *, dtype, allow_pickle: bool):
