@@ -789,7 +789,7 @@ def resolve_weights_file(
         return local
     if _looks_like_path(ref) or not filename:
         raise ModelNotFoundError(f"{what} '{ref}'{' / ' + filename if filename else ''} does not exist on disk.")
-    check_checkpoint_file(Path(filename), allow_pickle, what)  # a pickle is refused before any download
+    check_checkpoint_file(Path(filename), allow_pickle, f"{what} '{ref}' file")  # refused before any download
 
     def fetch(src: HubSource) -> Path:
         if src.hub == "huggingface":

@@ -221,6 +221,9 @@ class FakeHub:
 
     def _files(self, hub: str, repo: str) -> list[str]:
         self.calls.append(("list", hub, repo))
+        return self._listing(hub, repo)
+
+    def _listing(self, hub: str, repo: str) -> list[str]:
         if (repo, hub) not in self.available:
             raise FileNotFoundError(f"{repo} is not on {hub}")
         return sorted(self.available[(repo, hub)])
@@ -233,13 +236,13 @@ class FakeHub:
         return folder
 
     def _one(self, hub: str, repo: str, name: str) -> str:
-        if name not in self._files(hub, repo):
+        if name not in self._listing(hub, repo):
             raise FileNotFoundError(f"{repo}/{name} is not on {hub}")
         self.calls.append(("file", hub, repo, name))
         return str(self._write(hub, repo, [name]) / name)
 
     def _snapshot(self, hub: str, repo: str, patterns) -> str:
-        files = self._files(hub, repo)
+        files = self._listing(hub, repo)
         assert patterns is not None, "a download without allow_patterns fetches the whole repo"
         self.calls.append(("snapshot", hub, repo, sorted(patterns)))
         return str(self._write(hub, repo, [f for f in files if f in patterns]))
@@ -337,3 +340,26 @@ def test_hub_reference_syntax():
         assert models.parse_hub_ref(not_hub) is None, not_hub
     with pytest.raises(InputError, match="variant must be one of"):
         models.check_variant("half")
+
+
+def test_modelscope_base_fetches_only_its_sub_path(tmp_path, monkeypatch):
+    """FaceChain's base (ModelScope ly261666/cv_portrait_model v2.0, sub path film/film) when the Hugging Face hub
+    does not have it: only film/film's loaded files come down. Its real weight files are unknown (the fixture
+    says so), so this simulated repo adds safetensors weights, a pickle-only safety checker and a second model
+    folder beside film/film, all made up for the test."""
+    repo, sub = "ly261666/cv_portrait_model", "film/film"
+    listed = listing(repo, "modelscope")
+    index = {c: ["diffusers", "X"] for c in ("scheduler", "text_encoder", "tokenizer", "unet", "vae", "safety_checker")}
+    files = {**{f: "" for f in listed["files"]}, f"{sub}/model_index.json": json.dumps(index),
+             f"{sub}/unet/config.json": json.dumps({"in_channels": 4, "_class_name": "UNet2DConditionModel"}),
+             f"{sub}/unet/diffusion_pytorch_model.safetensors": "", f"{sub}/vae/config.json": "",
+             f"{sub}/vae/diffusion_pytorch_model.safetensors": "", f"{sub}/text_encoder/config.json": "",
+             f"{sub}/text_encoder/model.safetensors": "", f"{sub}/tokenizer/vocab.json": "",
+             f"{sub}/scheduler/scheduler_config.json": "", f"{sub}/safety_checker/pytorch_model.bin": "",
+             f"{sub}/safety_checker/config.json": "", "realistic/unet/diffusion_pytorch_model.safetensors": ""}
+    hub = FakeHub(tmp_path, monkeypatch, {(repo, "modelscope"): files})
+    resolved = models.resolve_model(repo, listed["revision"], sub)
+    assert resolved.path.as_posix().endswith(sub) and resolved.family == "sd15"
+    got = hub.fetched()
+    assert got and all(p.startswith(sub + "/") for p in got) and not [p for p in got if "safety_checker" in p]
+    assert [c[1] for c in hub.calls if c[0] == "list"] == ["huggingface", "modelscope"]

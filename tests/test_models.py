@@ -252,3 +252,17 @@ def test_controlnet_and_image_encoder_take_the_variant(tiny_sd15, tmp_path):
     assert load_image_encoder(str(tmp_path / "enc"), dtype=torch.float16).dtype == torch.float16
     with pytest.raises(InputError, match="variant 'none'"):
         load_image_encoder(str(tmp_path / "enc"), dtype=torch.float32, variant="none")
+
+
+def test_original_layout_controlnet_file_without_config_is_one_clear_error(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from facechain.models import load_controlnet
+
+    save_file({"control_model.input_hint_block.0.weight": torch.zeros(16, 3, 3, 3)}, str(tmp_path / "cn.safetensors"))
+    with pytest.raises(ModelNotFoundError, match=r"depth ControlNet .*single-file checkpoint .*cn.safetensors.*config.json"):
+        load_controlnet(str(tmp_path / "cn.safetensors"), dtype=torch.float32, what="depth")
+    (tmp_path / "cn.ckpt").write_bytes(b"never unpickled")
+    with pytest.raises(UnsafeCheckpointError, match="--allow-pickle"):
+        load_controlnet(str(tmp_path / "cn.ckpt"), dtype=torch.float32, what="depth")
