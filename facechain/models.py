@@ -387,6 +387,7 @@ MODELSCOPE_COPIES: dict[str, tuple[str, ...]] = {
     "lllyasviel/control_v11f1p_sd15_depth": (
         "damo/face_chain_control_model@v1.0.1/model_controlnet/control_v11p_sd15_depth",),
     "lllyasviel/control_v11p_sd15_canny": ("ly261666/cv_wanx_style_model@v1.0.3/contronet-canny",),
+    "Intel/dpt-large": ("damo/face_chain_control_model@v1.0.1/model_controlnet/dpt-large",),
     "latent-consistency/lcm-lora-sdv1-5": ("eavesy/lcm-lora-sdv1-5",),
     "latent-consistency/lcm-lora-sdxl": ("AI-ModelScope/lcm-lora-sdxl",),
 }
@@ -996,14 +997,19 @@ def load_image_encoder(ref: str, *, dtype, allow_pickle: bool = False, variant: 
 
 
 def load_depth_estimator(ref: str, *, allow_pickle: bool = False):
-    """A transformers ``depth-estimation`` pipeline (FaceChain: DPT-large); safetensors only unless ``allow_pickle``."""
+    """A transformers ``depth-estimation`` pipeline (FaceChain: DPT-large): a local folder, or a hub id (Hugging
+    Face, then ModelScope, then FaceChain's copy in :data:`MODELSCOPE_COPIES`), downloading only its configs and
+    weights; safetensors only unless ``allow_pickle``."""
     from transformers import pipeline as hf_pipeline
 
+    where = f"depth estimator '{ref}'"
+    path = _fetch_model(ref, where, "model", dtype=None, variant="auto", allow_pickle=allow_pickle,
+                        setting="depth_estimator (or pass a ready depth_image)")
     try:
-        return hf_pipeline("depth-estimation", model=str(ref), model_kwargs=safetensors_only(allow_pickle))
+        return hf_pipeline("depth-estimation", model=str(path), model_kwargs=safetensors_only(allow_pickle))
     except Exception as exc:
         raise ModelNotFoundError(
-            f"depth estimator '{ref}' could not be loaded ({type(exc).__name__}). Download it on a machine with "
+            f"{where} could not be loaded from {path} ({type(exc).__name__}). Download it on a machine with "
             "network access and set depth_estimator to the local folder, or pass a ready depth_image."
         ) from exc
 

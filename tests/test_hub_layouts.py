@@ -363,3 +363,15 @@ def test_modelscope_base_fetches_only_its_sub_path(tmp_path, monkeypatch):
     got = hub.fetched()
     assert got and all(p.startswith(sub + "/") for p in got) and not [p for p in got if "safety_checker" in p]
     assert [c[1] for c in hub.calls if c[0] == "list"] == ["huggingface", "modelscope"]
+
+
+def test_depth_estimator_tries_faceChains_copy(tmp_path, monkeypatch):
+    from facechain.generate.config import GenerateConfig
+
+    depth = {f.name: f.default for f in dataclasses.fields(GenerateConfig)}["depth_estimator"]
+    hub = FakeHub(tmp_path, monkeypatch, {})
+    with pytest.raises(ModelNotFoundError, match=r"(?s)depth estimator 'Intel/dpt-large' could not be found.*tried: huggingface: "
+                       r"Intel/dpt-large.*tried: modelscope: Intel/dpt-large.*tried: modelscope: "
+                       r"damo/face_chain_control_model@v1.0.1/model_controlnet/dpt-large.*depth_image"):
+        models.load_depth_estimator(depth)
+    assert len([c for c in hub.calls if c[0] == "list"]) == 3
