@@ -20,7 +20,7 @@ from facechain.config import from_dict, load_mapping, merge_settings, upgrade_na
 from facechain.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.lora import LORA_FILE
-from facechain.models import DEVICE_HELP, DTYPE_HELP
+from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP, check_variant
 
 # FaceChain's negative prompt, word for word (its app.py / run_inference.py ``neg_prompt``, typos such as
 # "lowers" included), AUTOMATIC1111 weights and all: facechain.prompts reads the weights and encodes the
@@ -39,7 +39,12 @@ FACECHAIN_STYLE_LORA = ("Cherrytest/zjz_mj_jiyi_small_addtxt_fromleo", "v1.0.0",
                         "zjz_mj_jiyi_small_addtxt_fromleo.safetensors")
 
 # Public weights per base family. Only used when the config leaves the field empty.
-DEFAULT_OPENPOSE_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_openpose", "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"}
+# Each loads through ControlNetModel.from_pretrained from diffusers-named safetensors (tests/fixtures/hub_listings.json
+# records the published files). SDXL openpose: xinsir's repo (config.json + diffusion_pytorch_model.safetensors);
+# thibaud/controlnet-openpose-sdxl-1.0 ships its diffusers weights only as a pickle (diffusion_pytorch_model.bin):
+# name its safetensors file as thibaud/controlnet-openpose-sdxl-1.0/OpenPoseXL2.safetensors to use it.
+# The SD1.5 ones fall back to FaceChain's ModelScope copies (facechain.models.MODELSCOPE_COPIES).
+DEFAULT_OPENPOSE_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_openpose", "sdxl": "xinsir/controlnet-openpose-sdxl-1.0"}
 DEFAULT_CANNY_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"}
 DEFAULT_DEPTH_CONTROLNET = {"sd15": "lllyasviel/control_v11f1p_sd15_depth", "sdxl": "diffusers/controlnet-depth-sdxl-1.0"}
 
@@ -132,9 +137,10 @@ class GenerateConfig:
                                   default=None)
     pose_weight: float = _h("ControlNet conditioning scale of the pose (FaceChain: 1.0).", default=1.0)
     depth_weight: float = _h("ControlNet conditioning scale of depth (FaceChain: 0.5).", default=0.5)
-    controlnet_openpose: str | None = _h("OpenPose ControlNet: hub id or folder; empty = the family default.",
-                                         default=None)
-    controlnet_depth: str | None = _h("Depth ControlNet: hub id or folder; empty = the family default.", default=None)
+    controlnet_openpose: str | None = _h(f"OpenPose ControlNet: a local folder or file, or {HUB_REF_HELP}; empty = "
+                                         "the family default.", default=None)
+    controlnet_depth: str | None = _h(f"Depth ControlNet: a local folder or file, or {HUB_REF_HELP}; empty = the family "
+                                      "default.", default=None)
     depth_estimator: str = _h("Depth estimation model (transformers) for a pose photo.", default="Intel/dpt-large")
     pose_annotator: str = _h("controlnet_aux OpenPose annotator weights (hub id or folder) for a pose photo.",
                              default="lllyasviel/Annotators")
@@ -179,6 +185,7 @@ class GenerateConfig:
     # --- runtime
     device: str = _h(DEVICE_HELP, default="auto")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = _h(DTYPE_HELP, default="auto")
+    variant: Literal["auto", "fp16", "none"] = _h(f"Base model and ControlNet {VARIANT_HELP}.", default="auto")
     allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (.bin/.ckpt). Only for files you trust.",
                             default=False)
     allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write (they are "
@@ -193,6 +200,7 @@ class GenerateConfig:
             positive(name)
         if not self.base_model:
             raise InputError("base_model is empty. Name a hub id, a local diffusers folder or a .safetensors file.")
+        check_variant(self.variant)
         if self.num_images > self.num_candidates:
             raise InputError(
                 f"num_images ({self.num_images}) is more than num_candidates ({self.num_candidates}); ranking keeps "

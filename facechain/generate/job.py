@@ -63,7 +63,7 @@ def check_inputs(cfg: GenerateConfig):
     Returns (resolved model, styles, subject, control) where control is check_control_inputs' result."""
     from facechain.generate.pipeline import check_control_inputs, check_face_lora
     from facechain.generate.prompt import subject_from_metadata
-    from facechain.models import resolve_model
+    from facechain.models import resolve_device, resolve_dtype, resolve_model
     from facechain.styles import DEFAULT_STYLES_DIR, load_styles
 
     from facechain.outputs import check_settled
@@ -88,7 +88,8 @@ def check_inputs(cfg: GenerateConfig):
         check_backend(cfg.fusion, cfg.face_backend)
     control = check_control_inputs(cfg)  # a pose with no person fails here, before any model loads
     subject = subject_from_metadata(cfg.processed_dir, cfg.trigger_word)
-    resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
+    resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle,
+                             dtype=resolve_dtype(cfg.dtype, resolve_device(cfg.device)), variant=cfg.variant)
     styles = [registry.get(name, resolved.family) for name in cfg.styles]
     if cfg.identity.enabled:  # the adapter's weights (safetensors, this family) and photos, before any model loads
         from facechain.adapters import get_identity_adapter

@@ -171,7 +171,8 @@ class PortraitGenerator:
         t0 = time.perf_counter()
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        self.resolved = resolved or resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
+        self.resolved = resolved or resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle,
+                                                  dtype=self.dtype, variant=cfg.variant)
         self.family = self.resolved.family
         face_lora = check_face_lora(cfg)
         pose_map, photo = control if control is not None else check_control_inputs(cfg)
@@ -183,7 +184,8 @@ class PortraitGenerator:
             self.identity = get_identity_adapter(cfg.identity, self.family)
             self.identity_embedding = identity_embedding(cfg.identity.photos, self._face_analyzer())
             self.identity.check_embedding(self.identity_embedding)
-        pipe = load_pipeline(self.resolved, torch_dtype=self.dtype, single_file_config=cfg.single_file_config)
+        pipe = load_pipeline(self.resolved, torch_dtype=self.dtype, single_file_config=cfg.single_file_config,
+                             variant=cfg.variant)
         if cfg.fast:
             pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
         else:
@@ -231,7 +233,7 @@ class PortraitGenerator:
             if self._diir_net is None:
                 self._diir_net = load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family],
                                                  dtype=self.dtype, what="openpose (DIIR's landmark control)",
-                                                 allow_pickle=cfg.allow_pickle).to(self.device)
+                                                 allow_pickle=cfg.allow_pickle, variant=cfg.variant).to(self.device)
         if torch.cuda.is_available() and self.device.type == "cuda":
             torch.cuda.synchronize()
         self.load_seconds = time.perf_counter() - t0
@@ -242,7 +244,7 @@ class PortraitGenerator:
     PIPELINE_FIELDS = ("base_model", "revision", "sub_path", "single_file_config", "fast", "lcm_lora", "pose",
                        "pose_control", "depth", "depth_image", "controlnet_openpose", "controlnet_depth",
                        "depth_estimator", "pose_annotator", "identity", "default_style_lora", "fusion", "diir",
-                       "face_backend", "device", "dtype", "height", "width", "allow_pickle")
+                       "face_backend", "device", "dtype", "variant", "height", "width", "allow_pickle")
 
     @classmethod
     def pipeline_key(cls, cfg: GenerateConfig) -> tuple:
@@ -286,7 +288,7 @@ class PortraitGenerator:
             self._setup_repcontrol(pose_map, rep)
             return
         nets = [load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family], dtype=self.dtype,
-                                what="openpose", allow_pickle=cfg.allow_pickle)]
+                                what="openpose", allow_pickle=cfg.allow_pickle, variant=cfg.variant)]
         images = [Image.fromarray(pose_map)]
         scales = [cfg.pose_weight]
         if cfg.depth:
@@ -304,7 +306,7 @@ class PortraitGenerator:
                 if not faces:
                     logger.info("depth: no face found in the pose photo; its depth map is used whole")
             nets.append(load_controlnet(cfg.controlnet_depth or DEFAULT_DEPTH_CONTROLNET[self.family], dtype=self.dtype,
-                                        what="depth", allow_pickle=cfg.allow_pickle))
+                                        what="depth", allow_pickle=cfg.allow_pickle, variant=cfg.variant))
             images.append(Image.fromarray(letterbox(depth, (self.width, self.height), "bicubic")))
             scales.append(cfg.depth_weight)
         if len(nets) > 1:

@@ -150,7 +150,8 @@ class Engine:
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         loaded = pipe is None
         if loaded:
-            resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)
+            resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle,
+                                     dtype=self.dtype)
             pipe = load_pipeline(resolved, torch_dtype=self.dtype)
             self.family = resolved.family
             self.model_id = f"{resolved.reference}@{cfg.revision or ''}/{cfg.sub_path or ''}:{resolved.path}"

@@ -180,9 +180,9 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
 
     t0 = time.perf_counter()
     model, revision, sub_path = base_model_of(cfg)
-    resolved = resolve_model(model, revision, sub_path, allow_pickle=cfg.allow_pickle)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    resolved = resolve_model(model, revision, sub_path, allow_pickle=cfg.allow_pickle, dtype=dtype)
     pipe = load_pipeline(resolved, torch_dtype=dtype, single_file_config=cfg.single_file_config)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
