@@ -372,8 +372,8 @@ def default_models() -> list[DefaultModel]:
 
     base, rev, sub = (default(ServeConfig, n) for n in ("base_model", "revision", "sub_path"))
     out = [DefaultModel(base, f"{sub}/model_index.json", "FaceChain's base model (train_lora.sh, serve)", rev, "modelscope"),
-           DefaultModel(FACECHAIN_FACE_LORA[0], FACECHAIN_FACE_LORA[1], "FaceChain's face LoRA (--init_lora facechain)",
-                        hub="modelscope"),
+           DefaultModel(FACECHAIN_FACE_LORA[0], FACECHAIN_FACE_LORA[2], "FaceChain's face LoRA (--init_lora facechain)",
+                        FACECHAIN_FACE_LORA[1], "modelscope"),
            DefaultModel(gen.FACECHAIN_STYLE_LORA[0], gen.FACECHAIN_STYLE_LORA[2],
                         "FaceChain's style LoRA (default_style_lora: facechain)", gen.FACECHAIN_STYLE_LORA[1], "modelscope"),
            DefaultModel(STYLIZE_MODEL, "model_index.json", "stylize's base model")]
@@ -391,7 +391,9 @@ def default_models() -> list[DefaultModel]:
                             "OpenPose annotator (pose photos)"))
     for (adapter, family), name in faceid.CHECKPOINTS.items():
         out.append(DefaultModel(faceid.FACEID_REPO, name, f"identity adapter {adapter}, {family}"))
-    out.append(DefaultModel(faceid.DEFAULT_IMAGE_ENCODER, "config.json", "Plus v2 identity adapters' image encoder"))
+    encoder, encoder_sub = faceid.DEFAULT_IMAGE_ENCODER
+    out.append(DefaultModel(encoder, f"{encoder_sub}/config.json", "Plus v2 identity adapters' image encoder",
+                            include=(f"{encoder_sub}/*",)))
     out.append(DefaultModel(FEEDFACE_ENCODER, "config.json", "FeedFace's image encoder"))
     return out
 

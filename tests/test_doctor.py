@@ -226,8 +226,8 @@ def test_doctor_json_reports_this_machine(tmp_path):
 
     _hf_cache_with(tmp_path / "hub", LCM_LORAS["sd15"], LORA_FILE)
     # FaceChain's face LoRA in ModelScope's cache layout: models/<owner>--<name>/snapshots/<revision>/<file>
-    face_lora, face_lora_file = FACECHAIN_FACE_LORA
-    ms_file = (tmp_path / "modelscope" / "models" / face_lora.replace("/", "--") / "snapshots" / "master"
+    face_lora, face_lora_revision, face_lora_file = FACECHAIN_FACE_LORA
+    ms_file = (tmp_path / "modelscope" / "models" / face_lora.replace("/", "--") / "snapshots" / face_lora_revision
                / face_lora_file)
     ms_file.parent.mkdir(parents=True)
     ms_file.write_bytes(b"\0" * 1000)

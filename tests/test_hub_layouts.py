@@ -170,9 +170,10 @@ def test_default_image_encoder_and_depth_estimator_resolve():
     from facechain.generate.config import GenerateConfig
 
     depth = {f.name: f.default for f in dataclasses.fields(GenerateConfig)}["depth_estimator"]
-    for repo in (DEFAULT_IMAGE_ENCODER, depth):
-        plan = models.download_plan(files_of(repo), "", kind="model", where=repo, half=True)
-        assert weights(plan) == ["model.safetensors"] and "config.json" in plan, plan
+    for repo, sub in (DEFAULT_IMAGE_ENCODER, (depth, "")):
+        plan = models.download_plan(files_of(repo), sub, kind="model", where=repo, half=True)
+        prefix = f"{sub}/" if sub else ""
+        assert weights(plan) == [f"{prefix}model.safetensors"] and f"{prefix}config.json" in plan, plan
 
 
 def test_unknown_weight_listings_are_only_the_known_modelscope_ones():
