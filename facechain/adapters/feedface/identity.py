@@ -40,7 +40,7 @@ class FeedFaceIdentity:
         self.spec = spec
         self.family = family
         self.encoder_ref = spec.image_encoder or self.record["image_encoder"]
-        self.hooks = self.encoder = self._ctx = None
+        self.hooks = self.encoder = self._ctx = self._unet = None
         self.faces: int | None = None  # how many faces the condition holds, once prepared
 
     def check_embedding(self, emb) -> None:
@@ -71,6 +71,7 @@ class FeedFaceIdentity:
                              f"encoder {self.encoder_ref} gives {encoder.config.hidden_size}-wide ones. Use the encoder it "
                              f"was trained with ({self.record['image_encoder']}).")
         self.encoder = encoder.to(pipe.unet.device)
+        self._unet = pipe.unet  # prepare() runs the encoder where the UNet is by then (generation moves it after attach)
         return {}
 
     def prepare(self, emb) -> None:
@@ -83,6 +84,9 @@ class FeedFaceIdentity:
         k = min(len(emb.crops), int(self.record.get("max_faces", 5)))
         if len(emb.crops) > k:
             logger.info("feedface: %d photos, the adapter takes %d faces; using the first %d", len(emb.crops), k, k)
+        device = self._unet.device if self._unet is not None else self.encoder.device
+        self.encoder.to(device)
+        self.hooks.adapter.to(device)
         tokens = encode_faces(self.encoder, emb.crops[:k])  # (k, T, D)
         tokens = tokens.reshape(1, -1, tokens.shape[-1])
         adapter = self.hooks.adapter

@@ -88,7 +88,10 @@ class FeedFaceHooks:
             ctx = self.context.to(dtype=output.dtype, device=output.device)
             if ctx.shape[0] != output.shape[0]:
                 raise ValueError(f"face context has {ctx.shape[0]} rows and the UNet's batch {output.shape[0]}")
-            return output + self.multiplier * self.adapter.blocks[key](output, ctx)
+            block = self.adapter.blocks[key]
+            if next(block.parameters()).device != output.device:  # the UNet was moved (or offloaded) after attaching
+                self.adapter.to(output.device)
+            return output + self.multiplier * block(output, ctx)
 
         return hook
 
