@@ -131,3 +131,23 @@ def test_a1111_chunks_move_a_short_tail_after_a_comma(clip_pipe):
                                         [bos] + [rain] * 6 + [eos] * 70]
     info = PromptEncoder(clip_pipe).describe("snow " * 70 + ", " + "rain " * 10)
     assert (info["prompt_tokens"], info["prompt_chunks"]) == (81, 2)
+
+
+def test_a1111_rule_by_hand_with_real_tokens(clip_pipe):
+    """A1111's rule on real CLIP tokens: weights > 1 and < 1, nested, 87 tokens = two chunks."""
+    from tests.test_prompts import a1111_by_hand
+
+    prompt = "a ((red:1.5) hat) and [blue] shoes " + "snow " * 80 + "(mountain:0.5)"
+    pieces = [("a ", 1.0), ("red", 1.5 * 1.1), (" hat", 1.1), (" and ", 1.0), ("blue", 1 / 1.1),
+              (" shoes " + "snow " * 80, 1.0), ("mountain", 0.5)]
+    sdxl = hasattr(clip_pipe, "text_encoder_2")
+    pairs = [(clip_pipe.tokenizer, clip_pipe.text_encoder)] + ([(clip_pipe.tokenizer_2, clip_pipe.text_encoder_2)] if sdxl else [])
+    parts = [a1111_by_hand(t, e, pieces, penultimate=sdxl) for t, e in pairs]
+    kw = PromptEncoder(clip_pipe)(prompt, "blurry")
+    assert PromptEncoder(clip_pipe).describe(prompt)["prompt_tokens"] == 87
+    want = torch.cat([z for z, _ in parts], dim=-1)
+    assert kw["prompt_embeds"].shape == want.shape == (1, 154, want.shape[-1])
+    torch.testing.assert_close(kw["prompt_embeds"], want, rtol=1e-5, atol=1e-6)
+    if sdxl:
+        with torch.no_grad():
+            assert torch.equal(kw["pooled_prompt_embeds"], clip_pipe.text_encoder_2(torch.tensor([parts[1][1]])).text_embeds)

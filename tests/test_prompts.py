@@ -192,3 +192,24 @@ def test_prompt_weighting_setting_is_checked(pipe):
     with pytest.raises(InputError, match="prompt_weighting"):
         GenerateConfig(base_model="m", output_dir="o", prompt_weighting="A1111")
     assert PromptEncoder(pipe).describe("(a:1.2)")["prompt_weighting"] == "a1111"
+
+
+def test_stylize_reads_the_setting(tiny_sd15, style_images):
+    """StylizeConfig.prompt_weighting reaches the engine's encoder; an engine is not reused across settings, and
+    the inversion cache key tells the two apart only for a weighted prompt (an unweighted one encodes the same)."""
+    from facechain.stylize import StylizeConfig
+    from facechain.stylize.engine import Engine, prepare_image
+
+    cfgs = {w: StylizeConfig(base_model=str(tiny_sd15), resolution=64, device="cpu", prompt_weighting=w)
+            for w in PROMPT_WEIGHTING}
+    a1111 = Engine(cfgs["a1111"])
+    assert a1111.matches(cfgs["a1111"]) and not a1111.matches(cfgs["compel"])
+    compel = Engine(cfgs["compel"])
+    assert StylizeConfig().prompt_weighting == "a1111"
+    conds = {name: e.conditioning("(head:1.4), portrait", "", (64, 64)) for name, e in (("a1111", a1111), ("compel", compel))}
+    want = PromptEncoder(a1111.pipe, "a1111")("(head:1.4), portrait", "")["prompt_embeds"]
+    assert torch.equal(conds["a1111"].cond, want)
+    assert not torch.equal(conds["a1111"].cond, conds["compel"].cond)
+    content = prepare_image(style_images["content"], None, 64, "content")
+    assert a1111.inversion_key(content, "head", 4) == compel.inversion_key(content, "head", 4)
+    assert a1111.inversion_key(content, "(head:1.4)", 4) != compel.inversion_key(content, "(head:1.4)", 4)
