@@ -5,7 +5,7 @@ tokenizer made locally (by default a byte-level CLIP BPE vocabulary with no merg
 builds CLIP's real 49,408-token BPE tokenizer from open-clip-torch's copy of it), and saved as an
 ordinary diffusers folder. The SD1.5 build keeps SD1.5's block structure (4 resolution levels,
 2 layers per block, 16 transformer blocks in call order), so layer indices mean the same thing as
-on the full model. Use ``facechain make-tiny-model OUT_DIR [--family sdxl]`` from the command line.
+on the full model. Use ``facechain make-tiny-model OUT_DIR [--family sdxl] [--tokenizer clip]`` from the command line.
 """
 
 from __future__ import annotations

@@ -151,3 +151,14 @@ def test_a1111_rule_by_hand_with_real_tokens(clip_pipe):
     if sdxl:
         with torch.no_grad():
             assert torch.equal(kw["pooled_prompt_embeds"], clip_pipe.text_encoder_2(torch.tensor([parts[1][1]])).text_embeds)
+
+
+@pytest.mark.slow  # ~7 s: the CLI builds and saves a whole tiny model
+def test_make_tiny_model_with_the_clip_tokenizer(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from facechain.cli import main
+
+    assert main(["make-tiny-model", str(tmp_path / "m"), "--tokenizer", "clip"]) == 0
+    tok = CLIPTokenizer.from_pretrained(str(tmp_path / "m" / "tokenizer"))
+    assert len(tok) == CLIP_VOCAB_SIZE and tok("a photo")["input_ids"] == [49406, 320, 1125, 49407]
