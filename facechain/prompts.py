@@ -25,9 +25,12 @@ How a weight acts (``weighting``):
   gets this on its own before the two are put side by side; the pooled embedding is the second encoder's
   on the first chunk, unweighted. Chunks are cut as A1111 cuts them (75 tokens, and a run of at most 20
   tokens after the last comma moves to the next chunk: its "comma_padding_backtrack" default), so
-  prompts copied from A1111 or Civitai look as their authors meant.
+  prompts copied from A1111 or Civitai look as their authors meant. The means are taken in float32 (A1111
+  takes them in the model's dtype). A weighted chunk whose mean is 0 has no such rescaling: an error.
 * ``"compel"``: compel's arithmetic (https://github.com/damian0815/compel), ``empty + (z - empty) * w``
-  against the empty prompt's embedding, chunks cut every 75 tokens; the pooled embedding is the plain text's.
+  against the empty prompt's embedding, chunks as compel cuts them (a weighted long prompt can take one
+  more than its tokens need); the pooled embedding is the plain text's, cut at 77 tokens. This is the
+  encoder as it was before ``a1111`` was added.
 
 Either way a prompt with no weights that fits in 77 tokens gets exactly the embedding diffusers' own
 ``encode_prompt`` gives, so plain prompts generate the same images.
@@ -46,6 +49,7 @@ PROMPT_WEIGHTING = ("a1111", "compel")  # how a (word:w) weight acts on the embe
 WEIGHTING_HELP = ("How a (word:1.2) weight acts: a1111 = AUTOMATIC1111's rule (each token's embedding times its weight, "
                   "then the 77-token chunk rescaled to its original mean), compel = compel's (the empty prompt's "
                   "embedding + weight x the difference).")
+MEAN_FLOOR = 1e-5  # |mean| / mean(|z|) under this is float rounding around 0 (~1e-8); the tiny models: 2e-3 and more
 CHUNK_TOKENS = 75  # prompt tokens per 77-token CLIP chunk (the start and end markers take the other two)
 COMMA_PADDING_BACKTRACK = 20  # AUTOMATIC1111's "comma_padding_backtrack" default (modules/shared_options.py)
 
@@ -203,11 +207,14 @@ class _A1111Encoder:
             original_mean = zf.mean()
             zf = zf * w
             new_mean = zf.mean()
-            if original_mean == 0 or new_mean == 0:
+            # a mean at float rounding's level is 0: the ratio of two such means is noise, not a rescaling
+            floor = MEAN_FLOOR * zf.abs().mean()
+            if original_mean.abs() <= floor or new_mean.abs() <= floor:
                 raise ValueError(
                     f"prompt_weighting a1111 rescales each weighted 77-token chunk to its unweighted mean, but this "
-                    f"text encoder's chunk has mean {original_mean.item():g} (weighted: {new_mean.item():g}), so the "
-                    "rule is undefined for it. Use prompt_weighting: compel for this model.")
+                    f"text encoder's chunk has mean {original_mean.item():.3g} (weighted: {new_mean.item():.3g}; "
+                    f"mean 0 below {MEAN_FLOOR:g} of its mean magnitude), so the rule is undefined for it. "
+                    "Use prompt_weighting: compel for this model.")
             zs.append((zf * (original_mean / new_mean)).to(z.dtype))
         return torch.cat(zs, dim=1)
 

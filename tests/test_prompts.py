@@ -213,3 +213,21 @@ def test_stylize_reads_the_setting(tiny_sd15, style_images):
     content = prepare_image(style_images["content"], None, 64, "content")
     assert a1111.inversion_key(content, "head", 4) == compel.inversion_key(content, "head", 4)
     assert a1111.inversion_key(content, "(head:1.4)", 4) != compel.inversion_key(content, "(head:1.4)", 4)
+
+
+def test_a1111_rule_refuses_a_mean_zero_chunk(tiny_sd15):
+    """A text encoder whose final LayerNorm is at its initial scale 1 / shift 0 gives mean-zero conditioning:
+    A1111's rescaling would divide by 0, so a weighted chunk is an error that names the way out."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15)
+    norm = pipe.text_encoder.final_layer_norm
+    with torch.no_grad():
+        norm.weight.fill_(1.0)
+        norm.bias.zero_()
+    enc = PromptEncoder(pipe)
+    plain = enc("a red hat", "")  # no weights: nothing to rescale
+    assert torch.equal(plain["prompt_embeds"], _diffusers(pipe, "a red hat", "")["prompt_embeds"])
+    with pytest.raises(ValueError, match=r"mean 0 below.*prompt_weighting: compel"):
+        enc("a (red:1.5) hat", "")
+    assert PromptEncoder(pipe, "compel")("a (red:1.5) hat", "")["prompt_embeds"].isfinite().all()
