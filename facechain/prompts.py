@@ -49,7 +49,7 @@ PROMPT_WEIGHTING = ("a1111", "compel")  # how a (word:w) weight acts on the embe
 WEIGHTING_HELP = ("How a (word:1.2) weight acts: a1111 = AUTOMATIC1111's rule (each token's embedding times its weight, "
                   "then the 77-token chunk rescaled to its original mean), compel = compel's (the empty prompt's "
                   "embedding + weight x the difference).")
-MEAN_FLOOR = 1e-5  # |mean| / mean(|z|) under this is float rounding around 0 (~1e-8); the tiny models: 2e-3 and more
+MEAN_FLOOR = 1e-5  # |mean| / mean(|z|) under this is float rounding around 0 (~1e-8); the tiny SD1.5 models: ~9e-4
 CHUNK_TOKENS = 75  # prompt tokens per 77-token CLIP chunk (the start and end markers take the other two)
 COMMA_PADDING_BACKTRACK = 20  # AUTOMATIC1111's "comma_padding_backtrack" default (modules/shared_options.py)
 

@@ -143,7 +143,7 @@ TokenizerKind = Literal["bytes", "clip"]
 def build_tiny_sd15(folder: str | Path, seed: int = 0, tokenizer: TokenizerKind = "bytes") -> Path:
     """Save a tiny SD1.5-architecture pipeline (UNet, VAE, CLIP text encoder, tokenizer, DDIM-compatible scheduler).
     ``tokenizer="clip"``: the real CLIP tokenizer and a 49,408-token text encoder (real token counts). The text
-    encoder's final LayerNorm gets a seeded scale and shift (``_trained_final_norm``)."""
+    encoder's final LayerNorm gets a small seeded shift (``_trained_final_norm``)."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -232,17 +232,18 @@ def _tokenizer():
 
 
 def _trained_final_norm(text_encoder, seed: int) -> None:
-    """Give the final LayerNorm a seeded scale and shift (its own generator: no other weight changes), as a
-    trained CLIP's has. At its initial (1, 0) every output vector has mean 0, so SD1.5's conditioning (the
-    normalized last hidden state) has mean exactly 0, which no real checkpoint's has, and AUTOMATIC1111's
-    weighting divides by that mean."""
+    """Give the final LayerNorm a small seeded shift (its own generator: no other weight changes), as a trained
+    CLIP's has one. At its initial shift 0 every output vector has mean 0, so SD1.5's conditioning (the
+    normalized last hidden state) has mean 0 to float rounding, which no real checkpoint's has, and
+    AUTOMATIC1111's weighting divides by that mean. The shift is small (0.002: the mean is then ~1e-3 of the
+    vectors' size, 1e5 times float rounding's), so the model's pictures stay as they were (the golden slices
+    of tests/test_golden.py did not move past their tolerance)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed + 1)
     norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm  # transformers 4.x nests it
     with torch.no_grad():
-        norm.weight.copy_(torch.rand(norm.weight.shape, generator=gen) + 0.5)  # scale in [0.5, 1.5)
-        norm.bias.copy_(torch.randn(norm.bias.shape, generator=gen) * 0.2)
+        norm.bias.copy_(torch.randn(norm.bias.shape, generator=gen) * 0.002)
 
 
 def _tokenizers(kind: TokenizerKind):
