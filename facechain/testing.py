@@ -1,10 +1,11 @@
 """Tiny real-class Stable Diffusion models for tests and offline smoke runs.
 
 Every model is built from the real diffusers/transformers classes at tiny sizes, seeded, with a
-tokenizer made locally (a byte-level CLIP BPE vocabulary with no merges), and saved as an
+tokenizer made locally (by default a byte-level CLIP BPE vocabulary with no merges; ``tokenizer="clip"``
+builds CLIP's real 49,408-token BPE tokenizer from open-clip-torch's copy of it), and saved as an
 ordinary diffusers folder. The SD1.5 build keeps SD1.5's block structure (4 resolution levels,
 2 layers per block, 16 transformer blocks in call order), so layer indices mean the same thing as
-on the full model. Use ``facechain make-tiny-model OUT_DIR [--family sdxl]`` from the command line.
+on the full model. Use ``facechain make-tiny-model OUT_DIR [--family sdxl] [--tokenizer clip]`` from the command line.
 """
 
 from __future__ import annotations
@@ -31,27 +32,74 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def make_tokenizer(folder: str | Path, model_max_length: int = 77):
     """Write and load a CLIP tokenizer whose vocabulary is the 256 byte symbols (+ end-of-word forms)."""
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     chars = list(_bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return _write_tokenizer(Path(folder), vocab, [], model_max_length, "<|endoftext|>")
+
+
+def _write_tokenizer(folder: Path, vocab: dict, merges: list[tuple[str, str]], model_max_length: int, pad_token: str):
+    """Save ``vocab.json`` / ``merges.txt`` (the files CLIP checkpoints ship) and the CLIPTokenizer made from them."""
     import inspect
 
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     params = inspect.signature(CLIPTokenizer.__init__).parameters
     if "vocab_file" in params:  # transformers 4.x: slow tokenizer reads files
         tok = CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
-                            model_max_length=model_max_length, pad_token="<|endoftext|>")
+                            model_max_length=model_max_length, pad_token=pad_token)
     else:  # transformers 5.x: tokenizers-backed, takes the vocabulary itself
-        tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, pad_token="<|endoftext|>")
+        tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length, pad_token=pad_token)
     tok.save_pretrained(str(folder))
     return tok
+
+
+# CLIP's BPE vocabulary: 256 byte symbols, the same with "</w>", 48,894 merges, <|startoftext|>, <|endoftext|>
+# (openai/CLIP clip/simple_tokenizer.py; the vocab.json of openai/clip-vit-large-patch14, SD1.5's and SDXL's tokenizers)
+CLIP_VOCAB_SIZE = 49408
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"  # shipped inside the open-clip-torch package
+
+
+def clip_bpe_file() -> Path:
+    """open-clip-torch's copy of CLIP's BPE file, found without importing open_clip (or torch through it)."""
+    import importlib.util
+
+    from facechain.errors import InputError
+
+    spec = importlib.util.find_spec("open_clip")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / CLIP_BPE_FILE).is_file():
+            return Path(folder) / CLIP_BPE_FILE
+    raise InputError(f"CLIP's BPE vocabulary ({CLIP_BPE_FILE}) comes with the open-clip-torch package, which is not installed: "
+                     "pip install 'open-clip-torch==3.3.0' (or pip install -e '.[test]').")
+
+
+def clip_vocab(bpe_file: str | Path | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's ``vocab.json`` (token -> id) and merges, built from the BPE file as OpenAI's tokenizer builds them."""
+    import gzip
+
+    lines = gzip.decompress(Path(bpe_file or clip_bpe_file()).read_bytes()).decode("utf-8").split("\n")
+    n_merges = CLIP_VOCAB_SIZE - 2 * 256 - 2  # 48,894: what is left of the vocabulary after bytes and markers
+    merges = [tuple(line.split()) for line in lines[1 : 1 + n_merges]]  # line 0 is a "#version" header
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != CLIP_VOCAB_SIZE or len(merges) != n_merges:
+        raise ValueError(f"{bpe_file}: expected CLIP's {CLIP_VOCAB_SIZE}-token vocabulary, got {len(vocab)} tokens")
+    return vocab, merges
+
+
+def make_clip_tokenizer(folder: str | Path, pad_token: str = "<|endoftext|>", model_max_length: int = 77,
+                        bpe_file: str | Path | None = None):
+    """Write and load the real CLIP tokenizer (49,408 tokens). ``pad_token``: ``"<|endoftext|>"`` as SD1.5's
+    and SDXL's ``tokenizer``, ``"!"`` (id 0) as SDXL's ``tokenizer_2`` (OpenCLIP's padding)."""
+    vocab, merges = clip_vocab(bpe_file)
+    return _write_tokenizer(Path(folder), vocab, merges, model_max_length, pad_token)
 
 
 def _clip_config(vocab_size: int, hidden: int, projection_dim: int):
@@ -89,15 +137,20 @@ def _tiny_vae(scaling_factor: float):
     )
 
 
-def build_tiny_sd15(folder: str | Path, seed: int = 0) -> Path:
-    """Save a tiny SD1.5-architecture pipeline (UNet, VAE, CLIP text encoder, tokenizer, DDIM-compatible scheduler)."""
+TokenizerKind = Literal["bytes", "clip"]
+
+
+def build_tiny_sd15(folder: str | Path, seed: int = 0, tokenizer: TokenizerKind = "bytes") -> Path:
+    """Save a tiny SD1.5-architecture pipeline (UNet, VAE, CLIP text encoder, tokenizer, DDIM-compatible scheduler).
+    ``tokenizer="clip"``: the real CLIP tokenizer and a 49,408-token text encoder (real token counts). The text
+    encoder's final LayerNorm gets a small seeded shift (``_trained_final_norm``)."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    tokenizer = _tokenizer()
+    tokenizer, _ = _tokenizers(tokenizer)
     text_encoder = CLIPTextModel(_clip_config(len(tokenizer), hidden=32, projection_dim=32))
     unet = UNet2DConditionModel(
         sample_size=TINY_RESOLUTION // 8,
@@ -113,6 +166,7 @@ def build_tiny_sd15(folder: str | Path, seed: int = 0) -> Path:
     )
     vae = _tiny_vae(0.18215)
     scheduler = _sd_scheduler()
+    _trained_final_norm(text_encoder, seed)  # SD1.5 conditions on the normalized last hidden state
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -121,15 +175,16 @@ def build_tiny_sd15(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
-    """Save a tiny SDXL-architecture pipeline (two text encoders, added time ids)."""
+def build_tiny_sdxl(folder: str | Path, seed: int = 0, tokenizer: TokenizerKind = "bytes") -> Path:
+    """Save a tiny SDXL-architecture pipeline (two text encoders, added time ids). ``tokenizer="clip"``: the
+    real CLIP tokenizers (``tokenizer_2`` pads with ``!`` as SDXL's does) and 49,408-token text encoders."""
     import torch
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    tokenizer = _tokenizer()
+    tokenizer, tokenizer_2 = _tokenizers(tokenizer)
     text_encoder = CLIPTextModel(_clip_config(len(tokenizer), hidden=32, projection_dim=32))
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(len(tokenizer), hidden=32, projection_dim=32))
     unet = UNet2DConditionModel(
@@ -152,7 +207,7 @@ def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
     vae = _tiny_vae(0.13025)
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer, unet=unet, scheduler=_sd_scheduler(),
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=_sd_scheduler(),
     )
     _save(pipe, folder)
     return folder
@@ -176,15 +231,46 @@ def _tokenizer():
         return make_tokenizer(Path(tmp))
 
 
+def _trained_final_norm(text_encoder, seed: int) -> None:
+    """Give the final LayerNorm a small seeded shift (its own generator: no other weight changes), as a trained
+    CLIP's has one. At its initial shift 0 every output vector has mean 0, so SD1.5's conditioning (the
+    normalized last hidden state) has mean 0 to float rounding, which no real checkpoint's has, and
+    AUTOMATIC1111's weighting divides by that mean. The shift is small (0.002: the mean is then ~1e-3 of the
+    vectors' size, 1e5 times float rounding's), so the model's pictures stay as they were (the golden slices
+    of tests/test_golden.py did not move past their tolerance)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm  # transformers 4.x nests it
+    with torch.no_grad():
+        norm.bias.copy_(torch.randn(norm.bias.shape, generator=gen) * 0.002)
+
+
+def _tokenizers(kind: TokenizerKind):
+    """(tokenizer, tokenizer_2) of a tiny model: the byte tokenizer twice, or CLIP's with SDXL's two paddings."""
+    import tempfile
+
+    if kind == "bytes":
+        tok = _tokenizer()
+        return tok, tok
+    if kind != "clip":
+        from facechain.errors import InputError
+
+        raise InputError(f"tokenizer must be 'bytes' or 'clip', got {kind!r}")
+    with tempfile.TemporaryDirectory(prefix="facechain-tok-") as tmp:
+        return make_clip_tokenizer(Path(tmp) / "1"), make_clip_tokenizer(Path(tmp) / "2", pad_token="!")
+
+
 def _save(pipe, folder: Path) -> None:
     pipe.save_pretrained(str(folder), safe_serialization=True)
 
 
-def build_tiny_model(folder: str | Path, family: Literal["sd15", "sdxl"] = "sd15", seed: int = 0) -> Path:
+def build_tiny_model(folder: str | Path, family: Literal["sd15", "sdxl"] = "sd15", seed: int = 0,
+                     tokenizer: TokenizerKind = "bytes") -> Path:
     if family == "sd15":
-        return build_tiny_sd15(folder, seed)
+        return build_tiny_sd15(folder, seed, tokenizer)
     if family == "sdxl":
-        return build_tiny_sdxl(folder, seed)
+        return build_tiny_sdxl(folder, seed, tokenizer)
     from facechain.errors import InputError
 
     raise InputError(f"family must be 'sd15' or 'sdxl', got {family!r}")
@@ -287,6 +373,7 @@ def build_full_sd15(folder: str | Path, dtype=None, seed: int = 0) -> Path:
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
                         sample_size=512, scaling_factor=0.18215)
+    _trained_final_norm(te, seed)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=_sd_scheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if dtype is not None:

@@ -64,6 +64,22 @@ def tiny_sdxl(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd15_clip(tmp_path_factory):
+    """A tiny SD1.5 model with the real CLIP tokenizer (49,408 tokens): real token and chunk counts."""
+    from facechain.testing import build_tiny_sd15
+
+    return build_tiny_sd15(tmp_path_factory.mktemp("tiny") / "sd15_clip", seed=0, tokenizer="clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_clip(tmp_path_factory):
+    """A tiny SDXL model with SDXL's two real CLIP tokenizers (``tokenizer_2`` pads with ``!``)."""
+    from facechain.testing import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl_clip", seed=0, tokenizer="clip")
+
+
+@pytest.fixture(scope="session")
 def sample_photos():
     """Real photos shipped inside installed packages (see facechain.samples)."""
     from facechain import samples

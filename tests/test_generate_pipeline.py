@@ -72,8 +72,9 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     assert broken["style"] == "Broken" and "could not be read as a safetensors file" in broken["error"]
     assert man["failed"] == [{"item": "Broken", "error": broken["error"]}]
     assert suit["prompt"].startswith("<fcsks>, a person, wearing a tailored dark business suit")
-    assert ink["prompt"] == "<fcsks>, a person, (ink drawing:1.3), black and white"  # weights kept: compel reads them
+    assert ink["prompt"] == "<fcsks>, a person, (ink drawing:1.3), black and white"  # weights kept: the encoder reads them
     assert ink["settings"]["prompt_encoding"]["prompt_weighted"] and not suit["settings"]["prompt_encoding"]["truncated"]
+    assert ink["settings"]["prompt_encoding"]["prompt_weighting"] == "a1111"  # the default: AUTOMATIC1111's rule
     assert suit["adapters"] == {"face": 0.95} and ink["adapters"] == {"face": 0.9, "style": 0.35}
     assert ink["multipliers"] == {"human": 0.9, "style": 0.35}
     assert [c["seed"] for c in ink["candidates"]] == [5, 6, 7]

@@ -21,6 +21,7 @@ from facechain.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.lora import LORA_FILE
 from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP, check_variant
+from facechain.prompts import WEIGHTING_HELP, check_weighting
 
 # FaceChain's negative prompt, word for word (its app.py / run_inference.py ``neg_prompt``, typos such as
 # "lowers" included), AUTOMATIC1111 weights and all: facechain.prompts reads the weights and encodes the
@@ -105,6 +106,7 @@ class GenerateConfig:
                      default="")
     negative_prompt: str = _h("Negative prompt (FaceChain's, weights included; any length: nothing is cut at "
                               "CLIP's 77 tokens).", default=DEFAULT_NEGATIVE_PROMPT)
+    prompt_weighting: Literal["a1111", "compel"] = _h(WEIGHTING_HELP, default="a1111")
     # --- how many
     num_images: int = _h("Images kept per style after ranking (FaceChain's UI allows up to 6).", default=3)
     num_candidates: int = _h("Candidates generated per style before ranking (FaceChain: 10).", default=10)
@@ -219,6 +221,7 @@ class GenerateConfig:
             raise InputError(f"fusion_strength must be in [0, 1], got {self.fusion_strength}.")
         if not (math.isfinite(self.restore_strength) and 0.0 <= self.restore_strength <= 1.0):
             raise InputError(f"restore_strength must be in [0, 1], got {self.restore_strength}.")
+        check_weighting(self.prompt_weighting)
         if self.detailer not in ("auto", "always", "off"):
             raise InputError(f"detailer must be auto, always or off, got '{self.detailer}'.")
         if not (math.isfinite(self.detailer_strength) and 0.0 < self.detailer_strength <= 1.0):

@@ -421,12 +421,12 @@ class PortraitGenerator:
     # ------------------------------------------------------------------ prompts
 
     def _prompt_encoder(self):
-        """AUTOMATIC1111 weighting and untruncated long prompts (compel) for this pipeline's text encoders,
-        which the ControlNet and the detailer's inpaint pipelines share."""
-        if self._encoder is None:
+        """AUTOMATIC1111-weighted, untruncated long prompts (``cfg.prompt_weighting``) for this pipeline's text
+        encoders, which the ControlNet and the detailer's inpaint pipelines share."""
+        if self._encoder is None or self._encoder.weighting != self.cfg.prompt_weighting:
             from facechain.prompts import PromptEncoder
 
-            self._encoder = PromptEncoder(self.pipe)
+            self._encoder = PromptEncoder(self.pipe, self.cfg.prompt_weighting)
         return self._encoder
 
     # ------------------------------------------------------------------ face detailer
@@ -569,7 +569,7 @@ class PortraitGenerator:
             "style_weight_rule": style.weight_rule if style.has_lora else None,  # adapters["style"] is its result
             "controlnet_scales": self.control_scales, "family": self.family,
             "identity": self.identity.describe(self.identity_embedding) if self.identity is not None else None,
-            "prompt_encoding": {"weighting": "automatic1111", "encoder": "compel", "truncated": False,
+            "prompt_encoding": {"syntax": "automatic1111", "truncated": False,
                                 **self._prompt_encoder().describe(prompt, negative)},
             "detailer": {"mode": cfg.detailer, "strength": cfg.detailer_strength}
             if cfg.detailer == "off" else {"mode": cfg.detailer, "strength": cfg.detailer_strength,

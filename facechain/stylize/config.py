@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 
 from facechain.errors import InputError
 from facechain.models import DEVICE_HELP, DTYPE_HELP
+from facechain.prompts import WEIGHTING_HELP, check_weighting
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # LCM-LoRA weights per model family (Luo et al. 2023, "LCM-LoRA"); resolved through facechain.models.
@@ -44,6 +45,7 @@ class StylizeConfig:
     guidance_scale: float = field(default=1.0, metadata=_help("classifier-free guidance of the sampling pass (1 = off)"))
     prompt: str | None = field(default=None, metadata=_help("prompt for inversion and sampling (default: the method's, e.g. 'head' for Portrait Diffusion)"))
     negative_prompt: str = field(default="", metadata=_help("unconditional prompt when guidance_scale > 1"))
+    prompt_weighting: Literal["a1111", "compel"] = field(default="a1111", metadata=_help(WEIGHTING_HELP))
     resolution: int | None = field(default=None, metadata=_help("long side in pixels, multiple of 64 (default 512 for SD1.5, 1024 for SDXL); the style image is cropped to the content's aspect"))
     start_step: int | None = field(default=None, metadata=_help("first controlled sampling step (default: the method's)"))
     end_step: int | None = field(default=None, metadata=_help("controlled steps stop before this one (default: all)"))
@@ -60,6 +62,7 @@ class StylizeConfig:
     allow_other_files: bool = field(default=False, metadata=_help("write into an output folder that holds files facechain did not write (they are never touched)"))
 
     def __post_init__(self):
+        check_weighting(self.prompt_weighting)
         if not isinstance(self.method, str) or not self.method:
             raise InputError("method must be a method name such as 'portrait-diffusion'.")
         if self.num_inference_steps is not None and not 1 <= self.num_inference_steps <= 1000:

@@ -179,6 +179,7 @@ class Engine:
             self.vae.to(dtype=torch.float32)
             logger.info("VAE runs in float32 (its config sets force_upcast; float16 would overflow)")
         self.fast = cfg.fast
+        self.prompt_weighting = cfg.prompt_weighting
         self.impl = cfg.attention
         self.refine = cfg.inversion_refine
         self.lora_signature = self._load_loras(cfg)
@@ -234,7 +235,7 @@ class Engine:
         if self._encoder is None:  # AUTOMATIC1111 weighting, no truncation past 77 tokens
             from facechain.prompts import PromptEncoder
 
-            self._encoder = PromptEncoder(self.pipe)
+            self._encoder = PromptEncoder(self.pipe, self.prompt_weighting)
         kw = self._encoder(prompt, negative_prompt)
         pe, ne = kw["prompt_embeds"].to(self.device), kw["negative_prompt_embeds"].to(self.device)
         if self.family == "sdxl":
@@ -272,9 +273,13 @@ class Engine:
     # -- inversion
     def inversion_key(self, image: PreparedImage, prompt: str, steps: int) -> str:
         sched = self.schedule(steps)
-        # v3: prompts are encoded with AUTOMATIC1111 weighting and without truncation (facechain.prompts)
+        # v3: prompts are encoded with AUTOMATIC1111 weighting and without truncation (facechain.prompts); a
+        # weighted prompt's embedding also depends on how the weights act (an unweighted one's does not)
+        from facechain.prompts import has_weighting
+
+        weighting = (self.prompt_weighting,) if has_weighting(prompt) else ()
         return digest("v3", image.digest, self.model_id, sched.signature(), prompt, self.lora_signature,
-                      str(self.dtype), self.impl, self.refine)
+                      str(self.dtype), self.impl, self.refine, *weighting)
 
     @torch.no_grad()
     def invert(self, image: PreparedImage, prompt: str, steps: int, progress: bool = True) -> Trajectory:
@@ -367,4 +372,5 @@ def check_lcm_steps(scheduler_config: dict, steps: int) -> None:
 
 def _engine_key(cfg: StylizeConfig) -> tuple:
     return (cfg.base_model, cfg.revision, cfg.sub_path, tuple(cfg.loras), tuple(cfg.lora_scales), cfg.fast,
-            cfg.lcm_lora, cfg.device, cfg.dtype, cfg.attention, str(cfg.cache_dir), cfg.inversion_refine)
+            cfg.lcm_lora, cfg.device, cfg.dtype, cfg.attention, str(cfg.cache_dir), cfg.inversion_refine,
+            cfg.prompt_weighting)

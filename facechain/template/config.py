@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from facechain.adapters import IdentityConfig
 from facechain.diir import DIIRConfig
 from facechain.errors import InputError
+from facechain.prompts import WEIGHTING_HELP, check_weighting
 
 
 def _h(text: str, **kw):
@@ -92,6 +94,7 @@ class TemplateConfig:
     prompt: str = _h("Extra words for every face's prompt (AUTOMATIC1111 weights are read).",
                      default="portrait, best quality, realistic")
     negative_prompt: str | None = _h("Negative prompt; empty = generation's default (FaceChain's).", default=None)
+    prompt_weighting: Literal["a1111", "compel"] = _h(WEIGHTING_HELP, default="a1111")
     num_inference_steps: int = _h("Scheduler steps of the inpaint pass (FaceChain: 40); strength x steps of them run.",
                                   default=40)
     strength: float = _h("Inpaint strength (FaceChain's template default: 0.65).", default=0.65)
@@ -135,6 +138,7 @@ class TemplateConfig:
     allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write.", default=False)
 
     def __post_init__(self):
+        check_weighting(self.prompt_weighting)
         if not self.people:
             raise InputError("people is empty: give one entry per person ({lora_dir, processed_dir}), or pass "
                              "--person LORA_DIR[:PROCESSED_DIR] once per person.")

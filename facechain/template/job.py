@@ -205,7 +205,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         adapter_loras = {**adapter_loras, "lcm": 1.0}
     control = control_pipeline(pipe, cfg, resolved.family)  # a missing ControlNet fails here, before any face
     inpaint = control or inpaint_pipeline(pipe)
-    encoder = PromptEncoder(inpaint)
+    encoder = PromptEncoder(inpaint, cfg.prompt_weighting)
     weights = {"openpose": cfg.openpose_weight, "canny": cfg.canny_weight}
     size = native_size(pipe)
     fusion = None if cfg.fusion in ("off", "diir") else get_fusion(cfg.fusion, backend=analyzer.name)
@@ -339,7 +339,8 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         neg = cfg.negative_prompt if cfg.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
         masks = [region.full_alpha(image.shape) > 0 for _, region, _ in edited]
         out, info, ids, ring = harmonize(plain, out, masks, [float(faces[k].size) for k, _, _ in edited],
-                                         [v for _, _, v in edited], PromptEncoder(plain)(cfg.prompt, neg), size=size,
+                                         [v for _, _, v in edited], PromptEncoder(plain, cfg.prompt_weighting)(cfg.prompt, neg),
+                                         size=size,
                                          steps=steps, strength=cfg.harmonize_strength,
                                          guidance=guidance, seed=cfg.seed + 1000)
         for (k, _, _), m in zip(edited, ids):
@@ -358,7 +359,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         "fusion": "diir" if cfg.fusion == "diir" else fusion.name if fusion else "off", "failed": [f.to_dict() for f in failures],
         "harmonization": harmonization,
         "settings": {"strength": cfg.strength, "steps": steps, "guidance_scale": guidance, "fast": cfg.fast,
-                     "scheduler": type(pipe.scheduler).__name__,
+                     "scheduler": type(pipe.scheduler).__name__, "prompt_weighting": cfg.prompt_weighting,
                      "working_size": size, "crop_ratio": cfg.crop_ratio, "face_lora_weight": cfg.face_lora_weight,
                      "controls": {c: weights[c] for c in cfg.controls},
                      "diir": to_dict(cfg.diir) if cfg.fusion == "diir" else None},
