@@ -376,6 +376,19 @@ def free_memory(device) -> int | None:
     return int(free)
 
 
+def offload_for(requested: str, device, free_bytes: int | None) -> str:
+    """The offload to plan with: ``requested`` on a GPU (``free_bytes`` known); ``none`` for ``auto`` on
+    any other device, where model/sequential offload have no GPU to offload from (InputError)."""
+    from facechain.errors import InputError
+
+    if free_bytes is not None:
+        return requested
+    if requested in ("model", "sequential"):
+        raise InputError(f"offload: {requested} moves models between the CPU and a GPU, and the device is {device}. "
+                         "Use offload: none (or auto) on this device.")
+    return "none"
+
+
 def apply_plan(pipe, plan: Plan, device) -> None:
     """Put ``pipe`` on ``device`` the way ``plan`` says: ``pipe.to(device)`` (offload none) or
     diffusers' model / sequential CPU offload (which replace ``.to``), then VAE slicing and tiling."""

@@ -191,3 +191,18 @@ def test_batch_size_flag_and_config_values(tmp_path):
     assert GenerateConfig(**base).batch_size == "auto" and GenerateConfig(**base).offload == "auto"
     with pytest.raises(InputError, match="batch_size must be at least 1"):
         GenerateConfig(**base, batch_size=0)
+
+
+def test_template_places_its_models_by_the_plan(sd15_pipe):
+    """The template job's placement: on the CPU the pipeline is moved as before (offload none, batch 1 at
+    the working size); an offload that needs a GPU is refused with the fix."""
+    from types import SimpleNamespace
+
+    from facechain.errors import InputError
+    from facechain.template.job import place_models
+
+    plan = place_models(sd15_pipe, None, SimpleNamespace(offload="auto"), "cpu")
+    assert (plan.offload, plan.batch_size, plan.free_bytes) == ("none", 1, None)
+    assert sd15_pipe.unet.device.type == "cpu" and sd15_pipe.vae.use_slicing
+    with pytest.raises(InputError, match="offload: sequential .* Use offload: none"):
+        place_models(sd15_pipe, None, SimpleNamespace(offload="sequential"), "cpu")

@@ -247,18 +247,14 @@ class PortraitGenerator:
         own_diir = self._diir_net is not None and all(self._diir_net is not n for n in self.controlnets)
         parts = memory.pipeline_parts(self.pipe, self.controlnets, resident=[self._diir_net] if own_diir else [])
         free = memory.free_memory(self.device)
-        offload = cfg.offload
-        if free is None and offload in ("model", "sequential"):
-            raise InputError(f"offload: {offload} moves models between the CPU and a GPU, and the device is "
-                             f"{self.device}. Use offload: none (or auto) on this device.")
-        tiling = {"on": True, "off": False}.get(cfg.vae_tiling, "auto")
         plan = memory.plan_memory(parts, self.height, self.width, batch=cfg.batch_size,
-                                  offload="none" if free is None else offload, slicing=cfg.vae_slicing,
-                                  tiling=False if free is None and tiling == "auto" else tiling, free_bytes=free,
+                                  offload=memory.offload_for(cfg.offload, self.device, free), slicing=cfg.vae_slicing,
+                                  tiling={"on": True, "off": False}.get(cfg.vae_tiling, "auto"), free_bytes=free,
                                   max_batch=min(memory.DEFAULT_BATCH, cfg.num_candidates))
         if not plan.fits:
-            logger.warning("memory: the smallest setting (%s) needs about %.1f GiB and %.1f GiB are free; the job may "
-                           "run out of memory", plan.offload, plan.budget_bytes / memory.GiB, free / memory.GiB)
+            logger.warning("memory: batch %d with offload %s needs about %.1f GiB and %.1f GiB are free (%s); the job "
+                           "may run out of memory", plan.batch_size, plan.offload, plan.budget_bytes / memory.GiB,
+                           free / memory.GiB, plan.reason)
         # the pipeline that is called holds every model (the ControlNet pipeline shares the base one's)
         memory.apply_plan(self.control_pipe or self.pipe, plan, self.device)
         if own_diir:  # DIIR calls it directly, outside the pipeline: it stays on the device (counted as resident)

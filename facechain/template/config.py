@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from facechain.adapters import IdentityConfig
 from facechain.diir import DIIRConfig
@@ -131,6 +132,10 @@ class TemplateConfig:
     seed: int = _h("Seed of face 0; face i uses seed + i.", default=42)
     device: str = _h("auto, cpu, cuda, cuda:N or mps.", default="auto")
     dtype: str = _h("auto, float32, float16 or bfloat16.", default="auto")
+    offload: Literal["auto", "none", "model", "sequential"] = _h(
+        "Where the models wait between uses: none (all on the GPU), model (diffusers' model CPU offload), sequential "
+        "(layer by layer), auto (none when the memory budget of one face at the working size fits the free GPU "
+        "memory, else model, else sequential; none on the CPU).", default="auto")
     allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (tensors only). Only for files you trust.", default=False)
     allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write.", default=False)
 
