@@ -15,7 +15,12 @@ counts a loaded pipeline and models built from published ``config.json`` files o
 Offload (diffusers' own methods): ``model`` keeps one model on the GPU at a time
 (``enable_model_cpu_offload``: the UNet and its ControlNets together while denoising), ``sequential``
 streams layer by layer (``enable_sequential_cpu_offload``: slowest, smallest). ``auto`` picks
-``none`` when the budget fits the free memory, else ``model``, else ``sequential``.
+``none`` when the budget fits the free memory, else ``model``, else ``sequential`` (facechain's own
+pipelines let it go no further than ``model``: :data:`AUTO_OFFLOAD`).
+
+API for other callers (benchmarks/gpu.py): :func:`meta_parts` / :func:`pipeline_parts` -> :class:`Parts`;
+:func:`budget` (bytes of one batch under given settings); :func:`plan_memory` -> :class:`Plan`;
+:func:`free_memory`; :func:`apply_plan`.
 
 Transient peaks are named constants below, each with where it came from.
 """
@@ -23,7 +28,6 @@ Transient peaks are named constants below, each with where it came from.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,11 +43,14 @@ GiB = 1 << 30
 VAE_DECODE_BYTES_PER_PIXEL_FP32 = 3.8 * GiB / (1024 * 1024)
 
 # UNet activation peak while denoising, bytes per latent pixel per image of the batch, in half precision,
-# classifier-free guidance included (the UNet sees 2 x batch). Estimated from the largest live tensors of
-# one forward with PyTorch's scaled-dot-product attention (no n^2 attention matrix is kept): the skip
-# connections of the down path plus the widest block's working set. SD1.5 at 64 x 64 latents and SDXL at
-# 128 x 128: see benchmarks/memory_bench.py for the CPU measurement that checks these.
-UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd15": 64 * 1024, "sdxl": 48 * 1024}
+# classifier-free guidance included (the UNet sees 2 x batch). Measured by benchmarks/memory_bench.py on the
+# real-size UNets with random weights (growth of the CPU peak RSS over one forward in float32, halved for
+# float16; benchmarks/RESULTS.md): SD1.5 0.453 GiB for the guidance pair at 64 x 64 latents (59,366 B per
+# latent pixel), SDXL 0.478 GiB for one of the pair at 128 x 128 (31,355 B). Times ACTIVATION_MARGIN.
+UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd15": 59_366, "sdxl": 31_355}
+# CUDA's kernels are not the CPU's: cuDNN convolution workspaces and the caching allocator's rounding come
+# on top. A margin (not measured: no GPU was lent to this task), until benchmarks/gpu.py measures it.
+ACTIVATION_MARGIN = 1.5
 
 # A ControlNet is the UNet's down half plus a mid block: its activations at a step are about half of
 # the UNet's (its residuals are added to the UNet's skip connections, which are counted there).
@@ -58,6 +65,11 @@ RESERVE_BYTES = 1 * GiB
 DEFAULT_BATCH = 5
 
 OFFLOAD_MODES = ("none", "model", "sequential")
+# What offload: auto may choose for facechain's own pipelines. Sequential offload is left to an explicit
+# request: on this project's test machine (torch 2.15, accelerate 1.16, diffusers 0.42.1, CPU) accelerate's
+# sequential hooks fail on the first text-encoder call (TypeError in set_module_tensor_to_device), and it
+# could not be tried on a GPU; model offload gives the same images as no offload, bit for bit.
+AUTO_OFFLOAD = ("none", "model")
 Offload = Literal["auto", "none", "model", "sequential"]
 
 # LCM-LoRA weights (fast mode), bytes of the published safetensors files, held beside the base weights
@@ -288,7 +300,8 @@ def meta_parts(family: str, configs: str | Path, mode: str = "plain", *, face_lo
 def denoise_peak(parts: Parts, height: int, width: int, batch: int) -> int:
     """Activation peak of one denoising step of ``batch`` images (guidance pair included)."""
     latent_pixels = (height // 8) * (width // 8)
-    per_image = UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL[parts.family] * latent_pixels * parts.unet_dtype_bytes / 2
+    per_image = (UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL[parts.family] * ACTIVATION_MARGIN * latent_pixels
+                 * parts.unet_dtype_bytes / 2)
     return int(per_image * batch * (1 + CONTROLNET_ACTIVATION_SHARE * parts.controlnets))
 
 
@@ -327,12 +340,13 @@ def _fits(need: int, free: int | None) -> bool:
 
 def plan_memory(parts: Parts, height: int, width: int, *, batch: int | str = "auto", offload: Offload = "auto",
                 slicing: bool = True, tiling: bool | str = "auto", free_bytes: int | None = None,
-                max_batch: int = DEFAULT_BATCH) -> Plan:
+                max_batch: int = DEFAULT_BATCH, auto_modes: tuple[str, ...] = OFFLOAD_MODES) -> Plan:
     """The settings for one job. ``free_bytes``: free GPU memory (None: not a GPU, nothing to fit, so
     ``auto`` means no offload, no tiling and the default batch). ``batch="auto"``: the largest batch up
     to ``max_batch`` whose budget fits; ``offload="auto"``: none if the budget at batch 1 fits, else
-    model, else sequential; ``tiling="auto"``: on only when no offload makes one image's decode fit."""
-    modes = OFFLOAD_MODES if offload == "auto" else (offload,)
+    model, else sequential (``auto_modes``: the ones auto may pick, in that order); ``tiling="auto"``: on only
+    when no offload makes one image's decode fit."""
+    modes = auto_modes if offload == "auto" else (offload,)
     tilings = (False, True) if tiling == "auto" else (bool(tiling),)
     reason = ""
     chosen = None
@@ -406,7 +420,3 @@ def apply_plan(pipe, plan: Plan, device) -> None:
     vae = pipe.vae
     (vae.enable_slicing if plan.vae_slicing else vae.disable_slicing)()
     (vae.enable_tiling if plan.vae_tiling else vae.disable_tiling)()
-
-
-def gib(n: int | float) -> float:
-    return round(n / GiB, 2) if math.isfinite(n) else n

@@ -137,8 +137,11 @@ class PromptEncoder:
             # compel tokenizes a long prompt whole before cutting it into 77-token chunks; transformers would
             # warn that this "will result in indexing errors", which is not true here
             getattr(tok, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
-        self.compels = [Compel(tokenizer=t, text_encoder=e, truncate_long_prompts=False, returned_embeddings_type=kind)
-                        for t, e in pairs]
+        # where the text encoders run: their own device, or the GPU when they wait on the CPU / meta device
+        # under diffusers' CPU offload (compel would otherwise put the token ids there)
+        device = pipe._execution_device
+        self.compels = [Compel(tokenizer=t, text_encoder=e, truncate_long_prompts=False, returned_embeddings_type=kind,
+                               device=device) for t, e in pairs]
         self.dtype = pairs[-1][1].dtype
 
     def _encode(self, compel, fragments: list[Fragment]):

@@ -95,14 +95,25 @@ def test_batch_shrinks_with_free_memory(parts):
 def test_offload_auto_picks_model_offload_on_a_12_gib_card(parts):
     from facechain.memory import plan_memory
 
-    plan = plan_memory(parts[("sdxl", "pose")], 1024, 1024, free_bytes=12 * GiB)
-    assert plan.offload == "model" and plan.fits and not plan.vae_tiling and plan.batch_size >= 1, plan.to_dict()
-    # with two ControlNets the denoise stage alone (UNet + 2 x 2.5 GB) leaves too little of 12 GiB
-    two = plan_memory(parts[("sdxl", "pose+depth")], 1024, 1024, free_bytes=12 * GiB)
-    assert two.offload == "sequential" and two.fits, two.to_dict()
-    small = plan_memory(parts[("sdxl", "pose")], 1024, 1024, free_bytes=6 * GiB)
-    assert small.offload == "sequential" and small.fits, small.to_dict()
+    for mode in ("pose", "pose+depth"):
+        plan = plan_memory(parts[("sdxl", mode)], 1024, 1024, free_bytes=12 * GiB)
+        assert plan.offload == "model" and plan.fits and not plan.vae_tiling and plan.batch_size >= 1, plan.to_dict()
     assert plan_memory(parts[("sd15", "pose")], 512, 512, free_bytes=12 * GiB).offload == "none"
+    # 6 GiB: even the denoise stage alone (UNet + two 2.5 GB ControlNets) does not fit: layer by layer
+    small = plan_memory(parts[("sdxl", "pose+depth")], 1024, 1024, free_bytes=6 * GiB)
+    assert small.offload == "sequential" and small.fits, small.to_dict()
+
+
+def test_facechain_pipelines_never_pick_sequential_offload_themselves(parts):
+    """AUTO_OFFLOAD (what the generator and templates let auto pick) stops at model offload: the plan then
+    says it does not fit, and sequential offload stays an explicit choice."""
+    from facechain.memory import AUTO_OFFLOAD, plan_memory
+
+    plan = plan_memory(parts[("sdxl", "pose+depth")], 1024, 1024, free_bytes=6 * GiB, auto_modes=AUTO_OFFLOAD)
+    assert plan.offload == "model" and not plan.fits and plan.batch_size == 1
+    asked = plan_memory(parts[("sdxl", "pose+depth")], 1024, 1024, offload="sequential", free_bytes=6 * GiB,
+                        auto_modes=AUTO_OFFLOAD)
+    assert asked.offload == "sequential" and asked.fits
 
 
 def test_tiling_only_when_one_image_does_not_fit(parts):
@@ -206,3 +217,29 @@ def test_template_places_its_models_by_the_plan(sd15_pipe):
     assert sd15_pipe.unet.device.type == "cpu" and sd15_pipe.vae.use_slicing
     with pytest.raises(InputError, match="offload: sequential .* Use offload: none"):
         place_models(sd15_pipe, None, SimpleNamespace(offload="sequential"), "cpu")
+
+
+@pytest.mark.slow
+def test_model_offload_hooks_give_the_same_images(tiny_sd15, tmp_path, monkeypatch):
+    """diffusers' model CPU offload, run for real with the CPU as its 'accelerator' (cpu:0; on a machine
+    with no GPU facechain itself refuses it): the hooks move each model in and out around its forward,
+    with the face LoRA fused and a pose ControlNet, and the images are those of offload none bit for bit."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from facechain import memory
+    from facechain.testing import random_lora
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_sd15), subfolder="unet")
+    net = tmp_path / "cn"
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16)).save_pretrained(net)
+    kw = dict(lora_dir=random_lora(tiny_sd15, tmp_path / "lora", seed=1), pose="upper_body_front",
+              controlnet_openpose=str(net), batch_size=3)
+    gen, _, plain = _images(_cfg(tiny_sd15, tmp_path, **kw))
+    assert gen.memory.offload == "none" and not hasattr(gen.pipe.unet, "_hf_hook")
+    monkeypatch.setattr(memory, "offload_for", lambda requested, device, free: "model")
+    gen, batch, offloaded = _images(_cfg(tiny_sd15, tmp_path, **kw))
+    assert batch.settings["memory"]["offload"] == "model" and batch.settings["fused"]
+    assert hasattr(gen.pipe.unet, "_hf_hook") and hasattr(gen.control_pipe.controlnet, "_hf_hook")
+    assert np.array_equal(offloaded, plain)

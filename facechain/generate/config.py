@@ -182,8 +182,9 @@ class GenerateConfig:
     device: str = _h(DEVICE_HELP, default="auto")
     offload: Literal["auto", "none", "model", "sequential"] = _h(
         "Where the models wait between uses: none (all on the GPU), model (diffusers' model CPU offload: one model "
-        "on the GPU at a time, the UNet with its ControlNets), sequential (layer by layer: smallest, slowest), auto "
-        "(none when the memory budget fits the free GPU memory, else model, else sequential; none on the CPU).",
+        "on the GPU at a time, the UNet with its ControlNets), sequential (layer by layer: smallest, slowest; only when "
+        "asked, not verified on a GPU), auto (none when the memory budget fits the free GPU memory, else model; none "
+        "on the CPU).",
         default="auto")
     vae_slicing: bool = _h("Decode the batch one image at a time (the SDXL VAE in float32 needs ~3.8 GiB per "
                            "1024 px image); the images are the same.", default=True)

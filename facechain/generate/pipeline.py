@@ -250,7 +250,7 @@ class PortraitGenerator:
         plan = memory.plan_memory(parts, self.height, self.width, batch=cfg.batch_size,
                                   offload=memory.offload_for(cfg.offload, self.device, free), slicing=cfg.vae_slicing,
                                   tiling={"on": True, "off": False}.get(cfg.vae_tiling, "auto"), free_bytes=free,
-                                  max_batch=min(memory.DEFAULT_BATCH, cfg.num_candidates))
+                                  auto_modes=memory.AUTO_OFFLOAD, max_batch=min(memory.DEFAULT_BATCH, cfg.num_candidates))
         if not plan.fits:
             logger.warning("memory: batch %d with offload %s needs about %.1f GiB and %.1f GiB are free (%s); the job "
                            "may run out of memory", plan.batch_size, plan.offload, plan.budget_bytes / memory.GiB,

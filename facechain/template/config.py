@@ -134,8 +134,8 @@ class TemplateConfig:
     dtype: str = _h("auto, float32, float16 or bfloat16.", default="auto")
     offload: Literal["auto", "none", "model", "sequential"] = _h(
         "Where the models wait between uses: none (all on the GPU), model (diffusers' model CPU offload), sequential "
-        "(layer by layer), auto (none when the memory budget of one face at the working size fits the free GPU "
-        "memory, else model, else sequential; none on the CPU).", default="auto")
+        "(layer by layer; only when asked), auto (none when the memory budget of one face at the working size fits "
+        "the free GPU memory, else model; none on the CPU).", default="auto")
     allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (tensors only). Only for files you trust.", default=False)
     allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write.", default=False)
 

@@ -140,7 +140,8 @@ def place_models(pipe, control, cfg: TemplateConfig, device):
     free = memory.free_memory(device)
     size = native_size(pipe)
     plan = memory.plan_memory(memory.pipeline_parts(pipe, nets), size, size, batch=1,
-                              offload=memory.offload_for(cfg.offload, device, free), free_bytes=free)
+                              offload=memory.offload_for(cfg.offload, device, free), free_bytes=free,
+                              auto_modes=memory.AUTO_OFFLOAD)
     memory.apply_plan(control or pipe, plan, device)
     return plan
 
