@@ -219,7 +219,6 @@ def test_template_places_its_models_by_the_plan(sd15_pipe):
         place_models(sd15_pipe, None, SimpleNamespace(offload="sequential"), "cpu")
 
 
-@pytest.mark.slow
 def test_model_offload_hooks_give_the_same_images(tiny_sd15, tmp_path, monkeypatch):
     """diffusers' model CPU offload, run for real with the CPU as its 'accelerator' (cpu:0; on a machine
     with no GPU facechain itself refuses it): the hooks move each model in and out around its forward,
