@@ -201,11 +201,21 @@ def _default_text(f: dataclasses.Field) -> str:
     return f" (default: {value})"
 
 
+def _int_or_word(text: str) -> int | str:
+    """The value of an ``int | Literal[...]`` flag: an integer, else the word as given (the config checks it)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _flag_kwargs(tp: Any) -> dict:
     """argparse keyword arguments for a field annotation; None for types no flag can hold."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
+        if int in inner and all(a is int or typing.get_origin(a) is typing.Literal for a in inner):
+            return {"type": _int_or_word}  # batch_size: 3 or auto
         return _flag_kwargs(inner[0]) if len(inner) == 1 else {"type": str}
     if origin is typing.Literal:
         return {"choices": list(args)}

@@ -289,7 +289,7 @@ def redraw_region(inpaint, crop: np.ndarray, support: np.ndarray, size: int, con
     grow = 2 * int(inpaint.vae_scale_factor)
     m = cv2.resize(support.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_NEAREST)
     m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    device = inpaint.device
+    device = inpaint._execution_device  # .device under CPU offload would be the CPU, where the models wait
     gen_device = "cpu" if device.type == "mps" else device
     generator = torch.Generator(gen_device).manual_seed(int(seed))
     extra = dict(controls or {})

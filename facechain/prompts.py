@@ -183,13 +183,15 @@ def a1111_chunks(tokenizer, fragments: list[Fragment], backtrack: int = COMMA_PA
 class _A1111Encoder:
     """One tokenizer + text encoder, AUTOMATIC1111's way (see the module docstring)."""
 
-    def __init__(self, tokenizer, text_encoder, penultimate: bool):
+    def __init__(self, tokenizer, text_encoder, penultimate: bool, device=None):
         self.tokenizer, self.text_encoder, self.penultimate = tokenizer, text_encoder, penultimate
+        self.device = device
 
     def _run(self, ids: list[int]):
         import torch
 
-        out = self.text_encoder(torch.tensor([ids], device=self.text_encoder.device), output_hidden_states=self.penultimate)
+        device = self.device or self.text_encoder.device
+        out = self.text_encoder(torch.tensor([ids], device=device), output_hidden_states=self.penultimate)
         return out, (out.hidden_states[-2] if self.penultimate else out[0])  # (1, 77, C)
 
     def encode(self, fragments: list[Fragment]):
@@ -236,7 +238,7 @@ class _A1111Encoder:
 class _CompelEncoder:
     """One tokenizer + text encoder through compel (see the module docstring)."""
 
-    def __init__(self, tokenizer, text_encoder, penultimate: bool):
+    def __init__(self, tokenizer, text_encoder, penultimate: bool, device=None):
         from compel import Compel, ReturnedEmbeddingsType
 
         kind = (ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED if penultimate
@@ -246,7 +248,7 @@ class _CompelEncoder:
         getattr(tokenizer, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
         self.tokenizer = tokenizer
         self.compel = Compel(tokenizer=tokenizer, text_encoder=text_encoder, truncate_long_prompts=False,
-                             returned_embeddings_type=kind)
+                             returned_embeddings_type=kind, device=device or text_encoder.device)
 
     def encode(self, fragments: list[Fragment]):
         from compel.prompt_parser import Conjunction, FlattenedPrompt
@@ -305,7 +307,10 @@ class PromptEncoder:
             pairs = [(t, e) for t, e in pairs if e is not None]
         else:
             pairs = [(pipe.tokenizer, pipe.text_encoder)]
-        self.encoders = [_ENCODERS[weighting](t, e, penultimate=self.sdxl) for t, e in pairs]
+        # where the text encoders run: their own device, or the GPU when they wait on the CPU / meta device
+        # under diffusers' CPU offload (the token ids go there)
+        device = getattr(pipe, "_execution_device", None)
+        self.encoders = [_ENCODERS[weighting](t, e, penultimate=self.sdxl, device=device) for t, e in pairs]
         self.dtype = pairs[-1][1].dtype
 
     def _side_by_side(self, text: str, negative: str):

@@ -135,6 +135,7 @@ def test_three_face_template_from_a_config_file(template, people, controlnets, t
     assert (out / "contact_sheet.png").is_file()
     # the controls: the template face's landmarks as OpenPose face keypoints, the crop's edges without the face
     assert manifest["faces"][1]["controls"] == {"openpose": 1.0, "canny": 0.2}
+    assert manifest["settings"]["memory"]["offload"] == "none"  # on the CPU: the models moved as before
     pose = np.asarray(Image.open(out / "faces" / "face_1_openpose.png"))
     canny = np.asarray(Image.open(out / "faces" / "face_1_canny.png"))
     mask = np.asarray(Image.open(out / "faces" / "face_1_mask.png")) > 0

@@ -110,7 +110,9 @@ class GenerateConfig:
     # --- how many
     num_images: int = _h("Images kept per style after ranking (FaceChain's UI allows up to 6).", default=3)
     num_candidates: int = _h("Candidates generated per style before ranking (FaceChain: 10).", default=10)
-    batch_size: int = _h("Candidates per pipeline call (FaceChain generates 2 x 5).", default=5)
+    batch_size: int | Literal["auto"] = _h(
+        "Candidates per pipeline call. auto: the largest batch up to 5 (FaceChain generates 2 x 5) whose memory "
+        "budget (facechain.memory) fits the GPU's free memory; 5 on the CPU.", default="auto")
     seed: int = _h("Seed of candidate 0; candidate i uses seed + i, so every image is reproducible alone.", default=42)
     # --- sampling
     num_inference_steps: int = _h("Sampling steps with DPM-Solver++ (FaceChain: 40).", default=40)
@@ -186,6 +188,17 @@ class GenerateConfig:
     contact_sheet: bool = _h("Write contact_sheet.png with every candidate and its score.", default=True)
     # --- runtime
     device: str = _h(DEVICE_HELP, default="auto")
+    offload: Literal["auto", "none", "model", "sequential"] = _h(
+        "Where the models wait between uses: none (all on the GPU), model (diffusers' model CPU offload: one model "
+        "on the GPU at a time, the UNet with its ControlNets), sequential (layer by layer: smallest, slowest; only when "
+        "asked, not verified on a GPU), auto (none when the memory budget fits the free GPU memory, else model; none "
+        "on the CPU).",
+        default="auto")
+    vae_slicing: bool = _h("Decode the batch one image at a time (the SDXL VAE in float32 needs ~3.8 GiB per "
+                           "1024 px image); the images are the same.", default=True)
+    vae_tiling: Literal["auto", "on", "off"] = _h(
+        "Decode in 512 px tiles (blended seams, less memory). auto: on only when one image's decode would not "
+        "fit the free GPU memory otherwise.", default="auto")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = _h(DTYPE_HELP, default="auto")
     variant: Literal["auto", "fp16", "none"] = _h(f"Base model and ControlNet {VARIANT_HELP}.", default="auto")
     allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (.bin/.ckpt). Only for files you trust.",
@@ -198,8 +211,12 @@ class GenerateConfig:
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}.")
 
-        for name in ("num_images", "num_candidates", "batch_size", "num_inference_steps", "fast_num_inference_steps", "upscale_factor"):
+        for name in ("num_images", "num_candidates", "num_inference_steps", "fast_num_inference_steps", "upscale_factor"):
             positive(name)
+        if self.batch_size != "auto":
+            if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool):
+                raise InputError(f"batch_size must be a whole number or auto, got {self.batch_size!r}.")
+            positive("batch_size")
         if not self.base_model:
             raise InputError("base_model is empty. Name a hub id, a local diffusers folder or a .safetensors file.")
         check_variant(self.variant)

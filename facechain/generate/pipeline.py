@@ -205,17 +205,15 @@ class PortraitGenerator:
             path = lora_io.resolve(ref, allow_pickle=cfg.allow_pickle, what="LCM-LoRA")
             lora_io.load_adapter(pipe, path, LCM_ADAPTER, "LCM-LoRA")
             self.adapters[LCM_ADAPTER] = 1.0
-        pipe.to(self.device)
-        if self.identity is not None:  # after the move: Plus v2's CLIP encoder runs on the execution device
-            self.identity.prepare(self.identity_embedding)
         pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe
+        self.pipe = pipe  # placed on the device (or offloaded) by _place once every model is loaded
         native = native_size(pipe)
         self.height = cfg.height or native
         self.width = cfg.width or native
         self.control_images: list = []
         self.control_scales: list[float] = []
         self.control_pipe = None
+        self.controlnets: list = []  # the job's ControlNets, in the order of control_images
         self.pose_control: str | None = None  # "controlnet" | "repcontrolnet" once a pose is set up
         self._rep_injection = self._rep_features = None
         # fuse_lora/unfuse_lora in half precision round the base weights a little each time; keep an
@@ -233,10 +231,49 @@ class PortraitGenerator:
             if self._diir_net is None:
                 self._diir_net = load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family],
                                                  dtype=self.dtype, what="openpose (DIIR's landmark control)",
-                                                 allow_pickle=cfg.allow_pickle, variant=cfg.variant).to(self.device)
+                                                 allow_pickle=cfg.allow_pickle, variant=cfg.variant)
+        self.memory = self._place()
+        if self.identity is not None:  # once placed: Plus v2's CLIP encoder runs on the execution device
+            self.identity.prepare(self.identity_embedding)
         if torch.cuda.is_available() and self.device.type == "cuda":
             torch.cuda.synchronize()
         self.load_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ memory
+
+    def _place(self):
+        """Choose batch size, offload and VAE slicing/tiling from the memory budget of everything loaded
+        (facechain.memory) and put the models on the device that way. Returns the :class:`Plan`."""
+        from facechain import memory
+
+        cfg = self.cfg
+        own_diir = self._diir_net is not None and all(self._diir_net is not n for n in self.controlnets)
+        parts = memory.pipeline_parts(self.pipe, self.controlnets, resident=[self._diir_net] if own_diir else [])
+        free = memory.free_memory(self.device)
+        plan = memory.plan_memory(parts, self.height, self.width, batch=cfg.batch_size,
+                                  offload=memory.offload_for(cfg.offload, self.device, free), slicing=cfg.vae_slicing,
+                                  tiling={"on": True, "off": False}.get(cfg.vae_tiling, "auto"), free_bytes=free,
+                                  auto_modes=memory.AUTO_OFFLOAD, max_batch=min(memory.DEFAULT_BATCH, cfg.num_candidates))
+        if not plan.fits:
+            logger.warning("memory: batch %d with offload %s needs about %.1f GiB and %.1f GiB are free (%s); the job "
+                           "may run out of memory", plan.batch_size, plan.offload, plan.budget_bytes / memory.GiB,
+                           free / memory.GiB, plan.reason)
+        # the pipeline that is called holds every model (the ControlNet pipeline shares the base one's)
+        memory.apply_plan(self.control_pipe or self.pipe, plan, self.device)
+        if own_diir:  # DIIR calls it directly, outside the pipeline: it stays on the device (counted as resident)
+            self._diir_net.to(self.device)
+        logger.info("memory: batch %d, offload %s, vae slicing %s, tiling %s, budget %.1f GiB (%s)", plan.batch_size,
+                    plan.offload, plan.vae_slicing, plan.vae_tiling, plan.budget_bytes / memory.GiB, plan.reason)
+        return plan
+
+    @property
+    def batch_size(self) -> int:
+        return self.memory.batch_size
+
+    @property
+    def fuse(self) -> bool:
+        """fuse_loras, except under sequential offload (its weights wait on the meta device, nothing to fuse into)."""
+        return self.cfg.fuse_loras and self.memory.offload != "sequential"
 
     # ------------------------------------------------------------------ another person, same pipeline
 
@@ -244,7 +281,8 @@ class PortraitGenerator:
     PIPELINE_FIELDS = ("base_model", "revision", "sub_path", "single_file_config", "fast", "lcm_lora", "pose",
                        "pose_control", "depth", "depth_image", "controlnet_openpose", "controlnet_depth",
                        "depth_estimator", "pose_annotator", "identity", "default_style_lora", "fusion", "diir",
-                       "face_backend", "device", "dtype", "variant", "height", "width", "allow_pickle")
+                       "face_backend", "device", "dtype", "variant", "height", "width", "allow_pickle", "batch_size",
+                       "offload", "vae_slicing", "vae_tiling")
 
     @classmethod
     def pipeline_key(cls, cfg: GenerateConfig) -> tuple:
@@ -316,7 +354,8 @@ class PortraitGenerator:
         else:
             controlnet = nets[0]
         cls = StableDiffusionXLControlNetPipeline if self.family == "sdxl" else StableDiffusionControlNetPipeline
-        self.control_pipe = cls.from_pipe(self.pipe, controlnet=controlnet.to(self.device))
+        self.controlnets = nets
+        self.control_pipe = cls.from_pipe(self.pipe, controlnet=controlnet)
         self.control_pipe.set_progress_bar_config(disable=True)
         self.control_images = images
         self.control_scales = scales
@@ -368,7 +407,7 @@ class PortraitGenerator:
         try:
             if weights:
                 pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
-                if self.cfg.fuse_loras:
+                if self.fuse:
                     self._snapshot_base_weights()
                     pipe.fuse_lora(adapter_names=list(weights), lora_scale=1.0)
         except BaseException:  # never leave the style adapter (or a half fuse) behind for the next style
@@ -379,7 +418,7 @@ class PortraitGenerator:
     def _deactivate(self, weights: dict[str, float]) -> None:
         pipe = self.pipe
         try:
-            if weights and self.cfg.fuse_loras:
+            if weights and self.fuse:
                 pipe.unfuse_lora()
                 self._restore_base_weights()
         finally:
@@ -531,8 +570,8 @@ class PortraitGenerator:
             self._rep_injection.features = self._rep_features  # the pose, for this style's sampling only
         try:
             with tqdm(total=cfg.num_candidates, desc=f"style {style.name}", unit="img") as bar:
-                for start in range(0, cfg.num_candidates, cfg.batch_size):
-                    idx = list(range(start, min(start + cfg.batch_size, cfg.num_candidates)))
+                for start in range(0, cfg.num_candidates, self.batch_size):
+                    idx = list(range(start, min(start + self.batch_size, cfg.num_candidates)))
                     seeds = [cfg.seed + i for i in idx]
                     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
                     if self.identity is not None:
@@ -563,10 +602,11 @@ class PortraitGenerator:
         seconds = time.perf_counter() - t0
         settings = {
             "scheduler": type(pipe.scheduler).__name__, "steps": steps, "guidance_scale": guidance,
-            "height": self.height, "width": self.width, "batch_size": cfg.batch_size, "fused": cfg.fuse_loras,
+            "height": self.height, "width": self.width, "batch_size": self.batch_size, "fused": self.fuse,
             "controlnets": ["openpose"] + (["depth"] if cfg.depth else []) if self.control_pipe is not None else [],
             "pose_control": self.pose_control,
             "style_weight_rule": style.weight_rule if style.has_lora else None,  # adapters["style"] is its result
+            "memory": self.memory.to_dict(),
             "controlnet_scales": self.control_scales, "family": self.family,
             "identity": self.identity.describe(self.identity_embedding) if self.identity is not None else None,
             "prompt_encoding": {"syntax": "automatic1111", "truncated": False,

@@ -134,6 +134,10 @@ class TemplateConfig:
     seed: int = _h("Seed of face 0; face i uses seed + i.", default=42)
     device: str = _h("auto, cpu, cuda, cuda:N or mps.", default="auto")
     dtype: str = _h("auto, float32, float16 or bfloat16.", default="auto")
+    offload: Literal["auto", "none", "model", "sequential"] = _h(
+        "Where the models wait between uses: none (all on the GPU), model (diffusers' model CPU offload), sequential "
+        "(layer by layer; only when asked), auto (none when the memory budget of one face at the working size fits "
+        "the free GPU memory, else model; none on the CPU).", default="auto")
     allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (tensors only). Only for files you trust.", default=False)
     allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write.", default=False)
 

@@ -117,8 +117,7 @@ def control_pipeline(pipe, cfg: TemplateConfig, family: str):
         return None
     refs = {"openpose": cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[family],
             "canny": cfg.controlnet_canny or DEFAULT_CANNY_CONTROLNET[family]}
-    nets = [load_controlnet(refs[c], dtype=pipe.unet.dtype, what=c, allow_pickle=cfg.allow_pickle).to(pipe.device)
-            for c in cfg.controls]
+    nets = [load_controlnet(refs[c], dtype=pipe.unet.dtype, what=c, allow_pickle=cfg.allow_pickle) for c in cfg.controls]
     if len(nets) > 1:
         from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
@@ -129,6 +128,22 @@ def control_pipeline(pipe, cfg: TemplateConfig, family: str):
     control = cls.from_pipe(pipe, controlnet=net, **dtype_kwargs(pipe.unet.dtype))
     control.set_progress_bar_config(disable=True)
     return control
+
+
+def place_models(pipe, control, cfg: TemplateConfig, device):
+    """Put the job's models on ``device`` by the memory plan of one face at the working size (batch 1):
+    ``pipe.to(device)``, or diffusers' CPU offload when the budget does not fit (facechain.memory)."""
+    from facechain import memory
+    from facechain.models import native_size
+
+    nets = [] if control is None else list(getattr(control.controlnet, "nets", [control.controlnet]))
+    free = memory.free_memory(device)
+    size = native_size(pipe)
+    plan = memory.plan_memory(memory.pipeline_parts(pipe, nets), size, size, batch=1,
+                              offload=memory.offload_for(cfg.offload, device, free), free_bytes=free,
+                              auto_modes=memory.AUTO_OFFLOAD)
+    memory.apply_plan(control or pipe, plan, device)
+    return plan
 
 
 def base_model_of(cfg: TemplateConfig) -> tuple[str, str | None, str | None]:
@@ -184,8 +199,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     dtype = resolve_dtype(cfg.dtype, device)
     resolved = resolve_model(model, revision, sub_path, allow_pickle=cfg.allow_pickle, dtype=dtype)
     pipe = load_pipeline(resolved, torch_dtype=dtype, single_file_config=cfg.single_file_config)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # placed on the device (or offloaded) once every model is loaded
     ident_spec = next((p.identity for p in cfg.people if p.identity is not None and p.identity.enabled), None)
     adapter, adapter_loras = None, {}
     if ident_spec is not None:  # one adapter for the job (its weights checked before any face); photos per person
@@ -204,6 +218,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         lora_io.load_adapter(pipe, path, "lcm", "LCM-LoRA")
         adapter_loras = {**adapter_loras, "lcm": 1.0}
     control = control_pipeline(pipe, cfg, resolved.family)  # a missing ControlNet fails here, before any face
+    memory_plan = place_models(pipe, control, cfg, device)
     inpaint = control or inpaint_pipeline(pipe)
     encoder = PromptEncoder(inpaint, cfg.prompt_weighting)
     weights = {"openpose": cfg.openpose_weight, "canny": cfg.canny_weight}
@@ -361,7 +376,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         "settings": {"strength": cfg.strength, "steps": steps, "guidance_scale": guidance, "fast": cfg.fast,
                      "scheduler": type(pipe.scheduler).__name__, "prompt_weighting": cfg.prompt_weighting,
                      "working_size": size, "crop_ratio": cfg.crop_ratio, "face_lora_weight": cfg.face_lora_weight,
-                     "controls": {c: weights[c] for c in cfg.controls},
+                     "controls": {c: weights[c] for c in cfg.controls}, "memory": memory_plan.to_dict(),
                      "diir": to_dict(cfg.diir) if cfg.fusion == "diir" else None},
         "seconds": round(time.perf_counter() - t0, 2)})
     od.commit(stage)
