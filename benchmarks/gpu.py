@@ -9,6 +9,10 @@ On a GPU machine with the project's dependencies installed (nothing is downloade
     python benchmarks/gpu.py --write-results results.jsonl    # rows -> benchmarks/RESULTS.md "GPU figures"
     python benchmarks/gpu.py --smoke --out smoke.jsonl    # the same code on tiny models on the CPU
 
+On a lent machine whose results come back from a folder ($OUT): ``python benchmarks/gpu.py --out
+$OUT/results.jsonl --results-md $OUT/RESULTS.md`` (run it with a timeout a minute over ``--budget-s``),
+then here ``python benchmarks/gpu.py --write-results results.jsonl``.
+
 Every figure is printed as it is measured and appended to ``--out`` (JSON lines: one ``machine`` row,
 then ``figure`` rows, and one ``part`` row per part with its status), so a killed run keeps what it
 measured. Each part runs in its own try/except under its own time limit; a part whose estimated cost
@@ -406,9 +410,9 @@ def _two_photos(folder: Path) -> Path:
 
 
 def _train(b: Bench, family: str) -> None:
-    px = b.px(family)
     from facechain.io import read_jsonl
 
+    px = b.px(family)
     model = b.model(family)
     photos = b.asset("photos", lambda: _two_photos(b.work / "photos"))
     out = b.work / f"train-{family}-{time.time_ns()}"
@@ -431,9 +435,9 @@ def _train(b: Bench, family: str) -> None:
 
 
 def _floor(b: Bench, family: str) -> None:
-    px = b.px(family)
     from train_bench import run_unet
 
+    px = b.px(family)
     model = b.model(family)
     args = SimpleNamespace(mixed_precision="bf16" if b.cuda else "no", resolution=px, warmup=3, steps=b.profile.floor_steps,
                            gradient_checkpointing=False)
@@ -810,7 +814,11 @@ def render_section(rows: list[dict]) -> str:
 
 
 def write_results_md(rows: list[dict], md: Path) -> None:
-    """Replace the body between the section's markers in ``md`` with ``rows``' figures."""
+    """Replace the body between the section's markers in ``md`` with ``rows``' figures (a missing ``md`` is
+    made with the markers alone, e.g. ``--results-md $OUT/RESULTS.md`` on a machine whose files come back)."""
+    if not md.exists():
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(f"{BEGIN}\n{END}\n")
     text = md.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{md} has no '{BEGIN}' ... '{END}' markers: add the 'GPU figures' section first")

@@ -38,6 +38,7 @@ def _params(module_cls, cfg) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow  # ~9 s: diffusers/transformers imports and five meta-device models
 def test_builtin_configs_are_the_published_architectures(gpu, tmp_path):
     """Parameter counts of the published models (SD1.5 UNet 859.52 M, SDXL UNet 2567.46 M, the VAE 83.65 M,
     CLIP ViT-L/14 text 123.06 M, OpenCLIP ViT-bigG/14 text with projection 694.66 M)."""
@@ -90,17 +91,24 @@ def test_driver_keeps_every_part_row_and_partial_figures(gpu, tmp_path):
     def fine(b):
         b.figure("answer", 42, "x")
 
+    def library_catches_errors(b):  # as run_job does with a style's failure
+        try:
+            time.sleep(30)
+        except Exception as exc:
+            raise RuntimeError("style failed") from exc
+
     import torch  # noqa: F401  (imported before the clock starts: the driver reads memory through it)
 
     parts = [gpu.Part("a_fails", fails_after_a_figure, 1, 1, ""),
              gpu.Part("b_needs_model", lambda b: b.model("sdxl"), 1, 1, ""),
              gpu.Part("c_costly", fine, 10_000, 10_000, ""), gpu.Part("d_fine", fine, 1, 1, ""),
-             gpu.Part("e_slow", too_slow, 1, 1, "", limit_s=1.0)]
+             gpu.Part("e_slow", too_slow, 1, 1, "", limit_s=1.0),
+             gpu.Part("f_caught", library_catches_errors, 1, 1, "", limit_s=1.0)]
     b = _bench(gpu, tmp_path)
     rows = gpu.run_parts(b, parts, budget=60.0)
     status = {r["part"]: r["status"] for r in rows}
     assert status == {"a_fails": "error", "b_needs_model": "skipped", "c_costly": "skipped", "d_fine": "ok",
-                      "e_slow": "timeout"}
+                      "e_slow": "timeout", "f_caught": "timeout"}
     by_part = {r["part"]: r for r in rows}
     assert "broken after one figure" in by_part["a_fails"]["error"] and "RuntimeError" in by_part["a_fails"]["traceback"]
     assert by_part["e_slow"]["seconds"] < 5 and "time limit of 1 s" in by_part["e_slow"]["error"]
