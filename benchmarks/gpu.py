@@ -732,10 +732,10 @@ def run_parts(b: Bench, parts: list[Part], budget: float) -> list[dict]:
             print(f"[{elapsed:6.1f} s] {p.name} (estimate {p.cost(b.profile):.0f} s, limit {limit:.0f} s): {p.what}",
                   flush=True)
             b.part, b.deadline = p.name, time.perf_counter() + limit
-            b.reset_peak()
             t0 = time.perf_counter()
             try:
                 with time_limit(limit):
+                    b.reset_peak()
                     p.fn(b)
                 row["status"] = "ok"
             except Skip as exc:
@@ -746,9 +746,9 @@ def run_parts(b: Bench, parts: list[Part], budget: float) -> list[dict]:
                 row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:2000],
                            traceback=traceback.format_exc()[-3000:])
             row["seconds"] = round(time.perf_counter() - t0, 2)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a broken CUDA context must not end the run here
                 row["peak_mib"] = round(b.peak_mib(), 1)
-            _free_memory()
+                _free_memory()
         print(f"  {p.name}: {row['status']}" + (f" ({_first_line(row.get('error'))})" if row.get("error") else ""), flush=True)
         b.write(row)
         rows.append(row)
