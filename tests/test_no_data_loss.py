@@ -319,7 +319,7 @@ def test_diffusers_folder_with_only_pickle_weights_needs_allow_pickle(tiny_sd15,
     st = model / "unet" / "diffusion_pytorch_model.safetensors"
     torch.save(load_file(str(st)), model / "unet" / "diffusion_pytorch_model.bin")
     st.unlink()
-    with pytest.raises(UnsafeCheckpointError, match="weights of unet only as pickle files .*--allow-pickle"):
+    with pytest.raises(UnsafeCheckpointError, match="component 'unet' ships its weights only as pickle files .*--allow-pickle"):
         resolve_model(str(model))
     pipe = load_pipeline(resolve_model(str(model), allow_pickle=True))
     assert pipe.unet is not None
