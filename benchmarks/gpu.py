@@ -202,6 +202,11 @@ def build_full_model(family: str, folder: Path, device: str, dtype, tiny: bool =
         vae = AutoencoderKL.from_config(configs["vae"])
         te = CLIPTextModel(_text_config(configs["text_encoder"], tok))
         te2 = CLIPTextModelWithProjection(_text_config(configs["text_encoder_2"], tok)) if family == "sdxl" else None
+    # a trained CLIP's final LayerNorm has a shift; at random init's 0, SD1.5's conditioning has mean 0 and
+    # AUTOMATIC1111's weighting (the default) has no mean to restore
+    from facechain.testing import trained_final_norm
+
+    trained_final_norm(te, seed=0)
     sched_cfg = configs["scheduler"]
     scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
     if family == "sdxl":

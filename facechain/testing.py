@@ -143,7 +143,7 @@ TokenizerKind = Literal["bytes", "clip"]
 def build_tiny_sd15(folder: str | Path, seed: int = 0, tokenizer: TokenizerKind = "bytes") -> Path:
     """Save a tiny SD1.5-architecture pipeline (UNet, VAE, CLIP text encoder, tokenizer, DDIM-compatible scheduler).
     ``tokenizer="clip"``: the real CLIP tokenizer and a 49,408-token text encoder (real token counts). The text
-    encoder's final LayerNorm gets a small seeded shift (``_trained_final_norm``)."""
+    encoder's final LayerNorm gets a small seeded shift (``trained_final_norm``)."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -166,7 +166,7 @@ def build_tiny_sd15(folder: str | Path, seed: int = 0, tokenizer: TokenizerKind 
     )
     vae = _tiny_vae(0.18215)
     scheduler = _sd_scheduler()
-    _trained_final_norm(text_encoder, seed)  # SD1.5 conditions on the normalized last hidden state
+    trained_final_norm(text_encoder, seed)  # SD1.5 conditions on the normalized last hidden state
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -231,7 +231,7 @@ def _tokenizer():
         return make_tokenizer(Path(tmp))
 
 
-def _trained_final_norm(text_encoder, seed: int) -> None:
+def trained_final_norm(text_encoder, seed: int) -> None:
     """Give the final LayerNorm a small seeded shift (its own generator: no other weight changes), as a trained
     CLIP's has one. At its initial shift 0 every output vector has mean 0, so SD1.5's conditioning (the
     normalized last hidden state) has mean 0 to float rounding, which no real checkpoint's has, and
@@ -373,7 +373,7 @@ def build_full_sd15(folder: str | Path, dtype=None, seed: int = 0) -> Path:
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
                         sample_size=512, scaling_factor=0.18215)
-    _trained_final_norm(te, seed)
+    trained_final_norm(te, seed)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=_sd_scheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if dtype is not None:

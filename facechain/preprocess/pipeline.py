@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,6 +292,11 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
     workers = _worker_count(cfg.workers, len(files))
     if workers > 1 and not getattr(analyzer, "fork_safe", False):
         logger.info("preprocess: one worker, since the %s backend cannot be shared with forked workers", analyzer.name)
+        workers = 1
+    if workers > 1 and threading.active_count() > 1:
+        # a fork copies only the calling thread: a lock another thread held at that instant (logging's, a
+        # server's) stays locked in the child forever. Seen: the web app's training job hung in preprocessing.
+        logger.info("preprocess: one worker, since this process runs other threads (forked workers could deadlock)")
         workers = 1
     if workers > 1:
         import multiprocessing as mp
