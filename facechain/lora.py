@@ -506,8 +506,11 @@ def loadable_state(path: Path, pipe, family: str, what: str = "LoRA file") -> tu
     FaceChain's attention-processor ``.bin`` keys, DoRA magnitudes in kohya files and text-encoder
     kohya keys without ``out_proj`` (each with a warning, the adapter then missing or weaker), so
     every layout but diffusers' own is converted here first, against the pipeline's own modules."""
+    keys = _header_keys(path)
+    fmt = key_format(keys if keys is not None else read_tensors(path, what))
+    if fmt == "diffusers" and keys is not None:  # diffusers reads the file itself: only its header was read here
+        return None, len(_file_modules(keys)), fmt
     tensors = read_tensors(path, what)
-    fmt = key_format(tensors)
     if fmt == "unknown":
         sample = sorted(tensors)[:2]
         raise InputError(f"LoRA file {path}: its keys ({sample}...) are in no LoRA layout facechain reads (diffusers, "
@@ -519,9 +522,23 @@ def loadable_state(path: Path, pipe, family: str, what: str = "LoRA file") -> tu
         state = {f"unet.{k}": v for k, v in _from_attn_processor_format(tensors).items()}
     elif fmt == "peft":
         state = {f"unet.{k.removeprefix('base_model.model.')}": v for k, v in tensors.items()}
-    else:  # diffusers
-        state = None if path.suffix.lower() == ".safetensors" else tensors
-    return state, len(_file_modules(tensors if state is None else state)), fmt
+    else:  # diffusers layout in a pickle: handed over as read (tensors-only)
+        state = tensors
+    return state, len(_file_modules(state)), fmt
+
+
+def _header_keys(path: Path) -> list[str] | None:
+    """The tensor names of a .safetensors file from its header alone (None for a pickle, or a header that does
+    not read: :func:`read_tensors` then says what is wrong with the file)."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return list(fh.keys())
+    except Exception:
+        return None
 
 
 def load_adapter(pipe, path: Path, adapter_name: str, what: str = "LoRA") -> None:
