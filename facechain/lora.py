@@ -380,7 +380,7 @@ def _khatri_rao_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a[:, None, :] * b[None, :, :]).reshape(a.shape[0] * b.shape[0], a.shape[1])
 
 
-def _lycoris_to_lora(module: str, parts: dict[str, torch.Tensor], path: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _lycoris_to_lora(module: str, parts: dict[str, torch.Tensor], path: Path) -> tuple[torch.Tensor, torch.Tensor, int | None]:
     """A LoHa or LoKr module as an exact LoRA (down, up, rank the alpha refers to), with the down
     factor flattened to (rank, in * kh * kw).
 
@@ -407,8 +407,10 @@ def _lycoris_to_lora(module: str, parts: dict[str, torch.Tensor], path: Path) ->
     # kron(u_i v_i^T, p_j q_j^T) = kron(u_i, p_j) kron(v_i, q_j)^T
     up = torch.einsum("ai,cj->acij", u, p).reshape(u.shape[0] * p.shape[0], u.shape[1] * p.shape[1])
     down = torch.einsum("ib,jd->ijbd", v, q).reshape(v.shape[0] * q.shape[0], v.shape[1] * q.shape[1])
+    # the rank alpha refers to: the decomposed factor's; both factors stored whole are applied unscaled (LyCORIS
+    # writes alpha = its lora_dim then), so None
     rank = parts["lokr_w2_a"].shape[1] if "lokr_w2_a" in parts else (parts["lokr_w1_a"].shape[1] if "lokr_w1_a" in parts else None)
-    return down, up, rank or 0
+    return down, up, rank
 
 
 def _from_kohya(tensors: dict[str, torch.Tensor], pipe, family: str, path: Path) -> tuple[dict[str, torch.Tensor], int]:
@@ -444,7 +446,6 @@ def _from_kohya(tensors: dict[str, torch.Tensor], pipe, family: str, path: Path)
             rank = down.shape[0]
         elif any(p.startswith(("hada_", "lokr_")) for p in parts):
             down, up, rank = _lycoris_to_lora(name, parts, path)
-            rank = rank or down.shape[0]
         else:
             raise InputError(f"LoRA file {path}: module {name} has {sorted(parts)} but no pair of factors "
                              "(lora_down/lora_up, hada_*, lokr_*).")
@@ -461,8 +462,7 @@ def _from_kohya(tensors: dict[str, torch.Tensor], pipe, family: str, path: Path)
             raise InputError(
                 f"LoRA file {path}: module {name} has factors {tuple(up.shape)} x {tuple(down.shape)} but the model's "
                 f"{comp} layer {mpath} has weight {tuple(weight.shape)}. The LoRA was made for another model.")
-        alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
-        scale = alpha / rank if rank else 1.0
+        scale = float(parts["alpha"]) / rank if rank and "alpha" in parts else 1.0
         out[f"{comp}.{mpath}.lora_A.weight"] = down.contiguous()
         out[f"{comp}.{mpath}.lora_B.weight"] = (up.float() * scale).to(up.dtype).contiguous()
         if "dora_scale" in parts:

@@ -128,6 +128,18 @@ class Zoo:
             self.expect[("unet", path)] = torch.kron(w1, w2a @ w2b) * alpha / rank
         return self
 
+    def lokr_whole(self, alpha=3.0):
+        """LoKr with both Kronecker factors stored whole: applied unscaled, whatever its alpha (LyCORIS writes
+        alpha = its lora_dim then)."""
+        for path, m in _linears(self.pipe.unet, ATTN):
+            name = _kohya_unet_name(path, self.family, self.pipe.unet)
+            a = 4 if m.out_features % 4 == 0 else 1
+            b = 4 if m.in_features % 4 == 0 else 1
+            w1, w2 = self.rand(a, b, scale=0.5), self.rand(m.out_features // a, m.in_features // b, scale=0.1)
+            self.tensors.update({f"{name}.lokr_w1": w1, f"{name}.lokr_w2": w2, f"{name}.alpha": torch.tensor(alpha)})
+            self.expect[("unet", path)] = torch.kron(w1, w2)
+        return self
+
     def facechain_bin(self, rank=4):
         """FaceChain's trainer output: ``<attn>.processor.<proj>_lora.down/up.weight``, no ``unet.`` prefix."""
         for path, m in _linears(self.pipe.unet, ATTN):
@@ -171,6 +183,7 @@ LAYOUTS = {
     "locon": lambda z: z.kohya(te=False, conv=True),
     "loha": lambda z: z.loha(),
     "lokr": lambda z: z.lokr(),
+    "lokr_whole_factors": lambda z: z.lokr_whole(),
     "dora": lambda z: z.kohya(dora=True),
     "facechain_bin": lambda z: z.facechain_bin(),
     "peft": lambda z: z.peft(),
