@@ -140,7 +140,8 @@ def run_plain(args, model: Path, data: Path) -> dict:
     from PIL import Image
 
     from facechain.train.data import augment, load_processed, to_tensor
-    from facechain.train.text import TextConditioner, sdxl_time_ids
+    from facechain.families import get_family
+    from facechain.train.text import TextConditioner
 
     pipe, family, dev = _setup_models(args, model, torch.float32)
     cond = TextConditioner.from_pipeline(pipe, family)
@@ -160,7 +161,7 @@ def run_plain(args, model: Path, data: Path) -> dict:
         embeds, pooled = cond.encode(cond.tokenize([examples[i].caption]))
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (1,), device=dev)
-        added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(args.resolution, 1, dev, embeds.dtype)} if family == "sdxl" else None
+        added = get_family(family).added_conditioning(pooled, args.resolution, args.resolution, 1, dev, embeds.dtype)
         pred = pipe.unet(sched.add_noise(latents, noise, t), t, embeds, added_cond_kwargs=added).sample
         loss = F.mse_loss(pred.float(), noise.float())
         loss.backward()
@@ -179,7 +180,8 @@ def run_unet(args, model: Path) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from facechain.train.text import TextConditioner, sdxl_time_ids
+    from facechain.families import get_family
+    from facechain.train.text import TextConditioner
 
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
     pipe, family, dev = _setup_models(args, model, dtype)
@@ -190,7 +192,8 @@ def run_unet(args, model: Path) -> dict:
     h = args.resolution // 8
     x = torch.randn(1, 4, h, h, device=dev)
     t = torch.randint(0, 1000, (1,), device=dev)
-    added = {"text_embeds": pooled.to(dtype), "time_ids": sdxl_time_ids(args.resolution, 1, dev, dtype)} if family == "sdxl" else None
+    added = get_family(family).added_conditioning(None if pooled is None else pooled.to(dtype), args.resolution,
+                                                  args.resolution, 1, dev, dtype)
     times = []
     for step in range(args.warmup + args.steps):
         _sync(dev)

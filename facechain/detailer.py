@@ -48,6 +48,7 @@ import numpy as np
 
 from facechain.errors import InputError
 from facechain.face.types import Face, FaceAnalyzer
+from facechain.families import Family, family_of_pipeline
 from facechain.models import dtype_kwargs, native_size
 
 logger = logging.getLogger(__name__)
@@ -217,14 +218,11 @@ def _quiet_empty_fp32_notice():
         target.removeFilter(flt)
 
 
-def _family(pipe) -> str:
-    from facechain.models import family_of_unet_config
-
-    unet = getattr(pipe, "unet", None)
-    if unet is None or getattr(pipe, "vae", None) is None:
+def _family(pipe) -> Family:
+    if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
         raise InputError(f"the face detailer needs a Stable Diffusion pipeline with a UNet and a VAE, got "
                          f"{type(pipe).__name__}.")
-    return family_of_unet_config(unet.config, f"{type(pipe).__name__}'s UNet")
+    return family_of_pipeline(pipe)
 
 
 def inpaint_pipeline(pipe):
@@ -233,13 +231,11 @@ def inpaint_pipeline(pipe):
     VAE, text encoders and scheduler, no copy. A ControlNet is left out. Made again when ``pipe``'s
     modules were replaced since (e.g. a new scheduler)."""
     import torch
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 
     cached = _INPAINT.get(pipe)
     if cached is not None and all(getattr(cached, n, None) is getattr(pipe, n, None) for n in _SHARED):
         return cached
-    family = _family(pipe)
-    cls = StableDiffusionXLInpaintPipeline if family == "sdxl" else StableDiffusionInpaintPipeline
+    cls = _family(pipe).pipeline_class("inpaint")
     if getattr(pipe, "controlnet", None) is not None:
         logger.info("face detailer: inpainting without the ControlNet of %s", type(pipe).__name__)
     # from_pipe ends with new_pipeline.to(dtype=...) (float32 unless told), which would convert the

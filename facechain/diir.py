@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from facechain.errors import InputError
+from facechain.families import family_of_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +102,13 @@ def _schedulers(pipe, steps: int):
 
 
 def _added_conditions(pipe, conditioning: dict, size: int, negative: bool):
-    """(text embeddings, UNet added_cond_kwargs) of one branch; SDXL's pooled text and size ids."""
-    import torch
-
+    """(text embeddings, UNet added_cond_kwargs) of one branch: the family's added conditioning (SDXL's
+    pooled text and size ids; none for SD1.5)."""
     prefix = "negative_" if negative else ""
     emb = conditioning[f"{prefix}prompt_embeds"]
-    added = {}
-    if getattr(pipe.unet.config, "addition_embed_type", None) == "text_time":
-        added["text_embeds"] = conditioning[f"{prefix}pooled_prompt_embeds"]
-        added["time_ids"] = torch.tensor([[size, size, 0, 0, size, size]], dtype=emb.dtype, device=emb.device)
-    return emb, added
+    added = family_of_pipeline(pipe).added_conditioning(conditioning.get(f"{prefix}pooled_prompt_embeds"), size, size,
+                                                        1, emb.device, emb.dtype)
+    return emb, added or {}
 
 
 def _predict(pipe, latents, t, emb, added: dict, control: tuple | None):
@@ -131,38 +129,12 @@ def _cat(a: dict, b: dict) -> dict:
 
 
 def encode(pipe, image: np.ndarray):
-    """VAE latents (the distribution's mean, scaled) of an RGB uint8 image."""
-    import torch
-
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
-    with torch.inference_mode():
-        if upcast:
-            vae.to(torch.float32)
-        try:
-            lat = vae.encode(x.to(pipe.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-        finally:
-            if upcast:
-                vae.to(torch.float16)
-    return lat.to(pipe.unet.dtype)
+    """VAE latents (the distribution's mean, scaled) of an RGB uint8 image, fp16-safe (the family's encode)."""
+    return family_of_pipeline(pipe).encode_latents(pipe.vae, image, pipe.device).to(pipe.unet.dtype)
 
 
 def decode(pipe, latents) -> np.ndarray:
-    import torch
-
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    with torch.inference_mode():
-        if upcast:
-            vae.to(torch.float32)
-        try:
-            x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(torch.float16)
-    x = (x[0].float().clamp(-1, 1) + 1) * 127.5
-    return x.permute(1, 2, 0).round().to(torch.uint8).cpu().numpy()
+    return family_of_pipeline(pipe).decode_latents(pipe.vae, latents)
 
 
 def invert(pipe, latents, null_conditioning: dict, cfg: DIIRConfig, *, size: int, control: tuple | None = None,

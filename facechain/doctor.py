@@ -360,9 +360,9 @@ def default_models() -> list[DefaultModel]:
 
     from facechain.adapters import ip_adapter_faceid as faceid
     from facechain.adapters.feedface.train import DEFAULT_IMAGE_ENCODER as FEEDFACE_ENCODER
+    from facechain.families import FAMILIES
     from facechain.generate import config as gen
-    from facechain.lora import LCM_LORAS, LORA_FILE
-    from facechain.models import SINGLE_FILE_CONFIGS
+    from facechain.lora import LORA_FILE
     from facechain.server.service import ServeConfig
     from facechain.stylize.config import DEFAULT_MODEL as STYLIZE_MODEL
     from facechain.train.config import FACECHAIN_FACE_LORA
@@ -377,15 +377,16 @@ def default_models() -> list[DefaultModel]:
            DefaultModel(gen.FACECHAIN_STYLE_LORA[0], gen.FACECHAIN_STYLE_LORA[2],
                         "FaceChain's style LoRA (default_style_lora: facechain)", gen.FACECHAIN_STYLE_LORA[1], "modelscope"),
            DefaultModel(STYLIZE_MODEL, "model_index.json", "stylize's base model")]
-    for family, repo in SINGLE_FILE_CONFIGS.items():
-        out.append(DefaultModel(repo, "unet/config.json", f"{family} single-file checkpoints' configs",
-                                include=("*.json", "*.txt")))
-    for family, repo in LCM_LORAS.items():
-        out.append(DefaultModel(repo, LORA_FILE, f"fast mode (LCM-LoRA), {family}"))
-    for what, table in (("openpose", gen.DEFAULT_OPENPOSE_CONTROLNET), ("canny", gen.DEFAULT_CANNY_CONTROLNET),
-                        ("depth", gen.DEFAULT_DEPTH_CONTROLNET)):
-        for family, repo in table.items():
-            out.append(DefaultModel(repo, "config.json", f"{what} ControlNet, {family}"))
+    for family in FAMILIES:
+        out.append(DefaultModel(family.reference_repo, f"{family.denoiser}/config.json",
+                                f"{family} single-file checkpoints' configs", include=("*.json", "*.txt")))
+    for family in FAMILIES:
+        if family.fast is not None:
+            out.append(DefaultModel(family.fast.lora, LORA_FILE, f"fast mode (LCM-LoRA), {family}"))
+    for what in ("openpose", "canny", "depth"):
+        for family in FAMILIES:
+            if what in family.controlnets:
+                out.append(DefaultModel(family.controlnets[what], "config.json", f"{what} ControlNet, {family}"))
     out.append(DefaultModel(default(gen.GenerateConfig, "depth_estimator"), "config.json", "depth estimator (pose photos)"))
     out.append(DefaultModel(default(gen.GenerateConfig, "pose_annotator"), "body_pose_model.pth",
                             "OpenPose annotator (pose photos)"))

@@ -11,10 +11,11 @@ Internally a LoRA is ``{"unet": peft_sd, "text_encoder": peft_sd, "text_encoder_
 where ``peft_sd`` is :func:`peft.get_peft_model_state_dict` of that model (keys
 ``<module>.lora_A.weight`` / ``<module>.lora_B.weight``).
 
-Kohya naming: SD1.5-family UNets keep the diffusers module path (kohya's sd-scripts build SD1.5
-LoRAs on a diffusers-layout UNet); SDXL UNets use the original SGM block names
-(``input_blocks.N.1``, ``middle_block.1``, ``output_blocks.N.1``; :func:`sgm_unet_path`) as
-sd-scripts does for SDXL. Text encoders: ``lora_te_`` (SD1.5), ``lora_te1_``/``lora_te2_`` (SDXL).
+Kohya naming is the model family's (``Family.kohya_prefixes``, ``Family.kohya_unet_names``): SD1.5-family
+UNets keep the diffusers module path (kohya's sd-scripts build SD1.5 LoRAs on a diffusers-layout UNet);
+SDXL UNets use the original SGM block names (``input_blocks.N.1``, ``middle_block.1``,
+``output_blocks.N.1``; :func:`sgm_unet_path`) as sd-scripts does for SDXL. Text encoders: ``lora_te_``
+(SD1.5), ``lora_te1_``/``lora_te2_`` (SDXL).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from facechain.errors import FacechainError, InputError
+from facechain.families import Family, family_of_pipeline, get_family
 from facechain.io import _umask, save_safetensors
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,6 @@ logger = logging.getLogger(__name__)
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
 KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-# LCM-LoRA (Luo et al. 2023) per model family: fast mode of generate and stylize
-LCM_LORAS = {"sd15": "latent-consistency/lcm-lora-sdv1-5", "sdxl": "latent-consistency/lcm-lora-sdxl"}
 
 LoraDict = dict[str, dict[str, torch.Tensor]]
 
@@ -77,16 +77,15 @@ def average(loras: list[LoraDict]) -> LoraDict:
 # --------------------------------------------------------------------------- diffusers format
 
 
-def save_diffusers(folder: str | Path, lora: LoraDict, family: str, rank: int, alpha: float) -> Path:
+def save_diffusers(folder: str | Path, lora: LoraDict, family: str | Family, rank: int, alpha: float) -> Path:
     """Write ``folder/pytorch_lora_weights.safetensors`` with the pipeline class's own
     ``save_lora_weights`` (keys ``unet.*``/``text_encoder.*`` + the adapter metadata: rank, alpha
     and target modules), atomically: written in a temporary folder, then renamed into place."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    cls = get_family(family).pipeline_class("txt2img")
     # The scale alpha/rank is folded into the up matrices and the file records alpha = rank, so a
     # loader that drops the safetensors metadata (``load_lora_weights(load_file(...))``) still
     # applies the trained update.
@@ -170,14 +169,15 @@ def sgm_unet_path(path: str, layers_per_block: int, up_has_attn: list[bool] | No
     raise InputError(f"UNet path {path!r} has no name in the original SGM UNet layout.")
 
 
-def to_kohya(lora: LoraDict, family: str, alpha: float, layers_per_block: int = 2) -> dict[str, torch.Tensor]:
+def to_kohya(lora: LoraDict, family: str | Family, alpha: float, layers_per_block: int = 2) -> dict[str, torch.Tensor]:
     """Kohya keys ``<prefix>_<module_with_underscores>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``."""
-    prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1" if family == "sdxl" else "lora_te", "text_encoder_2": "lora_te2"}
+    family = get_family(family)
+    prefixes = {comp: names[0] for comp, names in family.kohya_prefixes.items()}
     out: dict[str, torch.Tensor] = {}
     for comp, sd in lora.items():
         for key, value in sd.items():
             module, kind = key.rsplit(".lora_", 1)  # kind: "A.weight" | "B.weight"
-            if comp == "unet" and family == "sdxl":
+            if comp == "unet" and family.kohya_unet_names == "sgm":
                 module = sgm_unet_path(module, layers_per_block)
             elif comp != "unet" and not module.startswith("text_model."):
                 module = "text_model." + module  # transformers 5 flattened CLIPTextModel; kohya names keep text_model
@@ -187,7 +187,7 @@ def to_kohya(lora: LoraDict, family: str, alpha: float, layers_per_block: int = 
     return out
 
 
-def save_kohya(folder: str | Path, lora: LoraDict, family: str, alpha: float, layers_per_block: int = 2) -> Path:
+def save_kohya(folder: str | Path, lora: LoraDict, family: str | Family, alpha: float, layers_per_block: int = 2) -> Path:
     path = Path(folder) / KOHYA_FILE
     save_safetensors(path, to_kohya(lora, family, alpha, layers_per_block), metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha)})
     return path
@@ -247,14 +247,13 @@ def key_format(tensors: dict) -> str:
     return "peft" if all(".lora_A." in k or ".lora_B." in k or k.endswith(".lora_magnitude_vector") for k in keys) else "unknown"
 
 
-def read_lora_file(path: str | Path, family: str, unet_config=None) -> tuple[LoraDict, float]:
+def read_lora_file(path: str | Path, family: str | Family, unet_config=None) -> tuple[LoraDict, float]:
     """Read a diffusers-, kohya- or attention-processor-format LoRA file into peft state dicts per
     component, using diffusers' own key conversion (``lora_state_dict``). Returns (lora, scale)
     where ``scale`` = alpha / rank is the factor the file's update is applied with."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_unet_state_dict_to_peft
 
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    cls = get_family(family).pipeline_class("txt2img")
     kwargs = {"unet_config": unet_config} if unet_config is not None else {}
     path = Path(path)
     tensors = read_tensors(path)
@@ -346,7 +345,7 @@ def _lora_able(model: torch.nn.Module):
             yield path, mod
 
 
-def kohya_names(pipe, family: str) -> dict[str, tuple[str, str]]:
+def kohya_names(pipe, family: str | Family) -> dict[str, tuple[str, str]]:
     """Every module of ``pipe`` a kohya / LyCORIS file can address: kohya name (``lora_unet_...``,
     ``lora_te_...``) -> (component, module path in the loaded model). A UNet module answers to its
     diffusers path (kohya's sd-scripts for SD1.5) and to its original SGM path (sd-scripts for
@@ -364,7 +363,7 @@ def kohya_names(pipe, family: str) -> dict[str, tuple[str, str]]:
                 names.setdefault("lora_unet_" + sgm_unet_path(path, lpb, up_attn).replace(".", "_"), ("unet", path))
             except InputError:
                 pass  # a module with no SGM name (none in SD1.5/SDXL UNets)
-    prefixes = {"text_encoder": ("lora_te1",) if family == "sdxl" else ("lora_te", "lora_te1"), "text_encoder_2": ("lora_te2",)}
+    prefixes = get_family(family).kohya_prefixes
     for comp, enc in comps.items():
         if comp == "unet":
             continue
@@ -413,7 +412,7 @@ def _lycoris_to_lora(module: str, parts: dict[str, torch.Tensor], path: Path) ->
     return down, up, rank
 
 
-def _from_kohya(tensors: dict[str, torch.Tensor], pipe, family: str, path: Path) -> tuple[dict[str, torch.Tensor], int]:
+def _from_kohya(tensors: dict[str, torch.Tensor], pipe, family: str | Family, path: Path) -> tuple[dict[str, torch.Tensor], int]:
     """A kohya-, LoCon-, LoHa-, LoKr- or DoRA-layout file as diffusers' peft keys for ``pipe``, alpha / rank
     folded into the up factors. Returns (state dict, number of modules). Every module must match one
     of ``pipe``'s modules with the right shapes, or the file is refused: a LoRA partly applied would
@@ -498,7 +497,7 @@ def _loaded_modules(pipe, adapter_name: str) -> int:
                if isinstance(mod, BaseTunerLayer) and adapter_name in getattr(mod, "lora_A", {}))
 
 
-def loadable_state(path: Path, pipe, family: str, what: str = "LoRA file") -> tuple[dict[str, torch.Tensor] | None, int, str]:
+def loadable_state(path: Path, pipe, family: str | Family, what: str = "LoRA file") -> tuple[dict[str, torch.Tensor] | None, int, str]:
     """What :func:`load_adapter` hands to diffusers for the LoRA file ``path``: (state dict, or None
     when diffusers reads the file itself; the number of modules the file holds; its layout).
 
@@ -549,9 +548,7 @@ def load_adapter(pipe, path: Path, adapter_name: str, what: str = "LoRA") -> Non
     The adapter must then hold every module of the file: anything less (nothing registered, part of
     the file dropped) is one InputError naming the file, its layout and the fix, never a warning."""
     path = Path(path)
-    from facechain.models import family_of_unet_config
-
-    family = family_of_unet_config(pipe.unet.config, f"pipeline of {what}")
+    family = family_of_pipeline(pipe, f"pipeline of {what}")
     fmt = "?"
     try:
         state, expected, fmt = loadable_state(path, pipe, family, what)

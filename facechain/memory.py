@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from facechain.families import Family, family_of_pipeline, get_family
+
 GiB = 1 << 30
 
 # VAE decode peak, bytes per output pixel, float32 (SDXL's pipeline upcasts its VAE to float32 because
@@ -42,12 +44,8 @@ GiB = 1 << 30
 # benchmarks/RESULTS.md.
 VAE_DECODE_BYTES_PER_PIXEL_FP32 = 3.8 * GiB / (1024 * 1024)
 
-# UNet activation peak while denoising, bytes per latent pixel per image of the batch, in half precision,
-# classifier-free guidance included (the UNet sees 2 x batch). Measured by benchmarks/memory_bench.py on the
-# real-size UNets with random weights (growth of the CPU peak RSS over one forward in float32, halved for
-# float16; benchmarks/RESULTS.md): SD1.5 0.453 GiB for the guidance pair at 64 x 64 latents (59,366 B per
-# latent pixel), SDXL 0.478 GiB for one of the pair at 128 x 128 (31,355 B). Times ACTIVATION_MARGIN.
-UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd15": 59_366, "sdxl": 31_355}
+# The denoiser's activation peak per latent pixel is the family's (Family.unet_activation_bytes_per_latent_pixel,
+# measured by benchmarks/memory_bench.py), times ACTIVATION_MARGIN.
 # CUDA's kernels are not the CPU's: cuDNN convolution workspaces and the caching allocator's rounding come
 # on top. A margin (not measured: no GPU was lent to this task), until benchmarks/gpu.py measures it.
 ACTIVATION_MARGIN = 1.5
@@ -72,9 +70,8 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 AUTO_OFFLOAD = ("none", "model")
 Offload = Literal["auto", "none", "model", "sequential"]
 
-# LCM-LoRA weights (fast mode), bytes of the published safetensors files, held beside the base weights
-# (fuse_lora keeps them): latent-consistency/lcm-lora-sdv1-5 (134.6 MB) and lcm-lora-sdxl (393.9 MB).
-LCM_LORA_BYTES = {"sd15": 134_621_556, "sdxl": 393_854_592}
+# The fast-mode adapter's weights (LCM-LoRA) are held beside the base weights (fuse_lora keeps them): their
+# size is the family's (FastMode.lora_bytes).
 
 
 @dataclass(frozen=True)
@@ -158,15 +155,13 @@ def pipeline_parts(pipe, controlnets=(), resident=()) -> Parts:
     """The parts of a loaded diffusers pipeline (its text encoders, UNet with any LoRA / IP-Adapter
     layers attached, VAE, image encoder) plus its ``controlnets`` and ``resident`` modules (called
     outside the pipeline, so kept on the GPU whatever the offload)."""
-    from facechain.models import family_of_unet_config
-
-    family = family_of_unet_config(pipe.unet.config, "the pipeline's UNet config")
+    family = family_of_pipeline(pipe, "the pipeline's UNet config")
     models = [module_part(name, getattr(pipe, name), stage) for name, stage in STAGES.items()
               if getattr(pipe, name, None) is not None]
     models += [module_part(f"controlnet_{i}", net, "denoise") for i, net in enumerate(controlnets)]
     models += [module_part(f"resident_{i}", m, "resident") for i, m in enumerate(resident)]
-    upcast = family == "sdxl" and pipe.vae.dtype.itemsize == 2 and pipe.vae.config.get("force_upcast", False)
-    return Parts(family, tuple(models), len(controlnets), unet_dtype_bytes=pipe.unet.dtype.itemsize,
+    upcast = family.vae_upcast and pipe.vae.dtype.itemsize == 2 and pipe.vae.config.get("force_upcast", False)
+    return Parts(family.name, tuple(models), len(controlnets), unet_dtype_bytes=pipe.unet.dtype.itemsize,
                  vae_dtype_bytes=4 if upcast else pipe.vae.dtype.itemsize)
 
 
@@ -253,7 +248,7 @@ MODES = {
 }
 
 
-def meta_parts(family: str, configs: str | Path, mode: str = "plain", *, face_lora_rank: int = 32,
+def meta_parts(family: "str | Family", configs: str | Path, mode: str = "plain", *, face_lora_rank: int = 32,
                dtype=None) -> Parts:
     """The parts of ``mode`` (a key of :data:`MODES`) for ``family`` built on the meta device from the
     published configs under ``configs``: ``<family>/{unet,vae,text_encoder[,text_encoder_2]}``,
@@ -265,17 +260,17 @@ def meta_parts(family: str, configs: str | Path, mode: str = "plain", *, face_lo
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     spec = MODES[mode]
     root = Path(configs)
-    base = root / family
+    family = get_family(family)
+    base = root / family.name
     unet = meta_model("unet", base / "unet", dtype)
     vae = meta_model("vae", base / "vae", dtype)
-    models = [module_part("unet", unet, "denoise"), module_part("vae", vae, "decode"),
-              module_part("text_encoder", meta_model("clip_text", base / "text_encoder", dtype), "text")]
-    if family == "sdxl":
-        models.append(module_part("text_encoder_2", meta_model("clip_text_projection", base / "text_encoder_2", dtype),
-                                  "text"))
+    models = [module_part("unet", unet, "denoise"), module_part("vae", vae, "decode")]
+    for i, name in enumerate(family.text_encoders):  # CLIP text encoders; the last of several has the projection
+        kind = "clip_text_projection" if i and i == len(family.text_encoders) - 1 else "clip_text"
+        models.append(module_part(name, meta_model(kind, base / name, dtype), "text"))
     nets = spec.get("controlnets", ())
     for kind in nets:
-        models.append(module_part(f"controlnet_{kind}", meta_model("controlnet", root / f"controlnet_{family}_{kind}",
+        models.append(module_part(f"controlnet_{kind}", meta_model("controlnet", root / f"controlnet_{family.name}_{kind}",
                                                                    dtype), "denoise"))
     identity = spec.get("identity")
     if identity:
@@ -287,10 +282,10 @@ def meta_parts(family: str, configs: str | Path, mode: str = "plain", *, face_lo
     if face_lora_rank:
         models.append(Part("face_lora", lora_bytes(unet, face_lora_rank), 0, "denoise"))
     if spec.get("fast"):
-        models.append(Part("lcm_lora", LCM_LORA_BYTES[family], 0, "denoise"))
-    upcast = family == "sdxl" and bool(vae.config.get("force_upcast", False))
+        models.append(Part("lcm_lora", family.fast.lora_bytes, 0, "denoise"))
+    upcast = family.vae_upcast and bool(vae.config.get("force_upcast", False))
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
-    return Parts(family, tuple(models), len(nets), unet_dtype_bytes=dtype_bytes,
+    return Parts(family.name, tuple(models), len(nets), unet_dtype_bytes=dtype_bytes,
                  vae_dtype_bytes=4 if upcast else dtype_bytes)
 
 
@@ -300,7 +295,7 @@ def meta_parts(family: str, configs: str | Path, mode: str = "plain", *, face_lo
 def denoise_peak(parts: Parts, height: int, width: int, batch: int) -> int:
     """Activation peak of one denoising step of ``batch`` images (guidance pair included)."""
     latent_pixels = (height // 8) * (width // 8)
-    per_image = (UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL[parts.family] * ACTIVATION_MARGIN * latent_pixels
+    per_image = (get_family(parts.family).unet_activation_bytes_per_latent_pixel * ACTIVATION_MARGIN * latent_pixels
                  * parts.unet_dtype_bytes / 2)
     return int(per_image * batch * (1 + CONTROLNET_ACTIVATION_SHARE * parts.controlnets))
 

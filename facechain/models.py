@@ -14,9 +14,9 @@ A hub download fetches only the files that load (:func:`download_plan`): of a pi
 a local folder, per component, and refuses pickles only in components that load. After the Hugging Face hub
 and ModelScope, FaceChain's ModelScope copies (:data:`MODELSCOPE_COPIES`) are tried.
 
-Whether a model is SD1.5-family or SDXL is read from the model's own config (the UNet's
-``addition_embed_type`` for folders and loaded pipelines, the text-conditioner keys for single
-files), never from its name or class name.
+Which model family a model is (SD1.5-family, SDXL) is read from the model's own config (the denoiser's
+config for folders and loaded pipelines, the tensor names of single files) by :mod:`facechain.families`,
+never from its name or class name.
 
 The helper models are loaded here too: ControlNets (:func:`load_controlnet`), the depth
 estimator (:func:`load_depth_estimator`), the OpenPose annotator (:func:`load_pose_annotator`),
@@ -35,23 +35,15 @@ from pathlib import Path
 from typing import Literal
 
 from facechain.errors import FacechainError, InputError, ModelNotFoundError, UnsafeCheckpointError
+from facechain.families import family_of_checkpoint_keys as _family_of_keys
+from facechain.families import FAMILIES, family_of_folder, family_of_pipeline, get_family
 
 logger = logging.getLogger(__name__)
 
-Family = Literal["sd15", "sdxl"]
 Hub = Literal["auto", "huggingface", "modelscope"]
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
-
-# Hub repos whose configs (UNet/VAE/text-encoder/tokenizer/scheduler JSON) describe the
-# architecture of a single-file checkpoint of each family. Only small config files are
-# fetched from them; pass ``single_file_config`` (a local diffusers folder) to stay offline.
-SINGLE_FILE_CONFIGS: dict[str, str] = {
-    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
-
 
 @dataclass(frozen=True)
 class ResolvedModel:
@@ -59,7 +51,7 @@ class ResolvedModel:
 
     path: Path  # a diffusers folder, or a checkpoint file
     format: Literal["diffusers", "single_file"]
-    family: Family
+    family: str  # the model family's name (facechain.families)
     reference: str  # what the user asked for, for messages and saved configs
     allow_pickle: bool = False  # pickle weight files in a diffusers folder may load (tensors-only)
 
@@ -68,49 +60,13 @@ class ResolvedModel:
 
 
 def native_size(pipe) -> int:
-    """A loaded pipeline's native image side: UNet sample size x VAE scale factor (512 SD1.5, 1024 SDXL)."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    """A loaded pipeline's native image side (512 SD1.5, 1024 SDXL), as its family reads it."""
+    return family_of_pipeline(pipe).native_size_of(pipe)
 
 
-# --------------------------------------------------------------------------- family detection
-
-
-def family_of_folder(folder: Path) -> Family:
-    """Read SD1.5-family vs SDXL from a diffusers folder's UNet config."""
-    unet_cfg = folder / "unet" / "config.json"
-    if not unet_cfg.is_file():
-        raise InputError(
-            f"model folder {folder} has no unet/config.json, so it is not a diffusers Stable Diffusion "
-            "folder. Pass a folder saved with `pipeline.save_pretrained()`, a single .safetensors "
-            "checkpoint, or a hub id."
-        )
-    return family_of_unet_config(json.loads(unet_cfg.read_text()), f"model folder {folder}: UNet config {unet_cfg}")
-
-
-def family_of_unet_config(cfg, where: str) -> Family:
-    """SDXL UNets take the pooled text embedding and size ids (``addition_embed_type`` "text_time");
-    SD1.5-family UNets take 4 (or 9: inpainting) latent channels and nothing added."""
-    cfg = dict(cfg)
-    if cfg.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    if cfg.get("addition_embed_type") in (None, "text") and cfg.get("in_channels", 4) in (4, 9):
-        return "sd15"
-    raise InputError(f"{where} describes neither an SD1.5-family nor an SDXL UNet.")
-
-
-def family_of_checkpoint_keys(keys, where: str) -> Family:
-    """SDXL checkpoints carry two text conditioners (``conditioner.embedders.1``); SD1.x/2.x one."""
-    keys = list(keys)
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.") for k in keys):
-        return "sd15"
-    if any(k.startswith("model.diffusion_model.") for k in keys):
-        raise InputError(f"checkpoint {where} has a UNet but no text encoder keys; it cannot be used as a base model.")
-    raise InputError(
-        f"checkpoint {where} is not a Stable Diffusion checkpoint (no `model.diffusion_model.*` keys). "
-        "A LoRA file is passed as a LoRA, not as a base model."
-    )
+def family_of_checkpoint_keys(keys, where: str) -> str:
+    """The family name of a single-file checkpoint, from its tensor names (facechain.families decides)."""
+    return _family_of_keys(keys, where).name
 
 
 def _checkpoint_keys(path: Path) -> list[str]:
@@ -665,8 +621,8 @@ def _resolve_local(path: Path, subfolder: str | None, allow_pickle: bool, ref: s
         check_checkpoint_file(path, allow_pickle, "base model checkpoint")
         family = family_of_checkpoint_keys(_checkpoint_keys(path), str(path))
         return ResolvedModel(path=path, format="single_file", family=family, reference=ref)
-    if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
-        family = family_of_folder(path)
+    if (path / "model_index.json").is_file() or any((path / f.denoiser / "config.json").is_file() for f in FAMILIES):
+        family = family_of_folder(path).name
         if not allow_pickle:
             check_folder_weights(path, ref)
         return ResolvedModel(path=path, format="diffusers", family=family, reference=ref, allow_pickle=allow_pickle)
@@ -701,24 +657,23 @@ def load_pipeline(
     variant: str = "auto",
     **kwargs,
 ):
-    """Load the text-to-image pipeline of ``resolved`` (StableDiffusionPipeline or
+    """Load the text-to-image pipeline of ``resolved`` (its family's, e.g. StableDiffusionPipeline or
     StableDiffusionXLPipeline). Other tasks derive from it with ``Pipeline.from_pipe``.
 
     ``single_file_config``: a diffusers folder or hub id whose configs describe a single-file
-    checkpoint's architecture (default: the family's reference repo, see SINGLE_FILE_CONFIGS).
+    checkpoint's architecture (default: the family's reference repo, ``Family.reference_repo``).
     ``variant``: which weight files of a diffusers folder load, per component (:func:`plan_component`);
     the safety checker, feature extractor and image encoder are never loaded.
     """
     import inspect
 
     import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    cls = StableDiffusionXLPipeline if resolved.family == "sdxl" else StableDiffusionPipeline
+    family = get_family(resolved.family)
+    cls = family.pipeline_class("txt2img")
     torch_dtype = torch_dtype or torch.float32
-    if resolved.family == "sd15":
-        kwargs.setdefault("safety_checker", None)
-        kwargs.setdefault("requires_safety_checker", False)
+    for key, value in family.load_kwargs().items():
+        kwargs.setdefault(key, value)
     try:
         if resolved.format == "diffusers":
             for name in SKIPPED_COMPONENTS:
@@ -727,13 +682,13 @@ def load_pipeline(
             kwargs = {**_components_by_plan(resolved, torch_dtype, variant, kwargs), **kwargs}
             return cls.from_pretrained(str(resolved.path), **dtype_kwargs(torch_dtype),
                                        **safetensors_only(resolved.allow_pickle), **kwargs)
-        config = str(single_file_config or SINGLE_FILE_CONFIGS[resolved.family])
+        config = str(single_file_config or family.reference_repo)
         return cls.from_single_file(str(resolved.path), config=config, **dtype_kwargs(torch_dtype), **kwargs)
     except (OSError, EnvironmentError) as exc:
         if resolved.format == "single_file":
             raise ModelNotFoundError(
                 f"single-file checkpoint {resolved.path} needs the {resolved.family} architecture configs from "
-                f"'{single_file_config or SINGLE_FILE_CONFIGS[resolved.family]}', which could not be loaded ({exc}). "
+                f"'{single_file_config or family.reference_repo}', which could not be loaded ({exc}). "
                 "Pass --single-file-config with a local diffusers folder of the same architecture."
             ) from exc
         raise ModelNotFoundError(f"base model folder {resolved.path} could not be loaded: {exc}") from exc

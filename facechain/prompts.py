@@ -42,6 +42,8 @@ import logging
 import re
 from dataclasses import dataclass
 
+from facechain.families import family_of_pipeline
+
 logger = logging.getLogger(__name__)
 
 EMPHASIS = 1.1  # AUTOMATIC1111's factor for one level of () or []
@@ -300,17 +302,15 @@ class PromptEncoder:
     def __init__(self, pipe, weighting: str = "a1111"):
         self.pipe = pipe
         self.weighting = check_weighting(weighting)
-        self.sdxl = getattr(pipe, "text_encoder_2", None) is not None
-        if self.sdxl:
-            # SDXL: both encoders' penultimate hidden states, un-normalized, side by side; pooled from the second
-            pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
-            pairs = [(t, e) for t, e in pairs if e is not None]
-        else:
-            pairs = [(pipe.tokenizer, pipe.text_encoder)]
+        # the family's encoders, in order (SDXL: both encoders' penultimate hidden states, un-normalized, side by
+        # side, pooled from the second; SD1.5: the one encoder's last hidden state)
+        family = family_of_pipeline(pipe)
+        pairs = family.text_encoder_pairs(pipe)
+        self.penultimate, self.pooled = family.penultimate, family.pooled_text
         # where the text encoders run: their own device, or the GPU when they wait on the CPU / meta device
         # under diffusers' CPU offload (the token ids go there)
         device = getattr(pipe, "_execution_device", None)
-        self.encoders = [_ENCODERS[weighting](t, e, penultimate=self.sdxl, device=device) for t, e in pairs]
+        self.encoders = [_ENCODERS[weighting](t, e, penultimate=self.penultimate, device=device) for t, e in pairs]
         self.dtype = pairs[-1][1].dtype
 
     def _side_by_side(self, text: str, negative: str):
@@ -337,7 +337,7 @@ class PromptEncoder:
         with torch.no_grad():
             pos, neg = self._side_by_side(prompt, negative_prompt)
             kwargs = {"prompt_embeds": pos, "negative_prompt_embeds": neg}
-            if self.sdxl:
+            if self.pooled:
                 last = self.encoders[-1]
                 pooled = last.pooled(prompt).to(self.dtype)
                 if not negative_prompt.strip() and getattr(self.pipe.config, "force_zeros_for_empty_prompt", False):

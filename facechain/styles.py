@@ -35,15 +35,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable
 
 from facechain.errors import InputError
+from facechain.families import FAMILIES
 from facechain.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-StyleFamily = Literal["sd15", "sdxl", "any"]
-FAMILY_FOLDERS = ("sd15", "sdxl")
+StyleFamily = str  # a model family's name (facechain.families), or "any"
 
 # The 8 fields of FaceChain's style format, with the JSON types each accepts.
 STYLE_FIELDS: dict[str, tuple[type, ...]] = {
@@ -167,7 +167,7 @@ def _family_of(path: Path, root: Path) -> StyleFamily:
     except ValueError:
         parts = path.parts[:-1]
     for part in reversed(parts):
-        if part in FAMILY_FOLDERS:
+        if part in FAMILIES:  # a folder named after a model family
             return part  # type: ignore[return-value]
     return "any"
 

@@ -265,15 +265,12 @@ def _save(pipe, folder: Path) -> None:
     pipe.save_pretrained(str(folder), safe_serialization=True)
 
 
-def build_tiny_model(folder: str | Path, family: Literal["sd15", "sdxl"] = "sd15", seed: int = 0,
+def build_tiny_model(folder: str | Path, family: str = "sd15", seed: int = 0,
                      tokenizer: TokenizerKind = "bytes") -> Path:
-    if family == "sd15":
-        return build_tiny_sd15(folder, seed, tokenizer)
-    if family == "sdxl":
-        return build_tiny_sdxl(folder, seed, tokenizer)
-    from facechain.errors import InputError
+    """A tiny model of ``family`` (a registered model family's name), built by the family's own builder."""
+    from facechain.families import get_family
 
-    raise InputError(f"family must be 'sd15' or 'sdxl', got {family!r}")
+    return get_family(family).build_tiny(folder, seed, tokenizer)
 
 
 # --------------------------------------------------------------------------- single-file export
@@ -386,21 +383,22 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def random_lora(model_dir: str | Path, out_dir: str | Path, seed: int, weight_name: str | None = None,
-                family: Literal["sd15", "sdxl"] = "sd15", rank: int = 4) -> Path:
+                family: str = "sd15", rank: int = 4) -> Path:
     """A rank-``rank`` LoRA on a model's UNet attention projections, made with peft with random
     non-zero up and down matrices (``init_lora_weights=False``), so loading it changes the output;
     saved with the pipeline class's own ``save_lora_weights`` to ``out_dir/weight_name``. Returns ``out_dir``."""
     import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
+    from facechain.families import get_family
     from facechain.lora import LORA_FILE
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=False))
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    cls = get_family(family).pipeline_class("txt2img")
     cls.save_lora_weights(str(out_dir), unet_lora_layers=get_peft_model_state_dict(unet), weight_name=weight_name or LORA_FILE)
     return Path(out_dir)
 

@@ -155,14 +155,15 @@ def test_torch_without_cuda_devices():
 
 
 def test_default_models_are_the_ones_facechain_names():
+    from facechain.families import default_controlnets, fast_loras, reference_repos
     from facechain.generate import config as gen
-    from facechain.lora import LCM_LORAS
-    from facechain.models import SINGLE_FILE_CONFIGS
     from facechain.train.config import FACECHAIN_FACE_LORA
 
+    LCM_LORAS, SINGLE_FILE_CONFIGS = fast_loras(), reference_repos()
+
     repos = {m.repo_id for m in doctor.default_models()}
-    named = {*LCM_LORAS.values(), *SINGLE_FILE_CONFIGS.values(), *gen.DEFAULT_OPENPOSE_CONTROLNET.values(),
-             *gen.DEFAULT_CANNY_CONTROLNET.values(), *gen.DEFAULT_DEPTH_CONTROLNET.values(),
+    named = {*LCM_LORAS.values(), *SINGLE_FILE_CONFIGS.values(), *default_controlnets("openpose").values(),
+             *default_controlnets("canny").values(), *default_controlnets("depth").values(),
              FACECHAIN_FACE_LORA[0], gen.FACECHAIN_STYLE_LORA[0], "ly261666/cv_portrait_model", "Intel/dpt-large"}
     assert named <= repos, named - repos
     for m in doctor.default_models():
@@ -194,7 +195,10 @@ def _hf_cache_with(cache: Path, repo_id: str, filename: str) -> Path:
 
 
 def test_a_model_in_the_hub_cache_shows_as_cached(tmp_path, monkeypatch):
-    from facechain.lora import LCM_LORAS, LORA_FILE
+    from facechain.families import fast_loras
+    from facechain.lora import LORA_FILE
+
+    LCM_LORAS = fast_loras()
 
     repo = LCM_LORAS["sd15"]
     snap = _hf_cache_with(tmp_path / "hub", repo, LORA_FILE)
@@ -222,7 +226,10 @@ def test_doctor_json_reports_this_machine(tmp_path):
     import onnxruntime as ort
     import torch
 
-    from facechain.lora import LCM_LORAS, LORA_FILE
+    from facechain.families import fast_loras
+    from facechain.lora import LORA_FILE
+
+    LCM_LORAS = fast_loras()
 
     from facechain.train.config import FACECHAIN_FACE_LORA
 

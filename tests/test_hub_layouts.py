@@ -55,7 +55,10 @@ def test_fixture_records_format_variant_and_source():
 
 
 def _controlnet_defaults() -> dict[str, str]:
-    from facechain.generate.config import DEFAULT_CANNY_CONTROLNET, DEFAULT_DEPTH_CONTROLNET, DEFAULT_OPENPOSE_CONTROLNET
+    from facechain.families import default_controlnets
+
+    DEFAULT_OPENPOSE_CONTROLNET, DEFAULT_CANNY_CONTROLNET, DEFAULT_DEPTH_CONTROLNET = (
+        default_controlnets(kind) for kind in ("openpose", "canny", "depth"))
 
     return {f"{what} {fam}": ref for what, table in (("openpose", DEFAULT_OPENPOSE_CONTROLNET),
                                                     ("canny", DEFAULT_CANNY_CONTROLNET), ("depth", DEFAULT_DEPTH_CONTROLNET))
@@ -93,8 +96,9 @@ def test_modelscope_copies_are_faceChains_and_listed():
             entry = listing(repo, "modelscope")
             assert entry["revision"] == revision, copy
             assert any(f == path or f.startswith(path + "/") for f in entry["files"]) or not path, copy
-    from facechain.lora import LCM_LORAS
+    from facechain.families import fast_loras
 
+    LCM_LORAS = fast_loras()
     for fam, ref in LCM_LORAS.items():
         sources = [str(s) for s in models.hub_sources(ref, path="pytorch_lora_weights.safetensors")]
         assert sources[0].startswith("huggingface: ") and sources[-1].startswith("modelscope: ") and len(sources) == 3, sources
@@ -105,9 +109,10 @@ def test_default_base_models_download_only_what_loads(half):
     """The reference repos (stylize's default base, the single-file config repos): model_index.json, and of
     the loaded components their configs and one set of safetensors weights; never the safety checker or the
     feature extractor, never the root's single-file checkpoints, fp16 files exactly when running in float16."""
+    from facechain.families import reference_repos
     from facechain.stylize.config import DEFAULT_MODEL
 
-    for repo in sorted({DEFAULT_MODEL, *models.SINGLE_FILE_CONFIGS.values()}):
+    for repo in sorted({DEFAULT_MODEL, *reference_repos().values()}):
         files = files_of(repo, "huggingface")
         folders = {f.split("/", 1)[0] for f in files if "/" in f}
         plan = models.download_plan(files, "", kind="pipeline", where=repo, half=half,
@@ -123,7 +128,10 @@ def test_default_loras_resolve():
     """LCM-LoRAs, FaceChain's style LoRA and the style files' LoRAs: the named file is in the listing and is
     .safetensors."""
     from facechain.generate.config import FACECHAIN_STYLE_LORA
-    from facechain.lora import LCM_LORAS, LORA_FILE
+    from facechain.families import fast_loras
+    from facechain.lora import LORA_FILE
+
+    LCM_LORAS = fast_loras()
     from facechain.styles import load_styles
 
     named = [(ref, None, LORA_FILE) for ref in LCM_LORAS.values()] + [FACECHAIN_STYLE_LORA]
@@ -317,17 +325,18 @@ def test_controlnet_copy_is_tried_after_both_hubs(tmp_path, monkeypatch):
 
 def test_lcm_lora_falls_back_to_faceChains_modelscope_copy(tmp_path, monkeypatch):
     from facechain import lora as lora_io
+    from facechain.families import fast_loras
 
     copy = "eavesy/lcm-lora-sdv1-5"
     hub = FakeHub(tmp_path, monkeypatch, {(copy, "modelscope"): _with_contents(copy, "modelscope", {})})
-    path = lora_io.resolve(lora_io.LCM_LORAS["sd15"], what="LCM-LoRA")
+    path = lora_io.resolve(fast_loras()["sd15"], what="LCM-LoRA")
     assert path.name == "pytorch_lora_weights.safetensors" and copy.replace("/", "--") in str(path)
     assert ("file", "modelscope", copy, "pytorch_lora_weights.safetensors") in hub.calls
     hub.available.clear()
     with pytest.raises(ModelNotFoundError, match=r"(?s)LCM-LoRA 'latent-consistency/lcm-lora-sdxl'.*tried: huggingface: "
                        r"latent-consistency/lcm-lora-sdxl/pytorch_lora_weights.safetensors.*tried: modelscope: latent-.*"
                        r"tried: modelscope: AI-ModelScope/lcm-lora-sdxl/pytorch_lora_weights.safetensors"):
-        lora_io.resolve(lora_io.LCM_LORAS["sdxl"], what="LCM-LoRA")
+        lora_io.resolve(fast_loras()["sdxl"], what="LCM-LoRA")
 
 
 def test_hub_reference_syntax():

@@ -221,10 +221,8 @@ def encode_captions(base: Base, captions: list[str]):
 
 
 def added_conditions(base: Base, pooled, idx, resolution: int, dtype):
-    """SDXL's added conditions for the samples ``idx`` (None for SD1.5)."""
-    from facechain.train.text import sdxl_time_ids
+    """The family's added conditions for the samples ``idx`` (SDXL: pooled text + size ids; None for SD1.5)."""
+    from facechain.families import get_family
 
-    if base.family != "sdxl":
-        return None
-    return {"text_embeds": pooled[idx].to(base.device),
-            "time_ids": sdxl_time_ids(resolution, len(idx), base.device, dtype)}
+    return get_family(base.family).added_conditioning(None if pooled is None else pooled[idx].to(base.device),
+                                                      resolution, resolution, len(idx), base.device, dtype)

@@ -7,7 +7,9 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="folder to write the tiny diffusers model to")
-    p.add_argument("--family", choices=["sd15", "sdxl"], default="sd15")
+    from facechain.families import FAMILIES
+
+    p.add_argument("--family", choices=FAMILIES.names(), default="sd15")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", choices=["bytes", "clip"], default="bytes",
                    help="bytes: one token per character (no download, no extra package); clip: CLIP's real "

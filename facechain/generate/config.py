@@ -38,16 +38,8 @@ DEFAULT_NEGATIVE_PROMPT = (
 # ModelScope repo, revision, file. Name it with default_style_lora: facechain.
 FACECHAIN_STYLE_LORA = ("Cherrytest/zjz_mj_jiyi_small_addtxt_fromleo", "v1.0.0",
                         "zjz_mj_jiyi_small_addtxt_fromleo.safetensors")
+FACECHAIN_STYLE_LORA_FAMILY = "sd15"  # the model family it was made for
 
-# Public weights per base family. Only used when the config leaves the field empty.
-# Each loads through ControlNetModel.from_pretrained from diffusers-named safetensors (tests/fixtures/hub_listings.json
-# records the published files). SDXL openpose: xinsir's repo (config.json + diffusion_pytorch_model.safetensors);
-# thibaud/controlnet-openpose-sdxl-1.0 ships its diffusers weights only as a pickle (diffusion_pytorch_model.bin):
-# name its safetensors file as thibaud/controlnet-openpose-sdxl-1.0/OpenPoseXL2.safetensors to use it.
-# The SD1.5 ones fall back to FaceChain's ModelScope copies (facechain.models.MODELSCOPE_COPIES).
-DEFAULT_OPENPOSE_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_openpose", "sdxl": "xinsir/controlnet-openpose-sdxl-1.0"}
-DEFAULT_CANNY_CONTROLNET = {"sd15": "lllyasviel/control_v11p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"}
-DEFAULT_DEPTH_CONTROLNET = {"sd15": "lllyasviel/control_v11f1p_sd15_depth", "sdxl": "diffusers/controlnet-depth-sdxl-1.0"}
 
 # torch generators take 64-bit seeds.
 MAX_SEED = 2**64 - 1

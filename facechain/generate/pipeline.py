@@ -26,12 +26,8 @@ import numpy as np
 
 from facechain.errors import InputError, ModelNotFoundError
 from facechain import lora as lora_io
-from facechain.generate.config import (
-    DEFAULT_DEPTH_CONTROLNET,
-    DEFAULT_OPENPOSE_CONTROLNET,
-    FACECHAIN_STYLE_LORA,
-    GenerateConfig,
-)
+from facechain.families import get_family
+from facechain.generate.config import FACECHAIN_STYLE_LORA, FACECHAIN_STYLE_LORA_FAMILY, GenerateConfig
 from facechain.generate.prompt import build_prompt, negative_for_subject
 from facechain.models import (
     ResolvedModel,
@@ -112,7 +108,7 @@ def resolve_default_style_lora(cfg: GenerateConfig, family: str) -> Path | None:
     if ref != "facechain":
         return lora_io.resolve(ref, allow_pickle=cfg.allow_pickle, what="default_style_lora")
     repo, revision, name = FACECHAIN_STYLE_LORA
-    if family != "sd15":
+    if family != FACECHAIN_STYLE_LORA_FAMILY:
         raise InputError(
             f"default_style_lora 'facechain' ({repo}) is an SD1.5 LoRA and the base model is {family}. Leave "
             "default_style_lora empty, or name a LoRA made for this base model."
@@ -164,7 +160,6 @@ class PortraitGenerator:
         ``analyzer``: the job's face analyzer, used by the face detailer (made from ``cfg.face_backend``
         on first use when None and the detailer is on)."""
         import torch
-        from diffusers import DPMSolverMultistepScheduler, LCMScheduler
 
         self.cfg = cfg
         self.analyzer = analyzer
@@ -173,7 +168,8 @@ class PortraitGenerator:
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.resolved = resolved or resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle,
                                                   dtype=self.dtype, variant=cfg.variant)
-        self.family = self.resolved.family
+        self.family = self.resolved.family  # its name, as configs and manifests record it
+        self.model_family = family = get_family(self.family)
         face_lora = check_face_lora(cfg)
         pose_map, photo = control if control is not None else check_control_inputs(cfg)
         self.identity = self.identity_embedding = None
@@ -186,13 +182,8 @@ class PortraitGenerator:
             self.identity.check_embedding(self.identity_embedding)
         pipe = load_pipeline(self.resolved, torch_dtype=self.dtype, single_file_config=cfg.single_file_config,
                              variant=cfg.variant)
-        if cfg.fast:
-            pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
-        else:
-            # DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Alg. 2), 2nd order multistep.
-            pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-                pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
-            )
+        # the family's sampler: DPM-Solver++ 2M (Lu et al. 2022, Alg. 2), LCMScheduler in fast mode
+        pipe.scheduler = family.scheduler(pipe.scheduler.config, fast=cfg.fast)
         self.adapters: dict[str, float] = {}
         if face_lora is not None:
             lora_io.load_adapter(pipe, face_lora, FACE_ADAPTER, "face LoRA")
@@ -201,9 +192,7 @@ class PortraitGenerator:
             self.adapters.update(self.identity.attach(pipe))
         self.default_style_lora = resolve_default_style_lora(cfg, self.family)
         if cfg.fast:
-            ref = cfg.lcm_lora or lora_io.LCM_LORAS[self.family]
-            path = lora_io.resolve(ref, allow_pickle=cfg.allow_pickle, what="LCM-LoRA")
-            lora_io.load_adapter(pipe, path, LCM_ADAPTER, "LCM-LoRA")
+            family.load_fast_adapter(pipe, cfg.lcm_lora, allow_pickle=cfg.allow_pickle, adapter_name=LCM_ADAPTER)
             self.adapters[LCM_ADAPTER] = 1.0
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe  # placed on the device (or offloaded) by _place once every model is loaded
@@ -229,7 +218,7 @@ class PortraitGenerator:
             if self.control_pipe is not None:
                 self._diir_net = openpose_net(self.control_pipe.controlnet, ["openpose"] + (["depth"] if cfg.depth else []))
             if self._diir_net is None:
-                self._diir_net = load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family],
+                self._diir_net = load_controlnet(cfg.controlnet_openpose or family.controlnets["openpose"],
                                                  dtype=self.dtype, what="openpose (DIIR's landmark control)",
                                                  allow_pickle=cfg.allow_pickle, variant=cfg.variant)
         self.memory = self._place()
@@ -307,7 +296,6 @@ class PortraitGenerator:
     # ------------------------------------------------------------------ ControlNet
 
     def _setup_control(self, pose_map: np.ndarray, photo: np.ndarray | None) -> None:
-        from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
         from PIL import Image
 
         from facechain.adapters.repcontrolnet.merge import merged_record
@@ -325,7 +313,7 @@ class PortraitGenerator:
         if mode == "repcontrolnet":
             self._setup_repcontrol(pose_map, rep)
             return
-        nets = [load_controlnet(cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[self.family], dtype=self.dtype,
+        nets = [load_controlnet(cfg.controlnet_openpose or self.model_family.controlnets["openpose"], dtype=self.dtype,
                                 what="openpose", allow_pickle=cfg.allow_pickle, variant=cfg.variant)]
         images = [Image.fromarray(pose_map)]
         scales = [cfg.pose_weight]
@@ -343,7 +331,7 @@ class PortraitGenerator:
                 depth = mask_heads_in_depth(depth, faces)
                 if not faces:
                     logger.info("depth: no face found in the pose photo; its depth map is used whole")
-            nets.append(load_controlnet(cfg.controlnet_depth or DEFAULT_DEPTH_CONTROLNET[self.family], dtype=self.dtype,
+            nets.append(load_controlnet(cfg.controlnet_depth or self.model_family.controlnets["depth"], dtype=self.dtype,
                                         what="depth", allow_pickle=cfg.allow_pickle, variant=cfg.variant))
             images.append(Image.fromarray(letterbox(depth, (self.width, self.height), "bicubic")))
             scales.append(cfg.depth_weight)
@@ -353,7 +341,7 @@ class PortraitGenerator:
             controlnet = MultiControlNetModel(nets)
         else:
             controlnet = nets[0]
-        cls = StableDiffusionXLControlNetPipeline if self.family == "sdxl" else StableDiffusionControlNetPipeline
+        cls = self.model_family.pipeline_class("controlnet")
         self.controlnets = nets
         self.control_pipe = cls.from_pipe(self.pipe, controlnet=controlnet)
         self.control_pipe.set_progress_bar_config(disable=True)

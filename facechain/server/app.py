@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from facechain.errors import FacechainError
+from facechain.families import FAMILIES
 from facechain.server.service import DONE, FAILED, Service
 
 
@@ -82,7 +83,9 @@ def build_app(service: Service):
         registry = load_styles([DEFAULT_STYLES_DIR])
         lines = []
         for name in names or []:
-            style = registry.get(name, "sd15") if name in registry.names("sd15") else registry.get(name, "sdxl")
+            # the first model family that has a style of this name (the app lists every family's styles)
+            family = next((f.name for f in FAMILIES if name in registry.names(f.name)), FAMILIES.names()[-1])
+            style = registry.get(name, family)
             img = f"![{name}]({style.img}) " if getattr(style, "img", "") else ""
             lora = f" LoRA: {style.model_id} x {style.multiplier_style}." if style.has_lora else ""
             lines.append(f"{img}**{name}**: {style.add_prompt_style}.{lora}")

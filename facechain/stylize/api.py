@@ -16,7 +16,7 @@ import torch
 from facechain.config import from_dict, save_config, to_dict
 from facechain.errors import InputError
 from facechain.io import save_image, write_json
-from facechain.stylize.config import DEFAULT_RESOLUTION, StylizeConfig, scaled_default
+from facechain.stylize.config import StylizeConfig, scaled_default
 from facechain.images import ImageLike
 from facechain.stylize.engine import Engine, PreparedImage, prepare_image
 from facechain.stylize.masks import MaskLike, check_has_background, inner_feather
@@ -57,7 +57,7 @@ def stylize(content: ImageLike | PreparedImage, style: ImageLike | PreparedImage
         raise InputError("the engine passed to stylize() was built for another model/LoRA/fast setting; build one with build_engine(cfg).")
     engine.schedule(cfg.num_steps)  # refuses steps the schedule cannot take (e.g. LCM) before any work
     if cfg.resolution is None:
-        cfg = dataclasses.replace(cfg, resolution=DEFAULT_RESOLUTION[engine.family])
+        cfg = dataclasses.replace(cfg, resolution=engine.family.native_size)  # the family's training resolution
     if (isinstance(content, PreparedImage) and content_mask is not None) or (isinstance(style, PreparedImage) and style_mask is not None):
         raise InputError("a prepared image carries its own mask; pass the mask to prepare_image() instead of stylize().")
     plan = getattr(options, "plan", None)

@@ -97,7 +97,6 @@ class StylizeConfig:
             raise InputError(f"end_step {self.end_step} must be in (start_step, num_inference_steps] = ({self.start_step or 0}, {n}].")
 
 
-DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}  # the families' training resolutions
 
 
 def scaled_default(fraction_of_50: int, steps: int) -> int:

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from facechain.errors import InputError
+from facechain.families import family_of_pipeline, get_family
 from facechain.images import PHOTO_MAX_MEGAPIXELS, ImageLike, describe, read_image
 from facechain.stylize.attention import AttentionController
 from facechain import lora as lora_io
@@ -104,7 +105,7 @@ class Conditioning:
 
     cond: torch.Tensor
     uncond: torch.Tensor
-    added: dict | None = None  # SDXL: {"text_embeds", "time_ids"} for cond
+    added: dict | None = None  # the family's added conditioning (SDXL: {"text_embeds", "time_ids"}) for cond
     added_uncond: dict | None = None
 
     def batch(self, n: int, cfg: bool) -> tuple[torch.Tensor, dict | None]:
@@ -144,7 +145,7 @@ class Engine:
     inversion cache lives here."""
 
     def __init__(self, cfg: StylizeConfig, pipe=None):
-        from facechain.models import family_of_unet_config, load_pipeline, resolve_device, resolve_dtype, resolve_model
+        from facechain.models import load_pipeline, resolve_device, resolve_dtype, resolve_model
 
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
@@ -153,10 +154,10 @@ class Engine:
             resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle,
                                      dtype=self.dtype)
             pipe = load_pipeline(resolved, torch_dtype=self.dtype)
-            self.family = resolved.family
+            self.family = get_family(resolved.family)
             self.model_id = f"{resolved.reference}@{cfg.revision or ''}/{cfg.sub_path or ''}:{resolved.path}"
         else:
-            self.family = family_of_unet_config(pipe.unet.config, f"the given pipeline's UNet config ({type(pipe).__name__})")
+            self.family = family_of_pipeline(pipe, f"the given pipeline's UNet config ({type(pipe).__name__})")
             self.model_id = pipe_id(pipe)
         prediction = dict(pipe.scheduler.config).get("prediction_type", "epsilon")
         if prediction != "epsilon":
@@ -201,7 +202,7 @@ class Engine:
         refs = list(cfg.loras)
         scales = list(cfg.lora_scales) or [1.0] * len(refs)
         if cfg.fast:
-            lcm_ref = cfg.lcm_lora or lora_io.LCM_LORAS[self.family]
+            lcm_ref = self.family.fast_lora_ref(cfg.lcm_lora)
             refs.append(lcm_ref)
             scales.append(1.0)
         for i, (ref, scale) in enumerate(zip(refs, scales)):
@@ -238,15 +239,12 @@ class Engine:
             self._encoder = PromptEncoder(self.pipe, self.prompt_weighting)
         kw = self._encoder(prompt, negative_prompt)
         pe, ne = kw["prompt_embeds"].to(self.device), kw["negative_prompt_embeds"].to(self.device)
-        if self.family == "sdxl":
-            pooled, npooled = kw["pooled_prompt_embeds"].to(self.device), kw["negative_pooled_prompt_embeds"].to(self.device)
-            w, h = size
-            # SDXL micro-conditioning (Podell et al. 2023, Sec. 2.2): original size, crop (0, 0), target size.
-            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=pe.dtype)
-            cond = Conditioning(pe, ne, {"text_embeds": pooled, "time_ids": time_ids},
-                                {"text_embeds": npooled, "time_ids": time_ids})
-        else:
-            cond = Conditioning(pe, ne)
+        w, h = size
+        # the family's added conditioning, per branch (SDXL: pooled text + size ids; SD1.5: none)
+        pos, neg = (self.family.added_conditioning(None if kw.get(k) is None else kw[k].to(self.device), h, w, 1,
+                                                   self.device, pe.dtype)
+                    for k in ("pooled_prompt_embeds", "negative_pooled_prompt_embeds"))
+        cond = Conditioning(pe, ne, pos, neg)
         self._conds[key] = cond
         return cond
 
@@ -260,15 +258,11 @@ class Engine:
     @torch.no_grad()
     def encode(self, image: PreparedImage) -> torch.Tensor:
         """Clean latent (C, h, w): the VAE posterior mean times the scaling factor (Portrait Diffusion, MasaCtrl)."""
-        x = torch.from_numpy(image.array.copy()).to(self.device, self.vae_dtype).permute(2, 0, 1)[None] / 127.5 - 1.0
-        z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
-        return z[0].to(self.dtype)
+        return self.family.encode_latents(self.vae, image.array, self.device)[0].to(self.dtype)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
-        x = self.vae.decode(z[None].to(self.vae_dtype) / self.vae.config.scaling_factor).sample[0]
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(1, 2, 0).cpu().numpy()
+        return self.family.decode_latents(self.vae, z[None])
 
     # -- inversion
     def inversion_key(self, image: PreparedImage, prompt: str, steps: int) -> str:

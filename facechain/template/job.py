@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from facechain.errors import FacechainError, InputError
+from facechain.families import Family, get_family
 from facechain.template.config import TemplateConfig
 
 logger = logging.getLogger(__name__)
@@ -105,18 +106,16 @@ def canny_map(crop: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.repeat(edges[..., None], 3, axis=2)
 
 
-def control_pipeline(pipe, cfg: TemplateConfig, family: str):
+def control_pipeline(pipe, cfg: TemplateConfig, family: "str | Family"):
     """The ControlNet inpaint pipeline of ``pipe`` (from_pipe: the same UNet, LoRAs and VAE) with the
     configured ControlNets, or None without controls."""
-    from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionXLControlNetInpaintPipeline
-
-    from facechain.generate.config import DEFAULT_CANNY_CONTROLNET, DEFAULT_OPENPOSE_CONTROLNET
     from facechain.models import dtype_kwargs, load_controlnet
 
     if not cfg.controls:
         return None
-    refs = {"openpose": cfg.controlnet_openpose or DEFAULT_OPENPOSE_CONTROLNET[family],
-            "canny": cfg.controlnet_canny or DEFAULT_CANNY_CONTROLNET[family]}
+    family = get_family(family)
+    refs = {"openpose": cfg.controlnet_openpose or family.controlnets["openpose"],
+            "canny": cfg.controlnet_canny or family.controlnets["canny"]}
     nets = [load_controlnet(refs[c], dtype=pipe.unet.dtype, what=c, allow_pickle=cfg.allow_pickle) for c in cfg.controls]
     if len(nets) > 1:
         from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
@@ -124,7 +123,7 @@ def control_pipeline(pipe, cfg: TemplateConfig, family: str):
         net = MultiControlNetModel(nets)
     else:
         net = nets[0]
-    cls = StableDiffusionXLControlNetInpaintPipeline if family == "sdxl" else StableDiffusionControlNetInpaintPipeline
+    cls = family.pipeline_class("controlnet_inpaint")
     control = cls.from_pipe(pipe, controlnet=net, **dtype_kwargs(pipe.unet.dtype))
     control.set_progress_bar_config(disable=True)
     return control
@@ -208,14 +207,11 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
         adapter = get_identity_adapter(ident_spec, resolved.family)
         adapter_loras = adapter.attach(pipe)
     steps, guidance = cfg.num_inference_steps, cfg.guidance_scale
-    if cfg.fast:  # LCM-LoRA + LCMScheduler, active in every pass (mixed with each person's LoRA)
-        from diffusers import LCMScheduler
-
+    if cfg.fast:  # the family's fast mode (LCM-LoRA + LCMScheduler), active in every pass (mixed with each person's LoRA)
+        family = get_family(resolved.family)
         steps, guidance = cfg.fast_num_inference_steps, cfg.fast_guidance_scale
-        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
-        path = lora_io.resolve(cfg.lcm_lora or lora_io.LCM_LORAS[resolved.family], allow_pickle=cfg.allow_pickle,
-                               what="LCM-LoRA")
-        lora_io.load_adapter(pipe, path, "lcm", "LCM-LoRA")
+        pipe.scheduler = family.scheduler(pipe.scheduler.config, fast=True)
+        family.load_fast_adapter(pipe, cfg.lcm_lora, allow_pickle=cfg.allow_pickle, adapter_name="lcm")
         adapter_loras = {**adapter_loras, "lcm": 1.0}
     control = control_pipeline(pipe, cfg, resolved.family)  # a missing ControlNet fails here, before any face
     memory_plan = place_models(pipe, control, cfg, device)

@@ -23,7 +23,8 @@ from facechain.train import checkpoint as ckpt_io
 from facechain import lora as lora_io
 from facechain.train.config import RESUME_MUTABLE, RESUME_SAME_TARGET, TrainConfig
 from facechain.train.data import build_latent_pool, load_processed
-from facechain.train.text import TextConditioner, sdxl_time_ids
+from facechain.families import get_family
+from facechain.train.text import TextConditioner
 from facechain.train.validate import LikenessScorer, generate_validation_images, select_checkpoints, validation_resolution
 
 logger = logging.getLogger(__name__)
@@ -541,9 +542,8 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
             pooled = cached_pooled[cap] if cached_pooled is not None else None
         else:
             embeds, pooled = cond.encode([ids[cap.cpu()] for ids in token_ids])
-        added = None
-        if family == "sdxl":
-            added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(cfg.resolution, latents.shape[0], device, embeds.dtype)}
+        added = get_family(family).added_conditioning(pooled, cfg.resolution, cfg.resolution, latents.shape[0], device,
+                                                      embeds.dtype)
         target = noise if pred_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
         with accelerator.autocast():
             pred = train_unet(noisy.to(weight_dtype), timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]

@@ -94,11 +94,13 @@ def generate_validation_images(pipe, prompt: str, n: int, steps: int, resolution
     return images
 
 
-def validation_resolution(pipe, family: str, resolution: int) -> int:
-    """SDXL validates at its native size (it makes poor faces below it); SD1.5 at the training resolution."""
+def validation_resolution(pipe, family, resolution: int) -> int:
+    """The size validation images are made at: the family's native size where it makes poor faces below it
+    (SDXL), else the training resolution (SD1.5)."""
+    from facechain.families import get_family
     from facechain.models import native_size
 
-    return native_size(pipe) if family == "sdxl" else resolution
+    return native_size(pipe) if get_family(family).validates_at_native_size else resolution
 
 
 def select_checkpoints(scores: dict[int, float | None], top_k: int) -> list[int]:
