@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar, Protocol, runtime_checkable
 
 from facechain.errors import InputError
 from facechain.registry import Registry
@@ -67,6 +67,35 @@ class IdentityConfig:
         return bool(self.adapter)
 
 
+@runtime_checkable
+class IdentityAdapter(Protocol):
+    """What generation, templates and DIIR ask of an identity adapter (made as ``cls(spec, family_name)``, which
+    resolves and checks its weights before any model loads). Callers ask these members, never the name."""
+
+    name: ClassVar[str]
+    # whether several people's identities can act in one call, each masked to its own face (templates'
+    # MGMICA harmonisation: diffusers' ``ip_adapter_masks``, one adapter "image" per person)
+    masked_multi_identity: ClassVar[bool]
+
+    def check_embedding(self, emb) -> None:
+        """Refuse a face embedding the adapter cannot take (its size, its face backend), before any model loads."""
+
+    def attach(self, pipe) -> dict[str, float]:
+        """Load into ``pipe``; returns the extra LoRA adapters it brought (name -> weight) for ``set_adapters``."""
+
+    def prepare(self, emb) -> None:
+        """Called once after :meth:`attach` (and after placement) with the person's embedding."""
+
+    def before_call(self, num_images: int, do_cfg: bool, unconditional: bool = False) -> None:
+        """Called before each pipeline call with its number of images (``unconditional``: DIIR's inversion)."""
+
+    def embeds(self, emb, *, do_cfg: bool, device, dtype) -> list | None:
+        """``ip_adapter_image_embeds`` for one prompt, or None for an adapter that acts through hooks."""
+
+    def describe(self, emb) -> dict:
+        """What the manifest records of the adapter and the identity."""
+
+
 def _builtin(registry: Registry) -> None:
     from facechain.adapters.ip_adapter_faceid import IPAdapterFaceID, IPAdapterFaceIDPlusV2
 
@@ -77,8 +106,8 @@ def _builtin(registry: Registry) -> None:
     registry.register(FeedFaceIdentity.name, FeedFaceIdentity)
 
 
-# name -> class(spec, family); the class has ``name``, ``attach(pipe)``, ``embeds(...)``
-ADAPTERS: Registry[Callable] = Registry("identity adapter", builtins=_builtin)
+# name -> class(spec, family name) making an IdentityAdapter
+ADAPTERS: Registry[Callable[..., IdentityAdapter]] = Registry("identity adapter", builtins=_builtin)
 
 
 def register_identity_adapter(name: str, factory: Callable) -> None:
@@ -89,5 +118,5 @@ def available_identity_adapters() -> list[str]:
     return ADAPTERS.names()
 
 
-def get_identity_adapter(spec: IdentityConfig, family: str):
-    return ADAPTERS.get(spec.adapter)(spec, family)
+def get_identity_adapter(spec: IdentityConfig, family: str) -> IdentityAdapter:
+    return ADAPTERS.get(spec.adapter)(spec, str(family))

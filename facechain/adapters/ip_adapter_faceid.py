@@ -318,6 +318,7 @@ class IPAdapterFaceID:
 
     name = "ip-adapter-faceid"
     lora_adapter = "faceid_0"  # the peft adapter name diffusers gives the checkpoint's LoRA
+    masked_multi_identity = True  # one embedding per person, each masked with diffusers' ip_adapter_masks
 
     def __init__(self, spec, family: str):
         self.spec = spec
@@ -432,6 +433,7 @@ class IPAdapterFaceIDPlusV2(IPAdapterFaceID):
     :func:`clip_cache_key`), so a later job with the same photos neither loads nor runs it."""
 
     name = "ip-adapter-faceid-plusv2"
+    masked_multi_identity = False  # its CLIP features are set per call for one person's crops
 
     def __init__(self, spec, family: str):
         super().__init__(spec, family)

@@ -73,22 +73,56 @@ class FusionMethod(Protocol):
              strength: float = 1.0) -> FusionResult: ...
 
 
+@dataclass(frozen=True)
+class FusionSpec:
+    """A registered fusion method and what it needs and allows. Callers ask the spec (``fusion_spec``),
+    never a method's name.
+
+    ``factory(**options) -> FusionMethod`` fuses a finished image with the reference face; None for a method
+    that runs inside generation instead (``in_generation``: DIIR re-draws each face while the face LoRA or
+    identity adapter is active, so it has no post-hoc ``fuse``)."""
+
+    name: str
+    factory: Callable[..., FusionMethod] | None
+    required_backend: str | None = None  # the face backend whose faces (embeddings) it needs; None: any
+    in_generation: bool = False  # runs inside generation, while the identity is active
+    needs_reference: bool = True  # needs the reference face of the processed set (the person's best photo)
+    needs_identity: bool = False  # needs the person's identity in the model (a face LoRA or identity adapter)
+    allows_fast: bool = True  # works in fast mode (few LCM steps)
+    options: str | None = None  # the config block holding its settings ("diir"), if any
+    takes_model: bool = False  # its factory takes the swapper model file (``model_path``)
+
+
 def _builtin(registry: Registry) -> None:
-    registry.register("landmark", LandmarkFusion)
-    registry.register("swapper", SwapperFusion)
+    registry.register("landmark", FusionSpec("landmark", LandmarkFusion, LandmarkFusion.required_backend))
+    registry.register("swapper", FusionSpec("swapper", SwapperFusion, SwapperFusion.required_backend, takes_model=True))
+    # MagicID's DDIM-inversion restoration (facechain.diir): inversion needs the full scheduler, not LCM's few steps
+    registry.register("diir", FusionSpec("diir", None, in_generation=True, needs_reference=False, needs_identity=True,
+                                         allows_fast=False, options="diir"))
 
 
-# name -> fusion class (``cls(**options)``); ``auto`` and ``off`` are choices of get_fusion, not methods
-METHODS: Registry[Callable[..., FusionMethod]] = Registry("fusion method", reserved=("auto", "off"), builtins=_builtin)
+# name -> FusionSpec; ``auto`` and ``off`` are choices of get_fusion, not methods
+METHODS: Registry[FusionSpec] = Registry("fusion method", reserved=("auto", "off"), builtins=_builtin)
 
 
-def register_fusion(name: str, factory: Callable[..., FusionMethod]) -> None:
-    """Register ``factory(**options) -> FusionMethod`` under ``name``; a duplicate name is refused."""
-    METHODS.register(name, factory)
+def register_fusion(name: str, factory: Callable[..., FusionMethod], **needs) -> None:
+    """Register ``factory(**options) -> FusionMethod`` under ``name`` (``needs``: the FusionSpec fields, e.g.
+    ``allows_fast=False``); a duplicate name is refused."""
+    METHODS.register(name, FusionSpec(name, factory, getattr(factory, "required_backend", None), **needs))
 
 
 def available_fusions() -> list[str]:
     return METHODS.names()
+
+
+def fusion_spec(name: str) -> FusionSpec | None:
+    """What fusion choice ``name`` needs: the registered method's spec; ``auto`` as landmark or swapper (a
+    post-hoc method that needs the reference face); None for ``off``."""
+    if name == "off":
+        return None
+    if name == "auto":
+        return FusionSpec("auto", None)
+    return METHODS.get(name)
 
 
 def check_backend(name: str, backend: str) -> None:
@@ -110,14 +144,17 @@ def get_fusion(name: str = "auto", *, swapper_model: str | os.PathLike | None = 
         swapper = METHODS.get("swapper")
         if model.is_file() and backend in (None, swapper.required_backend):
             logger.info("face fusion: insightface swapper (%s)", model)
-            return swapper(model_path=model)
+            return swapper.factory(model_path=model)
         why = f"no swapper model at {model}" if not model.is_file() else f"faces come from the {backend} backend"
         logger.info("face fusion: landmark warp + Poisson blend (%s)", why)
-        return METHODS.get("landmark")()
+        return METHODS.get("landmark").factory()
     if backend is not None:
         check_backend(name, backend)
-    cls = METHODS.get(name)
-    return cls(model_path=model) if name == "swapper" else cls()
+    spec = METHODS.get(name)
+    if spec.factory is None:
+        raise InputError(f"fusion: {name} runs inside generation (it re-draws each face while the identity is active); "
+                         "it has no separate fusion step.")
+    return spec.factory(model_path=model) if spec.takes_model else spec.factory()
 
 
 # ---------------------------------------------------------------------------- landmark method

@@ -31,6 +31,7 @@ import numpy as np
 
 from facechain.config import save_config, to_dict
 from facechain.errors import InputError
+from facechain.face.fusion import check_backend, fusion_spec
 from facechain.generate.config import GenerateConfig
 from facechain.io import save_image, write_json
 from facechain.jobs import FAILED_MANIFEST, ItemFailure, JobResult, fail_whole_job, run_items
@@ -74,17 +75,16 @@ def check_inputs(cfg: GenerateConfig):
     if cfg.processed_dir is not None and Path(cfg.processed_dir).is_dir():
         check_settled(cfg.processed_dir, "preprocess", "processed_dir")
     check_face_lora(cfg)
-    if cfg.processed_dir is None and (cfg.rank_candidates or cfg.fusion not in ("off", "diir")):
+    spec = fusion_spec(cfg.fusion)
+    if cfg.processed_dir is None and (cfg.rank_candidates or (spec is not None and spec.needs_reference)):
         raise InputError(
             "rank and fusion need the template face from processed_dir, which is empty. Set processed_dir to the "
             "output folder of `facechain preprocess`, or set rank: false and fusion: off."
         )
-    if cfg.fusion == "diir" and cfg.lora_dir is None and not cfg.identity.enabled:
-        raise InputError("fusion: diir regenerates each face with the person's identity, and there is none: set lora_dir "
+    if spec is not None and spec.needs_identity and cfg.lora_dir is None and not cfg.identity.enabled:
+        raise InputError(f"fusion: {cfg.fusion} regenerates each face with the person's identity, and there is none: set lora_dir "
                          "(a face LoRA) or an identity adapter (identity: {adapter, photos}), or use fusion: landmark.")
-    if cfg.fusion not in ("auto", "off", "diir") and cfg.face_backend != "auto":  # before any model loads
-        from facechain.face.fusion import check_backend
-
+    if spec is not None and spec.factory is not None and cfg.face_backend != "auto":  # before any model loads
         check_backend(cfg.fusion, cfg.face_backend)
     control = check_control_inputs(cfg)  # a pose with no person fails here, before any model loads
     subject = subject_from_metadata(cfg.processed_dir, cfg.trigger_word)
@@ -139,7 +139,10 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         t0 = time.perf_counter()
         analyzer = get_analyzer(cfg.face_backend)
         reference = select_template(cfg.processed_dir, analyzer) if cfg.processed_dir is not None else None
-        if cfg.fusion not in ("off", "diir"):  # diir runs inside generation, while the identity is active; refuses a method whose required face backend is not the one loaded (auto -> dlib)
+        # a method that runs inside generation (diir) is the generator's; get_fusion refuses a method whose required
+        # face backend is not the one loaded (auto -> dlib)
+        spec = fusion_spec(cfg.fusion)
+        if spec is not None and not spec.in_generation:
             fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model, backend=analyzer.name)
         if fusion is None and cfg.restore_model is not None:
             logger.warning("restore_model is set but fusion is off: faces are restored after fusion only, so not at all")

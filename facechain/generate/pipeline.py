@@ -26,6 +26,7 @@ import numpy as np
 
 from facechain.errors import InputError, ModelNotFoundError
 from facechain import lora as lora_io
+from facechain.face.fusion import fusion_spec
 from facechain.families import get_family
 from facechain.generate.config import FACECHAIN_STYLE_LORA, FACECHAIN_STYLE_LORA_FAMILY, GenerateConfig
 from facechain.generate.prompt import build_prompt, negative_for_subject
@@ -212,7 +213,8 @@ class PortraitGenerator:
         if cfg.pose is not None:
             self._setup_control(pose_map, photo)
         self._diir_net = None  # DIIR's landmark ControlNet: the job's OpenPose one, else loaded here
-        if cfg.fusion == "diir" and cfg.diir.landmark_weight > 0:
+        self._fusion = fusion_spec(cfg.fusion)
+        if self._fusion is not None and self._fusion.in_generation and cfg.diir.landmark_weight > 0:
             from facechain.diir import openpose_net
 
             if self.control_pipe is not None:
@@ -579,7 +581,7 @@ class PortraitGenerator:
                 if self.identity is not None:  # the detailer's inpaint calls draw one image each
                     self.identity.before_call(1, do_cfg=dcfg.guidance_scale > 1)
                 candidates = self._detail(candidates, prompt, negative, dcfg, {**conditioning, **ident})
-            if cfg.fusion == "diir":  # the same: while the identity is active
+            if self._fusion is not None and self._fusion.in_generation:  # DIIR; the same: while the identity is active
                 candidates = self._restore(candidates, conditioning)
         finally:
             if self._rep_injection is not None:

@@ -182,7 +182,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     from facechain.config import save_config, to_dict
     from facechain.detailer import DetailerConfig, compose, face_region, inpaint_pipeline, redraw_region
     from facechain.face import similarity
-    from facechain.face.fusion import get_fusion, match_colour
+    from facechain.face.fusion import fusion_spec, get_fusion, match_colour
     from facechain.generate.config import DEFAULT_NEGATIVE_PROMPT
     from facechain.generate.prompt import join_prompt, subject_from_metadata
     from facechain.io import save_image, write_json
@@ -219,8 +219,10 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     encoder = PromptEncoder(inpaint, cfg.prompt_weighting)
     weights = {"openpose": cfg.openpose_weight, "canny": cfg.canny_weight}
     size = native_size(pipe)
-    fusion = None if cfg.fusion in ("off", "diir") else get_fusion(cfg.fusion, backend=analyzer.name)
-    null_conditioning = encoder("", "") if cfg.fusion == "diir" else None
+    spec = fusion_spec(cfg.fusion)
+    in_generation = spec is not None and spec.in_generation  # DIIR: each face re-drawn while its identity is active
+    fusion = None if spec is None or in_generation else get_fusion(cfg.fusion, backend=analyzer.name)
+    null_conditioning = encoder("", "") if in_generation else None
     dcfg = DetailerConfig(mode="always", strength=cfg.strength, num_inference_steps=steps,
                           guidance_scale=guidance, padding=min(8.0, 1.0 / cfg.crop_ratio), mask_dilation=0.06,
                           mask_feather=0.04, working_size=size)
@@ -282,7 +284,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
                 new = match_colour(new, before, region.alpha)
             notes = []
             reference = select_template(person.processed_dir, analyzer) if person.processed_dir else None
-            if cfg.fusion == "diir":  # re-drawn from its DDIM inversion with this person's identity (still active)
+            if in_generation:  # re-drawn from its DDIM inversion with this person's identity (still active)
                 from facechain.diir import Identity, openpose_net, restore_faces
 
                 # the template face's geometry: the inpaint redrew the face in its place, under its pose control
@@ -293,7 +295,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
                     pipe, new, [faces[k].shifted(-region.x0, -region.y0)], conditioning, null_conditioning, cfg.diir,
                     identity=ident, controlnet=openpose_net(control.controlnet if control is not None else None,
                                                             cfg.controls))
-                entry["fusion"] = "diir"
+                entry["fusion"] = cfg.fusion
                 entry["diir"] = restored[0]
             elif fusion is not None and reference is not None:
                 found = analyzer.detect(new, max_faces=1)
@@ -336,7 +338,7 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     harmonization = {"ran": False}
     if not cfg.harmonize:
         harmonization["reason"] = "harmonize is off"
-    elif adapter is None or adapter.name != "ip-adapter-faceid":
+    elif adapter is None or not adapter.masked_multi_identity:
         harmonization["reason"] = ("needs IP-Adapter-FaceID identities (its per-image attention masks); the people's "
                                    "identities are " + (adapter.name if adapter is not None else "face LoRAs"))
     elif len(edited) < 2:

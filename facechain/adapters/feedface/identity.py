@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 class FeedFaceIdentity:
     name = "feedface"
+    masked_multi_identity = False  # its hooks condition every face of a call on one person
 
     def __init__(self, spec, family: str):
         from facechain.adapters.feedface.train import RECORD_FILE, WEIGHTS_FILE
