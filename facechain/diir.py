@@ -14,8 +14,8 @@ layout (pose, expression, lighting); the inverted latent keeps it, so regenerati
 identity conditioning changes. ``invert`` and ``regenerate`` are public so the round trip can be
 measured (tests/test_diir.py).
 
-The loop calls the pipeline's own modules (UNet, VAE, ControlNet, the pipeline's scheduler config
-through diffusers' DDIMScheduler / DDIMInverseScheduler), so LoRAs loaded or fused into the UNet and
+The loop calls the pipeline's own modules (UNet, VAE, ControlNet; the pipeline's scheduler config gives
+the DDIM schedule of facechain.inversion, the steps stylize inverts with too), so LoRAs loaded or fused into the UNet and
 IP-Adapter attention processors act as they do in the pipeline's own calls.
 """
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from facechain.errors import InputError
 from facechain.families import family_of_pipeline
+from facechain.inversion import make_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +88,11 @@ class Identity:
     ip_embeds: list | None = None
 
 
-def _schedulers(pipe, steps: int):
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
-
-    config = dict(pipe.scheduler.config)
-    kw = dict(clip_sample=False, set_alpha_to_one=False)  # latents are not clipped to [-1, 1]
-    fwd = DDIMScheduler.from_config(config, **kw)
-    inv = DDIMInverseScheduler.from_config(config, **kw)
-    fwd.set_timesteps(steps)
-    inv.set_timesteps(steps)
-    if not np.array_equal(inv.timesteps.flip(0).numpy(), fwd.timesteps.numpy()):
-        raise RuntimeError(f"DDIM inversion timesteps {inv.timesteps.tolist()} do not mirror the forward ones")
-    return fwd, inv
+def _schedule(pipe, steps: int):
+    """The DDIM schedule of ``pipe``'s scheduler config (facechain.inversion: the one DDIM step and its exact
+    inverse); the last step lands on alpha_bar[0] (``set_alpha_to_one`` off: latents stay unclipped and the
+    schedule ends where the SD schedulers' own configs end it)."""
+    return make_schedule({**dict(pipe.scheduler.config), "set_alpha_to_one": False}, steps, "ddim")
 
 
 def _added_conditions(pipe, conditioning: dict, size: int, negative: bool):
@@ -144,7 +138,8 @@ def invert(pipe, latents, null_conditioning: dict, cfg: DIIRConfig, *, size: int
     unconditional input). Returns the latent at the noise level regeneration starts from."""
     import torch
 
-    _, inv = _schedulers(pipe, cfg.num_inference_steps)
+    schedule = _schedule(pipe, cfg.num_inference_steps)
+    n = len(schedule)
     emb, added = _added_conditions(pipe, null_conditioning, size, negative=False)
     identity = identity or Identity()
     if identity.adapter is not None:
@@ -153,9 +148,9 @@ def invert(pipe, latents, null_conditioning: dict, cfg: DIIRConfig, *, size: int
         added = {**added, "image_embeds": [torch.zeros_like(e[-1:]) for e in identity.ip_embeds]}
     x = latents
     with torch.inference_mode():
-        for t in inv.timesteps[: cfg.run_steps]:
-            eps = _predict(pipe, x, t, emb, added, control)
-            x = inv.step(eps, t, x).prev_sample
+        for i in range(n - 1, n - 1 - cfg.run_steps, -1):  # the least noisy steps first
+            t = schedule.timesteps[i]
+            x = schedule.invert_step(_predict(pipe, x, t, emb, added, control), i, x)
     return x
 
 
@@ -166,7 +161,7 @@ def regenerate(pipe, latents, conditioning: dict, cfg: DIIRConfig, *, size: int,
     and classifier-free guidance. Returns clean latents."""
     import torch
 
-    fwd, _ = _schedulers(pipe, cfg.num_inference_steps)
+    schedule = _schedule(pipe, cfg.num_inference_steps)
     guided = cfg.guidance_scale > 1
     emb, added = _added_conditions(pipe, conditioning, size, negative=False)
     if guided:
@@ -181,13 +176,14 @@ def regenerate(pipe, latents, conditioning: dict, cfg: DIIRConfig, *, size: int,
         control = (control[0], torch.cat([control[1]] * 2), control[2])
     x = latents
     with torch.inference_mode():
-        for t in fwd.timesteps[cfg.num_inference_steps - cfg.run_steps:]:
+        for i in range(len(schedule) - cfg.run_steps, len(schedule)):
+            t = schedule.timesteps[i]
             x_in = torch.cat([x, x]) if guided else x
             eps = _predict(pipe, x_in, t, emb, added, control)
             if guided:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + cfg.guidance_scale * (cond - uncond)
-            x = fwd.step(eps, t, x).prev_sample
+            x = schedule.step(eps, i, x)
     return x
 
 

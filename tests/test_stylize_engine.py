@@ -10,7 +10,7 @@ from facechain.errors import InputError
 from facechain.stylize import StylizeConfig, build_engine
 from facechain.stylize.attention import AttentionController, attend, self_attention_layers
 from facechain.stylize.engine import prepare_image
-from facechain.stylize.inversion import make_schedule
+from facechain.inversion import make_schedule
 from facechain.stylize.masks import inner_feather, load_mask, to_tokens, token_grid
 from facechain.stylize.methods.portrait_diffusion import StyleAttentionControl
 

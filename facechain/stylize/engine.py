@@ -26,7 +26,8 @@ from facechain.images import PHOTO_MAX_MEGAPIXELS, ImageLike, describe, read_ima
 from facechain.stylize.attention import AttentionController
 from facechain import lora as lora_io
 from facechain.stylize.config import StylizeConfig
-from facechain.stylize.inversion import InversionCache, Schedule, Trajectory, digest, file_digest, invert, make_schedule
+from facechain.inversion import Schedule, Trajectory, invert, make_schedule
+from facechain.stylize.inversion import InversionCache, digest, file_digest
 from facechain.stylize.masks import MaskLike, load_mask
 
 logger = logging.getLogger(__name__)

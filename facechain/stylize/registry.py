@@ -16,7 +16,7 @@ from facechain.registry import Registry
 from facechain.stylize.attention import AttentionController, AttentionPolicy
 from facechain.stylize.config import StylizeConfig
 from facechain.stylize.engine import Branch, Conditioning, Engine, PreparedImage
-from facechain.stylize.inversion import Trajectory
+from facechain.inversion import Trajectory
 
 logger = logging.getLogger(__name__)
 
