@@ -145,3 +145,21 @@ def test_no_code_outside_the_families_package_branches_on_a_family_name():
             if _BRANCH.search(code) or (_PIPELINE_CLASS.search(code) and "import" in code):
                 offenders.append(f"{rel}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_the_ddpm_objective_draws_noise_then_timesteps_and_targets_the_schedulers_prediction(prediction):
+    from diffusers import DDPMScheduler
+
+    config = {**DDPMScheduler().config, "prediction_type": prediction}
+    objective = get_family("sd15").objective(config)
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    noisy, t, target = objective.noised(x0, torch.Generator().manual_seed(7), "cpu")
+    gen = torch.Generator().manual_seed(7)
+    noise = torch.randn(x0.shape, generator=gen)
+    want_t = torch.randint(0, 1000, (2,), generator=gen)
+    sched = DDPMScheduler.from_config(config)
+    assert torch.equal(t, want_t) and torch.equal(noisy, sched.add_noise(x0, noise, want_t))
+    assert torch.equal(target, noise if prediction == "epsilon" else sched.get_velocity(x0, noise, want_t))
+    with pytest.raises(InputError, match="predicts 'sample'"):
+        get_family("sdxl").objective({**config, "prediction_type": "sample"})

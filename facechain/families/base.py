@@ -14,8 +14,12 @@ Family modules import cheaply: diffusers and torch are imported inside the metho
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from facechain.errors import InputError
 
@@ -54,8 +58,8 @@ class Training:
     text_lora_target_modules: tuple[str, ...] = ()
 
 
-class Family:
-    """One base-model family. Subclasses set the class attributes and override the hooks that differ."""
+class Family(ABC):
+    """One base-model family. Subclasses set the class attributes and implement the abstract hooks."""
 
     name: str  # registry key, saved in configs and manifests ("sd15")
     label: str  # for messages ("SD1.5-family")
@@ -85,13 +89,13 @@ class Family:
         return f"<model family {self.name}>"
 
     # ---------------------------------------------------------------- recognition
+    @abstractmethod
     def matches_denoiser_config(self, config: dict) -> bool:
         """Whether a denoiser config (``unet/config.json`` or ``transformer/config.json``) is of this family."""
-        raise NotImplementedError
 
+    @abstractmethod
     def matches_checkpoint_keys(self, keys: list[str]) -> bool:
         """Whether a single-file checkpoint with these tensor names is of this family."""
-        raise NotImplementedError
 
     # ---------------------------------------------------------------- pipelines
     def pipeline_class(self, task: Task = "txt2img"):
@@ -131,18 +135,45 @@ class Family:
         return path
 
     # ---------------------------------------------------------------- conditioning
+    @abstractmethod
     def text_encoder_pairs(self, pipe) -> list[tuple]:
         """(tokenizer, text encoder) pairs of a loaded pipeline, in order; encoders a pipeline lacks are left out."""
-        raise NotImplementedError
 
     def added_conditioning(self, pooled, height: int, width: int, batch: int, device, dtype) -> dict | None:
         """The denoiser's extra inputs beside the text embeddings (``added_cond_kwargs``), or None."""
         return None
 
+    @abstractmethod
     def text_conditioning(self, encoder_outputs: list, *, training: bool = False):
         """(prompt embeddings, pooled embedding or None) from each text encoder's output, as the family
         conditions its denoiser. ``encoder_outputs`` are transformers outputs with hidden states."""
-        raise NotImplementedError
+
+    # ---------------------------------------------------------------- sampling, training, latents
+    @abstractmethod
+    def scheduler(self, config, fast: bool = False):
+        """The scheduler facechain samples with (the fast mode's when ``fast``), from a pipeline's scheduler config."""
+
+    @abstractmethod
+    def objective(self, scheduler_config):
+        """The training objective: an object with ``noised(x0, generator, device) -> (noisy, timesteps, target)``
+        (DDPM epsilon / v-prediction for the UNet families; flow matching with the family's timestep sampling and
+        shift for the transformer families)."""
+
+    @abstractmethod
+    def encode_latents(self, vae, image: np.ndarray, device=None):
+        """The latents the denoiser works on, of one RGB uint8 image (fp16-safe)."""
+
+    @abstractmethod
+    def decode_latents(self, vae, latents) -> np.ndarray:
+        """One RGB uint8 image of ``latents`` (fp16-safe)."""
+
+    @abstractmethod
+    def native_size_of(self, pipe) -> int:
+        """A loaded pipeline's native image side."""
+
+    @abstractmethod
+    def build_tiny(self, folder: Path, seed: int = 0, tokenizer: str = "bytes") -> Path:
+        """Save a tiny model of this family (real diffusers/transformers classes, seeded) to ``folder``."""
 
     # ---------------------------------------------------------------- LoRA key formats
     kohya_prefixes: dict[str, tuple[str, ...]]  # component -> kohya prefixes it answers to; the first is written

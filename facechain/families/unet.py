@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from facechain.errors import InputError
 from facechain.families.base import Family
 
 
@@ -30,6 +31,12 @@ class UNetFamily(Family):
         if fast:
             return getattr(diffusers, self.fast.scheduler).from_config(config)
         return getattr(diffusers, self.sampling.scheduler).from_config(config, **self.sampling.scheduler_kwargs)
+
+    # ---------------------------------------------------------------- training
+    def objective(self, scheduler_config) -> "DDPMObjective":
+        """The training objective of the pipeline's scheduler config: DDPM noising, an epsilon or
+        v-prediction target (the scheduler's ``prediction_type``)."""
+        return DDPMObjective(scheduler_config)
 
     # ---------------------------------------------------------------- latents
     def encode_latents(self, vae, image: np.ndarray, device=None):
@@ -72,3 +79,28 @@ class _upcast:
 
             self.vae.to(torch.float16)
         return False
+
+
+class DDPMObjective:
+    """DDPM training (Ho et al. 2020): uniform integer timesteps, ``add_noise``, and the target the model
+    predicts: the noise (epsilon) or the velocity (v-prediction, Salimans & Ho 2022)."""
+
+    def __init__(self, scheduler_config):
+        from diffusers import DDPMScheduler
+
+        self.scheduler = DDPMScheduler.from_config(scheduler_config)
+        self.prediction_type = self.scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise InputError(f"the base model's scheduler predicts {self.prediction_type!r}; training supports epsilon "
+                             "and v_prediction models.")
+
+    def noised(self, x0, generator, device):
+        """(noisy latents, timesteps, target) for clean latents ``x0`` (B, C, h, w) on ``device``. Draws the noise,
+        then the timesteps, from ``generator`` (a CPU generator: the same numbers on every device)."""
+        import torch
+
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],),
+                                  generator=generator).to(device)
+        target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, timesteps)
+        return self.scheduler.add_noise(x0, noise, timesteps), timesteps, target
