@@ -151,7 +151,7 @@ def test_no_code_outside_the_families_package_branches_on_a_family_name():
 def test_the_ddpm_objective_draws_noise_then_timesteps_and_targets_the_schedulers_prediction(prediction):
     from diffusers import DDPMScheduler
 
-    config = {**DDPMScheduler().config, "prediction_type": prediction}
+    config = DDPMScheduler(prediction_type=prediction).config
     objective = get_family("sd15").objective(config)
     x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     noisy, t, target = objective.noised(x0, torch.Generator().manual_seed(7), "cpu")
@@ -162,4 +162,4 @@ def test_the_ddpm_objective_draws_noise_then_timesteps_and_targets_the_scheduler
     assert torch.equal(t, want_t) and torch.equal(noisy, sched.add_noise(x0, noise, want_t))
     assert torch.equal(target, noise if prediction == "epsilon" else sched.get_velocity(x0, noise, want_t))
     with pytest.raises(InputError, match="predicts 'sample'"):
-        get_family("sdxl").objective({**config, "prediction_type": "sample"})
+        get_family("sdxl").objective(DDPMScheduler(prediction_type="sample").config)
