@@ -27,9 +27,10 @@ import dataclasses
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from facechain.config import setting
 from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -41,28 +42,24 @@ NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TOP_LEVEL = ("output_dir", "people", "preprocess", "train", "generate", "template", "eval", "resources")
 
 
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass(frozen=True)
 class Resources:
     """What each stage asks Ray for. GPU fractions let several SD1.5 jobs share one large GPU (e.g. 0.25:
     four trainings on one 80 GB card); on a cluster without GPUs the GPU requests are dropped (logged)."""
 
-    preprocess_cpus: float = _h("Logical CPUs of a preprocess task.", default=1.0)
-    train_cpus: float = _h("Logical CPUs of a training task.", default=1.0)
-    train_gpus: float = _h("GPUs of a training task: 1 = a whole GPU, 0.5 = two trainings share one.", default=1.0)
-    train_threads: int = _h("torch threads of a training task; 0 = this machine's usable cores.", default=0)
-    generate_gpus: float = _h("GPUs of a generation actor (it keeps the base pipeline loaded).", default=1.0)
-    generate_cpus: float = _h("Logical CPUs of a generation actor.", default=1.0)
-    generate_workers: int = _h("Generation actors; 0 = one per generate_gpus share of the cluster's GPUs "
-                               "(1 without GPUs).", default=0)
-    template_gpus: float = _h("GPUs of a template task.", default=1.0)
-    template_cpus: float = _h("Logical CPUs of a template task.", default=1.0)
-    eval_cpus: float = _h("Logical CPUs of an eval task.", default=1.0)
-    max_retries: int = _h("Times a task whose worker died (killed, node lost, spot preemption) is re-run; a "
-                          "training re-run resumes from its last checkpoint.", default=2)
+    preprocess_cpus: float = setting("Logical CPUs of a preprocess task.", default=1.0)
+    train_cpus: float = setting("Logical CPUs of a training task.", default=1.0)
+    train_gpus: float = setting("GPUs of a training task: 1 = a whole GPU, 0.5 = two trainings share one.", default=1.0)
+    train_threads: int = setting("torch threads of a training task; 0 = this machine's usable cores.", default=0)
+    generate_gpus: float = setting("GPUs of a generation actor (it keeps the base pipeline loaded).", default=1.0)
+    generate_cpus: float = setting("Logical CPUs of a generation actor.", default=1.0)
+    generate_workers: int = setting("Generation actors; 0 = one per generate_gpus share of the cluster's GPUs "
+                                    "(1 without GPUs).", default=0)
+    template_gpus: float = setting("GPUs of a template task.", default=1.0)
+    template_cpus: float = setting("Logical CPUs of a template task.", default=1.0)
+    eval_cpus: float = setting("Logical CPUs of an eval task.", default=1.0)
+    max_retries: int = setting("Times a task whose worker died (killed, node lost, spot preemption) is re-run; a "
+                               "training re-run resumes from its last checkpoint.", default=2)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
