@@ -267,7 +267,7 @@ def model_ref(*names: str, **overrides: Any) -> type:
         elif name in overrides:
             default = overrides[name]
         specs.append((name, tp, setting(text, default, **extra)))
-    return dataclasses.make_dataclass("ModelRef", specs, bases=(ModelRef,), frozen=True, kw_only=True,
+    return dataclasses.make_dataclass("ModelRefBlock", specs, bases=(ModelRef,), frozen=True, kw_only=True,
                                       namespace={"__module__": __name__})
 
 

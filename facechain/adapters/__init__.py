@@ -29,17 +29,17 @@ class IdentityConfig:
                                                        "(also reads the face's CLIP image features) or feedface (an "
                                                        "adapter trained with `facechain train-adapter feedface`); empty = none", default="")
     photos: Path | None = setting("folder of the person's photos (one face each; the "
-                                                               "processed folder works): their face embeddings are averaged", default=None)
+                                                               "processed folder works): their face embeddings are averaged", default=None, path=True)
     scale: float = setting("strength of the adapter's identity in [0, 2] (IP-Adapter's "
                                                         "set_ip_adapter_scale; IP-Adapter-FaceID's model card: 0.6-1.0)", default=0.6)
     lora_scale: float = setting("weight of the LoRA that ships inside an IP-Adapter-FaceID "
                                                              "checkpoint (trained with it at 1.0); 0 = off", default=1.0)
     weights: str = setting("adapter weights: a .safetensors file (a .bin must be converted "
                                                        "once with `facechain convert`); empty = the converted default "
-                                                       "for the base model's family. feedface: its training output folder", default="")
+                                                       "for the base model's family. feedface: its training output folder", default="", maybe_path=True)
     image_encoder: str = setting("CLIP image encoder of the Plus variants (hub id or "
                                                              "transformers folder); empty = h94/IP-Adapter, subfolder "
-                                                             "models/image_encoder (the ViT-H/14 they were trained with)", default="")
+                                                             "models/image_encoder (the ViT-H/14 they were trained with)", default="", maybe_path=True)
     image_encoder_subfolder: str = setting("folder inside image_encoder that holds the "
                                                                        "encoder (e.g. models/image_encoder); empty = "
                                                                        "image_encoder itself", default="")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from facechain.adapters import IdentityConfig
-from facechain.config import from_dict, load_mapping, merge_settings, setting, upgrade_names
+from facechain.config import (from_dict, load_mapping, merge_settings, model_ref, resolve_config_paths, setting,
+                              upgrade_names)
 from facechain.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.lora import LORA_FILE
@@ -54,35 +55,25 @@ MAX_SEED = 2**64 - 1
 # Candidates of one style are held in memory together until ranking; past this a job is refused.
 MAX_CANDIDATES = 256
 
-# Fields holding paths that are resolved against the config file's folder.
-PATH_FIELDS = ("lora_dir", "processed_dir", "output_dir", "swapper_model", "depth_image", "restore_model")
-MAYBE_PATH_FIELDS = (
-    "base_model", "pose", "lcm_lora", "default_style_lora", "controlnet_openpose", "controlnet_depth",
-    "depth_estimator", "pose_annotator",
-)
-# A value that names a known model, never a path (a folder called "facechain" beside a config is not it).
-ALIASES = {"default_style_lora": ("facechain",)}
-
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(model_ref(
+        "base_model", "revision", "sub_path", "single_file_config", "variant", "allow_pickle",
+        variant=setting(f"Base model and ControlNet {VARIANT_HELP}.", default="auto"),
+        allow_pickle=setting("Allow pickle LoRA/checkpoint files (.bin/.ckpt). Only for files you trust.", default=False))):
     """One portrait job: which model, whose face, which styles, how many images, where to."""
 
     RENAMED: ClassVar[dict[str, str]] = {"steps": "num_inference_steps", "fast_steps": "fast_num_inference_steps",
                                          "rank": "rank_candidates"}
 
     # --- what to generate from
-    base_model: str = setting("Base model: hub id (owner/name), ModelScope id, local diffusers folder or .safetensors file.")
-    output_dir: Path = setting("Folder for the kept PNGs, candidates/, manifest.json and contact_sheet.png.")
-    revision: str | None = setting("Hub revision / ModelScope version of base_model (e.g. v2.0).", default=None)
-    sub_path: str | None = setting("Sub folder inside base_model (FaceChain's film/film).", default=None)
-    single_file_config: str | None = setting("Diffusers folder describing a single-file checkpoint's architecture.", default=None)
+    output_dir: Path = setting("Folder for the kept PNGs, candidates/, manifest.json and contact_sheet.png.", path=True)
     lora_dir: Path | None = setting("Face LoRA folder from `facechain train` (pytorch_lora_weights.safetensors). "
-                                    "Empty: no face LoRA (likeness then comes from fusion only).", default=None)
+                                    "Empty: no face LoRA (likeness then comes from fusion only).", default=None, path=True)
     lora_file: str = setting("File name of the face LoRA inside lora_dir.", default=LORA_FILE)
     processed_dir: Path | None = setting("Processed photos folder from `facechain preprocess`: gives the prompt's "
                                          "attribute phrase (metadata.jsonl) and the template face for fusion and ranking.",
-                                         default=None)
+                                         default=None, path=True)
     identity: IdentityConfig = setting("Identity adapter (no training): {adapter: ip-adapter-faceid, photos: DIR, scale: 0.6}. With lora_dir: the "
         "adapter's identity plus the face LoRA; without: the adapter alone. Flags: --identity-adapter, ...", default_factory=IdentityConfig)
     trigger_word: str = setting("Identity token of the face LoRA; used when metadata.jsonl does not start with it.",
@@ -90,11 +81,11 @@ class GenerateConfig:
     styles: list[str] = setting("Style names (files in styles/ or style_dirs). Each style gets its own candidates.",
                                 default_factory=lambda: ["Business suit"])
     style_dirs: list[Path] = setting("Extra folders of style JSON files, searched together with the shipped styles/.",
-                                     default_factory=list)
+                                     default_factory=list, path=True)
     default_style_lora: str | None = setting(
         "LoRA merged into prompt-only styles (styles with no LoRA of their own), as FaceChain does: 'facechain' = "
         f"FaceChain's {FACECHAIN_STYLE_LORA[0]} (ModelScope, SD1.5), or a LoRA file, folder or hub id; empty = none.",
-        default=None)
+        default=None, maybe_path=True, keywords=("facechain",))
     default_style_lora_weight: float = setting(
         "Weight of default_style_lora when the style's own multiplier_style is 0 (FaceChain: 0.25).", default=0.25)
     prompt: str = setting("Extra words appended to every prompt (AUTOMATIC1111 weights such as (word:1.2) are read).",
@@ -118,13 +109,13 @@ class GenerateConfig:
     fast_num_inference_steps: int = setting("Steps in fast mode (LCM-LoRA paper/model card: 2-8; FaceChain's LCM option: 8).", default=6)
     fast_guidance_scale: float = setting("Guidance in fast mode (LCM-LoRA model card: 1-2).", default=1.5)
     lcm_lora: str | None = setting("LCM-LoRA: hub id or local file/folder; empty = latent-consistency/lcm-lora-sdv1-5 "
-                                   "or -sdxl by base family.", default=None)
+                                   "or -sdxl by base family.", default=None, maybe_path=True)
     fuse_loras: bool = setting("Fuse face+style(+LCM) LoRAs into the weights for speed (unfused after each style).",
                                default=True)
     # --- pose / depth
     pose: str | None = setting("Pose: a pose name from poses/ (e.g. upper_body_front), an OpenPose skeleton map, or a "
                                "photo (converted with controlnet_aux when its annotator weights are available).",
-                               default=None)
+                               default=None, maybe_path=True)
     pose_control: Literal["auto", "controlnet", "repcontrolnet"] = setting(
         "How the pose steers generation: controlnet (an OpenPose ControlNet beside the UNet), repcontrolnet (base_model "
         "is a model merged with `facechain merge-repcontrolnet`: its condition encoder runs once per job and the UNet "
@@ -133,16 +124,16 @@ class GenerateConfig:
     depth: bool = setting("Add a depth ControlNet together with pose (FaceChain weights: pose 1.0, depth 0.5).",
                           default=False)
     depth_image: Path | None = setting("A ready depth map to use instead of estimating one from the pose photo.",
-                                       default=None)
+                                       default=None, path=True)
     pose_weight: float = setting("ControlNet conditioning scale of the pose (FaceChain: 1.0).", default=1.0)
     depth_weight: float = setting("ControlNet conditioning scale of depth (FaceChain: 0.5).", default=0.5)
     controlnet_openpose: str | None = setting(f"OpenPose ControlNet: a local folder or file, or {HUB_REF_HELP}; empty = "
-                                              "the family default.", default=None)
+                                              "the family default.", default=None, maybe_path=True)
     controlnet_depth: str | None = setting(f"Depth ControlNet: a local folder or file, or {HUB_REF_HELP}; empty = the family "
-                                           "default.", default=None)
-    depth_estimator: str = setting("Depth estimation model (transformers) for a pose photo.", default="Intel/dpt-large")
+                                           "default.", default=None, maybe_path=True)
+    depth_estimator: str = setting("Depth estimation model (transformers) for a pose photo.", default="Intel/dpt-large", maybe_path=True)
     pose_annotator: str = setting("controlnet_aux OpenPose annotator weights (hub id or folder) for a pose photo.",
-                                  default="lllyasviel/Annotators")
+                                  default="lllyasviel/Annotators", maybe_path=True)
     # --- post-processing
     fusion: Literal["auto", "swapper", "landmark", "diir", "off"] = setting(
         "Face fusion: swapper (insightface inswapper_128.onnx), landmark (offline warp + Poisson blend), "
@@ -153,11 +144,11 @@ class GenerateConfig:
         "landmark_weight: 0.6, ...}. Flags: --diir-strength, ...", default_factory=DIIRConfig)
     fusion_strength: float = setting("Fusion strength in [0, 1]: 0 keeps the generated face, 1 fully fuses.", default=1.0)
     swapper_model: Path | None = setting("Path of inswapper_128.onnx; empty = ~/.insightface/models/inswapper_128.onnx.",
-                                         default=None)
+                                         default=None, path=True)
     restore_model: Path | None = setting(
         "Optional face restoration after fusion: a GFPGAN / RestoreFormer (or other spandrel) weights file; "
         ".pth files need allow_pickle (read weights-only). Empty = no restoration. See docs/restore.md.",
-        default=None)
+        default=None, path=True)
     restore_strength: float = setting("Blend of the restored face in [0, 1] (0.5: GFPGAN users' usual weight).",
                                       default=0.5)
     detailer: Literal["auto", "always", "off"] = setting(
@@ -194,13 +185,11 @@ class GenerateConfig:
         "Decode in 512 px tiles (blended seams, less memory). auto: on only when one image's decode would not "
         "fit the free GPU memory otherwise.", default="auto")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(DTYPE_HELP, default="auto")
-    variant: Literal["auto", "fp16", "none"] = setting(f"Base model and ControlNet {VARIANT_HELP}.", default="auto")
-    allow_pickle: bool = setting("Allow pickle LoRA/checkpoint files (.bin/.ckpt). Only for files you trust.",
-                                 default=False)
     allow_other_files: bool = setting("Write into an output folder that holds files facechain did not write (they are "
                                       "never touched).", default=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         def positive(name: str) -> None:
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -277,40 +266,6 @@ class GenerateConfig:
             raise InputError("depth is on but pose is empty: the depth ControlNet is used together with a pose.")
 
 
-def looks_relative_path(value: str, base: Path) -> bool:
-    return value.startswith(("./", "../")) or (not os.path.isabs(value) and (base / value).exists())
-
-
-def resolve_paths(data: dict, base: Path) -> dict:
-    """Make path settings in ``data`` absolute against ``base`` (the config file's folder).
-
-    Fields that may also be hub ids (base_model, pose name, ControlNets) are resolved only when
-    they start with ./ or ../ or name something that exists under ``base``."""
-    out = dict(data)
-    for key in PATH_FIELDS:
-        v = out.get(key)
-        if isinstance(v, str) and v and not os.path.isabs(os.path.expanduser(v)):
-            out[key] = str((base / v).resolve())
-    for key in MAYBE_PATH_FIELDS:
-        v = out.get(key)
-        if isinstance(v, str) and v and v not in ALIASES.get(key, ()) and looks_relative_path(v, base):
-            out[key] = str((base / v).resolve())
-    ident = out.get("identity")
-    if isinstance(ident, dict):
-        ident = dict(ident)
-        if isinstance(ident.get("photos"), str) and ident["photos"] and not os.path.isabs(os.path.expanduser(ident["photos"])):
-            ident["photos"] = str((base / ident["photos"]).resolve())
-        for key in ("weights", "image_encoder"):  # a file/folder, or a hub id (image_encoder)
-            if isinstance(ident.get(key), str) and ident[key] and looks_relative_path(ident[key], base):
-                ident[key] = str((base / ident[key]).resolve())
-        out["identity"] = ident
-    if isinstance(out.get("style_dirs"), list):
-        out["style_dirs"] = [
-            str((base / d).resolve()) if isinstance(d, str) and not os.path.isabs(d) else d for d in out["style_dirs"]
-        ]
-    return out
-
-
 def load_generate_config(path: str | os.PathLike | None = None, overrides: dict | None = None,
                          base_dir: str | os.PathLike | None = None) -> GenerateConfig:
     """Config from a YAML/JSON file (paths relative to its folder) updated with ``overrides``
@@ -319,8 +274,9 @@ def load_generate_config(path: str | os.PathLike | None = None, overrides: dict 
     where = f"config {path}" if path is not None else "generate settings"
     if path is not None:
         path = Path(path)
-        data = resolve_paths(upgrade_names(GenerateConfig, load_mapping(path), where), path.resolve().parent)
+        data = resolve_config_paths(GenerateConfig, upgrade_names(GenerateConfig, load_mapping(path), where),
+                                    path.resolve().parent)
     if overrides:
-        data = merge_settings(data, resolve_paths(upgrade_names(GenerateConfig, overrides, "settings"),
-                                                  Path(base_dir or os.getcwd())))
+        data = merge_settings(data, resolve_config_paths(GenerateConfig, upgrade_names(GenerateConfig, overrides, "settings"),
+                                                         Path(base_dir or os.getcwd())))
     return from_dict(GenerateConfig, data, where=where)

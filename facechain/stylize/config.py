@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from facechain.config import setting
+from facechain.config import model_ref, setting
 from facechain.errors import InputError
 from facechain.models import DEVICE_HELP, DTYPE_HELP
 from facechain.prompts import WEIGHTING_HELP, check_weighting
@@ -22,22 +22,14 @@ DEFAULT_STEPS = 50  # Portrait Diffusion / StyleID / MasaCtrl all invert and sam
 DEFAULT_FAST_STEPS = 4  # LCM-LoRA's recommended 2-8 steps
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
-class StylizeConfig:
+class StylizeConfig(model_ref("base_model", "revision", "sub_path", "allow_pickle", base_model=DEFAULT_MODEL)):
     """Everything a stylization needs besides the content and style images."""
 
     RENAMED: ClassVar[dict[str, str]] = {"model": "base_model", "subfolder": "sub_path", "fast_lora": "lcm_lora",
                                          "steps": "num_inference_steps"}
 
     method: str = setting("portrait-diffusion | styleid | masactrl | diffstyle", default="portrait-diffusion")
-    base_model: str = setting("base model: hub id, ModelScope id, diffusers folder or .safetensors", default=DEFAULT_MODEL)
-    revision: str | None = setting("hub revision / ModelScope version of the base model", default=None)
-    sub_path: str | None = setting("sub folder inside the base model repo/folder (FaceChain's film/film)", default=None)
-    allow_pickle: bool = setting("allow pickle checkpoints (only for trusted files)", default=False)
     loras: list[str] = setting("LoRA files/folders (diffusers format), e.g. the face LoRA from `facechain train`; applied identically in inversion and sampling", default_factory=list, flags=("--lora",))
     lora_scales: list[float] = setting("one weight per LoRA (default 1.0 each)", default_factory=list, flags=("--lora-scale",))
     fast: bool = setting("LCM-LoRA: LCM scheduler in inversion and sampling, few steps", default=False)
@@ -62,6 +54,7 @@ class StylizeConfig:
     allow_other_files: bool = setting("write into an output folder that holds files facechain did not write (they are never touched)", default=False)
 
     def __post_init__(self):
+        super().__post_init__()
         check_weighting(self.prompt_weighting)
         if not isinstance(self.method, str) or not self.method:
             raise InputError("method must be a method name such as 'portrait-diffusion'.")

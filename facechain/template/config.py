@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from facechain.adapters import IdentityConfig
-from facechain.config import setting
+from facechain.config import from_dict, load_mapping, model_ref, resolve_config_paths, setting
 from facechain.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.prompts import WEIGHTING_HELP, check_weighting
@@ -36,26 +36,12 @@ def resolve_template(ref) -> Path:
 
 def load_template_config(path) -> "TemplateConfig":
     """A ``mode: template`` config file (run_inference's): its paths relative to the file's folder."""
-    import os
-
-    from facechain.config import from_dict, load_mapping
-
     path = Path(path)
     data = {k: v for k, v in load_mapping(path).items() if k != "mode"}
     base = path.resolve().parent
-
-    def rel(v):
-        return str((base / v).resolve()) if isinstance(v, str) and v and not os.path.isabs(os.path.expanduser(v)) else v
-
     if isinstance(data.get("template"), str) and not (base / data["template"]).exists():
         data["template"] = str(resolve_template(data["template"]))  # a photo in templates/, by name
-    for key in ("template", "output_dir"):
-        if key in data:
-            data[key] = rel(data[key])
-    if isinstance(data.get("people"), list):
-        data["people"] = [{**p, **{k: rel(p[k]) for k in ("lora_dir", "processed_dir") if k in p}}
-                          if isinstance(p, dict) else p for p in data["people"]]
-    return from_dict(TemplateConfig, data, where=f"config {path}")
+    return from_dict(TemplateConfig, resolve_config_paths(TemplateConfig, data, base), where=f"config {path}")
 
 
 @dataclass(frozen=True)
@@ -63,9 +49,9 @@ class PersonSpec:
     """One person: their face LoRA (from `facechain train`) and processed photos (from `facechain preprocess`)."""
 
     lora_dir: Path | None = setting("Face LoRA folder of the person (pytorch_lora_weights.safetensors); empty when the "
-                                    "identity comes from an adapter alone.", default=None)
+                                    "identity comes from an adapter alone.", default=None, path=True)
     processed_dir: Path | None = setting("The person's processed photos: the prompt's attribute phrase and the face for "
-                                         "fusion; empty = 'a person' and no fusion.", default=None)
+                                         "fusion; empty = 'a person' and no fusion.", default=None, path=True)
     face: int | None = setting("Index of the template face (from --list-faces) this person goes to; empty = left to right.",
                                default=None)
     identity: IdentityConfig | None = setting("An identity adapter for this person ({adapter, photos, scale, weights}), "
@@ -78,16 +64,13 @@ class PersonSpec:
 
 
 @dataclass(frozen=True)
-class TemplateConfig:
-    template: Path = setting("The template photo.")
-    output_dir: Path = setting("Folder for result.png, faces/, manifest.json and contact_sheet.png.")
+class TemplateConfig(model_ref(
+        base_model=setting("Base model; empty = the one recorded in the first person's train_config.json.", default=""),
+        allow_pickle=setting("Allow pickle LoRA/checkpoint files (tensors only). Only for files you trust.", default=False))):
+    template: Path = setting("The template photo.", path=True)
+    output_dir: Path = setting("Folder for result.png, faces/, manifest.json and contact_sheet.png.", path=True)
     people: list[PersonSpec] = setting("One entry per person to put in, mapped to the template's faces left to right "
                                        "or by each entry's face index.", default_factory=list)
-    base_model: str = setting("Base model; empty = the one recorded in the first person's train_config.json.", default="")
-    revision: str | None = setting("Hub revision / ModelScope version of base_model.", default=None)
-    sub_path: str | None = setting("Sub folder inside base_model.", default=None)
-    single_file_config: str | None = setting("Diffusers folder describing a single-file checkpoint's architecture.",
-                                             default=None)
     prompt: str = setting("Extra words for every face's prompt (AUTOMATIC1111 weights are read).",
                           default="portrait, best quality, realistic")
     negative_prompt: str | None = setting("Negative prompt; empty = generation's default (FaceChain's).", default=None)
@@ -102,7 +85,7 @@ class TemplateConfig:
                                             default=8)
     fast_guidance_scale: float = setting("Guidance in fast mode (LCM-LoRA model card: 1-2).", default=1.5)
     lcm_lora: str | None = setting("LCM-LoRA: hub id or local file/folder; empty = latent-consistency/lcm-lora-sdv1-5 or "
-                                   "-sdxl by base family.", default=None)
+                                   "-sdxl by base family.", default=None, maybe_path=True)
     face_lora_weight: float = setting("Weight of each person's face LoRA (FaceChain: 0.95).", default=0.95)
     crop_ratio: float = setting("Face size / crop side (FaceChain: 0.45: the crop is 2.2x the face).", default=0.45)
     min_face_size: int = setting("Template faces smaller than this (px, Face.size) are refused: too small to edit.",
@@ -114,8 +97,8 @@ class TemplateConfig:
     openpose_weight: float = setting("Conditioning scale of the openpose control (FaceChain: 1.0).", default=1.0)
     canny_weight: float = setting("Conditioning scale of the canny control (FaceChain: 0.2).", default=0.2)
     controlnet_openpose: str | None = setting("OpenPose ControlNet: hub id or folder; empty = the family default.",
-                                              default=None)
-    controlnet_canny: str | None = setting("Canny ControlNet: hub id or folder; empty = the family default.", default=None)
+                                              default=None, maybe_path=True)
+    controlnet_canny: str | None = setting("Canny ControlNet: hub id or folder; empty = the family default.", default=None, maybe_path=True)
     harmonize: bool = setting("With IP-Adapter-FaceID identities and 2+ people: a last inpaint pass over the rings around "
                               "all faces with every identity at once, each masked to its own face (MagicID's mask-guided "
                               "multi-ID attention through diffusers' ip_adapter_masks).", default=True)
@@ -134,10 +117,10 @@ class TemplateConfig:
         "Where the models wait between uses: none (all on the GPU), model (diffusers' model CPU offload), sequential "
         "(layer by layer; only when asked), auto (none when the memory budget of one face at the working size fits "
         "the free GPU memory, else model; none on the CPU).", default="auto")
-    allow_pickle: bool = setting("Allow pickle LoRA/checkpoint files (tensors only). Only for files you trust.", default=False)
     allow_other_files: bool = setting("Write into an output folder that holds files facechain did not write.", default=False)
 
     def __post_init__(self):
+        super().__post_init__()
         check_weighting(self.prompt_weighting)
         if not self.people:
             raise InputError("people is empty: give one entry per person ({lora_dir, processed_dir}), or pass "

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from facechain.config import setting
+from facechain.config import model_ref, setting
 from facechain.errors import InputError
 
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
@@ -35,21 +35,17 @@ RESUME_SAME_TARGET = ("base_model", "train_data_dir", "output_dir")
 MAX_SEED = 2**32 - 1 - 1024
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(model_ref(
+        revision="", sub_path="", single_file_config="",
+        allow_pickle=setting("allow pickle files (.ckpt/.bin/.pt) for the base model and the init LoRA; only for trusted files",
+                             default=False))):
     """Settings of one face-LoRA training run (see ``docs/train.md``)."""
 
     RENAMED: ClassVar[dict[str, str]] = {"validation": "face_backend", "validation_inference_steps": "validation_num_inference_steps"}
 
-    base_model: str = setting("base model: hub id, ModelScope id, local diffusers folder or .safetensors checkpoint")
-    train_data_dir: str = setting("processed folder (NNN.png + metadata.jsonl) written by `facechain preprocess`")
-    output_dir: str = setting("folder for the LoRA, checkpoints, train_config.json and train_log.jsonl")
-    revision: str = setting("model revision (hub branch/tag, ModelScope version such as v2.0); '' for the default", default="")
-    sub_path: str = setting("sub folder or file inside the model ('' for none), e.g. film/film", default="")
+    train_data_dir: str = setting("processed folder (NNN.png + metadata.jsonl) written by `facechain preprocess`", path=True)
+    output_dir: str = setting("folder for the LoRA, checkpoints, train_config.json and train_log.jsonl", path=True)
     resolution: int = setting("training resolution in pixels (square; divisible by 8). FaceChain: 512", default=512)
     rank: int = setting("LoRA rank. FaceChain: 4", default=4)
     lora_alpha: float | None = setting("LoRA alpha; the update is scaled by alpha/rank. Default: equal to rank (scale 1, as FaceChain)", default=None)
@@ -57,7 +53,7 @@ class TrainConfig:
     train_text_encoder: bool = setting("also train a LoRA on the text encoder(s) (q/k/v/out projections). FaceChain: off", default=False)
     init_lora: str = setting("start from this LoRA (diffusers or kohya keys, same rank): a file, a folder, or a hub/ModelScope id with "
         "--init_lora_weight_name; 'facechain' = FaceChain's generic face LoRA (damo/face_frombase_c4, for its base "
-        "ly261666/cv_portrait_model v2.0 film/film), as FaceChain's default training starts", default="")
+        "ly261666/cv_portrait_model v2.0 film/film), as FaceChain's default training starts", default="", maybe_path=True, keywords=(FACECHAIN_INIT_LORA,))
     init_lora_weight_name: str = setting("file name of the init LoRA inside its folder or hub repo ('' = the folder's only .safetensors file)", default="")
     learning_rate: float = setting("AdamW learning rate. FaceChain: 1.5e-4", default=1.5e-4)
     lr_scheduler: str = setting("learning-rate schedule. FaceChain: cosine", default="cosine", choices=LR_SCHEDULERS)
@@ -87,11 +83,10 @@ class TrainConfig:
     num_validation_images: int = setting("validation portraits per checkpoint", default=2)
     validation_num_inference_steps: int = setting("sampling steps of each validation portrait", default=20)
     ensemble_top_k: int = setting("final LoRA = average of the k best-scoring checkpoints (FaceChain's ensemble used 10); 1 = the best", default=1)
-    allow_pickle: bool = setting("allow pickle files (.ckpt/.bin/.pt) for the base model and the init LoRA; only for trusted files", default=False)
-    single_file_config: str = setting("diffusers folder (or hub id) describing a single-file checkpoint's architecture ('' = the family's reference repo)", default="")
     allow_other_files: bool = setting("write into an output folder that holds files facechain did not write (they are never touched)", default=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.base_model:
             raise InputError("base_model is empty. Pass a hub id, a local diffusers folder or a .safetensors checkpoint.")
         if self.resolution <= 0 or self.resolution % 8:

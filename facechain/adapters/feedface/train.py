@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from facechain.adapters.training import LOG_FILE
-from facechain.config import setting
+from facechain.config import model_ref, setting
 from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -32,16 +32,12 @@ MAX_FACES = 5
 
 
 @dataclass(frozen=True)
-class FeedFaceConfig:
-    base_model: str = setting("Base model: hub id, ModelScope id, local diffusers folder or .safetensors file.")
+class FeedFaceConfig(model_ref()):
     data: Path = setting("A `facechain preprocess` output folder (NNN.png, metadata.jsonl, masks/), or a folder of several, "
-                         "one sub folder per person.")
-    output_dir: Path = setting("Folder for the adapter, its checkpoints and log.")
+                         "one sub folder per person.", path=True)
+    output_dir: Path = setting("Folder for the adapter, its checkpoints and log.", path=True)
     image_encoder: str = setting("CLIP image encoder (hub id or folder) whose penultimate tokens are the face condition.",
-                                 default=DEFAULT_IMAGE_ENCODER)
-    revision: str | None = setting("Hub revision / ModelScope version of base_model.", default=None)
-    sub_path: str | None = setting("Sub folder inside base_model.", default=None)
-    single_file_config: str | None = setting("Diffusers folder describing a single-file checkpoint's architecture.", default=None)
+                                 default=DEFAULT_IMAGE_ENCODER, maybe_path=True)
     resolution: int = setting("Training resolution (the processed crops are resized to it).", default=512)
     max_train_steps: int = setting("Training steps.", default=2000)
     learning_rate: float = setting("AdamW learning rate (FeedFace: 2e-5).", default=2e-5)
@@ -57,11 +53,10 @@ class FeedFaceConfig:
     seed: int = setting("Seed of the data order, conditions, noise and timesteps.", default=42)
     mixed_precision: str = setting("auto (bf16/fp16 on a GPU, fp32 on a CPU), no, fp16 or bf16.", default="auto")
     resume: bool = setting("Continue the run in output_dir from its latest checkpoint.", default=False)
-    allow_pickle: bool = setting("Allow pickle weight files of the base model (tensors only). Only for trusted files.",
-                                 default=False)
     allow_other_files: bool = setting("Write into an output folder that holds files facechain did not write.", default=False)
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("resolution", "max_train_steps", "checkpointing_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}.")

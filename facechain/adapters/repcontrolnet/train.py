@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from facechain.adapters.training import LOG_FILE  # train_log.jsonl, as every adapter trainer
-from facechain.config import setting
+from facechain.config import model_ref, setting
 from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -41,15 +41,11 @@ CONDITIONS = ("openpose", "depth", "canny", "landmarks")
 
 
 @dataclass(frozen=True)
-class RepControlNetConfig:
-    base_model: str = setting("Base model: hub id, ModelScope id, local diffusers folder or .safetensors file.")
-    data: Path = setting("Folder with images/ and conditions/ (same file stems) and an optional metadata.jsonl of captions.")
-    output_dir: Path = setting("Folder for the adapter, its checkpoints and log.")
+class RepControlNetConfig(model_ref()):
+    data: Path = setting("Folder with images/ and conditions/ (same file stems) and an optional metadata.jsonl of captions.", path=True)
+    output_dir: Path = setting("Folder for the adapter, its checkpoints and log.", path=True)
     condition: str = setting(f"What the condition maps show ({', '.join(CONDITIONS)}); recorded with the adapter.",
                              default="openpose")
-    revision: str | None = setting("Hub revision / ModelScope version of base_model.", default=None)
-    sub_path: str | None = setting("Sub folder inside base_model.", default=None)
-    single_file_config: str | None = setting("Diffusers folder describing a single-file checkpoint's architecture.", default=None)
     resolution: int = setting("Training resolution (square).", default=512)
     max_train_steps: int = setting("Training steps.", default=1000)
     train_batch_size: int = setting("Batch size per process.", default=1)
@@ -60,18 +56,17 @@ class RepControlNetConfig:
                                  "W' = (1 - c) W + W_m. The paper gives no value; 0.5 is ours.", default=0.5)
     annotator: str = setting("controlnet_aux OpenPose annotator weights (hub id or folder) that compute the openpose maps "
                              "when data has no conditions/ folder (pickle files: needs allow_pickle).",
-                             default="lllyasviel/Annotators")
+                             default="lllyasviel/Annotators", maybe_path=True)
     checkpointing_steps: int = setting("Write a resumable checkpoint every N steps.", default=250)
     checkpoints_total_limit: int | None = setting("Keep at most this many checkpoints (the latest always).", default=2)
     seed: int = setting("Seed of the data order, noise and timesteps.", default=42)
     mixed_precision: str = setting("auto (bf16/fp16 on a GPU, fp32 on a CPU), no, fp16 or bf16.", default="auto")
     gradient_checkpointing: bool = setting("Trade compute for memory in the UNet.", default=False)
     resume: bool = setting("Continue the run in output_dir from its latest checkpoint.", default=False)
-    allow_pickle: bool = setting("Allow pickle weight files of the base model (tensors only). Only for trusted files.",
-                                 default=False)
     allow_other_files: bool = setting("Write into an output folder that holds files facechain did not write.", default=False)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.condition not in CONDITIONS:
             raise InputError(f"condition must be one of {list(CONDITIONS)}, got '{self.condition}'.")
         if not 0.0 < self.coefficient <= 1.0:
