@@ -141,6 +141,11 @@ def from_dict(cls: type[T], data: dict, where: str | None = None) -> T:
     if unknown:
         raise InputError(f"{where}: unknown setting(s) {unknown}. Valid settings: {sorted(fields)}")
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise InputError(f"{where}: required setting(s) {missing} not given. Set them in the config file or as flags "
+                         f"({', '.join('--' + n.replace('_', '-') for n in missing)}).")
     try:
         return cls(**kwargs)
     except TypeError as exc:  # missing required field
@@ -388,9 +393,9 @@ class RenamedFlag(argparse.Action):
 OLD_FLAGS: dict[str, tuple[str, ...]] = {"output_dir": ("--out",), "no_progress": ("--quiet",)}
 
 
-def add_output_dir_argument(parser, *, help: str, dest: str = "_output_dir", **kwargs) -> None:
-    """``--output-dir`` (``--output_dir``; old: ``--out``) for a command whose output folder is no config field."""
-    parser.add_argument("--output-dir", "--output_dir", dest=dest, default=None, metavar="OUTPUT_DIR", help=help, **kwargs)
+def add_output_dir_argument(parser, *, help: str, dest: str = "_output_dir", metavar: str = "OUTPUT_DIR") -> None:
+    """``--output-dir`` (``--output_dir``; old: ``--out``) for a command whose output is no config field."""
+    parser.add_argument("--output-dir", "--output_dir", dest=dest, default=None, metavar=metavar, help=help)
     for old in OLD_FLAGS["output_dir"]:
         parser.add_argument(old, dest=dest, action=RenamedFlag, new_flag="--output-dir", help=argparse.SUPPRESS)
 

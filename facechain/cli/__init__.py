@@ -30,11 +30,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facechain", description="Digital-twin toolchain.")
+    parser = argparse.ArgumentParser(prog="facechain", description="Digital-twin toolchain.", allow_abbrev=False)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         p.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(p)
     return parser
@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     # does not break the others.
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in SUBCOMMANDS:
-        parser = argparse.ArgumentParser(prog="facechain")
+        parser = argparse.ArgumentParser(prog="facechain", allow_abbrev=False)
         parser.add_argument("-v", "--verbose", action="store_true")
         sub = parser.add_subparsers(dest="command")
         module, help_text = SUBCOMMANDS[command]
-        p = sub.add_parser(command, help=help_text, description=help_text)
+        p = sub.add_parser(command, help=help_text, description=help_text, allow_abbrev=False)
         p.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(p)
     else:
