@@ -1,6 +1,9 @@
 """Config helpers shared by every stage, and the one bridge from a config to command-line flags.
 
-Stage configs are frozen dataclasses with per-field help in ``field(metadata={"help": ...})``.
+Stage configs are frozen dataclasses whose fields are declared with :func:`setting` (help, default, and
+whether the field holds a path); the model-reference block (base_model, revision, ...) is declared once,
+in :func:`model_ref`, and relative paths are resolved against a config file's folder by
+:func:`resolve_config_paths`.
 :func:`from_dict` builds one from a mapping (YAML/JSON/CLI), checking every field's type and
 refusing unknown keys with the list of valid ones; :func:`save_config` writes the config as
 JSON beside the artifact it produced.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -236,8 +240,26 @@ MODEL_REF_DEFAULT = ("base_model", "revision", "sub_path", "single_file_config",
 _EMPTY_MEANS_NONE = ("revision", "sub_path", "single_file_config")
 
 
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)
+            if typing.get_origin(hints[f.name]) is typing.Literal}
+
+
 @dataclasses.dataclass(frozen=True)
-class ModelRef:
+class Config:
+    """Base of the stage configs: a ``Literal`` field is checked when the config is built in code too, with
+    :func:`from_dict`'s message, so no config checks its choices again by hand."""
+
+    def __post_init__(self) -> None:
+        for name, choices in _literal_fields(type(self)).items():
+            if getattr(self, name) not in choices:
+                raise InputError(f"{type(self).__name__}.{name}: must be one of {list(choices)}, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef(Config):
     """Base of every config holding the model-reference block; build the block with :func:`model_ref`.
 
     An empty revision, sub_path or single_file_config is spelled one way per config: its default's
@@ -245,6 +267,7 @@ class ModelRef:
     handed from one config to another needs no ``or None``."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in _EMPTY_MEANS_NONE:
             f = self.__dataclass_fields__.get(name)  # type: ignore[attr-defined]
             if f is None:
@@ -391,21 +414,6 @@ class RenamedFlag(argparse.Action):
 # spellings still parse (hidden, with a deprecation note). Parsers are built with allow_abbrev=False, so a
 # prefix (--out of --output-dir / --output_dir) is never taken for a flag, let alone an ambiguous one.
 OLD_FLAGS: dict[str, tuple[str, ...]] = {"output_dir": ("--out",), "no_progress": ("--quiet",)}
-
-
-def add_output_dir_argument(parser, *, help: str, dest: str = "_output_dir", metavar: str = "OUTPUT_DIR") -> None:
-    """``--output-dir`` (``--output_dir``; old: ``--out``) for a command whose output is no config field."""
-    parser.add_argument("--output-dir", "--output_dir", dest=dest, default=None, metavar=metavar, help=help)
-    for old in OLD_FLAGS["output_dir"]:
-        parser.add_argument(old, dest=dest, action=RenamedFlag, new_flag="--output-dir", help=argparse.SUPPRESS)
-
-
-def add_no_progress_argument(parser, *, help: str = "no progress bar", dest: str = "_no_progress") -> None:
-    """``--no-progress`` (old: ``--quiet``)."""
-    parser.add_argument("--no-progress", dest=dest, action="store_true", help=help)
-    for old in OLD_FLAGS["no_progress"]:
-        parser.add_argument(old, dest=dest, action=RenamedFlag, nargs=0, const=True, new_flag="--no-progress",
-                            help=argparse.SUPPRESS)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),

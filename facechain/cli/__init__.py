@@ -29,6 +29,25 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def add_output_dir_argument(parser, *, help: str, dest: str = "_output_dir", metavar: str = "OUTPUT_DIR") -> None:
+    """``--output-dir`` (``--output_dir``; old: ``--out``) for a command whose output is no config field."""
+    from facechain.config import OLD_FLAGS, RenamedFlag
+
+    parser.add_argument("--output-dir", "--output_dir", dest=dest, default=None, metavar=metavar, help=help)
+    for old in OLD_FLAGS["output_dir"]:
+        parser.add_argument(old, dest=dest, action=RenamedFlag, new_flag="--output-dir", help=argparse.SUPPRESS)
+
+
+def add_no_progress_argument(parser, *, help: str = "no progress bar", dest: str = "_no_progress") -> None:
+    """``--no-progress`` (old: ``--quiet``)."""
+    from facechain.config import OLD_FLAGS, RenamedFlag
+
+    parser.add_argument("--no-progress", dest=dest, action="store_true", help=help)
+    for old in OLD_FLAGS["no_progress"]:
+        parser.add_argument(old, dest=dest, action=RenamedFlag, nargs=0, const=True, new_flag="--no-progress",
+                            help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facechain", description="Digital-twin toolchain.", allow_abbrev=False)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

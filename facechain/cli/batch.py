@@ -7,7 +7,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from facechain.config import add_no_progress_argument
+    from facechain.cli import add_no_progress_argument
 
     p.add_argument("target", nargs="+", metavar="JOBS.yaml",
                    help="the batch file (shared settings and people; docs/batch.md), or `status JOBS.yaml`")

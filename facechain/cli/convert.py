@@ -15,7 +15,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from facechain.config import add_output_dir_argument
+    from facechain.cli import add_output_dir_argument
 
     p.add_argument("src", help="the pickle checkpoint: a local file, or a hub / ModelScope repo id with --file")
     p.add_argument("--file", default=None, help="file name inside the repo (when SRC is a repo id)")

@@ -8,7 +8,8 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from facechain.config import add_config_arguments, add_no_progress_argument
+    from facechain.cli import add_no_progress_argument
+    from facechain.config import add_config_arguments
     from facechain.preprocess.config import PreprocessConfig
 
     p.add_argument("input_dir", help="folder with the person's photos")

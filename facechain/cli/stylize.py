@@ -25,7 +25,8 @@ def _option_names(spec) -> set[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from facechain.config import add_config_arguments, add_output_dir_argument
+    from facechain.cli import add_output_dir_argument
+    from facechain.config import add_config_arguments
     from facechain.stylize.config import StylizeConfig
 
     p.add_argument("--content", required=True, help="content image (the portrait)")

@@ -16,7 +16,8 @@ POSITIONAL = ("base_model", "train_data_dir", "output_dir")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from facechain.config import add_config_arguments, add_no_progress_argument, field_help
+    from facechain.cli import add_no_progress_argument
+    from facechain.config import add_config_arguments, field_help
 
     helps = field_help(TrainConfig)
     for name in POSITIONAL:

@@ -20,7 +20,8 @@ def _kinds() -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from facechain.config import add_config_arguments, add_no_progress_argument
+    from facechain.cli import add_no_progress_argument
+    from facechain.config import add_config_arguments
 
     sub = p.add_subparsers(dest="_kind", metavar="KIND", required=True)
     for kind, (cls, _, help_text) in _kinds().items():

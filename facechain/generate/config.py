@@ -21,7 +21,7 @@ from facechain.config import (from_dict, load_mapping, merge_settings, model_ref
 from facechain.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.lora import LORA_FILE
-from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP, check_variant
+from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP
 from facechain.prompts import WEIGHTING_HELP, check_weighting
 
 # FaceChain's negative prompt, word for word (its app.py / run_inference.py ``neg_prompt``, typos such as
@@ -202,7 +202,6 @@ class GenerateConfig(model_ref(
             positive("batch_size")
         if not self.base_model:
             raise InputError("base_model is empty. Name a hub id, a local diffusers folder or a .safetensors file.")
-        check_variant(self.variant)
         if self.num_images > self.num_candidates:
             raise InputError(
                 f"num_images ({self.num_images}) is more than num_candidates ({self.num_candidates}); ranking keeps "
@@ -222,8 +221,6 @@ class GenerateConfig(model_ref(
         if not (math.isfinite(self.restore_strength) and 0.0 <= self.restore_strength <= 1.0):
             raise InputError(f"restore_strength must be in [0, 1], got {self.restore_strength}.")
         check_weighting(self.prompt_weighting)
-        if self.detailer not in ("auto", "always", "off"):
-            raise InputError(f"detailer must be auto, always or off, got '{self.detailer}'.")
         if not (math.isfinite(self.detailer_strength) and 0.0 < self.detailer_strength <= 1.0):
             raise InputError(f"detailer_strength must be in (0, 1], got {self.detailer_strength}.")
         if not 0.0 < self.min_face_frac < self.max_face_frac <= 1.0:

@@ -117,10 +117,6 @@ class TrainConfig(model_ref(
             raise InputError(f"`lora_alpha` has to be positive but is {self.lora_alpha}.")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise InputError(f"unknown lr_scheduler {self.lr_scheduler!r}. Choose between {list(LR_SCHEDULERS)}.")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise InputError(f"unknown mixed_precision mode {self.mixed_precision!r}. Choose between ['auto', 'no', 'fp16', 'bf16'].")
-        if self.face_backend not in ("auto", "dlib", "insightface", "none"):
-            raise InputError(f"unknown face_backend {self.face_backend!r}. Choose between ['auto', 'dlib', 'insightface', 'none'].")
         if not self.target_modules:
             raise InputError("`target_modules` is empty; name at least one UNet module, e.g. to_q.")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < self.ensemble_top_k:

@@ -21,6 +21,7 @@ import numpy as np
 from facechain.adapters.training import LOG_FILE
 from facechain.config import model_ref, setting
 from facechain.errors import InputError
+from facechain.train.config import MixedPrecision
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class FeedFaceConfig(model_ref()):
     checkpointing_steps: int = setting("Write a resumable checkpoint every N steps.", default=250)
     checkpoints_total_limit: int | None = setting("Keep at most this many checkpoints (the latest always).", default=2)
     seed: int = setting("Seed of the data order, conditions, noise and timesteps.", default=42)
-    mixed_precision: str = setting("auto (bf16/fp16 on a GPU, fp32 on a CPU), no, fp16 or bf16.", default="auto")
+    mixed_precision: MixedPrecision = setting("auto (bf16/fp16 on a GPU, fp32 on a CPU), no, fp16 or bf16.", default="auto")
     resume: bool = setting("Continue the run in output_dir from its latest checkpoint.", default=False)
     allow_other_files: bool = setting("Write into an output folder that holds files facechain did not write.", default=False)
 
@@ -65,8 +66,6 @@ class FeedFaceConfig(model_ref()):
         for name in ("masked_fraction", "condition_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise InputError(f"mixed_precision must be auto, no, fp16 or bf16, got '{self.mixed_precision}'.")
 
 
 @dataclass
