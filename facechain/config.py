@@ -1,6 +1,9 @@
 """Config helpers shared by every stage, and the one bridge from a config to command-line flags.
 
-Stage configs are frozen dataclasses with per-field help in ``field(metadata={"help": ...})``.
+Stage configs are frozen dataclasses whose fields are declared with :func:`setting` (help, default, and
+whether the field holds a path); the model-reference block (base_model, revision, ...) is declared once,
+in :func:`model_ref`, and relative paths are resolved against a config file's folder by
+:func:`resolve_config_paths`.
 :func:`from_dict` builds one from a mapping (YAML/JSON/CLI), checking every field's type and
 refusing unknown keys with the list of valid ones; :func:`save_config` writes the config as
 JSON beside the artifact it produced.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -30,6 +34,7 @@ from typing import Any, TypeVar
 
 from facechain.errors import InputError
 from facechain.io import write_json
+from facechain.models import VARIANT_HELP, VARIANTS
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -140,6 +145,11 @@ def from_dict(cls: type[T], data: dict, where: str | None = None) -> T:
     if unknown:
         raise InputError(f"{where}: unknown setting(s) {unknown}. Valid settings: {sorted(fields)}")
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise InputError(f"{where}: required setting(s) {missing} not given. Set them in the config file or as flags "
+                         f"({', '.join('--' + n.replace('_', '-') for n in missing)}).")
     try:
         return cls(**kwargs)
     except TypeError as exc:  # missing required field
@@ -182,6 +192,159 @@ def load_mapping(path: str | os.PathLike) -> dict:
 def field_help(cls: type) -> dict[str, str]:
     """Field name -> help text, for CLI and docs."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+# --------------------------------------------------------------------------- declaring settings
+
+
+def setting(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+            path: bool = False, maybe_path: bool = False, keywords: tuple[str, ...] = (),
+            choices: Any = None, flags: tuple[str, ...] = ()) -> Any:
+    """A config field: its help (the flag's help, with the default appended) and what it holds.
+
+    ``path``: a file or folder (a list of them), made absolute against the config file's folder when relative
+    (:func:`resolve_config_paths`); ``maybe_path``: a path or a hub id (``base_model``, a ControlNet), resolved
+    only when it starts with ``./`` or ``../`` or names something in that folder; ``keywords``: values that name
+    a known model, never a path (``facechain``); ``choices``: the values a ``str`` flag takes, for a list kept
+    elsewhere; ``flags``: extra flag spellings (``--lora``)."""
+    if path and maybe_path:
+        raise ValueError("a setting is either a path or maybe a path, not both")
+    metadata: dict[str, Any] = {"help": help}
+    if path or maybe_path:
+        metadata["path"] = "path" if path else "maybe"
+    if keywords:
+        metadata["keywords"] = tuple(keywords)
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if flags:
+        metadata["flags"] = tuple(flags)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+# The model-reference block: declared here once, inherited by every config that names a base model
+# (as peft's configs inherit ``base_model_name_or_path`` and ``revision`` from PeftConfig). Name -> (type,
+# help, default, setting() keywords). An empty revision / sub_path / single_file_config means "none".
+MODEL_REF_FIELDS: dict[str, tuple[Any, str, Any, dict]] = {
+    "base_model": (str, "Base model: hub id (owner/name), ModelScope id, local diffusers folder or .safetensors file.",
+                   dataclasses.MISSING, {"maybe_path": True}),
+    "revision": (str | None, "Hub revision / ModelScope version of base_model (e.g. v2.0); empty = the default.",
+                 None, {}),
+    "sub_path": (str | None, "Sub folder inside base_model (FaceChain's film/film); empty = none.", None, {}),
+    "single_file_config": (str | None, "Diffusers folder (or hub id) describing a single-file checkpoint's "
+                           "architecture; empty = the family's reference repo.", None, {"maybe_path": True}),
+    "variant": (typing.Literal[VARIANTS], f"Base model {VARIANT_HELP}.", "auto", {}),
+    "allow_pickle": (bool, "Allow pickle weight files (.bin/.ckpt/.pt, loaded tensors-only). Only for files you trust.",
+                     False, {}),
+}
+MODEL_REF_DEFAULT = ("base_model", "revision", "sub_path", "single_file_config", "allow_pickle")
+_EMPTY_MEANS_NONE = ("revision", "sub_path", "single_file_config")
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)
+            if typing.get_origin(hints[f.name]) is typing.Literal}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of the stage configs: a ``Literal`` field is checked when the config is built in code too, with
+    :func:`from_dict`'s message, so no config checks its choices again by hand."""
+
+    def __post_init__(self) -> None:
+        for name, choices in _literal_fields(type(self)).items():
+            if getattr(self, name) not in choices:
+                raise InputError(f"{type(self).__name__}.{name}: must be one of {list(choices)}, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef(Config):
+    """Base of every config holding the model-reference block; build the block with :func:`model_ref`.
+
+    An empty revision, sub_path or single_file_config is spelled one way per config: its default's
+    spelling ('' in TrainConfig, whose train_config.json has always said '', None elsewhere), so a value
+    handed from one config to another needs no ``or None``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in _EMPTY_MEANS_NONE:
+            f = self.__dataclass_fields__.get(name)  # type: ignore[attr-defined]
+            if f is None:
+                continue
+            empty = f.default if f.default in ("", None) else None
+            if getattr(self, name) in ("", None):
+                object.__setattr__(self, name, empty)
+
+
+def model_ref(*names: str, **overrides: Any) -> type:
+    """A frozen, keyword-only dataclass base holding the model-reference settings ``names`` (default: base_model,
+    revision, sub_path, single_file_config, allow_pickle), with the types and help of :data:`MODEL_REF_FIELDS`.
+
+    ``overrides`` give a config its own default (``revision="v2.0"``), or its own help and default
+    (``base_model=setting("Base model; empty = ...", default="")``); the type stays the shared one."""
+    names = names or MODEL_REF_DEFAULT
+    unknown = sorted(set(names) - set(MODEL_REF_FIELDS)) + sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"model_ref: unknown or unselected model-reference settings {unknown}")
+    specs = []
+    for name in names:
+        tp, text, default, extra = MODEL_REF_FIELDS[name]
+        if isinstance(overrides.get(name), dataclasses.Field):
+            text, default = overrides[name].metadata["help"], overrides[name].default
+        elif name in overrides:
+            default = overrides[name]
+        specs.append((name, tp, setting(text, default, **extra)))
+    return dataclasses.make_dataclass("ModelRefBlock", specs, bases=(ModelRef,), frozen=True, kw_only=True,
+                                      namespace={"__module__": __name__})
+
+
+# --------------------------------------------------------------------------- paths against the config file
+
+
+def resolve_path(value: str | os.PathLike, base: Path) -> str:
+    """``value`` (``~`` expanded) when absolute, else made absolute against ``base``."""
+    p = os.path.expanduser(str(value))
+    return p if os.path.isabs(p) else str((base / p).resolve())
+
+
+def looks_relative_path(value: str, base: Path) -> bool:
+    """A setting that may be a path or a hub id is a path when it says so (``./``, ``../``) or names
+    something under ``base``."""
+    return value.startswith(("./", "../")) or (not os.path.isabs(value) and (base / value).exists())
+
+
+def _resolve_value(value: Any, base: Path, kind: str, keywords: tuple[str, ...]) -> Any:
+    if isinstance(value, list):
+        return [_resolve_value(v, base, kind, keywords) for v in value]
+    if not isinstance(value, str) or not value or value in keywords:
+        return value
+    if kind == "path":
+        return resolve_path(value, base)
+    return str((base / value).resolve()) if looks_relative_path(value, base) else value
+
+
+def resolve_config_paths(cls: type, data: dict, base: Path) -> dict:
+    """``data`` (settings of ``cls``) with its relative paths made absolute against ``base`` (the config file's
+    folder), as each field's :func:`setting` says; nested blocks and lists of blocks too."""
+    out = dict(data)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in out:
+            continue
+        value = out[f.name]
+        if "path" in f.metadata:
+            out[f.name] = _resolve_value(value, base, f.metadata["path"], f.metadata.get("keywords", ()))
+            continue
+        tp = hints[f.name]
+        nested = _nested_config(tp)
+        if nested is not None and isinstance(value, dict):
+            out[f.name] = resolve_config_paths(nested, value, base)
+        elif typing.get_origin(tp) is list and isinstance(value, list):
+            inner = _nested_config(typing.get_args(tp)[0]) if typing.get_args(tp) else None
+            if inner is not None:
+                out[f.name] = [resolve_config_paths(inner, v, base) if isinstance(v, dict) else v for v in value]
+    return out
 
 
 # --------------------------------------------------------------------------- config -> flags
@@ -247,6 +410,12 @@ class RenamedFlag(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+# One flag vocabulary: a command's output folder is --output-dir, its progress switch --no-progress. The old
+# spellings still parse (hidden, with a deprecation note). Parsers are built with allow_abbrev=False, so a
+# prefix (--out of --output-dir / --output_dir) is never taken for a flag, let alone an ambiguous one.
+OLD_FLAGS: dict[str, tuple[str, ...]] = {"output_dir": ("--out",), "no_progress": ("--quiet",)}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
                          title: str | None = None) -> None:
     """One flag per field of dataclass ``cls`` (fields in ``skip`` and mappings excepted):
@@ -285,6 +454,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
             kwargs["metavar"] = f.name.upper()
         group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
                            help=f.metadata.get("help", "") + _default_text(f), **kwargs)
+        for old in OLD_FLAGS.get(f.name, ()):
+            group.add_argument(old, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, action=RenamedFlag,
+                               new_flag=flags[0], **{k: v for k, v in kwargs.items() if k not in ("action", "metavar")})
         for old in old_names.get(f.name, ()):
             spell = lambda prefix: sorted({f"--{prefix}{old.replace('_', '-')}", f"--{prefix}{old}"})  # noqa: E731
             hidden = {"dest": f.name, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS, "action": RenamedFlag}

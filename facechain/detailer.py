@@ -42,10 +42,11 @@ import logging
 import math
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from facechain.config import setting
 from facechain.errors import InputError
 from facechain.face.types import Face, FaceAnalyzer
 from facechain.families import Family, family_of_pipeline
@@ -61,33 +62,29 @@ MODES = ("auto", "always", "off")
 _ELLIPSE_RAISE, _ELLIPSE_AX, _ELLIPSE_AY = 0.1, 0.5, 0.6
 
 
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass(frozen=True)
 class DetailerConfig:
     """Settings of the face detailer; checked on creation (InputError names the field and the rule)."""
 
-    mode: str = _h("auto: detail small faces only (see small_face_frac); always: every face; off: nothing.",
-                   default="auto")
-    strength: float = _h("Inpaint strength in (0, 1]: the fraction of the noise schedule re-run on the face "
-                         "(ADetailer's default denoising strength: 0.4).", default=0.4)
-    num_inference_steps: int = _h("Scheduler steps for the full schedule; strength x steps of them run.", default=20)
-    guidance_scale: float = _h("Classifier-free guidance of the inpaint pass (FaceChain: 7).", default=7.0)
-    padding: float = _h("Crop side as a multiple of the face side (context around the face), >= 1.2.", default=1.8)
-    mask_dilation: float = _h("Mask growth before feathering, as a fraction of the face side.", default=0.1)
-    mask_feather: float = _h("Gaussian sigma of the mask's feathered edge, as a fraction of the face side.",
-                             default=0.06)
-    working_size: int | None = _h("Side (px) the crop is re-generated at; empty = the model's native size "
-                                  "(512 SD1.5, 1024 SDXL). A multiple of 8.", default=None)
-    small_face_frac: float = _h("Mode auto details faces whose size (Face.size) is below this fraction of the "
-                                "image's short side (0.23, ranking's min_face_frac: 118 px at 512 px, 236 px at "
-                                "1024 px), i.e. exactly the faces ranking would drop as too small.", default=0.23)
-    min_face_px: int = _h("Faces whose side is below this many pixels are skipped (too little to re-draw).",
-                          default=32)
-    seed: int | None = _h("Fixed seed for every image; empty = the seed passed with each image (its generation "
-                          "seed). Face k of an image uses seed + k.", default=None)
+    mode: str = setting("auto: detail small faces only (see small_face_frac); always: every face; off: nothing.",
+                        default="auto")
+    strength: float = setting("Inpaint strength in (0, 1]: the fraction of the noise schedule re-run on the face "
+                              "(ADetailer's default denoising strength: 0.4).", default=0.4)
+    num_inference_steps: int = setting("Scheduler steps for the full schedule; strength x steps of them run.", default=20)
+    guidance_scale: float = setting("Classifier-free guidance of the inpaint pass (FaceChain: 7).", default=7.0)
+    padding: float = setting("Crop side as a multiple of the face side (context around the face), >= 1.2.", default=1.8)
+    mask_dilation: float = setting("Mask growth before feathering, as a fraction of the face side.", default=0.1)
+    mask_feather: float = setting("Gaussian sigma of the mask's feathered edge, as a fraction of the face side.",
+                                  default=0.06)
+    working_size: int | None = setting("Side (px) the crop is re-generated at; empty = the model's native size "
+                                       "(512 SD1.5, 1024 SDXL). A multiple of 8.", default=None)
+    small_face_frac: float = setting("Mode auto details faces whose size (Face.size) is below this fraction of the "
+                                     "image's short side (0.23, ranking's min_face_frac: 118 px at 512 px, 236 px at "
+                                     "1024 px), i.e. exactly the faces ranking would drop as too small.", default=0.23)
+    min_face_px: int = setting("Faces whose side is below this many pixels are skipped (too little to re-draw).",
+                               default=32)
+    seed: int | None = setting("Fixed seed for every image; empty = the seed passed with each image (its generation "
+                               "seed). Face k of an image uses seed + k.", default=None)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -346,7 +343,7 @@ def detail_faces(
     size = cfg.working_size or native_size(pipe)
     if size % int(pipe.vae_scale_factor):
         raise InputError(f"detailer working_size {size} must be a multiple of the VAE scale factor "
-                         f"{pipe.vae_scale_factor}.")
+                              f"{pipe.vae_scale_factor}.")
     base_seed = cfg.seed if cfg.seed is not None else int(seed)
     faces = analyzer.detect(image, embed=False)
     if not faces:

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from facechain.config import setting
 from facechain.errors import InputError
 from facechain.families import family_of_pipeline
 from facechain.inversion import make_schedule
@@ -34,25 +35,21 @@ from facechain.inversion import make_schedule
 logger = logging.getLogger(__name__)
 
 
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass(frozen=True)
 class DIIRConfig:
     """Settings of DIIR restoration; checked on creation (InputError names the field and the rule)."""
 
-    strength: float = _h("Fraction of the DDIM schedule inverted and regenerated, in (0, 1]: more lets the identity "
-                         "change more of the face, less keeps more of its details.", default=0.6)
-    num_inference_steps: int = _h("DDIM steps over the full schedule; strength x steps of them run each way.",
-                                  default=30)
-    guidance_scale: float = _h("Classifier-free guidance of the regeneration (the inversion runs unguided).",
-                               default=5.0)
-    landmark_weight: float = _h("ControlNet scale of the landmark map (the face's landmarks as OpenPose face "
-                                "keypoints); 0 = no landmark control.", default=0.6)
-    padding: float = _h("Crop side as a multiple of the face side, in [1.2, 8].", default=1.6)
-    working_size: int | None = _h("Side (px) the crop is upscaled to; empty = the model's native size.", default=None)
-    min_face_px: int = _h("Faces smaller than this are left as they are (reported).", default=32)
+    strength: float = setting("Fraction of the DDIM schedule inverted and regenerated, in (0, 1]: more lets the identity "
+                              "change more of the face, less keeps more of its details.", default=0.6)
+    num_inference_steps: int = setting("DDIM steps over the full schedule; strength x steps of them run each way.",
+                                       default=30)
+    guidance_scale: float = setting("Classifier-free guidance of the regeneration (the inversion runs unguided).",
+                                    default=5.0)
+    landmark_weight: float = setting("ControlNet scale of the landmark map (the face's landmarks as OpenPose face "
+                                     "keypoints); 0 = no landmark control.", default=0.6)
+    padding: float = setting("Crop side as a multiple of the face side, in [1.2, 8].", default=1.6)
+    working_size: int | None = setting("Side (px) the crop is upscaled to; empty = the model's native size.", default=None)
+    min_face_px: int = setting("Faces smaller than this are left as they are (reported).", default=32)
 
     def __post_init__(self):
         if not (isinstance(self.strength, (int, float)) and 0.0 < self.strength <= 1.0):
@@ -214,7 +211,7 @@ def restore_faces(pipe, image: np.ndarray, faces: list, conditioning: dict, null
     cfg = cfg or DIIRConfig()
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise InputError(f"DIIR expects an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
-                         f"{getattr(image, 'shape', '')}.")
+                              f"{getattr(image, 'shape', '')}.")
     size = cfg.working_size or native_size(pipe)
     region_cfg = DetailerConfig(mode="always", padding=cfg.padding, mask_dilation=0.06, mask_feather=0.04,
                                 working_size=size)

@@ -40,14 +40,14 @@ import json
 import logging
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from facechain.config import save_config
+from facechain.config import save_config, setting
 from facechain.errors import FacechainError, InputError
 from facechain.face import SAME_PERSON_THRESHOLD, similarity
 from facechain.face.types import Face, FaceAnalyzer
@@ -84,22 +84,17 @@ MIN_REFERENCE_SPREAD = 0.15
 class EvalConfig:
     """Settings of ``facechain eval``."""
 
-    face_backend: str = field(default="auto", metadata={
-        "help": "recogniser for the identity figures: auto (another backend than the ranking one when one loads), "
-                "dlib or insightface", "flags": ("--backend",)})
-    ranking_backend: str | None = field(default=None, metadata={
-        "help": "backend that ranked the images, when GENERATED_DIR has no manifest.json from facechain generate"})
-    output_dir: Path | None = field(default=None, metadata={"help": "folder for the report; none: GENERATED_DIR/eval"})
-    copy_identity_threshold: float = field(default=0.3, metadata={
-        "help": "copy check, identity part: 1 - (distance to the nearest reference) / (the references' own spread) "
-                "must reach this (0.3: the output is within 0.7x the references' spread of one reference)"})
-    copy_pixel_threshold: float = field(default=0.8, metadata={
-        "help": "copy check, pixel part: correlation of the grey portrait crops (face, hair, clothes, background) "
-                "with the nearest reference or its mirror image must reach this"})
-    detect_size: int = field(default=1024, metadata={"help": "long side images are resized to for face detection"})
-    max_megapixels: float = field(default=PHOTO_MAX_MEGAPIXELS, metadata={"help": "skip images larger than this (decompression bombs)"})
-    allow_other_files: bool = field(default=False, metadata={
-        "help": "write into an output folder that holds files facechain did not write (they are never touched)"})
+    face_backend: str = setting("recogniser for the identity figures: auto (another backend than the ranking one when one loads), "
+                "dlib or insightface", default="auto", flags=("--backend",))
+    ranking_backend: str | None = setting("backend that ranked the images, when GENERATED_DIR has no manifest.json from facechain generate", default=None)
+    output_dir: Path | None = setting("folder for the report; none: GENERATED_DIR/eval", default=None)
+    copy_identity_threshold: float = setting("copy check, identity part: 1 - (distance to the nearest reference) / (the references' own spread) "
+                "must reach this (0.3: the output is within 0.7x the references' spread of one reference)", default=0.3)
+    copy_pixel_threshold: float = setting("copy check, pixel part: correlation of the grey portrait crops (face, hair, clothes, background) "
+                "with the nearest reference or its mirror image must reach this", default=0.8)
+    detect_size: int = setting("long side images are resized to for face detection", default=1024)
+    max_megapixels: float = setting("skip images larger than this (decompression bombs)", default=PHOTO_MAX_MEGAPIXELS)
+    allow_other_files: bool = setting("write into an output folder that holds files facechain did not write (they are never touched)", default=False)
 
     def __post_init__(self):
         if not 0 < self.copy_identity_threshold <= 1:

@@ -12,10 +12,11 @@ adapter is made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Protocol, runtime_checkable
 
+from facechain.config import setting
 from facechain.errors import InputError
 from facechain.registry import Registry
 
@@ -24,24 +25,24 @@ from facechain.registry import Registry
 class IdentityConfig:
     """The ``identity:`` block of a generate config (also ``--identity-*`` flags)."""
 
-    adapter: str = field(default="", metadata={"help": "identity adapter: ip-adapter-faceid, ip-adapter-faceid-plusv2 "
+    adapter: str = setting("identity adapter: ip-adapter-faceid, ip-adapter-faceid-plusv2 "
                                                        "(also reads the face's CLIP image features) or feedface (an "
-                                                       "adapter trained with `facechain train-adapter feedface`); empty = none"})
-    photos: Path | None = field(default=None, metadata={"help": "folder of the person's photos (one face each; the "
-                                                               "processed folder works): their face embeddings are averaged"})
-    scale: float = field(default=0.6, metadata={"help": "strength of the adapter's identity in [0, 2] (IP-Adapter's "
-                                                        "set_ip_adapter_scale; IP-Adapter-FaceID's model card: 0.6-1.0)"})
-    lora_scale: float = field(default=1.0, metadata={"help": "weight of the LoRA that ships inside an IP-Adapter-FaceID "
-                                                             "checkpoint (trained with it at 1.0); 0 = off"})
-    weights: str = field(default="", metadata={"help": "adapter weights: a .safetensors file (a .bin must be converted "
+                                                       "adapter trained with `facechain train-adapter feedface`); empty = none", default="")
+    photos: Path | None = setting("folder of the person's photos (one face each; the "
+                                                               "processed folder works): their face embeddings are averaged", default=None, path=True)
+    scale: float = setting("strength of the adapter's identity in [0, 2] (IP-Adapter's "
+                                                        "set_ip_adapter_scale; IP-Adapter-FaceID's model card: 0.6-1.0)", default=0.6)
+    lora_scale: float = setting("weight of the LoRA that ships inside an IP-Adapter-FaceID "
+                                                             "checkpoint (trained with it at 1.0); 0 = off", default=1.0)
+    weights: str = setting("adapter weights: a .safetensors file (a .bin must be converted "
                                                        "once with `facechain convert`); empty = the converted default "
-                                                       "for the base model's family. feedface: its training output folder"})
-    image_encoder: str = field(default="", metadata={"help": "CLIP image encoder of the Plus variants (hub id or "
+                                                       "for the base model's family. feedface: its training output folder", default="", maybe_path=True)
+    image_encoder: str = setting("CLIP image encoder of the Plus variants (hub id or "
                                                              "transformers folder); empty = h94/IP-Adapter, subfolder "
-                                                             "models/image_encoder (the ViT-H/14 they were trained with)"})
-    image_encoder_subfolder: str = field(default="", metadata={"help": "folder inside image_encoder that holds the "
+                                                             "models/image_encoder (the ViT-H/14 they were trained with)", default="", maybe_path=True)
+    image_encoder_subfolder: str = setting("folder inside image_encoder that holds the "
                                                                        "encoder (e.g. models/image_encoder); empty = "
-                                                                       "image_encoder itself"})
+                                                                       "image_encoder itself", default="")
 
     def __post_init__(self):
         if not self.adapter:

@@ -27,9 +27,10 @@ import dataclasses
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from facechain.config import resolve_config_paths, resolve_path, setting
 from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -41,28 +42,24 @@ NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TOP_LEVEL = ("output_dir", "people", "preprocess", "train", "generate", "template", "eval", "resources")
 
 
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass(frozen=True)
 class Resources:
     """What each stage asks Ray for. GPU fractions let several SD1.5 jobs share one large GPU (e.g. 0.25:
     four trainings on one 80 GB card); on a cluster without GPUs the GPU requests are dropped (logged)."""
 
-    preprocess_cpus: float = _h("Logical CPUs of a preprocess task.", default=1.0)
-    train_cpus: float = _h("Logical CPUs of a training task.", default=1.0)
-    train_gpus: float = _h("GPUs of a training task: 1 = a whole GPU, 0.5 = two trainings share one.", default=1.0)
-    train_threads: int = _h("torch threads of a training task; 0 = this machine's usable cores.", default=0)
-    generate_gpus: float = _h("GPUs of a generation actor (it keeps the base pipeline loaded).", default=1.0)
-    generate_cpus: float = _h("Logical CPUs of a generation actor.", default=1.0)
-    generate_workers: int = _h("Generation actors; 0 = one per generate_gpus share of the cluster's GPUs "
-                               "(1 without GPUs).", default=0)
-    template_gpus: float = _h("GPUs of a template task.", default=1.0)
-    template_cpus: float = _h("Logical CPUs of a template task.", default=1.0)
-    eval_cpus: float = _h("Logical CPUs of an eval task.", default=1.0)
-    max_retries: int = _h("Times a task whose worker died (killed, node lost, spot preemption) is re-run; a "
-                          "training re-run resumes from its last checkpoint.", default=2)
+    preprocess_cpus: float = setting("Logical CPUs of a preprocess task.", default=1.0)
+    train_cpus: float = setting("Logical CPUs of a training task.", default=1.0)
+    train_gpus: float = setting("GPUs of a training task: 1 = a whole GPU, 0.5 = two trainings share one.", default=1.0)
+    train_threads: int = setting("torch threads of a training task; 0 = this machine's usable cores.", default=0)
+    generate_gpus: float = setting("GPUs of a generation actor (it keeps the base pipeline loaded).", default=1.0)
+    generate_cpus: float = setting("Logical CPUs of a generation actor.", default=1.0)
+    generate_workers: int = setting("Generation actors; 0 = one per generate_gpus share of the cluster's GPUs "
+                                    "(1 without GPUs).", default=0)
+    template_gpus: float = setting("GPUs of a template task.", default=1.0)
+    template_cpus: float = setting("Logical CPUs of a template task.", default=1.0)
+    eval_cpus: float = setting("Logical CPUs of an eval task.", default=1.0)
+    max_retries: int = setting("Times a task whose worker died (killed, node lost, spot preemption) is re-run; a "
+                               "training re-run resumes from its last checkpoint.", default=2)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -142,11 +139,6 @@ def _fields(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)} | set(renamed(cls))
 
 
-def _abs(value, base: Path) -> Path:
-    p = Path(os.path.expanduser(str(value)))
-    return p if p.is_absolute() else (base / p).resolve()
-
-
 def _build(cls, data: dict, where: str):
     """``from_dict`` whose every error names the person and block (a dataclass's own checks included)."""
     from facechain.config import from_dict
@@ -164,15 +156,14 @@ def _template_config(settings: dict, root: Path, base: Path, train_cfg, where: s
     with their LoRA and processed photos, on the model the LoRA was trained on."""
     from facechain.template import PersonSpec, TemplateConfig
 
-    settings = dict(settings)
     if not settings.get("template"):
         raise InputError(f"{where}: template (the template photo) is missing.")
-    settings["template"] = _abs(settings["template"], base)
+    settings = resolve_config_paths(TemplateConfig, settings, base)
     face = settings.pop("face", None)
     settings["people"] = [PersonSpec(lora_dir=root / "lora", processed_dir=root / "processed", face=face)]
     settings["output_dir"] = root / "template"
     for key in ("base_model", "revision", "sub_path"):  # the model the person's LoRA was trained on
-        settings[key] = getattr(train_cfg, key) or (None if key != "base_model" else "")
+        settings[key] = getattr(train_cfg, key)
     return _build(TemplateConfig, settings, where)
 
 
@@ -181,7 +172,7 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
     error naming the person and the setting before any work starts."""
     from facechain.config import load_mapping, merge_settings
     from facechain.evaluate import EvalConfig
-    from facechain.generate.config import GenerateConfig, looks_relative_path, resolve_paths
+    from facechain.generate.config import GenerateConfig
     from facechain.preprocess import PreprocessConfig
     from facechain.template import TemplateConfig
     from facechain.train.config import TrainConfig
@@ -200,7 +191,7 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
         raise InputError(f"{where}: {owned} is set per person by the batch (output_dir/<name>/...). Remove it.")
     if not data.get("output_dir"):
         raise InputError(f"{where}: output_dir is missing: the folder for every person's work and the manifest.")
-    out = _abs(data["output_dir"], base)
+    out = Path(resolve_path(data["output_dir"], base))
     shared = {k: v for k, v in data.items() if k not in TOP_LEVEL}
     resources = _build(Resources, _block(data, "resources", where), f"{where}.resources")
     people = data.get("people")
@@ -236,20 +227,16 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
             return merge_settings(s, _block(person, stage, pw))
 
         pre = _build(PreprocessConfig, settings("preprocess", _fields(PreprocessConfig)), f"{pw}.preprocess")
-        tr = settings("train", train_fields)
-        for key in ("base_model", "init_lora", "single_file_config"):  # a local path relative to the batch file
-            if isinstance(tr.get(key), str) and tr[key] and looks_relative_path(tr[key], base):
-                tr[key] = str((base / tr[key]).resolve())
+        tr = resolve_config_paths(TrainConfig, settings("train", train_fields), base)
         tr.update(train_data_dir=str(root / "processed"), output_dir=str(root / "lora"), resume=True)
         tr.setdefault("num_threads", resources.train_threads)
         if "base_model" not in tr:
             raise InputError(f"{pw}: base_model is not set (top level or train block).")
         train_cfg = _build(TrainConfig, tr, f"{pw}.train")
-        gen = settings("generate", gen_fields)
-        gen = resolve_paths(gen, base)
+        gen = resolve_config_paths(GenerateConfig, settings("generate", gen_fields), base)
         gen.update(lora_dir=root / "lora", processed_dir=root / "processed", output_dir=root / "portraits")
         for key in ("base_model", "revision", "sub_path"):  # generation uses the model the LoRA was trained on
-            gen.setdefault(key, getattr(train_cfg, key) or None)
+            gen.setdefault(key, getattr(train_cfg, key))
         gen_cfg = _build(GenerateConfig, gen, f"{pw}.generate")
         tpl = None
         if data.get("template") is not None:
@@ -258,5 +245,5 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
         ev = None
         if eval_on:
             ev = _build(EvalConfig, {**settings("eval", _fields(EvalConfig)), "output_dir": root / "eval"}, f"{pw}.eval")
-        jobs.append(PersonJob(name, _abs(person["photos"], base), root, pre, train_cfg, gen_cfg, tpl, ev))
+        jobs.append(PersonJob(name, Path(resolve_path(person["photos"], base)), root, pre, train_cfg, gen_cfg, tpl, ev))
     return BatchConfig(path, out, jobs, resources)

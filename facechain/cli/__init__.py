@@ -29,12 +29,31 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def add_output_dir_argument(parser, *, help: str, dest: str = "_output_dir", metavar: str = "OUTPUT_DIR") -> None:
+    """``--output-dir`` (``--output_dir``; old: ``--out``) for a command whose output is no config field."""
+    from facechain.config import OLD_FLAGS, RenamedFlag
+
+    parser.add_argument("--output-dir", "--output_dir", dest=dest, default=None, metavar=metavar, help=help)
+    for old in OLD_FLAGS["output_dir"]:
+        parser.add_argument(old, dest=dest, action=RenamedFlag, new_flag="--output-dir", help=argparse.SUPPRESS)
+
+
+def add_no_progress_argument(parser, *, help: str = "no progress bar", dest: str = "_no_progress") -> None:
+    """``--no-progress`` (old: ``--quiet``)."""
+    from facechain.config import OLD_FLAGS, RenamedFlag
+
+    parser.add_argument("--no-progress", dest=dest, action="store_true", help=help)
+    for old in OLD_FLAGS["no_progress"]:
+        parser.add_argument(old, dest=dest, action=RenamedFlag, nargs=0, const=True, new_flag="--no-progress",
+                            help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facechain", description="Digital-twin toolchain.")
+    parser = argparse.ArgumentParser(prog="facechain", description="Digital-twin toolchain.", allow_abbrev=False)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         p.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(p)
     return parser
@@ -46,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     # does not break the others.
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in SUBCOMMANDS:
-        parser = argparse.ArgumentParser(prog="facechain")
+        parser = argparse.ArgumentParser(prog="facechain", allow_abbrev=False)
         parser.add_argument("-v", "--verbose", action="store_true")
         sub = parser.add_subparsers(dest="command")
         module, help_text = SUBCOMMANDS[command]
-        p = sub.add_parser(command, help=help_text, description=help_text)
+        p = sub.add_parser(command, help=help_text, description=help_text, allow_abbrev=False)
         p.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(p)
     else:

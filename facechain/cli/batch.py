@@ -7,6 +7,8 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from facechain.cli import add_no_progress_argument
+
     p.add_argument("target", nargs="+", metavar="JOBS.yaml",
                    help="the batch file (shared settings and people; docs/batch.md), or `status JOBS.yaml`")
     p.add_argument("--address", default="local",
@@ -16,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the batch in output_dir from its manifest: done stages are not rerun, a training "
                         "resumes from its checkpoint, interrupted or failed stages run again")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (the transition lines stay)")
+    add_no_progress_argument(p, dest="no_progress", help="no progress bar (the transition lines stay)")
 
 
 def run(args) -> int:

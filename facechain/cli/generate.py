@@ -61,13 +61,13 @@ def run(args) -> int:
 
 
 def _list_styles(args, overrides: dict) -> int:
-    from facechain.config import load_mapping
-    from facechain.generate.config import resolve_paths
+    from facechain.config import load_mapping, resolve_config_paths
+    from facechain.generate.config import GenerateConfig
     from facechain.styles import DEFAULT_STYLES_DIR, load_styles
 
     data = {}
     if args._config:
-        data = resolve_paths(load_mapping(args._config), Path(args._config).resolve().parent)
+        data = resolve_config_paths(GenerateConfig, load_mapping(args._config), Path(args._config).resolve().parent)
     data.update(overrides)
     registry = load_styles([DEFAULT_STYLES_DIR, *data.get("style_dirs", [])])
     for style in registry:

@@ -1,5 +1,7 @@
-"""`facechain merge-repcontrolnet ADAPTER_DIR --base-model M --out MODEL_DIR`: a trained RepControlNet
-merged into its base model (a plain diffusers model folder with the base's parameter shapes)."""
+"""`facechain merge-repcontrolnet ADAPTER_DIR --base-model M --output-dir MODEL_DIR`: a trained RepControlNet
+merged into its base model (a plain diffusers model folder with the base's parameter shapes).
+
+Every MergeConfig setting is a flag (see facechain.config.add_config_arguments)."""
 
 from __future__ import annotations
 
@@ -7,22 +9,20 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("adapter_dir", help="output folder of `facechain train-adapter repcontrolnet`")
-    p.add_argument("--base-model", "--base_model", dest="base_model", required=True,
-                   help="the base model it was trained on (hub id, ModelScope id, folder or .safetensors file)")
-    p.add_argument("--out", required=True, help="folder for the merged model")
-    p.add_argument("--revision", default=None)
-    p.add_argument("--sub-path", "--sub_path", dest="sub_path", default=None)
-    p.add_argument("--single-file-config", "--single_file_config", dest="single_file_config", default=None)
-    p.add_argument("--allow-pickle", "--allow_pickle", dest="allow_pickle", action="store_true")
-    p.add_argument("--allow-other-files", "--allow_other_files", dest="allow_other_files", action="store_true")
+    from facechain.adapters.repcontrolnet.merge import MergeConfig
+    from facechain.config import add_config_arguments, field_help
+
+    p.add_argument("adapter_dir", help=field_help(MergeConfig)["adapter_dir"])
+    add_config_arguments(p, MergeConfig, skip=("adapter_dir",), title="settings")
 
 
 def run(args) -> int:
-    from facechain.adapters.repcontrolnet.merge import merge_repcontrolnet
+    from facechain.adapters.repcontrolnet.merge import MergeConfig, merge_repcontrolnet
+    from facechain.config import from_dict, settings_from_args
 
-    out = merge_repcontrolnet(args.adapter_dir, args.base_model, args.out, revision=args.revision, sub_path=args.sub_path,
-                              single_file_config=args.single_file_config, allow_pickle=args.allow_pickle,
-                              allow_other_files=args.allow_other_files)
+    cfg = from_dict(MergeConfig, settings_from_args(MergeConfig, args), where="merge-repcontrolnet")
+    out = merge_repcontrolnet(cfg.adapter_dir, cfg.base_model, cfg.output_dir, revision=cfg.revision, sub_path=cfg.sub_path,
+                              single_file_config=cfg.single_file_config, allow_pickle=cfg.allow_pickle,
+                              allow_other_files=cfg.allow_other_files)
     print(f"merged model written to {out} (use it as base_model)")
     return 0

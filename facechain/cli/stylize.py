@@ -25,14 +25,14 @@ def _option_names(spec) -> set[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from facechain.config import RenamedFlag, add_config_arguments
+    from facechain.cli import add_output_dir_argument
+    from facechain.config import add_config_arguments
     from facechain.stylize.config import StylizeConfig
 
     p.add_argument("--content", required=True, help="content image (the portrait)")
     p.add_argument("--style", required=True, nargs="+", help="style image(s); the content is inverted once for all")
-    p.add_argument("--output-dir", "--output_dir", dest="_output_dir", default=None, metavar="OUTPUT_DIR",
-                   help="output folder, required (a new run's results replace the previous run's when it succeeds)")
-    p.add_argument("--out", dest="_output_dir", action=RenamedFlag, new_flag="--output-dir", help=argparse.SUPPRESS)
+    add_output_dir_argument(p, help="output folder, required (a new run's results replace the previous run's when it "
+                                    "succeeds)")
     p.add_argument("--config", dest="_config", metavar="FILE", default=None, help="YAML/JSON file of StylizeConfig settings; flags override it")
     g = p.add_argument_group("masks")
     g.add_argument("--content-mask", default=None, help="mask image of the content (same size)")

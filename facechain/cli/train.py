@@ -16,13 +16,14 @@ POSITIONAL = ("base_model", "train_data_dir", "output_dir")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from facechain.cli import add_no_progress_argument
     from facechain.config import add_config_arguments, field_help
 
     helps = field_help(TrainConfig)
     for name in POSITIONAL:
         p.add_argument(name, help=helps[name])
     p.add_argument("--config", dest="_config", metavar="FILE", default=None, help="YAML/JSON file of TrainConfig settings (flags override it)")
-    p.add_argument("--no-progress", dest="_no_progress", action="store_true", help="no progress bar")
+    add_no_progress_argument(p)
     add_config_arguments(p, TrainConfig, skip=POSITIONAL, title="settings")
 
 

@@ -1,4 +1,4 @@
-"""`facechain train-adapter KIND --base-model M --data DIR --output-dir OUT [settings]`.
+"""`facechain train-adapter KIND --base-model M --data DIR --output-dir OUT [--no-progress] [settings]`.
 
 KIND: ``repcontrolnet`` (facechain.adapters.repcontrolnet.train: pairs of images and condition maps)
 or ``feedface`` (facechain.adapters.feedface.train: processed photo folders). Every setting of the
@@ -20,13 +20,14 @@ def _kinds() -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from facechain.cli import add_no_progress_argument
     from facechain.config import add_config_arguments
 
     sub = p.add_subparsers(dest="_kind", metavar="KIND", required=True)
     for kind, (cls, _, help_text) in _kinds().items():
-        k = sub.add_parser(kind, help=help_text, description=help_text)
+        k = sub.add_parser(kind, help=help_text, description=help_text, allow_abbrev=False)
         k.add_argument("--config", dest="_config", metavar="FILE", default=None, help="YAML/JSON file of settings")
-        k.add_argument("--quiet", dest="_quiet", action="store_true", help="no progress bar")
+        add_no_progress_argument(k)
         add_config_arguments(k, cls, title="settings")
 
 
@@ -35,10 +36,10 @@ def run(args) -> int:
 
     cls, train, _ = _kinds()[args._kind]
     cfg = config_from_sources(cls, args, args._config)
-    out = train(cfg, progress=not args._quiet)
+    out = train(cfg, progress=not args._no_progress)
     if args._kind == "repcontrolnet":
         print(f"RepControlNet ({cfg.condition}) trained: {out}. Merge it with "
-              f"`facechain merge-repcontrolnet {out} --base-model {cfg.base_model} --out MODEL_DIR`.")
+              f"`facechain merge-repcontrolnet {out} --base-model {cfg.base_model} --output-dir MODEL_DIR`.")
     else:
         print(f"FeedFace adapter trained: {out}. Use it with identity: {{adapter: feedface, weights: {out}, photos: DIR}}.")
     return 0

@@ -11,16 +11,17 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from facechain.adapters import IdentityConfig
-from facechain.config import from_dict, load_mapping, merge_settings, upgrade_names
+from facechain.config import (from_dict, load_mapping, merge_settings, model_ref, resolve_config_paths, setting,
+                              upgrade_names)
 from facechain.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.lora import LORA_FILE
-from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP, check_variant
+from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP
 from facechain.prompts import WEIGHTING_HELP, check_weighting
 
 # FaceChain's negative prompt, word for word (its app.py / run_inference.py ``neg_prompt``, typos such as
@@ -46,159 +47,141 @@ MAX_SEED = 2**64 - 1
 # Candidates of one style are held in memory together until ranking; past this a job is refused.
 MAX_CANDIDATES = 256
 
-# Fields holding paths that are resolved against the config file's folder.
-PATH_FIELDS = ("lora_dir", "processed_dir", "output_dir", "swapper_model", "depth_image", "restore_model")
-MAYBE_PATH_FIELDS = (
-    "base_model", "pose", "lcm_lora", "default_style_lora", "controlnet_openpose", "controlnet_depth",
-    "depth_estimator", "pose_annotator",
-)
-# A value that names a known model, never a path (a folder called "facechain" beside a config is not it).
-ALIASES = {"default_style_lora": ("facechain",)}
-
-
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(model_ref(
+        "base_model", "revision", "sub_path", "single_file_config", "variant", "allow_pickle",
+        variant=setting(f"Base model and ControlNet {VARIANT_HELP}.", default="auto"),
+        allow_pickle=setting("Allow pickle LoRA/checkpoint files (.bin/.ckpt). Only for files you trust.", default=False))):
     """One portrait job: which model, whose face, which styles, how many images, where to."""
 
     RENAMED: ClassVar[dict[str, str]] = {"steps": "num_inference_steps", "fast_steps": "fast_num_inference_steps",
                                          "rank": "rank_candidates"}
 
     # --- what to generate from
-    base_model: str = _h("Base model: hub id (owner/name), ModelScope id, local diffusers folder or .safetensors file.")
-    output_dir: Path = _h("Folder for the kept PNGs, candidates/, manifest.json and contact_sheet.png.")
-    revision: str | None = _h("Hub revision / ModelScope version of base_model (e.g. v2.0).", default=None)
-    sub_path: str | None = _h("Sub folder inside base_model (FaceChain's film/film).", default=None)
-    single_file_config: str | None = _h("Diffusers folder describing a single-file checkpoint's architecture.", default=None)
-    lora_dir: Path | None = _h("Face LoRA folder from `facechain train` (pytorch_lora_weights.safetensors). "
-                               "Empty: no face LoRA (likeness then comes from fusion only).", default=None)
-    lora_file: str = _h("File name of the face LoRA inside lora_dir.", default=LORA_FILE)
-    processed_dir: Path | None = _h("Processed photos folder from `facechain preprocess`: gives the prompt's "
-                                    "attribute phrase (metadata.jsonl) and the template face for fusion and ranking.",
-                                    default=None)
-    identity: IdentityConfig = field(default_factory=IdentityConfig, metadata={"help": (
-        "Identity adapter (no training): {adapter: ip-adapter-faceid, photos: DIR, scale: 0.6}. With lora_dir: the "
-        "adapter's identity plus the face LoRA; without: the adapter alone. Flags: --identity-adapter, ...")})
-    trigger_word: str = _h("Identity token of the face LoRA; used when metadata.jsonl does not start with it.",
-                           default="<fcsks>")
-    styles: list[str] = _h("Style names (files in styles/ or style_dirs). Each style gets its own candidates.",
-                           default_factory=lambda: ["Business suit"])
-    style_dirs: list[Path] = _h("Extra folders of style JSON files, searched together with the shipped styles/.",
-                                default_factory=list)
-    default_style_lora: str | None = _h(
+    output_dir: Path = setting("Folder for the kept PNGs, candidates/, manifest.json and contact_sheet.png.", path=True)
+    lora_dir: Path | None = setting("Face LoRA folder from `facechain train` (pytorch_lora_weights.safetensors). "
+                                    "Empty: no face LoRA (likeness then comes from fusion only).", default=None, path=True)
+    lora_file: str = setting("File name of the face LoRA inside lora_dir.", default=LORA_FILE)
+    processed_dir: Path | None = setting("Processed photos folder from `facechain preprocess`: gives the prompt's "
+                                         "attribute phrase (metadata.jsonl) and the template face for fusion and ranking.",
+                                         default=None, path=True)
+    identity: IdentityConfig = setting("Identity adapter (no training): {adapter: ip-adapter-faceid, photos: DIR, scale: 0.6}. With lora_dir: the "
+        "adapter's identity plus the face LoRA; without: the adapter alone. Flags: --identity-adapter, ...", default_factory=IdentityConfig)
+    trigger_word: str = setting("Identity token of the face LoRA; used when metadata.jsonl does not start with it.",
+                                default="<fcsks>")
+    styles: list[str] = setting("Style names (files in styles/ or style_dirs). Each style gets its own candidates.",
+                                default_factory=lambda: ["Business suit"])
+    style_dirs: list[Path] = setting("Extra folders of style JSON files, searched together with the shipped styles/.",
+                                     default_factory=list, path=True)
+    default_style_lora: str | None = setting(
         "LoRA merged into prompt-only styles (styles with no LoRA of their own), as FaceChain does: 'facechain' = "
         f"FaceChain's {FACECHAIN_STYLE_LORA[0]} (ModelScope, SD1.5), or a LoRA file, folder or hub id; empty = none.",
-        default=None)
-    default_style_lora_weight: float = _h(
+        default=None, maybe_path=True, keywords=("facechain",))
+    default_style_lora_weight: float = setting(
         "Weight of default_style_lora when the style's own multiplier_style is 0 (FaceChain: 0.25).", default=0.25)
-    prompt: str = _h("Extra words appended to every prompt (AUTOMATIC1111 weights such as (word:1.2) are read).",
-                     default="")
-    negative_prompt: str = _h("Negative prompt (FaceChain's, weights included; any length: nothing is cut at "
-                              "CLIP's 77 tokens).", default=DEFAULT_NEGATIVE_PROMPT)
-    prompt_weighting: Literal["a1111", "compel"] = _h(WEIGHTING_HELP, default="a1111")
+    prompt: str = setting("Extra words appended to every prompt (AUTOMATIC1111 weights such as (word:1.2) are read).",
+                          default="")
+    negative_prompt: str = setting("Negative prompt (FaceChain's, weights included; any length: nothing is cut at "
+                                   "CLIP's 77 tokens).", default=DEFAULT_NEGATIVE_PROMPT)
+    prompt_weighting: Literal["a1111", "compel"] = setting(WEIGHTING_HELP, default="a1111")
     # --- how many
-    num_images: int = _h("Images kept per style after ranking (FaceChain's UI allows up to 6).", default=3)
-    num_candidates: int = _h("Candidates generated per style before ranking (FaceChain: 10).", default=10)
-    batch_size: int | Literal["auto"] = _h(
+    num_images: int = setting("Images kept per style after ranking (FaceChain's UI allows up to 6).", default=3)
+    num_candidates: int = setting("Candidates generated per style before ranking (FaceChain: 10).", default=10)
+    batch_size: int | Literal["auto"] = setting(
         "Candidates per pipeline call. auto: the largest batch up to 5 (FaceChain generates 2 x 5) whose memory "
         "budget (facechain.memory) fits the GPU's free memory; 5 on the CPU.", default="auto")
-    seed: int = _h("Seed of candidate 0; candidate i uses seed + i, so every image is reproducible alone.", default=42)
+    seed: int = setting("Seed of candidate 0; candidate i uses seed + i, so every image is reproducible alone.", default=42)
     # --- sampling
-    num_inference_steps: int = _h("Sampling steps with DPM-Solver++ (FaceChain: 40).", default=40)
-    guidance_scale: float = _h("Classifier-free guidance (FaceChain: 7).", default=7.0)
-    height: int | None = _h("Image height; empty = the model's native size (512 SD1.5, 1024 SDXL).", default=None)
-    width: int | None = _h("Image width; empty = the model's native size.", default=None)
-    fast: bool = _h("Fast mode: LCM-LoRA + LCMScheduler in fast_steps steps.", default=False)
-    fast_num_inference_steps: int = _h("Steps in fast mode (LCM-LoRA paper/model card: 2-8; FaceChain's LCM option: 8).", default=6)
-    fast_guidance_scale: float = _h("Guidance in fast mode (LCM-LoRA model card: 1-2).", default=1.5)
-    lcm_lora: str | None = _h("LCM-LoRA: hub id or local file/folder; empty = latent-consistency/lcm-lora-sdv1-5 "
-                              "or -sdxl by base family.", default=None)
-    fuse_loras: bool = _h("Fuse face+style(+LCM) LoRAs into the weights for speed (unfused after each style).",
-                          default=True)
+    num_inference_steps: int = setting("Sampling steps with DPM-Solver++ (FaceChain: 40).", default=40)
+    guidance_scale: float = setting("Classifier-free guidance (FaceChain: 7).", default=7.0)
+    height: int | None = setting("Image height; empty = the model's native size (512 SD1.5, 1024 SDXL).", default=None)
+    width: int | None = setting("Image width; empty = the model's native size.", default=None)
+    fast: bool = setting("Fast mode: LCM-LoRA + LCMScheduler in fast_steps steps.", default=False)
+    fast_num_inference_steps: int = setting("Steps in fast mode (LCM-LoRA paper/model card: 2-8; FaceChain's LCM option: 8).", default=6)
+    fast_guidance_scale: float = setting("Guidance in fast mode (LCM-LoRA model card: 1-2).", default=1.5)
+    lcm_lora: str | None = setting("LCM-LoRA: hub id or local file/folder; empty = latent-consistency/lcm-lora-sdv1-5 "
+                                   "or -sdxl by base family.", default=None, maybe_path=True)
+    fuse_loras: bool = setting("Fuse face+style(+LCM) LoRAs into the weights for speed (unfused after each style).",
+                               default=True)
     # --- pose / depth
-    pose: str | None = _h("Pose: a pose name from poses/ (e.g. upper_body_front), an OpenPose skeleton map, or a "
-                          "photo (converted with controlnet_aux when its annotator weights are available).",
-                          default=None)
-    pose_control: Literal["auto", "controlnet", "repcontrolnet"] = _h(
+    pose: str | None = setting("Pose: a pose name from poses/ (e.g. upper_body_front), an OpenPose skeleton map, or a "
+                               "photo (converted with controlnet_aux when its annotator weights are available).",
+                               default=None, maybe_path=True)
+    pose_control: Literal["auto", "controlnet", "repcontrolnet"] = setting(
         "How the pose steers generation: controlnet (an OpenPose ControlNet beside the UNet), repcontrolnet (base_model "
         "is a model merged with `facechain merge-repcontrolnet`: its condition encoder runs once per job and the UNet "
         "costs what the base costs), auto (repcontrolnet when base_model is such a merged openpose model, else "
         "controlnet).", default="auto")
-    depth: bool = _h("Add a depth ControlNet together with pose (FaceChain weights: pose 1.0, depth 0.5).",
-                     default=False)
-    depth_image: Path | None = _h("A ready depth map to use instead of estimating one from the pose photo.",
-                                  default=None)
-    pose_weight: float = _h("ControlNet conditioning scale of the pose (FaceChain: 1.0).", default=1.0)
-    depth_weight: float = _h("ControlNet conditioning scale of depth (FaceChain: 0.5).", default=0.5)
-    controlnet_openpose: str | None = _h(f"OpenPose ControlNet: a local folder or file, or {HUB_REF_HELP}; empty = "
-                                         "the family default.", default=None)
-    controlnet_depth: str | None = _h(f"Depth ControlNet: a local folder or file, or {HUB_REF_HELP}; empty = the family "
-                                      "default.", default=None)
-    depth_estimator: str = _h("Depth estimation model (transformers) for a pose photo.", default="Intel/dpt-large")
-    pose_annotator: str = _h("controlnet_aux OpenPose annotator weights (hub id or folder) for a pose photo.",
-                             default="lllyasviel/Annotators")
+    depth: bool = setting("Add a depth ControlNet together with pose (FaceChain weights: pose 1.0, depth 0.5).",
+                          default=False)
+    depth_image: Path | None = setting("A ready depth map to use instead of estimating one from the pose photo.",
+                                       default=None, path=True)
+    pose_weight: float = setting("ControlNet conditioning scale of the pose (FaceChain: 1.0).", default=1.0)
+    depth_weight: float = setting("ControlNet conditioning scale of depth (FaceChain: 0.5).", default=0.5)
+    controlnet_openpose: str | None = setting(f"OpenPose ControlNet: a local folder or file, or {HUB_REF_HELP}; empty = "
+                                              "the family default.", default=None, maybe_path=True)
+    controlnet_depth: str | None = setting(f"Depth ControlNet: a local folder or file, or {HUB_REF_HELP}; empty = the family "
+                                           "default.", default=None, maybe_path=True)
+    depth_estimator: str = setting("Depth estimation model (transformers) for a pose photo.", default="Intel/dpt-large", maybe_path=True)
+    pose_annotator: str = setting("controlnet_aux OpenPose annotator weights (hub id or folder) for a pose photo.",
+                                  default="lllyasviel/Annotators", maybe_path=True)
     # --- post-processing
-    fusion: Literal["auto", "swapper", "landmark", "diir", "off"] = _h(
+    fusion: Literal["auto", "swapper", "landmark", "diir", "off"] = setting(
         "Face fusion: swapper (insightface inswapper_128.onnx), landmark (offline warp + Poisson blend), "
         "diir (MagicID's DDIM-inversion restoration: each face inverted and regenerated with the face LoRA / identity "
         "adapter and landmark control; settings in the diir block), "
         "auto (swapper when its model file is present, else landmark), off.", default="auto")
-    diir: DIIRConfig = field(default_factory=DIIRConfig, metadata={"help": (
-        "DIIR settings when fusion is diir: {strength: 0.6, num_inference_steps: 30, guidance_scale: 5, "
-        "landmark_weight: 0.6, ...}. Flags: --diir-strength, ...")})
-    fusion_strength: float = _h("Fusion strength in [0, 1]: 0 keeps the generated face, 1 fully fuses.", default=1.0)
-    swapper_model: Path | None = _h("Path of inswapper_128.onnx; empty = ~/.insightface/models/inswapper_128.onnx.",
-                                    default=None)
-    restore_model: Path | None = _h(
+    diir: DIIRConfig = setting("DIIR settings when fusion is diir: {strength: 0.6, num_inference_steps: 30, guidance_scale: 5, "
+        "landmark_weight: 0.6, ...}. Flags: --diir-strength, ...", default_factory=DIIRConfig)
+    fusion_strength: float = setting("Fusion strength in [0, 1]: 0 keeps the generated face, 1 fully fuses.", default=1.0)
+    swapper_model: Path | None = setting("Path of inswapper_128.onnx; empty = ~/.insightface/models/inswapper_128.onnx.",
+                                         default=None, path=True)
+    restore_model: Path | None = setting(
         "Optional face restoration after fusion: a GFPGAN / RestoreFormer (or other spandrel) weights file; "
         ".pth files need allow_pickle (read weights-only). Empty = no restoration. See docs/restore.md.",
-        default=None)
-    restore_strength: float = _h("Blend of the restored face in [0, 1] (0.5: GFPGAN users' usual weight).",
-                                 default=0.5)
-    detailer: Literal["auto", "always", "off"] = _h(
+        default=None, path=True)
+    restore_strength: float = setting("Blend of the restored face in [0, 1] (0.5: GFPGAN users' usual weight).",
+                                      default=0.5)
+    detailer: Literal["auto", "always", "off"] = setting(
         "Face detailer: re-draw faces with a face-only inpaint pass while the face LoRA is active. auto: only "
         "faces smaller than 0.23 of the short side, the ones min_face_frac would drop (full-body poses); always: "
         "every face; off. A face the detailer re-drew is not dropped by min_face_frac. The dlib backend finds no "
         "face under about 80 px.",
         default="auto")
-    detailer_strength: float = _h("Inpaint strength of the face detailer in (0, 1] (ADetailer's default: 0.4).",
-                                  default=0.4)
-    face_backend: str = _h("Face analysis backend: auto, insightface or dlib.", default="auto")
-    rank_candidates: bool = _h("Rank candidates by likeness to the template face and keep the top num_images. Off: keep the "
+    detailer_strength: float = setting("Inpaint strength of the face detailer in (0, 1] (ADetailer's default: 0.4).",
+                                       default=0.4)
+    face_backend: str = setting("Face analysis backend: auto, insightface or dlib.", default="auto")
+    rank_candidates: bool = setting("Rank candidates by likeness to the template face and keep the top num_images. Off: keep the "
                     "first num_images (needs no face in the images).", default=True)
-    min_face_frac: float = _h("Smallest usable face size (Face.size: FaceChain's max side of the SCRFD box) as a "
-                              "fraction of the image's short side (FaceChain keeps faces of 120-300 px at 512 px: 0.23).",
-                              default=0.23)
-    max_face_frac: float = _h("Largest usable face side as a fraction of the short side (FaceChain: 300/512).",
-                              default=0.59)
-    upscale: Literal["off", "lanczos"] = _h("Optional upscaling of kept images: off, or plain Lanczos resampling "
-                                            "(no new detail).", default="off")
-    upscale_factor: int = _h("Upscaling factor when upscale is on.", default=2)
-    contact_sheet: bool = _h("Write contact_sheet.png with every candidate and its score.", default=True)
+    min_face_frac: float = setting("Smallest usable face size (Face.size: FaceChain's max side of the SCRFD box) as a "
+                                   "fraction of the image's short side (FaceChain keeps faces of 120-300 px at 512 px: 0.23).",
+                                   default=0.23)
+    max_face_frac: float = setting("Largest usable face side as a fraction of the short side (FaceChain: 300/512).",
+                                   default=0.59)
+    upscale: Literal["off", "lanczos"] = setting("Optional upscaling of kept images: off, or plain Lanczos resampling "
+                                                 "(no new detail).", default="off")
+    upscale_factor: int = setting("Upscaling factor when upscale is on.", default=2)
+    contact_sheet: bool = setting("Write contact_sheet.png with every candidate and its score.", default=True)
     # --- runtime
-    device: str = _h(DEVICE_HELP, default="auto")
-    offload: Literal["auto", "none", "model", "sequential"] = _h(
+    device: str = setting(DEVICE_HELP, default="auto")
+    offload: Literal["auto", "none", "model", "sequential"] = setting(
         "Where the models wait between uses: none (all on the GPU), model (diffusers' model CPU offload: one model "
         "on the GPU at a time, the UNet with its ControlNets), sequential (layer by layer: smallest, slowest; only when "
         "asked, not verified on a GPU), auto (none when the memory budget fits the free GPU memory, else model; none "
         "on the CPU).",
         default="auto")
-    vae_slicing: bool = _h("Decode the batch one image at a time (the SDXL VAE in float32 needs ~3.8 GiB per "
-                           "1024 px image); the images are the same.", default=True)
-    vae_tiling: Literal["auto", "on", "off"] = _h(
+    vae_slicing: bool = setting("Decode the batch one image at a time (the SDXL VAE in float32 needs ~3.8 GiB per "
+                                "1024 px image); the images are the same.", default=True)
+    vae_tiling: Literal["auto", "on", "off"] = setting(
         "Decode in 512 px tiles (blended seams, less memory). auto: on only when one image's decode would not "
         "fit the free GPU memory otherwise.", default="auto")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = _h(DTYPE_HELP, default="auto")
-    variant: Literal["auto", "fp16", "none"] = _h(f"Base model and ControlNet {VARIANT_HELP}.", default="auto")
-    allow_pickle: bool = _h("Allow pickle LoRA/checkpoint files (.bin/.ckpt). Only for files you trust.",
-                            default=False)
-    allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write (they are "
-                                 "never touched).", default=False)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(DTYPE_HELP, default="auto")
+    allow_other_files: bool = setting("Write into an output folder that holds files facechain did not write (they are "
+                                      "never touched).", default=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         def positive(name: str) -> None:
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -211,7 +194,6 @@ class GenerateConfig:
             positive("batch_size")
         if not self.base_model:
             raise InputError("base_model is empty. Name a hub id, a local diffusers folder or a .safetensors file.")
-        check_variant(self.variant)
         if self.num_images > self.num_candidates:
             raise InputError(
                 f"num_images ({self.num_images}) is more than num_candidates ({self.num_candidates}); ranking keeps "
@@ -231,8 +213,6 @@ class GenerateConfig:
         if not (math.isfinite(self.restore_strength) and 0.0 <= self.restore_strength <= 1.0):
             raise InputError(f"restore_strength must be in [0, 1], got {self.restore_strength}.")
         check_weighting(self.prompt_weighting)
-        if self.detailer not in ("auto", "always", "off"):
-            raise InputError(f"detailer must be auto, always or off, got '{self.detailer}'.")
         if not (math.isfinite(self.detailer_strength) and 0.0 < self.detailer_strength <= 1.0):
             raise InputError(f"detailer_strength must be in (0, 1], got {self.detailer_strength}.")
         if not 0.0 < self.min_face_frac < self.max_face_frac <= 1.0:
@@ -275,40 +255,6 @@ class GenerateConfig:
             raise InputError("depth is on but pose is empty: the depth ControlNet is used together with a pose.")
 
 
-def looks_relative_path(value: str, base: Path) -> bool:
-    return value.startswith(("./", "../")) or (not os.path.isabs(value) and (base / value).exists())
-
-
-def resolve_paths(data: dict, base: Path) -> dict:
-    """Make path settings in ``data`` absolute against ``base`` (the config file's folder).
-
-    Fields that may also be hub ids (base_model, pose name, ControlNets) are resolved only when
-    they start with ./ or ../ or name something that exists under ``base``."""
-    out = dict(data)
-    for key in PATH_FIELDS:
-        v = out.get(key)
-        if isinstance(v, str) and v and not os.path.isabs(os.path.expanduser(v)):
-            out[key] = str((base / v).resolve())
-    for key in MAYBE_PATH_FIELDS:
-        v = out.get(key)
-        if isinstance(v, str) and v and v not in ALIASES.get(key, ()) and looks_relative_path(v, base):
-            out[key] = str((base / v).resolve())
-    ident = out.get("identity")
-    if isinstance(ident, dict):
-        ident = dict(ident)
-        if isinstance(ident.get("photos"), str) and ident["photos"] and not os.path.isabs(os.path.expanduser(ident["photos"])):
-            ident["photos"] = str((base / ident["photos"]).resolve())
-        for key in ("weights", "image_encoder"):  # a file/folder, or a hub id (image_encoder)
-            if isinstance(ident.get(key), str) and ident[key] and looks_relative_path(ident[key], base):
-                ident[key] = str((base / ident[key]).resolve())
-        out["identity"] = ident
-    if isinstance(out.get("style_dirs"), list):
-        out["style_dirs"] = [
-            str((base / d).resolve()) if isinstance(d, str) and not os.path.isabs(d) else d for d in out["style_dirs"]
-        ]
-    return out
-
-
 def load_generate_config(path: str | os.PathLike | None = None, overrides: dict | None = None,
                          base_dir: str | os.PathLike | None = None) -> GenerateConfig:
     """Config from a YAML/JSON file (paths relative to its folder) updated with ``overrides``
@@ -317,8 +263,9 @@ def load_generate_config(path: str | os.PathLike | None = None, overrides: dict 
     where = f"config {path}" if path is not None else "generate settings"
     if path is not None:
         path = Path(path)
-        data = resolve_paths(upgrade_names(GenerateConfig, load_mapping(path), where), path.resolve().parent)
+        data = resolve_config_paths(GenerateConfig, upgrade_names(GenerateConfig, load_mapping(path), where),
+                                    path.resolve().parent)
     if overrides:
-        data = merge_settings(data, resolve_paths(upgrade_names(GenerateConfig, overrides, "settings"),
-                                                  Path(base_dir or os.getcwd())))
+        data = merge_settings(data, resolve_config_paths(GenerateConfig, upgrade_names(GenerateConfig, overrides, "settings"),
+                                                         Path(base_dir or os.getcwd())))
     return from_dict(GenerateConfig, data, where=where)

@@ -26,6 +26,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facechain.config import model_ref, setting
 from facechain.errors import FacechainError, InputError
 
 logger = logging.getLogger(__name__)
@@ -35,32 +36,28 @@ NAME_RULE = re.compile(r"[^A-Za-z0-9._ -]+")
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
 
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(model_ref(
+        "base_model", "revision", "sub_path",
+        base_model=setting("Base model for training (hub id, ModelScope id, folder or .safetensors).",
+                           default="ly261666/cv_portrait_model"),
+        revision="v2.0", sub_path="film/film")):
     """The server's settings; the jobs' defaults are the config files' (``configs/example.yaml``)."""
 
-    workdir: Path = _h("Folder for people, jobs and their outputs; nothing outside it is read or written "
-                       "on a request's behalf.", default=Path("facechain-workdir"))
-    base_model: str = _h("Base model for training (hub id, ModelScope id, folder or .safetensors).",
-                         default="ly261666/cv_portrait_model")
-    revision: str = _h("Revision of base_model.", default="v2.0")
-    sub_path: str = _h("Sub folder inside base_model.", default="film/film")
-    face_backend: str = _h("Face backend of preprocessing, ranking and eval: auto, insightface or dlib.",
-                           default="auto")
-    train: dict = _h("Trainer settings for every training (TrainConfig fields), e.g. {max_train_steps: 400}.",
-                     default_factory=dict)
-    generate: dict = _h("Generation settings for every portrait job (GenerateConfig fields).",
-                        default_factory=dict)
-    template: dict = _h("Template settings for every template job (TemplateConfig fields).", default_factory=dict)
-    stylize: dict = _h("Stylize settings for every stylize job (StylizeConfig fields).", default_factory=dict)
-    templates_dir: Path | None = _h("Folder of template photos offered by name; empty = the repository's templates/.",
-                                    default=None)
-    max_upload_mb: float = _h("Largest accepted upload file, in MB.", default=20.0)
-    max_photos: int = _h("Most photos per person.", default=30)
+    workdir: Path = setting("Folder for people, jobs and their outputs; nothing outside it is read or written "
+                            "on a request's behalf.", default=Path("facechain-workdir"))
+    face_backend: str = setting("Face backend of preprocessing, ranking and eval: auto, insightface or dlib.",
+                                default="auto")
+    train: dict = setting("Trainer settings for every training (TrainConfig fields), e.g. {max_train_steps: 400}.",
+                          default_factory=dict)
+    generate: dict = setting("Generation settings for every portrait job (GenerateConfig fields).",
+                             default_factory=dict)
+    template: dict = setting("Template settings for every template job (TemplateConfig fields).", default_factory=dict)
+    stylize: dict = setting("Stylize settings for every stylize job (StylizeConfig fields).", default_factory=dict)
+    templates_dir: Path | None = setting("Folder of template photos offered by name; empty = the repository's templates/.",
+                                         default=None)
+    max_upload_mb: float = setting("Largest accepted upload file, in MB.", default=20.0)
+    max_photos: int = setting("Most photos per person.", default=30)
 
 
 @dataclass
@@ -369,8 +366,8 @@ class Service:
         folder = self.person_dir(job.person)
         saved = json.loads((folder / "lora" / "train_config.json").read_text(encoding="utf-8"))
         settings = {"face_backend": self.cfg.face_backend, **self.cfg.generate, **job.params,
-                    "base_model": saved["base_model"], "revision": saved.get("revision") or None,
-                    "sub_path": saved.get("sub_path") or None, "lora_dir": folder / "lora",
+                    "base_model": saved["base_model"], "revision": saved.get("revision"),
+                    "sub_path": saved.get("sub_path"), "lora_dir": folder / "lora",
                     "processed_dir": folder / "processed", "output_dir": self.job_dir(job.id) / "out"}
         if "num_candidates" not in job.params and settings.get("num_images", 3) > settings.get("num_candidates", 10):
             settings["num_candidates"] = settings.get("num_images", 3)  # more images asked than the default candidates
@@ -446,8 +443,8 @@ class Service:
         folder = self.job_dir(job.id)
         content, style = folder / params.pop("content"), folder / params.pop("style")
         masks = {k: folder / params.pop(k) for k in ("content_mask", "style_mask") if params.get(k)}
-        settings = {"base_model": self.cfg.base_model, "revision": self.cfg.revision or None,
-                    "sub_path": self.cfg.sub_path or None, **self.cfg.stylize, **params}
+        settings = {"base_model": self.cfg.base_model, "revision": self.cfg.revision,
+                    "sub_path": self.cfg.sub_path, **self.cfg.stylize, **params}
         if device != "auto":
             settings["device"] = device
         result = run_stylize_job(content, [style], from_dict(StylizeConfig, settings, where="stylize settings"),

@@ -7,10 +7,11 @@ down 0-5, mid 6, up 7-15; SDXL: 70 layers), as in MasaCtrl and Portrait Diffusio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from facechain.config import model_ref, setting
 from facechain.errors import InputError
 from facechain.models import DEVICE_HELP, DTYPE_HELP
 from facechain.prompts import WEIGHTING_HELP, check_weighting
@@ -21,47 +22,39 @@ DEFAULT_STEPS = 50  # Portrait Diffusion / StyleID / MasaCtrl all invert and sam
 DEFAULT_FAST_STEPS = 4  # LCM-LoRA's recommended 2-8 steps
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
-class StylizeConfig:
+class StylizeConfig(model_ref("base_model", "revision", "sub_path", "allow_pickle", base_model=DEFAULT_MODEL)):
     """Everything a stylization needs besides the content and style images."""
 
     RENAMED: ClassVar[dict[str, str]] = {"model": "base_model", "subfolder": "sub_path", "fast_lora": "lcm_lora",
                                          "steps": "num_inference_steps"}
 
-    method: str = field(default="portrait-diffusion", metadata=_help("portrait-diffusion | styleid | masactrl | diffstyle"))
-    base_model: str = field(default=DEFAULT_MODEL, metadata=_help("base model: hub id, ModelScope id, diffusers folder or .safetensors"))
-    revision: str | None = field(default=None, metadata=_help("hub revision / ModelScope version of the base model"))
-    sub_path: str | None = field(default=None, metadata=_help("sub folder inside the base model repo/folder (FaceChain's film/film)"))
-    allow_pickle: bool = field(default=False, metadata=_help("allow pickle checkpoints (only for trusted files)"))
-    loras: list[str] = field(default_factory=list, metadata={"flags": ("--lora",), "help": ("LoRA files/folders (diffusers format), e.g. the face LoRA from `facechain train`; applied identically in inversion and sampling")})
-    lora_scales: list[float] = field(default_factory=list, metadata={"flags": ("--lora-scale",), "help": "one weight per LoRA (default 1.0 each)"})
-    fast: bool = field(default=False, metadata=_help("LCM-LoRA: LCM scheduler in inversion and sampling, few steps"))
-    lcm_lora: str | None = field(default=None, metadata=_help("LCM-LoRA file/folder/hub id (default: the family's latent-consistency LCM-LoRA)"))
-    num_inference_steps: int | None = field(default=None, metadata=_help(f"inversion = sampling steps (default {DEFAULT_STEPS}, {DEFAULT_FAST_STEPS} with fast)"))
-    guidance_scale: float = field(default=1.0, metadata=_help("classifier-free guidance of the sampling pass (1 = off)"))
-    prompt: str | None = field(default=None, metadata=_help("prompt for inversion and sampling (default: the method's, e.g. 'head' for Portrait Diffusion)"))
-    negative_prompt: str = field(default="", metadata=_help("unconditional prompt when guidance_scale > 1"))
-    prompt_weighting: Literal["a1111", "compel"] = field(default="a1111", metadata=_help(WEIGHTING_HELP))
-    resolution: int | None = field(default=None, metadata=_help("long side in pixels, multiple of 64 (default 512 for SD1.5, 1024 for SDXL); the style image is cropped to the content's aspect"))
-    start_step: int | None = field(default=None, metadata=_help("first controlled sampling step (default: the method's)"))
-    end_step: int | None = field(default=None, metadata=_help("controlled steps stop before this one (default: all)"))
-    start_layer: int | None = field(default=None, metadata=_help("first controlled self-attention layer in call order (default: the method's)"))
-    inversion_refine: int = field(default=0, metadata=_help("fixed-point refinements per inversion step (Pan et al. 2023); 0 = plain DDIM inversion as in the papers, 2-3 = near-exact reconstruction for that many extra UNet passes"))
-    only_mask_region: bool = field(default=False, metadata=_help("stylize inside the content mask only; pixels outside are the content image's exactly"))
-    latent_blend: bool = field(default=True, metadata=_help("with only_mask_region: also keep the latent outside the mask on the content trajectory each step"))
-    cache_dir: Path | None = field(default=None, metadata=_help("folder for on-disk inversion cache (safetensors); memory cache is always on"))
-    device: str = field(default="auto", metadata=_help(DEVICE_HELP))
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = field(default="float32", metadata=_help(
-        DTYPE_HELP + "; default float32: DDIM inversion drifts in half precision"))
-    attention: Literal["sdpa", "einsum"] = field(default="sdpa", metadata=_help("sdpa (ours) or einsum (the reference formulation, materialises n x n; for benchmarks)"))
-    options: dict = field(default_factory=dict, metadata=_help("method options (see the method's options class)"))
-    allow_other_files: bool = field(default=False, metadata=_help("write into an output folder that holds files facechain did not write (they are never touched)"))
+    method: str = setting("portrait-diffusion | styleid | masactrl | diffstyle", default="portrait-diffusion")
+    loras: list[str] = setting("LoRA files/folders (diffusers format), e.g. the face LoRA from `facechain train`; applied identically in inversion and sampling", default_factory=list, flags=("--lora",))
+    lora_scales: list[float] = setting("one weight per LoRA (default 1.0 each)", default_factory=list, flags=("--lora-scale",))
+    fast: bool = setting("LCM-LoRA: LCM scheduler in inversion and sampling, few steps", default=False)
+    lcm_lora: str | None = setting("LCM-LoRA file/folder/hub id (default: the family's latent-consistency LCM-LoRA)", default=None)
+    num_inference_steps: int | None = setting(f"inversion = sampling steps (default {DEFAULT_STEPS}, {DEFAULT_FAST_STEPS} with fast)", default=None)
+    guidance_scale: float = setting("classifier-free guidance of the sampling pass (1 = off)", default=1.0)
+    prompt: str | None = setting("prompt for inversion and sampling (default: the method's, e.g. 'head' for Portrait Diffusion)", default=None)
+    negative_prompt: str = setting("unconditional prompt when guidance_scale > 1", default="")
+    prompt_weighting: Literal["a1111", "compel"] = setting(WEIGHTING_HELP, default="a1111")
+    resolution: int | None = setting("long side in pixels, multiple of 64 (default 512 for SD1.5, 1024 for SDXL); the style image is cropped to the content's aspect", default=None)
+    start_step: int | None = setting("first controlled sampling step (default: the method's)", default=None)
+    end_step: int | None = setting("controlled steps stop before this one (default: all)", default=None)
+    start_layer: int | None = setting("first controlled self-attention layer in call order (default: the method's)", default=None)
+    inversion_refine: int = setting("fixed-point refinements per inversion step (Pan et al. 2023); 0 = plain DDIM inversion as in the papers, 2-3 = near-exact reconstruction for that many extra UNet passes", default=0)
+    only_mask_region: bool = setting("stylize inside the content mask only; pixels outside are the content image's exactly", default=False)
+    latent_blend: bool = setting("with only_mask_region: also keep the latent outside the mask on the content trajectory each step", default=True)
+    cache_dir: Path | None = setting("folder for on-disk inversion cache (safetensors); memory cache is always on", default=None)
+    device: str = setting(DEVICE_HELP, default="auto")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(DTYPE_HELP + "; default float32: DDIM inversion drifts in half precision", default="float32")
+    attention: Literal["sdpa", "einsum"] = setting("sdpa (ours) or einsum (the reference formulation, materialises n x n; for benchmarks)", default="sdpa")
+    options: dict = setting("method options (see the method's options class)", default_factory=dict)
+    allow_other_files: bool = setting("write into an output folder that holds files facechain did not write (they are never touched)", default=False)
 
     def __post_init__(self):
+        super().__post_init__()
         check_weighting(self.prompt_weighting)
         if not isinstance(self.method, str) or not self.method:
             raise InputError("method must be a method name such as 'portrait-diffusion'.")
@@ -108,9 +101,9 @@ def scaled_default(fraction_of_50: int, steps: int) -> int:
 class PortraitDiffusionOptions:
     """Style Attention Control (Portrait Diffusion, arXiv 2312.02212, Sec. 3.2; official main.py)."""
 
-    sac_step: int | None = field(default=None, metadata=_help("from this step on, SAC adds style guidance on the target's own queries (default 35 of 50, scaled)"))
-    style_guidance: float = field(default=1.2, metadata=_help("g in A_c + g (Attn(Q_t,K_s,V_s) - A_c); README 1.2, main.py 1.5"))
-    plan: list | str = field(default_factory=list, metadata=_help("Chain-of-Painting: a plan YAML file, or its list of passes (mappings of overrides); each output is the next content"))
+    sac_step: int | None = setting("from this step on, SAC adds style guidance on the target's own queries (default 35 of 50, scaled)", default=None)
+    style_guidance: float = setting("g in A_c + g (Attn(Q_t,K_s,V_s) - A_c); README 1.2, main.py 1.5", default=1.2)
+    plan: list | str = setting("Chain-of-Painting: a plan YAML file, or its list of passes (mappings of overrides); each output is the next content", default_factory=list)
 
     def __post_init__(self):
         if self.style_guidance < 0:
@@ -123,10 +116,10 @@ class PortraitDiffusionOptions:
 class StyleIDOptions:
     """StyleID (Chung et al., CVPR'24, Sec. 4) with MagicStyle-style fusion (arXiv 2409.08156)."""
 
-    gamma: float = field(default=0.75, metadata=_help("query preservation: q = gamma q_c + (1-gamma) q_t (StyleID Eq. 4, 0.75)"))
-    temperature: float = field(default=1.5, metadata=_help("attention temperature T: logits scaled by T/sqrt(d) (StyleID Sec. 4.2, 1.5)"))
-    adain: bool = field(default=True, metadata=_help("initial latent = AdaIN(z_c^T, z_s^T) (StyleID Sec. 4.3)"))
-    content_kv_weight: float = field(default=0.0, metadata=_help("MagicStyle FFA: also attend to content keys/values, K=[K_s; w K_c] (0 = pure StyleID)"))
+    gamma: float = setting("query preservation: q = gamma q_c + (1-gamma) q_t (StyleID Eq. 4, 0.75)", default=0.75)
+    temperature: float = setting("attention temperature T: logits scaled by T/sqrt(d) (StyleID Sec. 4.2, 1.5)", default=1.5)
+    adain: bool = setting("initial latent = AdaIN(z_c^T, z_s^T) (StyleID Sec. 4.3)", default=True)
+    content_kv_weight: float = setting("MagicStyle FFA: also attend to content keys/values, K=[K_s; w K_c] (0 = pure StyleID)", default=0.0)
 
     def __post_init__(self):
         if not 0.0 <= self.gamma <= 1.0:
@@ -141,15 +134,15 @@ class StyleIDOptions:
 class MasaCtrlOptions:
     """Mutual self-attention (MasaCtrl, Cao et al., ICCV'23, Sec. 3.2)."""
 
-    union: bool = field(default=False, metadata=_help("attend to [K_style; K_target] instead of K_style only (MasaCtrl 'union' variant)"))
+    union: bool = setting("attend to [K_style; K_target] instead of K_style only (MasaCtrl 'union' variant)", default=False)
 
 
 @dataclass(frozen=True)
 class DiffStyleOptions:
     """h-space content injection (DiffStyle / InjectFusion, arXiv 2303.15403, Sec. 3)."""
 
-    hs_coeff: float = field(default=0.3, metadata=_help("slerp weight toward the content's h (0.3 photos, 0.4 art, official scripts)"))
-    t_edit: int = field(default=400, metadata=_help("inject at timesteps t >= t_edit (of 1000)"))
+    hs_coeff: float = setting("slerp weight toward the content's h (0.3 photos, 0.4 art, official scripts)", default=0.3)
+    t_edit: int = setting("inject at timesteps t >= t_edit (of 1000)", default=400)
 
     def __post_init__(self):
         if not 0.0 <= self.hs_coeff <= 1.0:

@@ -155,7 +155,7 @@ def base_model_of(cfg: TemplateConfig) -> tuple[str, str | None, str | None]:
     path = Path(cfg.people[0].lora_dir) / "train_config.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        return str(saved["base_model"]), saved.get("revision") or None, saved.get("sub_path") or None
+        return str(saved["base_model"]), saved.get("revision"), saved.get("sub_path")
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"base_model is empty and {path} does not name one ({type(exc).__name__}). Pass --base-model, "
                          "the model the people's LoRAs were trained on.") from exc

@@ -10,9 +10,10 @@ checkpoints every 100 steps (FaceChain's "validate & ensemble" interval, Aug-Sep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from facechain.config import model_ref, setting
 from facechain.errors import InputError
 
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
@@ -34,71 +35,58 @@ RESUME_SAME_TARGET = ("base_model", "train_data_dir", "output_dir")
 MAX_SEED = 2**32 - 1 - 1024
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(model_ref(
+        revision="", sub_path="", single_file_config="",
+        allow_pickle=setting("allow pickle files (.ckpt/.bin/.pt) for the base model and the init LoRA; only for trusted files",
+                             default=False))):
     """Settings of one face-LoRA training run (see ``docs/train.md``)."""
 
     RENAMED: ClassVar[dict[str, str]] = {"validation": "face_backend", "validation_inference_steps": "validation_num_inference_steps"}
 
-    base_model: str = field(metadata=_h("base model: hub id, ModelScope id, local diffusers folder or .safetensors checkpoint"))
-    train_data_dir: str = field(metadata=_h("processed folder (NNN.png + metadata.jsonl) written by `facechain preprocess`"))
-    output_dir: str = field(metadata=_h("folder for the LoRA, checkpoints, train_config.json and train_log.jsonl"))
-    revision: str = field(default="", metadata=_h("model revision (hub branch/tag, ModelScope version such as v2.0); '' for the default"))
-    sub_path: str = field(default="", metadata=_h("sub folder or file inside the model ('' for none), e.g. film/film"))
-    resolution: int = field(default=512, metadata=_h("training resolution in pixels (square; divisible by 8). FaceChain: 512"))
-    rank: int = field(default=4, metadata=_h("LoRA rank. FaceChain: 4"))
-    lora_alpha: float | None = field(default=None, metadata=_h("LoRA alpha; the update is scaled by alpha/rank. Default: equal to rank (scale 1, as FaceChain)"))
-    target_modules: list[str] = field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        metadata=_h("UNet attention projections that get a LoRA. FaceChain: to_q, to_k, to_v, to_out.0"),
-    )
-    train_text_encoder: bool = field(default=False, metadata=_h("also train a LoRA on the text encoder(s) (q/k/v/out projections). FaceChain: off"))
-    init_lora: str = field(default="", metadata=_h(
-        "start from this LoRA (diffusers or kohya keys, same rank): a file, a folder, or a hub/ModelScope id with "
+    train_data_dir: str = setting("processed folder (NNN.png + metadata.jsonl) written by `facechain preprocess`", path=True)
+    output_dir: str = setting("folder for the LoRA, checkpoints, train_config.json and train_log.jsonl", path=True)
+    resolution: int = setting("training resolution in pixels (square; divisible by 8). FaceChain: 512", default=512)
+    rank: int = setting("LoRA rank. FaceChain: 4", default=4)
+    lora_alpha: float | None = setting("LoRA alpha; the update is scaled by alpha/rank. Default: equal to rank (scale 1, as FaceChain)", default=None)
+    target_modules: list[str] = setting("UNet attention projections that get a LoRA. FaceChain: to_q, to_k, to_v, to_out.0", default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    train_text_encoder: bool = setting("also train a LoRA on the text encoder(s) (q/k/v/out projections). FaceChain: off", default=False)
+    init_lora: str = setting("start from this LoRA (diffusers or kohya keys, same rank): a file, a folder, or a hub/ModelScope id with "
         "--init_lora_weight_name; 'facechain' = FaceChain's generic face LoRA (damo/face_frombase_c4, for its base "
-        "ly261666/cv_portrait_model v2.0 film/film), as FaceChain's default training starts"))
-    init_lora_weight_name: str = field(default="", metadata=_h("file name of the init LoRA inside its folder or hub repo ('' = the folder's only .safetensors file)"))
-    learning_rate: float = field(default=1.5e-4, metadata=_h("AdamW learning rate. FaceChain: 1.5e-4"))
-    lr_scheduler: str = field(default="cosine", metadata={**_h("learning-rate schedule. FaceChain: cosine"), "choices": LR_SCHEDULERS})
-    lr_warmup_steps: int = field(default=0, metadata=_h("warm-up steps. FaceChain: 0"))
-    adam_weight_decay: float = field(default=1e-2, metadata=_h("AdamW weight decay (diffusers training-script default)"))
-    max_grad_norm: float = field(default=1.0, metadata=_h("gradient clipping norm (diffusers training-script default)"))
-    train_batch_size: int = field(default=1, metadata=_h("images per step. FaceChain: 1"))
-    steps_per_image: int = field(default=200, metadata=_h("training steps per kept photo (FaceChain's 200 epochs at batch 1)"))
-    max_train_steps: int | None = field(default=None, metadata=_h(
-        "cap on the number of steps: steps = min(steps_per_image x photos / batch, max_train_steps); none by default "
-        "(FaceChain: no cap, its min(..., 800) is never reached)"))
-    seed: int = field(default=42, metadata=_h("seed of augmentation, noise and timesteps. FaceChain: 42"))
-    mixed_precision: MixedPrecision = field(default="auto", metadata=_h(
-        "'auto' (bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 elsewhere), 'no' (fp32, FaceChain), 'fp16' "
-        "(GPU only) or 'bf16'; frozen UNet/text weights in that dtype, LoRA weights and the VAE in fp32"))
-    num_threads: int = field(default=0, metadata=_h(
-        "CPU threads of the trainer; 0 = this process's share of the usable cores (CPU affinity and cgroup quota, "
-        "divided among the processes on this machine), or OMP_NUM_THREADS when run without `accelerate launch` (which sets it to 1)"))
-    compile_unet: bool = field(default=False, metadata=_h("torch.compile the UNet's training forward (slow first steps; see benchmarks/RESULTS.md for when it pays)"))
-    gradient_checkpointing: bool = field(default=False, metadata=_h("recompute UNet activations in the backward pass (less memory, ~30% slower)"))
-    random_flip: bool = field(default=True, metadata=_h("horizontal flip augmentation. FaceChain: on"))
-    face_crop: bool = field(default=True, metadata=_h("FaceChain's FaceCrop augmentation (face-size ratio U[0.35,0.45], face centre y U[0.35,0.5])"))
-    aug_variants: int = field(default=16, metadata=_h(
-        "augmented variants per photo, VAE-encoded once; steps sample from this pool. FaceChain draws a fresh crop at each "
-        "of its 200 steps per photo; 16 (our choice, not FaceChain's) spans the crop range at 1/12 of the VAE passes"))
-    checkpointing_steps: int = field(default=100, metadata=_h("write a resumable checkpoint (and score it) every N steps; the last step is always saved"))
-    checkpoints_total_limit: int | None = field(default=None, metadata=_h("keep at most this many checkpoints (lowest-scoring/oldest removed); None keeps all"))
-    resume: bool = field(default=False, metadata=_h("continue the run in output_dir from its latest complete checkpoint"))
-    face_backend: ValidationBackend = field(default="auto", metadata=_h("face analysis backend that scores checkpoints: auto, insightface, dlib, or none (no scoring, the last step is the result)"))
-    validation_prompt: str = field(default="", metadata=_h("prompt of the validation portraits ('': the training caption)"))
-    num_validation_images: int = field(default=2, metadata=_h("validation portraits per checkpoint"))
-    validation_num_inference_steps: int = field(default=20, metadata=_h("sampling steps of each validation portrait"))
-    ensemble_top_k: int = field(default=1, metadata=_h("final LoRA = average of the k best-scoring checkpoints (FaceChain's ensemble used 10); 1 = the best"))
-    allow_pickle: bool = field(default=False, metadata=_h("allow pickle files (.ckpt/.bin/.pt) for the base model and the init LoRA; only for trusted files"))
-    single_file_config: str = field(default="", metadata=_h("diffusers folder (or hub id) describing a single-file checkpoint's architecture ('' = the family's reference repo)"))
-    allow_other_files: bool = field(default=False, metadata=_h("write into an output folder that holds files facechain did not write (they are never touched)"))
+        "ly261666/cv_portrait_model v2.0 film/film), as FaceChain's default training starts", default="", maybe_path=True, keywords=(FACECHAIN_INIT_LORA,))
+    init_lora_weight_name: str = setting("file name of the init LoRA inside its folder or hub repo ('' = the folder's only .safetensors file)", default="")
+    learning_rate: float = setting("AdamW learning rate. FaceChain: 1.5e-4", default=1.5e-4)
+    lr_scheduler: str = setting("learning-rate schedule. FaceChain: cosine", default="cosine", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = setting("warm-up steps. FaceChain: 0", default=0)
+    adam_weight_decay: float = setting("AdamW weight decay (diffusers training-script default)", default=1e-2)
+    max_grad_norm: float = setting("gradient clipping norm (diffusers training-script default)", default=1.0)
+    train_batch_size: int = setting("images per step. FaceChain: 1", default=1)
+    steps_per_image: int = setting("training steps per kept photo (FaceChain's 200 epochs at batch 1)", default=200)
+    max_train_steps: int | None = setting("cap on the number of steps: steps = min(steps_per_image x photos / batch, max_train_steps); none by default "
+        "(FaceChain: no cap, its min(..., 800) is never reached)", default=None)
+    seed: int = setting("seed of augmentation, noise and timesteps. FaceChain: 42", default=42)
+    mixed_precision: MixedPrecision = setting("'auto' (bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 elsewhere), 'no' (fp32, FaceChain), 'fp16' "
+        "(GPU only) or 'bf16'; frozen UNet/text weights in that dtype, LoRA weights and the VAE in fp32", default="auto")
+    num_threads: int = setting("CPU threads of the trainer; 0 = this process's share of the usable cores (CPU affinity and cgroup quota, "
+        "divided among the processes on this machine), or OMP_NUM_THREADS when run without `accelerate launch` (which sets it to 1)", default=0)
+    compile_unet: bool = setting("torch.compile the UNet's training forward (slow first steps; see benchmarks/RESULTS.md for when it pays)", default=False)
+    gradient_checkpointing: bool = setting("recompute UNet activations in the backward pass (less memory, ~30% slower)", default=False)
+    random_flip: bool = setting("horizontal flip augmentation. FaceChain: on", default=True)
+    face_crop: bool = setting("FaceChain's FaceCrop augmentation (face-size ratio U[0.35,0.45], face centre y U[0.35,0.5])", default=True)
+    aug_variants: int = setting("augmented variants per photo, VAE-encoded once; steps sample from this pool. FaceChain draws a fresh crop at each "
+        "of its 200 steps per photo; 16 (our choice, not FaceChain's) spans the crop range at 1/12 of the VAE passes", default=16)
+    checkpointing_steps: int = setting("write a resumable checkpoint (and score it) every N steps; the last step is always saved", default=100)
+    checkpoints_total_limit: int | None = setting("keep at most this many checkpoints (lowest-scoring/oldest removed); None keeps all", default=None)
+    resume: bool = setting("continue the run in output_dir from its latest complete checkpoint", default=False)
+    face_backend: ValidationBackend = setting("face analysis backend that scores checkpoints: auto, insightface, dlib, or none (no scoring, the last step is the result)", default="auto")
+    validation_prompt: str = setting("prompt of the validation portraits ('': the training caption)", default="")
+    num_validation_images: int = setting("validation portraits per checkpoint", default=2)
+    validation_num_inference_steps: int = setting("sampling steps of each validation portrait", default=20)
+    ensemble_top_k: int = setting("final LoRA = average of the k best-scoring checkpoints (FaceChain's ensemble used 10); 1 = the best", default=1)
+    allow_other_files: bool = setting("write into an output folder that holds files facechain did not write (they are never touched)", default=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.base_model:
             raise InputError("base_model is empty. Pass a hub id, a local diffusers folder or a .safetensors checkpoint.")
         if self.resolution <= 0 or self.resolution % 8:
@@ -129,10 +117,6 @@ class TrainConfig:
             raise InputError(f"`lora_alpha` has to be positive but is {self.lora_alpha}.")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise InputError(f"unknown lr_scheduler {self.lr_scheduler!r}. Choose between {list(LR_SCHEDULERS)}.")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise InputError(f"unknown mixed_precision mode {self.mixed_precision!r}. Choose between ['auto', 'no', 'fp16', 'bf16'].")
-        if self.face_backend not in ("auto", "dlib", "insightface", "none"):
-            raise InputError(f"unknown face_backend {self.face_backend!r}. Choose between ['auto', 'dlib', 'insightface', 'none'].")
         if not self.target_modules:
             raise InputError("`target_modules` is empty; name at least one UNet module, e.g. to_q.")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < self.ensemble_top_k:

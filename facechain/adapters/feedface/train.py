@@ -13,13 +13,15 @@ the same person (a random count), each aligned and read by the CLIP image encode
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from facechain.adapters.training import LOG_FILE
+from facechain.config import model_ref, setting
 from facechain.errors import InputError
+from facechain.train.config import MixedPrecision
 
 logger = logging.getLogger(__name__)
 
@@ -30,41 +32,32 @@ DEFAULT_IMAGE_ENCODER = "openai/clip-vit-base-patch32"  # the paper's CLIP ViT-B
 MAX_FACES = 5
 
 
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass(frozen=True)
-class FeedFaceConfig:
-    base_model: str = _h("Base model: hub id, ModelScope id, local diffusers folder or .safetensors file.")
-    data: Path = _h("A `facechain preprocess` output folder (NNN.png, metadata.jsonl, masks/), or a folder of several, "
-                    "one sub folder per person.")
-    output_dir: Path = _h("Folder for the adapter, its checkpoints and log.")
-    image_encoder: str = _h("CLIP image encoder (hub id or folder) whose penultimate tokens are the face condition.",
-                            default=DEFAULT_IMAGE_ENCODER)
-    revision: str | None = _h("Hub revision / ModelScope version of base_model.", default=None)
-    sub_path: str | None = _h("Sub folder inside base_model.", default=None)
-    single_file_config: str | None = _h("Diffusers folder describing a single-file checkpoint's architecture.", default=None)
-    resolution: int = _h("Training resolution (the processed crops are resized to it).", default=512)
-    max_train_steps: int = _h("Training steps.", default=2000)
-    learning_rate: float = _h("AdamW learning rate (FeedFace: 2e-5).", default=2e-5)
-    weight_decay: float = _h("AdamW weight decay (FeedFace: 0.03).", default=0.03)
-    masked_fraction: float = _h("Share of samples trained with the masked loss (FeedFace: 0.9); the rest with the "
-                                "plain noise loss.", default=0.9)
-    condition_dropout: float = _h("Share of samples whose face condition is dropped (FeedFace: 0.1), for guidance.",
-                                  default=0.1)
-    max_faces: int = _h("Faces concatenated as the condition, at most (FeedFace: 5).", default=MAX_FACES)
-    face_backend: str = _h("Face analysis backend that finds the faces to crop: auto, insightface or dlib.", default="auto")
-    checkpointing_steps: int = _h("Write a resumable checkpoint every N steps.", default=250)
-    checkpoints_total_limit: int | None = _h("Keep at most this many checkpoints (the latest always).", default=2)
-    seed: int = _h("Seed of the data order, conditions, noise and timesteps.", default=42)
-    mixed_precision: str = _h("auto (bf16/fp16 on a GPU, fp32 on a CPU), no, fp16 or bf16.", default="auto")
-    resume: bool = _h("Continue the run in output_dir from its latest checkpoint.", default=False)
-    allow_pickle: bool = _h("Allow pickle weight files of the base model (tensors only). Only for trusted files.",
-                            default=False)
-    allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write.", default=False)
+class FeedFaceConfig(model_ref()):
+    data: Path = setting("A `facechain preprocess` output folder (NNN.png, metadata.jsonl, masks/), or a folder of several, "
+                         "one sub folder per person.", path=True)
+    output_dir: Path = setting("Folder for the adapter, its checkpoints and log.", path=True)
+    image_encoder: str = setting("CLIP image encoder (hub id or folder) whose penultimate tokens are the face condition.",
+                                 default=DEFAULT_IMAGE_ENCODER, maybe_path=True)
+    resolution: int = setting("Training resolution (the processed crops are resized to it).", default=512)
+    max_train_steps: int = setting("Training steps.", default=2000)
+    learning_rate: float = setting("AdamW learning rate (FeedFace: 2e-5).", default=2e-5)
+    weight_decay: float = setting("AdamW weight decay (FeedFace: 0.03).", default=0.03)
+    masked_fraction: float = setting("Share of samples trained with the masked loss (FeedFace: 0.9); the rest with the "
+                                     "plain noise loss.", default=0.9)
+    condition_dropout: float = setting("Share of samples whose face condition is dropped (FeedFace: 0.1), for guidance.",
+                                       default=0.1)
+    max_faces: int = setting("Faces concatenated as the condition, at most (FeedFace: 5).", default=MAX_FACES)
+    face_backend: str = setting("Face analysis backend that finds the faces to crop: auto, insightface or dlib.", default="auto")
+    checkpointing_steps: int = setting("Write a resumable checkpoint every N steps.", default=250)
+    checkpoints_total_limit: int | None = setting("Keep at most this many checkpoints (the latest always).", default=2)
+    seed: int = setting("Seed of the data order, conditions, noise and timesteps.", default=42)
+    mixed_precision: MixedPrecision = setting("auto (bf16/fp16 on a GPU, fp32 on a CPU), no, fp16 or bf16.", default="auto")
+    resume: bool = setting("Continue the run in output_dir from its latest checkpoint.", default=False)
+    allow_other_files: bool = setting("Write into an output folder that holds files facechain did not write.", default=False)
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("resolution", "max_train_steps", "checkpointing_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -73,8 +66,6 @@ class FeedFaceConfig:
         for name in ("masked_fraction", "condition_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise InputError(f"mixed_precision must be auto, no, fp16 or bf16, got '{self.mixed_precision}'.")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Merge a trained RepControlNet into its base model: a plain diffusers model folder.
 
-    facechain merge-repcontrolnet ADAPTER_DIR --base-model M --out MODEL_DIR
+    facechain merge-repcontrolnet ADAPTER_DIR --base-model M --output-dir MODEL_DIR
 
 The modal weights go into the base UNet's layers (W' = (1 - c) W + W_m; see ``model.py``), and the
 whole pipeline is saved with ``save_pretrained`` (safetensors): the UNet has exactly the base's
@@ -14,13 +14,26 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+from facechain.config import model_ref, setting
 from facechain.errors import InputError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
 REP_DIR = "repcontrolnet"
+
+
+@dataclass(frozen=True)
+class MergeConfig(model_ref(base_model=setting("The base model the RepControlNet was trained on (hub id, ModelScope id, "
+                                               "folder or .safetensors file)."))):
+    """What `facechain merge-repcontrolnet` merges into what, and where to."""
+
+    adapter_dir: Path = setting("Output folder of `facechain train-adapter repcontrolnet`.", path=True)
+    output_dir: Path = setting("Folder for the merged model.", path=True)
+    allow_other_files: bool = setting("Write into an output folder that holds files facechain did not write.",
+                                      default=False)
 
 
 def read_adapter_record(adapter_dir: Path) -> dict:
@@ -81,7 +94,7 @@ def merge_repcontrolnet(adapter_dir, base_model: str, out, *, revision: str | No
 
     adapter_dir = Path(adapter_dir)
     record = read_adapter_record(adapter_dir)
-    check_writable_folder(Path(out), "--out")
+    check_writable_folder(Path(out), "output_dir")
     resolved = resolve_model(base_model, revision, sub_path, allow_pickle=allow_pickle)
     if record.get("family") != resolved.family:
         raise InputError(f"the RepControlNet in {adapter_dir} was trained on a {record.get('family')} model and "

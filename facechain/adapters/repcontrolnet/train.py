@@ -22,13 +22,15 @@ atomically and ``--resume`` continues from the latest. Outputs in OUT:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from facechain.adapters.training import LOG_FILE  # train_log.jsonl, as every adapter trainer
+from facechain.config import model_ref, setting
 from facechain.errors import InputError
+from facechain.train.config import MixedPrecision
 
 logger = logging.getLogger(__name__)
 
@@ -39,42 +41,33 @@ CKPT_WEIGHTS = "repcontrolnet.safetensors"  # modal + adapter tensors inside a c
 CONDITIONS = ("openpose", "depth", "canny", "landmarks")
 
 
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass(frozen=True)
-class RepControlNetConfig:
-    base_model: str = _h("Base model: hub id, ModelScope id, local diffusers folder or .safetensors file.")
-    data: Path = _h("Folder with images/ and conditions/ (same file stems) and an optional metadata.jsonl of captions.")
-    output_dir: Path = _h("Folder for the adapter, its checkpoints and log.")
-    condition: str = _h(f"What the condition maps show ({', '.join(CONDITIONS)}); recorded with the adapter.",
-                        default="openpose")
-    revision: str | None = _h("Hub revision / ModelScope version of base_model.", default=None)
-    sub_path: str | None = _h("Sub folder inside base_model.", default=None)
-    single_file_config: str | None = _h("Diffusers folder describing a single-file checkpoint's architecture.", default=None)
-    resolution: int = _h("Training resolution (square).", default=512)
-    max_train_steps: int = _h("Training steps.", default=1000)
-    train_batch_size: int = _h("Batch size per process.", default=1)
-    learning_rate: float = _h("AdamW learning rate (ControlNet's: 1e-5).", default=1e-5)
-    weight_decay: float = _h("AdamW weight decay.", default=1e-2)
-    coefficient: float = _h("c in (0, 1]: the modal copy starts as c x the base weights and the layer computes "
-                            "(1 - c) x base + modal, so training starts from the base model exactly; merged, "
-                            "W' = (1 - c) W + W_m. The paper gives no value; 0.5 is ours.", default=0.5)
-    annotator: str = _h("controlnet_aux OpenPose annotator weights (hub id or folder) that compute the openpose maps "
-                        "when data has no conditions/ folder (pickle files: needs allow_pickle).",
-                        default="lllyasviel/Annotators")
-    checkpointing_steps: int = _h("Write a resumable checkpoint every N steps.", default=250)
-    checkpoints_total_limit: int | None = _h("Keep at most this many checkpoints (the latest always).", default=2)
-    seed: int = _h("Seed of the data order, noise and timesteps.", default=42)
-    mixed_precision: str = _h("auto (bf16/fp16 on a GPU, fp32 on a CPU), no, fp16 or bf16.", default="auto")
-    gradient_checkpointing: bool = _h("Trade compute for memory in the UNet.", default=False)
-    resume: bool = _h("Continue the run in output_dir from its latest checkpoint.", default=False)
-    allow_pickle: bool = _h("Allow pickle weight files of the base model (tensors only). Only for trusted files.",
-                            default=False)
-    allow_other_files: bool = _h("Write into an output folder that holds files facechain did not write.", default=False)
+class RepControlNetConfig(model_ref()):
+    data: Path = setting("Folder with images/ and conditions/ (same file stems) and an optional metadata.jsonl of captions.", path=True)
+    output_dir: Path = setting("Folder for the adapter, its checkpoints and log.", path=True)
+    condition: str = setting(f"What the condition maps show ({', '.join(CONDITIONS)}); recorded with the adapter.",
+                             default="openpose")
+    resolution: int = setting("Training resolution (square).", default=512)
+    max_train_steps: int = setting("Training steps.", default=1000)
+    train_batch_size: int = setting("Batch size per process.", default=1)
+    learning_rate: float = setting("AdamW learning rate (ControlNet's: 1e-5).", default=1e-5)
+    weight_decay: float = setting("AdamW weight decay.", default=1e-2)
+    coefficient: float = setting("c in (0, 1]: the modal copy starts as c x the base weights and the layer computes "
+                                 "(1 - c) x base + modal, so training starts from the base model exactly; merged, "
+                                 "W' = (1 - c) W + W_m. The paper gives no value; 0.5 is ours.", default=0.5)
+    annotator: str = setting("controlnet_aux OpenPose annotator weights (hub id or folder) that compute the openpose maps "
+                             "when data has no conditions/ folder (pickle files: needs allow_pickle).",
+                             default="lllyasviel/Annotators", maybe_path=True)
+    checkpointing_steps: int = setting("Write a resumable checkpoint every N steps.", default=250)
+    checkpoints_total_limit: int | None = setting("Keep at most this many checkpoints (the latest always).", default=2)
+    seed: int = setting("Seed of the data order, noise and timesteps.", default=42)
+    mixed_precision: MixedPrecision = setting("auto (bf16/fp16 on a GPU, fp32 on a CPU), no, fp16 or bf16.", default="auto")
+    gradient_checkpointing: bool = setting("Trade compute for memory in the UNet.", default=False)
+    resume: bool = setting("Continue the run in output_dir from its latest checkpoint.", default=False)
+    allow_other_files: bool = setting("Write into an output folder that holds files facechain did not write.", default=False)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.condition not in CONDITIONS:
             raise InputError(f"condition must be one of {list(CONDITIONS)}, got '{self.condition}'.")
         if not 0.0 < self.coefficient <= 1.0:
@@ -84,8 +77,6 @@ class RepControlNetConfig:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.resolution % 8:
             raise InputError(f"resolution must be a multiple of 8, got {self.resolution}.")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise InputError(f"mixed_precision must be auto, no, fp16 or bf16, got '{self.mixed_precision}'.")
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ the next pass's content. A plan is YAML::
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from facechain.config import setting
 from facechain.errors import InputError
 from facechain.stylize.attention import AttnCall, replace_branch
 from facechain.stylize.config import PortraitDiffusionOptions, scaled_default
@@ -93,9 +94,9 @@ def run(inp: MethodInput) -> MethodOutput:
 class PaintingPass:
     """One Chain-of-Painting pass: overrides for this pass only (masks refer to the original content image)."""
 
-    content_mask: str | None = field(default=None, metadata={"help": "mask on the original content image"})
-    style_mask: str | None = field(default=None, metadata={"help": "mask on the style image"})
-    style: str | None = field(default=None, metadata={"help": "another style image for this pass"})
+    content_mask: str | None = setting("mask on the original content image", default=None)
+    style_mask: str | None = setting("mask on the style image", default=None)
+    style: str | None = setting("another style image for this pass", default=None)
     only_mask_region: bool | None = None
     sac_step: int | None = None
     style_guidance: float | None = None
