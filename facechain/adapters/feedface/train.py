@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facechain.adapters.training import LOG_FILE
 from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -152,10 +151,11 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
     from facechain.face import get_analyzer
     from facechain.io import save_safetensors, write_json
     from facechain.models import load_image_encoder
+    from facechain.train import loop
 
     out = Path(cfg.output_dir)  # od: the main process's OutputDir, None on the others
     existing = training.check_output_dir(cfg, out, WEIGHTS_FILE, ("base_model", "image_encoder", "resolution",
-                                                                  "max_faces", "seed"), "FeedFace")
+                                                                  "max_faces", "seed"), "FeedFace adapter", od)
     base = training.load_base(cfg, accelerator)
     device, unet = base.device, base.pipe.unet
     unet.requires_grad_(False)
@@ -180,11 +180,11 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
     model = HookedUNet(adapter, unet, hooks)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
-    run = training.Run(cfg, od, accelerator, gen, "feedface_adapter.safetensors",
-                       {"config": to_dict(cfg), "model": base.resolved.to_dict()})
-    start = training.resume(run, existing, lambda w: adapter.load_state_dict(w), optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model).adapter
+    run = training.new_run(cfg, od, accelerator, gen, optimizer, "feedface_adapter.safetensors",
+                           {"config": to_dict(cfg), "model": base.resolved.to_dict()})
+    start = loop.resume(run, existing, lambda w: inner.load_state_dict(w))
     if accelerator.is_main_process:
         stage = od.stage()
         save_config(cfg, stage / CONFIG_FILE)
@@ -224,9 +224,8 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
         # FeedFace's loss: learn the face inside the mask, keep the frozen model's prediction outside it
         return (((target - pred) * m) ** 2).mean() + (((frozen - pred) * (1 - m)) ** 2).mean()
 
-    steps = training.run_steps(run, start=start, step=step, optimizer=optimizer,
-                               trainable=lambda: {k: v.detach() for k, v in inner.state_dict().items()},
-                               progress=progress, desc="train feedface")
+    steps = loop.run_steps(run, training.AdapterSteps(
+        "train feedface", step, lambda: {k: v.detach() for k, v in inner.state_dict().items()}), start, progress=progress)
     if accelerator.is_main_process:
         stage = od.stage()
         save_safetensors(stage / WEIGHTS_FILE, inner.state_dict())
@@ -236,7 +235,7 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
             "blocks": inner.block_names, "context_dim": int(unet.config.cross_attention_dim), "steps": steps,
             "multiplier": 0.8, "guidance_scale": 5.0})
         od.commit(stage, replace=False)
-        od.record([LOG_FILE], logs=(LOG_FILE,))
+        od.record([loop.LOG_FILE], logs=(loop.LOG_FILE,))
     hooks.remove()
     accelerator.wait_for_everyone()
     accelerator.end_training()
