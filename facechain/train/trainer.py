@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,14 @@ from facechain.train.lora_weights import (add_lora, adamw, current_lora, flat_pa
                                           resolve_init_lora)
 from facechain.train.text import TextConditioner, sdxl_time_ids
 from facechain.train.validate import LikenessScorer, generate_validation_images, select_checkpoints, validation_resolution
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from facechain.models import ResolvedModel
+    from facechain.outputs import OutputDir
+    from facechain.train.checkpoint import Checkpoint
+    from facechain.train.data import Example
 
 logger = logging.getLogger(__name__)
 
@@ -158,14 +167,14 @@ def _train(cfg: TrainConfig, progress: bool, held: list) -> LoraArtifact:
 class _Inputs:
     """What the run reads and checks before any model loads."""
 
-    examples: list  # the processed photos (train.data.Example)
+    examples: list[Example]  # the processed photos
     init_path: Path | None  # the init LoRA's file
-    resolved: object  # facechain.models.ResolvedModel
+    resolved: ResolvedModel
     mixed_precision: str  # resolved: no, fp16 or bf16
     threads: int
-    accelerator: object
-    od: object  # the output folder's OutputDir (None on processes other than the main one)
-    existing: list  # the checkpoints in the output folder, oldest first
+    accelerator: Accelerator
+    od: OutputDir | None  # the output folder's, on the main process (None on the others)
+    existing: list[Checkpoint]  # the checkpoints in the output folder, oldest first
     fingerprints: dict  # saved in every checkpoint: what a resumed run must match
     scorer: LikenessScorer | None
 
@@ -260,10 +269,10 @@ def _prepare_inputs(cfg: TrainConfig, held: list) -> _Inputs:
 class _Model:
     """The base pipeline with the LoRA being trained."""
 
-    pipe: object
+    pipe: object  # the diffusers pipeline (also the validation pipeline)
     family: str
     cond: TextConditioner
-    noise_scheduler: object
+    noise_scheduler: object  # diffusers' DDPMScheduler
     lora_models: dict  # {"unet": ..., "text_encoder": ..., "text_encoder_2": ...}: the models that carry the LoRA
 
     @property
