@@ -235,7 +235,7 @@ ALLOWED_DELETIONS = {
     ("facechain/adapters/repcontrolnet/model.py", "self._handle.remove()"): "a torch hook handle, not a file",
     ("facechain/adapters/feedface/model.py", "h.remove()"): "torch hook handles, not files",
     ("facechain/adapters/feedface/train.py", "hooks.remove()"): "FeedFaceHooks.remove: torch hook handles",
-    ("facechain/train/trainer.py", "od.remove(["): "OutputDir.remove: recorded outputs, checksum verified",
+    ("facechain/train/loop.py", "od.remove(["): "OutputDir.remove: recorded outputs, checksum verified",
     ("facechain/train/checkpoint.py", "od.remove(od.owned_under("): "OutputDir.remove: recorded checkpoint files",
 }
 DELETE_RE = re.compile(r"\.unlink\(|rmtree\(|os\.remove\(|\.remove\(|\.rmdir\(|os\.rmdir\(|os\.removedirs\(")

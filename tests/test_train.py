@@ -104,7 +104,7 @@ def test_num_steps_is_facechain_rule():
 def test_mixed_precision_auto_and_threads(monkeypatch):
     import torch
 
-    from facechain.train.trainer import resolve_mixed_precision, set_threads, usable_cpus
+    from facechain.runtime import resolve_mixed_precision, set_threads, usable_cpus
 
     assert TrainConfig(base_model="m", train_data_dir="d", output_dir="o").mixed_precision == "auto"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -278,7 +278,7 @@ def test_lora_changes_output_and_kohya_matches(trained_sd15, tiny_sd15):
 def test_init_lora_loads_diffusers_and_kohya_files(trained_sd15, tiny_sd15):
     from safetensors.torch import load_file
 
-    from facechain.train.trainer import _add_lora, current_lora, load_lora_into
+    from facechain.train.lora_weights import add_lora, current_lora, load_lora_into
 
     sd = lora_io.unflatten(load_file(str(trained_sd15.output_dir / "checkpoints/step-000004/lora.safetensors")))
     sd2 = lora_io.unflatten(load_file(str(trained_sd15.output_dir / "checkpoints/step-000002/lora.safetensors")))
@@ -286,7 +286,7 @@ def test_init_lora_loads_diffusers_and_kohya_files(trained_sd15, tiny_sd15):
     for path in (trained_sd15.lora_path, trained_sd15.kohya_path):
         pipe = load_pipe(tiny_sd15)
         cfg = TrainConfig(base_model="m", train_data_dir="d", output_dir="o", train_text_encoder=True)
-        _add_lora(pipe.unet, [pipe.text_encoder], cfg)
+        add_lora(pipe.unet, [pipe.text_encoder], cfg)
         lora, scale = lora_io.read_lora_file(path, "sd15", pipe.unet.config)
         assert scale == 1.0
         load_lora_into({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, lora, str(path))
@@ -409,10 +409,10 @@ def test_sdpa_bf16_gradient_checkpointing_and_pruning(tiny_sd15, processed, tmp_
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from facechain.models import load_pipeline, resolve_model
-    from facechain.train.trainer import _add_lora
+    from facechain.train.lora_weights import add_lora
 
     pipe = load_pipeline(resolve_model(str(tiny_sd15)))
-    _add_lora(pipe.unet, [], TrainConfig(base_model="m", train_data_dir="d", output_dir="o"))
+    add_lora(pipe.unet, [], TrainConfig(base_model="m", train_data_dir="d", output_dir="o"))
     assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}  # PyTorch SDPA
 
     art = train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", mixed_precision="bf16", gradient_checkpointing=True,
@@ -455,12 +455,12 @@ def test_alpha_survives_export(tiny_sd15, processed, tmp_path):
     """alpha != rank: both files, loaded by diffusers, reproduce the trained model's own output."""
     from safetensors.torch import load_file
 
-    from facechain.train.trainer import _add_lora, load_lora_into
+    from facechain.train.lora_weights import add_lora, load_lora_into
 
     cfg = tiny_cfg(tiny_sd15, processed, tmp_path / "o", rank=4, lora_alpha=16.0, max_train_steps=2, learning_rate=2e-2)
     art = train(cfg, progress=False)
     trained = load_pipe(tiny_sd15)  # the model as trained: peft adapter with alpha 16, weights of the last step
-    _add_lora(trained.unet, [], cfg)
+    add_lora(trained.unet, [], cfg)
     load_lora_into({"unet": trained.unet}, lora_io.unflatten(load_file(str(tmp_path / "o/checkpoints/step-000002/lora.safetensors"))), "ckpt")
     want = generate(trained)
     for source in (str(art.output_dir), str(art.kohya_path), load_file(str(art.lora_path))):  # the last: no metadata
@@ -539,7 +539,7 @@ def test_unreachable_hub_model_is_one_clear_error(tmp_path, processed):
 
 
 def test_divergence_is_a_clear_error(tiny_sd15, processed, tmp_path):
-    from facechain.train.trainer import TrainingDivergedError
+    from facechain.train.loop import TrainingDivergedError
 
     with pytest.raises(TrainingDivergedError, match=r"loss became (nan|inf) at step [23].*Lower --learning_rate"):
         train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", learning_rate=1e30, max_train_steps=3, checkpointing_steps=10),
@@ -547,7 +547,7 @@ def test_divergence_is_a_clear_error(tiny_sd15, processed, tmp_path):
 
 
 def test_flat_parameter_views_weights_and_gradients():
-    from facechain.train.trainer import flat_parameter
+    from facechain.train.lora_weights import flat_parameter
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
@@ -570,7 +570,7 @@ def test_init_lora_facechain_asks_for_the_file_facechain_publishes(monkeypatch, 
     import facechain.models as models
     from facechain.errors import ModelNotFoundError
     from facechain.train.config import TrainConfig
-    from facechain.train.trainer import resolve_init_lora
+    from facechain.train.lora_weights import resolve_init_lora
 
     cfg = TrainConfig(base_model="m", train_data_dir=str(tmp_path), output_dir=str(tmp_path / "o"), init_lora="facechain")
     asked = []

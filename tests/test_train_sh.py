@@ -66,7 +66,7 @@ def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path, dlib_analyzer):
     rows = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     # run as users run it (accelerate launch sets OMP_NUM_THREADS=1): every usable core, fp32 on a CPU
-    from facechain.train.trainer import usable_cpus
+    from facechain.runtime import usable_cpus
 
     start = rows[0]
     assert start["event"] == "start" and start["threads"] == usable_cpus() and start["mixed_precision"] == "no", start

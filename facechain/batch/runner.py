@@ -52,7 +52,7 @@ class BatchResult:
 
 
 def _threads(n: int) -> int:
-    from facechain.train.trainer import usable_cpus
+    from facechain.runtime import usable_cpus
 
     return n if n > 0 else usable_cpus()
 
@@ -117,7 +117,7 @@ class RayExecutor:
     def __init__(self, address: str, resources: Resources):
         import ray
 
-        from facechain.train.trainer import usable_cpus
+        from facechain.runtime import usable_cpus
 
         env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
         env["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave in the driver's log; the driver has one

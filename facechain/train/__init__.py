@@ -5,8 +5,10 @@
     artifact.lora_path   # pytorch_lora_weights.safetensors, loads with pipe.load_lora_weights(output_dir)
 
 Modules: ``config`` (TrainConfig), ``data`` (processed folder, FaceCrop, latent cache),
-``text`` (SD1.5/SDXL conditioning), ``trainer`` (the loop), ``checkpoint`` (atomic resumable
-checkpoints), ``validate`` (likeness scoring and selection), and ``facechain.lora`` writes the diffusers/kohya files.
+``text`` (SD1.5/SDXL conditioning), ``trainer`` (the face-LoRA trainer's steps), ``loop`` (the one training
+loop every trainer runs on: output folder rule, resume, log, divergence), ``lora_weights`` (the LoRA being
+trained), ``checkpoint`` (atomic resumable checkpoints), ``validate`` (likeness scoring and selection), and
+``facechain.lora`` writes the diffusers/kohya files. Threads and mixed precision: ``facechain.runtime``.
 """
 
 from facechain.train.config import TrainConfig

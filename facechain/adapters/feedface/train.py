@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facechain.adapters.training import LOG_FILE
 from facechain.config import model_ref, setting
 from facechain.errors import InputError
 from facechain.train.config import MixedPrecision
@@ -143,10 +142,11 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
     from facechain.face import get_analyzer
     from facechain.io import save_safetensors, write_json
     from facechain.models import load_image_encoder
+    from facechain.train import loop
 
     out = Path(cfg.output_dir)  # od: the main process's OutputDir, None on the others
     existing = training.check_output_dir(cfg, out, WEIGHTS_FILE, ("base_model", "image_encoder", "resolution",
-                                                                  "max_faces", "seed"), "FeedFace")
+                                                                  "max_faces", "seed"), "FeedFace adapter", od)
     base = training.load_base(cfg, accelerator)
     device, unet = base.device, base.pipe.unet
     unet.requires_grad_(False)
@@ -171,16 +171,15 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
     model = HookedUNet(adapter, unet, hooks)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
-    run = training.Run(cfg, od, accelerator, gen, "feedface_adapter.safetensors",
-                       {"config": to_dict(cfg), "model": base.resolved.to_dict()})
-    start = training.resume(run, existing, lambda w: adapter.load_state_dict(w), optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model).adapter
+    run = training.new_run(cfg, od, accelerator, gen, optimizer, "feedface_adapter.safetensors",
+                           {"config": to_dict(cfg), "model": base.resolved.to_dict()})
+    start = loop.resume(run, existing, lambda w: inner.load_state_dict(w))
     if accelerator.is_main_process:
         stage = od.stage()
         save_config(cfg, stage / CONFIG_FILE)
         od.commit(stage, replace=False)
-    sched = base.noise_scheduler
 
     def condition(i: int) -> torch.Tensor:
         """Photo i's face and up to max_faces - 1 other photos of the same person, concatenated (1, k*T, D)."""
@@ -197,12 +196,10 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
         cond = condition(i).to(device)
         masked = float(torch.rand(1, generator=gen)) < cfg.masked_fraction
         x0 = latents[i:i + 1].to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        timesteps = torch.randint(0, sched.config.num_train_timesteps, (1,), generator=gen).to(device)
-        noisy = sched.add_noise(x0, noise, timesteps)
+        noisy, timesteps, target = base.objective.noised(x0, gen, device)  # the family's objective
+        target = target.float()
         emb = embeds[i:i + 1].to(device)
         added = training.added_conditions(base, pooled, [i], cfg.resolution, emb.dtype)
-        target = (noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, timesteps)).float()
         with accelerator.autocast():
             frozen = None
             if masked:  # the frozen base's own prediction (the adapter's hooks pass through without a context)
@@ -215,9 +212,8 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
         # FeedFace's loss: learn the face inside the mask, keep the frozen model's prediction outside it
         return (((target - pred) * m) ** 2).mean() + (((frozen - pred) * (1 - m)) ** 2).mean()
 
-    steps = training.run_steps(run, start=start, step=step, optimizer=optimizer,
-                               trainable=lambda: {k: v.detach() for k, v in inner.state_dict().items()},
-                               progress=progress, desc="train feedface")
+    steps = loop.run_steps(run, training.AdapterSteps(
+        "train feedface", step, lambda: {k: v.detach() for k, v in inner.state_dict().items()}), start, progress=progress)
     if accelerator.is_main_process:
         stage = od.stage()
         save_safetensors(stage / WEIGHTS_FILE, inner.state_dict())
@@ -227,7 +223,7 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
             "blocks": inner.block_names, "context_dim": int(unet.config.cross_attention_dim), "steps": steps,
             "multiplier": 0.8, "guidance_scale": 5.0})
         od.commit(stage, replace=False)
-        od.record([LOG_FILE], logs=(LOG_FILE,))
+        od.record([loop.LOG_FILE], logs=(loop.LOG_FILE,))
     hooks.remove()
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facechain.adapters.training import LOG_FILE  # train_log.jsonl, as every adapter trainer
 from facechain.config import model_ref, setting
 from facechain.errors import InputError
 from facechain.train.config import MixedPrecision
@@ -173,10 +172,11 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, accelerator, progres
     from facechain.adapters.repcontrolnet.model import ConditionedUNet
     from facechain.config import save_config, to_dict
     from facechain.io import save_safetensors, write_json
+    from facechain.train import loop
 
     out = Path(cfg.output_dir)  # od: the main process's OutputDir, None on the others
     existing = training.check_output_dir(cfg, out, MODAL_FILE, ("base_model", "condition", "coefficient", "resolution",
-                                                                "train_batch_size", "seed"), "RepControlNet")
+                                                                "train_batch_size", "seed"), "RepControlNet", od)
     maps = [condition_map(p, cfg) for p in pairs]  # before the model loads: a missing annotator fails early
     if accelerator.is_main_process and any(p.condition is None for p in pairs):
         from facechain.io import save_image
@@ -198,31 +198,29 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, accelerator, progres
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
-    run = training.Run(cfg, od, accelerator, gen, CKPT_WEIGHTS, {"config": to_dict(cfg), "model": base.resolved.to_dict()})
-    start = training.resume(run, existing, lambda w: load_trainable_state(model, w), optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
+    run = training.new_run(cfg, od, accelerator, gen, optimizer, CKPT_WEIGHTS,
+                           {"config": to_dict(cfg), "model": base.resolved.to_dict()})
+    start = loop.resume(run, existing, lambda w: load_trainable_state(inner, w))
     inner.unet.train()
     if accelerator.is_main_process:
         stage = od.stage()
         save_config(cfg, stage / CONFIG_FILE)
         od.commit(stage, replace=False)
-    sched = base.noise_scheduler
 
     def step(_n: int):
         idx = torch.randint(0, len(pairs), (cfg.train_batch_size,), generator=gen)
         x0 = latents[idx].to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        timesteps = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
+        noisy, timesteps, target = base.objective.noised(x0, gen, device)  # the family's objective
         emb = embeds[idx].to(device)
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, timesteps)
         with accelerator.autocast():
-            pred = model(sched.add_noise(x0, noise, timesteps), timesteps, emb, conds[idx].to(device),
+            pred = model(noisy, timesteps, emb, conds[idx].to(device),
                          training.added_conditions(base, pooled, idx, cfg.resolution, emb.dtype))
         return F.mse_loss(pred.float(), target.float())
 
-    steps = training.run_steps(run, start=start, step=step, optimizer=optimizer, trainable=lambda: trainable_state(inner),
-                               progress=progress, desc="train repcontrolnet")
+    steps = loop.run_steps(run, training.AdapterSteps("train repcontrolnet", step, lambda: trainable_state(inner)), start,
+                           progress=progress)
     if accelerator.is_main_process:
         state = trainable_state(inner)
         stage = od.stage()
@@ -233,7 +231,7 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, accelerator, progres
             "base_model": base.resolved.to_dict(), "resolution": cfg.resolution, "steps": steps,
             "adapter_channels": int(unet.conv_in.out_channels)})
         od.commit(stage, replace=False)
-        od.record([LOG_FILE], logs=(LOG_FILE,))
+        od.record([loop.LOG_FILE], logs=(loop.LOG_FILE,))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
