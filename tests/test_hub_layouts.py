@@ -212,7 +212,7 @@ class FakeHub:
         self.root, self.available, self.calls = root, available, []
         for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE"):
             monkeypatch.delenv(var, raising=False)
-        monkeypatch.setattr(models, "_reachable", lambda url, timeout=3.0: True)
+        monkeypatch.setattr(models.hub, "_reachable", lambda url, timeout=3.0: True)
         monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo, revision=None: self._files("huggingface", repo))
         monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, revision=None, local_files_only=False:
                             self._one("huggingface", repo, name))
