@@ -47,6 +47,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from facechain.errors import FacechainError, InputError
+from facechain.io import current_umask
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class OutputDir:
         fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
         fh.flush()
-        os.chmod(lock_path, 0o666 & ~_umask())
+        os.chmod(lock_path, 0o666 & ~current_umask())
         self._lock_fh = fh
 
     # ------------------------------------------------------------------ record
@@ -621,12 +622,6 @@ def _pending_stages(state: Path) -> set[str]:
         except (OSError, ValueError, AttributeError):
             continue
     return keep
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _read_holder(lock_path: Path) -> dict | None:

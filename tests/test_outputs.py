@@ -230,7 +230,6 @@ ALLOWED_DELETIONS = {
     ("facechain/outputs.py", "p.unlink(missing_ok=True)"): "staging/tmp items and record temp files inside .facechain (_sweep)",
     ("facechain/outputs.py", "parent.rmdir()"): "an emptied folder of ours (rmdir fails unless empty)",
     ("facechain/io.py", "tmp_path.unlink()"): "the temporary file atomic_path made itself (mkstemp)",
-    ("facechain/lora.py", "shutil.rmtree(tmp, ignore_errors=True)"): "the mkdtemp folder save_diffusers made",
     ("facechain/stylize/methods/diffstyle.py", "handle.remove()"): "a torch hook handle, not a file",
     ("facechain/adapters/repcontrolnet/model.py", "self._handle.remove()"): "a torch hook handle, not a file",
     ("facechain/adapters/feedface/model.py", "h.remove()"): "torch hook handles, not files",

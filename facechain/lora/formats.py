@@ -1,11 +1,7 @@
-"""LoRA files, in one place: reading (diffusers, kohya, peft and the old attention-processor
-format; alpha from the keys or the file's metadata), finding one (a local file, a trainer's output
-folder, a hub id), loading it into a pipeline as a named adapter, and writing the two files the
-trainer exports.
-
-Written files: the diffusers file (``pytorch_lora_weights.safetensors``, loadable with
-``pipe.load_lora_weights``) and the kohya file (``*_kohya.safetensors``, the
-``lora_unet_*.lora_down/lora_up/alpha`` keys that A1111, ComfyUI and kohya's sd-scripts use).
+"""LoRA key layouts: the internal form (peft state dicts per component), the kohya names written for other
+tools (with the original SGM UNet names, :func:`sgm_unet_path`), recognising a file's layout
+(:func:`key_format`), and converting kohya / LoCon / LoHa / LoKr / DoRA and FaceChain's attention-processor
+files into diffusers' peft keys against a loaded pipeline's own modules.
 
 Internally a LoRA is ``{"unet": peft_sd, "text_encoder": peft_sd, "text_encoder_2": peft_sd}``
 where ``peft_sd`` is :func:`peft.get_peft_model_state_dict` of that model (keys
@@ -20,20 +16,13 @@ SDXL UNets use the original SGM block names (``input_blocks.N.1``, ``middle_bloc
 
 from __future__ import annotations
 
-import logging
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from facechain.errors import FacechainError, InputError
-from facechain.families import Family, family_of_pipeline, get_family
-from facechain.io import _umask, save_safetensors
-
-logger = logging.getLogger(__name__)
+from facechain.errors import InputError
+from facechain.families import Family, get_family
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
 KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
@@ -73,52 +62,6 @@ def average(loras: list[LoraDict]) -> LoraDict:
         for comp, sd in loras[0].items()
     }
 
-
-# --------------------------------------------------------------------------- diffusers format
-
-
-def save_diffusers(folder: str | Path, lora: LoraDict, family: str | Family, rank: int, alpha: float) -> Path:
-    """Write ``folder/pytorch_lora_weights.safetensors`` with the pipeline class's own
-    ``save_lora_weights`` (keys ``unet.*``/``text_encoder.*`` + the adapter metadata: rank, alpha
-    and target modules), atomically: written in a temporary folder, then renamed into place."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    cls = get_family(family).pipeline_class("txt2img")
-    # The scale alpha/rank is folded into the up matrices and the file records alpha = rank, so a
-    # loader that drops the safetensors metadata (``load_lora_weights(load_file(...))``) still
-    # applies the trained update.
-    scale = alpha / rank
-    meta = {"r": rank, "lora_alpha": float(rank)}
-    kwargs = {}
-    for comp in COMPONENTS:
-        sd = lora.get(comp)
-        if not sd:
-            continue
-        if scale != 1.0:
-            sd = {k: (v * scale if ".lora_B." in k else v) for k, v in sd.items()}
-        # target modules by the model's own paths: peft matches them as suffixes, so they fit a text encoder
-        # with or without transformers 4's ``text_model.`` level
-        kwargs[f"{comp}_lora_adapter_metadata"] = {**meta, "target_modules": sorted(
-            m.removeprefix("text_model.") for m in _modules(sd))}
-        if comp != "unet":  # the classic CLIP names other tools read (transformers 5 dropped ``text_model.``)
-            sd = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}
-        kwargs[f"{comp}_lora_layers"] = convert_state_dict_to_diffusers({k: v.contiguous() for k, v in sd.items()})
-    tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=folder))
-    try:
-        cls.save_lora_weights(str(tmp), safe_serialization=True, weight_name=LORA_FILE, **kwargs)
-        with open(tmp / LORA_FILE, "rb+") as fh:  # on disk before it replaces the previous file
-            os.fsync(fh.fileno())
-        os.chmod(tmp / LORA_FILE, 0o666 & ~_umask())  # the usual mode, not the 0600 of the temporary file
-        os.replace(tmp / LORA_FILE, folder / LORA_FILE)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder / LORA_FILE
-
-
-def _modules(peft_sd: dict[str, torch.Tensor]) -> set[str]:
-    return {k.rsplit(".lora_", 1)[0] for k in peft_sd if ".lora_" in k}
 
 
 # --------------------------------------------------------------------------- kohya format
@@ -187,30 +130,11 @@ def to_kohya(lora: LoraDict, family: str | Family, alpha: float, layers_per_bloc
     return out
 
 
-def save_kohya(folder: str | Path, lora: LoraDict, family: str | Family, alpha: float, layers_per_block: int = 2) -> Path:
-    path = Path(folder) / KOHYA_FILE
-    save_safetensors(path, to_kohya(lora, family, alpha, layers_per_block), metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha)})
-    return path
-
-
-# --------------------------------------------------------------------------- reading a LoRA file
-
-
-def read_tensors(path: Path, what: str = "LoRA file") -> dict[str, torch.Tensor]:
-    """A safetensors file, or (only reached after the caller allowed pickle) a tensor-only pickle
-    loaded with ``weights_only=True``, which refuses anything but tensors and containers."""
-    from facechain.models import read_weights_file
-
-    sd = read_weights_file(Path(path), what)
-    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise InputError(f"{what} {path} does not hold a flat mapping of names to tensors.")
-    return sd
-
 
 _LEGACY_KEY = re.compile(r"^(?:unet\.)?(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 
 
-def _from_attn_processor_format(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def from_attn_processor_format(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """UNet LoRAs saved by diffusers < 0.21 attention processors (``...attn1.processor.to_q_lora.down.weight``),
     the format of FaceChain's ``pytorch_lora_weights.bin`` files, as peft keys; None for other formats."""
     if not tensors or not all(_LEGACY_KEY.match(k) for k in tensors):
@@ -247,73 +171,6 @@ def key_format(tensors: dict) -> str:
     return "peft" if all(".lora_A." in k or ".lora_B." in k or k.endswith(".lora_magnitude_vector") for k in keys) else "unknown"
 
 
-def read_lora_file(path: str | Path, family: str | Family, unet_config=None) -> tuple[LoraDict, float]:
-    """Read a diffusers-, kohya- or attention-processor-format LoRA file into peft state dicts per
-    component, using diffusers' own key conversion (``lora_state_dict``). Returns (lora, scale)
-    where ``scale`` = alpha / rank is the factor the file's update is applied with."""
-    from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_unet_state_dict_to_peft
-
-    cls = get_family(family).pipeline_class("txt2img")
-    kwargs = {"unet_config": unet_config} if unet_config is not None else {}
-    path = Path(path)
-    tensors = read_tensors(path)
-    fmt = key_format(tensors)
-    if fmt == "unknown":
-        raise InputError(f"LoRA file {path}: its keys ({sorted(tensors)[:2]}...) are in no LoRA layout facechain reads "
-                         "(diffusers, kohya, peft, or diffusers' older attention-processor files).")
-    if fmt == "attn_processor":
-        return {"unet": _from_attn_processor_format(tensors)}, 1.0  # attention processors applied up @ down unscaled
-    if fmt == "peft":
-        tensors = {f"unet.{k}": v for k, v in tensors.items()}  # a bare peft state dict of a UNet
-    out = cls.lora_state_dict(tensors, **kwargs)
-    state_dict, network_alphas = out[0], out[1]
-    lora: LoraDict = {}
-    for key, value in state_dict.items():
-        comp, rest = key.split(".", 1)
-        lora.setdefault(comp, {})[rest] = value
-    lora = {comp: (convert_unet_state_dict_to_peft if comp == "unet" else convert_all_state_dict_to_peft)(sd)
-            for comp, sd in lora.items()}
-    rank = next((v.shape[0] for sd in lora.values() for k, v in sd.items() if ".lora_A." in k), None)
-    alphas = {float(v) for v in (network_alphas or {}).values()}
-    if len(alphas) > 1:
-        raise InputError(f"LoRA file {path} uses several alphas {sorted(alphas)}; only one alpha per file is supported as an init LoRA.")
-    alpha = alphas.pop() if alphas else _metadata_alpha(path)
-    return lora, (alpha / rank if alpha is not None and rank else 1.0)
-
-
-def _metadata_alpha(path: Path) -> float | None:
-    """``lora_alpha`` recorded by diffusers' ``save_lora_weights`` (None: alpha = rank)."""
-    import json
-
-    if path.suffix.lower() != ".safetensors":
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = (fh.metadata() or {}).get("lora_adapter_metadata")
-    if not meta:
-        return None
-    values = {float(v) for k, v in json.loads(meta).items() if k.endswith("lora_alpha")}
-    return values.pop() if len(values) == 1 else None
-
-
-# --------------------------------------------------------------------------- finding and loading into a pipeline
-
-
-def resolve(ref: str | os.PathLike, *, allow_pickle: bool = False, what: str = "LoRA",
-            revision: str | None = None, filename: str | None = None) -> Path:
-    """The LoRA file ``ref`` names: a file; a folder (a trainer's output folder holds the
-    diffusers file and a kohya copy: the diffusers one is taken; another folder must hold exactly
-    one .safetensors file); or a hub / ModelScope repo id (``filename`` defaults to the diffusers
-    file name). Pickle files need ``allow_pickle``."""
-    from facechain.models import resolve_weights_file
-
-    if filename is None:
-        local = Path(ref).expanduser()
-        if not local.is_file() and not (local.is_dir() and not (local / LORA_FILE).is_file()):
-            filename = LORA_FILE
-    return resolve_weights_file(ref, filename=filename, revision=revision, allow_pickle=allow_pickle, what=what)
-
 
 # --------------------------------------------------------------------------- converting any layout for a pipeline
 
@@ -325,7 +182,7 @@ _KOHYA_PARTS = ("lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"
                 "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 
 
-def _components(pipe) -> dict[str, torch.nn.Module]:
+def pipeline_components(pipe) -> dict[str, torch.nn.Module]:
     return {c: m for c in COMPONENTS if (m := getattr(pipe, c, None)) is not None}
 
 
@@ -352,7 +209,7 @@ def kohya_names(pipe, family: str | Family) -> dict[str, tuple[str, str]]:
     SDXL, and SD1.5 files made on the original UNet); text-encoder modules to their classic
     ``text_model.*`` path, whatever transformers' own naming."""
     names: dict[str, tuple[str, str]] = {}
-    comps = _components(pipe)
+    comps = pipeline_components(pipe)
     unet = comps["unet"]
     lpb = unet.config.layers_per_block if isinstance(unet.config.layers_per_block, int) else None
     up_attn = ["CrossAttn" in t for t in unet.config.up_block_types]
@@ -412,13 +269,13 @@ def _lycoris_to_lora(module: str, parts: dict[str, torch.Tensor], path: Path) ->
     return down, up, rank
 
 
-def _from_kohya(tensors: dict[str, torch.Tensor], pipe, family: str | Family, path: Path) -> tuple[dict[str, torch.Tensor], int]:
+def from_kohya(tensors: dict[str, torch.Tensor], pipe, family: str | Family, path: Path) -> tuple[dict[str, torch.Tensor], int]:
     """A kohya-, LoCon-, LoHa-, LoKr- or DoRA-layout file as diffusers' peft keys for ``pipe``, alpha / rank
     folded into the up factors. Returns (state dict, number of modules). Every module must match one
     of ``pipe``'s modules with the right shapes, or the file is refused: a LoRA partly applied would
     give another look with no word."""
     table = kohya_names(pipe, family)
-    comps = _components(pipe)
+    comps = pipeline_components(pipe)
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         name, _, part = key.partition(".")
@@ -477,98 +334,3 @@ def _from_kohya(tensors: dict[str, torch.Tensor], pipe, family: str | Family, pa
             suffix = "" if comp == "unet" else ".weight"
             out[f"{comp}.{mpath}.lora_magnitude_vector{suffix}"] = magnitude.reshape(-1).contiguous()
     return out, len(grouped)
-
-
-def _file_modules(state: dict[str, torch.Tensor]) -> set[str]:
-    """``component.module`` of every LoRA module in a diffusers-layout state dict."""
-    out = set()
-    for key in state:
-        for marker in (".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", ".lora_linear_layer.", ".lora_magnitude_vector"):
-            if marker in key:
-                out.add(key.split(marker, 1)[0])
-                break
-    return out
-
-
-def _loaded_modules(pipe, adapter_name: str) -> int:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return sum(1 for m in _components(pipe).values() for _, mod in m.named_modules()
-               if isinstance(mod, BaseTunerLayer) and adapter_name in getattr(mod, "lora_A", {}))
-
-
-def loadable_state(path: Path, pipe, family: str | Family, what: str = "LoRA file") -> tuple[dict[str, torch.Tensor] | None, int, str]:
-    """What :func:`load_adapter` hands to diffusers for the LoRA file ``path``: (state dict, or None
-    when diffusers reads the file itself; the number of modules the file holds; its layout).
-
-    diffusers 0.42 reads its own files (keeping the alpha metadata of their header) but drops
-    FaceChain's attention-processor ``.bin`` keys, DoRA magnitudes in kohya files and text-encoder
-    kohya keys without ``out_proj`` (each with a warning, the adapter then missing or weaker), so
-    every layout but diffusers' own is converted here first, against the pipeline's own modules."""
-    keys = _header_keys(path)
-    fmt = key_format(keys if keys is not None else read_tensors(path, what))
-    if fmt == "diffusers" and keys is not None:  # diffusers reads the file itself: only its header was read here
-        return None, len(_file_modules(keys)), fmt
-    tensors = read_tensors(path, what)
-    if fmt == "unknown":
-        sample = sorted(tensors)[:2]
-        raise InputError(f"LoRA file {path}: its keys ({sample}...) are in no LoRA layout facechain reads (diffusers, "
-                         "peft, kohya / LoCon / LoHa / LoKr / DoRA, or FaceChain's attention-processor files).")
-    if fmt == "kohya":
-        state, n = _from_kohya(tensors, pipe, family, path)
-        return state, n, fmt
-    if fmt == "attn_processor":  # attention processors applied up @ down unscaled
-        state = {f"unet.{k}": v for k, v in _from_attn_processor_format(tensors).items()}
-    elif fmt == "peft":
-        state = {f"unet.{k.removeprefix('base_model.model.')}": v for k, v in tensors.items()}
-    else:  # diffusers layout in a pickle: handed over as read (tensors-only)
-        state = tensors
-    return state, len(_file_modules(state)), fmt
-
-
-def _header_keys(path: Path) -> list[str] | None:
-    """The tensor names of a .safetensors file from its header alone (None for a pickle, or a header that does
-    not read: :func:`read_tensors` then says what is wrong with the file)."""
-    if path.suffix.lower() != ".safetensors":
-        return None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return list(fh.keys())
-    except Exception:
-        return None
-
-
-def load_adapter(pipe, path: Path, adapter_name: str, what: str = "LoRA") -> None:
-    """Load a LoRA file into ``pipe`` as adapter ``adapter_name`` with diffusers' ``load_lora_weights``,
-    in any layout :func:`loadable_state` reads. A diffusers .safetensors file is loaded by diffusers
-    from the file itself, so the alpha/rank metadata in its header is honoured; a pickle (only reached
-    when the caller's ``allow_pickle`` let :func:`resolve` return it) is read with ``weights_only=True``.
-    The adapter must then hold every module of the file: anything less (nothing registered, part of
-    the file dropped) is one InputError naming the file, its layout and the fix, never a warning."""
-    path = Path(path)
-    family = family_of_pipeline(pipe, f"pipeline of {what}")
-    fmt = "?"
-    try:
-        state, expected, fmt = loadable_state(path, pipe, family, what)
-        if state is None:
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
-        else:
-            pipe.load_lora_weights(state, adapter_name=adapter_name)
-    except FacechainError:
-        raise
-    except Exception as exc:  # a truncated file, keys of another model family, ...
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise InputError(
-            f"{what} {path} ({adapter_name}, {fmt} layout) could not be loaded ({type(exc).__name__}: {first}). Check "
-            "that the file is a complete LoRA made for this base model's family."
-        ) from exc
-    loaded = _loaded_modules(pipe, adapter_name)
-    if loaded < expected:
-        if loaded:
-            pipe.delete_adapters(adapter_name)
-        raise InputError(
-            f"{what} {path} ({fmt} layout): {expected - loaded} of its {expected} modules matched no layer of this "
-            f"{family} model{' (none did, so no adapter was registered)' if not loaded else ''}. The LoRA was made "
-            f"for another model family or architecture; use a LoRA made for {family} models.")
