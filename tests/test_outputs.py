@@ -224,11 +224,11 @@ def test_outputs_have_normal_permissions(tmp_path):
 
 # (file, line pattern): every place the package deletes something, and why the rule covers it.
 ALLOWED_DELETIONS = {
-    ("facechain/outputs.py", "p.unlink()"): "an output the record lists, checksum verified (_delete_owned)",
-    ("facechain/outputs.py", "shutil.rmtree(stage, ignore_errors=True)"): "a committed staging folder inside .facechain",
-    ("facechain/outputs.py", "shutil.rmtree(p, ignore_errors=True)"): "staging/tmp items inside .facechain (_sweep)",
-    ("facechain/outputs.py", "p.unlink(missing_ok=True)"): "staging/tmp items and record temp files inside .facechain (_sweep)",
-    ("facechain/outputs.py", "parent.rmdir()"): "an emptied folder of ours (rmdir fails unless empty)",
+    ("facechain/outputs/folder.py", "p.unlink()"): "an output the record lists, checksum verified (_delete_owned)",
+    ("facechain/outputs/folder.py", "shutil.rmtree(stage, ignore_errors=True)"): "a committed staging folder inside .facechain",
+    ("facechain/outputs/folder.py", "shutil.rmtree(p, ignore_errors=True)"): "staging/tmp items inside .facechain (_sweep)",
+    ("facechain/outputs/folder.py", "p.unlink(missing_ok=True)"): "staging/tmp items and record temp files inside .facechain (_sweep)",
+    ("facechain/outputs/folder.py", "parent.rmdir()"): "an emptied folder of ours (rmdir fails unless empty)",
     ("facechain/io.py", "tmp_path.unlink()"): "the temporary file atomic_path made itself (mkstemp)",
     ("facechain/stylize/methods/diffstyle.py", "handle.remove()"): "a torch hook handle, not a file",
     ("facechain/adapters/repcontrolnet/model.py", "self._handle.remove()"): "a torch hook handle, not a file",

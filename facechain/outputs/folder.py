@@ -1,62 +1,32 @@
-"""Output folders: what facechain may delete or overwrite, locks, and replace-on-success.
-
-The rule, for every command: facechain deletes or overwrites a file only when its own earlier
-run recorded it as an output (path, size and sha256) and the file still has that checksum. A
-user's folder is theirs: nothing is ever cleared by file-name pattern.
-
-Every command that writes into an output folder goes through :class:`OutputDir`::
-
-    with OutputDir.open(out, "generate", allow_other_files=False) as od:
-        stage = od.stage()            # OUT/.facechain/staging/<run id>/ (empty)
-        ...write the new results into stage...
-        final = od.commit(stage)      # they replace the previous run's recorded outputs
-
-Only a run that succeeds calls :meth:`OutputDir.commit`, so a killed or failing run leaves the
-previous results and their manifest as they were. A commit is journalled in the record before
-any file moves; a run killed in the middle of one is completed by the next run in that folder.
-
-``OUT/.facechain/`` (ours entirely):
-
-* ``lock``: the holder's pid, host, command and start time. An exclusive ``flock`` on it is held
-  for the run's lifetime, so the kernel frees it when the holder dies (a stale lock file is no
-  lock); where flock is unsupported, a lock whose pid is gone on this host is taken over.
-* ``<command>.json``: the record of that command's outputs in this folder (``files``), and the
-  commit in progress (``pending``).
-* ``staging/``: runs' results before they are committed. ``tmp/``: temporary files. Both are
-  swept when the next run takes the lock (what a killed run left there).
-
-A folder holding files that this command did not record (the user's photos, another command's
-outputs) is refused unless ``allow_other_files`` is set; even then those files are never touched,
-and a result that would land on one of them stops the commit before anything moves.
-"""
+"""The output folder a run holds (:class:`OutputDir`): locked, recovered and swept when taken, then
+staged results committed through a journal in the record so that they replace the previous run's outputs
+only when the run has succeeded; see :mod:`facechain.outputs`."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
-import socket
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from facechain.errors import FacechainError, InputError
-from facechain.io import current_umask
+from facechain.outputs.lock import release_lock, take_lock
+from facechain.outputs.record import (
+    RECORD_VERSION,
+    STATE_DIR,
+    FileRecord,
+    parse_files,
+    parse_pending,
+    pending_stages,
+    record_of,
+)
 
 logger = logging.getLogger(__name__)
-
-STATE_DIR = ".facechain"
-RECORD_VERSION = 1
-
-
-class OutputInUseError(FacechainError):
-    """Another run holds the output folder's lock."""
 
 
 class OutputConflictError(FacechainError):
@@ -65,79 +35,6 @@ class OutputConflictError(FacechainError):
 
 class OutputCommitError(FacechainError):
     """A commit could not move its files into place (permissions, disk)."""
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    size: int
-    # of the whole file; for a log, of its first ``size`` bytes. None only in records written by
-    # facechain's first output-record format, where a log entry was {size, sha256: null}.
-    sha256: str | None
-    log: bool = False  # a log we append to: still ours while it starts with what we recorded
-
-    def to_dict(self) -> dict:
-        return {"size": self.size, "sha256": self.sha256, "log": self.log}
-
-    @classmethod
-    def from_dict(cls, d) -> "FileRecord":
-        if isinstance(d, dict) and isinstance(d.get("size"), int) and d.get("sha256") is None and "log" not in d:
-            return cls(d["size"], None, True)  # the first format's log entry: a log we append to, owned by name
-        if not (isinstance(d, dict) and isinstance(d.get("size"), int) and isinstance(d.get("sha256"), str)
-                and isinstance(d.get("log", False), bool)):
-            raise ValueError(f"not a file entry: {d!r}")
-        return cls(d["size"], d["sha256"], d.get("log", False))
-
-    def matches(self, path: Path) -> bool:
-        """``path`` is a regular file with the recorded content (a log: that content as its start)."""
-        if path.is_symlink() or not path.is_file():
-            return False
-        size = path.stat().st_size
-        if size < self.size or (size != self.size and not self.log):
-            return False
-        if self.sha256 is None:  # first-format log entry, its start not hashed: ours only while it reads as our log
-            return _reads_as_jsonl_log(path, self.size)
-        return sha256_file(path, self.size) == self.sha256
-
-
-def _reads_as_jsonl_log(path: Path, size: int) -> bool:
-    """The first ``size`` bytes are whole JSON lines, each a mapping: the logs facechain appends
-    (``train_log.jsonl``). A file of another kind put at that name is not taken for ours."""
-    with open(path, "rb") as fh:
-        head = fh.read(size)
-    if not head.endswith(b"\n"):
-        return False
-    try:
-        return all(isinstance(json.loads(line), dict) for line in head.decode("utf-8").splitlines() if line.strip())
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
-        return False
-
-
-def sha256_file(path: Path, limit: int | None = None) -> str:
-    """sha256 of the file, or of its first ``limit`` bytes."""
-    h = hashlib.sha256()
-    left = limit
-    with open(path, "rb") as fh:
-        while left is None or left > 0:
-            block = fh.read(1 << 20 if left is None else min(1 << 20, left))
-            if not block:
-                break
-            h.update(block)
-            if left is not None:
-                left -= len(block)
-    return h.hexdigest()
-
-
-def _safe_rel(rel) -> bool:
-    """A relative path inside the output folder, outside our state folder."""
-    if not isinstance(rel, str) or not rel or "\\" in rel:
-        return False
-    p = PurePosixPath(rel)
-    return not p.is_absolute() and all(part not in ("", ".", "..") for part in p.parts) and p.parts[0] != STATE_DIR
-
-
-def _record_of(path: Path, log: bool = False) -> FileRecord:
-    size = path.stat().st_size
-    return FileRecord(size, sha256_file(path, size), log)
 
 
 def same_or_nested(a: Path, b: Path) -> str | None:
@@ -210,7 +107,7 @@ class OutputDir:
             od.state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"{what} {path} cannot be created or written ({exc.strerror}). Choose a folder you can write to.") from exc
-        od._lock(what)
+        od._lock_fh = take_lock(od.path, command, what)
         try:
             od._load_record()
             od._recover()
@@ -223,46 +120,9 @@ class OutputDir:
 
     def release(self) -> None:
         if self._lock_fh is not None:
-            with contextlib.suppress(OSError):
-                import fcntl
-
-                fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
-            self._lock_fh.close()
+            release_lock(self._lock_fh)
             self._lock_fh = None
 
-    def _lock(self, what: str) -> None:
-        import fcntl
-
-        lock_path = self.state / "lock"
-        try:  # never through a symlink: the lock file is overwritten with the holder's details
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-        except OSError as exc:
-            raise InputError(f"{what} {self.path}: cannot open its lock file {lock_path} ({exc.strerror}). Remove it if "
-                             "it is a link or not a file.") from exc
-        fh = os.fdopen(fd, "r+", encoding="utf-8")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                holder = _read_holder(lock_path)
-                fh.close()
-                if holder and _holder_gone(holder):  # the writer it names is gone: a reader holds it
-                    holder = {"reader": True}
-                raise OutputInUseError(_in_use_message(self.path, what, holder)) from None
-            # no flock on this filesystem: a lock file whose pid is alive on this host is a live lock
-            holder = _read_holder(lock_path)
-            if holder and not _holder_gone(holder):
-                fh.close()
-                raise OutputInUseError(_in_use_message(self.path, what, holder)) from None
-            if holder:
-                logger.info("%s %s: taking over a stale lock of pid %s (no longer running)", what, self.path, holder.get("pid"))
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-        fh.flush()
-        os.chmod(lock_path, 0o666 & ~current_umask())
-        self._lock_fh = fh
 
     # ------------------------------------------------------------------ record
 
@@ -272,8 +132,8 @@ class OutputDir:
             return
         try:
             data = json.loads(self.record_path.read_text(encoding="utf-8"))
-            self.files = _parse_files(data["files"])
-            self.pending = _parse_pending(data.get("pending"))
+            self.files = parse_files(data["files"])
+            self.pending = parse_pending(data.get("pending"))
             self.incomplete = bool(data.get("incomplete", False))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON and UTF-8 errors are ValueErrors
             raise InputError(
@@ -365,7 +225,7 @@ class OutputDir:
         for p in sorted(stage.rglob("*")):
             if p.is_file():
                 rel = (Path(into) / p.relative_to(stage)).as_posix()
-                new[rel] = _record_of(p, log=rel in logs).to_dict()
+                new[rel] = record_of(p, log=rel in logs).to_dict()
         self.check_free(new, f"Nothing was moved. The new results are in {stage}; the next facechain run in this folder "
                              "removes them, so copy them out first if you want them.")
         delete = {rel: rec.to_dict() for rel, rec in self.files.items() if rel not in new} if replace else {}
@@ -484,7 +344,7 @@ class OutputDir:
         for rel in rels:
             p = self.path / rel
             if p.is_file():
-                self.files[rel] = _record_of(p, log=rel in logs)
+                self.files[rel] = record_of(p, log=rel in logs)
         self._save_record()
 
     def rewrite_log(self, rel: str, data: bytes) -> None:
@@ -512,7 +372,7 @@ class OutputDir:
     def _sweep(self) -> None:
         """Remove what killed runs left in staging/ and tmp/ (ours; no run holds them: we hold the lock)."""
         swept = 0
-        keep = _pending_stages(self.state)  # another command's half-done commit still needs its staging folder
+        keep = pending_stages(self.state)  # another command's half-done commit still needs its staging folder
         for sub in ("staging", "tmp"):
             folder = self.state / sub
             if folder.is_dir() and not folder.is_symlink():
@@ -529,126 +389,3 @@ class OutputDir:
             swept += 1
         if swept:
             logger.info("%s: removed %d temporary item(s) left by an interrupted run", self.path, swept)
-
-
-def hold_for_reading(path, command: str, what: str):
-    """:func:`check_settled`, then keep a shared lock on the folder until the returned handle is
-    closed, so that no run of ``command`` can replace the folder's contents while it is read."""
-    check_settled(path, command, what)
-    lock = Path(path) / STATE_DIR / "lock"
-    if not lock.is_file() or lock.is_symlink():
-        return None
-    import fcntl
-
-    fh = open(lock, encoding="utf-8")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        fh.close()
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise OutputInUseError(_in_use_message(Path(path), what, _read_holder(lock))) from None
-        return None
-    return fh
-
-
-def check_settled(path, command: str, what: str) -> None:
-    """Before reading a folder a command writes (the trainer reading preprocessing's output,
-    generation reading a LoRA folder): refuse while a run holds it, or when its last commit was cut
-    short (the folder then mixes two runs' files until that command runs there again)."""
-    state = Path(path) / STATE_DIR
-    lock = state / "lock"
-    if lock.is_file() and not lock.is_symlink():
-        import fcntl
-
-        with open(lock, encoding="utf-8") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise OutputInUseError(_in_use_message(Path(path), what, _read_holder(lock))) from None
-    record = state / f"{command}.json"
-    if record.is_file():
-        try:
-            data = json.loads(record.read_text(encoding="utf-8"))
-            pending = data.get("pending") or data.get("incomplete")
-        except (OSError, ValueError, AttributeError):
-            pending = None
-        if pending:
-            raise InputError(
-                f"{what} {path}: the last `facechain {command}` run there was stopped while it was replacing its outputs, "
-                f"so the folder mixes two runs' files. Run the same `facechain {command}` command into it again (it "
-                "completes or redoes that step), then retry."
-            )
-
-
-def _parse_files(raw) -> dict[str, FileRecord]:
-    if not isinstance(raw, dict):
-        raise ValueError("'files' is not a mapping")
-    bad = [k for k in raw if not _safe_rel(k)]
-    if bad:
-        raise ValueError(f"paths outside the folder: {bad[:3]}")
-    return {k: FileRecord.from_dict(v) for k, v in raw.items()}
-
-
-def _parse_pending(raw) -> dict | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise ValueError("'pending' is not a mapping")
-    stage = raw["stage"]
-    if not (isinstance(stage, str) and len(PurePosixPath(stage).parts) == 2
-            and PurePosixPath(stage).parts[0] in ("staging", "tmp") and _safe_rel(PurePosixPath(stage).parts[1])):
-        raise ValueError(f"staging folder {stage!r} is not inside staging/ or tmp/")
-    into = raw["into"]
-    if not (into == "" or _safe_rel(into)):
-        raise ValueError(f"'into' {into!r} is outside the folder")
-    if not isinstance(raw["replace"], bool):
-        raise ValueError("'replace' is not true/false")
-    files, delete = _parse_files(raw["files"]), _parse_files(raw["delete"])
-    if into and any(not k.startswith(into.rstrip("/") + "/") for k in files):
-        raise ValueError("a file outside 'into'")
-    return {"stage": stage, "into": into, "replace": raw["replace"],
-            "files": {k: v.to_dict() for k, v in files.items()}, "delete": {k: v.to_dict() for k, v in delete.items()}}
-
-
-def _pending_stages(state: Path) -> set[str]:
-    """Staging folders (relative to the state folder) that some command's record still needs."""
-    keep = set()
-    for rec in state.glob("*.json"):
-        try:
-            pending = json.loads(rec.read_text(encoding="utf-8")).get("pending")
-            if isinstance(pending, dict) and isinstance(pending.get("stage"), str):
-                keep.add(pending["stage"])
-        except (OSError, ValueError, AttributeError):
-            continue
-    return keep
-
-
-def _read_holder(lock_path: Path) -> dict | None:
-    try:
-        return json.loads(lock_path.read_text(encoding="utf-8").strip() or "null")
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _holder_gone(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return False  # cannot tell on another host: treat as live
-    try:
-        os.kill(int(holder.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, TypeError):
-        return False
-    return False
-
-
-def _in_use_message(path: Path, what: str, holder: dict | None) -> str:
-    if holder and holder.get("reader"):
-        who = "a facechain run that is reading it (e.g. a training run reading its processed photos)"
-    elif holder:
-        who = f"pid {holder.get('pid')} on {holder.get('host')} (facechain {holder.get('command')}, since {holder.get('started')})"
-    else:
-        who = "another facechain run"
-    return (f"{what} {path} is in use by {who}. Two runs in one folder would mix their results. Wait for that run to "
-            "finish or stop it, or choose another folder.")
