@@ -290,7 +290,7 @@ def test_cli_json_parses_and_its_exit_code_counts_the_problems(capsys, tmp_path,
     assert abs(here["data"]["free_bytes"] - free) < 1 << 30  # other writers on the disk move it a little
     assert here["status"] == ("problem" if free < doctor.MIN_FREE_DISK else "ok")
     # a place with less room than MIN_FREE_DISK is a problem, with that place's fix
-    monkeypatch.setattr(doctor, "MIN_FREE_DISK", free + (1 << 40))
+    monkeypatch.setattr(doctor.disk, "MIN_FREE_DISK", free + (1 << 40))
     (small,) = doctor.check_disk({"scratch": (tmp_path, "free space in scratch")})
     assert small.status == "problem" and small.fix == "free space in scratch"
     assert main(["doctor", "--only", "bogus"]) == 1
