@@ -53,14 +53,6 @@ from facechain.doctor.installs import (
     providers_finding,
 )
 
-__all__ = [
-    "DefaultModel", "DoctorReport", "Finding", "GPU_EXTRAS", "MIN_FREE_DISK", "ONNXRUNTIME_DISTS", "OPENCV_DISTS",
-    "OPENCV_KEPT", "PINS", "SECTIONS", "Status", "check_cv2", "check_disk", "check_face_backend", "check_models",
-    "check_onnxruntime_providers", "check_torch", "default_models", "fix_commands", "hf_cache_dir",
-    "installed_distributions", "nvidia_smi_gpus", "onnxruntime_distributions", "opencv_distributions",
-    "providers_finding", "run_doctor",
-]
-
 
 def run_doctor(sections: Iterable[str] | None = None) -> DoctorReport:
     """Every check of ``sections`` (default: all of SECTIONS), in that order."""

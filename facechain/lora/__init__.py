@@ -24,9 +24,3 @@ from facechain.lora.formats import (
     to_kohya,
     unflatten,
 )
-
-__all__ = [
-    "COMPONENTS", "KOHYA_FILE", "KOHYA_PREFIXES", "LORA_FILE", "LoraDict", "average", "flatten", "key_format",
-    "kohya_names", "load_adapter", "loadable_state", "read_lora_file", "read_tensors", "resolve", "save_diffusers",
-    "save_kohya", "sgm_unet_path", "to_kohya", "unflatten",
-]

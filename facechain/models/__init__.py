@@ -82,15 +82,3 @@ from facechain.models.weights import (
     safetensors_only,
     weight_file_kind,
 )
-
-__all__ = [
-    "ComponentPlan", "DEVICE_HELP", "DTYPE_HELP", "HUB_REF_HELP", "Hub", "HubSource", "MODELSCOPE_COPIES",
-    "PICKLE_SUFFIXES", "ResolvedModel", "SAFE_SUFFIXES", "SKIPPED_COMPONENTS", "SWAPPER_FILE", "VARIANTS",
-    "VARIANT_HELP", "Variant", "WEIGHT_STEMS", "check_checkpoint_file", "check_folder_weights", "check_variant",
-    "download_plan", "dtype_kwargs", "family_of_checkpoint_keys", "fetch_first", "fetch_from_hub",
-    "files_fingerprint", "hub_sources", "insightface_root", "load_controlnet", "load_depth_estimator",
-    "load_image_encoder", "load_pipeline", "load_pose_annotator", "loaded_components", "model_fingerprint",
-    "native_size", "parse_hub_ref", "plan_component", "plan_folder", "read_weights_file", "resolve_device",
-    "resolve_dtype", "resolve_model", "resolve_weights_file", "safetensors_only", "swapper_model_path",
-    "weight_file_kind",
-]

@@ -43,8 +43,3 @@ from facechain.outputs.folder import (
 )
 from facechain.outputs.lock import OutputInUseError, check_settled, hold_for_reading
 from facechain.outputs.record import RECORD_VERSION, STATE_DIR, FileRecord, sha256_file
-
-__all__ = [
-    "FileRecord", "OutputCommitError", "OutputConflictError", "OutputDir", "OutputInUseError", "RECORD_VERSION",
-    "STATE_DIR", "check_settled", "check_writable_folder", "hold_for_reading", "same_or_nested", "sha256_file",
-]
