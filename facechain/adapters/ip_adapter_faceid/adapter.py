@@ -1,52 +1,19 @@
-"""IP-Adapter-FaceID (Ye et al. 2023, h94/IP-Adapter-FaceID) through diffusers' own loader.
-
-The adapter turns a face-recognition embedding (insightface's ArcFace, 512-d) into 4 extra
-cross-attention tokens (``IPAdapterFaceIDImageProjection``) that IP-Adapter attention processors
-attend to next to the prompt, and ships a LoRA trained with it. diffusers loads both:
-``pipe.load_ip_adapter(folder, subfolder="", weight_name=..., image_encoder_folder=None)`` (the
-LoRA becomes the peft adapter ``faceid_0``), ``pipe.set_ip_adapter_scale(scale)``, and sampling
-takes ``ip_adapter_image_embeds=[tensor of shape (2 or 1, 1, 1, D)]`` (zeros first for the
-unconditional half when guidance is on).
-
-What facechain adds around it:
-
-* **Safetensors only.** The published checkpoints are pickles (``.bin``); ``facechain convert``
-  reads a trusted one once with ``torch.load(weights_only=True)`` and writes ``.safetensors`` (into
-  :func:`adapters_home` by default, where the default weights are then found). A ``.bin`` is
-  refused with that command in the message.
-* **Checked before any sampling** (:func:`check_state`): that the file is an IP-Adapter-FaceID
-  checkpoint, made for this base model's family (its cross-attention size and number of
-  cross-attention layers match the UNet), and that the face embedding has the size the adapter
-  takes (the dlib backend's 128-d embedding is not ArcFace's 512-d).
-* **The person's embedding** (:func:`identity_embedding`): the mean of the unit-length embeddings
-  of one face per photo, scaled back to unit length. A photo with no face or several faces is an
-  error naming it.
-
-insightface's model packs (buffalo_l, antelopev2), whose ArcFace embedding this adapter needs, are
-licensed for non-commercial research only.
-"""
+"""The IP-Adapter-FaceID adapters on a pipeline: :class:`IPAdapterFaceID` (the ArcFace embedding) and
+:class:`IPAdapterFaceIDPlusV2` (plus the CLIP image features of the face, cached)."""
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from facechain.adapters.ip_adapter_faceid.embedding import CLIP_CROP, IdentityEmbedding
+from facechain.adapters.ip_adapter_faceid.weights import adapters_home, check_state, read_shape, resolve_weights
 from facechain.errors import FacechainError, InputError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
-FACEID_REPO = "h94/IP-Adapter-FaceID"
-# (adapter, family) -> the published pickle in FACEID_REPO; its converted copy is <stem>.safetensors
-CHECKPOINTS = {
-    ("ip-adapter-faceid", "sd15"): "ip-adapter-faceid_sd15.bin",
-    ("ip-adapter-faceid", "sdxl"): "ip-adapter-faceid_sdxl.bin",
-    ("ip-adapter-faceid-plusv2", "sd15"): "ip-adapter-faceid-plusv2_sd15.bin",
-    ("ip-adapter-faceid-plusv2", "sdxl"): "ip-adapter-faceid-plusv2_sdxl.bin",
-}
 # The image encoder the Plus checkpoints were trained with, OpenCLIP ViT-H/14 (IP-Adapter's wiki,
 # "IP-Adapter-Face"), in the copy that loads as transformers' CLIPVisionModelWithProjection from
 # safetensors: h94/IP-Adapter's models/image_encoder (config.json: CLIPVisionModelWithProjection, hidden
@@ -55,7 +22,6 @@ CHECKPOINTS = {
 # laion/CLIP-ViT-H-14-laion2B-s32B-b79K is that model (IP-Adapter's README: OpenCLIP ViT-H-14) packaged as a
 # whole CLIPModel, text tower included, so its vision tower loads only as part of a larger download.
 DEFAULT_IMAGE_ENCODER = ("h94/IP-Adapter", "models/image_encoder")
-CLIP_CROP = 224  # the face crop the Plus variants' image encoder sees (insightface's norm_crop at 224 px)
 # The channel order the face crop is handed to CLIP in: BGR, as in the published usage. h94/IP-Adapter-FaceID's
 # model card (FaceID-Plus / Plus v2): `image = cv2.imread(...)` (BGR), `face_align.norm_crop(image, ...,
 # image_size=224)`, the BGR crop passed as is to IPAdapterFaceIDPlus.generate(face_image=...), whose
@@ -64,257 +30,12 @@ CLIP_CROP = 224  # the face crop the Plus variants' image encoder sees (insightf
 # Our crops are RGB (read_image): they are flipped to BGR for the encoder only.
 CLIP_CHANNELS = "bgr"
 CLIP_FEATURES_VERSION = "plusv2-clip-1"  # what the cached features are: penultimate hidden states, mean over crops
-FAMILY_CROSS_DIM = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 PACK_LICENSE = "insightface's model packs are licensed for non-commercial research only"
 LICENSE_NOTE = f"IP-Adapter-FaceID needs insightface's ArcFace embedding; {PACK_LICENSE}."
 
 
-def adapters_home() -> Path:
-    """Where converted adapter weights live: $FACECHAIN_HOME/adapters (default ~/.cache/facechain/adapters)."""
-    root = os.environ.get("FACECHAIN_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "facechain")
-    return Path(root) / "adapters"
-
-
-def convert_command(filename: str) -> str:
-    return f"facechain convert {FACEID_REPO} --file {filename}"
-
-
-def resolve_weights(adapter: str, family: str, weights: str = "") -> Path:
-    """The adapter's .safetensors file: ``weights`` when given, else the converted default for
-    ``family`` in :func:`adapters_home`. A pickle, or a default not converted yet, is one error
-    saying which ``facechain convert`` command makes the file."""
-    from facechain.models import resolve_weights_file
-
-    if weights:
-        suffix = Path(weights).suffix.lower()
-        if suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
-            raise InputError(
-                f"identity.weights {weights} is a pickle file, which facechain does not load (it can run code). "
-                f"Convert it once: `facechain convert {weights}` (reads tensors only) writes a .safetensors file; set "
-                "identity.weights to that file.")
-        return resolve_weights_file(weights, allow_pickle=False, what=f"{adapter} weights")
-    name = CHECKPOINTS.get((adapter, family))
-    if name is None:
-        raise InputError(f"{adapter} has no published checkpoint for {family} base models. Use an SD1.5 or SDXL base "
-                         "model, or set identity.weights to a checkpoint made for this one.")
-    path = adapters_home() / (Path(name).stem + ".safetensors")
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"{adapter} weights for {family} are not on this machine ({path}). Run once, with network access: "
-            f"`{convert_command(name)}` (downloads {FACEID_REPO}/{name} and writes {path.name} there), or set "
-            "identity.weights to a converted .safetensors file.")
-    return path
-
-
-def convert_checkpoint(src: str, out: str | os.PathLike | None = None, *, filename: str | None = None,
-                       revision: str | None = None) -> Path:
-    """Read a trusted pickle checkpoint tensors-only (``torch.load(weights_only=True)``) and write its
-    tensors as one .safetensors file; nested dicts become dotted keys (``image_proj.norm.weight``, the
-    layout diffusers' ``load_ip_adapter`` reads). ``src``: a local file, or a hub / ModelScope repo id
-    with ``filename``. ``out``: default :func:`adapters_home` / <stem>.safetensors. An existing ``out``
-    is never overwritten."""
-    import torch
-
-    from facechain.io import save_safetensors
-    from facechain.models import read_weights_file, resolve_weights_file
-
-    path = resolve_weights_file(src, filename=filename, revision=revision, allow_pickle=True,
-                                what="checkpoint to convert")
-    dest = Path(out) if out is not None else adapters_home() / (path.stem + ".safetensors")
-    if dest.suffix.lower() != ".safetensors":
-        raise InputError(f"convert: the output {dest} must end in .safetensors.")
-    if dest.exists():
-        raise InputError(f"convert: {dest} already exists and is not overwritten. Remove it, or pass another --out.")
-    state = read_weights_file(path, "checkpoint to convert")
-    flat: dict = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, torch.Tensor):
-            flat[prefix] = value
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            logger.info("convert: %s is a %s, not a tensor; not kept", prefix or "<root>", type(value).__name__)
-
-    walk("", state)
-    if not flat:
-        raise InputError(f"convert: {path} holds no tensors; nothing to convert.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(dest, flat, metadata={"converted_from": path.name})
-    logger.info("convert: %d tensors from %s -> %s", len(flat), path, dest)
-    return dest
-
-
-# ---------------------------------------------------------------------------- checks
-
-
-@dataclass(frozen=True)
-class FaceIDShape:
-    embed_dim: int  # the face embedding size the projection takes
-    cross_dim: int  # the cross-attention size it was made for
-    layers: int  # IP attention layers (one per UNet cross-attention layer)
-    has_lora: bool
-    clip_dim: int | None = None  # Plus: the CLIP image encoder's hidden size it reads
-
-
-PLUS_IN, PLUS_OUT = "image_proj.perceiver_resampler.proj_in.weight", "image_proj.perceiver_resampler.proj_out.weight"
-
-
-def read_shape(path: Path, adapter: str = "ip-adapter-faceid") -> FaceIDShape:
-    """What an IP-Adapter-FaceID (``plus``: FaceID Plus) .safetensors file was made for, from its tensor
-    shapes (no tensor is read)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            keys = list(f.keys())
-            shapes = {k: f.get_slice(k).get_shape() for k in keys
-                      if k in ("image_proj.proj.0.weight", "image_proj.norm.weight", PLUS_IN, PLUS_OUT)}
-    except Exception as exc:
-        raise InputError(f"{adapter} weights {path} could not be read as safetensors ({type(exc).__name__}); "
-                         "the file is damaged or not an adapter.") from exc
-    is_plus = PLUS_IN in shapes and PLUS_OUT in shapes
-    is_plain = "image_proj.norm.weight" in shapes and not is_plus
-    own = sorted(v for (a, _), v in CHECKPOINTS.items() if a == adapter)
-    if "image_proj.proj.0.weight" not in shapes or not (is_plus or is_plain):
-        raise InputError(f"{path} is not an IP-Adapter-FaceID checkpoint: it lacks the FaceID projection "
-                         f"(image_proj.proj.0, and image_proj.norm or a perceiver resampler). Use {adapter}'s own file "
-                         f"({', '.join(own)}, converted).")
-    if is_plus != adapter.endswith("plusv2"):
-        kind = "an IP-Adapter-FaceID Plus checkpoint" if is_plus else "a plain IP-Adapter-FaceID checkpoint"
-        raise InputError(f"{path} is {kind}, and identity.adapter is {adapter}. Set identity.adapter to "
-                         f"{'ip-adapter-faceid-plusv2' if is_plus else 'ip-adapter-faceid'}, or use {adapter}'s own "
-                         f"file ({', '.join(own)}, converted).")
-    layers = sum(1 for k in keys if k.startswith("ip_adapter.") and k.endswith(".to_k_ip.weight"))
-    cross = int(shapes[PLUS_OUT][0] if is_plus else shapes["image_proj.norm.weight"][0])
-    return FaceIDShape(embed_dim=int(shapes["image_proj.proj.0.weight"][1]), cross_dim=cross, layers=layers,
-                       has_lora=any(".to_q_lora." in k for k in keys),
-                       clip_dim=int(shapes[PLUS_IN][1]) if is_plus else None)
-
-
-def check_state(shape: FaceIDShape, unet, path: Path, family: str, adapter: str = "ip-adapter-faceid") -> None:
-    """Refuse an adapter made for another UNet, before diffusers changes the pipeline."""
-    want = int(unet.config.cross_attention_dim)
-    if shape.cross_dim != want:
-        made = FAMILY_CROSS_DIM.get(shape.cross_dim, f"a {shape.cross_dim}-wide model")
-        raise InputError(
-            f"IP-Adapter-FaceID weights {path} were made for {made} (cross-attention size {shape.cross_dim}), and the "
-            f"base model is {family} (cross-attention size {want}). Use the adapter of the base model's family "
-            f"({CHECKPOINTS.get((adapter, family), 'none published')}).")
-    cross_layers = sum(1 for name in unet.attn_processors if not name.endswith("attn1.processor"))
-    if shape.layers != cross_layers:
-        raise InputError(
-            f"IP-Adapter-FaceID weights {path} have {shape.layers} attention layers and the base model's UNet has "
-            f"{cross_layers} cross-attention layers: the file was made for another UNet. Use the adapter made for this "
-            "base model's family.")
-
-
-# ---------------------------------------------------------------------------- the person's embedding
-
-
-@dataclass(frozen=True)
-class IdentityEmbedding:
-    vector: np.ndarray  # float32 (D,), unit length
-    photos: list[str]  # the photos it was averaged over
-    backend: str
-    crops: np.ndarray | None = None  # uint8 (N, 224, 224, 3): each photo's face, aligned (insightface's norm_crop)
-
-
-def _cache_key(files: list[Path], backend: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256(f"identity-v2|{backend}".encode())
-    for path in files:
-        h.update(path.name.encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:32]
-
-
-def _read_cached(path: Path) -> IdentityEmbedding | None:
-    import json
-
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            return IdentityEmbedding(f.get_tensor("embedding").astype(np.float32), json.loads(meta["photos"]), meta["backend"],
-                                     f.get_tensor("crops"))
-    except Exception as exc:  # a damaged cache file is measured again, never trusted
-        logger.info("identity embedding cache %s unreadable (%s); measuring again", path, type(exc).__name__)
-        return None
-
-
-def identity_embedding(photos: str | os.PathLike, analyzer, cache: bool = True) -> IdentityEmbedding:
-    """The mean of the unit-length face embeddings of the photos directly in ``photos`` (one face each),
-    scaled to unit length. A photo with no face, or with several, is an error naming each such photo.
-
-    ``cache``: kept in $FACECHAIN_HOME/identity/ (default ~/.cache/facechain/identity), keyed by the
-    backend and the photos' names and bytes, so a later job with the same photos skips detection. Not
-    in the photos folder: that folder is the user's (or preprocessing's, whose record would count a
-    stranger's file there)."""
-    from facechain.errors import require
-    from facechain.images import PHOTO_MAX_MEGAPIXELS, list_images, read_image
-
-    require("insightface", "the identity adapter's face crops (insightface.utils.face_align)")
-    from insightface.utils.face_align import norm_crop
-
-    files = list_images(Path(photos), "identity.photos folder")
-    cached = adapters_home().parent / "identity" / f"{_cache_key(files, analyzer.name)}.safetensors" if cache else None
-    if cached is not None and cached.is_file():
-        hit = _read_cached(cached)
-        if hit is not None:
-            logger.info("identity embedding: cached (%s), over %d photos", cached.name, len(hit.photos))
-            return hit
-    vectors, used, problems, crops = [], [], [], []
-    for path in files:
-        try:
-            img = read_image(path, "identity photo", max_megapixels=PHOTO_MAX_MEGAPIXELS)
-        except FacechainError as exc:
-            problems.append(f"{path.name}: {exc}")
-            continue
-        faces = analyzer.detect(img, max_faces=3)
-        if not faces:
-            problems.append(f"{path.name}: no face found")
-        elif len(faces) > 1:
-            problems.append(f"{path.name}: {len(faces)} faces (whose identity is meant is unclear)")
-        else:
-            emb = faces[0].embedding if faces[0].embedding is not None else analyzer.embed(img, faces[0])
-            v = np.asarray(emb, np.float64).reshape(-1)
-            vectors.append(v / max(np.linalg.norm(v), 1e-12))
-            used.append(path.name)
-            crops.append(norm_crop(img, landmark=np.asarray(faces[0].kps, np.float32), image_size=CLIP_CROP))
-    if problems:
-        raise InputError(
-            f"identity.photos {photos}: every photo must show the person's face alone. Fix or remove:\n  "
-            + "\n  ".join(problems) + "\n(The output folder of `facechain preprocess` holds only such crops.)")
-    mean = np.mean(vectors, axis=0)
-    emb = IdentityEmbedding((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32), used, analyzer.name,
-                            np.stack(crops).astype(np.uint8))
-    if cached is not None:
-        import json
-
-        import torch
-
-        from facechain.io import save_safetensors
-
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            save_safetensors(cached, {"embedding": torch.from_numpy(emb.vector), "crops": torch.from_numpy(emb.crops)},
-                             metadata={"photos": json.dumps(used), "backend": analyzer.name})
-        except OSError as exc:  # a read-only home: the job goes on without the cache
-            logger.warning("identity embedding: could not cache it in %s (%s)", cached.parent, exc.strerror or exc)
-    return emb
-
-
-# ---------------------------------------------------------------------------- the adapter
-
-
 class IPAdapterFaceID:
-    """IP-Adapter-FaceID on an SD1.5 or SDXL pipeline (see the module docstring)."""
+    """IP-Adapter-FaceID on an SD1.5 or SDXL pipeline (see :mod:`facechain.adapters.ip_adapter_faceid`)."""
 
     name = "ip-adapter-faceid"
     lora_adapter = "faceid_0"  # the peft adapter name diffusers gives the checkpoint's LoRA
