@@ -12,6 +12,7 @@ from typing import Iterable, Literal
 
 from facechain.doctor.findings import Finding, gib
 
+
 @dataclass(frozen=True)
 class DefaultModel:
     """A model facechain uses by default. ``filename`` is the file whose presence in a hub cache means

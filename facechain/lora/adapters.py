@@ -12,6 +12,7 @@ from facechain.families import Family, family_of_pipeline
 from facechain.lora.files import read_tensors
 from facechain.lora.formats import from_attn_processor_format, from_kohya, key_format, pipeline_components
 
+
 def _file_modules(state: dict[str, torch.Tensor]) -> set[str]:
     """``component.module`` of every LoRA module in a diffusers-layout state dict."""
     out = set()

@@ -66,7 +66,6 @@ def _modules(peft_sd: dict[str, torch.Tensor]) -> set[str]:
     return {k.rsplit(".lora_", 1)[0] for k in peft_sd if ".lora_" in k}
 
 
-
 def save_kohya(folder: str | Path, lora: LoraDict, family: str | Family, alpha: float, layers_per_block: int = 2) -> Path:
     path = Path(folder) / KOHYA_FILE
     save_safetensors(path, to_kohya(lora, family, alpha, layers_per_block), metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha)})
@@ -85,7 +84,6 @@ def read_tensors(path: Path, what: str = "LoRA file") -> dict[str, torch.Tensor]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise InputError(f"{what} {path} does not hold a flat mapping of names to tensors.")
     return sd
-
 
 
 def read_lora_file(path: str | Path, family: str | Family, unet_config=None) -> tuple[LoraDict, float]:
@@ -136,7 +134,6 @@ def _metadata_alpha(path: Path) -> float | None:
         return None
     values = {float(v) for k, v in json.loads(meta).items() if k.endswith("lora_alpha")}
     return values.pop() if len(values) == 1 else None
-
 
 
 def resolve(ref: str | os.PathLike, *, allow_pickle: bool = False, what: str = "LoRA",

@@ -63,7 +63,6 @@ def average(loras: list[LoraDict]) -> LoraDict:
     }
 
 
-
 # --------------------------------------------------------------------------- kohya format
 
 
@@ -130,7 +129,6 @@ def to_kohya(lora: LoraDict, family: str | Family, alpha: float, layers_per_bloc
     return out
 
 
-
 _LEGACY_KEY = re.compile(r"^(?:unet\.)?(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 
 
@@ -169,7 +167,6 @@ def key_format(tensors: dict) -> str:
     if all(k.split(".", 1)[0] in COMPONENTS for k in keys):
         return "diffusers"
     return "peft" if all(".lora_A." in k or ".lora_B." in k or k.endswith(".lora_magnitude_vector") for k in keys) else "unknown"
-
 
 
 # --------------------------------------------------------------------------- converting any layout for a pipeline

@@ -29,6 +29,7 @@ from facechain.models.weights import (
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A base model found on disk."""
@@ -121,7 +122,6 @@ def _resolve_local(path: Path, subfolder: str | None, allow_pickle: bool, ref: s
         f"base model folder {path} holds neither a diffusers model (model_index.json) nor exactly one checkpoint "
         f"file (found {len(files)}). Pass the folder's sub path or the checkpoint file itself."
     )
-
 
 
 def load_pipeline(

@@ -86,7 +86,6 @@ def record_of(path: Path, log: bool = False) -> FileRecord:
     return FileRecord(size, sha256_file(path, size), log)
 
 
-
 def parse_files(raw) -> dict[str, FileRecord]:
     if not isinstance(raw, dict):
         raise ValueError("'files' is not a mapping")
