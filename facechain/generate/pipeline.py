@@ -29,12 +29,13 @@ from facechain import lora as lora_io
 from facechain.face.fusion import fusion_spec
 from facechain.families import get_family
 from facechain.generate.config import FACECHAIN_STYLE_LORA, FACECHAIN_STYLE_LORA_FAMILY, GenerateConfig
+from facechain.generate.control import setup_pose_control
 from facechain.generate.prompt import build_prompt, negative_for_subject
+from facechain.lora.mixing import AdapterMixer
 from facechain.models import (
     ResolvedModel,
     check_checkpoint_file,
     load_controlnet,
-    load_depth_estimator,
     load_pipeline,
     native_size,
     resolve_device,
@@ -145,14 +146,6 @@ def check_control_inputs(cfg: GenerateConfig):
     return pose_map, photo
 
 
-def estimate_depth(photo: np.ndarray, model: str, allow_pickle: bool = False) -> np.ndarray:
-    """Depth map (RGB uint8) of a pose photo with a transformers depth-estimation model (FaceChain: DPT-large)."""
-    from PIL import Image
-
-    depth = load_depth_estimator(model, allow_pickle=allow_pickle)(Image.fromarray(photo))["depth"]
-    return np.asarray(depth.convert("RGB"))
-
-
 class PortraitGenerator:
     """Holds the loaded pipeline for one job; :meth:`generate` runs one style."""
 
@@ -206,9 +199,7 @@ class PortraitGenerator:
         self.controlnets: list = []  # the job's ControlNets, in the order of control_images
         self.pose_control: str | None = None  # "controlnet" | "repcontrolnet" once a pose is set up
         self._rep_injection = self._rep_features = None
-        # fuse_lora/unfuse_lora in half precision round the base weights a little each time; keep an
-        # exact copy (on the CPU) of every weight a fuse touches and put it back after each unfuse
-        self._base_copies: dict[int, tuple] = {}
+        self.mixer = AdapterMixer(pipe, self.dtype)  # per-style adapter weights, fused and put back exactly
         self._encoder = None  # facechain.prompts.PromptEncoder, made on first use
         if cfg.pose is not None:
             self._setup_control(pose_map, photo)
@@ -298,75 +289,13 @@ class PortraitGenerator:
     # ------------------------------------------------------------------ ControlNet
 
     def _setup_control(self, pose_map: np.ndarray, photo: np.ndarray | None) -> None:
-        from PIL import Image
-
-        from facechain.adapters.repcontrolnet.merge import merged_record
-        from facechain.poses import letterbox
-
-        cfg = self.cfg
-        # letterboxed, never stretched: a pose (and its depth map) of another aspect than the output keeps
-        # its proportions; both are fitted the same way, so they stay aligned
-        pose_map = letterbox(pose_map, (self.width, self.height), "nearest")
-        rep = merged_record(self.resolved.path)
-        mode = cfg.pose_control
-        if mode == "auto":
-            mode = "repcontrolnet" if rep is not None and rep.get("condition") == "openpose" and not cfg.depth else "controlnet"
-        self.pose_control = mode
-        if mode == "repcontrolnet":
-            self._setup_repcontrol(pose_map, rep)
-            return
-        nets = [load_controlnet(cfg.controlnet_openpose or self.model_family.controlnets["openpose"], dtype=self.dtype,
-                                what="openpose", allow_pickle=cfg.allow_pickle, variant=cfg.variant)]
-        images = [Image.fromarray(pose_map)]
-        scales = [cfg.pose_weight]
-        if cfg.depth:
-            if cfg.depth_image is not None:
-                from facechain.images import read_image
-
-                depth = read_image(cfg.depth_image, "depth_image")
-            else:  # a photo: check_control_inputs refused a skeleton map without depth_image
-                from facechain.poses import mask_heads_in_depth
-
-                depth = estimate_depth(photo, cfg.depth_estimator, cfg.allow_pickle)
-                depth = np.asarray(Image.fromarray(depth).resize((photo.shape[1], photo.shape[0]), Image.BICUBIC))
-                faces = self._face_analyzer().detect(photo)  # the pose photo's own head: FaceChain masks it
-                depth = mask_heads_in_depth(depth, faces)
-                if not faces:
-                    logger.info("depth: no face found in the pose photo; its depth map is used whole")
-            nets.append(load_controlnet(cfg.controlnet_depth or self.model_family.controlnets["depth"], dtype=self.dtype,
-                                        what="depth", allow_pickle=cfg.allow_pickle, variant=cfg.variant))
-            images.append(Image.fromarray(letterbox(depth, (self.width, self.height), "bicubic")))
-            scales.append(cfg.depth_weight)
-        if len(nets) > 1:
-            from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
-
-            controlnet = MultiControlNetModel(nets)
-        else:
-            controlnet = nets[0]
-        cls = self.model_family.pipeline_class("controlnet")
-        self.controlnets = nets
-        self.control_pipe = cls.from_pipe(self.pipe, controlnet=controlnet)
-        self.control_pipe.set_progress_bar_config(disable=True)
-        self.control_images = images
-        self.control_scales = scales
-
-    def _setup_repcontrol(self, pose_map: np.ndarray, record: dict | None) -> None:
-        """A merged RepControlNet base model: its condition encoder turns the pose map into features added
-        to the UNet's first feature map during sampling (facechain.adapters.repcontrolnet)."""
-        import torch
-
-        from facechain.adapters.repcontrolnet.merge import load_condition_adapter
-        from facechain.adapters.repcontrolnet.model import ConditionInjection
-
-        if record is None or record.get("condition") != "openpose":
-            raise InputError(
-                f"pose_control is repcontrolnet but base_model {self.resolved.reference} is not a model merged with an "
-                "openpose RepControlNet (`facechain merge-repcontrolnet`). Use such a model, or pose_control: controlnet.")
-        adapter = load_condition_adapter(self.resolved.path, self.pipe.unet).to(self.device, self.dtype)
-        pose = torch.from_numpy(np.ascontiguousarray(pose_map)).permute(2, 0, 1)[None].float().div(255.0)
-        with torch.inference_mode():
-            self._rep_features = adapter(pose.to(self.device, self.dtype))
-        self._rep_injection = ConditionInjection(self.pipe.unet)
+        control = setup_pose_control(self.pipe, self.model_family, self.resolved, self.cfg, pose_map, photo,
+                                     (self.width, self.height), dtype=self.dtype, device=self.device,
+                                     face_analyzer=self._face_analyzer)
+        self.pose_control = control.mode
+        self.control_pipe, self.controlnets = control.control_pipe, control.controlnets
+        self.control_images, self.control_scales = control.images, control.scales
+        self._rep_injection, self._rep_features = control.rep_injection, control.rep_features
 
     # ------------------------------------------------------------------ LoRA mixing
 
@@ -395,57 +324,18 @@ class PortraitGenerator:
                 raise
             weights[STYLE_ADAPTER] = weight
         try:
-            if weights:
-                pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
-                if self.fuse:
-                    self._snapshot_base_weights()
-                    pipe.fuse_lora(adapter_names=list(weights), lora_scale=1.0)
+            self.mixer.activate(weights, fuse=self.fuse)
         except BaseException:  # never leave the style adapter (or a half fuse) behind for the next style
             self._deactivate(weights)
             raise
         return weights
 
     def _deactivate(self, weights: dict[str, float]) -> None:
-        pipe = self.pipe
         try:
-            if weights and self.fuse:
-                pipe.unfuse_lora()
-                self._restore_base_weights()
+            self.mixer.deactivate(weights, fused=self.fuse)
         finally:
             if STYLE_ADAPTER in weights:
-                pipe.delete_adapters(STYLE_ADAPTER)
-
-    def _lora_base_params(self):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for name in ("unet", "transformer", "text_encoder", "text_encoder_2"):
-            model = getattr(self.pipe, name, None)
-            if model is None:
-                continue
-            for module in model.modules():
-                if isinstance(module, BaseTunerLayer):
-                    base = module.get_base_layer()
-                    for p in (getattr(base, "weight", None), getattr(base, "bias", None)):
-                        if p is not None:
-                            yield p
-
-    def _snapshot_base_weights(self) -> None:
-        """Copy (once) every not yet copied weight under a LoRA layer, in half precision only:
-        in float32 the unfuse round trip is exact enough and the copy would only cost memory."""
-        import torch
-
-        if self.dtype == torch.float32:
-            return
-        for p in self._lora_base_params():
-            if id(p) not in self._base_copies:
-                self._base_copies[id(p)] = (p, p.detach().to("cpu", copy=True))
-
-    def _restore_base_weights(self) -> None:
-        import torch
-
-        with torch.no_grad():
-            for p, saved in self._base_copies.values():
-                p.copy_(saved)
+                self.pipe.delete_adapters(STYLE_ADAPTER)
 
     # ------------------------------------------------------------------ prompts
 
@@ -496,7 +386,7 @@ class PortraitGenerator:
                 out.append(Candidate(c.index, c.seed, c.image, info, c.diir))
         return out
 
-    def _restore(self, candidates: list[Candidate], conditioning: dict) -> list[Candidate]:
+    def _diir(self, candidates: list[Candidate], conditioning: dict) -> list[Candidate]:
         """DIIR on every candidate's faces (fusion: diir), while the face LoRA and identity are active."""
         import dataclasses
 
@@ -524,25 +414,8 @@ class PortraitGenerator:
 
     # ------------------------------------------------------------------ sampling
 
-    def generate(self, style: Style, subject: tuple[str, str]) -> StyleBatch:
-        """Generate ``cfg.num_candidates`` images of ``style`` for ``subject`` = (trigger, attribute phrase)."""
-        import torch
-        from tqdm.auto import tqdm
-
-        cfg = self.cfg
-        prompt = build_prompt(subject[0], subject[1], style.add_prompt_style, cfg.prompt)
-        negative = negative_for_subject(cfg.negative_prompt, subject[1])
-        steps = cfg.fast_num_inference_steps if cfg.fast else cfg.num_inference_steps
-        guidance = cfg.fast_guidance_scale if cfg.fast else cfg.guidance_scale
-        dcfg = self._detailer_config(steps, guidance) if cfg.detailer != "off" else None
-        t0 = time.perf_counter()
-        weights = self._activate(style)
-        pipe = self.control_pipe or self.pipe
-        try:  # after _activate: a style LoRA may change the text encoder too
-            conditioning = self._prompt_encoder()(prompt, negative)
-        except BaseException:
-            self._deactivate(weights)
-            raise
+    def _extra_inputs(self, guidance: float) -> dict:
+        """The pipeline inputs beside the prompt: the identity adapter's embeddings, the ControlNet images and scales."""
         extra = {}
         if self.identity is not None:
             embeds = self.identity.embeds(self.identity_embedding, do_cfg=guidance > 1, device=self.device,
@@ -554,41 +427,72 @@ class PortraitGenerator:
                 extra.update(image=self.control_images[0], controlnet_conditioning_scale=self.control_scales[0])
             else:
                 extra.update(image=self.control_images, controlnet_conditioning_scale=self.control_scales)
+        return extra
+
+    def _sample(self, pipe, style: Style, conditioning: dict, extra: dict, steps: int, guidance: float) -> list[Candidate]:
+        """``cfg.num_candidates`` images in batches of :attr:`batch_size`, candidate i seeded ``cfg.seed + i``."""
+        import torch
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
         gen_device = "cpu" if self.device.type == "mps" else self.device
         candidates: list[Candidate] = []
-        if self._rep_injection is not None:
-            self._rep_injection.features = self._rep_features  # the pose, for this style's sampling only
+        with tqdm(total=cfg.num_candidates, desc=f"style {style.name}", unit="img") as bar:
+            for start in range(0, cfg.num_candidates, self.batch_size):
+                idx = list(range(start, min(start + self.batch_size, cfg.num_candidates)))
+                seeds = [cfg.seed + i for i in idx]
+                generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
+                if self.identity is not None:
+                    self.identity.before_call(len(idx), do_cfg=guidance > 1)
+                with torch.inference_mode():
+                    out = pipe(**conditioning, num_images_per_prompt=len(idx), num_inference_steps=steps,
+                               guidance_scale=guidance, generator=generators, height=self.height, width=self.width,
+                               **extra)
+                candidates += [Candidate(i, s, img) for i, s, img in zip(idx, seeds, out.images)]
+                bar.update(len(idx))
+        return candidates
+
+    def generate(self, style: Style, subject: tuple[str, str]) -> StyleBatch:
+        """Generate ``cfg.num_candidates`` images of ``style`` for ``subject`` = (trigger, attribute phrase)."""
+        import torch
+
+        cfg = self.cfg
+        # 1. the prompt and the sampling settings
+        prompt = build_prompt(subject[0], subject[1], style.add_prompt_style, cfg.prompt)
+        negative = negative_for_subject(cfg.negative_prompt, subject[1])
+        steps = cfg.fast_num_inference_steps if cfg.fast else cfg.num_inference_steps
+        guidance = cfg.fast_guidance_scale if cfg.fast else cfg.guidance_scale
+        dcfg = self._detailer_config(steps, guidance) if cfg.detailer != "off" else None
+        t0 = time.perf_counter()
+        # 2. the adapters: face LoRA, the style's LoRA, identity and fast-mode adapters, mixed (and fused)
+        weights = self._activate(style)
+        pipe = self.control_pipe or self.pipe
         try:
-            with tqdm(total=cfg.num_candidates, desc=f"style {style.name}", unit="img") as bar:
-                for start in range(0, cfg.num_candidates, self.batch_size):
-                    idx = list(range(start, min(start + self.batch_size, cfg.num_candidates)))
-                    seeds = [cfg.seed + i for i in idx]
-                    generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
-                    if self.identity is not None:
-                        self.identity.before_call(len(idx), do_cfg=guidance > 1)
-                    with torch.inference_mode():
-                        out = pipe(
-                            **conditioning, num_images_per_prompt=len(idx), num_inference_steps=steps,
-                            guidance_scale=guidance, generator=generators,
-                            height=self.height, width=self.width, **extra,
-                        )
-                    candidates += [Candidate(i, s, img) for i, s, img in zip(idx, seeds, out.images)]
-                    bar.update(len(idx))
+            # 3. conditioning: the prompt (after the style LoRA: it may change the text encoder too), identity, pose
+            conditioning = self._prompt_encoder()(prompt, negative)
+            extra = self._extra_inputs(guidance)
+            if self._rep_injection is not None:
+                self._rep_injection.features = self._rep_features  # the pose, for this style's sampling only
+            # 4. sampling, in batches
+            candidates = self._sample(pipe, style, conditioning, extra, steps, guidance)
             if self._rep_injection is not None:  # the pose is for the whole picture, not the detailer's face crops
                 self._rep_injection.features = None
-            if cfg.detailer != "off":  # while the face LoRA (and style LoRA) is still active
+            # 5. the face detailer, while the face LoRA (and style LoRA) is still active
+            if cfg.detailer != "off":
                 ident = {k: v for k, v in extra.items() if k == "ip_adapter_image_embeds"}  # the adapter's identity too
                 if self.identity is not None:  # the detailer's inpaint calls draw one image each
                     self.identity.before_call(1, do_cfg=dcfg.guidance_scale > 1)
                 candidates = self._detail(candidates, prompt, negative, dcfg, {**conditioning, **ident})
-            if self._fusion is not None and self._fusion.in_generation:  # DIIR; the same: while the identity is active
-                candidates = self._restore(candidates, conditioning)
+            # 6. fusion that runs inside generation (DIIR), the same: while the identity is active
+            if self._fusion is not None and self._fusion.in_generation:
+                candidates = self._diir(candidates, conditioning)
         finally:
             if self._rep_injection is not None:
                 self._rep_injection.features = None
             self._deactivate(weights)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        # 7. what ran, for the manifest
         seconds = time.perf_counter() - t0
         settings = {
             "scheduler": type(pipe.scheduler).__name__, "steps": steps, "guidance_scale": guidance,
