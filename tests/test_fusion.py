@@ -312,11 +312,11 @@ def test_warp_covers_every_pixel_inside_the_face_hull(dlib_analyzer):
     6x14 px patch on the lower lip where no triangle covered the destination)."""
     import cv2
 
-    from facechain.face.fusion import _warp_triangles, destination_shape
+    from facechain.face.fusion import warp_triangles, destination_shape
 
     for src, sf, tgt, tf, name in _pairs(dlib_analyzer):
         dst = destination_shape(tf.landmarks, sf.landmarks)
-        warped, covered = _warp_triangles(src, sf.landmarks.astype(np.float32), dst, tgt.shape[:2])
+        warped, covered = warp_triangles(src, sf.landmarks.astype(np.float32), dst, tgt.shape[:2])
         hull = np.zeros(tgt.shape[:2], np.uint8)
         cv2.fillConvexPoly(hull, cv2.convexHull(dst.astype(np.int32)), 1)
         inner = cv2.erode(hull, np.ones((5, 5), np.uint8)).astype(bool)  # 2 px: the int hull rounds its corners

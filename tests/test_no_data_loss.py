@@ -523,15 +523,15 @@ def test_resume_compares_paths_by_what_they_point_to():
 
     from facechain.config import to_dict
     from facechain.train import TrainConfig
-    from facechain.train.trainer import _check_resume_config
+    from facechain.train.trainer import check_resume_config
 
     now = TrainConfig(base_model="/abs/m", train_data_dir="/abs/p", output_dir="/abs/o", init_lora="/abs/l.safetensors")
     saved = to_dict(TrainConfig(base_model="m", train_data_dir="p", output_dir="o", init_lora="l.safetensors"))
-    _check_resume_config(now, saved, P("ckpt"), "model-A", "model-A", saved_init="lora-A", init_now="lora-A")
+    check_resume_config(now, saved, P("ckpt"), "model-A", "model-A", saved_init="lora-A", init_now="lora-A")
     with pytest.raises(InputError, match="init_lora"):
-        _check_resume_config(now, saved, P("ckpt"), "model-A", "model-A", saved_init="lora-A", init_now="lora-B")
+        check_resume_config(now, saved, P("ckpt"), "model-A", "model-A", saved_init="lora-A", init_now="lora-B")
     with pytest.raises(InputError, match="base model's files changed"):
-        _check_resume_config(now, saved, P("ckpt"), "model-A", "model-B", saved_init="lora-A", init_now="lora-A")
-    _check_resume_config(now, saved, P("train_config.json"), config_only=True)  # nothing trained yet: paths may differ
+        check_resume_config(now, saved, P("ckpt"), "model-A", "model-B", saved_init="lora-A", init_now="lora-A")
+    check_resume_config(now, saved, P("train_config.json"), config_only=True)  # nothing trained yet: paths may differ
     with pytest.raises(InputError, match="rank: 8 -> 4"):
-        _check_resume_config(now, {**saved, "rank": 8}, P("train_config.json"), config_only=True)
+        check_resume_config(now, {**saved, "rank": 8}, P("train_config.json"), config_only=True)

@@ -81,7 +81,7 @@ def _data_fingerprint(examples) -> str:
     return h.hexdigest()
 
 
-def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model: str | None = None,
+def check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model: str | None = None,
                          model_now: str | None = None, config_only: bool = False, saved_init: str | None = None,
                          init_now: str | None = None) -> None:
     """Refuse a resume whose settings differ. Paths are compared by what they point to: the base
@@ -135,7 +135,7 @@ def _check_config_only_resume(cfg: TrainConfig, out: Path) -> None:
         saved = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
     except ValueError as exc:
         raise InputError(f"--resume: {out / CONFIG_FILE} is damaged ({exc}). Choose a new output folder.") from exc
-    _check_resume_config(cfg, saved, out / CONFIG_FILE, config_only=True)
+    check_resume_config(cfg, saved, out / CONFIG_FILE, config_only=True)
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
@@ -242,7 +242,7 @@ def _prepare_inputs(cfg: TrainConfig, held: list) -> _Inputs:
                     "data": _data_fingerprint(examples)}
     if existing:
         saved = ckpt_io.read_state(existing[-1].path)[0]
-        _check_resume_config(cfg, saved["config"], existing[-1].path, saved.get("model_fingerprint"),
+        check_resume_config(cfg, saved["config"], existing[-1].path, saved.get("model_fingerprint"),
                              fingerprints["model_fingerprint"], saved_init=saved.get("init_lora_fingerprint"),
                              init_now=fingerprints["init_lora_fingerprint"])
         if saved.get("data") != fingerprints["data"]:
