@@ -21,6 +21,7 @@ from facechain.errors import FacechainError, InputError
 from facechain.io import append_jsonl, read_jsonl
 from facechain.train import checkpoint as ckpt_io
 from facechain import lora as lora_io
+from facechain.train.artifact import CONFIG_FILE, LOG_FILE
 from facechain.train.config import RESUME_MUTABLE, RESUME_SAME_TARGET, TrainConfig
 from facechain.train.data import build_latent_pool, load_processed
 from facechain.train.text import TextConditioner, sdxl_time_ids
@@ -29,8 +30,6 @@ from facechain.train.validate import LikenessScorer, generate_validation_images,
 logger = logging.getLogger(__name__)
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' LoRA scripts
-LOG_FILE = "train_log.jsonl"
-CONFIG_FILE = "train_config.json"
 
 
 class TrainingDivergedError(FacechainError):
