@@ -20,7 +20,7 @@ from facechain.io import save_image, write_json
 from facechain.preprocess.artifact import (PhotoEntry, PreprocessReport, ProcessedPhoto, ProcessedSet, ReferenceCrop,
                                            read_metadata, write_processed_set)
 from facechain.preprocess.config import PreprocessConfig
-from facechain.train.artifact import TrainedLora, read_train_config
+from facechain.train.artifact import TrainedLora, TrainProgress, read_train_config
 from facechain.train.config import TrainConfig
 from facechain.workspace import PersonWorkspace
 
@@ -207,6 +207,16 @@ def test_trained_lora_errors_name_the_folder_and_the_fix(tmp_path):
     (folder / "train_config.json").unlink()
     with pytest.raises(InputError, match="train_config.json does not exist"):
         TrainedLora.read(folder)
+
+
+def test_train_progress_from_the_log_of_a_run_still_going(tmp_path):
+    assert (TrainProgress.read(tmp_path).step, TrainProgress.read(tmp_path).total) == (0, None)  # not started
+    rows = [{"event": "start", "step": 0, "max_train_steps": 400}, {"step": 1, "loss": 0.5, "lr": 1e-4},
+            {"event": "checkpoint", "step": 1, "score": None}, {"event": "resume", "step": 1, "max_train_steps": 600},
+            {"step": 2, "loss": 0.25, "lr": 1e-4}]
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')  # torn
+    progress = TrainProgress.read(tmp_path)
+    assert (progress.step, progress.total, progress.losses) == (2, 600, [(1, 0.5), (2, 0.25)])
 
 
 def test_generation_manifest_reads_and_writes_the_same_json(tmp_path):

@@ -11,7 +11,8 @@ A processed folder holds::
     preprocess_config.json  the settings used
 
 :meth:`ProcessedSet.read` is the one reader; :func:`write_processed_set` and
-:meth:`PreprocessReport.write` the writers :func:`facechain.preprocess.preprocess` uses.
+:meth:`PreprocessReport.write` the writers :func:`facechain.preprocess.preprocess` uses (and
+:func:`write_metadata` the one :func:`facechain.testing.make_processed_folder` uses).
 """
 
 from __future__ import annotations
@@ -266,10 +267,15 @@ class ProcessedSet:
         return Counter(texts).most_common(1)[0][0]
 
 
+def write_metadata(folder: str | Path, photos: list[ProcessedPhoto]) -> Path:
+    """The set's metadata.jsonl: one ``{"file_name", "text"}`` line per photo."""
+    return write_jsonl(Path(folder) / METADATA_FILE, [p.to_row() for p in photos])
+
+
 def write_processed_set(folder: str | Path, photos: list[ProcessedPhoto], report: PreprocessReport, config) -> None:
     """metadata.jsonl, preprocess_config.json and report.json of a set whose photos (and masks, and
     reference crop) are already in ``folder`` (preprocessing's staging folder)."""
     folder = Path(folder)
-    write_jsonl(folder / METADATA_FILE, [p.to_row() for p in photos])
+    write_metadata(folder, photos)
     save_config(config, folder / CONFIG_FILE)
     report.write(folder / REPORT_FILE)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from facechain.errors import FacechainError, InputError
 from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest
-from facechain.train.artifact import LOG_FILE
+from facechain.train.artifact import TrainProgress
 from facechain.workspace import PersonWorkspace
 
 logger = logging.getLogger(__name__)
@@ -306,13 +306,8 @@ class Service:
         return path
 
     def _train_progress(self, job: Job) -> dict:
-        from facechain.io import read_jsonl
-
-        log = self.workspace(job.person).lora / LOG_FILE
-        rows = read_jsonl(log) if log.is_file() else []
-        total = next((r.get("max_train_steps") for r in reversed(rows) if r.get("event") in ("start", "resume")), None)
-        losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-        return {"step": losses[-1][0] if losses else 0, "total": total, "loss": losses[-500:]}
+        progress = TrainProgress.read(self.workspace(job.person).lora)
+        return {"step": progress.step, "total": progress.total, "loss": progress.losses[-500:]}
 
     def _work(self, device: str) -> None:
         while True:

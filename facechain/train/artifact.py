@@ -8,7 +8,8 @@ A trainer's output folder holds::
     train_log.jsonl                         one line per logged step
     checkpoints/                            the resumable checkpoints
 
-:meth:`TrainedLora.read` is the one reader; the trainer writes the folder
+:meth:`TrainedLora.read` is the one reader of a finished run, :meth:`TrainProgress.read` of a run's log
+(one still going too); the trainer writes the folder
 (:func:`facechain.train.train`, its config with :func:`facechain.config.save_config`).
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from facechain.config import from_dict, load_mapping, upgrade_names
 from facechain.errors import InputError
+from facechain.io import read_jsonl
 from facechain.outputs import check_settled
 from facechain.train.config import TrainConfig
 
@@ -90,3 +92,23 @@ class TrainedLora:
     def base_model_ref(self) -> tuple[str, str | None, str | None]:
         """(base_model, revision, sub_path) the LoRA was trained on; None for an unset revision or sub_path."""
         return self.config.base_model, self.config.revision or None, self.config.sub_path or None
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """How far the run in a trainer's output folder got, from its train_log.jsonl (a run still going too)."""
+
+    total: int | None  # the run's steps (its last start or resume line); None before it started
+    losses: list[tuple[int, float]]  # (step, loss) of every logged step
+
+    @property
+    def step(self) -> int:
+        """The last logged step (0 before the first)."""
+        return self.losses[-1][0] if self.losses else 0
+
+    @classmethod
+    def read(cls, folder: str | Path) -> TrainProgress:
+        path = Path(folder) / LOG_FILE
+        rows = [r for r in read_jsonl(path) if isinstance(r, dict)] if path.is_file() else []
+        total = next((r.get("max_train_steps") for r in reversed(rows) if r.get("event") in ("start", "resume")), None)
+        return cls(total, [(r["step"], r["loss"]) for r in rows if "loss" in r])
