@@ -278,7 +278,8 @@ def ranking_backend_of(generated_dir: Path, flag: str | None) -> tuple[str | Non
             logger.warning("%s; the ranking backend is taken from the flag", exc)
         if ranking is not None:
             if flag and ranking.backend and flag != ranking.backend:
-                logger.warning("--ranking-backend %s differs from %s's %s; using the manifest's", flag, path, ranking.backend)
+                logger.warning("--ranking-backend %s differs from %s's %s; using the manifest's", flag, path,
+                               ranking.backend)
             if not ranking.on:
                 return None, "manifest"
             if ranking.backend is not None:

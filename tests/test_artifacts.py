@@ -17,8 +17,15 @@ from facechain.config import save_config
 from facechain.errors import InputError
 from facechain.generate.manifest import GenerationManifest, KeptImage, StyleRecord
 from facechain.io import save_image, write_json
-from facechain.preprocess.artifact import (PhotoEntry, PreprocessReport, ProcessedPhoto, ProcessedSet, ReferenceCrop,
-                                           read_metadata, write_processed_set)
+from facechain.preprocess.artifact import (
+    PhotoEntry,
+    PreprocessReport,
+    ProcessedPhoto,
+    ProcessedSet,
+    ReferenceCrop,
+    read_metadata,
+    write_processed_set,
+)
 from facechain.preprocess.config import PreprocessConfig
 from facechain.train.artifact import TrainedLora, TrainProgress, read_train_config
 from facechain.train.config import TrainConfig
@@ -59,7 +66,8 @@ OLD_MANIFEST = {
          "kept": [{"file": "chef_00.png", "index": 1, "seed": 43, "score": 0.61},
                   {"file": "chef_01.png", "index": 0, "seed": 42, "score": None}],
          "candidates": [{"index": 0, "seed": 42, "file": "candidates/chef_000.png", "score": None, "kept": True,
-                         "dropped": None, "fused": False, "faces": 1, "face_size": 80.0, "detailer": None, "diir": None}],
+                         "dropped": None, "fused": False, "faces": 1, "face_size": 80.0, "detailer": None,
+                         "diir": None}],
          "dropped": [], "timings": {"generate_s": 1.5, "postprocess_s": 0.1, "seconds_per_candidate": 0.75}},
         {"style": "Snow", "error": "style LoRA x could not be downloaded"},
     ],
@@ -79,8 +87,8 @@ def _processed_folder(folder: Path, n: int = 2, masks: bool = True) -> Path:
         if masks:
             save_image(folder / "masks" / name, np.full((32, 32), 255, np.uint8))
         photos.append(ProcessedPhoto(name, "<fcsks>, a woman" if i else "<fcsks>, a person"))
-    entries = [PhotoEntry(input=f"p{i}.jpg", status="kept", output=p.file, scores={"detector_score": 1.0, "blur": 10.0 * i})
-               for i, p in enumerate(photos)]
+    entries = [PhotoEntry(input=f"p{i}.jpg", status="kept", output=p.file,
+                          scores={"detector_score": 1.0, "blur": 10.0 * i}) for i, p in enumerate(photos)]
     report = PreprocessReport(entries=entries, backend="dlib", caption="<fcsks>, a woman", kept=n, rejected=0,
                               reference=ReferenceCrop("001.png", "p1.jpg", 10.0, "detector_score x blur",
                                                       hires_note="reference_size is 0"))
@@ -92,7 +100,8 @@ def test_processed_set_reads_what_the_writer_wrote(tmp_path):
     folder = _processed_folder(tmp_path / "p", n=3)
     assert sorted(p.name for p in folder.iterdir()) == ["000.png", "001.png", "002.png", "masks", "metadata.jsonl",
                                                         "preprocess_config.json", "report.json"]
-    assert (folder / "metadata.jsonl").read_text().splitlines()[0] == '{"file_name": "000.png", "text": "<fcsks>, a person"}'
+    first = (folder / "metadata.jsonl").read_text().splitlines()[0]
+    assert first == '{"file_name": "000.png", "text": "<fcsks>, a person"}'
     processed = ProcessedSet.read(folder)
     assert [p.file for p in processed.photos] == ["000.png", "001.png", "002.png"]
     assert [p.mask for p in processed.photos] == ["masks/000.png", "masks/001.png", "masks/002.png"]

@@ -31,8 +31,8 @@ def people(tiny_sd15, tmp_path_factory, dlib_analyzer, sample_photos):
 
     root = tmp_path_factory.mktemp("people")
     loras = [random_lora(tiny_sd15, root / f"lora{i}", seed=10 + i) for i in range(3)]
-    save_config(TrainConfig(base_model=str(tiny_sd15), train_data_dir=str(root / "processed"), output_dir=str(loras[0])),
-                loras[0] / "train_config.json")
+    save_config(TrainConfig(base_model=str(tiny_sd15), train_data_dir=str(root / "processed"),
+                            output_dir=str(loras[0])), loras[0] / "train_config.json")
     save_image(root / "photos" / "a.png", sample_photos.astronaut())
     preprocess(root / "photos", root / "processed", analyzer=dlib_analyzer, progress=False)
     return {"loras": loras, "processed": root / "processed"}

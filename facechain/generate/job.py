@@ -209,7 +209,8 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
                          "style": style.multiplier_style if style.has_lora else None},
             adapters=batch.adapters, style_lora=style.model_id, settings=batch.settings,
             kept=[KeptImage(**k) for k in saved.kept], candidates=entries,
-            dropped=[{"index": e["index"], "seed": e["seed"], "reason": e["dropped"]} for e in entries if e["dropped"]],
+            dropped=[{"index": e["index"], "seed": e["seed"], "reason": e["dropped"]}
+                     for e in entries if e["dropped"]],
             timings={"generate_s": batch.seconds, "postprocess_s": post_s,
                      "seconds_per_candidate": batch.seconds / max(1, len(batch.candidates))},
         )
@@ -219,7 +220,8 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
     manifest = GenerationManifest(
         **header, timings=timings, failed=[f.to_dict() for f in outcome.failed], config=to_dict(cfg),
         # one entry per requested style, in the order asked for
-        styles=[StyleRecord(style=r.item, error=r.error) if isinstance(r, ItemFailure) else r for r in outcome.results])
+        styles=[StyleRecord(style=r.item, error=r.error) if isinstance(r, ItemFailure) else r
+                for r in outcome.results])
     if not outcome.done:
         raise fail_whole_job(od, manifest.to_dict(), outcome.failed, "style")
     if cfg.contact_sheet and sheet_images:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from facechain.config import from_dict, save_config
@@ -119,7 +119,8 @@ class PreprocessReport:
         except (OSError, ValueError) as exc:  # missing, not UTF-8, not JSON
             raise InputError(f"{path} could not be read as JSON ({exc}). {fix}") from exc
         if not isinstance(data, dict):
-            raise InputError(f"{path} must hold a mapping with the photos' 'entries', got {type(data).__name__}. {fix}")
+            raise InputError(f"{path} must hold a mapping with the photos' 'entries', got {type(data).__name__}. "
+                             f"{fix}")
         try:
             return from_dict(cls, data, where=str(path))
         except InputError as exc:
@@ -169,7 +170,8 @@ def read_metadata(path: str | Path) -> list[ProcessedPhoto]:
     try:
         text_lines = meta.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise InputError(f"{meta} is not UTF-8 text ({exc}). Re-run preprocessing, or save the file as UTF-8.") from exc
+        raise InputError(f"{meta} is not UTF-8 text ({exc}). Re-run preprocessing, or save the file as "
+                         "UTF-8.") from exc
     photos = []
     for lineno, line in enumerate(text_lines, 1):
         if not line.strip():
@@ -178,7 +180,8 @@ def read_metadata(path: str | Path) -> list[ProcessedPhoto]:
             row = json.loads(line)
             name, text = row["file_name"], row["text"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError(f"{meta} line {lineno} is not a {{\"file_name\": ..., \"text\": ...}} record ({exc}).") from exc
+            raise InputError(f"{meta} line {lineno} is not a {{\"file_name\": ..., \"text\": ...}} record "
+                             f"({exc}).") from exc
         if not isinstance(name, str) or not name or not _inside(name):
             raise InputError(f"{meta} line {lineno}: file_name {name!r} must be a file name inside {meta.parent} (no "
                              "absolute path, no '..'). Re-run preprocessing, or fix that line.")
@@ -224,8 +227,8 @@ class ProcessedSet:
             )
         report = load_report(folder)
         scores = {e.output: e.scores for e in report.kept_entries()} if report else {}
-        photos = [ProcessedPhoto(p.file, p.caption, mask_file(p.file) if (folder / mask_file(p.file)).is_file() else None,
-                                 scores.get(p.file, {}), p.line) for p in photos]
+        photos = [replace(p, mask=mask_file(p.file) if (folder / mask_file(p.file)).is_file() else None,
+                          scores=scores.get(p.file, {})) for p in photos]
         return cls(folder, photos, report)
 
     @property
@@ -263,7 +266,8 @@ class ProcessedSet:
         """The caption most photos have (FaceChain's preprocessing writes one label per person)."""
         texts = [p.caption.strip() for p in self.photos if p.caption.strip()]
         if not texts:
-            raise InputError(f"{self.metadata_path} holds no captions ('text' fields). Re-run preprocessing on this folder.")
+            raise InputError(f"{self.metadata_path} holds no captions ('text' fields). Re-run preprocessing on "
+                             "this folder.")
         return Counter(texts).most_common(1)[0][0]
 
 

@@ -355,7 +355,8 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
         report.write(stage / FAILED_REPORT)
         od.commit(stage, replace=False)  # the previous set, if any, stays as it was
         lines = "\n".join(f"  {e.input}: {e.reason} ({e.detail})" for e in entries)
-        kept_before = " The previous processed set in this folder was left as it was." if (out / METADATA_FILE).is_file() else ""
+        kept_before = (" The previous processed set in this folder was left as it was."
+                       if (out / METADATA_FILE).is_file() else "")
         raise NoPhotosKept(
             f"no photo was kept out of {len(entries)}; the training set would be empty. Reasons:\n{lines}\n"
             f"Details are in {out / FAILED_REPORT}.{kept_before} Use clear, well-lit photos with one face each."

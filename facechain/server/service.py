@@ -345,7 +345,8 @@ class Service:
         from facechain.train import TrainConfig, train
 
         ws = self.workspace(job.person)
-        result = preprocess(ws.photos, ws.processed, PreprocessConfig(face_backend=self.cfg.face_backend), progress=False)
+        result = preprocess(ws.photos, ws.processed, PreprocessConfig(face_backend=self.cfg.face_backend),
+                            progress=False)
         self._set_info(job, preprocess=self.person(job.person).get("rejected_uploads", []) + [{"file": Path(e.input).name, "status": e.status,
                                          "reason": " ".join(x for x in (e.reason, e.detail) if x) or None,
                                          "output": Path(e.output).name if e.output else None} for e in result.entries])

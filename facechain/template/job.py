@@ -156,8 +156,8 @@ def base_model_of(cfg: TemplateConfig) -> tuple[str, str | None, str | None]:
     try:
         return TrainedLora.read(cfg.people[0].lora_dir, "the first person's lora_dir").base_model_ref()
     except InputError as exc:
-        raise InputError(f"base_model is empty and the first person's LoRA does not name one: {exc} Pass --base-model, "
-                         "the model the people's LoRAs were trained on.") from exc
+        raise InputError(f"base_model is empty and the first person's LoRA does not name one: {exc} Pass "
+                         "--base-model, the model the people's LoRAs were trained on.") from exc
 
 
 def run_template(cfg: TemplateConfig, analyzer=None) -> TemplateResult:
