@@ -51,6 +51,7 @@ from facechain.config import save_config, setting
 from facechain.errors import FacechainError, InputError
 from facechain.face import SAME_PERSON_THRESHOLD, similarity
 from facechain.face.types import Face, FaceAnalyzer
+from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest
 from facechain.images import PHOTO_MAX_MEGAPIXELS, ImageRejected, list_images, load_photo
 from facechain.io import write_json
 
@@ -263,20 +264,21 @@ def thumbnail(image: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
 def ranking_backend_of(generated_dir: Path, flag: str | None) -> tuple[str | None, str]:
     """(backend that ranked the images, where that came from): ``manifest.json`` of facechain
     generate, else the flag, else unknown. A manifest that says ranking was off gives None."""
-    path = Path(generated_dir) / "manifest.json"
-    if path.is_file():
+    if GenerationManifest.exists(generated_dir):
+        path = Path(generated_dir) / MANIFEST_FILE
         try:
-            ranking = json.loads(path.read_text(encoding="utf-8")).get("ranking")
-        except (OSError, ValueError, AttributeError):
+            ranking = GenerationManifest.read(generated_dir).ranking
+        except InputError as exc:
             ranking = None
-            logger.warning("%s could not be read as generate's manifest; the ranking backend is taken from the flag", path)
-        if isinstance(ranking, dict):
-            if flag and ranking.get("backend") and flag != ranking.get("backend"):
-                logger.warning("--ranking-backend %s differs from %s's %s; using the manifest's", flag, path, ranking.get("backend"))
-            if not ranking.get("on"):
+            logger.warning("%s; the ranking backend is taken from the flag", exc)
+        if ranking is not None:
+            if flag and ranking.backend and flag != ranking.backend:
+                logger.warning("--ranking-backend %s differs from %s's %s; using the manifest's", flag, path,
+                               ranking.backend)
+            if not ranking.on:
                 return None, "manifest"
-            if isinstance(ranking.get("backend"), str):
-                return ranking["backend"], "manifest"
+            if ranking.backend is not None:
+                return ranking.backend, "manifest"
     if flag:
         return flag, "flag"
     return None, "unknown"
@@ -372,7 +374,7 @@ def measure(generated_dir, reference_dir, cfg: EvalConfig | None = None, analyze
     t_start = time.perf_counter()
     generated_dir, reference_dir = Path(generated_dir), Path(reference_dir)
     ref_files = list_images(reference_dir, "reference folder")
-    skip = GENERATE_SIDE_FILES if (generated_dir / "manifest.json").is_file() else ()
+    skip = GENERATE_SIDE_FILES if GenerationManifest.exists(generated_dir) else ()
     gen_files = list_images(generated_dir, "generated folder", skip=skip)
     ranking, ranking_source = ranking_backend_of(generated_dir, cfg.ranking_backend)
 

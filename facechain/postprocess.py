@@ -22,7 +22,6 @@ poses still give portraits. The other rules (exactly one face, max_face_frac) st
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from facechain.face import Face, FaceAnalyzer, similarity
 from facechain.face.fusion import FusionMethod
 from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image, sharpness
 from facechain.io import save_image
+from facechain.preprocess.artifact import ReferenceCrop, load_report
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +74,6 @@ class Scored:
     before: np.ndarray | None = None  # the candidate before fusion (and restoration), when it was fused
 
 
-def _report_entries(report: object) -> list[dict]:
-    if isinstance(report, list):
-        return [e for e in report if isinstance(e, dict)]
-    if isinstance(report, dict):
-        for key in ("entries", "items", "photos", "inputs", "results"):
-            if isinstance(report.get(key), list):
-                return [e for e in report[key] if isinstance(e, dict)]
-    return []
-
-
 def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Reference:
     """Pick the best-quality processed photo and detect its face.
 
@@ -99,24 +89,11 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
         raise InputError(f"processed_dir {folder} does not exist. Pass the output folder of `facechain preprocess`.")
     ranked: list[tuple[float, Path]] = []
     how = ""
-    report_path = folder / "report.json"
-    hires_info: dict = {}
-    if report_path.is_file():
-        try:
-            report = json.loads(report_path.read_text(encoding="utf-8"))
-            entries = _report_entries(report)
-        except ValueError:  # not JSON, or not UTF-8
-            logger.warning("%s is not valid JSON; measuring photo quality instead", report_path)
-            report, entries = None, []
-        if isinstance(report, dict) and isinstance(report.get("reference"), dict):
-            hires_info = report["reference"]
-        kept = [e for e in entries if e.get("status") == "kept" and isinstance(e.get("output"), str) and e.get("output")
-                and not Path(e["output"]).is_absolute() and ".." not in Path(e["output"]).parts]
-        scored = [
-            (photo_quality(e["scores"]), folder / e["output"])
-            for e in kept
-            if isinstance(e.get("scores"), dict) and {"detector_score", "blur"} <= set(e["scores"])
-        ]
+    report = load_report(folder)
+    if report is not None:
+        kept = report.kept_entries()
+        scored = [(photo_quality(e.scores), folder / e.output) for e in kept
+                  if {"detector_score", "blur"} <= set(e.scores)]
         if kept and len(scored) == len(kept):
             ranked = sorted(scored, key=lambda t: -t[0])
             how = "report.json detector_score x blur (sharpness)"
@@ -150,24 +127,24 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
             face = found[0]
         logger.info("template face: %s (%s = %.3g)", path.name, how, quality)
         ref = Reference(img, face, path.name, f"{how} = {quality:.4g}")
-        return _with_hires(ref, folder, hires_info, analyzer)
+        return _with_hires(ref, folder, report.reference if report else None, analyzer)
     raise InputError(
         f"no face found in any processed photo in {folder}, so there is no template face for fusion and ranking. "
         "Re-run preprocessing, or set rank: false and fusion: off."
     )
 
 
-def _with_hires(ref: Reference, folder: Path, info: dict, analyzer: FaceAnalyzer) -> Reference:
+def _with_hires(ref: Reference, folder: Path, info: ReferenceCrop | None, analyzer: FaceAnalyzer) -> Reference:
     """``ref`` with its high-resolution crop as the fusion source, when report.json's ``reference``
     names one for this very photo and a face is found in it; else ``ref`` (fusion uses the
     processed photo), with a log line saying why."""
     import dataclasses
 
-    hires = info.get("hires")
-    if not isinstance(hires, str) or info.get("output") != ref.file:
-        if isinstance(hires, str):
+    hires = info.hires if info is not None else None
+    if hires is None or info.output != ref.file:
+        if hires is not None:
             logger.info("fusion source: %s is the crop of %s, not of the template photo %s; fusing from %s",
-                        hires, info.get("output"), ref.file, ref.file)
+                        hires, info.output, ref.file, ref.file)
         return ref
     path = folder / hires
     if Path(hires).is_absolute() or ".." in Path(hires).parts or not path.is_file():

@@ -339,15 +339,17 @@ def make_processed_folder(folder: str | Path, n: int = 2, size: int = 512, capti
     from PIL import Image
     from skimage import data
 
+    from facechain.preprocess.artifact import ProcessedPhoto, photo_file, write_metadata
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     photo = Image.fromarray(data.astronaut())  # 512x512, one face
-    rows = []
+    photos = []
     for i in range(n):
         crop = photo.crop((8 * i, 0, 512 - 8 * i, 512 - 16 * i)).resize((size, size), Image.Resampling.BICUBIC)
-        crop.save(folder / f"{i:03d}.png")
-        rows.append(json.dumps({"file_name": f"{i:03d}.png", "text": caption}))
-    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+        crop.save(folder / photo_file(i))
+        photos.append(ProcessedPhoto(photo_file(i), caption))
+    write_metadata(folder, photos)
     return folder
 
 

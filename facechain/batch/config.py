@@ -32,6 +32,7 @@ from pathlib import Path
 
 from facechain.config import resolve_config_paths, resolve_path, setting
 from facechain.errors import InputError
+from facechain.workspace import PersonWorkspace
 
 logger = logging.getLogger(__name__)
 
@@ -86,24 +87,28 @@ class PersonJob:
     eval: object | None  # EvalConfig, None: no eval stage
 
     @property
+    def workspace(self) -> PersonWorkspace:
+        return PersonWorkspace(self.root)
+
+    @property
     def processed_dir(self) -> Path:
-        return self.root / "processed"
+        return self.workspace.processed
 
     @property
     def lora_dir(self) -> Path:
-        return self.root / "lora"
+        return self.workspace.lora
 
     @property
     def portraits_dir(self) -> Path:
-        return self.root / "portraits"
+        return self.workspace.portraits
 
     @property
     def template_dir(self) -> Path:
-        return self.root / "template"
+        return self.workspace.template
 
     @property
     def eval_dir(self) -> Path:
-        return self.root / "eval"
+        return self.workspace.eval
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -151,7 +156,7 @@ def _build(cls, data: dict, where: str):
         raise InputError(f"{where}: {exc}") from None
 
 
-def _template_config(settings: dict, root: Path, base: Path, train_cfg, where: str):
+def _template_config(settings: dict, ws: PersonWorkspace, base: Path, train_cfg, where: str):
     """The person alone in the template photo (``face``: the template face's index; empty = its only face),
     with their LoRA and processed photos, on the model the LoRA was trained on."""
     from facechain.template import PersonSpec, TemplateConfig
@@ -160,8 +165,8 @@ def _template_config(settings: dict, root: Path, base: Path, train_cfg, where: s
         raise InputError(f"{where}: template (the template photo) is missing.")
     settings = resolve_config_paths(TemplateConfig, settings, base)
     face = settings.pop("face", None)
-    settings["people"] = [PersonSpec(lora_dir=root / "lora", processed_dir=root / "processed", face=face)]
-    settings["output_dir"] = root / "template"
+    settings["people"] = [PersonSpec(lora_dir=ws.lora, processed_dir=ws.processed, face=face)]
+    settings["output_dir"] = ws.template
     for key in ("base_model", "revision", "sub_path"):  # the model the person's LoRA was trained on
         settings[key] = getattr(train_cfg, key)
     return _build(TemplateConfig, settings, where)
@@ -218,7 +223,7 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
         seen.add(name)
         if not person.get("photos"):
             raise InputError(f"{pw} ({name}): photos is missing: the folder of the person's photos.")
-        root = out / name
+        ws = PersonWorkspace(out / name)
         pw = f"{where}: person {name}"
 
         def settings(stage: str, fields: set[str]) -> dict:
@@ -228,22 +233,22 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
 
         pre = _build(PreprocessConfig, settings("preprocess", _fields(PreprocessConfig)), f"{pw}.preprocess")
         tr = resolve_config_paths(TrainConfig, settings("train", train_fields), base)
-        tr.update(train_data_dir=str(root / "processed"), output_dir=str(root / "lora"), resume=True)
+        tr.update(train_data_dir=str(ws.processed), output_dir=str(ws.lora), resume=True)
         tr.setdefault("num_threads", resources.train_threads)
         if "base_model" not in tr:
             raise InputError(f"{pw}: base_model is not set (top level or train block).")
         train_cfg = _build(TrainConfig, tr, f"{pw}.train")
         gen = resolve_config_paths(GenerateConfig, settings("generate", gen_fields), base)
-        gen.update(lora_dir=root / "lora", processed_dir=root / "processed", output_dir=root / "portraits")
+        gen.update(lora_dir=ws.lora, processed_dir=ws.processed, output_dir=ws.portraits)
         for key in ("base_model", "revision", "sub_path"):  # generation uses the model the LoRA was trained on
             gen.setdefault(key, getattr(train_cfg, key))
         gen_cfg = _build(GenerateConfig, gen, f"{pw}.generate")
         tpl = None
         if data.get("template") is not None:
-            tpl = _template_config(settings("template", _fields(TemplateConfig) | {"face"}), root, base, train_cfg,
+            tpl = _template_config(settings("template", _fields(TemplateConfig) | {"face"}), ws, base, train_cfg,
                                    f"{pw}.template")
         ev = None
         if eval_on:
-            ev = _build(EvalConfig, {**settings("eval", _fields(EvalConfig)), "output_dir": root / "eval"}, f"{pw}.eval")
-        jobs.append(PersonJob(name, Path(resolve_path(person["photos"], base)), root, pre, train_cfg, gen_cfg, tpl, ev))
+            ev = _build(EvalConfig, {**settings("eval", _fields(EvalConfig)), "output_dir": ws.eval}, f"{pw}.eval")
+        jobs.append(PersonJob(name, Path(resolve_path(person["photos"], base)), ws.root, pre, train_cfg, gen_cfg, tpl, ev))
     return BatchConfig(path, out, jobs, resources)

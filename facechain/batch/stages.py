@@ -23,6 +23,7 @@ from pathlib import Path
 from facechain.batch.config import PersonJob
 from facechain.batch.manifest import Manifest
 from facechain.errors import FacechainError
+from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +38,15 @@ def checksums(root: Path, files) -> dict[str, str]:
 def stage_outputs(job: PersonJob, stage: str) -> list[Path]:
     """The files that make a stage's result (what the manifest's checksums cover)."""
     if stage == "preprocess":
-        import json
-
-        meta = job.processed_dir / "metadata.jsonl"
-        names = [json.loads(line)["file_name"] for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [meta] + [job.processed_dir / n for n in names]
+        processed = job.workspace.processed_set()
+        return [processed.metadata_path] + [processed.path(p) for p in processed.photos]
     if stage == "train":
-        from facechain import lora as lora_io
-
-        return [job.lora_dir / lora_io.LORA_FILE, job.lora_dir / "train_config.json"]
+        lora = job.workspace.trained_lora()
+        return [lora.weights, lora.config_path]
     if stage == "generate":
-        import json
-
-        manifest = json.loads((job.portraits_dir / "manifest.json").read_text(encoding="utf-8"))
-        kept = [k["file"] for s in manifest["styles"] if "kept" in s for k in s["kept"]]
-        return [job.portraits_dir / "manifest.json"] + [job.portraits_dir / Path(f).name for f in kept]
+        manifest = GenerationManifest.read(job.portraits_dir)
+        return [job.portraits_dir / MANIFEST_FILE] + [job.portraits_dir / Path(k.file).name
+                                                      for _, k in manifest.kept_images()]
     if stage == "template":
         return [job.template_dir / "result.png", job.template_dir / "manifest.json"]
     if stage == "eval":

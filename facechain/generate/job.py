@@ -33,7 +33,8 @@ from facechain.config import save_config, to_dict
 from facechain.errors import InputError
 from facechain.face.fusion import check_backend, fusion_spec
 from facechain.generate.config import GenerateConfig
-from facechain.io import save_image, write_json
+from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest, KeptImage, RankingInfo, StyleRecord
+from facechain.io import save_image
 from facechain.jobs import FAILED_MANIFEST, ItemFailure, JobResult, fail_whole_job, run_items
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
 
     out = od.path
     names = unique_names(styles)
-    od.check_free(["manifest.json", "generate_config.json", "contact_sheet.png", FAILED_MANIFEST]
+    od.check_free([MANIFEST_FILE, "generate_config.json", "contact_sheet.png", FAILED_MANIFEST]
                   + [f"{n}_{r:02d}.png" for n in names for r in range(cfg.num_images)]
                   + [f"candidates/{n}_{i:03d}.png" for n in names for i in range(cfg.num_candidates)])
     stage = od.stage()  # everything goes here first; it replaces the previous outputs on success only
@@ -155,31 +156,29 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
 
     generator = generator or PortraitGenerator(cfg, resolved, control=control, analyzer=analyzer)
     timings["load_s"] = generator.load_seconds
-    manifest: dict = {
-        "base_model": resolved.to_dict(),
-        "face_lora": str(cfg.lora_dir) if cfg.lora_dir else None,
-        "identity_adapter": cfg.identity.adapter or None,
-        "subject": {"trigger": subject[0], "attribute": subject[1]},
-        "template": {"file": reference.file, "reason": reference.reason,
-                     "fusion_source": reference.fusion_file or reference.file,
-                     "fusion_source_size": int(reference.fusion_source()[0].shape[0])} if reference else None,
-        "fusion": {"method": "diir" if cfg.fusion == "diir" else fusion.name if fusion else "off",
-                   "strength": cfg.fusion_strength, "diir": to_dict(cfg.diir) if cfg.fusion == "diir" else None,
-                   "restore": {"model": str(cfg.restore_model), "architecture": restorer.architecture,
-                               "strength": cfg.restore_strength} if restorer else None},
-        "ranking": {"on": cfg.rank_candidates, "backend": getattr(analyzer, "name", None),
-                    "usable_face_frac": [cfg.min_face_frac, cfg.max_face_frac],
-                    # a face the detailer re-drew is not dropped by min_face_frac (postprocess.check_face)
-                    "small_face_kept_when_detailed": cfg.detailer != "off"},
-        "upscale": {"method": cfg.upscale, "factor": cfg.upscale_factor if cfg.upscale != "off" else 1},
-        "styles": [],
-        "timings": timings,
-    }
+    header = dict(  # the manifest's fields known before any style runs
+        base_model=resolved.to_dict(),
+        face_lora=str(cfg.lora_dir) if cfg.lora_dir else None,
+        identity_adapter=cfg.identity.adapter or None,
+        subject={"trigger": subject[0], "attribute": subject[1]},
+        reference={"file": reference.file, "reason": reference.reason,
+                   "fusion_source": reference.fusion_file or reference.file,
+                   "fusion_source_size": int(reference.fusion_source()[0].shape[0])} if reference else None,
+        fusion={"method": "diir" if cfg.fusion == "diir" else fusion.name if fusion else "off",
+                "strength": cfg.fusion_strength, "diir": to_dict(cfg.diir) if cfg.fusion == "diir" else None,
+                "restore": {"model": str(cfg.restore_model), "architecture": restorer.architecture,
+                            "strength": cfg.restore_strength} if restorer else None},
+        ranking=RankingInfo(on=cfg.rank_candidates, backend=getattr(analyzer, "name", None),
+                            usable_face_frac=[cfg.min_face_frac, cfg.max_face_frac],
+                            # a face the detailer re-drew is not dropped by min_face_frac (postprocess.check_face)
+                            small_face_kept_when_detailed=cfg.detailer != "off"),
+        upscale={"method": cfg.upscale, "factor": cfg.upscale_factor if cfg.upscale != "off" else 1},
+    )
     kept_files: list[Path] = []
     sheet_images: list[np.ndarray] = []
     sheet_captions: list[str] = []
 
-    def one_style(pair) -> dict:
+    def one_style(pair) -> StyleRecord:
         style, name = pair
         batch = generator.generate(style, subject)
         t0 = time.perf_counter()
@@ -207,30 +206,31 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
                 "style '%s': kept %d of %d images; %d of %d candidates were dropped (reasons in manifest.json)",
                 style.name, len(keep), cfg.num_images, len(scored) - len(usable), len(scored),
             )
-        return {
-            "style": style.name, "style_file": str(style.path), "prompt": batch.prompt,
-            "negative_prompt": batch.negative_prompt,
-            "multipliers": {"human": style.multiplier_human if cfg.lora_dir else None,
-                            "style": style.multiplier_style if style.has_lora else None},
-            "adapters": batch.adapters, "style_lora": style.model_id, "settings": batch.settings,
-            "kept": saved.kept, "candidates": entries,
-            "dropped": [{"index": e["index"], "seed": e["seed"], "reason": e["dropped"]} for e in entries if e["dropped"]],
-            "timings": {"generate_s": batch.seconds, "postprocess_s": post_s,
-                        "seconds_per_candidate": batch.seconds / max(1, len(batch.candidates))},
-        }
+        return StyleRecord(
+            style=style.name, style_file=str(style.path), prompt=batch.prompt, negative_prompt=batch.negative_prompt,
+            multipliers={"human": style.multiplier_human if cfg.lora_dir else None,
+                         "style": style.multiplier_style if style.has_lora else None},
+            adapters=batch.adapters, style_lora=style.model_id, settings=batch.settings,
+            kept=[KeptImage(**k) for k in saved.kept], candidates=entries,
+            dropped=[{"index": e["index"], "seed": e["seed"], "reason": e["dropped"]}
+                     for e in entries if e["dropped"]],
+            timings={"generate_s": batch.seconds, "postprocess_s": post_s,
+                     "seconds_per_candidate": batch.seconds / max(1, len(batch.candidates))},
+        )
 
     pairs = list(zip(styles, names))
     outcome = run_items(pairs, one_style, name=lambda pair: pair[0].name, what="style")
-    # one entry per requested style, in the order asked for
-    manifest["styles"] = [{"style": r.item, "error": r.error} if isinstance(r, ItemFailure) else r for r in outcome.results]
-    manifest["failed"] = [f.to_dict() for f in outcome.failed]
-    manifest["config"] = to_dict(cfg)
+    manifest = GenerationManifest(
+        **header, timings=timings, failed=[f.to_dict() for f in outcome.failed], config=to_dict(cfg),
+        # one entry per requested style, in the order asked for
+        styles=[StyleRecord(style=r.item, error=r.error) if isinstance(r, ItemFailure) else r
+                for r in outcome.results])
     if not outcome.done:
-        raise fail_whole_job(od, manifest, outcome.failed, "style")
+        raise fail_whole_job(od, manifest.to_dict(), outcome.failed, "style")
     if cfg.contact_sheet and sheet_images:
         save_image(stage / "contact_sheet.png", contact_sheet(sheet_images, sheet_captions))
     timings["total_s"] = time.perf_counter() - t_job
-    write_json(stage / "manifest.json", manifest)
+    manifest.write(stage)
     od.commit(stage)
     logger.info("wrote %d images, manifest.json and contact_sheet.png to %s", len(kept_files), out)
-    return JobResult(out, kept_files, outcome.failed, manifest)
+    return JobResult(out, kept_files, outcome.failed, manifest.to_dict())

@@ -12,11 +12,9 @@ unweighted (FaceChain writes ``(<fcsks>:10)``, which its diffusers call read as 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
-from facechain.errors import InputError
-from facechain.io import read_jsonl
+from facechain.preprocess.artifact import ProcessedSet
 from facechain.prompts import plain_text
 
 logger = logging.getLogger(__name__)
@@ -33,19 +31,7 @@ def subject_from_metadata(processed_dir: Path | None, trigger_word: str) -> tupl
     folder the phrase is "a person"."""
     if processed_dir is None:
         return trigger_word, "a person"
-    meta = Path(processed_dir) / "metadata.jsonl"
-    if not meta.is_file():
-        raise InputError(
-            f"processed_dir {processed_dir} has no metadata.jsonl. Pass the output folder of `facechain preprocess`."
-        )
-    try:
-        rows = read_jsonl(meta)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{meta} is not UTF-8 text ({exc}). Re-run preprocessing on this folder.") from exc
-    texts = [r["text"].strip() for r in rows if isinstance(r, dict) and isinstance(r.get("text"), str) and r["text"].strip()]
-    if not texts:
-        raise InputError(f"{meta} holds no captions ('text' fields). Re-run preprocessing on this folder.")
-    caption = Counter(texts).most_common(1)[0][0]
+    caption = ProcessedSet.read(processed_dir, "processed_dir").caption_majority()
     head, _, rest = caption.partition(",")
     head = plain_text(head.strip())
     if rest and head.startswith("<") and head.endswith(">"):

@@ -1,7 +1,8 @@
 """The preprocessing stage: photos -> processed training set.
 
 ``preprocess(inputs, output_dir, cfg)`` runs the steps (one module each) on every photo, never
-letting one bad photo stop the run, and writes:
+letting one bad photo stop the run, and writes (the layout
+:class:`~facechain.preprocess.artifact.ProcessedSet` reads back):
 
 * ``OUTPUT_DIR/NNN.png``: aligned square crops, background white;
 * ``OUTPUT_DIR/metadata.jsonl``: ``{"file_name", "text"}`` per kept photo (Hugging Face imagefolder);
@@ -25,25 +26,29 @@ Raises :class:`NoPhotosKept` (after writing the report) when no photo is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from facechain.config import save_config, to_dict
+from facechain.config import to_dict
 from facechain.errors import InputError
 from facechain.face import get_analyzer
 from facechain.face.align import portrait_crop_transform, warp_crop
 from facechain.face.segment import head_mask, whiten_background
 from facechain.face.types import Face, FaceAnalyzer
 from facechain.images import IMAGE_SUFFIXES, ImageRejected, load_photo, sharpness
-from facechain.io import save_image, write_json, write_jsonl
+from facechain.io import save_image
 from facechain.jobs import ItemFailure, exit_code_for
+from facechain.preprocess.artifact import (CONFIG_FILE, FAILED_REPORT, METADATA_FILE, REFERENCE_HIRES, REPORT_FILE,
+                                           PhotoEntry, PreprocessReport, ProcessedPhoto, ReferenceCrop, mask_file,
+                                           photo_file, write_processed_set)
 from facechain.preprocess.caption import attribute_phrase, caption
 from facechain.preprocess.config import PreprocessConfig
 from facechain.preprocess.errors import NoPhotosKept, PhotoRejected
@@ -57,20 +62,6 @@ logger = logging.getLogger(__name__)
 
 # Margin above the backend's real-face score that a training photo's face must reach.
 QUALITY_SCORE_MARGIN = 0.2
-FAILED_REPORT = "failed_report.json"  # the report of a run that kept no photo
-REFERENCE_HIRES = "reference/hires.png"  # the best photo's high-resolution crop, face fusion's source; in a
-# sub folder, so tools that read the photos directly in the folder (eval, training) never count it twice
-
-
-@dataclass
-class PhotoEntry:
-    input: str
-    status: str = "rejected"  # "kept" | "rejected"
-    reason: str | None = None
-    detail: str | None = None
-    output: str | None = None
-    scores: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -224,8 +215,6 @@ def _process_in_worker(path: Path) -> tuple[PhotoEntry, _Candidate | None]:
 
 def _process_one(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> tuple[PhotoEntry, _Candidate | None]:
     """Run steps 1-7 on one photo; every failure becomes a report entry."""
-    import dataclasses
-
     t0 = time.perf_counter()
     cand = None
     try:
@@ -273,8 +262,8 @@ def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer
 
 def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnalyzer | None, progress: bool) -> PreprocessResult:
     out = od.path
-    od.check_free(["metadata.jsonl", "report.json", "preprocess_config.json", FAILED_REPORT, REFERENCE_HIRES]
-                  + [f"{i:03d}.png" for i in range(len(files))] + [f"masks/{i:03d}.png" for i in range(len(files))])
+    od.check_free([METADATA_FILE, REPORT_FILE, CONFIG_FILE, FAILED_REPORT, REFERENCE_HIRES]
+                  + [photo_file(i) for i in range(len(files))] + [mask_file(photo_file(i)) for i in range(len(files))])
     analyzer = analyzer or get_analyzer(cfg.face_backend)
     if cfg.mask == "auto":
         from facechain.face.segment import PARSING_WEIGHTS, parsing_weights_path, refused_pickle_weights
@@ -338,43 +327,41 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
                         "metadata.jsonl before training.")
         logger.warning("caption: %s", caption_note)
     stage = od.stage()
-    kept_paths, rows = [], []
+    kept_paths, photos = [], []
     for i, c in enumerate(candidates):
-        name = f"{i:03d}.png"
+        name = photo_file(i)
         save_image(stage / name, c.image)
         if c.mask is not None:  # the head mask, for trainers that weight the face region (FeedFace's masked loss)
-            save_image(stage / "masks" / name, c.mask)
+            save_image(stage / mask_file(name), c.mask)
         c.entry.status, c.entry.output = "kept", name
         kept_paths.append(out / name)
-        rows.append({"file_name": name, "text": text})
+        photos.append(ProcessedPhoto(name, text))
     reference = None
     if candidates:  # the photo generation picks as the template face (the same rule, the same order)
         best = max(candidates, key=lambda c: photo_quality(c.entry.scores))
-        reference = {"output": best.entry.output, "input": best.entry.input,
-                     "quality": round(photo_quality(best.entry.scores), 4), "rule": "detector_score x blur",
-                     "hires": None, "hires_size": None}
+        reference = ReferenceCrop(output=best.entry.output, input=best.entry.input,
+                                  quality=round(photo_quality(best.entry.scores), 4), rule="detector_score x blur")
         if best.hires is not None:
             save_image(stage / REFERENCE_HIRES, best.hires)
-            reference.update(hires=REFERENCE_HIRES, hires_size=int(best.hires.shape[0]))
+            reference = dataclasses.replace(reference, hires=REFERENCE_HIRES, hires_size=int(best.hires.shape[0]))
         else:
-            reference["hires_note"] = (f"no crop larger than {cfg.size} px: the photo's face is too small to give more "
-                                       "pixels" if cfg.reference_size else "reference_size is 0")
-    report = {
-        "backend": analyzer.name, "caption": text, "caption_note": caption_note, "kept": len(kept_paths), "rejected": len(entries) - len(kept_paths),
-        "reference": reference, "config": to_dict(cfg), "entries": [e.__dict__ for e in entries],
-    }
+            reference = dataclasses.replace(reference, hires_note=(
+                f"no crop larger than {cfg.size} px: the photo's face is too small to give more pixels"
+                if cfg.reference_size else "reference_size is 0"))
+    report = PreprocessReport(backend=analyzer.name, caption=text, caption_note=caption_note, kept=len(kept_paths),
+                              rejected=len(entries) - len(kept_paths), reference=reference, config=to_dict(cfg),
+                              entries=entries)
     if not kept_paths:
-        write_json(stage / FAILED_REPORT, report)
+        report.write(stage / FAILED_REPORT)
         od.commit(stage, replace=False)  # the previous set, if any, stays as it was
         lines = "\n".join(f"  {e.input}: {e.reason} ({e.detail})" for e in entries)
-        kept_before = " The previous processed set in this folder was left as it was." if (out / "metadata.jsonl").is_file() else ""
+        kept_before = (" The previous processed set in this folder was left as it was."
+                       if (out / METADATA_FILE).is_file() else "")
         raise NoPhotosKept(
             f"no photo was kept out of {len(entries)}; the training set would be empty. Reasons:\n{lines}\n"
             f"Details are in {out / FAILED_REPORT}.{kept_before} Use clear, well-lit photos with one face each."
         )
-    write_jsonl(stage / "metadata.jsonl", rows)
-    save_config(cfg, stage / "preprocess_config.json")
-    write_json(stage / "report.json", report)
+    write_processed_set(stage, photos, report, cfg)
     od.commit(stage)
     return PreprocessResult(output_dir=out, kept=kept_paths, entries=entries, caption=text, backend=analyzer.name)
 

@@ -28,6 +28,9 @@ from pathlib import Path
 
 from facechain.config import model_ref, setting
 from facechain.errors import FacechainError, InputError
+from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest
+from facechain.train.artifact import TrainProgress
+from facechain.workspace import PersonWorkspace
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +138,10 @@ class Service:
     def person_dir(self, pid: str) -> Path:
         return self.root / "people" / check_id(pid, "person")
 
+    def workspace(self, pid: str) -> PersonWorkspace:
+        """The person's folders (photos/, processed/, lora/), beside their person.json."""
+        return PersonWorkspace(self.person_dir(pid))
+
     def add_person(self, name: str, files: list[tuple[str, bytes]]) -> dict:
         """Store the uploaded photos of a new person: each file checked (size, an image), names made safe."""
         from facechain.io import write_bytes, write_json
@@ -162,9 +169,9 @@ class Service:
                 n += 1
                 fname = f"{stem}_{n}{suffix}"
             used.add(fname.lower())
-            write_bytes(folder / "photos" / fname, data)
+            write_bytes(self.workspace(pid).photos / fname, data)
         write_json(folder / "person.json", {"id": pid, "name": name, "created": time.time(),
-                                            "photos": sorted(p.name for p in (folder / "photos").iterdir()),
+                                            "photos": sorted(p.name for p in self.workspace(pid).photos.iterdir()),
                                             "rejected_uploads": rejected})
         return self.person(pid)
 
@@ -192,13 +199,11 @@ class Service:
     def person(self, pid: str) -> dict:
         import json
 
-        from facechain import lora as lora_io
-
         folder = self.person_dir(pid)
         if not (folder / "person.json").is_file():
             raise NotFoundError(f"no person {pid}.")
         info = json.loads((folder / "person.json").read_text(encoding="utf-8"))
-        info["trained"] = (folder / "lora" / lora_io.LORA_FILE).is_file()
+        info["trained"] = self.workspace(pid).is_trained
         return info
 
     def people(self) -> list[dict]:
@@ -210,7 +215,7 @@ class Service:
 
     def person_file(self, pid: str, rel: str) -> Path:
         """A file of the person's processed photos (thumbnails of what preprocessing kept)."""
-        folder = self.person_dir(pid) / "processed"
+        folder = self.workspace(pid).processed
         path = inside(folder, folder / rel)
         if not path.is_file():
             raise NotFoundError(f"person {pid} has no processed file {rel!r}.")
@@ -222,7 +227,7 @@ class Service:
         name = {"diffusers": lora_io.LORA_FILE, "kohya": lora_io.KOHYA_FILE}.get(fmt)
         if name is None:
             raise InputError(f"format {fmt!r}: use diffusers or kohya.")
-        path = self.person_dir(pid) / "lora" / name
+        path = self.workspace(pid).lora / name
         if not path.is_file():
             raise NotFoundError(f"person {pid} has no trained LoRA yet.")
         return path
@@ -298,13 +303,8 @@ class Service:
         return path
 
     def _train_progress(self, job: Job) -> dict:
-        from facechain.io import read_jsonl
-
-        log = self.person_dir(job.person) / "lora" / "train_log.jsonl"
-        rows = read_jsonl(log) if log.is_file() else []
-        total = next((r.get("max_train_steps") for r in reversed(rows) if r.get("event") in ("start", "resume")), None)
-        losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-        return {"step": losses[-1][0] if losses else 0, "total": total, "loss": losses[-500:]}
+        progress = TrainProgress.read(self.workspace(job.person).lora)
+        return {"step": progress.step, "total": progress.total, "loss": progress.losses[-500:]}
 
     def _work(self, device: str) -> None:
         while True:
@@ -341,15 +341,15 @@ class Service:
         from facechain.preprocess import PreprocessConfig, preprocess
         from facechain.train import TrainConfig, train
 
-        folder = self.person_dir(job.person)
-        result = preprocess(folder / "photos", folder / "processed",
-                            PreprocessConfig(face_backend=self.cfg.face_backend), progress=False)
+        ws = self.workspace(job.person)
+        result = preprocess(ws.photos, ws.processed, PreprocessConfig(face_backend=self.cfg.face_backend),
+                            progress=False)
         self._set_info(job, preprocess=self.person(job.person).get("rejected_uploads", []) + [{"file": Path(e.input).name, "status": e.status,
                                          "reason": " ".join(x for x in (e.reason, e.detail) if x) or None,
                                          "output": Path(e.output).name if e.output else None} for e in result.entries])
         settings = {"face_backend": self.cfg.face_backend, **self.cfg.train, **job.params,
                     "base_model": self.cfg.base_model, "revision": self.cfg.revision, "sub_path": self.cfg.sub_path,
-                    "train_data_dir": str(folder / "processed"), "output_dir": str(folder / "lora"), "resume": True}
+                    "train_data_dir": str(ws.processed), "output_dir": str(ws.lora), "resume": True}
         train(from_dict(TrainConfig, settings, where="training settings"), progress=False)
 
     def start_generate(self, pid: str, params: dict) -> dict:
@@ -358,25 +358,22 @@ class Service:
         return self.submit("generate", dict(params), person=pid)
 
     def _run_generate(self, job: Job, device: str) -> None:
-        import json
-
         from facechain.config import from_dict
         from facechain.generate import GenerateConfig, run_job
 
-        folder = self.person_dir(job.person)
-        saved = json.loads((folder / "lora" / "train_config.json").read_text(encoding="utf-8"))
+        ws = self.workspace(job.person)
+        base_model, revision, sub_path = ws.trained_lora().base_model_ref()
         settings = {"face_backend": self.cfg.face_backend, **self.cfg.generate, **job.params,
-                    "base_model": saved["base_model"], "revision": saved.get("revision"),
-                    "sub_path": saved.get("sub_path"), "lora_dir": folder / "lora",
-                    "processed_dir": folder / "processed", "output_dir": self.job_dir(job.id) / "out"}
+                    "base_model": base_model, "revision": revision, "sub_path": sub_path, "lora_dir": ws.lora,
+                    "processed_dir": ws.processed, "output_dir": self.job_dir(job.id) / "out"}
         if "num_candidates" not in job.params and settings.get("num_images", 3) > settings.get("num_candidates", 10):
             settings["num_candidates"] = settings.get("num_images", 3)  # more images asked than the default candidates
         if device != "auto":
             settings["device"] = device
         result = run_job(from_dict(GenerateConfig, settings, where="generation settings"))
-        kept = [{"file": f"out/{k['file']}", "score": k.get("score"), "style": s["style"]}
-                for s in result.manifest["styles"] if "kept" in s for k in s["kept"]]
-        job.outputs = [k["file"] for k in kept] + ["out/manifest.json", "out/contact_sheet.png"]
+        kept = [{"file": f"out/{k.file}", "score": k.score, "style": s.style}
+                for s, k in GenerationManifest.read(result.output_dir).kept_images()]
+        job.outputs = [k["file"] for k in kept] + [f"out/{MANIFEST_FILE}", "out/contact_sheet.png"]
         self._set_info(job, gallery=kept)
         if result.failures:
             raise InputError("; ".join(f"{f.item}: {f.error}" for f in result.failures))
@@ -403,8 +400,8 @@ class Service:
         from facechain.template import PersonSpec, TemplateConfig, run_template
 
         params = dict(job.params)
-        people = [PersonSpec(lora_dir=self.person_dir(p) / "lora", processed_dir=self.person_dir(p) / "processed",
-                             face=i) for i, p in enumerate(params.pop("people"))]
+        people = [PersonSpec(lora_dir=self.workspace(p).lora, processed_dir=self.workspace(p).processed, face=i)
+                  for i, p in enumerate(params.pop("people"))]
         folder = self.job_dir(job.id)
         settings = {"face_backend": self.cfg.face_backend, **self.cfg.template, **params,
                     "template": folder / params.pop("template"),

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 from facechain.errors import FacechainError, InputError
 from facechain.families import Family, get_family
 from facechain.template.config import TemplateConfig
+from facechain.train.artifact import TrainedLora
 
 logger = logging.getLogger(__name__)
 
@@ -152,13 +152,11 @@ def base_model_of(cfg: TemplateConfig) -> tuple[str, str | None, str | None]:
     if cfg.people[0].lora_dir is None:
         raise InputError("base_model is empty and the first person has no face LoRA whose train_config.json would name "
                          "it. Pass --base-model (base_model: in the config).")
-    path = Path(cfg.people[0].lora_dir) / "train_config.json"
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return str(saved["base_model"]), saved.get("revision"), saved.get("sub_path")
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"base_model is empty and {path} does not name one ({type(exc).__name__}). Pass --base-model, "
-                         "the model the people's LoRAs were trained on.") from exc
+        return TrainedLora.read(cfg.people[0].lora_dir, "the first person's lora_dir").base_model_ref()
+    except InputError as exc:
+        raise InputError(f"base_model is empty and the first person's LoRA does not name one: {exc} Pass "
+                         "--base-model, the model the people's LoRAs were trained on.") from exc
 
 
 def run_template(cfg: TemplateConfig, analyzer=None) -> TemplateResult:

@@ -9,7 +9,6 @@ and samples ``mean + std * noise`` from it, as the diffusers training scripts do
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facechain.errors import InputError
 from facechain.face.align import CROP_SCALE, FACE_CENTER_Y
-from facechain.images import PHOTO_MAX_MEGAPIXELS, ImageRejected, load_photo, read_image
+from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image
+from facechain.preprocess.artifact import ProcessedSet
 
 logger = logging.getLogger(__name__)
 
@@ -42,59 +41,11 @@ class Example:
 
 
 def load_processed(folder: str | Path) -> list[Example]:
-    """Read ``metadata.jsonl`` (HF imagefolder lines ``{"file_name": ..., "text": ...}``)."""
-    folder = Path(folder)
-    meta = folder / "metadata.jsonl"
-    if not folder.is_dir():
-        raise InputError(f"processed folder {folder} does not exist. Run `facechain preprocess IMGS_DIR {folder}` first.")
-    from facechain.outputs import check_settled
-
-    check_settled(folder, "preprocess", "processed folder")
-    if not meta.is_file():
-        raise InputError(
-            f"processed folder {folder} has no metadata.jsonl, so it holds no training photos. "
-            f"Run `facechain preprocess IMGS_DIR {folder}` on the person's photos first."
-        )
-    examples = []
-    try:
-        text_lines = meta.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{meta} is not UTF-8 text ({exc}). Re-run preprocessing, or save the file as UTF-8.") from exc
-    for lineno, line in enumerate(text_lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            name, text = row["file_name"], row["text"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError(f"{meta} line {lineno} is not a {{\"file_name\": ..., \"text\": ...}} record ({exc}).") from exc
-        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
-            raise InputError(f"{meta} line {lineno}: file_name {name!r} must be a file name inside {folder} (no absolute "
-                             "path, no '..'). Re-run preprocessing, or fix that line.")
-        if not isinstance(text, str):
-            raise InputError(f"{meta} line {lineno}: text (the caption) must be a string, got {text!r}. Re-run "
-                             "preprocessing, or write the caption in quotes.")
-        path = folder / name
-        if not path.is_file():
-            raise InputError(f"{meta} line {lineno} names {name}, which is not in {folder}. Re-run preprocessing.")
-        _check_image(path, meta, lineno)
-        examples.append(Example(path, text))
-    if not examples:
-        raise InputError(
-            f"processed folder {folder} holds no training photos (metadata.jsonl is empty): preprocessing kept none "
-            "of the input photos. See its report.json for why each photo was rejected, and add clear, front-facing "
-            "photos with one face each."
-        )
-    return examples
-
-
-def _check_image(path: Path, meta: Path, lineno: int) -> None:
-    """The file decodes as an image (header and data), or a clear error naming it."""
-    try:
-        load_photo(path, draft=False)
-    except ImageRejected as exc:
-        raise InputError(f"{path} (named on {meta} line {lineno}) is not a usable image ({exc.detail}). "
-                         "Re-run preprocessing, or remove that line and the file.") from exc
+    """The photos and captions of a processed folder (:class:`~facechain.preprocess.artifact.ProcessedSet`),
+    every photo checked to decode."""
+    processed = ProcessedSet.read(folder)
+    processed.check_photos()
+    return [Example(processed.path(p), p.caption) for p in processed.photos]
 
 
 def face_crop_box(width: int, height: int, ratio: float, center_y: float) -> tuple[int, int, int, int]:

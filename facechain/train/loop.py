@@ -30,6 +30,7 @@ import torch
 from facechain.errors import InputError
 from facechain.io import append_jsonl, read_jsonl
 from facechain.train import checkpoint as ckpt_io
+from facechain.train.artifact import LOG_FILE
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from facechain.outputs import OutputDir
 
 logger = logging.getLogger(__name__)
-
-LOG_FILE = "train_log.jsonl"
 
 
 class TrainingDivergedError(InputError):

@@ -26,9 +26,9 @@ from facechain.runtime import (note_accelerate_mixed_precision, resolve_mixed_pr
 from facechain.train import checkpoint as ckpt_io
 from facechain.train import loop
 from facechain import lora as lora_io
+from facechain.train.artifact import CONFIG_FILE, LOG_FILE
 from facechain.train.config import RESUME_MUTABLE, RESUME_SAME_TARGET, TrainConfig
 from facechain.train.data import build_latent_pool, load_processed
-from facechain.train.loop import LOG_FILE
 from facechain.train.lora_weights import (add_lora, adamw, current_lora, flat_parameter, load_init_lora, load_lora_into,
                                           resolve_init_lora)
 from facechain.families import get_family
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from facechain.train.data import Example
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "train_config.json"
 
 
 @dataclass(frozen=True)

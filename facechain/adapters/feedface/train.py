@@ -21,6 +21,7 @@ import numpy as np
 from facechain.config import model_ref, setting
 from facechain.errors import InputError
 from facechain.train.config import MixedPrecision
+from facechain.preprocess.artifact import ProcessedSet
 
 logger = logging.getLogger(__name__)
 
@@ -79,29 +80,27 @@ def load_samples(data: Path) -> list[Sample]:
     """The processed photos of ``data`` (one person) or of its sub folders (one person each), with their
     captions and masks. A folder without ``masks/`` was made before preprocessing saved them: an error
     saying so. Photos without a mask are named and left out."""
-    from facechain.io import read_jsonl
-
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"data {data} does not exist. Pass the output folder of `facechain preprocess`.")
-    folders = [data] if (data / "metadata.jsonl").is_file() else sorted(
-        p for p in data.iterdir() if p.is_dir() and (p / "metadata.jsonl").is_file())
+    folders = [data] if ProcessedSet.exists(data) else sorted(
+        p for p in data.iterdir() if p.is_dir() and ProcessedSet.exists(p))
     if not folders:
         raise InputError(f"data {data} holds no processed photos (no metadata.jsonl in it or in its sub folders). Run "
                          "`facechain preprocess PHOTOS OUT` and pass OUT.")
     samples, no_mask = [], []
     for person, folder in enumerate(folders):
-        if not (folder / "masks").is_dir():
+        processed = ProcessedSet.read(folder, "data")
+        if not processed.has_masks:
             raise InputError(f"{folder} has no masks/ folder: it was processed before preprocessing saved its head masks "
                              "(FeedFace's loss needs them). Run `facechain preprocess` on the photos again.")
-        for row in read_jsonl(folder / "metadata.jsonl"):
-            name = row.get("file_name") if isinstance(row, dict) else None
-            if not isinstance(name, str) or Path(name).name != name or not (folder / name).is_file():
+        for photo in processed.photos:
+            if Path(photo.file).name != photo.file or not processed.path(photo).is_file():
                 continue
-            if not (folder / "masks" / name).is_file():
-                no_mask.append(f"{folder.name}/{name}")
+            if photo.mask is None:
+                no_mask.append(f"{folder.name}/{photo.file}")
                 continue
-            samples.append(Sample(person, folder / name, folder / "masks" / name, str(row.get("text", ""))))
+            samples.append(Sample(person, processed.path(photo), folder / photo.mask, photo.caption))
     if no_mask:
         logger.warning("feedface data: left out (no mask): %s", ", ".join(no_mask[:10]))
     if not samples:

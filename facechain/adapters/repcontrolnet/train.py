@@ -30,6 +30,7 @@ import numpy as np
 from facechain.config import model_ref, setting
 from facechain.errors import InputError
 from facechain.train.config import MixedPrecision
+from facechain.preprocess.artifact import METADATA_FILE, read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +103,8 @@ def load_pairs(data: Path, condition: str = "openpose") -> list[Pair]:
             f"data {data} has no conditions/ folder. Put each image's {condition} map in {cond_dir} with the image's file "
             "name (only openpose maps are computed from the photos here).")
     conds = {p.stem: p for p in list_images(cond_dir, "conditions folder")} if cond_dir.is_dir() else None
-    captions: dict[str, str] = {}
-    meta = data / "metadata.jsonl"
-    if meta.is_file():
-        from facechain.io import read_jsonl
-
-        for row in read_jsonl(meta):
-            if isinstance(row, dict) and isinstance(row.get("file_name"), str) and isinstance(row.get("text"), str):
-                captions[Path(row["file_name"]).stem] = row["text"]
+    meta = data / METADATA_FILE
+    captions = {Path(p.file).stem: p.caption for p in read_metadata(meta)} if meta.is_file() else {}
     if conds is None:
         logger.info("repcontrolnet data: no conditions/ folder; openpose maps will be computed from the %d photos",
                     len(images))
