@@ -89,7 +89,7 @@ def per_portrait(paths: dict, work: Path, args) -> list[tuple[str, float]]:
     from facechain.face import get_analyzer
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     analyzer = get_analyzer("dlib")
     ident = IdentityConfig(adapter="ip-adapter-faceid", photos=paths["photos"], weights=str(paths["faceid"]))
@@ -121,7 +121,7 @@ def pose_control(paths: dict, work: Path, args) -> list[tuple[str, float, int]]:
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.images import read_image
     from facechain.io import save_image
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     data = work / "repdata"
     for name, pose in (("a", "upper_body_front"), ("b", "upper_body_turn")):

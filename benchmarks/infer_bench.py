@@ -59,7 +59,7 @@ def run_mode(args) -> dict:
 
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     paths = json.loads(args.paths)
     ours = args.mode == "ours"
@@ -93,7 +93,7 @@ def postprocess_bench(n: int) -> dict:
 
     from facechain.face import get_analyzer
     from facechain.face.fusion import get_fusion
-    from facechain.postprocess import Reference, fuse_and_rank
+    from facechain.generate.rank import Reference, fuse_and_rank
 
     analyzer = get_analyzer("dlib")
     img = astronaut()

@@ -3,8 +3,8 @@
     python poses/draw_poses.py            # rewrites poses/*.png
 
 Keypoints are (x, y) fractions of a 512 x 512 canvas in the OpenPose COCO-18 order
-(facechain.poses.KEYPOINTS); "r_" is the person's right, which appears on the image's left.
-Drawing follows the OpenPose convention (facechain.poses.draw_openpose): coloured limbs on
+(facechain.generate.poses.KEYPOINTS); "r_" is the person's right, which appears on the image's left.
+Drawing follows the OpenPose convention (facechain.generate.poses.draw_openpose): coloured limbs on
 black, so the maps work with the OpenPose ControlNets without any annotator weights. Poses
 are framed like FaceChain's portraits (upper body, medium shot), plus a half and a full body.
 """
@@ -47,7 +47,7 @@ POSES: dict[str, dict[str, tuple[float, float]]] = {
 
 def main(out_dir: Path = Path(__file__).resolve().parent, size: int = 512) -> list[Path]:
     from facechain.io import save_image
-    from facechain.poses import draw_openpose
+    from facechain.generate.poses import draw_openpose
 
     written = []
     for name, keypoints in POSES.items():

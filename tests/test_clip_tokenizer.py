@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from facechain.generate.config import DEFAULT_NEGATIVE_PROMPT
-from facechain.generate.prompt import build_prompt, negative_for_subject
+from facechain.generate.subject import build_prompt, negative_for_subject
 from facechain.prompts import PROMPT_WEIGHTING, PromptEncoder, a1111_chunks, parse_weighted, plain_text
 from facechain.testing import CLIP_VOCAB_SIZE, clip_bpe_file, make_clip_tokenizer
 
@@ -97,7 +97,7 @@ def test_facechains_negative_prompt_is_two_chunks_nothing_cut(clip_pipe):
 def test_every_shipped_style_prompt(clip_pipe):
     """Each shipped style of the model's family, as generation builds its prompt, with FaceChain's negative:
     the token and chunk counts describe() reports are the tokenizer's, and the embedding holds every chunk."""
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     family = "sdxl" if hasattr(clip_pipe, "text_encoder_2") else "sd15"
     styles = [s for s in load_styles() if s.family in (family, "any")]

@@ -22,7 +22,7 @@ def _blank_runs(row_band: np.ndarray) -> list[tuple[int, int]]:
 def test_contact_sheet_caption_keeps_the_space_of_a_style_name():
     from PIL import ImageFont
 
-    from facechain.postprocess import contact_sheet
+    from facechain.generate.rank import contact_sheet
 
     thumb = 192
     sheet = contact_sheet([np.full((64, 64, 3), 255, np.uint8)], ["Business suit #0 s42\n0.512"], thumb=thumb)
@@ -38,7 +38,7 @@ def test_contact_sheet_caption_keeps_the_space_of_a_style_name():
 
 
 def test_contact_sheet_caption_is_cut_at_the_thumbnail_edge():
-    from facechain.postprocess import contact_sheet
+    from facechain.generate.rank import contact_sheet
 
     thumb = 96
     sheet = contact_sheet([np.zeros((32, 32, 3), np.uint8)] * 2, ["A very long style name indeed #0 s1\nx"] * 2,

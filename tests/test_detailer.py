@@ -1,4 +1,4 @@
-"""Face detailer (facechain.detailer): a real face photo pasted small into a larger canvas, the
+"""Face detailer (facechain.generate.detailer): a real face photo pasted small into a larger canvas, the
 dlib detector, tiny real-class SD1.5/SDXL pipelines at 64 px. The tiny models draw noise, so these
 tests check the mechanics: which faces are re-drawn, that nothing outside the feathered mask
 changes, seeds, the cached inpaint pipeline and the settings' checks."""
@@ -8,8 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facechain import detailer
-from facechain.detailer import DetailerConfig, detail_faces, face_region, inpaint_pipeline, needs_detail
+from facechain.generate import detailer
+from facechain.face.region import face_region, needs_detail
+from facechain.generate.detailer import DetailerConfig, detail_faces
+from facechain.generate.inpaint import inpaint_pipeline
 from facechain.errors import InputError
 from facechain.face import Face
 

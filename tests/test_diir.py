@@ -1,4 +1,4 @@
-"""DIIR restoration (facechain.diir) on tiny real-class SD1.5/SDXL models at 64 px, with a real photo
+"""DIIR restoration (facechain.generate.diir) on tiny real-class SD1.5/SDXL models at 64 px, with a real photo
 (the astronaut's head pasted into a canvas) and dlib's detector: the DDIM inversion round trip, the
 identity's effect, the landmark ControlNet, and the paste-back that keeps every pixel outside the mask."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from facechain.diir import DIIRConfig, Identity, decode, encode, invert, regenerate, restore_faces
+from facechain.generate.diir import DIIRConfig, Identity, decode, encode, invert, regenerate, diir_faces
 from facechain.errors import InputError
 
 CFG = DIIRConfig(num_inference_steps=10, strength=0.6, working_size=64)
@@ -57,12 +57,13 @@ def test_inversion_round_trip_keeps_the_image_and_noise_does_not(sd15_pipe, phot
 
 
 def test_restore_changes_the_face_and_nothing_outside_its_mask(sd15_pipe, photo, dlib_analyzer):
-    from facechain.detailer import DetailerConfig, face_region
+    from facechain.face.region import face_region
+    from facechain.generate.detailer import DetailerConfig
 
     cond, null = _cond(sd15_pipe)
     faces = dlib_analyzer.detect(photo, embed=False)
     before = photo.copy()
-    out, report = restore_faces(sd15_pipe, photo, faces, cond, null, CFG)
+    out, report = diir_faces(sd15_pipe, photo, faces, cond, null, CFG)
     np.testing.assert_array_equal(photo, before)
     assert len(report) == 1 and report[0]["steps"] == 6 and report[0]["landmark_control"] is None
     x0, y0, side = report[0]["crop"]
@@ -74,7 +75,7 @@ def test_restore_changes_the_face_and_nothing_outside_its_mask(sd15_pipe, photo,
     assert (alpha == 0).mean() > 0.3
     diff = np.abs(out.astype(int) - photo.astype(int)).max(axis=2)
     assert diff[alpha > 0.99].mean() > 5  # the face was regenerated
-    again, _ = restore_faces(sd15_pipe, photo, faces, cond, null, CFG)
+    again, _ = diir_faces(sd15_pipe, photo, faces, cond, null, CFG)
     np.testing.assert_array_equal(out, again)  # deterministic: DDIM both ways, no noise drawn
 
 
@@ -93,10 +94,10 @@ def test_the_identity_changes_the_result(tiny_sd15, photo, dlib_analyzer, tmp_pa
         lora_io.load_adapter(p, path, f"p{seed}", "face LoRA")
         p.set_adapters([f"p{seed}"], adapter_weights=[1.0])
         cond, null = _cond(p)
-        outs.append(restore_faces(p, photo, faces, cond, null, CFG)[0])
+        outs.append(diir_faces(p, photo, faces, cond, null, CFG)[0])
         p.delete_adapters(f"p{seed}")
     cond, null = _cond(p)
-    base = restore_faces(p, photo, faces, cond, null, CFG)[0]
+    base = diir_faces(p, photo, faces, cond, null, CFG)[0]
     assert np.abs(outs[0].astype(int) - outs[1].astype(int)).mean() > 0.5
     assert np.abs(outs[0].astype(int) - base.astype(int)).mean() > 0.5
 
@@ -111,9 +112,9 @@ def test_landmark_controlnet_reaches_the_unet(sd15_pipe, photo, dlib_analyzer, t
             m.weight.normal_(0, 0.2)
     cond, null = _cond(sd15_pipe)
     faces = dlib_analyzer.detect(photo, embed=False)
-    plain = restore_faces(sd15_pipe, photo, faces, cond, null, CFG)[0]
-    ctl, report = restore_faces(sd15_pipe, photo, faces, cond, null, CFG, controlnet=net)
-    off = restore_faces(sd15_pipe, photo, faces, cond, null, DIIRConfig(num_inference_steps=10, strength=0.6,
+    plain = diir_faces(sd15_pipe, photo, faces, cond, null, CFG)[0]
+    ctl, report = diir_faces(sd15_pipe, photo, faces, cond, null, CFG, controlnet=net)
+    off = diir_faces(sd15_pipe, photo, faces, cond, null, DIIRConfig(num_inference_steps=10, strength=0.6,
                                                                   working_size=64, landmark_weight=0), controlnet=net)[0]
     assert report[0]["landmark_control"] == CFG.landmark_weight
     assert np.abs(ctl.astype(int) - plain.astype(int)).mean() > 0.5
@@ -139,7 +140,7 @@ def test_ip_adapter_identity_acts_in_regeneration_only(tiny_sd15, photo, dlib_an
     for _ in range(2):
         v = torch.from_numpy(rng.normal(size=128).astype(np.float32)).reshape(1, 1, 1, -1) * 3
         ident = Identity(adapter, [torch.cat([torch.zeros_like(v), v])])
-        outs.append(restore_faces(p, photo, faces, cond, null, CFG, identity=ident)[0])
+        outs.append(diir_faces(p, photo, faces, cond, null, CFG, identity=ident)[0])
     assert np.abs(outs[0].astype(int) - outs[1].astype(int)).mean() > 0.5
     lat = encode(p, np.zeros((64, 64, 3), np.uint8))
     a = invert(p, lat, null, CFG, size=64, identity=Identity(adapter, [torch.ones(2, 1, 1, 128)]))
@@ -150,14 +151,14 @@ def test_ip_adapter_identity_acts_in_regeneration_only(tiny_sd15, photo, dlib_an
 def test_sdxl_runs(sdxl_pipe, photo, dlib_analyzer):
     cond, null = _cond(sdxl_pipe)
     faces = dlib_analyzer.detect(photo, embed=False)
-    out, report = restore_faces(sdxl_pipe, photo, faces, cond, null, CFG)
+    out, report = diir_faces(sdxl_pipe, photo, faces, cond, null, CFG)
     assert report[0]["working_size"] == 64 and np.abs(out.astype(int) - photo.astype(int)).max() > 0
 
 
 def test_small_faces_are_skipped_and_bad_settings_refused(sd15_pipe, photo, dlib_analyzer):
     cond, null = _cond(sd15_pipe)
     faces = dlib_analyzer.detect(photo, embed=False)
-    out, report = restore_faces(sd15_pipe, photo, faces, cond, null, DIIRConfig(min_face_px=1000, working_size=64))
+    out, report = diir_faces(sd15_pipe, photo, faces, cond, null, DIIRConfig(min_face_px=1000, working_size=64))
     assert "under min_face_px 1000" in report[0]["skipped"]
     np.testing.assert_array_equal(out, photo)
     for kw, words in [({"strength": 0}, "strength must be in"), ({"num_inference_steps": 1, "strength": 0.5}, "runs no step"),
@@ -165,7 +166,7 @@ def test_small_faces_are_skipped_and_bad_settings_refused(sd15_pipe, photo, dlib
         with pytest.raises(InputError, match=words):
             DIIRConfig(**kw)
     with pytest.raises(InputError, match="RGB uint8"):
-        restore_faces(sd15_pipe, photo.astype(np.float32), faces, cond, null, CFG)
+        diir_faces(sd15_pipe, photo.astype(np.float32), faces, cond, null, CFG)
 
 
 # ---------------------------------------------------------------------------- in generation and templates

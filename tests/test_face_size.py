@@ -11,7 +11,7 @@ import pytest
 from facechain.face import Face, kps_face_size
 from facechain.face.align import CROP_SCALE, portrait_crop_transform, warp_crop
 from facechain.face.types import FRONTAL_EYE_MOUTH_PER_EYES, SCRFD_SIZE_PER_EYE_MOUTH
-from facechain.postprocess import check_face
+from facechain.generate.rank import check_face
 
 # insightface's ArcFace alignment template (112 x 112): where SCRFD's keypoints land after alignment
 ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -150,9 +150,10 @@ def test_the_detailer_redraws_exactly_the_faces_ranking_calls_too_small():
     import dataclasses
     import inspect
 
-    from facechain.detailer import DetailerConfig, needs_detail
+    from facechain.face.region import needs_detail
+    from facechain.generate.detailer import DetailerConfig
     from facechain.generate import GenerateConfig
-    from facechain.postprocess import fuse_and_rank
+    from facechain.generate.rank import fuse_and_rank
 
     min_frac = {f.name: f.default for f in dataclasses.fields(GenerateConfig)}["min_face_frac"]
     assert DetailerConfig().small_face_frac == min_frac == inspect.signature(fuse_and_rank).parameters[

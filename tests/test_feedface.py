@@ -124,7 +124,7 @@ def test_training_lowers_the_loss_resumes_and_gives_an_identity(tiny_sd15, proce
     from facechain.cli import main
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     out = train_feedface(_cfg(tiny_sd15, processed, encoder, tmp_path / "a", max_train_steps=40, checkpointing_steps=40,
                               learning_rate=5e-3, masked_fraction=0.0, condition_dropout=0.0), progress=False)
@@ -230,7 +230,7 @@ def test_sdxl_trains_and_gives_an_identity(tiny_sdxl, processed, encoder, dlib_a
     from facechain.adapters.feedface.train import train_feedface
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     out = train_feedface(_cfg(tiny_sdxl, processed, encoder, tmp_path / "a", max_train_steps=4, learning_rate=1e-2),
                          progress=False)

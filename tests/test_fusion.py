@@ -47,7 +47,7 @@ def people(dlib_analyzer):
 
 
 def test_ranking_puts_the_reference_person_first(people, dlib_analyzer):
-    from facechain.postprocess import Reference, fuse_and_rank
+    from facechain.generate.rank import Reference, fuse_and_rank
 
     ref_face = dlib_analyzer.detect(people["ref"])[0]
     reference = Reference(people["ref"], ref_face, "000.png", "test")
@@ -129,11 +129,11 @@ def test_template_is_the_best_quality_processed_photo(people, dlib_analyzer, tmp
     import cv2
 
     from facechain.io import save_image
-    from facechain.postprocess import select_template
+    from facechain.generate.rank import select_reference_face
 
     save_image(tmp_path / "000.png", cv2.GaussianBlur(people["ref"], (9, 9), 4))
     save_image(tmp_path / "001.png", people["ref"])
-    ref = select_template(tmp_path, dlib_analyzer)
+    ref = select_reference_face(tmp_path, dlib_analyzer)
     assert ref.file == "001.png" and "measured" in ref.reason
     report = {"entries": [
         {"input": "a.jpg", "status": "kept", "output": "000.png", "scores": {"detector_score": 1.0, "blur": 900.0}},
@@ -141,11 +141,11 @@ def test_template_is_the_best_quality_processed_photo(people, dlib_analyzer, tmp
         {"input": "c.jpg", "status": "rejected", "output": None, "scores": {}},
     ]}
     (tmp_path / "report.json").write_text(json.dumps(report))
-    assert select_template(tmp_path, dlib_analyzer).file == "000.png"  # report.json's scores are used
+    assert select_reference_face(tmp_path, dlib_analyzer).file == "000.png"  # report.json's scores are used
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="no processed photos"):
-        select_template(empty, dlib_analyzer)
+        select_reference_face(empty, dlib_analyzer)
 
 
 def test_job_with_ranking_reports_every_dropped_candidate(tiny_sd15, people, tmp_path):
@@ -238,9 +238,9 @@ def test_template_from_real_preprocessing_output(dlib_analyzer, tmp_path):
     import cv2
 
     from facechain import samples
-    from facechain.generate.prompt import subject_from_metadata
+    from facechain.generate.subject import subject_from_metadata
     from facechain.io import save_image
-    from facechain.postprocess import select_template
+    from facechain.generate.rank import select_reference_face
     from facechain.preprocess import preprocess
 
     photo = samples.astronaut()
@@ -251,7 +251,7 @@ def test_template_from_real_preprocessing_output(dlib_analyzer, tmp_path):
     report = json.loads((tmp_path / "processed" / "report.json").read_text())
     kept = [e for e in report["entries"] if e["status"] == "kept"]
     best = max(kept, key=lambda e: e["scores"]["detector_score"] * e["scores"]["blur"])
-    ref = select_template(tmp_path / "processed", dlib_analyzer)
+    ref = select_reference_face(tmp_path / "processed", dlib_analyzer)
     assert ref.file == best["output"] and ref.reason.startswith("report.json")
     assert ref.face.landmarks.shape == (68, 2) and len(result.kept) == len(kept)
     trigger, attribute = subject_from_metadata(tmp_path / "processed", "<x>")
@@ -264,7 +264,7 @@ def test_a_candidate_that_cannot_be_fused_is_reported_not_fatal(people, dlib_ana
     import dataclasses
 
     from facechain.face.fusion import get_fusion
-    from facechain.postprocess import Reference, fuse_and_rank, save_style_outputs
+    from facechain.generate.rank import Reference, fuse_and_rank, save_style_outputs
 
     ref_face = dlib_analyzer.detect(people["ref"])[0]
     blank = np.full((256, 256, 3), 128, np.uint8)
@@ -373,7 +373,7 @@ def test_profile_faces_are_refused_and_small_references_noted(dlib_analyzer):
 
 def test_contact_sheet_shows_each_kept_image_before_and_after_fusion(dlib_analyzer, tmp_path):
     from facechain.face.fusion import get_fusion
-    from facechain.postprocess import Reference, contact_sheet, fuse_and_rank, save_style_outputs
+    from facechain.generate.rank import Reference, contact_sheet, fuse_and_rank, save_style_outputs
 
     src, sf, tgt, _, _ = _pairs(dlib_analyzer)[0]  # hopper -> astronaut
     reference = Reference(src, sf, "000.png", "test")
@@ -411,7 +411,7 @@ def test_fusion_warps_from_a_sharp_high_resolution_crop(dlib_analyzer, tmp_path)
 
     from facechain.face.fusion import get_fusion
     from facechain.io import save_image
-    from facechain.postprocess import select_template
+    from facechain.generate.rank import select_reference_face
     from facechain.preprocess import PreprocessConfig, preprocess
     from facechain.preprocess.quality import photo_quality
 
@@ -440,7 +440,7 @@ def test_fusion_warps_from_a_sharp_high_resolution_crop(dlib_analyzer, tmp_path)
     from facechain.images import list_images
 
     assert len(list_images(out, "reference folder")) == 3  # `facechain eval --reference` sees each photo once
-    ref = select_template(out, dlib_analyzer)
+    ref = select_reference_face(out, dlib_analyzer)
     assert ref.file == best["output"] and ref.fusion_file == "reference/hires.png"
     src, src_face = ref.fusion_source()
     assert src.shape == hires.shape and src_face.size > 1.3 * ref.face.size
@@ -467,7 +467,7 @@ def test_no_high_resolution_crop_when_the_photo_has_no_more_pixels(dlib_analyzer
     report says why and fusion uses the processed photo. reference_size 0 turns it off."""
     from facechain import samples
     from facechain.io import save_image
-    from facechain.postprocess import select_template
+    from facechain.generate.rank import select_reference_face
     from facechain.preprocess import PreprocessConfig, preprocess
 
     save_image(tmp_path / "in" / "a.png", samples.astronaut())
@@ -476,7 +476,7 @@ def test_no_high_resolution_crop_when_the_photo_has_no_more_pixels(dlib_analyzer
     info = json.loads((out / "report.json").read_text())["reference"]
     assert info["output"] == "000.png" and info["hires"] is None and "too small" in info["hires_note"]
     assert not (out / "reference/hires.png").exists()
-    ref = select_template(out, dlib_analyzer)
+    ref = select_reference_face(out, dlib_analyzer)
     assert ref.fusion_file is None and ref.fusion_source()[0] is ref.image
     with pytest.raises(InputError, match="reference_size"):
         PreprocessConfig(reference_size=100)

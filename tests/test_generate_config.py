@@ -11,7 +11,7 @@ import pytest
 
 from facechain.errors import InputError
 from facechain.generate.config import GenerateConfig, load_generate_config
-from facechain.generate.prompt import build_prompt, subject_from_metadata
+from facechain.generate.subject import build_prompt, subject_from_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def test_shipped_configs_parse_and_document_every_field():
 
 
 def test_pose_maps_drawn_in_openpose_colours(tmp_path):
-    from facechain.poses import COLORS, is_pose_map, load_pose, named_poses, skeleton_fraction
+    from facechain.generate.poses import COLORS, is_pose_map, load_pose, named_poses, skeleton_fraction
 
     assert {"upper_body_front", "full_body_standing"} <= set(named_poses())
     pose, photo = load_pose("upper_body_front", (64, 64))
@@ -90,7 +90,7 @@ def test_pose_maps_drawn_in_openpose_colours(tmp_path):
 
 def test_pose_with_no_person_is_refused(tmp_path):
     from facechain.io import save_image
-    from facechain.poses import load_pose
+    from facechain.generate.poses import load_pose
 
     save_image(tmp_path / "black.png", np.zeros((128, 128, 3), np.uint8))
     with pytest.raises(InputError, match="shows no person"):
@@ -198,7 +198,7 @@ def test_pose_photo_without_annotator_weights_names_the_fix(tmp_path):
 
     from facechain.errors import ModelNotFoundError
     from facechain.io import save_image
-    from facechain.poses import load_pose
+    from facechain.generate.poses import load_pose
 
     save_image(tmp_path / "photo.png", astronaut())
     with pytest.raises(ModelNotFoundError, match=r"needs the OpenPose annotator weights .*--pose-annotator.*upper_body_front"):
@@ -241,7 +241,7 @@ def test_detailer_settings():
 ])
 def test_adult_men_get_children_in_the_negative_prompt(attribute, children):
     from facechain.generate.config import DEFAULT_NEGATIVE_PROMPT
-    from facechain.generate.prompt import negative_for_subject
+    from facechain.generate.subject import negative_for_subject
 
     out = negative_for_subject(DEFAULT_NEGATIVE_PROMPT, attribute)
     if children:

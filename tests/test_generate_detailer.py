@@ -67,9 +67,9 @@ def _lora_fused(pipe) -> bool:
 
 def test_detailer_runs_with_the_face_lora_active_and_each_candidates_prompt_and_seed(
         tiny_sd15, face_lora, small_face, dlib_analyzer, tmp_path, monkeypatch):
-    import facechain.detailer as detailer
+    import facechain.generate.detailer as detailer
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     cfg = _cfg(tiny_sd15, tmp_path, lora_dir=face_lora)
     gen = PortraitGenerator(cfg, analyzer=dlib_analyzer)
@@ -119,7 +119,7 @@ def test_detailer_runs_with_the_face_lora_active_and_each_candidates_prompt_and_
 def test_generator_makes_its_analyzer_lazily(tiny_sd15, small_face, tmp_path, monkeypatch):
     import facechain.face as face
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     made = []
     real = face.get_analyzer
@@ -177,7 +177,7 @@ def test_ranking_keeps_a_small_face_the_detailer_redrew(small_face, dlib_analyze
 def test_generation_uses_facechains_children_rule_for_adult_men(tiny_sd15, tmp_path):
     from facechain.generate.config import DEFAULT_NEGATIVE_PROMPT
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, detailer="off", num_candidates=1))
     style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", gen.family)

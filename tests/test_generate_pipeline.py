@@ -103,7 +103,7 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
 @pytest.mark.slow
 def test_seeds_batches_and_fusing_are_consistent(tiny_sd15, face_lora, tmp_path):
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     style = load_styles().get("Chef", "sd15")
     subject = ("<fcsks>", "a person")
@@ -142,7 +142,7 @@ def test_pose_and_depth_controlnets(tiny_sd15, tmp_path):
 
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.io import save_image
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
@@ -184,7 +184,7 @@ def test_pose_and_depth_controlnets(tiny_sd15, tmp_path):
 @pytest.mark.slow
 def test_sdxl_fast_mode_with_lcm_lora_and_pose(tiny_sdxl, tmp_path):
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -232,7 +232,7 @@ def test_lora_files_keep_their_alpha_and_trusted_pickles_load(tiny_sd15, tmp_pat
 def test_style_adapter_removed_when_fusing_fails_and_fp16_weights_restored(tiny_sd15, face_lora, style_dir, tmp_path,
                                                                            monkeypatch):
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     style = load_styles([style_dir]).get("Ink", "sd15")
     gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, lora_dir=face_lora, dtype="float16"))
@@ -255,7 +255,7 @@ def test_style_adapter_removed_when_fusing_fails_and_fp16_weights_restored(tiny_
 def test_default_style_lora_for_prompt_only_styles(tiny_sd15, face_lora, style_dir, tmp_path):
     """FaceChain merges a default style LoRA into prompt-only styles; a style with its own LoRA keeps it."""
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     default = random_lora(tiny_sd15, tmp_path / "default_style", seed=3)
     styles = load_styles([DEFAULT_STYLES_DIR, style_dir])

@@ -21,7 +21,7 @@ def _check(image: np.ndarray, expected: list[int], what: str) -> None:
 def test_generation_golden_slice(tiny_sd15, tmp_path):
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     cfg = GenerateConfig(base_model=str(tiny_sd15), output_dir=tmp_path, num_candidates=1, num_images=1, batch_size=1,
                          num_inference_steps=4, rank_candidates=False, fusion="off", device="cpu", dtype="float32", height=64, width=64, seed=42)
@@ -46,7 +46,7 @@ def _around(image: np.ndarray, cx: int, cy: int) -> np.ndarray:
 def test_sdxl_generation_golden_slice(tiny_sdxl, tmp_path):
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     cfg = GenerateConfig(base_model=str(tiny_sdxl), output_dir=tmp_path, num_candidates=1, num_images=1, batch_size=1,
                          num_inference_steps=4, rank_candidates=False, fusion="off", device="cpu", dtype="float32", height=64, width=64, seed=42)
@@ -56,7 +56,7 @@ def test_sdxl_generation_golden_slice(tiny_sdxl, tmp_path):
 
 def test_detailer_golden_slice(sd15_pipe, dlib_analyzer):
     from facechain import samples
-    from facechain.detailer import DetailerConfig, detail_faces
+    from facechain.generate.detailer import DetailerConfig, detail_faces
 
     cfg = DetailerConfig(working_size=64, num_inference_steps=4, strength=0.5)
     out, info = detail_faces(sd15_pipe, samples.pasted_head(200), dlib_analyzer, "<fcsks>, a woman, portrait photo",
@@ -67,13 +67,13 @@ def test_detailer_golden_slice(sd15_pipe, dlib_analyzer):
 
 def test_diir_golden_slice(sd15_pipe, dlib_analyzer):
     from facechain import samples
-    from facechain.diir import DIIRConfig, restore_faces
+    from facechain.generate.diir import DIIRConfig, diir_faces
     from facechain.prompts import PromptEncoder
 
     photo = samples.pasted_head(200, 256, (30, 30))
     enc = PromptEncoder(sd15_pipe)
     cond, null = enc("<fcsks>, a woman", "blurry"), enc("", "")
-    out, report = restore_faces(sd15_pipe, photo, dlib_analyzer.detect(photo, embed=False), cond, null,
+    out, report = diir_faces(sd15_pipe, photo, dlib_analyzer.detect(photo, embed=False), cond, null,
                                 DIIRConfig(num_inference_steps=10, strength=0.6, working_size=64))
     x0, y0, side = report[0]["crop"]
     _check(_around(out, x0 + side // 2, y0 + side // 2), DIIR_SLICE, "diir")

@@ -132,7 +132,7 @@ def test_default_loras_resolve():
     from facechain.lora import LORA_FILE
 
     LCM_LORAS = fast_loras()
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     named = [(ref, None, LORA_FILE) for ref in LCM_LORAS.values()] + [FACECHAIN_STYLE_LORA]
     for style in load_styles():

@@ -65,7 +65,7 @@ def _images(gen, style):
 
 def test_identity_changes_the_output_and_scale_zero_restores_it(tiny_sd15, faceid, photo_dirs, dlib_analyzer, tmp_path):
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")
     plain, _ = _images(PortraitGenerator(_cfg(tiny_sd15, tmp_path), analyzer=dlib_analyzer), style)
@@ -238,7 +238,7 @@ def test_identity_settings_are_checked():
 def test_sdxl_with_face_lora_and_adapter_together(tiny_sdxl, photo_dirs, dlib_analyzer, tmp_path):
     """Both identity sources at once on SDXL: the face LoRA and the adapter (with its own LoRA) mixed by set_adapters."""
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
     from facechain.testing import build_tiny_faceid_adapter, random_lora
 
     lora = random_lora(tiny_sdxl, tmp_path / "lora", seed=1, family="sdxl")
@@ -260,7 +260,7 @@ def test_identity_with_pose_controlnet_and_the_face_detailer(tiny_sd15, faceid, 
     from PIL import Image
 
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
@@ -331,7 +331,7 @@ def test_plusv2_reads_the_faces_clip_features_and_keeps_seeds_per_candidate(tiny
     import dataclasses
 
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")
     ident = _identity(photo_dirs / "astronaut", plus["weights"], image_encoder=str(plus["encoder"]))
@@ -387,7 +387,7 @@ def test_identity_with_fast_mode_and_a_style_lora(tiny_sd15, faceid, photo_dirs,
     import json as _json
 
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
     from facechain.testing import random_lora
 
     lcm = random_lora(tiny_sd15, tmp_path / "lcm", seed=7)
@@ -413,9 +413,9 @@ def test_plusv2_identity_in_diir_restoration(tiny_sd15, plus, photo_dirs, dlib_a
     on both; the face's CLIP features reach the restored face."""
     import dataclasses
 
-    from facechain.diir import DIIRConfig
+    from facechain.generate.diir import DIIRConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
     from tests.test_generate_detailer import _PhotoSampler, _small_face_photo
 
     style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")

@@ -333,7 +333,7 @@ def test_generation_with_facechains_face_lora_and_a_kohya_style(pipes, tmp_path)
 
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     folder, family = pipes["sd15"]
     pipe = _pipe(folder, family)

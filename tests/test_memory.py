@@ -155,7 +155,7 @@ def _cfg(tiny, tmp_path, **kw):
 
 def _images(cfg):
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import load_styles
+    from facechain.generate.styles import load_styles
 
     gen = PortraitGenerator(cfg)
     batch = gen.generate(load_styles().get("Business suit", "sd15"), ("<fcsks>", "a person"))

@@ -273,7 +273,7 @@ def test_generate_bad_inputs_are_clear_errors_before_anything_is_written(tiny_sd
 
 def test_pose_image_over_the_megapixel_limit_is_a_clear_error(tmp_path):
     from facechain.images import INPUT_MAX_MEGAPIXELS
-    from facechain.poses import load_pose
+    from facechain.generate.poses import load_pose
 
     side = int((INPUT_MAX_MEGAPIXELS * 1e6) ** 0.5) + 100
     Image.new("RGB", (side, side)).save(tmp_path / "huge.png")
@@ -282,7 +282,7 @@ def test_pose_image_over_the_megapixel_limit_is_a_clear_error(tmp_path):
 
 
 def test_pose_photo_needs_allow_pickle_for_the_annotator(tmp_path, sample_photos):
-    from facechain.poses import load_pose
+    from facechain.generate.poses import load_pose
 
     _save(tmp_path / "photo.png", sample_photos.astronaut())
     with pytest.raises(UnsafeCheckpointError, match="annotator weights .* pickle .*--allow-pickle"):

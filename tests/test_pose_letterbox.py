@@ -10,7 +10,7 @@ import torch
 
 def _tall_pose(tmp_path):
     from facechain.io import save_image
-    from facechain.poses import draw_openpose
+    from facechain.generate.poses import draw_openpose
 
     kp = {"nose": (0.5, 0.2), "neck": (0.5, 0.3), "r_shoulder": (0.3, 0.3), "l_shoulder": (0.7, 0.3),
           "r_hip": (0.4, 0.6), "l_hip": (0.6, 0.6), "r_eye": (0.45, 0.18), "l_eye": (0.55, 0.18)}
@@ -20,7 +20,7 @@ def _tall_pose(tmp_path):
 
 
 def test_load_pose_letterboxes_a_non_square_map(tmp_path):
-    from facechain.poses import load_pose
+    from facechain.generate.poses import load_pose
 
     tall = _tall_pose(tmp_path)
     pose, photo = load_pose(str(tmp_path / "tall.png"), (256, 256))
@@ -65,7 +65,7 @@ def test_generator_letterboxes_pose_and_depth(tiny_sd15, tmp_path):
 @pytest.mark.parametrize("shape,size", [((50, 200, 3), (100, 100)), ((100, 100, 3), (100, 100)),
                                          ((300, 100, 3), (60, 90))])
 def test_letterbox_keeps_aspect(shape, size):
-    from facechain.poses import letterbox
+    from facechain.generate.poses import letterbox
 
     img = np.full(shape, 255, np.uint8)
     out = letterbox(img, size)
@@ -79,7 +79,7 @@ def test_depth_map_loses_the_pose_photos_head(dlib_analyzer, sample_photos):
     """FaceChain masks the head in the depth map: the head's shape comes from the face LoRA, the body
     and room from the pose photo. On a real photo: the face and the hair above it go to the far plane,
     the body below and the room beside stay as estimated."""
-    from facechain.poses import mask_heads_in_depth
+    from facechain.generate.poses import mask_heads_in_depth
 
     photo = sample_photos.astronaut()
     face = dlib_analyzer.detect(photo)[0]

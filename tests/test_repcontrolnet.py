@@ -257,7 +257,7 @@ def merged_model(tiny_sd15, rep_data, tmp_path_factory):
 def test_generation_with_a_merged_model_steers_the_pose_without_a_controlnet(merged_model, tmp_path):
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
     from tests.test_generate_detailer import _PhotoSampler, _small_face_photo
 
     def cfg(**kw):
@@ -313,7 +313,7 @@ def test_sdxl_trains_merges_and_generates(tiny_sdxl, rep_data, tmp_path):
     from facechain.adapters.repcontrolnet.train import train_repcontrolnet
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     out = train_repcontrolnet(_cfg(tiny_sdxl, rep_data, tmp_path / "a", max_train_steps=2, learning_rate=1e-2),
                               progress=False)

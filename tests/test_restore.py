@@ -419,7 +419,7 @@ def test_generation_restores_each_fused_face(restorer, dlib_analyzer, sample_pho
     from PIL import Image
 
     from facechain.face.fusion import get_fusion
-    from facechain.postprocess import Reference, fuse_and_rank
+    from facechain.generate.rank import Reference, fuse_and_rank
 
     ref = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
     reference = Reference(ref, dlib_analyzer.detect(ref)[0], "000.png", "test")

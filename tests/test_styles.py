@@ -7,7 +7,7 @@ import json
 import pytest
 
 from facechain.errors import InputError
-from facechain.styles import DEFAULT_STYLES_DIR, OPTIONAL_FIELDS, STYLE_FIELDS, load_style_file, load_styles
+from facechain.generate.styles import DEFAULT_STYLES_DIR, OPTIONAL_FIELDS, STYLE_FIELDS, load_style_file, load_styles
 
 GOOD = {
     "name": "My style", "img": "", "model_id": None, "revision": None, "bin_file": None,
@@ -173,7 +173,7 @@ def test_facechain_sdxl_weight_follows_the_files_tensors(kohya_style, tiny_sdxl,
     modules have one."""
     from facechain.io import save_safetensors
     from facechain.lora import LORA_FILE
-    from facechain.styles import facechain_sdxl_weight
+    from facechain.generate.styles import facechain_sdxl_weight
     from facechain.testing import random_lora
 
     folder, tensors = kohya_style

@@ -63,7 +63,7 @@ def run(args) -> int:
 def _list_styles(args, overrides: dict) -> int:
     from facechain.config import load_mapping, resolve_config_paths
     from facechain.generate.config import GenerateConfig
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     data = {}
     if args._config:

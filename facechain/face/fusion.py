@@ -96,7 +96,7 @@ class FusionSpec:
 def _builtin(registry: Registry) -> None:
     registry.register("landmark", FusionSpec("landmark", LandmarkFusion, LandmarkFusion.required_backend))
     registry.register("swapper", FusionSpec("swapper", SwapperFusion, SwapperFusion.required_backend, takes_model=True))
-    # MagicID's DDIM-inversion restoration (facechain.diir): inversion needs the full scheduler, not LCM's few steps
+    # MagicID's DDIM-inversion restoration (facechain.generate.diir): inversion needs the full scheduler, not LCM's few steps
     registry.register("diir", FusionSpec("diir", None, in_generation=True, needs_reference=False, needs_identity=True,
                                          allows_fast=False, options="diir"))
 

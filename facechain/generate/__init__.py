@@ -1,5 +1,5 @@
 """Portrait generation: config -> candidates (text-to-image / ControlNet, LoRA mixing, fast
-mode) -> fusion + ranking (facechain.postprocess) -> PNGs, manifest.json, contact sheet.
+mode) -> fusion + ranking (facechain.generate.rank) -> PNGs, manifest.json, contact sheet.
 
     from facechain.generate import load_generate_config, run_job
     result = run_job(load_generate_config("configs/demo.yaml"))

@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 from facechain.adapters import IdentityConfig
 from facechain.config import (from_dict, load_mapping, merge_settings, model_ref, resolve_config_paths, setting,
                               upgrade_names)
-from facechain.diir import DIIRConfig
+from facechain.generate.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.lora import LORA_FILE
 from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP

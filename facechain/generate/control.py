@@ -47,7 +47,7 @@ def setup_pose_control(pipe, family: Family, resolved: ResolvedModel, cfg: Gener
     from PIL import Image
 
     from facechain.adapters.repcontrolnet.merge import merged_record
-    from facechain.poses import letterbox
+    from facechain.generate.poses import letterbox
 
     # letterboxed, never stretched: a pose (and its depth map) of another aspect than the output keeps
     # its proportions; both are fitted the same way, so they stay aligned
@@ -68,7 +68,7 @@ def setup_pose_control(pipe, family: Family, resolved: ResolvedModel, cfg: Gener
 
             depth = read_image(cfg.depth_image, "depth_image")
         else:  # a photo: check_control_inputs refused a skeleton map without depth_image
-            from facechain.poses import mask_heads_in_depth
+            from facechain.generate.poses import mask_heads_in_depth
 
             depth = estimate_depth(photo, cfg.depth_estimator, cfg.allow_pickle)
             depth = np.asarray(Image.fromarray(depth).resize((photo.shape[1], photo.shape[0]), Image.BICUBIC))

@@ -64,9 +64,9 @@ def check_inputs(cfg: GenerateConfig):
 
     Returns (resolved model, styles, subject, control) where control is check_control_inputs' result."""
     from facechain.generate.pipeline import check_control_inputs, check_face_lora
-    from facechain.generate.prompt import subject_from_metadata
+    from facechain.generate.subject import subject_from_metadata
     from facechain.models import resolve_device, resolve_dtype, resolve_model
-    from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
     from facechain.outputs import check_settled
 
@@ -121,7 +121,7 @@ def run_job(cfg: GenerateConfig, generator=None) -> JobResult:
 
 def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: float, generator) -> JobResult:
     from facechain.generate.pipeline import PortraitGenerator
-    from facechain.postprocess import contact_sheet, fuse_and_rank, save_style_outputs, select_template
+    from facechain.generate.rank import contact_sheet, fuse_and_rank, save_style_outputs, select_reference_face
 
     out = od.path
     names = unique_names(styles)
@@ -139,7 +139,7 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
 
         t0 = time.perf_counter()
         analyzer = get_analyzer(cfg.face_backend)
-        reference = select_template(cfg.processed_dir, analyzer) if cfg.processed_dir is not None else None
+        reference = select_reference_face(cfg.processed_dir, analyzer) if cfg.processed_dir is not None else None
         # a method that runs inside generation (diir) is the generator's; get_fusion refuses a method whose required
         # face backend is not the one loaded (auto -> dlib)
         spec = fusion_spec(cfg.fusion)

@@ -30,7 +30,7 @@ from facechain.face.fusion import fusion_spec
 from facechain.families import get_family
 from facechain.generate.config import FACECHAIN_STYLE_LORA, FACECHAIN_STYLE_LORA_FAMILY, GenerateConfig
 from facechain.generate.control import setup_pose_control
-from facechain.generate.prompt import build_prompt, negative_for_subject
+from facechain.generate.subject import build_prompt, negative_for_subject
 from facechain.lora.mixing import AdapterMixer
 from facechain.models import (
     ResolvedModel,
@@ -42,7 +42,7 @@ from facechain.models import (
     resolve_dtype,
     resolve_model,
 )
-from facechain.styles import Style
+from facechain.generate.styles import Style
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def check_control_inputs(cfg: GenerateConfig):
     them to :class:`PortraitGenerator` so the pose is read (and a photo annotated) only once."""
     if cfg.pose is None:
         return None, None
-    from facechain.poses import load_pose
+    from facechain.generate.poses import load_pose
 
     pose_map, photo = load_pose(cfg.pose, None, cfg.pose_annotator, cfg.allow_pickle)
     if cfg.depth and cfg.depth_image is None and photo is None:
@@ -206,7 +206,7 @@ class PortraitGenerator:
         self._diir_net = None  # DIIR's landmark ControlNet: the job's OpenPose one, else loaded here
         self._fusion = fusion_spec(cfg.fusion)
         if self._fusion is not None and self._fusion.in_generation and cfg.diir.landmark_weight > 0:
-            from facechain.diir import openpose_net
+            from facechain.generate.diir import openpose_net
 
             if self.control_pipe is not None:
                 self._diir_net = openpose_net(self.control_pipe.controlnet, ["openpose"] + (["depth"] if cfg.depth else []))
@@ -362,7 +362,7 @@ class PortraitGenerator:
         step) and guidance, so fast mode's few LCM steps and low guidance are used with LCM's scheduler."""
         import math
 
-        from facechain.detailer import DetailerConfig
+        from facechain.generate.detailer import DetailerConfig
 
         strength = self.cfg.detailer_strength
         return DetailerConfig(mode=self.cfg.detailer, strength=strength,
@@ -373,7 +373,7 @@ class PortraitGenerator:
         """Run the face detailer on every candidate (the face LoRA must be active: call before _deactivate)."""
         from PIL import Image
 
-        from facechain.detailer import detail_faces
+        from facechain.generate.detailer import detail_faces
 
         analyzer = self._face_analyzer()
         out = []
@@ -392,7 +392,7 @@ class PortraitGenerator:
 
         from PIL import Image
 
-        from facechain.diir import Identity, restore_faces
+        from facechain.generate.diir import Identity, diir_faces
 
         analyzer = self._face_analyzer()
         null = self._prompt_encoder()("", "")
@@ -407,7 +407,7 @@ class PortraitGenerator:
             if not faces:
                 out.append(dataclasses.replace(c, diir=[{"skipped": "no face found"}]))
                 continue
-            new, report = restore_faces(self.pipe, image, faces, conditioning, null, self.cfg.diir,
+            new, report = diir_faces(self.pipe, image, faces, conditioning, null, self.cfg.diir,
                                         controlnet=self._diir_net, identity=identity)
             out.append(dataclasses.replace(c, image=Image.fromarray(new), diir=report))
         return out

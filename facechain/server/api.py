@@ -56,13 +56,13 @@ def build_api(service: Service):
 
     @router.get("/styles")
     def styles():
-        from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+        from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
         return {"styles": sorted(set(load_styles([DEFAULT_STYLES_DIR]).names()))}
 
     @router.get("/poses")
     def poses():
-        from facechain.poses import named_poses
+        from facechain.generate.poses import named_poses
 
         return {"poses": named_poses()}
 

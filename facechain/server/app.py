@@ -47,12 +47,12 @@ def build_app(service: Service):
         return [(f"{p['name']} ({p['id']})", p["id"]) for p in service.people() if p["trained"] or not trained_only]
 
     def styles():
-        from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+        from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
         return sorted(set(load_styles([DEFAULT_STYLES_DIR]).names()))
 
     def poses():
-        from facechain.poses import named_poses
+        from facechain.generate.poses import named_poses
 
         return named_poses()
 
@@ -78,7 +78,7 @@ def build_app(service: Service):
 
     def style_preview(names):
         """What each picked style adds: its preview image when the style file names one, its prompt, its LoRA."""
-        from facechain.styles import DEFAULT_STYLES_DIR, load_styles
+        from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
         registry = load_styles([DEFAULT_STYLES_DIR])
         lines = []

@@ -8,7 +8,7 @@ from typing import Literal
 
 from facechain.adapters import IdentityConfig
 from facechain.config import from_dict, load_mapping, model_ref, resolve_config_paths, setting
-from facechain.diir import DIIRConfig
+from facechain.generate.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.prompts import WEIGHTING_HELP, check_weighting
 

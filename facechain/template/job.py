@@ -178,16 +178,18 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
 
     from facechain import lora as lora_io
     from facechain.config import save_config, to_dict
-    from facechain.detailer import DetailerConfig, compose, face_region, inpaint_pipeline, redraw_region
+    from facechain.face.region import compose, face_region
+    from facechain.generate.detailer import DetailerConfig
+    from facechain.generate.inpaint import inpaint_pipeline, redraw_region
     from facechain.face import similarity
     from facechain.face.fusion import fusion_spec, get_fusion, match_colour
     from facechain.generate.config import DEFAULT_NEGATIVE_PROMPT
-    from facechain.generate.prompt import join_prompt, subject_from_metadata
+    from facechain.generate.subject import join_prompt, subject_from_metadata
     from facechain.io import save_image, write_json
     from facechain.jobs import ItemFailure
     from facechain.models import load_pipeline, native_size, resolve_device, resolve_dtype, resolve_model
-    from facechain.postprocess import contact_sheet, select_template
-    from facechain.poses import face_keypoint_map
+    from facechain.generate.rank import contact_sheet, select_reference_face
+    from facechain.generate.poses import face_keypoint_map
     from facechain.prompts import PromptEncoder
 
     t0 = time.perf_counter()
@@ -281,15 +283,15 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
             if cfg.colour == "lab":  # the new face takes the template face's colour statistics
                 new = match_colour(new, before, region.alpha)
             notes = []
-            reference = select_template(person.processed_dir, analyzer) if person.processed_dir else None
+            reference = select_reference_face(person.processed_dir, analyzer) if person.processed_dir else None
             if in_generation:  # re-drawn from its DDIM inversion with this person's identity (still active)
-                from facechain.diir import Identity, openpose_net, restore_faces
+                from facechain.generate.diir import Identity, openpose_net, diir_faces
 
                 # the template face's geometry: the inpaint redrew the face in its place, under its pose control
                 ident = None
                 if adapter is not None:
                     ident = Identity(adapter, adapter.embeds(emb, do_cfg=True, device=device, dtype=pipe.unet.dtype))
-                new, restored = restore_faces(
+                new, restored = diir_faces(
                     pipe, new, [faces[k].shifted(-region.x0, -region.y0)], conditioning, null_conditioning, cfg.diir,
                     identity=ident, controlnet=openpose_net(control.controlnet if control is not None else None,
                                                             cfg.controls))

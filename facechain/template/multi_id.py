@@ -53,7 +53,7 @@ def harmonize(inpaint, image: np.ndarray, face_masks: list[np.ndarray], sizes: l
     from diffusers.image_processor import IPAdapterMaskProcessor
     from PIL import Image
 
-    from facechain.detailer import compose
+    from facechain.face.region import compose
 
     h_img, w_img = image.shape[:2]
     ids = identity_masks(face_masks, sizes)

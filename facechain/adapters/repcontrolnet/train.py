@@ -127,7 +127,7 @@ def condition_map(pair: Pair, cfg: RepControlNetConfig) -> np.ndarray:
         return square_image(pair.condition, cfg.resolution, "condition map")
     from PIL import Image
 
-    from facechain.poses import openpose_from_photo
+    from facechain.generate.poses import openpose_from_photo
 
     photo = square_image(pair.image, cfg.resolution, "training image")
     pose = openpose_from_photo(

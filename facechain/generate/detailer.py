@@ -40,27 +40,20 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from facechain.config import setting
 from facechain.errors import InputError
-from facechain.face.types import Face, FaceAnalyzer
-from facechain.families import Family, family_of_pipeline
-from facechain.models import dtype_kwargs, native_size
+from facechain.face.region import compose, face_region, needs_detail
+from facechain.face.types import FaceAnalyzer
+from facechain.generate.inpaint import _check_image, _family, inpaint_pipeline, redraw_region
+from facechain.models import native_size
 
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "always", "off")
-
-# Ellipse around the face box: centre raised by 0.1 x box height and half-axes 0.5 w x 0.6 h, so
-# it reaches 0.2 h above the box (the forehead; dlib's and insightface's boxes stop at the brows)
-# and down to the box's bottom (the chin). The landmarks' hull is added when the face has them.
-_ELLIPSE_RAISE, _ELLIPSE_AX, _ELLIPSE_AY = 0.1, 0.5, 0.6
-
 
 @dataclass(frozen=True)
 class DetailerConfig:
@@ -119,195 +112,6 @@ class DetailerConfig:
         if self.seed is not None and not isinstance(self.seed, int):
             raise InputError(f"detailer seed must be an integer or empty, got {self.seed!r}.")
 
-
-def needs_detail(face: Face, image_shape: tuple[int, ...], max_fraction: float = 0.23) -> bool:
-    """True when ``face.size`` is below ``max_fraction`` of the image's short side (mode auto's rule)."""
-    return face.size < max_fraction * min(image_shape[:2])
-
-
-@dataclass(frozen=True)
-class FaceRegion:
-    """Where one face is re-drawn: the square crop ``image[y0:y0+side, x0:x0+side]`` and the
-    feathered mask ``alpha`` over it (float32 (side, side) in [0, 1]; 0 = keep the original)."""
-
-    x0: int
-    y0: int
-    side: int
-    alpha: np.ndarray
-
-    def full_alpha(self, image_shape: tuple[int, ...]) -> np.ndarray:
-        """The mask over the whole image (float32 (H, W), 0 outside the crop)."""
-        out = np.zeros(image_shape[:2], dtype=np.float32)
-        out[self.y0:self.y0 + self.side, self.x0:self.x0 + self.side] = self.alpha
-        return out
-
-
-def _face_outline(face: Face) -> np.ndarray:
-    """(N, 2) float32 points whose convex hull is the face mask before dilation."""
-    x1, y1, x2, y2 = (float(v) for v in face.bbox[:4])
-    w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2 - _ELLIPSE_RAISE * h
-    t = np.linspace(0.0, 2 * np.pi, 48, endpoint=False)
-    pts = np.stack([cx + _ELLIPSE_AX * w * np.cos(t), cy + _ELLIPSE_AY * h * np.sin(t)], axis=1)
-    if face.landmarks is not None and len(face.landmarks):
-        pts = np.concatenate([pts, np.asarray(face.landmarks, dtype=np.float64)[:, :2]])
-    return pts.astype(np.float32)
-
-
-def face_region(face: Face, image_shape: tuple[int, ...], cfg: DetailerConfig) -> FaceRegion:
-    """The crop and feathered mask for ``face`` in an image of ``image_shape`` (see module docstring)."""
-    import cv2
-
-    h_img, w_img = image_shape[:2]
-    size = max(face.size, 1.0)
-    pts = _face_outline(face)
-    dilate = int(round(cfg.mask_dilation * size))
-    sigma = cfg.mask_feather * size
-    radius = int(math.ceil(3 * sigma)) if sigma > 0 else 0  # Gaussian kernel half-width: 3 sigma
-    reach = dilate + radius + 2
-    lo = pts.min(axis=0) - reach
-    hi = pts.max(axis=0) + reach
-    side = int(math.ceil(max(cfg.padding * size, *(hi - lo))))
-    side = max(8, min(side, h_img, w_img))  # never larger than the image: the crop stays square
-    cx, cy = (lo + hi) / 2
-    x0 = int(np.clip(round(cx - side / 2), 0, w_img - side))
-    y0 = int(np.clip(round(cy - side / 2), 0, h_img - side))
-    mask = np.zeros((side, side), dtype=np.uint8)
-    hull = cv2.convexHull(np.round(pts - np.float32([x0, y0])).astype(np.int32))
-    cv2.fillConvexPoly(mask, hull, 255)
-    if dilate > 0:
-        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1)))
-    alpha = mask.astype(np.float32) / 255.0
-    if radius > 0:
-        # zero padding around the crop: the feathered edge falls to exactly 0 (a sum of zeros) once
-        # it is more than 3 sigma from the dilated mask, which the crop was sized to hold
-        alpha = cv2.GaussianBlur(alpha, (2 * radius + 1, 2 * radius + 1), sigma, borderType=cv2.BORDER_CONSTANT)
-    alpha = np.clip(alpha, 0.0, 1.0)
-    return FaceRegion(x0, y0, side, alpha)
-
-
-# ---------------------------------------------------------------------------- inpaint pipeline
-
-# base pipeline -> its inpaint pipeline (made with from_pipe: shares the modules). Weak keys: the
-# entry goes with the base pipeline, and the inpaint pipeline holds no reference to it.
-_INPAINT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_SHARED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-
-
-class _EmptyFp32Notice(logging.Filter):
-    """Drops diffusers' "modules ... should be kept in float32: []" warning, logged by every
-    ``ModelMixin.to(dtype)`` whose list of float32 modules is empty (nothing to keep): from_pipe
-    casts once, and the SDXL inpaint pipeline casts its VAE around every encode."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not (msg.startswith("There are modules in") and "should be kept in float32: []." in msg)
-
-
-@contextmanager
-def _quiet_empty_fp32_notice():
-    target = logging.getLogger("diffusers.models.modeling_utils")
-    flt = _EmptyFp32Notice()
-    target.addFilter(flt)
-    try:
-        yield
-    finally:
-        target.removeFilter(flt)
-
-
-def _family(pipe) -> Family:
-    if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
-        raise InputError(f"the face detailer needs a Stable Diffusion pipeline with a UNet and a VAE, got "
-                         f"{type(pipe).__name__}.")
-    return family_of_pipeline(pipe)
-
-
-def inpaint_pipeline(pipe):
-    """The inpaint pipeline of ``pipe`` (SD1.5 or SDXL text-to-image, img2img or ControlNet pipeline),
-    made with ``from_pipe`` once and cached: the same UNet (with its LoRA adapters, fused or not),
-    VAE, text encoders and scheduler, no copy. A ControlNet is left out. Made again when ``pipe``'s
-    modules were replaced since (e.g. a new scheduler)."""
-    import torch
-
-    cached = _INPAINT.get(pipe)
-    if cached is not None and all(getattr(cached, n, None) is getattr(pipe, n, None) for n in _SHARED):
-        return cached
-    cls = _family(pipe).pipeline_class("inpaint")
-    if getattr(pipe, "controlnet", None) is not None:
-        logger.info("face detailer: inpainting without the ControlNet of %s", type(pipe).__name__)
-    # from_pipe ends with new_pipeline.to(dtype=...) (float32 unless told), which would convert the
-    # SHARED modules of a half-precision pipeline in place: pass the pipeline's dtype, and put back
-    # any module whose dtype still changed (a pipeline whose modules differ in dtype)
-    modules = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
-    dtypes = {n: m.dtype for n, m in modules.items() if hasattr(m, "dtype")}
-    with _quiet_empty_fp32_notice():  # components the inpaint class does not take (controlnet) are dropped
-        inpaint = cls.from_pipe(pipe, **dtype_kwargs(pipe.dtype))
-    for n, d in dtypes.items():
-        if modules[n].dtype != d:
-            modules[n].to(dtype=d)
-    if getattr(inpaint, "controlnet", None) is not None:  # pragma: no cover - guards a diffusers change
-        raise InputError("the face detailer's inpaint pipeline unexpectedly kept a ControlNet.")
-    inpaint.set_progress_bar_config(disable=True)
-    _INPAINT[pipe] = inpaint
-    return inpaint
-
-
-# ---------------------------------------------------------------------------- detailing
-
-
-def _check_image(image) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(
-            "the face detailer expects an RGB uint8 array of shape (H, W, 3), got "
-            f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}."
-        )
-    return np.ascontiguousarray(image)
-
-
-def redraw_region(inpaint, crop: np.ndarray, support: np.ndarray, size: int, conditioning: dict,
-            cfg: DetailerConfig, seed: int, controls: dict | None = None) -> np.ndarray:
-    """Re-generate ``crop`` (uint8 (s, s, 3)) where ``support`` is set, at ``size`` px; returns uint8 (s, s, 3).
-    ``conditioning``: the prompt embeddings (:class:`facechain.prompts.PromptEncoder`'s keyword arguments).
-    ``controls``: extra pipeline arguments: a ControlNet inpaint pipeline's ``control_image`` (images of the
-    crop, resized here to ``size``) and ``controlnet_conditioning_scale``, an IP-Adapter's
-    ``ip_adapter_image_embeds``."""
-    import cv2
-    import torch
-    from PIL import Image
-
-    side = crop.shape[0]
-    up = Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS)
-    # the inpaint mask: the feathered mask's support at working size, grown by two latent cells so
-    # every latent cell under a non-zero alpha is re-drawn (the pipeline binarizes it per cell)
-    grow = 2 * int(inpaint.vae_scale_factor)
-    m = cv2.resize(support.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_NEAREST)
-    m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    device = inpaint._execution_device  # .device under CPU offload would be the CPU, where the models wait
-    gen_device = "cpu" if device.type == "mps" else device
-    generator = torch.Generator(gen_device).manual_seed(int(seed))
-    extra = dict(controls or {})
-    if "control_image" in extra:
-        imgs = extra["control_image"]
-        imgs = [Image.fromarray(c).resize((size, size), Image.Resampling.NEAREST) for c in
-                (imgs if isinstance(imgs, list) else [imgs])]
-        extra["control_image"] = imgs if len(imgs) > 1 else imgs[0]
-    with torch.inference_mode(), _quiet_empty_fp32_notice():
-        out = inpaint(
-            **conditioning, **extra, image=up, mask_image=Image.fromarray(m),
-            height=size, width=size, strength=cfg.strength, num_inference_steps=cfg.num_inference_steps,
-            guidance_scale=cfg.guidance_scale, generator=generator, output_type="np",
-        ).images[0]  # float (size, size, 3) in [0, 1]
-    new = np.clip(np.rint(np.asarray(out, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(new).resize((side, side), Image.Resampling.LANCZOS))
-
-
-def compose(orig: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """``orig * (1 - alpha) + new * alpha``, with ``orig`` copied bit for bit where alpha == 0."""
-    a = alpha[..., None]
-    out = np.clip(np.rint(orig.astype(np.float32) * (1.0 - a) + new.astype(np.float32) * a), 0, 255).astype(np.uint8)
-    keep = alpha == 0
-    out[keep] = orig[keep]
-    return out
 
 
 def detail_faces(

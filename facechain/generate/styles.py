@@ -60,7 +60,7 @@ STYLE_FIELDS: dict[str, tuple[type, ...]] = {
 # Optional fields of ours, with their JSON types and defaults.
 OPTIONAL_FIELDS: dict[str, tuple[tuple[type, ...], object]] = {"weight_rule": ((str,), "linear")}
 
-DEFAULT_STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
+DEFAULT_STYLES_DIR = Path(__file__).resolve().parents[2] / "styles"
 
 
 # --------------------------------------------------------------------------- weight rules

@@ -196,7 +196,7 @@ def openpose_net(controlnet, names: list[str] | None = None):
     return nets[names.index("openpose")] if "openpose" in names else None
 
 
-def restore_faces(pipe, image: np.ndarray, faces: list, conditioning: dict, null_conditioning: dict,
+def diir_faces(pipe, image: np.ndarray, faces: list, conditioning: dict, null_conditioning: dict,
                   cfg: DIIRConfig | None = None, *, controlnet=None, identity: Identity | None = None
                   ) -> tuple[np.ndarray, list[dict]]:
     """Restore every face in ``faces`` (detected on ``image``, RGB uint8) in turn; returns the new image and
@@ -204,9 +204,10 @@ def restore_faces(pipe, image: np.ndarray, faces: list, conditioning: dict, null
     import torch
     from PIL import Image
 
-    from facechain.detailer import DetailerConfig, compose, face_region
+    from facechain.face.region import compose, face_region
+    from facechain.generate.detailer import DetailerConfig
     from facechain.models import native_size
-    from facechain.poses import face_keypoint_map
+    from facechain.generate.poses import face_keypoint_map
 
     cfg = cfg or DIIRConfig()
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:

@@ -21,7 +21,7 @@ from facechain.images import read_image
 
 logger = logging.getLogger(__name__)
 
-POSES_DIR = Path(__file__).resolve().parent.parent / "poses"
+POSES_DIR = Path(__file__).resolve().parents[2] / "poses"
 
 # COCO-18 keypoint order used by OpenPose.
 KEYPOINTS = (

@@ -1,13 +1,13 @@
 """Post-processing of generated candidates: face fusion, likeness ranking, outputs.
 
-    reference = select_template(processed_dir, analyzer)    # the best-quality processed photo
+    reference = select_reference_face(processed_dir, analyzer)    # the best-quality processed photo
     scored = fuse_and_rank(images, reference, analyzer, ...) # -> list[Scored], best first, dropped last
     saved = save_style_outputs(out, "chef", "Chef", scored, seeds, num_images)  # PNGs + manifest entries
     contact_sheet(images, captions)                          # one PIL image of every candidate
 
 Ranking follows FaceChain (facechain/inference.py): a candidate is usable when it holds exactly
 one face whose size is within [min_face_frac, max_face_frac] of the image's short side (FaceChain:
-120-300 px at 512 px); usable candidates are scored by identity similarity to the template face
+120-300 px at 512 px); usable candidates are scored by identity similarity to the reference face
 and the best are kept. Unlike FaceChain, a dropped candidate is reported with its reason, never
 silently discarded. The face size is :attr:`facechain.face.Face.size`: FaceChain's measure
 (max(w, h) of the SCRFD box) taken from the keypoints, so the rule means the same with every
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Reference:
-    """The template face: the best-quality processed photo and its detected face (ranking compares
+    """The reference face (manifest key "template", kept for its readers): the best-quality processed photo and its detected face (ranking compares
     candidates with it), and the source face fusion warps from: the same photo's high-resolution
     crop (``reference/hires.png``) when preprocessing kept one, else the processed photo."""
 
@@ -65,7 +65,7 @@ class Scored:
 
     index: int
     image: np.ndarray  # RGB uint8, fused when fusion ran
-    score: float | None  # identity similarity to the template, None when dropped/unranked
+    score: float | None  # identity similarity to the reference face, None when dropped/unranked
     dropped: str | None = None  # reason, None when usable
     fused: bool = False
     faces: int | None = None
@@ -74,7 +74,7 @@ class Scored:
     before: np.ndarray | None = None  # the candidate before fusion (and restoration), when it was fused
 
 
-def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Reference:
+def select_reference_face(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Reference:
     """Pick the best-quality processed photo and detect its face.
 
     Quality = detector score x sharpness (:func:`facechain.preprocess.quality.photo_quality`): from
@@ -125,7 +125,7 @@ def select_template(processed_dir: str | Path, analyzer: FaceAnalyzer) -> Refere
             if not found:
                 continue
             face = found[0]
-        logger.info("template face: %s (%s = %.3g)", path.name, how, quality)
+        logger.info("reference face: %s (%s = %.3g)", path.name, how, quality)
         ref = Reference(img, face, path.name, f"{how} = {quality:.4g}")
         return _with_hires(ref, folder, report.reference if report else None, analyzer)
     raise InputError(
