@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Reference:
-    """The reference face (manifest key "template", kept for its readers): the best-quality processed photo and its detected face (ranking compares
-    candidates with it), and the source face fusion warps from: the same photo's high-resolution
+    """The reference face (manifest key "template", kept for its readers): the best-quality processed photo
+    and its detected face (ranking compares candidates with it), and the source face fusion warps from: the
+    same photo's high-resolution
     crop (``reference/hires.png``) when preprocessing kept one, else the processed photo."""
 
     image: np.ndarray  # RGB uint8
