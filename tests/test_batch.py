@@ -322,3 +322,11 @@ def test_template_stage_in_process(tmp_path, tiny_sd15):
     assert set(recs[("alice", "template")].outputs) == {"alice/template/result.png", "alice/template/manifest.json"}
     with pytest.raises(InputError, match="template .the template photo. is missing"):
         load_batch(_jobs(tmp_path / "c", tiny_sd15, photos, people=("alice",), extra="template: {face: 0}"))
+
+
+def test_the_stage_table_lists_every_stage_in_the_batch_order():
+    from facechain.batch.config import STAGES
+    from facechain.batch.stages import STAGE_TABLE
+
+    assert tuple(STAGE_TABLE) == STAGES
+    assert [s.name for s in STAGE_TABLE.values() if s.on_worker] == ["generate"]  # the one long-lived worker

@@ -20,7 +20,6 @@ stage after it.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import os
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from facechain.batch.config import BatchConfig, PersonJob, Resources
 from facechain.batch.manifest import DONE, FAILED, PENDING, RUNNING, Manifest, StageRecord, status_table
+from facechain.batch.stages import STAGE_TABLE
 from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,9 @@ def _threads(n: int) -> int:
 
 
 def _run_local_stage(manifest_path: str, root: str, job: PersonJob, stage: str) -> dict:
-    """run_stage with a training's thread count resolved on the worker (0: the worker machine's cores;
-    Ray sets OMP_NUM_THREADS to the task's logical CPUs, which would leave a CPU training on one core)."""
+    """run_stage on the machine that runs it (a Ray task, or in process)."""
     from facechain.batch.stages import run_stage
 
-    if stage == "train" and job.train.num_threads == 0:
-        job = dataclasses.replace(job, train=dataclasses.replace(job.train, num_threads=_threads(0)))
     return run_stage(manifest_path, root, job, stage)
 
 
@@ -77,7 +74,7 @@ class InProcessExecutor:
 
     def submit(self, person: str, stage: str, job: PersonJob, manifest_path: str, root: str) -> None:
         try:
-            if stage == "generate":
+            if STAGE_TABLE[stage].on_worker:
                 from facechain.batch.stages import GenerationWorker
 
                 if self.worker is None:
@@ -151,7 +148,7 @@ class RayExecutor:
                     cluster.get("CPU", 0), gpus, n)
 
     def submit(self, person: str, stage: str, job: PersonJob, manifest_path: str, root: str) -> None:
-        if stage == "generate":
+        if STAGE_TABLE[stage].on_worker:
             self.queue.append((person, job, manifest_path, root))
             self._dispatch()
         else:

@@ -16,9 +16,12 @@ the record running; the driver (or Ray's retry of the task) takes it from there.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from facechain.batch.config import PersonJob
 from facechain.batch.manifest import Manifest
@@ -35,23 +38,32 @@ def checksums(root: Path, files) -> dict[str, str]:
     return {str(Path(f).resolve().relative_to(root.resolve())): sha256_file(Path(f)) for f in sorted(set(files))}
 
 
+def _processed_outputs(job: PersonJob) -> list[Path]:
+    processed = job.workspace.processed_set()
+    return [processed.metadata_path] + [processed.path(p) for p in processed.photos]
+
+
+def _lora_outputs(job: PersonJob) -> list[Path]:
+    lora = job.workspace.trained_lora()
+    return [lora.weights, lora.config_path]
+
+
+def _portrait_outputs(job: PersonJob) -> list[Path]:
+    manifest = GenerationManifest.read(job.portraits_dir)
+    return [job.portraits_dir / MANIFEST_FILE] + [job.portraits_dir / Path(k.file).name for _, k in manifest.kept_images()]
+
+
+def _template_outputs(job: PersonJob) -> list[Path]:
+    return [job.template_dir / "result.png", job.template_dir / "manifest.json"]
+
+
+def _eval_outputs(job: PersonJob) -> list[Path]:
+    return [job.eval_dir / "report.json"]
+
+
 def stage_outputs(job: PersonJob, stage: str) -> list[Path]:
     """The files that make a stage's result (what the manifest's checksums cover)."""
-    if stage == "preprocess":
-        processed = job.workspace.processed_set()
-        return [processed.metadata_path] + [processed.path(p) for p in processed.photos]
-    if stage == "train":
-        lora = job.workspace.trained_lora()
-        return [lora.weights, lora.config_path]
-    if stage == "generate":
-        manifest = GenerationManifest.read(job.portraits_dir)
-        return [job.portraits_dir / MANIFEST_FILE] + [job.portraits_dir / Path(k.file).name
-                                                      for _, k in manifest.kept_images()]
-    if stage == "template":
-        return [job.template_dir / "result.png", job.template_dir / "manifest.json"]
-    if stage == "eval":
-        return [job.eval_dir / "report.json"]
-    raise ValueError(stage)
+    return STAGE_TABLE[stage].outputs(job)
 
 
 def _run_preprocess(job: PersonJob) -> None:
@@ -64,6 +76,16 @@ def _run_train(job: PersonJob) -> None:
     from facechain.train import train
 
     train(job.train, progress=False)
+
+
+def _train_threads(job: PersonJob) -> PersonJob:
+    """Training's thread count resolved on the worker (0: the worker machine's cores; Ray sets OMP_NUM_THREADS to
+    the task's logical CPUs, which would leave a CPU training on one core)."""
+    from facechain.runtime import usable_cpus
+
+    if job.train.num_threads:
+        return job
+    return dataclasses.replace(job, train=dataclasses.replace(job.train, num_threads=usable_cpus()))
 
 
 def _run_eval(job: PersonJob) -> None:
@@ -80,7 +102,32 @@ def _run_template(job: PersonJob) -> None:
         raise FacechainError("; ".join(f"{f.item}: {f.error}" for f in result.failures))
 
 
-RUNNERS = {"preprocess": _run_preprocess, "train": _run_train, "template": _run_template, "eval": _run_eval}
+@dataclass(frozen=True)
+class Stage:
+    """One batch stage: how it runs for a person and which files make its result.
+
+    ``run`` is a plain task (a Ray task, or a call in process); None for a stage that runs on a long-lived
+    worker keeping its pipeline loaded across people (:class:`GenerationWorker`). ``on_machine(job)``: the job
+    as the machine that runs it sees it (training's thread count 0 becomes that machine's cores)."""
+
+    name: str
+    run: Callable[[PersonJob], None] | None
+    outputs: Callable[[PersonJob], list[Path]]
+    on_machine: Callable[[PersonJob], PersonJob] = lambda job: job
+
+    @property
+    def on_worker(self) -> bool:
+        return self.run is None
+
+
+# every batch stage, in the order a person's stages run (batch.config.STAGES names the same)
+STAGE_TABLE: dict[str, Stage] = {s.name: s for s in (
+    Stage("preprocess", _run_preprocess, _processed_outputs),
+    Stage("train", _run_train, _lora_outputs, _train_threads),
+    Stage("generate", None, _portrait_outputs),
+    Stage("template", _run_template, _template_outputs),
+    Stage("eval", _run_eval, _eval_outputs),
+)}
 
 
 def record(manifest_path: str, batch_root: str, job: PersonJob, stage: str, work) -> dict:
@@ -105,7 +152,9 @@ def record(manifest_path: str, batch_root: str, job: PersonJob, stage: str, work
 
 def run_stage(manifest_path: str, batch_root: str, job: PersonJob, stage: str) -> dict:
     """A preprocess, train or eval stage (a Ray task, or a call in the in-process executor)."""
-    return record(manifest_path, batch_root, job, stage, lambda: RUNNERS[stage](job))
+    spec = STAGE_TABLE[stage]
+    job = spec.on_machine(job)
+    return record(manifest_path, batch_root, job, stage, lambda: spec.run(job))
 
 
 class GenerationWorker:

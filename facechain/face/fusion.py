@@ -91,6 +91,13 @@ class FusionSpec:
     allows_fast: bool = True  # works in fast mode (few LCM steps)
     options: str | None = None  # the config block holding its settings ("diir"), if any
     takes_model: bool = False  # its factory takes the swapper model file (``model_path``)
+    why_not_fast: str = ""  # why it does not run in fast mode, for the error
+
+    def check_fast(self, fast: bool) -> None:
+        """Refuse fast mode for a method that does not run with it."""
+        if fast and not self.allows_fast:
+            raise InputError(f"fusion: {self.name} does not run with fast: true ({self.why_not_fast}). Turn fast off, "
+                             "or use fusion: landmark or swapper.")
 
 
 def _builtin(registry: Registry) -> None:
@@ -98,7 +105,8 @@ def _builtin(registry: Registry) -> None:
     registry.register("swapper", FusionSpec("swapper", SwapperFusion, SwapperFusion.required_backend, takes_model=True))
     # MagicID's DDIM-inversion restoration (facechain.generate.diir): inversion needs the full scheduler, not LCM's few steps
     registry.register("diir", FusionSpec("diir", None, in_generation=True, needs_reference=False, needs_identity=True,
-                                         allows_fast=False, options="diir"))
+                                         allows_fast=False, options="diir",
+                                         why_not_fast="DDIM inversion needs the full scheduler, not LCM's few steps"))
 
 
 # name -> FusionSpec; ``auto`` and ``off`` are choices of get_fusion, not methods

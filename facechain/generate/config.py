@@ -20,6 +20,7 @@ from facechain.config import (from_dict, load_mapping, merge_settings, model_ref
                               upgrade_names)
 from facechain.generate.diir import DIIRConfig
 from facechain.errors import InputError
+from facechain.face.fusion import fusion_spec
 from facechain.lora import LORA_FILE
 from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP
 from facechain.prompts import WEIGHTING_HELP, check_weighting
@@ -205,9 +206,9 @@ class GenerateConfig(model_ref(
             v = getattr(self, dim)
             if v is not None and (v < 8 or v % 8):
                 raise InputError(f"{dim} must be a positive multiple of 8, got {v}.")
-        if self.fusion == "diir" and self.fast:
-            raise InputError("fusion: diir does not run with fast: true (DDIM inversion needs the full scheduler, not "
-                             "LCM's few steps). Turn fast off, or use fusion: landmark or swapper.")
+        spec = fusion_spec(self.fusion)
+        if spec is not None:
+            spec.check_fast(self.fast)
         if not 0.0 <= self.fusion_strength <= 1.0:
             raise InputError(f"fusion_strength must be in [0, 1], got {self.fusion_strength}.")
         if not (math.isfinite(self.restore_strength) and 0.0 <= self.restore_strength <= 1.0):

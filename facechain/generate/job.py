@@ -133,17 +133,17 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
 
     timings: dict[str, float] = {}
     analyzer = reference = fusion = restorer = None
-    if cfg.rank_candidates or cfg.fusion != "off":
+    spec = fusion_spec(cfg.fusion)
+    in_generation = spec is not None and spec.in_generation  # DIIR: the generator's, inside sampling
+    if cfg.rank_candidates or spec is not None:
         from facechain.face import get_analyzer
         from facechain.face.fusion import get_fusion
 
         t0 = time.perf_counter()
         analyzer = get_analyzer(cfg.face_backend)
         reference = select_reference_face(cfg.processed_dir, analyzer) if cfg.processed_dir is not None else None
-        # a method that runs inside generation (diir) is the generator's; get_fusion refuses a method whose required
-        # face backend is not the one loaded (auto -> dlib)
-        spec = fusion_spec(cfg.fusion)
-        if spec is not None and not spec.in_generation:
+        # get_fusion refuses a method whose required face backend is not the one loaded (auto -> dlib)
+        if spec is not None and not in_generation:
             fusion = get_fusion(cfg.fusion, swapper_model=cfg.swapper_model, backend=analyzer.name)
         if fusion is None and cfg.restore_model is not None:
             logger.warning("restore_model is set but fusion is off: faces are restored after fusion only, so not at all")
@@ -164,8 +164,8 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         reference={"file": reference.file, "reason": reference.reason,
                    "fusion_source": reference.fusion_file or reference.file,
                    "fusion_source_size": int(reference.fusion_source()[0].shape[0])} if reference else None,
-        fusion={"method": "diir" if cfg.fusion == "diir" else fusion.name if fusion else "off",
-                "strength": cfg.fusion_strength, "diir": to_dict(cfg.diir) if cfg.fusion == "diir" else None,
+        fusion={"method": cfg.fusion if in_generation else fusion.name if fusion else "off",
+                "strength": cfg.fusion_strength, "diir": to_dict(cfg.diir) if in_generation else None,
                 "restore": {"model": str(cfg.restore_model), "architecture": restorer.architecture,
                             "strength": cfg.restore_strength} if restorer else None},
         ranking=RankingInfo(on=cfg.rank_candidates, backend=getattr(analyzer, "name", None),

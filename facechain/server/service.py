@@ -24,6 +24,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 from facechain.config import model_ref, setting
@@ -66,7 +67,7 @@ class ServeConfig(model_ref(
 @dataclass
 class Job:
     id: str
-    kind: str  # train | generate | template | stylize
+    kind: str  # a key of JOB_KINDS: train | generate | template | stylize
     state: str
     created: float
     params: dict
@@ -261,7 +262,9 @@ class Service:
             self._jobs[job.id] = job
 
     def submit(self, kind: str, params: dict, person: str | None = None, prepare=None) -> dict:
-        """Queue a job; ``prepare(job_dir)`` stores its inputs first (uploads)."""
+        """Queue a job of ``kind`` (a key of :data:`JOB_KINDS`); ``prepare(job_dir)`` stores its inputs first (uploads)."""
+        if kind not in JOB_KINDS:
+            raise InputError(f"unknown job kind {kind!r}; kinds: {sorted(JOB_KINDS)}.")
         job = Job(new_id(), kind, QUEUED, time.time(), params, person)
         if prepare is not None:
             prepare(self.job_dir(job.id))
@@ -281,8 +284,9 @@ class Service:
                 raise NotFoundError(f"no job {jid}.")
             out = dataclasses.asdict(job)
         out["position"] = self._position(jid) if job.state == QUEUED else None
-        if job.kind == "train":
-            out["progress"] = self._train_progress(job)
+        progress = JOB_KINDS[job.kind].progress if job.kind in JOB_KINDS else None
+        if progress is not None:
+            out["progress"] = progress(self, job)
         return out
 
     def jobs(self) -> list[dict]:
@@ -314,7 +318,7 @@ class Service:
                 job.state, job.started = RUNNING, time.time()
                 self._save(job)
             try:
-                getattr(self, f"_run_{job.kind}")(job, device)
+                JOB_KINDS[job.kind].run(self, job, device)
                 state, error = DONE, None
             except FacechainError as exc:  # a bad input: shown in the UI, the server goes on
                 state, error = FAILED, str(exc)
@@ -447,3 +451,20 @@ class Service:
         result = run_stylize_job(content, [style], from_dict(StylizeConfig, settings, where="stylize settings"),
                                  folder / "out", progress=False, **masks)
         job.outputs = [str(Path(p).resolve().relative_to(folder.resolve())) for p in result.outputs]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of server job: how it runs (on the worker thread, with the device) and how it reports progress."""
+
+    run: Callable[[Service, Job, str], None]
+    progress: Callable[[Service, Job], dict] | None = None
+
+
+# every job the server runs, by kind: the one table the queue, the worker and the job view read
+JOB_KINDS: dict[str, JobKind] = {
+    "train": JobKind(Service._run_train, Service._train_progress),
+    "generate": JobKind(Service._run_generate),
+    "template": JobKind(Service._run_template),
+    "stylize": JobKind(Service._run_stylize),
+}

@@ -10,6 +10,7 @@ from facechain.adapters import IdentityConfig
 from facechain.config import from_dict, load_mapping, model_ref, resolve_config_paths, setting
 from facechain.generate.diir import DIIRConfig
 from facechain.errors import InputError
+from facechain.face.fusion import fusion_spec
 from facechain.prompts import WEIGHTING_HELP, check_weighting
 
 
@@ -146,9 +147,9 @@ class TemplateConfig(model_ref(
         if int(self.strength * steps) < 1:
             raise InputError(f"strength x {'fast_' if self.fast else ''}num_inference_steps runs no step; raise "
                              f"{'fast_' if self.fast else ''}num_inference_steps.")
-        if self.fast and self.fusion == "diir":
-            raise InputError("fusion: diir does not run with fast: true (DDIM inversion needs the full scheduler, not "
-                             "LCM's few steps). Turn fast off, or use fusion: landmark.")
+        spec = fusion_spec(self.fusion)  # an unknown name lists the choices
+        if spec is not None:
+            spec.check_fast(self.fast)
         if not 0.1 <= self.crop_ratio <= 0.8:
             raise InputError(f"crop_ratio (face size / crop side) must be in [0.1, 0.8], got {self.crop_ratio}.")
         unknown = sorted(set(self.controls) - {"openpose", "canny"})
@@ -156,5 +157,3 @@ class TemplateConfig(model_ref(
             raise InputError(f"controls must be a list of openpose and canny (each once), got {self.controls}.")
         if self.colour not in ("lab", "off"):
             raise InputError(f"colour must be lab or off, got '{self.colour}'.")
-        if self.fusion not in ("auto", "landmark", "swapper", "diir", "off"):
-            raise InputError(f"fusion must be auto, landmark, swapper, diir or off, got '{self.fusion}'.")

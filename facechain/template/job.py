@@ -369,13 +369,14 @@ def _run(cfg: TemplateConfig, od, image: np.ndarray, faces, pairs, analyzer) -> 
     write_json(stage / "manifest.json", {
         "template": str(cfg.template), "base_model": resolved.to_dict(), "faces": report,
         "assignment": [{"person": p, "face": k} for p, k in pairs], "face_backend": analyzer.name,
-        "fusion": "diir" if cfg.fusion == "diir" else fusion.name if fusion else "off", "failed": [f.to_dict() for f in failures],
+        "fusion": cfg.fusion if in_generation else fusion.name if fusion else "off",
+        "failed": [f.to_dict() for f in failures],
         "harmonization": harmonization,
         "settings": {"strength": cfg.strength, "steps": steps, "guidance_scale": guidance, "fast": cfg.fast,
                      "scheduler": type(pipe.scheduler).__name__, "prompt_weighting": cfg.prompt_weighting,
                      "working_size": size, "crop_ratio": cfg.crop_ratio, "face_lora_weight": cfg.face_lora_weight,
                      "controls": {c: weights[c] for c in cfg.controls}, "memory": memory_plan.to_dict(),
-                     "diir": to_dict(cfg.diir) if cfg.fusion == "diir" else None},
+                     "diir": to_dict(cfg.diir) if in_generation else None},
         "seconds": round(time.perf_counter() - t0, 2)})
     od.commit(stage)
     return TemplateResult(od.path, od.path / "result.png", report, failures)
