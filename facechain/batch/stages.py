@@ -191,6 +191,3 @@ class GenerationWorker:
                                      + "; ".join(f"{f.item}: {f.error}" for f in result.failures))
 
         return {**record(manifest_path, batch_root, job, "generate", work), "loads": self.loads}
-
-    def ping(self) -> int:
-        return self.loads

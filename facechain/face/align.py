@@ -77,11 +77,3 @@ def warp_crop(image: np.ndarray, t: CropTransform, border=(255, 255, 255)) -> np
         m[:, 0] *= rw / roi.shape[1]
         m[:, 1] *= rh / roi.shape[0]
     return cv2.warpAffine(roi, m, (t.size, t.size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping src points onto dst; (2, 3)."""
-    m, _ = cv2.estimateAffinePartial2D(np.asarray(src, np.float32), np.asarray(dst, np.float32), method=cv2.LMEDS)
-    if m is None:
-        raise ValueError("could not estimate a similarity transform from the given points")
-    return m

@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 # iBUG-300W 68-point layout: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67.
 JAW = slice(0, 17)
-INNER = slice(17, 68)
 
 
 @dataclass(frozen=True)
