@@ -210,7 +210,7 @@ def test_template_places_its_models_by_the_plan(sd15_pipe):
     from types import SimpleNamespace
 
     from facechain.errors import InputError
-    from facechain.template.job import place_models
+    from facechain.template.editor import place_models
 
     plan = place_models(sd15_pipe, None, SimpleNamespace(offload="auto"), "cpu")
     assert (plan.offload, plan.batch_size, plan.free_bytes) == ("none", 1, None)
