@@ -30,7 +30,6 @@ import numpy as np
 from facechain.config import setting
 from facechain.errors import InputError
 from facechain.families import family_of_pipeline
-from facechain.inversion import make_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +88,8 @@ def _schedule(pipe, steps: int):
     """The DDIM schedule of ``pipe``'s scheduler config (facechain.inversion: the one DDIM step and its exact
     inverse); the last step lands on alpha_bar[0] (``set_alpha_to_one`` off: latents stay unclipped and the
     schedule ends where the SD schedulers' own configs end it)."""
+    from facechain.inversion import make_schedule  # torch: only once DIIR runs, not when a config is read
+
     return make_schedule({**dict(pipe.scheduler.config), "set_alpha_to_one": False}, steps, "ddim")
 
 
