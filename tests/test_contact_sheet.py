@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.unit  # model-free
 
 
 def _blank_runs(row_band: np.ndarray) -> list[tuple[int, int]]:

@@ -144,6 +144,7 @@ def test_no_face_found_is_reported_with_the_detectors_limit(sd15_pipe, dlib_anal
     assert "no face found" in info[0]["reason"] and "80 px" in info[0]["reason"]
 
 
+@pytest.mark.unit
 def test_needs_detail_rule():
     def face(side):
         return Face(bbox=np.array([0, 0, side, side], np.float32), score=1.0, kps=np.zeros((5, 2), np.float32),
@@ -231,6 +232,7 @@ def test_the_face_lora_adapter_is_used(tiny_sd15, sd15_pipe, small_face, dlib_an
     assert np.abs(without.astype(np.int16) - base.astype(np.int16)).max() <= 1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kwargs, words", [
     ({"strength": 0.0}, "strength must be in (0, 1]"),
     ({"strength": 1.5}, "strength must be in (0, 1]"),

@@ -187,6 +187,7 @@ def openpose_net(tiny_sd15, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_generation_with_fusion_diir(tiny_sd15, photo, openpose_net, dlib_analyzer, tmp_path):
     """fusion: diir runs inside generation while the face LoRA is active, with the landmark ControlNet; its
     report is in manifest.json; impossible settings are refused before any model loads."""
@@ -226,6 +227,7 @@ def test_generation_with_fusion_diir(tiny_sd15, photo, openpose_net, dlib_analyz
                                     rank_candidates=False))
 
 
+@pytest.mark.slow
 def test_template_with_fusion_diir(tiny_sd15, openpose_net, dlib_analyzer, sample_photos, tmp_path):
     """A 3-face template with fusion: diir: each edited face is regenerated from its inversion with its
     person's LoRA and the template's OpenPose ControlNet; pixels outside the faces' masks stay."""

@@ -40,6 +40,7 @@ def _names(reqs, among) -> list[str]:
     return [r.name for r in reqs if r.name in among]
 
 
+@pytest.mark.unit
 def test_install_files_pin_one_onnxruntime_and_one_opencv_per_route():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {r.name: r for r in map(Requirement, project["dependencies"])}
@@ -78,6 +79,7 @@ def _site(tmp_path: Path, dists: dict[str, str]) -> list[str]:
     return [str(tmp_path)]
 
 
+@pytest.mark.unit
 def test_both_builds_and_both_opencv_wheels_are_problems_with_their_fix(tmp_path):
     dists = installed_distributions(_site(tmp_path, {"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1",
                                                      "opencv-python": "5.1.0.95", "opencv_python_headless": "5.1.0.95",
@@ -100,6 +102,7 @@ def test_both_builds_and_both_opencv_wheels_are_problems_with_their_fix(tmp_path
     assert report.exit_code == 1 and fix_commands(report) == [*gpu.commands, *cv.commands]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("installed, gpu, status, last", [
     ({"onnxruntime": "1.32.0"}, False, "ok", None),
     ({"onnxruntime-gpu": "1.31.1"}, False, "ok", None),  # the GPU build runs on the CPU too
@@ -115,6 +118,7 @@ def test_onnxruntime_build_for_the_machine(installed, gpu, status, last):
         assert found.commands == (last,)  # nothing to uninstall
 
 
+@pytest.mark.unit
 def test_a_gpu_machine_needs_the_cuda_provider_in_the_session():
     cpu_only = ["AzureExecutionProvider", "CPUExecutionProvider"]
     built_in = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -134,12 +138,14 @@ def test_a_gpu_machine_needs_the_cuda_provider_in_the_session():
     assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in not_loaded.fix
 
 
+@pytest.mark.unit
 def test_one_opencv_wheel_is_fine_none_is_a_problem():
     assert opencv_distributions({"opencv-python": "5.0.0.93"}).status == "ok"
     none = opencv_distributions({"numpy": "2.4.6"})
     assert none.status == "problem" and none.commands == (("install", f"{OPENCV_KEPT}=={PINS[OPENCV_KEPT]}"),)
 
 
+@pytest.mark.unit
 def test_torch_without_cuda_devices():
     import torch
 
@@ -154,6 +160,7 @@ def test_torch_without_cuda_devices():
     assert ("update the NVIDIA driver" if torch.version.cuda else "pip uninstall -y torch torchvision") in gpu.fix
 
 
+@pytest.mark.unit
 def test_default_models_are_the_ones_facechain_names():
     from facechain.generate import config as gen
     from facechain.lora import LCM_LORAS
@@ -193,6 +200,7 @@ def _hf_cache_with(cache: Path, repo_id: str, filename: str) -> Path:
     return snap
 
 
+@pytest.mark.unit
 def test_a_model_in_the_hub_cache_shows_as_cached(tmp_path, monkeypatch):
     from facechain.lora import LCM_LORAS, LORA_FILE
 

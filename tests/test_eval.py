@@ -259,6 +259,7 @@ def test_copy_measures(photos):
     assert pixel_diversity([same]) is None
 
 
+@pytest.mark.unit
 def test_config_is_checked():
     with pytest.raises(InputError, match="copy_identity_threshold"):
         EvalConfig(copy_identity_threshold=0)
@@ -274,6 +275,7 @@ def test_evaluate_default_output_dir(folders, tmp_path, dlib_analyzer):
     assert sorted(p.name for p in (gen / "eval").iterdir()) == [".facechain", "eval_config.json", "report.json", "report.png"]
 
 
+@pytest.mark.unit
 def test_generate_folder_with_eval_report_inside_is_not_refused(tmp_path):
     """An eval report inside generate's folder is another command's output folder: a later generate
     run there neither refuses the folder because of it nor lists its files as its own."""

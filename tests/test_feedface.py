@@ -14,21 +14,9 @@ from facechain.errors import InputError, ModelNotFoundError
 
 
 @pytest.fixture(scope="module")
-def processed(tmp_path_factory, dlib_analyzer):
+def processed(processed_person):
     """Three processed photos of one person (preprocessing writes NNN.png, captions and masks/)."""
-    import cv2
-
-    from facechain import samples
-    from facechain.io import save_image
-    from facechain.preprocess import preprocess
-
-    root = tmp_path_factory.mktemp("ff")
-    a = samples.astronaut()
-    save_image(root / "in" / "a.png", a)
-    save_image(root / "in" / "b.png", np.ascontiguousarray(a[:, ::-1]))
-    save_image(root / "in" / "c.png", cv2.GaussianBlur(a, (3, 3), 0.8))
-    preprocess(root / "in", root / "p", analyzer=dlib_analyzer, progress=False)
-    return root / "p"
+    return processed_person
 
 
 @pytest.fixture(scope="module")

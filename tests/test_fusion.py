@@ -93,6 +93,7 @@ def test_landmark_fusion_transfers_identity_and_keeps_outside_pixels(people, dli
     assert before < half_score < after
 
 
+@pytest.mark.unit
 def test_fusion_registry_and_errors(tmp_path):
     from facechain.face.fusion import LandmarkFusion, get_fusion, register_fusion
 
@@ -312,11 +313,11 @@ def test_warp_covers_every_pixel_inside_the_face_hull(dlib_analyzer):
     6x14 px patch on the lower lip where no triangle covered the destination)."""
     import cv2
 
-    from facechain.face.fusion import _warp_triangles, destination_shape
+    from facechain.face.fusion import destination_shape, warp_triangles
 
     for src, sf, tgt, tf, name in _pairs(dlib_analyzer):
         dst = destination_shape(tf.landmarks, sf.landmarks)
-        warped, covered = _warp_triangles(src, sf.landmarks.astype(np.float32), dst, tgt.shape[:2])
+        warped, covered = warp_triangles(src, sf.landmarks.astype(np.float32), dst, tgt.shape[:2])
         hull = np.zeros(tgt.shape[:2], np.uint8)
         cv2.fillConvexPoly(hull, cv2.convexHull(dst.astype(np.int32)), 1)
         inner = cv2.erode(hull, np.ones((5, 5), np.uint8)).astype(bool)  # 2 px: the int hull rounds its corners
@@ -325,6 +326,7 @@ def test_warp_covers_every_pixel_inside_the_face_hull(dlib_analyzer):
         assert not warped[~covered].any()
 
 
+@pytest.mark.slow
 def test_fusion_leaves_no_seam(dlib_analyzer):
     """Gradient magnitude on the 2 px just inside the blend mask's edge, fused image / target: a seam
     (a step where the mask ends) raises it; the target's own texture there is the yardstick."""
@@ -371,6 +373,7 @@ def test_profile_faces_are_refused_and_small_references_noted(dlib_analyzer):
     assert not (res.image[res.mask > 0.5] == 0).all(axis=1).any()  # never a black patch
 
 
+@pytest.mark.slow
 def test_contact_sheet_shows_each_kept_image_before_and_after_fusion(dlib_analyzer, tmp_path):
     from facechain.face.fusion import get_fusion
     from facechain.postprocess import Reference, contact_sheet, fuse_and_rank, save_style_outputs
@@ -402,6 +405,7 @@ def _face_detail(img: np.ndarray, mask: np.ndarray) -> float:
     return float(lap[mask].var())
 
 
+@pytest.mark.slow
 def test_fusion_warps_from_a_sharp_high_resolution_crop(dlib_analyzer, tmp_path):
     """Preprocessing keeps the best photo's crop at its own resolution (reference/hires.png, same
     framing as the 512 px crop); generation fuses from it, so a large (SDXL-size) face gets the
@@ -462,17 +466,14 @@ def test_fusion_warps_from_a_sharp_high_resolution_crop(dlib_analyzer, tmp_path)
         assert similarity(dlib_analyzer.detect(res.image)[0], src_face) > SAME_PERSON_THRESHOLD
 
 
-def test_no_high_resolution_crop_when_the_photo_has_no_more_pixels(dlib_analyzer, tmp_path):
+def test_no_high_resolution_crop_when_the_photo_has_no_more_pixels(dlib_analyzer, processed_astronaut, tmp_path):
     """The astronaut's face (~130 px) gives a crop smaller than 512 px: nothing sharper to keep; the
     report says why and fusion uses the processed photo. reference_size 0 turns it off."""
-    from facechain import samples
     from facechain.io import save_image
     from facechain.postprocess import select_template
     from facechain.preprocess import PreprocessConfig, preprocess
 
-    save_image(tmp_path / "in" / "a.png", samples.astronaut())
-    out = tmp_path / "processed"
-    preprocess(tmp_path / "in", out, analyzer=dlib_analyzer, progress=False)
+    out = processed_astronaut
     info = json.loads((out / "report.json").read_text())["reference"]
     assert info["output"] == "000.png" and info["hires"] is None and "too small" in info["hires_note"]
     assert not (out / "reference/hires.png").exists()

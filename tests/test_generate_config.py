@@ -13,6 +13,8 @@ from facechain.errors import InputError
 from facechain.generate.config import GenerateConfig, load_generate_config
 from facechain.generate.prompt import build_prompt, subject_from_metadata
 
+pytestmark = pytest.mark.unit  # model-free
+
 REPO = Path(__file__).resolve().parent.parent
 
 

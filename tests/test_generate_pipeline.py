@@ -277,6 +277,7 @@ def test_default_style_lora_for_prompt_only_styles(tiny_sd15, face_lora, style_d
         PortraitGenerator(_cfg(tiny_sd15, tmp_path, default_style_lora="facechain"))
 
 
+@pytest.mark.unit
 def test_default_style_lora_alias_is_not_a_path(tmp_path):
     from facechain.generate.config import load_generate_config
 
@@ -288,6 +289,7 @@ def test_default_style_lora_alias_is_not_a_path(tmp_path):
     assert load_generate_config(path).default_style_lora == str((tmp_path / "facechain").resolve())
 
 
+@pytest.mark.unit
 def test_style_names_are_unique():
     from types import SimpleNamespace
 

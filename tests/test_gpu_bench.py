@@ -79,6 +79,7 @@ def _bench(gpu, tmp_path):
     return gpu.Bench(gpu.SMOKE, tmp_path, tmp_path / "rows.jsonl", "cpu")
 
 
+@pytest.mark.slow  # runs the driver's commands as processes (and kills one)
 def test_driver_keeps_every_part_row_and_partial_figures(gpu, tmp_path):
     def fails_after_a_figure(b):
         b.figure("first figure", 1.5, "s")
@@ -120,6 +121,7 @@ def test_driver_keeps_every_part_row_and_partial_figures(gpu, tmp_path):
     assert [r["part"] for r in written if r["kind"] == "part"] == [p.name for p in parts]
 
 
+@pytest.mark.slow  # runs the driver's commands as processes (and kills one)
 def test_a_timed_out_command_stops_its_whole_process_group(gpu, tmp_path):
     """train_lora.sh runs the trainer as a grandchild: a part's time limit stops all of them."""
     b = _bench(gpu, tmp_path)

@@ -15,6 +15,8 @@ import pytest
 from facechain import models
 from facechain.errors import InputError, ModelNotFoundError, UnsafeCheckpointError
 
+pytestmark = pytest.mark.unit  # model-free
+
 LISTINGS = json.loads((Path(__file__).parent / "fixtures" / "hub_listings.json").read_text())["repos"]
 BY_REPO = {(r["repo"], r["hub"]): r for r in LISTINGS}
 # Listings whose weight files nobody has seen (ModelScope-only repos named by FaceChain's code): the loaders

@@ -63,6 +63,7 @@ def _images(gen, style):
     return np.stack([np.asarray(c.image, dtype=np.int16) for c in batch.candidates]), batch
 
 
+@pytest.mark.slow
 def test_identity_changes_the_output_and_scale_zero_restores_it(tiny_sd15, faceid, photo_dirs, dlib_analyzer, tmp_path):
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.styles import DEFAULT_STYLES_DIR, load_styles
@@ -219,6 +220,7 @@ def test_an_adapter_for_another_family_or_embedding_is_refused(tiny_sd15, tiny_s
         get_identity_adapter(_identity(photo_dirs / "astronaut", tmp_path / "other.safetensors"), "sd15")
 
 
+@pytest.mark.unit
 def test_identity_settings_are_checked():
     from facechain.adapters import IdentityConfig
     from facechain.generate import GenerateConfig
@@ -326,6 +328,7 @@ def plus(tiny_sd15, tmp_path_factory):
             "encoder": build_tiny_image_encoder(root / "encoder", hidden=48)}
 
 
+@pytest.mark.slow
 def test_plusv2_reads_the_faces_clip_features_and_keeps_seeds_per_candidate(tiny_sd15, plus, photo_dirs, dlib_analyzer,
                                                                              tmp_path):
     import dataclasses
@@ -408,6 +411,7 @@ def test_identity_with_fast_mode_and_a_style_lora(tiny_sd15, faceid, photo_dirs,
     assert np.abs(a - plain).mean() > 0.5
 
 
+@pytest.mark.slow
 def test_plusv2_identity_in_diir_restoration(tiny_sd15, plus, photo_dirs, dlib_analyzer, tmp_path):
     """fusion: diir with a Plus v2 identity: the inversion runs on the unconditional CLIP rows, the regeneration
     on both; the face's CLIP features reach the restored face."""
@@ -587,6 +591,7 @@ def test_plusv2_default_encoder_from_the_hub_cache_is_cached_by_commit(tiny_sd15
     assert hits == [(False, "CLIPVisionModelWithProjection"), (True, "NoneType")]  # the second job loads no encoder
 
 
+@pytest.mark.unit
 def test_config_file_image_encoder_is_relative_to_the_config_and_a_hub_id_is_kept(tmp_path):
     from facechain.generate.config import load_generate_config
 

@@ -53,6 +53,7 @@ def test_every_key_layout_is_detected_and_read_back(made, tmp_path):
     _same(lora_io.read_lora_file(tmp_path / "l.safetensors", "sd15")[0]["unet"], unet)
 
 
+@pytest.mark.unit
 def test_an_unknown_layout_is_a_clear_error(tmp_path):
     tensors = {"model.layer.weight": torch.zeros(2, 2)}
     assert lora_io.key_format(tensors) == "unknown"
@@ -61,6 +62,7 @@ def test_an_unknown_layout_is_a_clear_error(tmp_path):
         lora_io.read_lora_file(tmp_path / "x.safetensors", "sd15")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path, want", [
     ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "input_blocks.4.1.transformer_blocks.0.attn1.to_q"),
     ("down_blocks.0.resnets.1.conv1.weight", "input_blocks.2.0.in_layers.2.weight"),

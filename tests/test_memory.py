@@ -187,6 +187,7 @@ def test_offload_needs_a_gpu(tiny_sd15, tmp_path):
         PortraitGenerator(_cfg(tiny_sd15, tmp_path, offload="model"))
 
 
+@pytest.mark.unit
 def test_batch_size_flag_and_config_values(tmp_path):
     import argparse
 
@@ -219,6 +220,7 @@ def test_template_places_its_models_by_the_plan(sd15_pipe):
         place_models(sd15_pipe, None, SimpleNamespace(offload="sequential"), "cpu")
 
 
+@pytest.mark.slow
 def test_model_offload_hooks_give_the_same_images(tiny_sd15, tmp_path, monkeypatch):
     """diffusers' model CPU offload, run for real with the CPU as its 'accelerator' (cpu:0; on a machine
     with no GPU facechain itself refuses it): the hooks move each model in and out around its forward,

@@ -30,11 +30,13 @@ def test_subfolder(tiny_sd15, tmp_path):
         resolve_model(tmp_path / "repo", None, "nope")
 
 
+@pytest.mark.unit
 def test_missing_local_path():
     with pytest.raises(ModelNotFoundError, match="does not exist on disk"):
         resolve_model("./no/such/model")
 
 
+@pytest.mark.unit
 def test_hub_id_offline_is_one_quick_error():
     t = time.perf_counter()
     with pytest.raises(ModelNotFoundError) as exc:
@@ -44,6 +46,7 @@ def test_hub_id_offline_is_one_quick_error():
     assert time.perf_counter() - t < 20
 
 
+@pytest.mark.unit
 def test_pickle_refused(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"not loaded")
@@ -53,6 +56,7 @@ def test_pickle_refused(tmp_path):
         resolve_weights_file(ckpt)
 
 
+@pytest.mark.unit
 def test_not_a_model_folder(tmp_path):
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text(json.dumps({"in_channels": 3, "addition_embed_type": "image"}))
@@ -61,6 +65,7 @@ def test_not_a_model_folder(tmp_path):
         resolve_model(tmp_path)
 
 
+@pytest.mark.unit
 def test_checkpoint_key_families():
     assert family_of_checkpoint_keys(["model.diffusion_model.x", "conditioner.embedders.1.model.y"], "f") == "sdxl"
     assert family_of_checkpoint_keys(["model.diffusion_model.x", "cond_stage_model.transformer.z"], "f") == "sd15"
@@ -68,6 +73,7 @@ def test_checkpoint_key_families():
         family_of_checkpoint_keys(["lora_unet_down.lora_up.weight"], "f")
 
 
+@pytest.mark.unit
 def test_unreachable_hubs_take_the_socket_probe_path(monkeypatch):
     """With the offline flags off, the hub clients are not left to their retry loops: one TCP probe
     per hub (here against a closed local port) decides, and the error names both hubs."""
@@ -254,6 +260,7 @@ def test_controlnet_and_image_encoder_take_the_variant(tiny_sd15, tmp_path):
         load_image_encoder(str(tmp_path / "enc"), dtype=torch.float32, variant="none")
 
 
+@pytest.mark.unit
 def test_original_layout_controlnet_file_without_config_is_one_clear_error(tmp_path):
     import torch
     from safetensors.torch import save_file

@@ -325,6 +325,7 @@ def test_diffusers_folder_with_only_pickle_weights_needs_allow_pickle(tiny_sd15,
     assert pipe.unet is not None
 
 
+@pytest.mark.unit
 def test_processed_folder_problems_are_clear_errors(tmp_path):
     from facechain.testing import make_processed_folder
     from facechain.train.data import load_processed
@@ -518,6 +519,7 @@ def test_stylize_out_that_is_a_file_and_style_folder_are_clear_errors(tmp_path, 
     assert "cache_dir" in capsys.readouterr().err and (tmp_path / "o" / "prev.png").is_file()
 
 
+@pytest.mark.unit
 def test_resume_compares_paths_by_what_they_point_to():
     from pathlib import Path as P
 

@@ -45,6 +45,7 @@ def commit_files(od: OutputDir, files: dict[str, bytes], **kw) -> None:
     od.commit(stage, **kw)
 
 
+@pytest.mark.unit
 def test_a_folder_of_user_files_is_refused_and_never_touched(tmp_path):
     files = user_folder(tmp_path / "photos")
     with pytest.raises(InputError, match=r"holds files that `facechain generate` did not write .*--allow-other-files"):
@@ -60,6 +61,7 @@ def test_a_folder_of_user_files_is_refused_and_never_touched(tmp_path):
     assert sorted(p.name for p in (tmp_path / "photos" / "candidates").iterdir()) == ["x_001.png"]
 
 
+@pytest.mark.unit
 def test_a_result_landing_on_a_user_file_stops_the_commit_before_anything_moves(tmp_path):
     files = user_folder(tmp_path / "out")
     with OutputDir.open(tmp_path / "out", "generate", allow_other_files=True) as od:
@@ -76,6 +78,7 @@ def test_a_result_landing_on_a_user_file_stops_the_commit_before_anything_moves(
     assert (tmp_path / "out2" / "candidates").read_bytes() == b"a file"
 
 
+@pytest.mark.unit
 def test_a_file_changed_by_the_user_is_no_longer_ours(tmp_path):
     out = tmp_path / "out"
     with OutputDir.open(out, "stylize") as od:
@@ -90,6 +93,7 @@ def test_a_file_changed_by_the_user_is_no_longer_ours(tmp_path):
     assert not (out / "b.png").exists() and (out / "c.png").read_bytes() == b"new"
 
 
+@pytest.mark.unit
 def test_commands_do_not_own_each_others_files(tmp_path):
     out = tmp_path / "out"
     with OutputDir.open(out, "preprocess") as od:
@@ -98,6 +102,7 @@ def test_commands_do_not_own_each_others_files(tmp_path):
         OutputDir.acquire(out, "generate")
 
 
+@pytest.mark.unit
 def test_replace_false_keeps_the_previous_set(tmp_path):
     out = tmp_path / "out"
     with OutputDir.open(out, "generate") as od:
@@ -107,6 +112,7 @@ def test_replace_false_keeps_the_previous_set(tmp_path):
     assert (out / "a_00.png").is_file() and (out / "failed_manifest.json").is_file()
 
 
+@pytest.mark.unit
 def test_paths_that_cannot_be_output_folders_are_clear_errors(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(InputError, match="is a file, not a folder"):
@@ -115,6 +121,7 @@ def test_paths_that_cannot_be_output_folders_are_clear_errors(tmp_path):
         OutputDir.acquire(tmp_path / "file.txt" / "sub", "generate")
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write into read-only folders")
 def test_read_only_folder_is_a_clear_error(tmp_path):
     ro = tmp_path / "ro"
@@ -191,6 +198,7 @@ def test_a_commit_killed_halfway_is_completed_by_the_next_run(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [STATE_DIR, "manifest.json", "new_00.png", "new_01.png"]
 
 
+@pytest.mark.unit
 def test_temporary_files_of_a_killed_run_are_swept(tmp_path):
     out = tmp_path / "out"
     with OutputDir.open(out, "generate") as od:
@@ -203,6 +211,7 @@ def test_temporary_files_of_a_killed_run_are_swept(tmp_path):
         assert not list(od.state.glob(".*.tmp"))
 
 
+@pytest.mark.unit
 def test_outputs_have_normal_permissions(tmp_path):
     out = tmp_path / "out"
     with OutputDir.open(out, "generate") as od:
@@ -241,6 +250,7 @@ ALLOWED_DELETIONS = {
 DELETE_RE = re.compile(r"\.unlink\(|rmtree\(|os\.remove\(|\.remove\(|\.rmdir\(|os\.rmdir\(|os\.removedirs\(")
 
 
+@pytest.mark.unit
 def test_every_deletion_in_the_package_is_covered_by_the_ownership_rule():
     found = set()
     for path in sorted((REPO / "facechain").rglob("*.py")):
@@ -279,6 +289,7 @@ def _killed_commit(out: Path, command: str = "preprocess") -> None:
     assert subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_MOVE, str(out), command]).returncode == 9
 
 
+@pytest.mark.unit
 def test_a_refused_run_of_another_command_leaves_a_half_done_commit_alone(tmp_path):
     out = tmp_path / "out"
     _killed_commit(out)
@@ -292,6 +303,7 @@ def test_a_refused_run_of_another_command_leaves_a_half_done_commit_alone(tmp_pa
     assert not (out / "002.png").exists()
 
 
+@pytest.mark.unit
 def test_completing_a_commit_never_overwrites_what_the_user_put_there_meanwhile(tmp_path):
     out = tmp_path / "out"
     _killed_commit(out)
@@ -305,6 +317,7 @@ def test_completing_a_commit_never_overwrites_what_the_user_put_there_meanwhile(
     assert (out / "002.png").read_bytes() == b"old2"  # the previous outputs were kept: the new set is incomplete
 
 
+@pytest.mark.unit
 def test_a_commit_that_cannot_move_files_is_a_clear_error_and_completes_later(tmp_path, monkeypatch):
     from facechain.outputs import OutputCommitError
 
@@ -329,6 +342,7 @@ def test_a_commit_that_cannot_move_files_is_a_clear_error_and_completes_later(tm
     assert not (out / "a_00.png").exists() and (out / "b_00.png").read_bytes() == b"new"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("record", [
     b"\xff\xfe\x00garbage",
     b'{"files": {}, "pending": "x"}',
@@ -347,6 +361,7 @@ def test_a_damaged_or_hostile_record_is_a_clear_error_and_nothing_is_touched(tmp
     assert (tmp_path / "victim" / "precious.txt").read_text() == "x"
 
 
+@pytest.mark.unit
 def test_links_in_the_state_folder_are_refused(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("mine")
@@ -363,6 +378,7 @@ def test_links_in_the_state_folder_are_refused(tmp_path):
         OutputDir.acquire(out2, "generate")
 
 
+@pytest.mark.unit
 def test_a_log_is_ours_while_it_starts_with_what_we_recorded(tmp_path):
     out = tmp_path / "out"
     with OutputDir.open(out, "train") as od:
@@ -377,6 +393,7 @@ def test_a_log_is_ours_while_it_starts_with_what_we_recorded(tmp_path):
     assert (out / "train_log.jsonl").read_text() == "the user's own notes\n"
 
 
+@pytest.mark.unit
 def test_a_record_of_the_first_format_is_still_read(tmp_path):
     """Records written by facechain's first output-record format kept a log as {size, sha256: null}:
     such a folder keeps working (the log is ours, and so are the other recorded files)."""
@@ -446,6 +463,7 @@ def test_a_checkpoint_commit_killed_halfway_is_completed(tmp_path):
     assert (out / "checkpoints" / "step-000002" / "state.json").read_bytes() == b"state.json"
 
 
+@pytest.mark.unit
 def test_a_commit_completed_without_every_file_leaves_the_folder_unsettled(tmp_path):
     from facechain.outputs import check_settled
 
@@ -461,6 +479,7 @@ def test_a_commit_completed_without_every_file_leaves_the_folder_unsettled(tmp_p
     check_settled(out, "preprocess", "processed folder")
 
 
+@pytest.mark.unit
 def test_linked_staging_folders_and_linked_record_paths_are_never_followed(tmp_path):
     victim = tmp_path / "victim"
     (victim / "a").mkdir(parents=True)
@@ -488,6 +507,7 @@ def test_linked_staging_folders_and_linked_record_paths_are_never_followed(tmp_p
     assert (victim / "a" / "secret.txt").read_text() == "precious"
 
 
+@pytest.mark.unit
 def test_a_log_rewrite_killed_before_the_write_leaves_the_log_ours(tmp_path, monkeypatch):
     import facechain.io
 
@@ -506,6 +526,7 @@ def test_a_log_rewrite_killed_before_the_write_leaves_the_log_ours(tmp_path, mon
         assert od.owns("train_log.jsonl")
 
 
+@pytest.mark.unit
 def test_a_folder_being_read_cannot_be_replaced(tmp_path):
     from facechain.outputs import hold_for_reading
 

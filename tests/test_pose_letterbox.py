@@ -19,6 +19,7 @@ def _tall_pose(tmp_path):
     return tall
 
 
+@pytest.mark.unit
 def test_load_pose_letterboxes_a_non_square_map(tmp_path):
     from facechain.poses import load_pose
 
@@ -62,6 +63,7 @@ def test_generator_letterboxes_pose_and_depth(tiny_sd15, tmp_path):
     assert cols.min() >= 32 and cols.max() < 64
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("shape,size", [((50, 200, 3), (100, 100)), ((100, 100, 3), (100, 100)),
                                          ((300, 100, 3), (60, 90))])
 def test_letterbox_keeps_aspect(shape, size):

@@ -170,6 +170,7 @@ def test_load_modes(tmp_path, sample_photos):
     assert out.shape == (512, 512, 3) and out.dtype == np.uint8
 
 
+@pytest.mark.unit
 def test_bad_config():
     from facechain.errors import InputError
 

@@ -14,6 +14,7 @@ def _w(text):
     return [(f.text, f.weight) for f in parse_weighted(text)]
 
 
+@pytest.mark.unit
 def test_a1111_emphasis_rules():
     assert _w("plain words, no syntax") == [("plain words, no syntax", 1.0)]
     assert _w("(a)") == [("a", 1.1)]
@@ -34,6 +35,7 @@ def test_a1111_emphasis_rules():
     assert parse_weighted("") == [Fragment("", 1.0)]
 
 
+@pytest.mark.unit
 def test_default_negative_prompt_is_facechains():
     frags = {f.text.strip(" ,"): f.weight for f in parse_weighted(DEFAULT_NEGATIVE_PROMPT)}
     assert frags["nsfw"] == 2.0 and frags["worst quality"] == 2.0 and frags["extra hands"] == 1.21

@@ -254,6 +254,7 @@ def merged_model(tiny_sd15, rep_data, tmp_path_factory):
     return merge_repcontrolnet(out, str(tiny_sd15), root / "model")
 
 
+@pytest.mark.slow
 def test_generation_with_a_merged_model_steers_the_pose_without_a_controlnet(merged_model, tmp_path):
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator

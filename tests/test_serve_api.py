@@ -72,6 +72,7 @@ def test_catalogue_endpoints(server):
     assert client.get("/api/poses").json()["poses"]
 
 
+@pytest.mark.slow
 def test_train_reports_photos_progress_and_serves_the_lora(server, trained):
     client, service = server
     person, job = trained
@@ -93,6 +94,7 @@ def test_train_reports_photos_progress_and_serves_the_lora(server, trained):
     assert [p["id"] for p in client.get("/api/people").json()["people"]] == [person["id"]]
 
 
+@pytest.mark.slow
 def test_generate_gallery_manifest_and_files(server, trained):
     client, _ = server
     person, _ = trained
@@ -128,6 +130,7 @@ def test_bad_uploads_are_refused(server, tmp_path):
     assert any(p.name == "escape.png" for p in new)
 
 
+@pytest.mark.slow
 def test_ids_and_paths_are_confined(server, trained):
     client, service = server
     person, job = trained
@@ -143,6 +146,7 @@ def test_ids_and_paths_are_confined(server, trained):
     assert client.post(f"/api/people/{person['id']}/generate", content=b"[1, 2]").status_code == 400
 
 
+@pytest.mark.slow
 def test_failing_jobs_and_concurrent_jobs(server, trained):
     """A job with a bad setting fails with its reason and the server goes on; jobs submitted together all
     finish, one at a time on the one worker (queued, never overlapping)."""
@@ -159,6 +163,7 @@ def test_failing_jobs_and_concurrent_jobs(server, trained):
     assert client.get("/api/health").status_code == 200
 
 
+@pytest.mark.slow
 def test_template_and_stylize_jobs(server, trained):
     client, _ = server
     person, _ = trained
@@ -198,6 +203,7 @@ def test_template_and_stylize_jobs(server, trained):
     assert r.status_code == 400 and "no trained LoRA" in r.json()["error"]
 
 
+@pytest.mark.slow
 def test_jobs_survive_a_server_restart(server, trained):
     """A new server on the same workdir lists the finished jobs (a browser refresh or a restart loses none)."""
     from facechain.server.service import Service

@@ -22,6 +22,7 @@ def _write(folder, stem, data):
     return path
 
 
+@pytest.mark.unit
 def test_shipped_styles_validate_and_cover_both_families():
     reg = load_styles()
     styles = list(reg)
@@ -44,6 +45,7 @@ def test_shipped_styles_validate_and_cover_both_families():
     assert reg.get("Pixel art (LoRA)", "sdxl").weight_rule == "linear"
 
 
+@pytest.mark.unit
 def test_lookup_by_name_or_file_stem_and_family(tmp_path):
     reg = load_styles()
     assert reg.get("cyberpunk", "sd15").name == "Cyberpunk"
@@ -55,6 +57,7 @@ def test_lookup_by_name_or_file_stem_and_family(tmp_path):
         reg.get("Mecha (LoRA)", "sd15")
 
 
+@pytest.mark.unit
 def test_missing_field_is_named(tmp_path):
     bad = {k: v for k, v in GOOD.items() if k != "multiplier_human"}
     path = _write(tmp_path / "sd15", "bad", bad)
@@ -63,6 +66,7 @@ def test_missing_field_is_named(tmp_path):
     assert str(path) in str(exc.value)  # the message names the file by its full path
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("field,value,msg", [
     ("multiplier_style", "0.3", "must be int or float"),
     ("multiplier_style", 3.0, "between 0 and 2"),
@@ -77,6 +81,7 @@ def test_wrong_values_refused(tmp_path, field, value, msg):
         load_styles([tmp_path])
 
 
+@pytest.mark.unit
 def test_unknown_field_and_lora_without_file(tmp_path):
     _write(tmp_path / "a", "typo", {**GOOD, "multipler_style": 0.2})
     with pytest.raises(InputError, match=r"unknown field\(s\) \['multipler_style'\]"):
@@ -86,6 +91,7 @@ def test_unknown_field_and_lora_without_file(tmp_path):
         load_styles([tmp_path / "b"])
 
 
+@pytest.mark.unit
 def test_duplicate_names_refused(tmp_path):
     _write(tmp_path / "sd15", "one", GOOD)
     _write(tmp_path / "sd15", "two", GOOD)
@@ -93,6 +99,7 @@ def test_duplicate_names_refused(tmp_path):
         load_styles([tmp_path])
 
 
+@pytest.mark.unit
 def test_user_folder_style_with_local_lora(tmp_path):
     (tmp_path / "loras").mkdir()
     (tmp_path / "loras" / "ink.safetensors").write_bytes(b"")

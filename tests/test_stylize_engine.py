@@ -34,11 +34,13 @@ def _rect_mask(h, w, top, bottom, left, right):
 # --------------------------------------------------------------------------- masks
 
 
+@pytest.mark.unit
 def test_mask_wrong_size_is_refused():
     with pytest.raises(InputError, match=r"is 100x50 pixels but its image is 64x64"):
         load_mask(np.ones((50, 100), np.uint8), (64, 64), "content mask")
 
 
+@pytest.mark.unit
 def test_empty_mask_is_refused(tmp_path):
     from PIL import Image
 
@@ -48,6 +50,7 @@ def test_empty_mask_is_refused(tmp_path):
         load_mask(path, (64, 64), "content mask")
 
 
+@pytest.mark.unit
 def test_mask_from_png_is_binary_and_tokenised(tmp_path):
     from PIL import Image
 
@@ -64,6 +67,7 @@ def test_mask_from_png_is_binary_and_tokenised(tmp_path):
     assert to_tokens(dot, (1, 1), "area").item() == pytest.approx(1 / 4096)
 
 
+@pytest.mark.unit
 def test_inner_feather_is_zero_outside_mask():
     m = torch.zeros(32, 32)
     m[8:24, 8:24] = 1
@@ -72,6 +76,7 @@ def test_inner_feather_is_zero_outside_mask():
     assert float(a[16, 16]) == 1.0 and 0.0 <= float(a[8, 16]) < 1.0
 
 
+@pytest.mark.unit
 def test_rgba_mask_uses_colour_not_alpha():
     rgba = np.zeros((64, 64, 4), np.uint8)
     rgba[..., 3] = 255  # opaque everywhere

@@ -46,6 +46,7 @@ def _face_mask():
     return m
 
 
+@pytest.mark.unit
 def test_registry_lists_methods():
     assert available_methods() == sorted(METHODS)
     from facechain.stylize import get_method, register_method
@@ -301,6 +302,7 @@ def test_cli_same_style_name_in_two_folders(tiny_sd15, images, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["me__style__diffstyle.png", "me__style__diffstyle__2.png"]
 
 
+@pytest.mark.slow
 def test_cli_two_styles(tiny_sd15, images, tmp_path, capsys):
     from PIL import Image
 

@@ -20,20 +20,16 @@ def template(tmp_path_factory, sample_photos):
 
 
 @pytest.fixture(scope="module")
-def people(tiny_sd15, tmp_path_factory, dlib_analyzer, sample_photos):
+def people(tiny_sd15, tmp_path_factory, processed_astronaut):
     """Three face LoRAs (random, different) for the tiny model; the first records its base model, and has a
     processed folder (the astronaut) for the prompt, fusion and identity scores."""
-    from facechain.io import save_image
-    from facechain.preprocess import preprocess
     from facechain.testing import random_lora
 
     root = tmp_path_factory.mktemp("people")
     loras = [random_lora(tiny_sd15, root / f"lora{i}", seed=10 + i) for i in range(3)]
     (loras[0] / "train_config.json").write_text(json.dumps({"base_model": str(tiny_sd15), "revision": None,
                                                             "sub_path": None}))
-    save_image(root / "photos" / "a.png", sample_photos.astronaut())
-    preprocess(root / "photos", root / "processed", analyzer=dlib_analyzer, progress=False)
-    return {"loras": loras, "processed": root / "processed"}
+    return {"loras": loras, "processed": processed_astronaut}
 
 
 @pytest.fixture(scope="module")

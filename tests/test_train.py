@@ -64,6 +64,7 @@ def trained_sd15(tiny_sd15, processed, tmp_path_factory):
 # --------------------------------------------------------------------------- units
 
 
+@pytest.mark.unit
 def test_face_crop_box_reproduces_facechain_range():
     # ratio 0.35 -> the largest crop, 0.45 -> the smallest: (0.35/1.15) * 512 / ratio
     big = face_crop_box(512, 512, 0.35, 0.35)
@@ -73,6 +74,7 @@ def test_face_crop_box_reproduces_facechain_range():
     assert small[0] == 83  # centred horizontally
 
 
+@pytest.mark.unit
 def test_augment_is_seeded_and_flips():
     from PIL import Image
 
@@ -85,12 +87,14 @@ def test_augment_is_seeded_and_flips():
     assert flips == {True, False}  # some seeds flip, some do not
 
 
+@pytest.mark.unit
 def test_select_checkpoints_ties_go_to_later_step():
     assert select_checkpoints({100: 0.6, 200: 0.7, 300: 0.7}, 1) == [300]
     assert select_checkpoints({100: 0.9, 200: 0.0, 300: 0.0}, 2) == [100, 300]
     assert select_checkpoints({100: None, 200: None}, 1) == [200]
 
 
+@pytest.mark.unit
 def test_num_steps_is_facechain_rule():
     cfg = TrainConfig(base_model="m", train_data_dir="d", output_dir="o")
     assert (cfg.rank, cfg.learning_rate, cfg.lr_scheduler, cfg.train_batch_size, cfg.resolution, cfg.seed) == (4, 1.5e-4, "cosine", 1, 512, 42)
@@ -101,6 +105,7 @@ def test_num_steps_is_facechain_rule():
         TrainConfig(base_model="m", train_data_dir="d", output_dir="o", max_train_steps=0)
 
 
+@pytest.mark.unit
 def test_mixed_precision_auto_and_threads(monkeypatch):
     import torch
 
@@ -155,6 +160,7 @@ def test_init_lora_facechain_is_one_flag_and_one_clear_error(tmp_path, processed
 # --------------------------------------------------------------------------- clear errors
 
 
+@pytest.mark.unit
 def test_resolution_not_divisible_by_8():
     with pytest.raises(InputError, match=r"`resolution` has to be a positive multiple of 8 .* 100. Use e.g. 96"):
         TrainConfig(base_model="m", train_data_dir="d", output_dir="o", resolution=100)
@@ -305,6 +311,7 @@ def test_output_dir_in_use_needs_resume(trained_sd15, tiny_sd15, processed):
                        train_text_encoder=True, ensemble_top_k=2, learning_rate=1e-2))
 
 
+@pytest.mark.slow
 def test_single_file_checkpoint_loads_and_trains(tiny_sd15, processed, tmp_path):
     from diffusers import StableDiffusionPipeline
 
@@ -404,6 +411,7 @@ def test_final_lora_follows_likeness_scores(tiny_sd15, processed, tmp_path, monk
         assert all((final[key] - ckpts[s][key]).abs().max() > 1e-4 for s in others)
 
 
+@pytest.mark.slow
 def test_sdpa_bf16_gradient_checkpointing_and_pruning(tiny_sd15, processed, tmp_path):
     """bf16 frozen weights with fp32 LoRA, gradient checkpointing, and at most 2 checkpoints kept."""
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -484,6 +492,7 @@ def test_fp16_on_cpu_is_refused(tiny_sd15, processed, tmp_path):
         train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", mixed_precision="fp16"))
 
 
+@pytest.mark.unit
 def test_cli_config_file_and_flags(tmp_path):
     import argparse
 
@@ -546,6 +555,7 @@ def test_divergence_is_a_clear_error(tiny_sd15, processed, tmp_path):
               progress=False)
 
 
+@pytest.mark.unit
 def test_flat_parameter_views_weights_and_gradients():
     from facechain.train.trainer import flat_parameter
 
@@ -564,6 +574,7 @@ def test_flat_parameter_views_weights_and_gradients():
     assert next(net.parameters()).grad.abs().sum() == 0 and flat.grad.data_ptr() == next(net.parameters()).grad.data_ptr()
 
 
+@pytest.mark.unit
 def test_init_lora_facechain_asks_for_the_file_facechain_publishes(monkeypatch, tmp_path):
     """`--init_lora facechain` (README quickstart) is damo/face_frombase_c4 at revision v1.0.0, file
     face_frombase_c4.bin, as every FaceChain version loads it; offline, the error names that file and revision."""

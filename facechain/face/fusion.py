@@ -142,7 +142,7 @@ def _feathered_hull_mask(points: np.ndarray, shape: tuple[int, int], face_size: 
     return soft
 
 
-def _warp_triangles(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, out_shape) -> tuple[np.ndarray, np.ndarray]:
+def warp_triangles(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, out_shape) -> tuple[np.ndarray, np.ndarray]:
     """Piecewise-affine warp of ``src`` so ``src_pts`` land on ``dst_pts``.
 
     The destination points are triangulated (Delaunay, scipy); every output pixel inside their
@@ -273,7 +273,7 @@ class LandmarkFusion:
                          "photo helps)")
         h, w = target.shape[:2]
         dst_pts = destination_shape(target_face.landmarks, source_face.landmarks, self.outline_follow)
-        warped, covered = _warp_triangles(source, source_face.landmarks.astype(np.float32), dst_pts, (h, w))
+        warped, covered = warp_triangles(source, source_face.landmarks.astype(np.float32), dst_pts, (h, w))
         # outside the warped face, the target itself: the Poisson blend's gradients at the mask's
         # edge then come from real image content, not from the black of an empty canvas
         warped[~covered] = target[~covered]
