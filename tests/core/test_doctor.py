@@ -21,7 +21,7 @@ from facechain.doctor import (GPU_EXTRAS, ONNXRUNTIME_DISTS, OPENCV_DISTS, OPENC
                               DoctorReport, fix_commands, installed_distributions, onnxruntime_distributions,
                               opencv_distributions)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _requirements(name: str) -> list[Requirement]:

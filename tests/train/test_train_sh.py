@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "train_lora.sh"
 
 
@@ -92,7 +92,7 @@ def test_train_lora_sh_end_to_end(tiny_sd15, tmp_path, dlib_analyzer):
     base = img()
     pipe.load_lora_weights(str(out))
     change = np.abs(img() - base).max()
-    assert change > 1e-3, change  # a loaded LoRA changes the output (as tests/test_train.py)
+    assert change > 1e-3, change  # a loaded LoRA changes the output (as tests/train/test_train.py)
 
 
 @pytest.mark.slow

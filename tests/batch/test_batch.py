@@ -65,7 +65,7 @@ def _records(out: Path) -> dict:
 
 def _same_results(out: Path, ref: Path) -> None:
     """What seeds fix is the same: each finished person's LoRA (to the trainer's own resume tolerance: a
-    resumed training matches an uninterrupted one to rtol 1e-4, tests/test_train_resume.py) and kept
+    resumed training matches an uninterrupted one to rtol 1e-4, tests/train/test_train_resume.py) and kept
     portraits (bit for bit when the LoRA is; else within one grey level on average)."""
     import numpy as np
     import torch

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "serve"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "serve"
 
 
 def _chromium() -> str:

@@ -16,7 +16,7 @@ import pytest
 from facechain.errors import InputError
 from facechain.outputs import STATE_DIR, OutputConflictError, OutputDir, OutputInUseError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 USER_FILES = {"holiday_01.png": b"holiday", "wedding_2023_12.png": b"wedding", "img_99.png": b"img",
               "manifest.json": b'{"mine": true}', "contact_sheet.png": b"sheet", "candidates/x_001.png": b"cand",
               "000.png": b"zero", "metadata.jsonl": b"{}\n"}

@@ -15,7 +15,7 @@ from facechain.generate.prompt import build_prompt, subject_from_metadata
 
 pytestmark = pytest.mark.unit  # model-free
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_subject_from_metadata_majority(tmp_path):

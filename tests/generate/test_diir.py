@@ -197,7 +197,7 @@ def test_generation_with_fusion_diir(tiny_sd15, photo, openpose_net, dlib_analyz
     from facechain.generate.job import check_inputs
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.testing import random_lora
-    from tests.test_generate_detailer import _PhotoSampler
+    from tests.generate.test_generate_detailer import _PhotoSampler
 
     lora = random_lora(tiny_sd15, tmp_path / "lora", seed=1)
     cfg = GenerateConfig(base_model=str(tiny_sd15), output_dir=tmp_path / "out", lora_dir=lora, num_candidates=2,

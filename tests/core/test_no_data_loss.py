@@ -23,7 +23,7 @@ from facechain.errors import FacechainError, InputError, UnsafeCheckpointError
 from facechain.jobs import JobFailed
 from facechain.outputs import STATE_DIR, OutputConflictError, OutputInUseError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 USER = {"holiday_01.png": b"holiday", "wedding_2023_12.png": b"wedding", "img_99.png": b"img",
         "manifest.json": b'{"mine": true}', "000.png": b"zero"}
 

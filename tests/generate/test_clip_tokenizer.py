@@ -64,7 +64,7 @@ def test_tiny_models_have_the_real_vocabulary(clip_pipe):
 
 @pytest.mark.parametrize("weighting", PROMPT_WEIGHTING)
 def test_plain_short_prompts_match_diffusers(clip_pipe, weighting):
-    from tests.test_prompts import _diffusers
+    from tests.generate.test_prompts import _diffusers
 
     enc = PromptEncoder(clip_pipe, weighting)
     for prompt, negative in (("a photo of a cat", "blurry, lowres"), ("<fcsks>, a woman, upper body", "")):
@@ -88,7 +88,7 @@ def test_facechains_negative_prompt_is_two_chunks_nothing_cut(clip_pipe):
     # the last words count: diffusers' own encoding cuts them off, ours does not
     other = DEFAULT_NEGATIVE_PROMPT.replace("((extra hands))", "((extra feet))")
     assert not torch.equal(enc("a", DEFAULT_NEGATIVE_PROMPT)["negative_prompt_embeds"], enc("a", other)["negative_prompt_embeds"])
-    from tests.test_prompts import _diffusers
+    from tests.generate.test_prompts import _diffusers
 
     assert torch.equal(_diffusers(clip_pipe, "a", DEFAULT_NEGATIVE_PROMPT)["negative_prompt_embeds"],
                        _diffusers(clip_pipe, "a", other)["negative_prompt_embeds"])
@@ -135,7 +135,7 @@ def test_a1111_chunks_move_a_short_tail_after_a_comma(clip_pipe):
 
 def test_a1111_rule_by_hand_with_real_tokens(clip_pipe):
     """A1111's rule on real CLIP tokens: weights > 1 and < 1, nested, 87 tokens = two chunks."""
-    from tests.test_prompts import a1111_by_hand
+    from tests.generate.test_prompts import a1111_by_hand
 
     prompt = "a ((red:1.5) hat) and [blue] shoes " + "snow " * 80 + "(mountain:0.5)"
     pieces = [("a ", 1.0), ("red", 1.5 * 1.1), (" hat", 1.1), (" and ", 1.0), ("blue", 1 / 1.1),

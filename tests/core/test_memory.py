@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CONFIGS = Path(__file__).parent / "fixtures" / "configs"
+CONFIGS = Path(__file__).parents[1] / "fixtures" / "configs"
 GiB = 1 << 30
 CARD = 24 * GiB
 SIZE = {"sd15": 512, "sdxl": 1024}

@@ -28,7 +28,7 @@ from facechain.preprocess import PreprocessConfig
 from facechain.preprocess.orient import orient_and_detect
 from facechain.preprocess.select import select_face
 
-FIXTURE = Path(__file__).parent / "fixtures" / "head_masks.json"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "head_masks.json"
 LABELS = json.loads(FIXTURE.read_text())["photos"]
 MIN_HAIR_KEPT = 0.90
 MIN_BACKGROUND_REMOVED = 0.90

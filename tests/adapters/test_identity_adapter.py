@@ -279,7 +279,7 @@ def test_identity_with_pose_controlnet_and_the_face_detailer(tiny_sd15, faceid, 
     assert np.abs(a - b).mean() > 0.5
 
     # the detailer on a real face (the tiny model draws none: the sampler returns a photo)
-    from tests.test_generate_detailer import _PhotoSampler, _small_face_photo
+    from tests.generate.test_generate_detailer import _PhotoSampler, _small_face_photo
 
     gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=ident, detailer="always", num_candidates=1, num_images=1),
                             analyzer=dlib_analyzer)
@@ -420,7 +420,7 @@ def test_plusv2_identity_in_diir_restoration(tiny_sd15, plus, photo_dirs, dlib_a
     from facechain.diir import DIIRConfig
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.styles import DEFAULT_STYLES_DIR, load_styles
-    from tests.test_generate_detailer import _PhotoSampler, _small_face_photo
+    from tests.generate.test_generate_detailer import _PhotoSampler, _small_face_photo
 
     style = load_styles([DEFAULT_STYLES_DIR]).get("Business suit", "sd15")
     ident = dataclasses.replace(_identity(photo_dirs / "astronaut", plus["weights"], image_encoder=str(plus["encoder"])),

@@ -12,7 +12,7 @@ import torch
 
 from facechain.errors import InputError, ModelNotFoundError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _unet(model_dir):
@@ -259,7 +259,7 @@ def test_generation_with_a_merged_model_steers_the_pose_without_a_controlnet(mer
     from facechain.generate import GenerateConfig
     from facechain.generate.pipeline import PortraitGenerator
     from facechain.styles import DEFAULT_STYLES_DIR, load_styles
-    from tests.test_generate_detailer import _PhotoSampler, _small_face_photo
+    from tests.generate.test_generate_detailer import _PhotoSampler, _small_face_photo
 
     def cfg(**kw):
         base = dict(base_model=str(merged_model), output_dir=tmp_path / "out", num_candidates=2, num_images=1,

@@ -17,7 +17,7 @@ from facechain.errors import InputError, ModelNotFoundError, UnsafeCheckpointErr
 
 pytestmark = pytest.mark.unit  # model-free
 
-LISTINGS = json.loads((Path(__file__).parent / "fixtures" / "hub_listings.json").read_text())["repos"]
+LISTINGS = json.loads((Path(__file__).parents[1] / "fixtures" / "hub_listings.json").read_text())["repos"]
 BY_REPO = {(r["repo"], r["hub"]): r for r in LISTINGS}
 # Listings whose weight files nobody has seen (ModelScope-only repos named by FaceChain's code): the loaders
 # take safetensors from them, else refuse naming --allow-pickle. A new default must not join this set silently.

@@ -90,7 +90,7 @@ def test_end_to_end_from_config_file(tiny_sd15, face_lora, style_dir, tmp_path):
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, str(repo / "run_inference.py"), "--config", str(repo / "configs" / "demo.yaml"),
                           "--base-model", str(tiny_sd15), "--output-dir", str(tmp_path / "demo"), "--steps", "2",
                           "--num-candidates", "1", "--num-images", "1", "--styles", "Chef"],
