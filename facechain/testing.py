@@ -237,7 +237,7 @@ def trained_final_norm(text_encoder, seed: int) -> None:
     normalized last hidden state) has mean 0 to float rounding, which no real checkpoint's has, and
     AUTOMATIC1111's weighting divides by that mean. The shift is small (0.002: the mean is then ~1e-3 of the
     vectors' size, 1e5 times float rounding's), so the model's pictures stay as they were (the golden slices
-    of tests/test_golden.py did not move past their tolerance)."""
+    of tests/core/test_golden.py did not move past their tolerance)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed + 1)

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-# The web app's browser test (tests/test_serve_browser.py) drives the system's Chromium through Playwright;
+# The web app's browser test (tests/server/test_serve_browser.py) drives the system's Chromium through Playwright;
 # it comes from the system's package manager, never as a browser build downloaded by the tests.
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then

@@ -87,6 +87,42 @@ def sample_photos():
     return samples
 
 
+def _preprocessed(root, photos: dict, analyzer):
+    """Write ``photos`` (name -> RGB array) under ``root/in`` and preprocess them with ``analyzer`` into
+    ``root/processed`` (NNN.png, metadata.jsonl, masks/, report.json). Returns the processed folder."""
+    from facechain.io import save_image
+    from facechain.preprocess import preprocess
+
+    for name, image in photos.items():
+        save_image(root / "in" / name, image)
+    preprocess(root / "in", root / "processed", analyzer=analyzer, progress=False)
+    return root / "processed"
+
+
+@pytest.fixture(scope="session")
+def processed_person(tmp_path_factory, dlib_analyzer):
+    """One person's processed folder, preprocessed once per session with dlib: the astronaut (a.png), her
+    mirror image (b.png) and a slightly blurred copy (c.png) -> 000.png-002.png with captions and head masks.
+    Shared: tests read it and never write into it."""
+    import cv2
+    import numpy as np
+
+    from facechain import samples
+
+    a = samples.astronaut()
+    photos = {"a.png": a, "b.png": np.ascontiguousarray(a[:, ::-1]), "c.png": cv2.GaussianBlur(a, (3, 3), 0.8)}
+    return _preprocessed(tmp_path_factory.mktemp("processed_person"), photos, dlib_analyzer)
+
+
+@pytest.fixture(scope="session")
+def processed_astronaut(tmp_path_factory, dlib_analyzer):
+    """The astronaut's photo alone, preprocessed once per session with dlib (000.png; her face is too small
+    for a high-resolution reference crop). Shared: tests read it and never write into it."""
+    from facechain import samples
+
+    return _preprocessed(tmp_path_factory.mktemp("processed_astronaut"), {"a.png": samples.astronaut()}, dlib_analyzer)
+
+
 @pytest.fixture(scope="session")
 def dlib_analyzer():
     from facechain.face import get_analyzer

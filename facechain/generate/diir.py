@@ -12,7 +12,7 @@ pixel outside the mask is the input's, bit for bit.
 Inversion, not noise: img2img at the same strength starts from random noise and loses the face's
 layout (pose, expression, lighting); the inverted latent keeps it, so regeneration changes what the
 identity conditioning changes. ``invert`` and ``regenerate`` are public so the round trip can be
-measured (tests/test_diir.py).
+measured (tests/generate/test_diir.py).
 
 The loop calls the pipeline's own modules (UNet, VAE, ControlNet; the pipeline's scheduler config gives
 the DDIM schedule of facechain.inversion, the steps stylize inverts with too), so LoRAs loaded or fused into the UNet and
