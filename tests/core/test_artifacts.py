@@ -31,6 +31,8 @@ from facechain.train.artifact import TrainedLora, TrainProgress, read_train_conf
 from facechain.train.config import TrainConfig
 from facechain.workspace import PersonWorkspace
 
+pytestmark = pytest.mark.unit  # model-free
+
 # report.json as preprocessing wrote it before the typed writer (two inputs: one kept with a mask and a
 # high-resolution reference crop, one rejected)
 OLD_REPORT = {

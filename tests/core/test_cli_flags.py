@@ -8,6 +8,8 @@ import pytest
 
 from facechain.cli import SUBCOMMANDS, build_parser, main
 
+pytestmark = pytest.mark.unit  # model-free
+
 # the arguments each command needs besides its output folder
 REQUIRED = {
     "generate": [],

@@ -20,6 +20,8 @@ from facechain.stylize.config import StylizeConfig
 from facechain.template.config import TemplateConfig
 from facechain.train.config import TrainConfig
 
+pytestmark = pytest.mark.unit  # model-free
+
 MISSING = dataclasses.MISSING
 # each config's model-reference defaults, as they were before the block was shared (MISSING: required)
 DEFAULTS = {

@@ -6,6 +6,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit  # reads the source only
+
 PACKAGE = Path(__file__).resolve().parents[2] / "facechain"
 
 # About 500 lines: a module may run a little over rather than be cut in the middle of one idea.

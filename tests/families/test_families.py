@@ -134,6 +134,7 @@ _BRANCH = re.compile(r"""(==|!=)\s*["'](sd15|sdxl)["']|["'](sd15|sdxl)["']\s*(==
 _PIPELINE_CLASS = re.compile(r"\bStableDiffusion(XL)?[A-Za-z]*Pipeline\b")
 
 
+@pytest.mark.unit
 def test_no_code_outside_the_families_package_branches_on_a_family_name():
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
