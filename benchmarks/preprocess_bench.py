@@ -73,7 +73,8 @@ def main() -> None:
     n = len(res.entries)
     print(f"photos: {n} x 4000x3000 JPEG (12.0 MP), kept {len(res.kept)}")
     print(f"seconds per photo: {dt / n:.3f}  (total {dt:.2f} s, {os.cpu_count()} cores visible, {args.threads} threads)")
-    print(f"workers: {cfg.workers or 'auto'}; per step, summed over workers (s/photo): " + ", ".join(f"{k} {v / n:.3f}" for k, v in steps.items() if k != "total"))
+    per_step = ", ".join(f"{k} {v / n:.3f}" for k, v in steps.items() if k != "total")
+    print(f"workers: {cfg.workers or 'auto'}; per step, summed over workers (s/photo): {per_step}")
     print(f"peak resident memory: {peak_mb:.0f} MB (main process), {child_mb:.0f} MB (largest worker)")
     print(f"python {sys.version.split()[0]}")
 

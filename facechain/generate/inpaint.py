@@ -92,7 +92,8 @@ def _check_image(image) -> np.ndarray:
 def redraw_region(inpaint, crop: np.ndarray, support: np.ndarray, size: int, conditioning: dict,
             cfg, seed: int, controls: dict | None = None) -> np.ndarray:
     """Re-generate ``crop`` (uint8 (s, s, 3)) where ``support`` is set, at ``size`` px; returns uint8 (s, s, 3).
-    ``cfg``: ``strength``, ``num_inference_steps``, ``guidance_scale`` (a DetailerConfig). ``conditioning``: the prompt embeddings (:class:`facechain.prompts.PromptEncoder`'s keyword arguments).
+    ``cfg``: ``strength``, ``num_inference_steps``, ``guidance_scale`` (a DetailerConfig). ``conditioning``: the
+    prompt embeddings (:class:`facechain.prompts.PromptEncoder`'s keyword arguments).
     ``controls``: extra pipeline arguments: a ControlNet inpaint pipeline's ``control_image`` (images of the
     crop, resized here to ``size``) and ``controlnet_conditioning_scale``, an IP-Adapter's
     ``ip_adapter_image_embeds``."""

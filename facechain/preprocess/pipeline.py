@@ -12,8 +12,9 @@ letting one bad photo stop the run, and writes (the layout
 * ``OUTPUT_DIR/reference/hires.png``: the best kept photo (:func:`photo_quality`, the photo
   generation takes as the template face) cropped the same way at up to ``reference_size`` px, from
   the source photo's own pixels (never upscaled; not written when the source is no larger than the
-  ``size`` crop; in a sub folder, so ``facechain eval --reference`` does not count the photo twice). Face fusion warps from it, so a face fused into a 1024 px SDXL portrait is not a
-  512 px crop enlarged. report.json's ``reference`` names the photo and the file.
+  ``size`` crop; in a sub folder, so ``facechain eval --reference`` does not count the photo twice).
+  Face fusion warps from it, so a face fused into a 1024 px SDXL portrait is not a 512 px crop enlarged.
+  report.json's ``reference`` names the photo and the file.
 
 The new set replaces the previous one only when at least one photo was kept (the files are
 staged, then committed through :class:`facechain.outputs.OutputDir`): a run that keeps nothing

@@ -30,7 +30,9 @@ class StylizeConfig(model_ref("base_model", "revision", "sub_path", "allow_pickl
                                          "steps": "num_inference_steps"}
 
     method: str = setting("portrait-diffusion | styleid | masactrl | diffstyle", default="portrait-diffusion")
-    loras: list[str] = setting("LoRA files/folders (diffusers format), e.g. the face LoRA from `facechain train`; applied identically in inversion and sampling", default_factory=list, flags=("--lora",))
+    loras: list[str] = setting(
+        "LoRA files/folders (diffusers format), e.g. the face LoRA from `facechain train`; applied "
+        "identically in inversion and sampling", default_factory=list, flags=("--lora",))
     lora_scales: list[float] = setting("one weight per LoRA (default 1.0 each)", default_factory=list, flags=("--lora-scale",))
     fast: bool = setting("LCM-LoRA: LCM scheduler in inversion and sampling, few steps", default=False)
     lcm_lora: str | None = setting("LCM-LoRA file/folder/hub id (default: the family's latent-consistency LCM-LoRA)", default=None)
@@ -39,16 +41,21 @@ class StylizeConfig(model_ref("base_model", "revision", "sub_path", "allow_pickl
     prompt: str | None = setting("prompt for inversion and sampling (default: the method's, e.g. 'head' for Portrait Diffusion)", default=None)
     negative_prompt: str = setting("unconditional prompt when guidance_scale > 1", default="")
     prompt_weighting: Literal["a1111", "compel"] = setting(WEIGHTING_HELP, default="a1111")
-    resolution: int | None = setting("long side in pixels, multiple of 64 (default 512 for SD1.5, 1024 for SDXL); the style image is cropped to the content's aspect", default=None)
+    resolution: int | None = setting(
+        "long side in pixels, multiple of 64 (default 512 for SD1.5, 1024 for SDXL); the style image is "
+        "cropped to the content's aspect", default=None)
     start_step: int | None = setting("first controlled sampling step (default: the method's)", default=None)
     end_step: int | None = setting("controlled steps stop before this one (default: all)", default=None)
     start_layer: int | None = setting("first controlled self-attention layer in call order (default: the method's)", default=None)
-    inversion_refine: int = setting("fixed-point refinements per inversion step (Pan et al. 2023); 0 = plain DDIM inversion as in the papers, 2-3 = near-exact reconstruction for that many extra UNet passes", default=0)
+    inversion_refine: int = setting(
+        "fixed-point refinements per inversion step (Pan et al. 2023); 0 = plain DDIM inversion as in the "
+        "papers, 2-3 = near-exact reconstruction for that many extra UNet passes", default=0)
     only_mask_region: bool = setting("stylize inside the content mask only; pixels outside are the content image's exactly", default=False)
     latent_blend: bool = setting("with only_mask_region: also keep the latent outside the mask on the content trajectory each step", default=True)
     cache_dir: Path | None = setting("folder for on-disk inversion cache (safetensors); memory cache is always on", default=None)
     device: str = setting(DEVICE_HELP, default="auto")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(DTYPE_HELP + "; default float32: DDIM inversion drifts in half precision", default="float32")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(
+        DTYPE_HELP + "; default float32: DDIM inversion drifts in half precision", default="float32")
     attention: Literal["sdpa", "einsum"] = setting("sdpa (ours) or einsum (the reference formulation, materialises n x n; for benchmarks)", default="sdpa")
     options: dict = setting("method options (see the method's options class)", default_factory=dict)
     allow_other_files: bool = setting("write into an output folder that holds files facechain did not write (they are never touched)", default=False)
@@ -103,7 +110,9 @@ class PortraitDiffusionOptions:
 
     sac_step: int | None = setting("from this step on, SAC adds style guidance on the target's own queries (default 35 of 50, scaled)", default=None)
     style_guidance: float = setting("g in A_c + g (Attn(Q_t,K_s,V_s) - A_c); README 1.2, main.py 1.5", default=1.2)
-    plan: list | str = setting("Chain-of-Painting: a plan YAML file, or its list of passes (mappings of overrides); each output is the next content", default_factory=list)
+    plan: list | str = setting(
+        "Chain-of-Painting: a plan YAML file, or its list of passes (mappings of overrides); each output is "
+        "the next content", default_factory=list)
 
     def __post_init__(self):
         if self.style_guidance < 0:

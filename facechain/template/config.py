@@ -109,7 +109,9 @@ class TemplateConfig(model_ref(
     fusion: str = setting("Face fusion after the inpaint: auto, landmark, swapper (the person's best photo), diir "
                           "(MagicID's DDIM-inversion restoration with the person's identity; the diir block), off.",
                           default="auto")
-    diir: DIIRConfig = setting("DIIR settings when fusion is diir: {strength, num_inference_steps, guidance_scale, landmark_weight, ...}.", default_factory=DIIRConfig)
+    diir: DIIRConfig = setting(
+        "DIIR settings when fusion is diir: {strength, num_inference_steps, guidance_scale, landmark_weight, "
+        "...}.", default_factory=DIIRConfig)
     face_backend: str = setting("Face analysis backend: auto, insightface or dlib.", default="auto")
     seed: int = setting("Seed of face 0; face i uses seed + i.", default=42)
     device: str = setting("auto, cpu, cuda, cuda:N or mps.", default="auto")

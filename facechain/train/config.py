@@ -49,7 +49,8 @@ class TrainConfig(model_ref(
     resolution: int = setting("training resolution in pixels (square; divisible by 8). FaceChain: 512", default=512)
     rank: int = setting("LoRA rank. FaceChain: 4", default=4)
     lora_alpha: float | None = setting("LoRA alpha; the update is scaled by alpha/rank. Default: equal to rank (scale 1, as FaceChain)", default=None)
-    target_modules: list[str] = setting("UNet attention projections that get a LoRA. FaceChain: to_q, to_k, to_v, to_out.0", default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    target_modules: list[str] = setting(
+        "UNet attention projections that get a LoRA. FaceChain: to_q, to_k, to_v, to_out.0", default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     train_text_encoder: bool = setting("also train a LoRA on the text encoder(s) (q/k/v/out projections). FaceChain: off", default=False)
     init_lora: str = setting("start from this LoRA (diffusers or kohya keys, same rank): a file, a folder, or a hub/ModelScope id with "
         "--init_lora_weight_name; 'facechain' = FaceChain's generic face LoRA (damo/face_frombase_c4, for its base "
@@ -78,7 +79,9 @@ class TrainConfig(model_ref(
     checkpointing_steps: int = setting("write a resumable checkpoint (and score it) every N steps; the last step is always saved", default=100)
     checkpoints_total_limit: int | None = setting("keep at most this many checkpoints (lowest-scoring/oldest removed); None keeps all", default=None)
     resume: bool = setting("continue the run in output_dir from its latest complete checkpoint", default=False)
-    face_backend: ValidationBackend = setting("face analysis backend that scores checkpoints: auto, insightface, dlib, or none (no scoring, the last step is the result)", default="auto")
+    face_backend: ValidationBackend = setting(
+        "face analysis backend that scores checkpoints: auto, insightface, dlib, or none (no scoring, the "
+        "last step is the result)", default="auto")
     validation_prompt: str = setting("prompt of the validation portraits ('': the training caption)", default="")
     num_validation_images: int = setting("validation portraits per checkpoint", default=2)
     validation_num_inference_steps: int = setting("sampling steps of each validation portrait", default=20)
