@@ -514,8 +514,8 @@ def _plain_seconds(b: Bench, model: Path, fast: bool, steps: int, guidance: floa
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = (LCMScheduler.from_config(pipe.scheduler.config) if fast else DPMSolverMultistepScheduler.from_config(
         pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2))
-    call = dict(prompt="a person, upper body", negative_prompt="low quality", num_images_per_prompt=n, height=px, width=px,
-                guidance_scale=guidance)
+    call = {"prompt": "a person, upper body", "negative_prompt": "low quality", "num_images_per_prompt": n, "height": px, "width": px,
+                "guidance_scale": guidance}
     with torch.inference_mode():
         pipe(**call, num_inference_steps=2)  # warm-up: kernels, allocator
         b.reset_peak()

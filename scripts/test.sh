@@ -16,4 +16,6 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
   fi
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DIFFUSERS_OFFLINE=1
+# the lint (pyproject's [tool.ruff]) first: it takes a second
+ruff check facechain tests benchmarks scripts run_inference.py
 python -m pytest -q "$@"

@@ -118,8 +118,8 @@ class RayExecutor:
 
         env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
         env["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave in the driver's log; the driver has one
-        kw = dict(include_dashboard=False, runtime_env={"env_vars": env},
-                  logging_level=logging.WARNING, configure_logging=True)
+        kw = {"include_dashboard": False, "runtime_env": {"env_vars": env},
+                  "logging_level": logging.WARNING, "configure_logging": True}
         if address == "local":  # an embedded runtime on this machine: at least 2 logical CPUs, so one generation
             ray.init(num_cpus=max(2, usable_cpus()), **kw)  # actor and one task can always both be placed
         else:
@@ -131,7 +131,7 @@ class RayExecutor:
         if gpus == 0 and (r.train_gpus or r.generate_gpus):
             logger.info("batch: the Ray cluster has no GPU; training and generation run on CPUs")
         g = (lambda x: x) if gpus > 0 else (lambda x: 0)
-        common = dict(max_retries=r.max_retries, retry_exceptions=False)
+        common = {"max_retries": r.max_retries, "retry_exceptions": False}
         self.options = {"preprocess": dict(num_cpus=r.preprocess_cpus, **common),
                         "train": dict(num_cpus=r.train_cpus, num_gpus=g(r.train_gpus), **common),
                         "template": dict(num_cpus=r.template_cpus, num_gpus=g(r.template_gpus), **common),

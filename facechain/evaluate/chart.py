@@ -9,9 +9,10 @@ import numpy as np
 
 from facechain.face import SAME_PERSON_THRESHOLD
 
-logger = logging.getLogger(__name__)
 
 from facechain.evaluate.report import EvalReport
+
+logger = logging.getLogger(__name__)
 
 
 def summary_lines(report: EvalReport) -> list[str]:

@@ -10,9 +10,10 @@ import numpy as np
 
 from facechain.face.types import Face
 
-logger = logging.getLogger(__name__)
 
 from facechain.evaluate.report import COPY_CROP_SIDE, MIN_REFERENCE_SPREAD, PIXEL_SIDE
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- measures

@@ -20,7 +20,6 @@ from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest
 from facechain.images import ImageRejected, list_images, load_photo
 from facechain.io import write_json
 
-logger = logging.getLogger(__name__)
 
 from facechain.evaluate.chart import render_chart
 from facechain.evaluate.measures import copy_identity, picture_similarity, pixel_diversity, portrait_crop, thumbnail
@@ -38,6 +37,8 @@ from facechain.evaluate.report import (
     ReferenceEntry,
     _r,
 )
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- inputs

@@ -110,7 +110,7 @@ def _predict(pipe, latents, t, emb, added: dict, control: tuple | None):
         net, image, scale = control
         down, mid = net(latents, t, encoder_hidden_states=emb, controlnet_cond=image, conditioning_scale=scale,
                         added_cond_kwargs=added, return_dict=False)
-        kw = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
     return pipe.unet(latents, t, encoder_hidden_states=emb, added_cond_kwargs=added, return_dict=False, **kw)[0]
 
 

@@ -156,24 +156,24 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
 
     generator = generator or PortraitGenerator(cfg, resolved, control=control, analyzer=analyzer)
     timings["load_s"] = generator.load_seconds
-    header = dict(  # the manifest's fields known before any style runs
-        base_model=resolved.to_dict(),
-        face_lora=str(cfg.lora_dir) if cfg.lora_dir else None,
-        identity_adapter=cfg.identity.adapter or None,
-        subject={"trigger": subject[0], "attribute": subject[1]},
-        reference={"file": reference.file, "reason": reference.reason,
+    header = {  # the manifest's fields known before any style runs
+        "base_model": resolved.to_dict(),
+        "face_lora": str(cfg.lora_dir) if cfg.lora_dir else None,
+        "identity_adapter": cfg.identity.adapter or None,
+        "subject": {"trigger": subject[0], "attribute": subject[1]},
+        "reference": {"file": reference.file, "reason": reference.reason,
                    "fusion_source": reference.fusion_file or reference.file,
                    "fusion_source_size": int(reference.fusion_source()[0].shape[0])} if reference else None,
-        fusion={"method": cfg.fusion if in_generation else fusion.name if fusion else "off",
+        "fusion": {"method": cfg.fusion if in_generation else fusion.name if fusion else "off",
                 "strength": cfg.fusion_strength, "diir": to_dict(cfg.diir) if in_generation else None,
                 "restore": {"model": str(cfg.restore_model), "architecture": restorer.architecture,
                             "strength": cfg.restore_strength} if restorer else None},
-        ranking=RankingInfo(on=cfg.rank_candidates, backend=getattr(analyzer, "name", None),
+        "ranking": RankingInfo(on=cfg.rank_candidates, backend=getattr(analyzer, "name", None),
                             usable_face_frac=[cfg.min_face_frac, cfg.max_face_frac],
                             # a face the detailer re-drew is not dropped by min_face_frac (postprocess.check_face)
                             small_face_kept_when_detailed=cfg.detailer != "off"),
-        upscale={"method": cfg.upscale, "factor": cfg.upscale_factor if cfg.upscale != "off" else 1},
-    )
+        "upscale": {"method": cfg.upscale, "factor": cfg.upscale_factor if cfg.upscale != "off" else 1},
+    }
     kept_files: list[Path] = []
     sheet_images: list[np.ndarray] = []
     sheet_captions: list[str] = []

@@ -159,7 +159,7 @@ def _chain_of_painting(content, style, cfg: StylizeConfig, options, plan, conten
                                        ("guidance_scale", p.guidance_scale), ("prompt", p.prompt)) if v is not None}
         opts = dataclasses.replace(options, plan=[], **{k: v for k, v in (("sac_step", p.sac_step),
                                                                           ("style_guidance", p.style_guidance)) if v is not None})
-        pass_cfg = dataclasses.replace(cfg, **overrides, options={k: v for k, v in to_dict(opts).items()})
+        pass_cfg = dataclasses.replace(cfg, **overrides, options=dict(to_dict(opts).items()))
         pass_cfg.check_steps()
         last = _single_pass(content_p, style_p, pass_cfg, opts, engine, progress)
         current = last.image

@@ -41,7 +41,7 @@ def adamw(params, cfg: TrainConfig, device) -> torch.optim.AdamW:
     tensors: per-tensor AdamW costs as much as a tiny UNet's backward (9.6 ms per-tensor, 5.6 ms
     foreach, 1.3 ms fused for SD1.5's 256 LoRA tensors on one CPU thread); the trainer also
     flattens them into one tensor (:func:`flat_parameter`)."""
-    kwargs = dict(lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    kwargs = {"lr": cfg.learning_rate, "weight_decay": cfg.adam_weight_decay}
     if device.type in ("cpu", "cuda"):
         return torch.optim.AdamW(params, fused=True, **kwargs)
     logger.info("AdamW: no fused kernel on %s; using the multi-tensor (foreach) implementation", device.type)

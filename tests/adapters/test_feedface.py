@@ -29,9 +29,9 @@ def encoder(tmp_path_factory):
 def _cfg(tiny, data, encoder, out, **kw):
     from facechain.adapters.feedface.train import FeedFaceConfig
 
-    base = dict(base_model=str(tiny), data=data, output_dir=out, image_encoder=str(encoder), resolution=64,
-                max_train_steps=4, checkpointing_steps=2, learning_rate=1e-3, mixed_precision="no", seed=5,
-                face_backend="dlib")
+    base = {"base_model": str(tiny), "data": data, "output_dir": out, "image_encoder": str(encoder), "resolution": 64,
+                "max_train_steps": 4, "checkpointing_steps": 2, "learning_rate": 1e-3, "mixed_precision": "no", "seed": 5,
+                "face_backend": "dlib"}
     base.update(kw)
     return FeedFaceConfig(**base)
 
@@ -225,9 +225,9 @@ def test_sdxl_trains_and_gives_an_identity(tiny_sdxl, processed, encoder, dlib_a
     record = json.loads((out / "feedface.json").read_text())
     assert record["family"] == "sdxl" and len(record["blocks"]) > 0
     style = next(s for s in load_styles([DEFAULT_STYLES_DIR]) if s.family == "sdxl" and not s.has_lora)
-    cfg = dict(base_model=str(tiny_sdxl), output_dir=tmp_path / "o", num_candidates=1, num_images=1, num_inference_steps=2,
-               rank_candidates=False, fusion="off", device="cpu", dtype="float32", detailer="off", face_backend="dlib",
-               guidance_scale=5.0)
+    cfg = {"base_model": str(tiny_sdxl), "output_dir": tmp_path / "o", "num_candidates": 1, "num_images": 1, "num_inference_steps": 2,
+               "rank_candidates": False, "fusion": "off", "device": "cpu", "dtype": "float32", "detailer": "off", "face_backend": "dlib",
+               "guidance_scale": 5.0}
     ident = IdentityConfig(adapter="feedface", photos=processed, weights=str(out), scale=0.8)
     a = PortraitGenerator(GenerateConfig(identity=ident, **cfg), analyzer=dlib_analyzer).generate(style, ("", "a person"))
     b = PortraitGenerator(GenerateConfig(**cfg), analyzer=dlib_analyzer).generate(style, ("", "a person"))

@@ -45,9 +45,9 @@ class Payload:
 def _cfg(tiny, tmp_path, **kw):
     from facechain.generate import GenerateConfig
 
-    base = dict(base_model=str(tiny), output_dir=tmp_path / "out", num_candidates=2, num_images=2, batch_size=2,
-                num_inference_steps=2, rank_candidates=False, fusion="off", device="cpu", dtype="float32",
-                styles=["Business suit"], face_backend="dlib", detailer="off")
+    base = {"base_model": str(tiny), "output_dir": tmp_path / "out", "num_candidates": 2, "num_images": 2, "batch_size": 2,
+                "num_inference_steps": 2, "rank_candidates": False, "fusion": "off", "device": "cpu", "dtype": "float32",
+                "styles": ["Business suit"], "face_backend": "dlib", "detailer": "off"}
     base.update(kw)
     return GenerateConfig(**base)
 
@@ -401,7 +401,7 @@ def test_identity_with_fast_mode_and_a_style_lora(tiny_sd15, faceid, photo_dirs,
         "name": "Ink", "img": "", "model_id": "ink.safetensors", "revision": None, "bin_file": None,
         "multiplier_style": 0.35, "multiplier_human": 0.9, "add_prompt_style": "ink drawing"}))
     style = load_styles([DEFAULT_STYLES_DIR, styles]).get("Ink", "sd15")
-    common = dict(fast=True, fast_num_inference_steps=2, lcm_lora=str(lcm), lora_dir=face, style_dirs=[styles])
+    common = {"fast": True, "fast_num_inference_steps": 2, "lcm_lora": str(lcm), "lora_dir": face, "style_dirs": [styles]}
     gen = PortraitGenerator(_cfg(tiny_sd15, tmp_path, identity=_identity(photo_dirs / "astronaut", faceid), **common),
                             analyzer=dlib_analyzer)
     a, batch = _images(gen, style)

@@ -107,8 +107,8 @@ def rep_data(tmp_path_factory):
 def _cfg(tiny, data, out, **kw):
     from facechain.adapters.repcontrolnet.train import RepControlNetConfig
 
-    base = dict(base_model=str(tiny), data=data, output_dir=out, resolution=64, max_train_steps=4, checkpointing_steps=2,
-                learning_rate=1e-3, mixed_precision="no", seed=3)
+    base = {"base_model": str(tiny), "data": data, "output_dir": out, "resolution": 64, "max_train_steps": 4, "checkpointing_steps": 2,
+                "learning_rate": 1e-3, "mixed_precision": "no", "seed": 3}
     base.update(kw)
     return RepControlNetConfig(**base)
 
@@ -262,9 +262,9 @@ def test_generation_with_a_merged_model_steers_the_pose_without_a_controlnet(mer
     from tests.generate.test_generate_detailer import _PhotoSampler, _small_face_photo
 
     def cfg(**kw):
-        base = dict(base_model=str(merged_model), output_dir=tmp_path / "out", num_candidates=2, num_images=1,
-                    batch_size=2, num_inference_steps=2, rank_candidates=False, fusion="off", device="cpu",
-                    dtype="float32", detailer="off", face_backend="dlib")
+        base = {"base_model": str(merged_model), "output_dir": tmp_path / "out", "num_candidates": 2, "num_images": 1,
+                    "batch_size": 2, "num_inference_steps": 2, "rank_candidates": False, "fusion": "off", "device": "cpu",
+                    "dtype": "float32", "detailer": "off", "face_backend": "dlib"}
         base.update(kw)
         return GenerateConfig(**base)
 
@@ -323,8 +323,8 @@ def test_sdxl_trains_merges_and_generates(tiny_sdxl, rep_data, tmp_path):
     base = UNet2DConditionModel.from_pretrained(str(tiny_sdxl), subfolder="unet")
     unet = UNet2DConditionModel.from_pretrained(str(merged), subfolder="unet")
     assert {n: p.shape for n, p in unet.named_parameters()} == {n: p.shape for n, p in base.named_parameters()}
-    cfg = dict(base_model=str(merged), output_dir=tmp_path / "o", num_candidates=1, num_images=1, num_inference_steps=2,
-               rank_candidates=False, fusion="off", device="cpu", dtype="float32", detailer="off")
+    cfg = {"base_model": str(merged), "output_dir": tmp_path / "o", "num_candidates": 1, "num_images": 1, "num_inference_steps": 2,
+               "rank_candidates": False, "fusion": "off", "device": "cpu", "dtype": "float32", "detailer": "off"}
     style = next(s for s in load_styles([DEFAULT_STYLES_DIR]) if s.family == "sdxl" and not s.has_lora)
     posed = PortraitGenerator(GenerateConfig(pose="upper_body_front", **cfg)).generate(style, ("", "a person"))
     plain = PortraitGenerator(GenerateConfig(**cfg)).generate(style, ("", "a person"))

@@ -146,9 +146,9 @@ def test_pipeline_parts_count_the_loaded_modules(sd15_pipe):
 def _cfg(tiny, tmp_path, **kw):
     from facechain.generate import GenerateConfig
 
-    base = dict(base_model=str(tiny), output_dir=tmp_path / "out", num_candidates=3, num_images=1,
-                num_inference_steps=2, rank_candidates=False, fusion="off", device="cpu", dtype="float32",
-                height=64, width=64, styles=["Business suit"])
+    base = {"base_model": str(tiny), "output_dir": tmp_path / "out", "num_candidates": 3, "num_images": 1,
+                "num_inference_steps": 2, "rank_candidates": False, "fusion": "off", "device": "cpu", "dtype": "float32",
+                "height": 64, "width": 64, "styles": ["Business suit"]}
     base.update(kw)
     return GenerateConfig(**base)
 
@@ -199,7 +199,7 @@ def test_batch_size_flag_and_config_values(tmp_path):
     add_config_arguments(p, GenerateConfig)
     assert settings_from_args(GenerateConfig, p.parse_args(["--batch-size", "3"]))["batch_size"] == 3
     assert settings_from_args(GenerateConfig, p.parse_args(["--batch-size", "auto"]))["batch_size"] == "auto"
-    base = dict(base_model="x", output_dir=tmp_path)
+    base = {"base_model": "x", "output_dir": tmp_path}
     assert GenerateConfig(**base).batch_size == "auto" and GenerateConfig(**base).offload == "auto"
     with pytest.raises(InputError, match="batch_size must be at least 1"):
         GenerateConfig(**base, batch_size=0)
@@ -235,8 +235,8 @@ def test_model_offload_hooks_give_the_same_images(tiny_sd15, tmp_path, monkeypat
     unet = UNet2DConditionModel.from_pretrained(str(tiny_sd15), subfolder="unet")
     net = tmp_path / "cn"
     ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16)).save_pretrained(net)
-    kw = dict(lora_dir=random_lora(tiny_sd15, tmp_path / "lora", seed=1), pose="upper_body_front",
-              controlnet_openpose=str(net), batch_size=3)
+    kw = {"lora_dir": random_lora(tiny_sd15, tmp_path / "lora", seed=1), "pose": "upper_body_front",
+              "controlnet_openpose": str(net), "batch_size": 3}
     gen, _, plain = _images(_cfg(tiny_sd15, tmp_path, **kw))
     assert gen.memory.offload == "none" and not hasattr(gen.pipe.unet, "_hf_hook")
     monkeypatch.setattr(memory, "offload_for", lambda requested, device, free: "model")

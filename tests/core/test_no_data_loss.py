@@ -171,8 +171,9 @@ def test_heic_photos_are_read(tmp_path, sample_photos):
 def _gcfg(tiny, out, **kw):
     from facechain.generate import GenerateConfig
 
-    base = dict(base_model=str(tiny), output_dir=out, num_candidates=2, num_images=1, batch_size=2, num_inference_steps=2, rank_candidates=False,
-                fusion="off", device="cpu", dtype="float32", styles=["Business suit", "Chef"], height=64, width=64)
+    base = {"base_model": str(tiny), "output_dir": out, "num_candidates": 2, "num_images": 1, "batch_size": 2,
+            "num_inference_steps": 2, "rank_candidates": False, "fusion": "off", "device": "cpu", "dtype": "float32",
+            "styles": ["Business suit", "Chef"], "height": 64, "width": 64}
     base.update(kw)
     return GenerateConfig(**base)
 
@@ -302,8 +303,8 @@ def test_generate_concurrent_job_is_refused(tiny_sd15, tmp_path, hold_lock):
 def _tcfg(model, data, out, **kw):
     from facechain.train import TrainConfig
 
-    settings = dict(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=64, aug_variants=2,
-                    max_train_steps=2, checkpointing_steps=2, face_backend="none", num_threads=1)
+    settings = {"base_model": str(model), "train_data_dir": str(data), "output_dir": str(out), "resolution": 64, "aug_variants": 2,
+                    "max_train_steps": 2, "checkpointing_steps": 2, "face_backend": "none", "num_threads": 1}
     settings.update(kw)
     return TrainConfig(**settings)
 

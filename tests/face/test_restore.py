@@ -424,7 +424,7 @@ def test_generation_restores_each_fused_face(restorer, dlib_analyzer, sample_pho
     ref = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
     reference = Reference(ref, dlib_analyzer.detect(ref)[0], "000.png", "test")
     target = sample_photos.astronaut()
-    kw = dict(fusion=get_fusion("landmark"), rank=False, min_face_frac=0.1, max_face_frac=0.9)
+    kw = {"fusion": get_fusion("landmark"), "rank": False, "min_face_frac": 0.1, "max_face_frac": 0.9}
     plain = fuse_and_rank([target], reference, dlib_analyzer, **kw)[0]
     restored = fuse_and_rank([target], reference, dlib_analyzer, restorer=restorer, **kw)[0]
     assert plain.fused and restored.fused and "restored" not in plain.extra

@@ -34,9 +34,9 @@ def small_face():
 def _cfg(tiny, tmp_path, **kw):
     from facechain.generate import GenerateConfig
 
-    base = dict(base_model=str(tiny), output_dir=tmp_path / "out", num_candidates=2, num_images=1, batch_size=2,
-                num_inference_steps=2, rank_candidates=False, fusion="off", device="cpu", dtype="float32",
-                styles=["Business suit"], face_backend="dlib", seed=11)
+    base = {"base_model": str(tiny), "output_dir": tmp_path / "out", "num_candidates": 2, "num_images": 1, "batch_size": 2,
+                "num_inference_steps": 2, "rank_candidates": False, "fusion": "off", "device": "cpu", "dtype": "float32",
+                "styles": ["Business suit"], "face_backend": "dlib", "seed": 11}
     base.update(kw)
     return GenerateConfig(**base)
 

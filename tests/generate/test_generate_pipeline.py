@@ -40,8 +40,8 @@ def style_dir(tiny_sd15, tmp_path_factory):
 def _cfg(tiny, tmp_path, **kw):
     from facechain.generate import GenerateConfig
 
-    base = dict(base_model=str(tiny), output_dir=tmp_path / "out", num_candidates=3, num_images=2, batch_size=2,
-                num_inference_steps=2, rank_candidates=False, fusion="off", device="cpu", dtype="float32", styles=["Business suit"])
+    base = {"base_model": str(tiny), "output_dir": tmp_path / "out", "num_candidates": 3, "num_images": 2, "batch_size": 2,
+                "num_inference_steps": 2, "rank_candidates": False, "fusion": "off", "device": "cpu", "dtype": "float32", "styles": ["Business suit"]}
     base.update(kw)
     return GenerateConfig(**base)
 

@@ -348,9 +348,9 @@ def test_generation_with_facechains_face_lora_and_a_kohya_style(pipes, tmp_path)
     style = load_styles([styles]).get("Kohya ink", family)
 
     def images(**kw):
-        cfg = GenerateConfig(**{**dict(base_model=str(folder), output_dir=tmp_path / "out", num_candidates=1, num_images=1,
-                                       num_inference_steps=2, rank_candidates=False, fusion="off", device="cpu",
-                                       dtype="float32", styles=["Kohya ink"], style_dirs=[styles]), **kw})
+        cfg = GenerateConfig(**{**{"base_model": str(folder), "output_dir": tmp_path / "out", "num_candidates": 1, "num_images": 1,
+                                       "num_inference_steps": 2, "rank_candidates": False, "fusion": "off", "device": "cpu",
+                                       "dtype": "float32", "styles": ["Kohya ink"], "style_dirs": [styles]}, **kw})
         batch = PortraitGenerator(cfg).generate(style, ("a person", ""))
         return batch, np.asarray(batch.candidates[0].image, dtype=np.int16)
 

@@ -277,7 +277,7 @@ def test_base_model_download_takes_only_the_loaded_components(tmp_path, monkeypa
     resolved = models.resolve_model(repo, dtype=torch.float16)
     assert resolved.family == "sd15" and resolved.format == "diffusers"
     got = hub.fetched()
-    assert [w for w in weights(got)] == ["text_encoder/model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+    assert list(weights(got)) == ["text_encoder/model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
                                          "vae/diffusion_pytorch_model.fp16.safetensors"]
     assert not [p for p in got if p.startswith(("safety_checker", "feature_extractor"))]
     assert {"model_index.json", "tokenizer/vocab.json", "tokenizer/merges.txt", "scheduler/scheduler_config.json"} <= set(got)
@@ -359,7 +359,7 @@ def test_modelscope_base_fetches_only_its_sub_path(tmp_path, monkeypatch):
     repo, sub = "ly261666/cv_portrait_model", "film/film"
     listed = listing(repo, "modelscope")
     index = {c: ["diffusers", "X"] for c in ("scheduler", "text_encoder", "tokenizer", "unet", "vae", "safety_checker")}
-    files = {**{f: "" for f in listed["files"]}, f"{sub}/model_index.json": json.dumps(index),
+    files = {**dict.fromkeys(listed["files"], ""), f"{sub}/model_index.json": json.dumps(index),
              f"{sub}/unet/config.json": json.dumps({"in_channels": 4, "_class_name": "UNet2DConditionModel"}),
              f"{sub}/unet/diffusion_pytorch_model.safetensors": "", f"{sub}/vae/config.json": "",
              f"{sub}/vae/diffusion_pytorch_model.safetensors": "", f"{sub}/text_encoder/config.json": "",

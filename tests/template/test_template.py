@@ -52,8 +52,8 @@ def _cfg(template, folks, out, **kw):
 
     persons = [PersonSpec(lora_dir=folks["loras"][0], processed_dir=folks["processed"]),
                PersonSpec(lora_dir=folks["loras"][1]), PersonSpec(lora_dir=folks["loras"][2])]
-    base = dict(template=template, output_dir=out, people=persons, num_inference_steps=4, strength=0.65,
-                device="cpu", dtype="float32", face_backend="dlib", fusion="landmark", controls=[])
+    base = {"template": template, "output_dir": out, "people": persons, "num_inference_steps": 4, "strength": 0.65,
+                "device": "cpu", "dtype": "float32", "face_backend": "dlib", "fusion": "landmark", "controls": []}
     base.update(kw)
     return TemplateConfig(**base)
 

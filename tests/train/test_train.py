@@ -25,9 +25,9 @@ def make_processed(folder: Path, n: int = 2, size: int = 512) -> Path:
 
 
 def tiny_cfg(model, data, out, **kw) -> TrainConfig:
-    settings = dict(base_model=str(model), train_data_dir=str(data), output_dir=str(out), resolution=64, aug_variants=2,
-                    max_train_steps=4, checkpointing_steps=2, face_backend="none", validation_num_inference_steps=2,
-                    num_validation_images=1, num_threads=1)
+    settings = {"base_model": str(model), "train_data_dir": str(data), "output_dir": str(out), "resolution": 64, "aug_variants": 2,
+                    "max_train_steps": 4, "checkpointing_steps": 2, "face_backend": "none", "validation_num_inference_steps": 2,
+                    "num_validation_images": 1, "num_threads": 1}
     settings.update(kw)
     return TrainConfig(**settings)
 
@@ -525,8 +525,8 @@ def test_init_lora_pickle_needs_flag_and_loads_facechain_bin(trained_sd15, tiny_
             legacy[f"{mod}.processor.{proj}_lora.{'down' if kind.startswith('A') else 'up'}.weight"] = v
     (tmp_path / "face").mkdir()
     torch.save(legacy, tmp_path / "face" / "pytorch_lora_weights.bin")
-    cfg = dict(init_lora=str(tmp_path / "face"), init_lora_weight_name="pytorch_lora_weights.bin", max_train_steps=1,
-               learning_rate=1e-12)
+    cfg = {"init_lora": str(tmp_path / "face"), "init_lora_weight_name": "pytorch_lora_weights.bin", "max_train_steps": 1,
+               "learning_rate": 1e-12}
     with pytest.raises(UnsafeCheckpointError, match="init LoRA .* pickle"):
         train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", **cfg))
     art = train(tiny_cfg(tiny_sd15, processed, tmp_path / "o", allow_pickle=True, **cfg), progress=False)

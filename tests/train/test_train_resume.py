@@ -47,8 +47,8 @@ def test_resume_after_kill(tiny_sd15, tmp_path):
                     if l.strip().startswith("{") and '"loss"' in l)
     assert killed_at < STEPS
 
-    cfg = dict(resolution=64, aug_variants=2, max_train_steps=STEPS, checkpointing_steps=EVERY, face_backend="none", learning_rate=1e-3,
-               num_threads=1)
+    cfg = {"resolution": 64, "aug_variants": 2, "max_train_steps": STEPS, "checkpointing_steps": EVERY, "face_backend": "none", "learning_rate": 1e-3,
+               "num_threads": 1}
     resumed = train(tiny_cfg(tiny_sd15, data, out, resume=True, **cfg), progress=False)
     assert resumed.steps == STEPS and resumed.selected_steps == [STEPS]
     rows = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
