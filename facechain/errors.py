@@ -1,5 +1,7 @@
 """Errors that reach the user. Every message names the input, the rule and the fix."""
 
+import importlib
+
 
 class FacechainError(Exception):
     """Base class: a problem the user can fix. The CLI prints the message without a traceback."""
@@ -23,8 +25,6 @@ class MissingDependencyError(FacechainError, ImportError):
 
 def require(module: str, purpose: str, install: str | None = None):
     """Import ``module`` or raise MissingDependencyError saying what needs it and how to install it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - exercised only without the dependency

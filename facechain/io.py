@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+import dataclasses
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -80,7 +82,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def save_image(path: str | os.PathLike, image, format: str | None = None) -> Path:
     """Save a PIL image or an RGB uint8 array atomically (format from the suffix)."""
     from PIL import Image
-    import numpy as np
 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
@@ -100,10 +101,6 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | No
 
 
 def _json_default(obj: Any):
-    import dataclasses
-
-    import numpy as np
-
     if dataclasses.is_dataclass(obj):
         return dataclasses.asdict(obj)
     if isinstance(obj, (np.floating, np.integer)):

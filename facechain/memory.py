@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from facechain.families import Family, family_of_pipeline, get_family
+from facechain.errors import InputError
 
 GiB = 1 << 30
 
@@ -388,8 +389,6 @@ def free_memory(device) -> int | None:
 def offload_for(requested: str, device, free_bytes: int | None) -> str:
     """The offload to plan with: ``requested`` on a GPU (``free_bytes`` known); ``none`` for ``auto`` on
     any other device, where model/sequential offload have no GPU to offload from (InputError)."""
-    from facechain.errors import InputError
-
     if free_bytes is not None:
         return requested
     if requested in ("model", "sequential"):

@@ -43,6 +43,7 @@ import re
 from dataclasses import dataclass
 
 from facechain.families import family_of_pipeline
+from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -285,8 +286,6 @@ _ENCODERS = {"a1111": _A1111Encoder, "compel": _CompelEncoder}
 def check_weighting(weighting: str, what: str = "prompt_weighting") -> str:
     """``weighting`` if it is one of :data:`PROMPT_WEIGHTING`, else an InputError that lists them."""
     if weighting not in PROMPT_WEIGHTING:
-        from facechain.errors import InputError
-
         raise InputError(f"{what} must be one of {', '.join(PROMPT_WEIGHTING)} (how a (word:1.2) weight acts: "
                          f"AUTOMATIC1111's rule or compel's), got {weighting!r}.")
     return weighting

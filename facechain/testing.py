@@ -13,6 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Literal
+import gzip
+import importlib.util
+import inspect
+import re
+import tempfile
+from facechain.errors import InputError
+from facechain.io import save_safetensors
 
 TINY_RESOLUTION = 64  # pixels; latents are 8x8
 
@@ -42,8 +49,6 @@ def make_tokenizer(folder: str | Path, model_max_length: int = 77):
 
 def _write_tokenizer(folder: Path, vocab: dict, merges: list[tuple[str, str]], model_max_length: int, pad_token: str):
     """Save ``vocab.json`` / ``merges.txt`` (the files CLIP checkpoints ship) and the CLIPTokenizer made from them."""
-    import inspect
-
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,10 +72,6 @@ CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"  # shipped inside the open-clip-t
 
 def clip_bpe_file() -> Path:
     """open-clip-torch's copy of CLIP's BPE file, found without importing open_clip (or torch through it)."""
-    import importlib.util
-
-    from facechain.errors import InputError
-
     spec = importlib.util.find_spec("open_clip")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         if (Path(folder) / CLIP_BPE_FILE).is_file():
@@ -81,8 +82,6 @@ def clip_bpe_file() -> Path:
 
 def clip_vocab(bpe_file: str | Path | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's ``vocab.json`` (token -> id) and merges, built from the BPE file as OpenAI's tokenizer builds them."""
-    import gzip
-
     lines = gzip.decompress(Path(bpe_file or clip_bpe_file()).read_bytes()).decode("utf-8").split("\n")
     n_merges = CLIP_VOCAB_SIZE - 2 * 256 - 2  # 48,894: what is left of the vocabulary after bytes and markers
     merges = [tuple(line.split()) for line in lines[1 : 1 + n_merges]]  # line 0 is a "#version" header
@@ -225,8 +224,6 @@ def _sd_scheduler():
 
 def _tokenizer():
     """The tiny tokenizer, built in a temporary folder of its own (loaded into memory, then removed)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="facechain-tok-") as tmp:
         return make_tokenizer(Path(tmp))
 
@@ -248,14 +245,10 @@ def trained_final_norm(text_encoder, seed: int) -> None:
 
 def _tokenizers(kind: TokenizerKind):
     """(tokenizer, tokenizer_2) of a tiny model: the byte tokenizer twice, or CLIP's with SDXL's two paddings."""
-    import tempfile
-
     if kind == "bytes":
         tok = _tokenizer()
         return tok, tok
     if kind != "clip":
-        from facechain.errors import InputError
-
         raise InputError(f"tokenizer must be 'bytes' or 'clip', got {kind!r}")
     with tempfile.TemporaryDirectory(prefix="facechain-tok-") as tmp:
         return make_clip_tokenizer(Path(tmp) / "1"), make_clip_tokenizer(Path(tmp) / "2", pad_token="!")
@@ -277,8 +270,6 @@ def build_tiny_model(folder: str | Path, family: str = "sd15", seed: int = 0,
 
 
 def _ldm_vae_key(key: str, num_blocks: int) -> str:
-    import re
-
     rename = (("conv_shortcut", "nin_shortcut"), ("conv_norm_out", "norm_out"), ("group_norm", "norm"),
               ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
     if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
@@ -308,8 +299,6 @@ def export_single_file(diffusers_folder: str | Path, out_file: str | Path) -> Pa
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import load_file
 
-    from facechain.errors import InputError
-    from facechain.io import save_safetensors
     from facechain.lora import sgm_unet_path
 
     folder = Path(diffusers_folder)
@@ -425,8 +414,6 @@ _PLUS_LAYER_NAMES = (("ln0.", "0.norm1."), ("ln1.", "0.norm2."), ("attn.to_q.", 
 
 
 def _plus_original_state(proj) -> dict:
-    import re
-
     import torch
 
     sd = proj.state_dict()
@@ -476,8 +463,6 @@ def build_tiny_faceid_adapter(model_dir: str | Path, out_file: str | Path, *, em
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
     from diffusers.models.embeddings import IPAdapterFaceIDImageProjection, IPAdapterFaceIDPlusImageProjection
-
-    from facechain.io import save_safetensors
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")

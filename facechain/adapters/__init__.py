@@ -19,6 +19,8 @@ from typing import Callable, ClassVar, Protocol, runtime_checkable
 from facechain.config import setting
 from facechain.errors import InputError
 from facechain.registry import Registry
+from facechain.adapters.feedface.identity import FeedFaceIdentity
+from facechain.adapters.ip_adapter_faceid import IPAdapterFaceID, IPAdapterFaceIDPlusV2
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,8 @@ class IdentityAdapter(Protocol):
 
 
 def _builtin(registry: Registry) -> None:
-    from facechain.adapters.ip_adapter_faceid import IPAdapterFaceID, IPAdapterFaceIDPlusV2
-
     registry.register(IPAdapterFaceID.name, IPAdapterFaceID)
     registry.register(IPAdapterFaceIDPlusV2.name, IPAdapterFaceIDPlusV2)
-    from facechain.adapters.feedface.identity import FeedFaceIdentity
 
     registry.register(FeedFaceIdentity.name, FeedFaceIdentity)
 

@@ -20,6 +20,9 @@ from typing import Callable
 from facechain.errors import InputError
 from facechain.runtime import resolve_mixed_precision, restored_after_run, set_threads
 from facechain.train import loop
+import numpy as np
+from facechain.models import load_pipeline, resolve_model
+from facechain.outputs import OutputDir, check_writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,6 @@ def new_run(cfg, od, accelerator, gen, optimizer, weights_name: str, extra: dict
 
 def square_image(path: Path, size: int, what: str):
     """An image file centre-cropped to a square and resized to ``size`` (RGB uint8, writable)."""
-    import numpy as np
     from PIL import Image
 
     from facechain.images import read_image
@@ -78,8 +80,6 @@ def train_in_output_dir(cfg, data, train: Callable, progress: bool) -> Path:
     kept) by the main process (``od`` is None on the others), then give back the caller's thread count
     and accelerate's process-wide state."""
     from accelerate import Accelerator
-
-    from facechain.outputs import OutputDir, check_writable_folder
 
     check_writable_folder(Path(cfg.output_dir), "output_dir")
     od = None
@@ -120,7 +120,6 @@ def load_base(cfg, accelerator) -> Base:
     import torch
 
     from facechain.families import get_family
-    from facechain.models import load_pipeline, resolve_model
     from facechain.train.text import TextConditioner
 
     resolved = resolve_model(cfg.base_model, cfg.revision, cfg.sub_path, allow_pickle=cfg.allow_pickle)

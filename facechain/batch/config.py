@@ -33,6 +33,10 @@ from pathlib import Path
 from facechain.config import resolve_config_paths, resolve_path, setting
 from facechain.errors import InputError
 from facechain.workspace import PersonWorkspace
+from facechain.config import renamed, from_dict, load_mapping, merge_settings
+from facechain.evaluate import EvalConfig
+from facechain.preprocess import PreprocessConfig
+from facechain.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -139,15 +143,11 @@ def _block(data: dict, key: str, where: str) -> dict:
 
 
 def _fields(cls) -> set[str]:
-    from facechain.config import renamed
-
     return {f.name for f in dataclasses.fields(cls)} | set(renamed(cls))
 
 
 def _build(cls, data: dict, where: str):
     """``from_dict`` whose every error names the person and block (a dataclass's own checks included)."""
-    from facechain.config import from_dict
-
     try:
         return from_dict(cls, data, where=where)
     except InputError as exc:
@@ -175,12 +175,8 @@ def _template_config(settings: dict, ws: PersonWorkspace, base: Path, train_cfg,
 def load_batch(path: str | os.PathLike) -> BatchConfig:
     """Read and check a batch file; every person's stage configs are built here, so a bad setting is one
     error naming the person and the setting before any work starts."""
-    from facechain.config import load_mapping, merge_settings
-    from facechain.evaluate import EvalConfig
     from facechain.generate.config import GenerateConfig
-    from facechain.preprocess import PreprocessConfig
     from facechain.template import TemplateConfig
-    from facechain.train.config import TrainConfig
 
     path = Path(path).resolve()
     data = load_mapping(path)

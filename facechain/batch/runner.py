@@ -31,6 +31,10 @@ from facechain.batch.config import BatchConfig, PersonJob, Resources
 from facechain.batch.manifest import DONE, FAILED, PENDING, RUNNING, Manifest, StageRecord, status_table
 from facechain.batch.stages import STAGE_TABLE
 from facechain.errors import InputError
+import importlib.util
+from facechain.batch.stages import run_stage, GenerationWorker, checksums, stage_outputs
+from facechain.errors import MissingDependencyError
+from facechain.outputs import check_writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +63,6 @@ def _threads(n: int) -> int:
 
 def _run_local_stage(manifest_path: str, root: str, job: PersonJob, stage: str) -> dict:
     """run_stage on the machine that runs it (a Ray task, or in process)."""
-    from facechain.batch.stages import run_stage
-
     return run_stage(manifest_path, root, job, stage)
 
 
@@ -100,8 +102,6 @@ class _GenerationActor:
     """The Ray actor's class: a GenerationWorker whose torch threads are set on its own machine."""
 
     def __init__(self, threads: int):
-        from facechain.batch.stages import GenerationWorker
-
         self.worker = GenerationWorker(_threads(threads))
 
     def run(self, manifest_path: str, root: str, job: PersonJob) -> dict:
@@ -190,11 +190,8 @@ def make_executor(address: str, resources: Resources):
     check_address(address)
     if address == "inprocess":
         return InProcessExecutor(resources)
-    import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        from facechain.errors import MissingDependencyError
-
         raise MissingDependencyError("facechain batch runs on Ray, which is not installed: pip install 'ray>=2.60' "
                                      "(or run with --address inprocess).")
     return RayExecutor(address, resources)
@@ -226,8 +223,6 @@ class _Lock:
 
 def prepare_manifest(cfg: BatchConfig, resume: bool) -> Manifest:
     """The manifest with a row per person and stage; on resume, every stage that must run again is pending."""
-    from facechain.batch.stages import checksums, stage_outputs
-
     m = Manifest(cfg.manifest_path)
     if m.exists() and not resume and any(r.state != PENDING for r in m.records()):
         raise InputError(f"{cfg.output_dir} already holds a batch ({m.path.name}). Pass --resume to continue it, or "
@@ -267,8 +262,6 @@ def prepare_manifest(cfg: BatchConfig, resume: bool) -> Manifest:
 
 def run_batch(cfg: BatchConfig, address: str = "local", resume: bool = False, progress: bool = True) -> BatchResult:
     from tqdm.auto import tqdm
-
-    from facechain.outputs import check_writable_folder
 
     t0 = time.perf_counter()
     check_address(address)

@@ -27,14 +27,15 @@ from facechain.batch.config import PersonJob
 from facechain.batch.manifest import Manifest
 from facechain.errors import FacechainError
 from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest
+from facechain.evaluate import evaluate
+from facechain.outputs import sha256_file
+from facechain.preprocess import preprocess
 
 logger = logging.getLogger(__name__)
 
 
 def checksums(root: Path, files) -> dict[str, str]:
     """{path relative to ``root``: sha256} of ``files``."""
-    from facechain.outputs import sha256_file
-
     return {str(Path(f).resolve().relative_to(root.resolve())): sha256_file(Path(f)) for f in sorted(set(files))}
 
 
@@ -67,8 +68,6 @@ def stage_outputs(job: PersonJob, stage: str) -> list[Path]:
 
 
 def _run_preprocess(job: PersonJob) -> None:
-    from facechain.preprocess import preprocess
-
     preprocess(job.photos, job.processed_dir, job.preprocess, progress=False)
 
 
@@ -89,8 +88,6 @@ def _train_threads(job: PersonJob) -> PersonJob:
 
 
 def _run_eval(job: PersonJob) -> None:
-    from facechain.evaluate import evaluate
-
     evaluate(job.portraits_dir, job.processed_dir, job.eval)
 
 

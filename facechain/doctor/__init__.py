@@ -52,12 +52,11 @@ from facechain.doctor.installs import (
     opencv_distributions,
     providers_finding,
 )
+from facechain.errors import InputError
 
 
 def run_doctor(sections: Iterable[str] | None = None) -> DoctorReport:
     """Every check of ``sections`` (default: all of SECTIONS), in that order."""
-    from facechain.errors import InputError
-
     chosen = list(SECTIONS if sections is None else sections)
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:

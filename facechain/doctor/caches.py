@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from facechain.doctor.findings import Finding, gib
+from dataclasses import fields
+from facechain.adapters import ip_adapter_faceid as faceid
+from facechain.face.backends.insightface_backend import PACKS
+from facechain.models import SWAPPER_FILE, insightface_root, swapper_model_path
+from facechain.train.config import FACECHAIN_FACE_LORA
 
 
 @dataclass(frozen=True)
@@ -40,16 +45,12 @@ class DefaultModel:
 
 def default_models() -> list[DefaultModel]:
     """The hub ids facechain names by default, read from the constants and config defaults that name them."""
-    from dataclasses import fields
-
-    from facechain.adapters import ip_adapter_faceid as faceid
     from facechain.adapters.feedface.train import DEFAULT_IMAGE_ENCODER as FEEDFACE_ENCODER
     from facechain.families import FAMILIES
     from facechain.generate import config as gen
     from facechain.lora import LORA_FILE
     from facechain.server.service import ServeConfig
     from facechain.stylize.config import DEFAULT_MODEL as STYLIZE_MODEL
-    from facechain.train.config import FACECHAIN_FACE_LORA
 
     def default(cls, name):
         return next(f.default for f in fields(cls) if f.name == name)
@@ -155,9 +156,6 @@ def check_models(models: Iterable[DefaultModel] | None = None) -> list[Finding]:
 
 
 def _insightface_files() -> list[Finding]:
-    from facechain.face.backends.insightface_backend import PACKS
-    from facechain.models import SWAPPER_FILE, insightface_root, swapper_model_path
-
     out = []
     for pack in PACKS:
         folder = insightface_root() / "models" / pack

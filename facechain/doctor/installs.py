@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from facechain.doctor.findings import Finding, gib
+from facechain.errors import FacechainError
 
 # Every distribution that installs the module `onnxruntime` (Microsoft's PyPI builds).
 ONNXRUNTIME_DISTS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
@@ -235,7 +236,6 @@ def _insightface_downloads_off():
 def check_face_backend() -> Finding:
     """The backend ``get_analyzer("auto")`` picks (the registry's own choice, with insightface downloads
     off), and why each candidate before it in AUTO_ORDER was skipped."""
-    from facechain.errors import FacechainError
     from facechain.face.registry import AUTO_ORDER, get_analyzer
 
     with _insightface_downloads_off():

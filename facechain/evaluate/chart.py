@@ -11,6 +11,8 @@ from facechain.face import SAME_PERSON_THRESHOLD
 
 
 from facechain.evaluate.report import EvalReport
+import textwrap
+from facechain.errors import require
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +39,6 @@ def render_chart(report: EvalReport) -> np.ndarray:
     """The report as a picture (RGB uint8): a histogram of the images' identity similarity with the
     same-person threshold line, one dot per image below it (copies of a reference photo in red),
     then the run figures as a table and the caveats."""
-    import textwrap
-
-    from facechain.errors import require
-
     require("matplotlib", "the chart of facechain eval")  # drawn on an Agg canvas directly: no pyplot, no global backend
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -12,6 +12,7 @@ from facechain.face.types import Face
 
 
 from facechain.evaluate.report import COPY_CROP_SIDE, MIN_REFERENCE_SPREAD, PIXEL_SIDE
+from facechain.face.align import portrait_crop_transform, warp_crop
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ def portrait_crop(image: np.ndarray, face: Face, mirror: bool = False, side: int
     :func:`facechain.face.align.portrait_crop_transform`: about 3.3x the face, de-rolled, face centre
     at x 0.5, y 0.435): the face with its hair, clothes and background. ``mirror``: the crop of the
     mirrored image (the trainer flips its photos, so a memorised output can come out mirrored)."""
-    from facechain.face.align import portrait_crop_transform, warp_crop
-
     if mirror:
         w = image.shape[1]
         image = np.ascontiguousarray(image[:, ::-1])

@@ -14,6 +14,7 @@ import numpy as np
 from facechain.config import setting
 from facechain.errors import InputError
 from facechain.images import PHOTO_MAX_MEGAPIXELS
+import dataclasses
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +168,6 @@ def _r(v: float | None, nd: int = 4) -> float | None:
 
 
 def _jsonable(obj: Any):
-    import dataclasses
-
     if dataclasses.is_dataclass(obj):
         return dataclasses.asdict(obj)
     if isinstance(obj, Path):

@@ -37,6 +37,9 @@ from facechain.evaluate.report import (
     ReferenceEntry,
     _r,
 )
+from facechain.face.registry import AUTO_ORDER
+from facechain.io import save_image
+from facechain.outputs import OutputDir, check_writable_folder, hold_for_reading, same_or_nested
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +73,6 @@ def ranking_backend_of(generated_dir: Path, flag: str | None) -> tuple[str | Non
 def choose_analyzer(face_backend: str, ranking: str | None) -> tuple[FaceAnalyzer, list[str]]:
     """The recogniser to measure with, and why it was chosen when that matters (log lines)."""
     from facechain.face import available_backends, get_analyzer
-    from facechain.face.registry import AUTO_ORDER
 
     names = available_backends()
     if face_backend != "auto":
@@ -277,8 +279,6 @@ def evaluate(generated_dir, reference_dir, cfg: EvalConfig | None = None, analyz
     """:func:`measure`, then write ``report.json``, ``report.png`` and ``eval_config.json`` into
     ``cfg.output_dir`` (default ``generated_dir/eval``), replacing the previous report there only
     when this one is complete."""
-    from facechain.outputs import OutputDir, check_writable_folder, hold_for_reading, same_or_nested
-
     cfg = cfg or EvalConfig()
     generated_dir, reference_dir = Path(generated_dir), Path(reference_dir)
     out = Path(cfg.output_dir) if cfg.output_dir is not None else generated_dir / "eval"
@@ -297,7 +297,6 @@ def evaluate(generated_dir, reference_dir, cfg: EvalConfig | None = None, analyz
             stage = od.stage()
             save_config(cfg, stage / CONFIG_FILE)
             write_json(stage / REPORT_FILE, report.to_dict())
-            from facechain.io import save_image
 
             save_image(stage / CHART_FILE, render_chart(report))
             od.commit(stage)

@@ -28,6 +28,7 @@ from facechain.errors import InputError, ModelNotFoundError
 from facechain.face.types import Face
 from facechain.models import swapper_model_path
 from facechain.registry import Registry
+from facechain.errors import require
 
 logger = logging.getLogger(__name__)
 
@@ -372,8 +373,6 @@ class SwapperFusion:
     required_backend = "insightface"  # the swap is conditioned on the reference's ArcFace embedding
 
     def __init__(self, model_path: str | os.PathLike | None = None):
-        from facechain.errors import require
-
         path = swapper_model_path(model_path)
         if not path.is_file():
             raise ModelNotFoundError(

@@ -9,12 +9,11 @@ from typing import Callable
 from facechain.errors import FacechainError, InputError, MissingDependencyError
 from facechain.face.types import FaceAnalyzer
 from facechain.registry import Registry
+from facechain.face.backends import dlib_backend, insightface_backend
 
 logger = logging.getLogger(__name__)
 
 def _builtin(registry: Registry) -> None:
-    from facechain.face.backends import dlib_backend, insightface_backend
-
     registry.register("dlib", dlib_backend.DlibAnalyzer)
     registry.register("insightface", insightface_backend.InsightFaceAnalyzer)
 

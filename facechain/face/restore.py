@@ -84,6 +84,8 @@ import numpy as np
 
 from facechain.errors import InputError, ModelNotFoundError
 from facechain.face.types import Face
+from facechain.errors import require
+from facechain.models import check_checkpoint_file, read_weights_file, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +247,6 @@ def _region(inv: np.ndarray, size: int, shape: tuple[int, int]) -> tuple[int, in
 def _read_state_dict(path: Path, allow_pickle: bool) -> dict:
     """The file's tensors (safetensors, or tensors-only torch.load), unwrapped by spandrel's canonicalizer."""
     import torch
-    from facechain.models import check_checkpoint_file, read_weights_file
 
     fix = ("Pass a restoration model's weights file (e.g. GFPGANv1.4.pth with allow_pickle, or a .safetensors "
            "file); see docs/restore.md.")
@@ -264,8 +265,6 @@ def _read_state_dict(path: Path, allow_pickle: bool) -> dict:
 
 def _load_descriptor(path: Path, allow_pickle: bool):
     """spandrel ImageModelDescriptor for the file, or InputError/ModelNotFoundError saying why not."""
-    from facechain.errors import require
-
     spandrel = require("spandrel", "face restoration (GFPGAN, RestoreFormer, ...)")
 
     if not path.exists():
@@ -322,7 +321,6 @@ class FaceRestorer:
 
     def __init__(self, cfg: RestoreConfig):
         import torch
-        from facechain.models import resolve_device
 
         self.cfg = cfg
         desc = _load_descriptor(cfg.model, cfg.allow_pickle)

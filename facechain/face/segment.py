@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from facechain.errors import InputError, ModelNotFoundError, UnsafeCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -365,13 +366,9 @@ def head_mask(image: np.ndarray, landmarks: np.ndarray | None, kps: np.ndarray, 
               allow_pickle: bool = False) -> tuple[np.ndarray, str]:
     """Return (mask, method used). ``method``: auto (parsing if its weights exist, else landmarks), parsing, landmarks."""
     if method not in ("auto", "parsing", "landmarks"):
-        from facechain.errors import InputError
-
         raise InputError(f"mask method must be one of ['auto', 'parsing', 'landmarks'], got {method!r}")
     weights = parsing_weights_path(allow_pickle) if method in ("auto", "parsing") else None
     if method == "parsing" and weights is None:
-        from facechain.errors import ModelNotFoundError, UnsafeCheckpointError
-
         refused = refused_pickle_weights()
         if refused is not None:
             raise UnsafeCheckpointError(

@@ -23,6 +23,7 @@ import numpy as np
 
 from facechain.errors import InputError
 from facechain.face.types import Face
+from facechain.face.registry import BACKENDS
 
 SAME_PERSON_THRESHOLD = 0.5
 
@@ -45,7 +46,6 @@ def similarity(a, b, backend: str | None = None) -> float:
         raise InputError(f"cannot compare a {ba} embedding with a {bb} embedding; use one backend for both")
     if va.shape != vb.shape:
         raise InputError(f"embedding shapes differ: {va.shape} vs {vb.shape}")
-    from facechain.face.registry import BACKENDS
 
     if backend not in BACKENDS:
         raise InputError(f"unknown embedding backend {backend!r}; expected one of {BACKENDS.names()}")

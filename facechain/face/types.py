@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import dataclasses
 
 # --- face size -------------------------------------------------------------------------------
 # FaceChain measures a face as max(w, h) of its SCRFD (or DamoFD) box: its ranking keeps faces of
@@ -110,8 +111,6 @@ class Face:
 
     def shifted(self, dx: float, dy: float) -> "Face":
         """This face in a frame moved by (dx, dy): e.g. ``shifted(-x0, -y0)`` in a crop starting at (x0, y0)."""
-        import dataclasses
-
         d = np.array([dx, dy], dtype=np.float32)
         return dataclasses.replace(self, bbox=np.asarray(self.bbox, np.float32) + np.tile(d, 2), kps=self.kps + d,
                                    landmarks=None if self.landmarks is None else self.landmarks + d)

@@ -24,6 +24,7 @@ from facechain.face.fusion import fusion_spec
 from facechain.lora import LORA_FILE
 from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP
 from facechain.prompts import WEIGHTING_HELP, check_weighting
+from facechain.face.registry import available_backends
 
 # FaceChain's negative prompt, word for word (its app.py / run_inference.py ``neg_prompt``, typos such as
 # "lowers" included), AUTOMATIC1111 weights and all: facechain.prompts reads the weights and encodes the
@@ -241,7 +242,6 @@ class GenerateConfig(model_ref(
             )
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'.")
-        from facechain.face.registry import available_backends
 
         backends = ["auto", *available_backends()]
         if self.face_backend not in backends:

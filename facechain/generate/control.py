@@ -13,6 +13,7 @@ from facechain.errors import InputError
 from facechain.families import Family
 from facechain.generate.config import GenerateConfig
 from facechain.models import ResolvedModel, load_controlnet, load_depth_estimator
+from facechain.adapters.repcontrolnet.merge import merged_record, load_condition_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ def setup_pose_control(pipe, family: Family, resolved: ResolvedModel, cfg: Gener
     of ``resolved`` when it has an OpenPose one and no depth is asked, else the ControlNet(s)."""
     from PIL import Image
 
-    from facechain.adapters.repcontrolnet.merge import merged_record
     from facechain.generate.poses import letterbox
 
     # letterboxed, never stretched: a pose (and its depth map) of another aspect than the output keeps
@@ -96,7 +96,6 @@ def _repcontrol(pipe, resolved: ResolvedModel, pose_map: np.ndarray, record: dic
     to the UNet's first feature map during sampling (facechain.adapters.repcontrolnet)."""
     import torch
 
-    from facechain.adapters.repcontrolnet.merge import load_condition_adapter
     from facechain.adapters.repcontrolnet.model import ConditionInjection
 
     if record is None or record.get("condition") != "openpose":

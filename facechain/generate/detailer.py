@@ -50,6 +50,7 @@ from facechain.face.region import compose, face_region, needs_detail
 from facechain.face.types import FaceAnalyzer
 from facechain.generate.inpaint import _check_image, _family, inpaint_pipeline, redraw_region
 from facechain.models import native_size
+from facechain.prompts import PromptEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +179,6 @@ def detail_faces(
             continue
         inpaint = inpaint_pipeline(pipe)
         if conditioning is None:
-            from facechain.prompts import PromptEncoder
-
             conditioning = PromptEncoder(inpaint)(prompt, negative_prompt)
         ys, xs = slice(region.y0, region.y0 + region.side), slice(region.x0, region.x0 + region.side)
         crop = out[ys, xs]

@@ -30,6 +30,9 @@ import numpy as np
 from facechain.config import setting
 from facechain.errors import InputError
 from facechain.families import family_of_pipeline
+from facechain.face.region import compose, face_region
+from facechain.generate.detailer import DetailerConfig
+from facechain.models import native_size
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +208,6 @@ def diir_faces(pipe, image: np.ndarray, faces: list, conditioning: dict, null_co
     import torch
     from PIL import Image
 
-    from facechain.face.region import compose, face_region
-    from facechain.generate.detailer import DetailerConfig
-    from facechain.models import native_size
     from facechain.generate.poses import face_keypoint_map
 
     cfg = cfg or DIIRConfig()

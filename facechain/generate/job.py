@@ -36,6 +36,12 @@ from facechain.generate.config import GenerateConfig
 from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest, KeptImage, RankingInfo, StyleRecord
 from facechain.io import save_image
 from facechain.jobs import FAILED_MANIFEST, ItemFailure, JobResult, fail_whole_job, run_items
+from facechain.adapters import get_identity_adapter
+from facechain.face.fusion import get_fusion
+from facechain.face.restore import RestoreConfig, load_restorer
+from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
+from facechain.models import resolve_device, resolve_dtype, resolve_model
+from facechain.outputs import check_settled, OutputDir, check_writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +71,6 @@ def check_inputs(cfg: GenerateConfig):
     Returns (resolved model, styles, subject, control) where control is check_control_inputs' result."""
     from facechain.generate.pipeline import check_control_inputs, check_face_lora
     from facechain.generate.subject import subject_from_metadata
-    from facechain.models import resolve_device, resolve_dtype, resolve_model
-    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
-
-    from facechain.outputs import check_settled
 
     registry = load_styles([DEFAULT_STYLES_DIR, *cfg.style_dirs])
     if cfg.lora_dir is not None and Path(cfg.lora_dir).is_dir():
@@ -93,7 +95,6 @@ def check_inputs(cfg: GenerateConfig):
                              dtype=resolve_dtype(cfg.dtype, resolve_device(cfg.device)), variant=cfg.variant)
     styles = [registry.get(name, resolved.family) for name in cfg.styles]
     if cfg.identity.enabled:  # the adapter's weights (safetensors, this family) and photos, before any model loads
-        from facechain.adapters import get_identity_adapter
         from facechain.images import list_images
 
         get_identity_adapter(cfg.identity, resolved.family)
@@ -110,8 +111,6 @@ def run_job(cfg: GenerateConfig, generator=None) -> JobResult:
     with a ``load_seconds`` attribute; default a :class:`~facechain.generate.pipeline.PortraitGenerator`
     for ``cfg``. Another candidate source (an adapter pipeline, a template pass) plugs in here and
     gets the same fusion, ranking, outputs and manifest."""
-    from facechain.outputs import OutputDir, check_writable_folder
-
     t_job = time.perf_counter()
     check_writable_folder(Path(cfg.output_dir), "output_dir")
     resolved, styles, subject, control = check_inputs(cfg)
@@ -137,7 +136,6 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
     in_generation = spec is not None and spec.in_generation  # DIIR: the generator's, inside sampling
     if cfg.rank_candidates or spec is not None:
         from facechain.face import get_analyzer
-        from facechain.face.fusion import get_fusion
 
         t0 = time.perf_counter()
         analyzer = get_analyzer(cfg.face_backend)
@@ -148,8 +146,6 @@ def _run(cfg: GenerateConfig, od, resolved, styles, subject, control, t_job: flo
         if fusion is None and cfg.restore_model is not None:
             logger.warning("restore_model is set but fusion is off: faces are restored after fusion only, so not at all")
         if fusion is not None and cfg.restore_model is not None:
-            from facechain.face.restore import RestoreConfig, load_restorer
-
             restorer = load_restorer(RestoreConfig(model=cfg.restore_model, strength=cfg.restore_strength,
                                                    device=cfg.device, allow_pickle=cfg.allow_pickle))
         timings["template_s"] = time.perf_counter() - t0

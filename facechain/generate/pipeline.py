@@ -43,6 +43,15 @@ from facechain.models import (
     resolve_model,
 )
 from facechain.generate.styles import Style
+import dataclasses
+import math
+from facechain import memory
+from facechain.adapters import get_identity_adapter
+from facechain.adapters.ip_adapter_faceid import identity_embedding
+from facechain.generate.detailer import DetailerConfig
+from facechain.generate.diir import openpose_net, Identity, diir_faces
+from facechain.generate.poses import load_pose
+from facechain.prompts import PromptEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +142,6 @@ def check_control_inputs(cfg: GenerateConfig):
     them to :class:`PortraitGenerator` so the pose is read (and a photo annotated) only once."""
     if cfg.pose is None:
         return None, None
-    from facechain.generate.poses import load_pose
 
     pose_map, photo = load_pose(cfg.pose, None, cfg.pose_annotator, cfg.allow_pickle)
     if cfg.depth and cfg.depth_image is None and photo is None:
@@ -168,9 +176,6 @@ class PortraitGenerator:
         pose_map, photo = control if control is not None else check_control_inputs(cfg)
         self.identity = self.identity_embedding = None
         if cfg.identity.enabled:  # weights, photos and embedding size are checked before the pipeline loads
-            from facechain.adapters import get_identity_adapter
-            from facechain.adapters.ip_adapter_faceid import identity_embedding
-
             self.identity = get_identity_adapter(cfg.identity, self.family)
             self.identity_embedding = identity_embedding(cfg.identity.photos, self._face_analyzer())
             self.identity.check_embedding(self.identity_embedding)
@@ -206,8 +211,6 @@ class PortraitGenerator:
         self._diir_net = None  # DIIR's landmark ControlNet: the job's OpenPose one, else loaded here
         self._fusion = fusion_spec(cfg.fusion)
         if self._fusion is not None and self._fusion.in_generation and cfg.diir.landmark_weight > 0:
-            from facechain.generate.diir import openpose_net
-
             if self.control_pipe is not None:
                 self._diir_net = openpose_net(self.control_pipe.controlnet, ["openpose"] + (["depth"] if cfg.depth else []))
             if self._diir_net is None:
@@ -226,8 +229,6 @@ class PortraitGenerator:
     def _place(self):
         """Choose batch size, offload and VAE slicing/tiling from the memory budget of everything loaded
         (facechain.memory) and put the models on the device that way. Returns the :class:`Plan`."""
-        from facechain import memory
-
         cfg = self.cfg
         own_diir = self._diir_net is not None and all(self._diir_net is not n for n in self.controlnets)
         parts = memory.pipeline_parts(self.pipe, self.controlnets, resident=[self._diir_net] if own_diir else [])
@@ -343,8 +344,6 @@ class PortraitGenerator:
         """AUTOMATIC1111-weighted, untruncated long prompts (``cfg.prompt_weighting``) for this pipeline's text
         encoders, which the ControlNet and the detailer's inpaint pipelines share."""
         if self._encoder is None or self._encoder.weighting != self.cfg.prompt_weighting:
-            from facechain.prompts import PromptEncoder
-
             self._encoder = PromptEncoder(self.pipe, self.cfg.prompt_weighting)
         return self._encoder
 
@@ -360,10 +359,6 @@ class PortraitGenerator:
     def _detailer_config(self, steps: int, guidance: float):
         """The detailer's settings: the job's sampling steps (raised so strength x steps runs at least one
         step) and guidance, so fast mode's few LCM steps and low guidance are used with LCM's scheduler."""
-        import math
-
-        from facechain.generate.detailer import DetailerConfig
-
         strength = self.cfg.detailer_strength
         return DetailerConfig(mode=self.cfg.detailer, strength=strength,
                               num_inference_steps=max(steps, math.ceil(1 / strength - 1e-9)), guidance_scale=guidance)
@@ -388,11 +383,7 @@ class PortraitGenerator:
 
     def _diir(self, candidates: list[Candidate], conditioning: dict) -> list[Candidate]:
         """DIIR on every candidate's faces (fusion: diir), while the face LoRA and identity are active."""
-        import dataclasses
-
         from PIL import Image
-
-        from facechain.generate.diir import Identity, diir_faces
 
         analyzer = self._face_analyzer()
         null = self._prompt_encoder()("", "")

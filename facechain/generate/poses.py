@@ -18,6 +18,7 @@ import numpy as np
 
 from facechain.errors import InputError
 from facechain.images import read_image
+from facechain.models import load_pose_annotator
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +192,6 @@ def openpose_from_photo(image: np.ndarray, path: Path, annotator: str, allow_pic
 
     controlnet_aux's annotator weights ship only as pickle files (body_pose_model.pth,
     hand_pose_model.pth), so a pose photo needs ``allow_pickle``; skeleton maps need nothing."""
-    from facechain.models import load_pose_annotator
-
     detector = load_pose_annotator(annotator, allow_pickle=allow_pickle,
                                    needed_for=needed_for or f"pose {path} is a photo; turning it into an OpenPose map",
                                    instead=instead or f"use a ready skeleton map: {named_poses()}", flag=flag)

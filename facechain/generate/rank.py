@@ -35,6 +35,8 @@ from facechain.face.fusion import FusionMethod
 from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image, sharpness
 from facechain.io import save_image
 from facechain.preprocess.artifact import ReferenceCrop, load_report
+import dataclasses
+from facechain.preprocess.quality import photo_quality
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +85,6 @@ def select_reference_face(processed_dir: str | Path, analyzer: FaceAnalyzer) -> 
     when every kept entry has them, else measured here (detector score x variance of the Laplacian of
     the face crop). When report.json's ``reference`` says preprocessing kept this photo's
     high-resolution crop, it becomes the fusion source (``fusion_image``)."""
-    from facechain.preprocess.quality import photo_quality
-
     folder = Path(processed_dir)
     if not folder.is_dir():
         raise InputError(f"processed_dir {folder} does not exist. Pass the output folder of `facechain preprocess`.")
@@ -139,8 +139,6 @@ def _with_hires(ref: Reference, folder: Path, info: ReferenceCrop | None, analyz
     """``ref`` with its high-resolution crop as the fusion source, when report.json's ``reference``
     names one for this very photo and a face is found in it; else ``ref`` (fusion uses the
     processed photo), with a log line saying why."""
-    import dataclasses
-
     hires = info.hires if info is not None else None
     if hires is None or info.output != ref.file:
         if hires is not None:

@@ -25,6 +25,8 @@ from facechain.lora.formats import (
     key_format,
     to_kohya,
 )
+import json
+from facechain.models import read_weights_file
 
 # --------------------------------------------------------------------------- diffusers format
 
@@ -78,8 +80,6 @@ def save_kohya(folder: str | Path, lora: LoraDict, family: str | Family, alpha: 
 def read_tensors(path: Path, what: str = "LoRA file") -> dict[str, torch.Tensor]:
     """A safetensors file, or (only reached after the caller allowed pickle) a tensor-only pickle
     loaded with ``weights_only=True``, which refuses anything but tensors and containers."""
-    from facechain.models import read_weights_file
-
     sd = read_weights_file(Path(path), what)
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise InputError(f"{what} {path} does not hold a flat mapping of names to tensors.")
@@ -122,8 +122,6 @@ def read_lora_file(path: str | Path, family: str | Family, unet_config=None) -> 
 
 def _metadata_alpha(path: Path) -> float | None:
     """``lora_alpha`` recorded by diffusers' ``save_lora_weights`` (None: alpha = rank)."""
-    import json
-
     if path.suffix.lower() != ".safetensors":
         return None
     from safetensors import safe_open

@@ -27,6 +27,7 @@ from facechain.models.weights import (
     read_weights_file,
     safetensors_only,
 )
+from facechain.errors import require
 
 
 def _fetch_model(ref: str, where: str, kind: Literal["model", "controlnet"], *, dtype, variant: str,
@@ -165,8 +166,6 @@ def load_pose_annotator(ref: str, *, allow_pickle: bool, needed_for: str, instea
     """controlnet_aux's OpenPose detector. Its weights ship only as pickle files
     (body_pose_model.pth, hand_pose_model.pth), so it needs ``allow_pickle``. ``needed_for`` and
     ``instead`` complete the error messages (what asked for it; what works without it)."""
-    from facechain.errors import require
-
     if not allow_pickle:
         raise UnsafeCheckpointError(
             f"{needed_for} loads controlnet_aux's OpenPose annotator weights ('{ref}'), which are pickle files (.pth), "

@@ -22,6 +22,8 @@ from facechain.models.weights import (
     plan_component,
     weight_file_kind,
 )
+from urllib.parse import urlparse
+import socket
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +47,6 @@ def _hub_offline() -> bool:
 def _reachable(url: str, timeout: float = 3.0) -> bool:
     """One quick TCP connect to the hub's host, so an unreachable hub costs seconds, not the
     hub clients' own retry loops (tens of seconds each)."""
-    import socket
-    from urllib.parse import urlparse
-
     parsed = urlparse(url)
     try:
         with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):

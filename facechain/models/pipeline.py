@@ -26,6 +26,8 @@ from facechain.models.weights import (
     read_model_index,
     safetensors_only,
 )
+import importlib
+import inspect
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +142,6 @@ def load_pipeline(
     ``variant``: which weight files of a diffusers folder load, per component (:func:`plan_component`);
     the safety checker, feature extractor and image encoder are never loaded.
     """
-    import inspect
-
     import torch
 
     family = get_family(resolved.family)
@@ -173,8 +173,6 @@ def _components_by_plan(resolved: ResolvedModel, dtype, variant: str, passed: di
     """``variant`` and the components diffusers would load in another variant or format than
     :func:`plan_component` picks, loaded here with their own class (from ``model_index.json``). diffusers
     gives every component that has any fp16 file the fp16 variant once ``variant="fp16"`` is passed."""
-    import importlib
-
     plans = {c: p for c, p in plan_folder(resolved.path, resolved.reference, half=is_half(dtype), variant=variant,
                                           allow_pickle=resolved.allow_pickle).items() if c not in passed}
     common = "fp16" if any(p.variant == "fp16" for p in plans.values()) else None

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from facechain.errors import InputError, UnsafeCheckpointError
+import hashlib
+import pickle
 
 if TYPE_CHECKING:
     from facechain.models.pipeline import ResolvedModel
@@ -61,8 +63,6 @@ def read_weights_file(path: Path, what: str = "checkpoint", fix: str = ""):
     file, or a pickle read with ``torch.load(weights_only=True)`` (tensors and plain containers only).
     A pickle holding other objects raises UnsafeCheckpointError; a damaged file, a TorchScript archive
     or anything unreadable one InputError naming ``what``, the file and ``fix``."""
-    import pickle
-
     import torch
 
     def first(exc: Exception) -> str:
@@ -258,8 +258,6 @@ _FINGERPRINT_SAMPLES = 8
 
 
 def _file_digest(path: Path) -> str:
-    import hashlib
-
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as fh:
@@ -277,8 +275,6 @@ def files_fingerprint(path: str | os.PathLike) -> str:
     """An identity of a file or folder's files: their relative paths, sizes and (sampled) sha256.
     The same files reached through another path (absolute vs relative, a symlink) have the same
     fingerprint; other files placed behind the same path have a different one."""
-    import hashlib
-
     root = Path(path)
     files = [root] if root.is_file() else sorted(
         p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))

@@ -25,6 +25,7 @@ from facechain.outputs.record import (
     pending_stages,
     record_of,
 )
+from facechain.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,6 @@ class OutputDir:
             ) from exc
 
     def _save_record(self) -> None:
-        from facechain.io import write_json
-
         write_json(self.record_path, {
             "version": RECORD_VERSION, "command": self.command,
             "files": {k: v.to_dict() for k, v in sorted(self.files.items())}, "pending": self.pending,

@@ -58,6 +58,10 @@ from facechain.preprocess.orient import orient_and_detect, rotate
 from facechain.preprocess.quality import check_quality, face_box_mask, photo_quality
 from facechain.preprocess.retouch import retouch_skin
 from facechain.preprocess.select import select_face
+import multiprocessing as mp
+import os
+from facechain.face.segment import PARSING_WEIGHTS, parsing_weights_path, refused_pickle_weights
+from facechain.outputs import same_or_nested, OutputDir
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +195,6 @@ def reference_crop(image: np.ndarray, face: Face, cfg: PreprocessConfig) -> np.n
 
 
 def _worker_count(requested: int, n: int) -> int:
-    import os
-
     if requested > 0:
         return min(requested, n)
     return 1 if n < 4 else min(os.cpu_count() or 1, 4, n)
@@ -234,8 +236,6 @@ def _process_one(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> t
 
 def check_output_folder(inputs, output_dir: Path, files: list[Path]) -> None:
     """Output = input, or one inside the other: a clear error before any work."""
-    from facechain.outputs import same_or_nested
-
     if isinstance(inputs, (str, Path)):
         how = same_or_nested(Path(output_dir), Path(inputs))
         if how:
@@ -251,8 +251,6 @@ def check_output_folder(inputs, output_dir: Path, files: list[Path]) -> None:
 
 def preprocess(inputs, output_dir, cfg: PreprocessConfig | None = None, analyzer: FaceAnalyzer | None = None,
                progress: bool = True) -> PreprocessResult:
-    from facechain.outputs import OutputDir
-
     cfg = cfg or PreprocessConfig()
     files = list_photos(inputs)
     out = Path(output_dir)
@@ -267,8 +265,6 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
                   + [photo_file(i) for i in range(len(files))] + [mask_file(photo_file(i)) for i in range(len(files))])
     analyzer = analyzer or get_analyzer(cfg.face_backend)
     if cfg.mask == "auto":
-        from facechain.face.segment import PARSING_WEIGHTS, parsing_weights_path, refused_pickle_weights
-
         if parsing_weights_path(cfg.allow_pickle) is None:
             refused = refused_pickle_weights()
             if refused is not None:
@@ -289,8 +285,6 @@ def _preprocess(files: list[Path], od, cfg: PreprocessConfig, analyzer: FaceAnal
         logger.info("preprocess: one worker, since this process runs other threads (forked workers could deadlock)")
         workers = 1
     if workers > 1:
-        import multiprocessing as mp
-
         # fork: workers inherit the loaded face models (the initializer's arguments are not pickled)
         pool = mp.get_context("fork").Pool(workers, initializer=_start_worker, initargs=(analyzer, cfg))
         results = pool.imap(_process_in_worker, files)

@@ -9,6 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from facechain.server.service import ServeConfig, Service
+import os
+from facechain.errors import InputError
+from facechain.server.app import build_app, local_theme
+from facechain.testing import build_tiny_model
 
 DEMO_TRAIN = {"resolution": 64, "max_train_steps": 20, "checkpointing_steps": 10}
 DEMO_GENERATE = {"num_inference_steps": 4, "num_candidates": 2, "batch_size": 2, "rank_candidates": False,
@@ -20,8 +24,6 @@ DEMO_STYLIZE = {"num_inference_steps": 10, "resolution": 64, "device": "cpu"}
 def demo_config(workdir: str | Path) -> ServeConfig:
     """The offline demo: a tiny random model built in the workdir (it draws noise, not faces, so ranking and
     fusion are off), dlib faces, a few training steps."""
-    from facechain.testing import build_tiny_model
-
     workdir = Path(workdir)
     model = workdir / "models" / "tiny-sd15"
     if not (model / "model_index.json").is_file():
@@ -32,15 +34,11 @@ def demo_config(workdir: str | Path) -> ServeConfig:
 
 
 def build_server(cfg: ServeConfig, workers: int | None = None):
-    import os
-
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     import gradio as gr
     from fastapi import FastAPI
 
-    from facechain.errors import InputError
     from facechain.server.api import build_api
-    from facechain.server.app import build_app, local_theme
 
     service = Service(cfg, workers)
     api = FastAPI(title="facechain", docs_url="/api/docs", openapi_url="/api/openapi.json")

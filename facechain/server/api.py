@@ -26,6 +26,8 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from facechain.errors import InputError
 from facechain.server.service import NotFoundError, Service
+from facechain.generate.poses import named_poses
+from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
 
 def build_api(service: Service):
@@ -56,14 +58,10 @@ def build_api(service: Service):
 
     @router.get("/styles")
     def styles():
-        from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
-
         return {"styles": sorted(set(load_styles([DEFAULT_STYLES_DIR]).names()))}
 
     @router.get("/poses")
     def poses():
-        from facechain.generate.poses import named_poses
-
         return {"poses": named_poses()}
 
     @router.post("/people")

@@ -32,6 +32,13 @@ from facechain.errors import FacechainError, InputError
 from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest
 from facechain.train.artifact import TrainProgress
 from facechain.workspace import PersonWorkspace
+import dataclasses
+import io
+import json
+from facechain.config import from_dict
+from facechain.images import IMAGE_SUFFIXES
+from facechain.io import write_json
+from facechain.preprocess import PreprocessConfig, preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -177,11 +184,7 @@ class Service:
         return self.person(pid)
 
     def _check_image_upload(self, fname: str, data: bytes, what: str) -> tuple[str, bytes]:
-        import io
-
         from PIL import Image
-
-        from facechain.images import IMAGE_SUFFIXES
 
         limit = self.cfg.max_upload_mb * 1e6
         if len(data) > limit:
@@ -198,8 +201,6 @@ class Service:
         return name, data
 
     def person(self, pid: str) -> dict:
-        import json
-
         folder = self.person_dir(pid)
         if not (folder / "person.json").is_file():
             raise NotFoundError(f"no person {pid}.")
@@ -239,15 +240,9 @@ class Service:
         return self.root / "jobs" / check_id(jid, "job")
 
     def _save(self, job: Job) -> None:
-        import dataclasses
-
-        from facechain.io import write_json
-
         write_json(self.job_dir(job.id) / "job.json", dataclasses.asdict(job))
 
     def _load_jobs(self) -> None:
-        import json
-
         for d in (self.root / "jobs").iterdir():
             if not (ID_RULE.match(d.name) and (d / "job.json").is_file()):
                 continue
@@ -275,8 +270,6 @@ class Service:
         return self.job(job.id)
 
     def job(self, jid: str) -> dict:
-        import dataclasses
-
         check_id(jid, "job")
         with self._lock:
             job = self._jobs.get(jid)
@@ -341,8 +334,6 @@ class Service:
         return self.submit("train", dict(params or {}), person=pid)
 
     def _run_train(self, job: Job, device: str) -> None:
-        from facechain.config import from_dict
-        from facechain.preprocess import PreprocessConfig, preprocess
         from facechain.train import TrainConfig, train
 
         ws = self.workspace(job.person)
@@ -362,7 +353,6 @@ class Service:
         return self.submit("generate", dict(params), person=pid)
 
     def _run_generate(self, job: Job, device: str) -> None:
-        from facechain.config import from_dict
         from facechain.generate import GenerateConfig, run_job
 
         ws = self.workspace(job.person)
@@ -400,7 +390,6 @@ class Service:
                            prepare=lambda d: write_bytes(d / "inputs" / name, data))
 
     def _run_template(self, job: Job, device: str) -> None:
-        from facechain.config import from_dict
         from facechain.template import PersonSpec, TemplateConfig, run_template
 
         params = dict(job.params)
@@ -436,7 +425,6 @@ class Service:
                            prepare=prepare)
 
     def _run_stylize(self, job: Job, device: str) -> None:
-        from facechain.config import from_dict
         from facechain.stylize import StylizeConfig
         from facechain.stylize.job import run_stylize_job
 

@@ -29,6 +29,8 @@ from facechain.stylize.config import StylizeConfig
 from facechain.inversion import Schedule, Trajectory, invert, make_schedule
 from facechain.stylize.inversion import InversionCache, digest, file_digest
 from facechain.stylize.masks import MaskLike, load_mask
+from facechain.models import load_pipeline, resolve_device, resolve_dtype, resolve_model
+from facechain.prompts import PromptEncoder, has_weighting
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +148,6 @@ class Engine:
     inversion cache lives here."""
 
     def __init__(self, cfg: StylizeConfig, pipe=None):
-        from facechain.models import load_pipeline, resolve_device, resolve_dtype, resolve_model
-
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         loaded = pipe is None
@@ -235,8 +235,6 @@ class Engine:
         if key in self._conds:
             return self._conds[key]
         if self._encoder is None:  # AUTOMATIC1111 weighting, no truncation past 77 tokens
-            from facechain.prompts import PromptEncoder
-
             self._encoder = PromptEncoder(self.pipe, self.prompt_weighting)
         kw = self._encoder(prompt, negative_prompt)
         pe, ne = kw["prompt_embeds"].to(self.device), kw["negative_prompt_embeds"].to(self.device)
@@ -270,8 +268,6 @@ class Engine:
         sched = self.schedule(steps)
         # v3: prompts are encoded with AUTOMATIC1111 weighting and without truncation (facechain.prompts); a
         # weighted prompt's embedding also depends on how the weights act (an unweighted one's does not)
-        from facechain.prompts import has_weighting
-
         weighting = (self.prompt_weighting,) if has_weighting(prompt) else ()
         return digest("v3", image.digest, self.model_id, sched.signature(), prompt, self.lora_signature,
                       str(self.dtype), self.impl, self.refine, *weighting)

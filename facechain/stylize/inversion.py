@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from facechain.inversion import Trajectory
+from facechain.io import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ class InversionCache:
     def put(self, key: str, traj: Trajectory, info: dict | None = None) -> None:
         self._remember(key, traj)
         if self.cache_dir is not None:
-            from facechain.io import save_safetensors
-
             meta = {"timesteps": json.dumps(list(traj.timesteps)), "info": json.dumps(info or {}, default=str)}
             save_safetensors(self.cache_dir / f"{key}.safetensors", {"latents": traj.latents}, metadata=meta)
 

@@ -19,6 +19,7 @@ from facechain.errors import InputError
 from facechain.io import write_json
 from facechain.jobs import JobResult, fail_whole_job, run_items
 from facechain.stylize.config import StylizeConfig
+from facechain.outputs import check_writable_folder, same_or_nested, OutputDir
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ def output_names(content: str | os.PathLike, styles: list, method: str) -> list[
 def check_job_inputs(content, styles: list, output_dir, cfg: StylizeConfig, content_mask=None, style_mask=None) -> None:
     """Everything checkable before a model loads: inputs are files, none inside the output folder
     (whose previous results a run replaces), the inversion cache in a folder of its own."""
-    from facechain.outputs import check_writable_folder, same_or_nested
-
     inputs = [("content image", content), ("content mask", content_mask), ("style mask", style_mask),
               *[("style image", s) for s in styles]]
     for what, path in inputs:
@@ -67,7 +66,6 @@ def run_stylize_job(content: str | os.PathLike, styles: list, cfg: StylizeConfig
                     content_mask=None, style_mask=None, engine=None, progress: bool = True) -> JobResult:
     """Stylize ``content`` after each of ``styles`` into ``output_dir`` (images, per-image configs,
     ``manifest.json``). Raises :class:`~facechain.jobs.JobFailed` when every style failed."""
-    from facechain.outputs import OutputDir
     from facechain.stylize.api import build_engine, save_stylization, stylize
     from facechain.stylize.registry import get_method
 

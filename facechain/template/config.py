@@ -12,6 +12,7 @@ from facechain.generate.diir import DIIRConfig
 from facechain.errors import InputError
 from facechain.face.fusion import fusion_spec
 from facechain.prompts import WEIGHTING_HELP, check_weighting
+from facechain.images import IMAGE_SUFFIXES
 
 
 # template photos users drop in: `facechain template NAME` and the web app's Templates tab find them by name
@@ -20,8 +21,6 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 
 def named_templates(folder: Path = TEMPLATES_DIR) -> list[str]:
     """The image files in ``templates/`` (names)."""
-    from facechain.images import IMAGE_SUFFIXES
-
     if not folder.is_dir():
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -46,6 +46,9 @@ from facechain.models import (
 from facechain.prompts import PromptEncoder
 from facechain.template.config import PersonSpec, TemplateConfig
 from facechain.template.multi_id import harmonize
+from facechain import memory
+from facechain.adapters.ip_adapter_faceid import identity_embedding
+from facechain.models import dtype_kwargs, load_controlnet
 
 
 def canny_map(crop: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -60,8 +63,6 @@ def canny_map(crop: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def control_pipeline(pipe, cfg: TemplateConfig, family: str | Family):
     """The ControlNet inpaint pipeline of ``pipe`` (from_pipe: the same UNet, LoRAs and VAE) with the
     configured ControlNets, or None without controls."""
-    from facechain.models import dtype_kwargs, load_controlnet
-
     if not cfg.controls:
         return None
     family = get_family(family)
@@ -83,8 +84,6 @@ def control_pipeline(pipe, cfg: TemplateConfig, family: str | Family):
 def place_models(pipe, control, cfg: TemplateConfig, device):
     """Put the job's models on ``device`` by the memory plan of one face at the working size (batch 1):
     ``pipe.to(device)``, or diffusers' CPU offload when the budget does not fit (facechain.memory)."""
-    from facechain import memory
-
     nets = [] if control is None else list(getattr(control.controlnet, "nets", [control.controlnet]))
     free = memory.free_memory(device)
     size = native_size(pipe)
@@ -225,8 +224,6 @@ class TemplateFaceEditor:
             trigger = ""
         edit.prompt = join_prompt(trigger, attribute, cfg.prompt)
         if self.adapter is not None:  # this person's photos through the job's adapter
-            from facechain.adapters.ip_adapter_faceid import identity_embedding
-
             adapter, do_cfg = self.adapter, self.guidance > 1
             edit.emb = identity_embedding(person.identity.photos, self.analyzer)
             adapter.check_embedding(edit.emb)

@@ -26,6 +26,8 @@ from facechain.jobs import ItemFailure, exit_code_for
 from facechain.template.config import TemplateConfig
 from facechain.template.editor import FaceEdit, TemplateFaceEditor
 from facechain.train.artifact import TrainedLora
+from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image
+from facechain.outputs import OutputDir, check_writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +70,6 @@ def preview(image: np.ndarray, faces):
 
 def list_template_faces(template, analyzer):
     """(template RGB, its faces left to right, an annotated preview)."""
-    from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image
-
     image = read_image(template, "template photo", max_megapixels=PHOTO_MAX_MEGAPIXELS)
     faces = _detect(image, analyzer)
     return image, faces, preview(image, faces)
@@ -115,8 +115,6 @@ def base_model_of(cfg: TemplateConfig) -> tuple[str, str | None, str | None]:
 
 def run_template(cfg: TemplateConfig, analyzer=None) -> TemplateResult:
     """Edit each assigned template face with its person's identity; write the outputs (module docstring)."""
-    from facechain.outputs import OutputDir, check_writable_folder
-
     check_writable_folder(Path(cfg.output_dir), "output_dir")
     from facechain.face import get_analyzer
 

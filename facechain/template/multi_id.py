@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from facechain.face.region import compose
 
 
 def identity_masks(face_masks: list[np.ndarray], sizes: list[float], reach: float = 0.15) -> list[np.ndarray]:
@@ -52,8 +53,6 @@ def harmonize(inpaint, image: np.ndarray, face_masks: list[np.ndarray], sizes: l
     import torch
     from diffusers.image_processor import IPAdapterMaskProcessor
     from PIL import Image
-
-    from facechain.face.region import compose
 
     h_img, w_img = image.shape[:2]
     ids = identity_masks(face_masks, sizes)

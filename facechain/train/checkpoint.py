@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 from facechain.io import save_safetensors, write_json
+from facechain.errors import InputError
+from facechain.outputs import STATE_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,6 @@ def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
 
 def staging_dir(output_dir: Path, step: int) -> Path:
     """Where every process writes its part of the checkpoint of ``step`` before the main process commits it."""
-    from facechain.outputs import STATE_DIR
-
     path = Path(output_dir) / STATE_DIR / "tmp" / f"checkpoint-step-{step:06d}"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -77,8 +77,6 @@ def read_rng(ckpt: Path, gen: torch.Generator, process_index: int) -> None:
 
     path = ckpt / f"rng-{process_index}.safetensors"
     if not path.is_file():
-        from facechain.errors import InputError
-
         raise InputError(
             f"--resume: checkpoint {ckpt} holds no random state for process {process_index}: it was written by a run "
             "with fewer processes. Resume with the same number of processes (accelerate config) as the original run."
@@ -143,8 +141,6 @@ def read_state(ckpt: Path, weights_name: str = "lora.safetensors") -> tuple[dict
 
 
 def _damaged(ckpt: Path, exc: Exception):
-    from facechain.errors import InputError
-
     return InputError(
         f"checkpoint {ckpt} is damaged or incomplete ({type(exc).__name__}: {str(exc)[:160]}). Move that folder out of "
         f"{ckpt.parent} to resume from the checkpoint before it, or start a new run in a new output folder."

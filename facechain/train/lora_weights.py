@@ -12,6 +12,8 @@ import torch
 from facechain import lora as lora_io
 from facechain.errors import FacechainError, InputError
 from facechain.train.config import TrainConfig
+from facechain.errors import ModelNotFoundError
+from facechain.train.config import FACECHAIN_FACE_LORA, FACECHAIN_INIT_LORA
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +54,7 @@ def resolve_init_lora(cfg: TrainConfig) -> Path:
     """The file of ``cfg.init_lora``. ``facechain`` names FaceChain's generic face LoRA on ModelScope:
     a tensor-only pickle from a known publisher, read with ``weights_only=True`` (tensors only, no
     code) without --allow_pickle."""
-    from facechain.errors import ModelNotFoundError
     from facechain.models import resolve_weights_file
-    from facechain.train.config import FACECHAIN_FACE_LORA, FACECHAIN_INIT_LORA
 
     if cfg.init_lora != FACECHAIN_INIT_LORA:
         return resolve_weights_file(cfg.init_lora, filename=cfg.init_lora_weight_name or None,

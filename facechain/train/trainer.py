@@ -34,6 +34,14 @@ from facechain.train.lora_weights import (add_lora, adamw, current_lora, flat_pa
 from facechain.families import get_family
 from facechain.train.text import TextConditioner
 from facechain.train.validate import LikenessScorer, generate_validation_images, select_checkpoints, validation_resolution
+from types import SimpleNamespace
+import hashlib
+import json
+import os
+from facechain.config import upgrade_names
+from facechain.io import save_image
+from facechain.models import files_fingerprint, model_fingerprint, resolve_model, load_pipeline
+from facechain.outputs import check_writable_folder, hold_for_reading
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -71,8 +79,6 @@ def _to(model, device, dtype) -> None:
 
 def _data_fingerprint(examples) -> str:
     """sha256 over the training photos' bytes and captions: a resumed run must see the same data."""
-    import hashlib
-
     h = hashlib.sha256()
     for ex in examples:
         h.update(ex.image.name.encode() + b"\0" + ex.caption.encode() + b"\0" + ex.image.read_bytes())
@@ -86,10 +92,6 @@ def check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model:
     model by its files' fingerprint (so ./model and /abs/model are the same model, and another model
     behind the same path is not), the photos by the data fingerprint (checked by the caller), and the
     output folder is the one the checkpoint was found in (it may have moved)."""
-    import os
-
-    from facechain.config import upgrade_names
-
     now = to_dict(cfg)
     saved = upgrade_names(TrainConfig, saved, str(where), warn=False)  # settings saved under their old names
     if saved_model is not None and model_now is not None and saved_model != model_now:
@@ -127,8 +129,6 @@ def check_resume_config(cfg: TrainConfig, saved: dict, where: Path, saved_model:
 def _check_config_only_resume(cfg: TrainConfig, out: Path) -> None:
     """--resume of a run killed before its first checkpoint: nothing was trained, so only its settings
     (``train_config.json``) must match."""
-    import json
-
     try:
         saved = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -141,8 +141,6 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> LoraArtifact:
 
     Raises InputError / ModelNotFoundError / UnsafeCheckpointError for bad input, before any
     training starts."""
-    from facechain.outputs import check_writable_folder
-
     check_writable_folder(Path(cfg.output_dir), "output_dir")
     held: list = []  # the main process's OutputDir, once acquired
     with restored_after_run():  # the caller's thread count and accelerate state again (a UI or tests training in-process)
@@ -191,8 +189,6 @@ def _prepare_inputs(cfg: TrainConfig, held: list) -> _Inputs:
     saved settings and the likeness scorer (before the model loads: a missing face backend fails fast)."""
     from accelerate import Accelerator
 
-    from facechain.models import files_fingerprint, model_fingerprint, resolve_model
-
     examples = load_processed(cfg.train_data_dir)
     out = Path(cfg.output_dir)
     init_path = None
@@ -213,9 +209,6 @@ def _prepare_inputs(cfg: TrainConfig, held: list) -> _Inputs:
 
         od = OutputDir.acquire(out, "train", allow_other_files=cfg.allow_other_files, what="output_dir")
         held.append(od)
-        from types import SimpleNamespace
-
-        from facechain.outputs import hold_for_reading
 
         reading = hold_for_reading(cfg.train_data_dir, "preprocess", "processed folder")  # no preprocessing run
         if reading is not None:                                                           # replaces it meanwhile
@@ -283,8 +276,6 @@ def _build_model(cfg: TrainConfig, inputs: _Inputs) -> _Model:
     """Load the base model, freeze it, add the LoRA (seeded) and set it from the init LoRA."""
     from accelerate.utils import set_seed
     from diffusers.training_utils import cast_training_params
-
-    from facechain.models import load_pipeline
 
     device, dtype = inputs.device, weight_dtype(inputs.mixed_precision)
     pipe = load_pipeline(inputs.resolved, torch_dtype=torch.float32, single_file_config=cfg.single_file_config or None)
@@ -362,8 +353,6 @@ class _LoraSteps(loop.Steps):
 
     def validate(self, step: int, staging: Path) -> float | None:
         """Validation portraits scored by likeness to the training photos (none without a scorer)."""
-        from facechain.io import save_image
-
         cfg, scorer = self.cfg, self.inputs.scorer
         log_path = Path(cfg.output_dir) / LOG_FILE
         if scorer is None:

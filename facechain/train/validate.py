@@ -20,6 +20,9 @@ import torch
 from PIL import Image
 
 from facechain.images import PHOTO_MAX_MEGAPIXELS, read_image
+import contextlib
+from facechain.face import similarity
+from facechain.models import native_size
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +53,6 @@ class LikenessScorer:
         return cls(analyzer, faces)
 
     def score(self, images: list[Image.Image]) -> Validation:
-        from facechain.face import similarity
-
         per_image = []
         found = 0
         for i, image in enumerate(images):
@@ -71,8 +72,6 @@ def generate_validation_images(pipe, prompt: str, n: int, steps: int, resolution
     """``n`` portraits of ``prompt`` with the pipeline's current (LoRA-carrying) UNet, seeded. The
     UNet steps run under ``autocast`` (the training's mixed precision, a context manager factory);
     the VAE decodes outside it, in its own (fp32) dtype: SDXL's VAE overflows in fp16."""
-    import contextlib
-
     pipe.set_progress_bar_config(disable=True)
     vae = pipe.vae
     images = []
@@ -98,7 +97,6 @@ def validation_resolution(pipe, family, resolution: int) -> int:
     """The size validation images are made at: the family's native size where it makes poor faces below it
     (SDXL), else the training resolution (SD1.5)."""
     from facechain.families import get_family
-    from facechain.models import native_size
 
     return native_size(pipe) if get_family(family).validates_at_native_size else resolution
 

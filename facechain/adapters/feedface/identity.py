@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from facechain.errors import InputError, ModelNotFoundError
+from facechain.models import load_image_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ class FeedFaceIdentity:
         from safetensors.torch import load_file
 
         from facechain.adapters.feedface.model import FeedFace, FeedFaceHooks
-        from facechain.models import load_image_encoder
 
         adapter = FeedFace.for_unet(pipe.unet, int(self.record["clip_dim"]))
         if adapter.block_names != list(self.record["blocks"]):

@@ -22,6 +22,10 @@ from facechain.config import model_ref, setting
 from facechain.errors import InputError
 from facechain.train.config import MixedPrecision
 from facechain.preprocess.artifact import ProcessedSet
+from facechain.config import save_config, to_dict
+from facechain.images import read_image
+from facechain.io import save_safetensors, write_json
+from facechain.models import load_image_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +123,6 @@ def face_crops(samples: list[Sample], analyzer) -> np.ndarray:
     """Each photo's face aligned at 224 px (insightface's ``norm_crop`` from the 5 keypoints)."""
     from insightface.utils.face_align import norm_crop
 
-    from facechain.images import read_image
-
     crops = []
     for s in samples:
         img = read_image(s.image, "processed photo")
@@ -137,10 +139,7 @@ def _train(cfg: FeedFaceConfig, samples: list[Sample], od, accelerator, progress
 
     from facechain.adapters import training
     from facechain.adapters.feedface.model import FeedFace, FeedFaceHooks, HookedUNet, encode_faces
-    from facechain.config import save_config, to_dict
     from facechain.face import get_analyzer
-    from facechain.io import save_safetensors, write_json
-    from facechain.models import load_image_encoder
     from facechain.train import loop
 
     out = Path(cfg.output_dir)  # od: the main process's OutputDir, None on the others

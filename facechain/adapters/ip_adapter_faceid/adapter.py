@@ -11,6 +11,9 @@ import numpy as np
 from facechain.adapters.ip_adapter_faceid.embedding import CLIP_CROP, IdentityEmbedding
 from facechain.adapters.ip_adapter_faceid.weights import adapters_home, check_state, read_shape, resolve_weights
 from facechain.errors import FacechainError, InputError, ModelNotFoundError
+import hashlib
+from facechain.io import save_safetensors
+from facechain.models import load_image_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +111,6 @@ def encoder_identity(ref: str, subfolder: str) -> str | None:
     the commit its files come from (the snapshot huggingface_hub resolves config.json to, from its cache
     when offline); a local folder by its config.json bytes and each weight file's name, size and
     modification time. None when a hub commit cannot be had (the features are then not cached)."""
-    import hashlib
-
     folder = Path(ref).expanduser() / subfolder
     if folder.is_dir():
         h = hashlib.sha256(b"local|")
@@ -134,8 +135,6 @@ def encoder_identity(ref: str, subfolder: str) -> str | None:
 def clip_cache_key(crops: np.ndarray, encoder_id: str, dtype) -> str:
     """The CLIP feature cache key: the encoder's input (the aligned crops' bytes and shape, CLIP_CROP,
     channel order), the encoder and the dtype it ran in."""
-    import hashlib
-
     h = hashlib.sha256(f"{CLIP_FEATURES_VERSION}|{CLIP_CROP}|{CLIP_CHANNELS}|{encoder_id}|{dtype}|{crops.shape}|".encode())
     h.update(np.ascontiguousarray(crops, dtype=np.uint8).tobytes())
     return h.hexdigest()[:32]
@@ -218,8 +217,6 @@ class IPAdapterFaceIDPlusV2(IPAdapterFaceID):
                 logger.info("%s: CLIP feature cache %s unreadable (%s); computing", self.name, cached, type(exc).__name__)
         self._features, self.cache_hit = self.clip_features(emb.crops, device, dtype), False
         if cached is not None:
-            from facechain.io import save_safetensors
-
             neg, pos = self._features
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -234,8 +231,6 @@ class IPAdapterFaceIDPlusV2(IPAdapterFaceID):
         image and the mean over ``crops`` (uint8 RGB (N, 224, 224, 3), handed to CLIP in BGR order)."""
         import torch
         from transformers import CLIPImageProcessor
-
-        from facechain.models import load_image_encoder
 
         if self.encoder is None:
             self.encoder = load_image_encoder(self.encoder_ref, dtype=dtype, subfolder=self.encoder_subfolder)

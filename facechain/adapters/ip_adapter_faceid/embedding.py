@@ -13,6 +13,10 @@ import numpy as np
 
 from facechain.adapters.ip_adapter_faceid.weights import adapters_home
 from facechain.errors import FacechainError, InputError
+import hashlib
+import json
+from facechain.errors import require
+from facechain.io import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +32,6 @@ class IdentityEmbedding:
 
 
 def _cache_key(files: list[Path], backend: str) -> str:
-    import hashlib
-
     h = hashlib.sha256(f"identity-v2|{backend}".encode())
     for path in files:
         h.update(path.name.encode() + b"\0")
@@ -40,8 +42,6 @@ def _cache_key(files: list[Path], backend: str) -> str:
 
 
 def _read_cached(path: Path) -> IdentityEmbedding | None:
-    import json
-
     from safetensors import safe_open
 
     try:
@@ -62,7 +62,6 @@ def identity_embedding(photos: str | os.PathLike, analyzer, cache: bool = True) 
     backend and the photos' names and bytes, so a later job with the same photos skips detection. Not
     in the photos folder: that folder is the user's (or preprocessing's, whose record would count a
     stranger's file there)."""
-    from facechain.errors import require
     from facechain.images import PHOTO_MAX_MEGAPIXELS, list_images, read_image
 
     require("insightface", "the identity adapter's face crops (insightface.utils.face_align)")
@@ -101,11 +100,7 @@ def identity_embedding(photos: str | os.PathLike, analyzer, cache: bool = True) 
     emb = IdentityEmbedding((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32), used, analyzer.name,
                             np.stack(crops).astype(np.uint8))
     if cached is not None:
-        import json
-
         import torch
-
-        from facechain.io import save_safetensors
 
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)

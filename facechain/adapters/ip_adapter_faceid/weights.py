@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facechain.errors import InputError, ModelNotFoundError
+from facechain.io import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ def convert_checkpoint(src: str, out: str | os.PathLike | None = None, *, filena
     is never overwritten."""
     import torch
 
-    from facechain.io import save_safetensors
     from facechain.models import read_weights_file, resolve_weights_file
 
     path = resolve_weights_file(src, filename=filename, revision=revision, allow_pickle=True,

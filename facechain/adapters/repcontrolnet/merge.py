@@ -19,6 +19,9 @@ from pathlib import Path
 
 from facechain.config import model_ref, setting
 from facechain.errors import InputError, ModelNotFoundError
+from facechain.io import write_json
+from facechain.models import load_pipeline, resolve_model
+from facechain.outputs import OutputDir, check_writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +91,6 @@ def merge_repcontrolnet(adapter_dir, base_model: str, out, *, revision: str | No
 
     from facechain.adapters.repcontrolnet.model import load_modal_state, merge_unet, parameter_count, wrap_unet
     from facechain.adapters.repcontrolnet.train import ADAPTER_FILE, MODAL_FILE
-    from facechain.io import write_json
-    from facechain.models import load_pipeline, resolve_model
-    from facechain.outputs import OutputDir, check_writable_folder
 
     adapter_dir = Path(adapter_dir)
     record = read_adapter_record(adapter_dir)

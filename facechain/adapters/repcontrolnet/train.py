@@ -31,6 +31,10 @@ from facechain.config import model_ref, setting
 from facechain.errors import InputError
 from facechain.train.config import MixedPrecision
 from facechain.preprocess.artifact import METADATA_FILE, read_metadata
+from facechain.config import save_config, to_dict
+from facechain.generate.poses import openpose_from_photo
+from facechain.images import list_images
+from facechain.io import save_safetensors, write_json, save_image
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +94,6 @@ def load_pairs(data: Path, condition: str = "openpose") -> list[Pair]:
     """The (image, condition map, caption) pairs of ``data``; an image without its map (or the other way
     round) is named and left out, and none at all is an error. Without ``conditions/``, openpose maps
     are to be computed from the images (``condition`` None in each pair)."""
-    from facechain.images import list_images
-
     data = Path(data)
     images_dir, cond_dir = data / "images", data / "conditions"
     if not images_dir.is_dir():
@@ -126,8 +128,6 @@ def condition_map(pair: Pair, cfg: RepControlNetConfig) -> np.ndarray:
     if pair.condition is not None:
         return square_image(pair.condition, cfg.resolution, "condition map")
     from PIL import Image
-
-    from facechain.generate.poses import openpose_from_photo
 
     photo = square_image(pair.image, cfg.resolution, "training image")
     pose = openpose_from_photo(
@@ -165,8 +165,6 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, accelerator, progres
 
     from facechain.adapters import training
     from facechain.adapters.repcontrolnet.model import ConditionedUNet
-    from facechain.config import save_config, to_dict
-    from facechain.io import save_safetensors, write_json
     from facechain.train import loop
 
     out = Path(cfg.output_dir)  # od: the main process's OutputDir, None on the others
@@ -174,8 +172,6 @@ def _train(cfg: RepControlNetConfig, pairs: list[Pair], od, accelerator, progres
                                                                 "train_batch_size", "seed"), "RepControlNet", od)
     maps = [condition_map(p, cfg) for p in pairs]  # before the model loads: a missing annotator fails early
     if accelerator.is_main_process and any(p.condition is None for p in pairs):
-        from facechain.io import save_image
-
         stage = od.stage()
         for p, m in zip(pairs, maps):
             save_image(stage / "conditions" / f"{p.image.stem}.png", m)

@@ -13,6 +13,7 @@ import numpy as np
 
 from facechain.errors import MissingDependencyError
 from facechain.face.types import Face
+from facechain.errors import InputError
 
 # HOG SVM margin below which a detection is treated as a false positive. dlib's own detector
 # reports every window with margin > 0 by default; real frontal faces in our test photos score
@@ -81,8 +82,6 @@ class DlibAnalyzer:
         can also pass a larger image.
         jitter: dlib's num_jitters for embeddings (0 = single pass; 10 is ~10x slower, slightly better)."""
         if detector not in ("hog", "cnn"):
-            from facechain.errors import InputError
-
             raise InputError(f"dlib detector must be 'hog' or 'cnn', got {detector!r}")
         dlib = _import_dlib()
         d = models_dir()
@@ -151,8 +150,6 @@ class DlibAnalyzer:
 
 
 def _check_image(image: np.ndarray) -> None:
-    from facechain.errors import InputError
-
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise InputError(
             f"face detection expects an RGB uint8 array of shape (H, W, 3), got "

@@ -16,6 +16,7 @@ import numpy as np
 from facechain.errors import MissingDependencyError, ModelNotFoundError
 from facechain.face.types import Face
 from facechain.models import insightface_root
+from facechain.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ class InsightFaceAnalyzer:
 
     def __init__(self, pack: str = "buffalo_l", det_size: int = 640):
         if pack not in PACKS:
-            from facechain.errors import InputError
-
             raise InputError(f"insightface pack must be one of {list(PACKS)}, got {pack!r}")
         try:
             from insightface.app import FaceAnalysis

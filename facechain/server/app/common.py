@@ -9,6 +9,8 @@ from pathlib import Path
 from facechain.errors import FacechainError
 from facechain.families import FAMILIES
 from facechain.server.service import DONE, FAILED, Service
+from facechain.generate.poses import named_poses
+from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
 
 def read_upload(path) -> tuple[str, bytes]:
@@ -31,14 +33,10 @@ def people_choices(service: Service, trained_only: bool = True):
 
 
 def styles():
-    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
-
     return sorted(set(load_styles([DEFAULT_STYLES_DIR]).names()))
 
 
 def poses():
-    from facechain.generate.poses import named_poses
-
     return named_poses()
 
 
@@ -69,8 +67,6 @@ def when_done(service: Service, jid, result):
 
 def style_preview(names):
     """What each picked style adds: its preview image when the style file names one, its prompt, its LoRA."""
-    from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
-
     registry = load_styles([DEFAULT_STYLES_DIR])
     lines = []
     for name in names or []:

@@ -34,6 +34,7 @@ from facechain.errors import InputError
 from facechain.stylize.attention import AttnCall, replace_branch
 from facechain.stylize.config import PortraitDiffusionOptions, scaled_default
 from facechain.stylize.registry import MethodInput, MethodOutput, MethodSpec
+from facechain.config import from_dict, load_mapping
 
 SAC_STEP_OF_50 = 35  # official main.py default (--SAC_step 35)
 
@@ -110,8 +111,6 @@ class PaintingPass:
 def load_plan(plan: str | Path | list | dict, base_dir: Path | None = None) -> list[PaintingPass]:
     """Parse a Chain-of-Painting plan (YAML file, or its ``passes`` list); relative paths are
     taken relative to the plan file."""
-    from facechain.config import from_dict, load_mapping
-
     if isinstance(plan, (str, Path)):
         path = Path(plan)
         data = load_mapping(path)
