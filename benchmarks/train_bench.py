@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     print(f"fraction of a cached step outside UNet forward+backward: {in_process:.1%} (median over the same steps, "
           f"timed in the trainer's process; target <= 10%)")
     print(f"  cross-check against the separate UNet-only run: {max(0.0, 1 - unet / ours):.1%} (noisier: other process, other moment)")
-    print(json.dumps({"model": what, "resolution": args.resolution, "device": dev, **dict(results.items()),
+    print(json.dumps({"model": what, "resolution": args.resolution, "device": dev, **results,
                       "outside_unet_fraction": in_process, "outside_unet_fraction_cross_process": max(0.0, 1 - unet / ours)}))
     return 0
 

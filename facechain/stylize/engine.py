@@ -1,5 +1,5 @@
 """The shared stylization engine: a loaded pipeline (base model + LoRAs, identical in inversion
-and sampling), image preparation, VAE encode/decode, prompt conditioning for SD1.5 and SDXL,
+and sampling), image preparation, VAE encode/decode and prompt conditioning through the model family,
 cached inversion, and one sampling loop over a batch of named branches.
 
 Branches are latents processed side by side in one UNet batch. A *replayed* branch is reset
@@ -173,8 +173,9 @@ class Engine:
         self.pipe = pipe
         self.unet = pipe.unet
         self.vae = pipe.vae
-        # SDXL's VAE overflows in float16 (its config sets force_upcast): run it in float32 as the
-        # diffusers SDXL pipelines do (StableDiffusionXLPipeline.upcast_vae).
+        # SDXL's VAE overflows in float16 (its config sets force_upcast): it is held in float32 for the engine's
+        # life, since stylize encodes and decodes many times (the family's encode/decode would otherwise move it to
+        # float32 and back around every call; with the VAE already float32 they run it as it is).
         self.vae_dtype = self.dtype
         if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
             self.vae_dtype = torch.float32

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -98,20 +99,20 @@ class Run:
         return self.out / LOG_FILE
 
 
-class Steps:
+class Steps(ABC):
     """What one trainer supplies to :func:`run_steps`; a subclass overrides what differs."""
 
     desc = "train"  # the progress bar's label
     divergence_hint = "Lower the learning rate."  # the fix, in the trainer's own flag spelling
     grads_to_none = True  # False when the gradients are views that must stay (the LoRA's flat parameter)
 
+    @abstractmethod
     def loss(self, step: int) -> torch.Tensor:
         """The loss of step ``step + 1``: a tensor to backpropagate."""
-        raise NotImplementedError
 
+    @abstractmethod
     def trainable(self) -> dict[str, torch.Tensor]:
         """The trained tensors, as a checkpoint holds them."""
-        raise NotImplementedError
 
     def before_optimizer_step(self) -> None:
         """Runs after the backward pass (gradient clipping)."""
