@@ -1,3 +1,4 @@
 from facechain.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned job process imports the main module again
+    raise SystemExit(main())

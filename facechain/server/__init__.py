@@ -40,13 +40,18 @@ def build_server(cfg: ServeConfig, workers: int | None = None):
 
     from facechain.server.api import build_api
 
+    from starlette.exceptions import HTTPException
+
     service = Service(cfg, workers)
     api = FastAPI(title="facechain", docs_url="/api/docs", openapi_url="/api/openapi.json")
-    router, on_error = build_api(service)
+    router, on_error, on_http_error = build_api(service)
     api.include_router(router)
     api.add_exception_handler(InputError, on_error)
+    api.add_exception_handler(HTTPException, on_http_error)
+    login = service.accounts.check_login if service.accounts.enabled else None  # the web app's login: account + token
     app = gr.mount_gradio_app(api, build_app(service), path="/", allowed_paths=[str(service.root), str(service.templates_dir)], theme=local_theme(),
-                              max_file_size=int(cfg.max_upload_mb * 1e6))
+                              max_file_size=int(cfg.max_upload_mb * 1e6), auth=login,
+                              auth_message="Log in with your account name and its token.")
     return app, service
 
 

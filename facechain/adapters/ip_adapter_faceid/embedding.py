@@ -54,6 +54,21 @@ def _read_cached(path: Path) -> IdentityEmbedding | None:
         return None
 
 
+def cached_embedding_files(photos: str | os.PathLike) -> list[Path]:
+    """The cache files holding embeddings of the photos in ``photos`` (any face backend's) that exist: what
+    deleting those photos must delete too (the server's deletion of a person)."""
+    from facechain.face.registry import available_backends
+    from facechain.images import list_images
+
+    try:
+        files = list_images(Path(photos), "identity.photos folder")
+    except FacechainError:  # no photos: nothing can be cached for them
+        return []
+    folder = adapters_home().parent / "identity"
+    paths = [folder / f"{_cache_key(files, backend)}.safetensors" for backend in available_backends()]
+    return [p for p in paths if p.is_file()]
+
+
 def identity_embedding(photos: str | os.PathLike, analyzer, cache: bool = True) -> IdentityEmbedding:
     """The mean of the unit-length face embeddings of the photos directly in ``photos`` (one face each),
     scaled to unit length. A photo with no face, or with several, is an error naming each such photo.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from facechain.errors import FacechainError
 from facechain.families import FAMILIES
+from facechain.server.accounts import LOCAL, Account
 from facechain.server.service import DONE, FAILED, Service
 from facechain.generate.poses import named_poses
 from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
@@ -28,8 +29,8 @@ def status_line(job: dict) -> str:
     return f"job {job['id']}: {state}"
 
 
-def people_choices(service: Service, trained_only: bool = True):
-    return [(f"{p['name']} ({p['id']})", p["id"]) for p in service.people() if p["trained"] or not trained_only]
+def people_choices(service: Service, account: Account, trained_only: bool = True):
+    return [(f"{p['name']} ({p['id']})", p["id"]) for p in service.people(account) if p["trained"] or not trained_only]
 
 
 def styles():
@@ -55,13 +56,13 @@ def start(submit):
     return job["id"], status_line(job)
 
 
-def when_done(service: Service, jid, result):
+def when_done(service: Service, account: Account, jid, result):
     """(status line, ``result(job)`` once the job is done) for a tab's timer; nothing changes without a job."""
     import gradio as gr
 
     if not jid:
         return gr.skip(), gr.skip()
-    job = service.job(jid)
+    job = service.job(jid, account)
     return status_line(job), (result(job) if job["state"] == DONE else gr.skip())
 
 
@@ -77,3 +78,25 @@ def style_preview(names):
         lora = f" LoRA: {style.model_id} x {style.multiplier_style}." if style.has_lora else ""
         lines.append(f"{img}**{name}**: {style.add_prompt_style}.{lora}")
     return "\n\n".join(lines) or "Pick at least one style."
+
+
+def account_of(service: Service, request) -> Account:
+    """The logged-in account of a web-app event (Gradio's login: the account name and its token); the one local
+    account when the server has no authentication."""
+    if not service.accounts.enabled:
+        return LOCAL
+    account = service.accounts.get(getattr(request, "username", None) or "")
+    if account is None:
+        raise FacechainError("log in first (reload the page).")
+    return account
+
+
+def image_of(data: bytes):
+    """An uploaded image's pixels (RGB uint8) from its bytes: what a handler that only looks at an image reads."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))

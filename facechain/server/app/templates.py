@@ -3,12 +3,15 @@ right, one trained person per face -> the result."""
 
 from __future__ import annotations
 
+from gradio import Request
+
 from facechain.errors import FacechainError
-from facechain.server.app.common import people_choices, read_upload, start, templates, when_done
+from facechain.server.app.common import account_of, image_of, read_upload, start, templates, when_done
 from facechain.server.service import Service
 
 
-def build_templates_tab(service: Service) -> None:
+def build_templates_tab(service: Service) -> list:
+    """The tab; returns its people dropdowns, each with whether it lists only trained people (filled with the logged-in account's people when the page loads)."""
     import gradio as gr
 
     with gr.Tab("Templates", id="templates"):
@@ -20,7 +23,7 @@ def build_templates_tab(service: Service) -> None:
                 detect = gr.Button("Find faces", elem_id="template-detect")
                 faces_view = gr.Image(label="Faces, numbered left to right", interactive=False,
                                       elem_id="template-faces")
-                tpl_people = gr.Dropdown(choices=people_choices(service), multiselect=True,
+                tpl_people = gr.Dropdown(choices=[], multiselect=True,
                                          label="People for faces 0, 1, ... (left to right)", elem_id="template-people")
                 tpl_btn = gr.Button("Put them in", variant="primary", elem_id="template-button")
             with gr.Column():
@@ -35,7 +38,8 @@ def build_templates_tab(service: Service) -> None:
             if not path:
                 return None, "upload a template photo first."
             try:
-                _, faces, preview = list_template_faces(path, get_analyzer(service.cfg.face_backend))
+                _, faces, preview = list_template_faces(image_of(read_upload(path)[1]),
+                                                        get_analyzer(service.cfg.face_backend))
             except FacechainError as exc:
                 return None, f"**Error:** {exc}"
             return preview, f"{len(faces)} face(s) found; pick one person per face, left to right."
@@ -43,17 +47,20 @@ def build_templates_tab(service: Service) -> None:
         def pick_template(name):
             return str(service.templates_dir / name) if name in templates(service) else None
 
-        def start_template(named, path, ids):
+        def start_template(named, path, ids, request: Request):
+            who = account_of(service, request)
             if named and named != "(upload)":
-                return start(lambda: service.start_template(named, list(ids or [])))
+                return start(lambda: service.start_template(named, list(ids or []), who))
             if not path:
                 return None, "**Error:** upload a template photo, or pick one from templates/."
-            return start(lambda: service.start_template(read_upload(path), list(ids or [])))
+            return start(lambda: service.start_template(read_upload(path), list(ids or []), who))
 
-        def refresh_template(jid):
-            return when_done(service, jid, lambda job: str(service.job_file(jid, "out/result.png")))
+        def refresh_template(jid, request: Request):
+            who = account_of(service, request)
+            return when_done(service, who, jid, lambda job: str(service.job_file(jid, "out/result.png", who)))
 
         detect.click(find_faces, tpl, [faces_view, tpl_status])
         tpl_named.change(pick_template, tpl_named, tpl)
         tpl_btn.click(start_template, [tpl_named, tpl, tpl_people], [tpl_job, tpl_status])
         gr.Timer(1.0).tick(refresh_template, tpl_job, [tpl_status, tpl_result])
+    return [(tpl_people, True)]
