@@ -12,6 +12,7 @@ from facechain.server.service import ServeConfig, Service
 import os
 from facechain.errors import InputError
 from facechain.server.app import build_app, local_theme
+from facechain.server.security import BrowserGuard, guard_settings
 from facechain.testing import build_tiny_model
 
 DEMO_TRAIN = {"resolution": 64, "max_train_steps": 20, "checkpointing_steps": 10}
@@ -33,7 +34,7 @@ def demo_config(workdir: str | Path) -> ServeConfig:
                        stylize=dict(DEMO_STYLIZE))
 
 
-def build_server(cfg: ServeConfig, workers: int | None = None):
+def build_server(cfg: ServeConfig, workers: int | None = None, *, bind_host: str = "127.0.0.1"):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     import gradio as gr
     from fastapi import FastAPI
@@ -52,6 +53,8 @@ def build_server(cfg: ServeConfig, workers: int | None = None):
     app = gr.mount_gradio_app(api, build_app(service), path="/", allowed_paths=[str(service.root), str(service.templates_dir)], theme=local_theme(),
                               max_file_size=int(cfg.max_upload_mb * 1e6), auth=login,
                               auth_message="Log in with your account name and its token.")
+    app = BrowserGuard(app, **guard_settings(bind_host, cfg.allowed_hosts, cfg.allowed_origins,
+                                             max_request_mb=cfg.max_request_mb))  # Host, CSRF, CORS, body size
     return app, service
 
 

@@ -33,7 +33,7 @@ def server(tmp_path_factory, tiny_sd15):
     cfg = dataclasses.replace(demo_config(work), base_model=str(tiny_sd15), max_upload_mb=2.0,
                               templates_dir=work / "templates")
     app, service = build_server(cfg)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host of the server bound to 127.0.0.1
         yield client, service
 
 
