@@ -1,10 +1,13 @@
-"""The web app in a real browser: `facechain serve --demo` (the tiny model) driven by Playwright through the
-system's headless Chromium (installed by scripts/test.sh from the package manager; no browser build is
-downloaded). Uploads the sample photos, trains, generates portraits, sees the gallery, the manifest and
-the Runs table; the screenshots are kept in test-artifacts/serve/."""
+"""The web app in a real browser: `facechain serve --demo` (the tiny model) with a token
+(FACECHAIN_SERVE_TOKEN), driven by Playwright through the system's headless Chromium (installed by
+scripts/test.sh from the package manager; no browser build is downloaded). Logs in, uploads the sample
+photos with consent, trains, generates portraits, sees the gallery, the manifest and the Runs table, then
+deletes the person with the People tab's button and checks nothing of theirs is left on disk; the
+screenshots are kept in test-artifacts/serve/."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -17,6 +20,7 @@ from pathlib import Path
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "serve"
+TOKEN = "browser-test-" + "t" * 24  # the account "admin"
 
 
 def _chromium() -> str:
@@ -37,7 +41,8 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("serve")
     port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               FACECHAIN_SERVE_TOKEN=TOKEN)
     log = open(work / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "facechain", "serve", "--demo", "--workdir", str(work / "wd"),
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -75,11 +80,22 @@ def test_train_then_portraits_in_a_browser(server, tmp_path):
         browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
+            assert page.request.get(url + "/api/people").status == 401  # the API without the token
             page.goto(url, wait_until="domcontentloaded")  # never network-idle: the tabs poll their jobs each second
+            page.locator("input[type=password]").first.wait_for(timeout=60_000)  # the login
+            page.locator("input:not([type=password])").first.fill("admin")
+            page.locator("input[type=password]").first.fill("not the token")
+            page.get_by_role("button", name="Login").click()
+            expect(page.get_by_text("Incorrect", exact=False).first).to_be_visible(timeout=30_000)
+            page.locator("input[type=password]").first.fill(TOKEN)
+            page.get_by_role("button", name="Login").click()
             expect(page.locator("#train-button")).to_be_visible(timeout=60_000)
             page.locator("#train-name textarea, #train-name input").first.fill("Ada")
             page.locator("#train-photos input[type=file]").set_input_files(photos)
             expect(page.locator("#train-photos")).to_contain_text("01_upright.png", timeout=30_000)
+            page.locator("#train-button").click()
+            expect(page.locator("#train-status")).to_contain_text("consent is required", timeout=30_000)
+            page.locator("#train-consent input").check()
             page.locator("#train-button").click()
             expect(page.locator("#train-status")).to_contain_text("done", timeout=240_000)
             expect(page.locator("#train-report")).to_contain_text("07_notes.jpg")  # the refused text file, with reason
@@ -101,10 +117,30 @@ def test_train_then_portraits_in_a_browser(server, tmp_path):
             expect(page.locator("#runs-table")).to_contain_text("generate", timeout=30_000)
             expect(page.locator("#runs-table")).to_contain_text("train")
             page.screenshot(path=str(ARTIFACTS / "03_runs.png"), full_page=True)
+
+            person_dirs = [p for p in (work / "wd" / "people").iterdir() if (p / "person.json").is_file()]
+            assert len(person_dirs) == 1
+            digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in person_dirs[0].rglob("*") if p.is_file()}
+            digests |= {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in photos}  # the uploads as sent
+            page.get_by_role("tab", name="People").click()
+            page.locator("#people-refresh").click()
+            page.locator("#people-person input").click()
+            page.get_by_role("option", name="Ada", exact=False).first.click()
+            expect(page.locator("#people-record")).to_contain_text("consent", timeout=30_000)
+            page.locator("#people-delete").click()
+            expect(page.locator("#people-status")).to_contain_text("tick the box", timeout=30_000)
+            page.locator("#people-confirm input").check()
+            page.locator("#people-delete").click()
+            expect(page.locator("#people-status")).to_contain_text("deleted", timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "04_deleted.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
             raise
         finally:
             browser.close()
-    for name in ("01_train.png", "02_portraits.png", "03_runs.png"):
+    for name in ("01_train.png", "02_portraits.png", "03_runs.png", "04_deleted.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000
+    left = [p for p in (work / "wd").rglob("*") if p.is_file()]
+    assert not [p for p in (work / "wd" / "people").iterdir()] and not [p for p in (work / "wd" / "jobs").iterdir()]
+    copies = [p for p in left if hashlib.sha256(p.read_bytes()).hexdigest() in digests]
+    assert not copies, f"copies of the deleted person's files left: {copies}"  # the web app's cache included

@@ -11,7 +11,8 @@ from facechain.server.service import Service
 
 
 def build_templates_tab(service: Service) -> list:
-    """The tab; returns its people dropdowns, each with whether it lists only trained people (filled with the logged-in account's people when the page loads)."""
+    """The tab; returns its people dropdowns, each with whether it lists only trained people (the page
+    fills them with the logged-in account's people when it loads)."""
     import gradio as gr
 
     with gr.Tab("Templates", id="templates"):
