@@ -12,6 +12,7 @@ from facechain.server.service import ServeConfig, Service
 import os
 from facechain.errors import InputError
 from facechain.server.app import build_app, local_theme
+from facechain.server.gradio_files import enforce_file_checks, serve_outputs_from_cache, use_cache
 from facechain.testing import build_tiny_model
 
 DEMO_TRAIN = {"resolution": 64, "max_train_steps": 20, "checkpointing_steps": 10}
@@ -35,6 +36,7 @@ def demo_config(workdir: str | Path) -> ServeConfig:
 
 def build_server(cfg: ServeConfig, workers: int | None = None):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    cache = use_cache(cfg.workdir)  # GRADIO_TEMP_DIR=<workdir>/.web-cache for this process, before Gradio reads it
     import gradio as gr
     from fastapi import FastAPI
 
@@ -45,8 +47,12 @@ def build_server(cfg: ServeConfig, workers: int | None = None):
     router, on_error = build_api(service)
     api.include_router(router)
     api.add_exception_handler(InputError, on_error)
-    app = gr.mount_gradio_app(api, build_app(service), path="/", allowed_paths=[str(service.root), str(service.templates_dir)], theme=local_theme(),
-                              max_file_size=int(cfg.max_upload_mb * 1e6))
+    web = build_app(service)
+    serve_outputs_from_cache(web, [service.root, service.templates_dir], cache)  # no allowed_paths: copies only
+    # show_error=False: an exception's text (a cache path, a refused path) never reaches the browser; gr.Error's does
+    app = gr.mount_gradio_app(api, web, path="/", theme=local_theme(), max_file_size=int(cfg.max_upload_mb * 1e6),
+                              show_error=False)
+    enforce_file_checks(web)  # Gradio's own check on the file paths a client names, as launch() would
     return app, service
 
 

@@ -30,9 +30,9 @@ def build_stylize_tab(service: Service) -> None:
         def start_stylize(c, s, m, cm, sm, only):
             if not c or not s:
                 return None, "**Error:** upload a content image and a style image."
-            masks = {"content_mask": read_upload(cm) if cm else None, "style_mask": read_upload(sm) if sm else None}
-            return start(lambda: service.start_stylize(read_upload(c), read_upload(s),
-                                                       {"method": m, "only_mask_region": bool(only)}, **masks))
+            return start(lambda: service.start_stylize(  # the uploads are read inside start: a refusal is a message
+                read_upload(service, c), read_upload(service, s), {"method": m, "only_mask_region": bool(only)},
+                content_mask=read_upload(service, cm) if cm else None, style_mask=read_upload(service, sm) if sm else None))
 
         def refresh_stylize(jid):
             return when_done(service, jid, lambda job: [str(service.job_file(jid, f)) for f in job["outputs"]

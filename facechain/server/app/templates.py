@@ -48,7 +48,7 @@ def build_templates_tab(service: Service) -> None:
                 return start(lambda: service.start_template(named, list(ids or [])))
             if not path:
                 return None, "**Error:** upload a template photo, or pick one from templates/."
-            return start(lambda: service.start_template(read_upload(path), list(ids or [])))
+            return start(lambda: service.start_template(read_upload(service, path), list(ids or [])))
 
         def refresh_template(jid):
             return when_done(service, jid, lambda job: str(service.job_file(jid, "out/result.png")))

@@ -30,7 +30,7 @@ def build_train_tab(service: Service) -> None:
 
         def start_train(name_value, files):
             try:
-                person = service.add_person(name_value, [read_upload(f) for f in files or []])
+                person = service.add_person(name_value, [read_upload(service, f) for f in files or []])
                 job = service.start_train(person["id"])
             except FacechainError as exc:
                 return None, f"**Error:** {exc}"
