@@ -12,7 +12,7 @@ from facechain.server.service import ServeConfig, Service
 import os
 from facechain.errors import InputError
 from facechain.server.app import build_app, local_theme
-from facechain.server.gradio_files import enforce_file_checks, serve_outputs_from_cache, use_cache
+from facechain.server.gradio_files import enforce_file_checks, guard_handlers, use_cache
 from facechain.testing import build_tiny_model
 
 DEMO_TRAIN = {"resolution": 64, "max_train_steps": 20, "checkpointing_steps": 10}
@@ -48,7 +48,7 @@ def build_server(cfg: ServeConfig, workers: int | None = None):
     api.include_router(router)
     api.add_exception_handler(InputError, on_error)
     web = build_app(service)
-    serve_outputs_from_cache(web, [service.root, service.templates_dir], cache)  # no allowed_paths: copies only
+    guard_handlers(web, [service.root, service.templates_dir], cache)  # no allowed_paths: cached copies, no paths
     # show_error=False: an exception's text (a cache path, a refused path) never reaches the browser; gr.Error's does
     app = gr.mount_gradio_app(api, web, path="/", theme=local_theme(), max_file_size=int(cfg.max_upload_mb * 1e6),
                               show_error=False)

@@ -18,8 +18,8 @@ for one app only: :func:`use_cache` sets it for the process, to ``<workdir>/.web
 app is built, and refuses to override a value set by someone else. One server per process.
 
 No ``allowed_paths``: nothing of the workdir is served by its path. What a handler returns for a file
-output (a gallery, an image, files to download) is copied into the cache by :func:`serve_outputs_from_cache`
-first, and served from there under Gradio's seeded-hash folder names.
+output (a gallery, an image, files to download) is copied into the cache by :func:`guard_handlers` first,
+and served from there under Gradio's seeded-hash folder names; a server path in a message is cut to its name.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import functools
 import hashlib
 import inspect
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -76,14 +77,17 @@ def _file_components():
             gr.ImageSlider, gr.ImageEditor)
 
 
-def serve_outputs_from_cache(blocks, roots: list[Path], cache: Path) -> None:
-    """Wrap every event handler of ``blocks`` so that a file it returns to a file output (a path inside one of
-    ``roots``) is first copied into ``cache``: Gradio then serves the copy, never the original by its path.
-    Other values (text, tables, a ``gr.skip()``) pass unchanged."""
+def guard_handlers(blocks, roots: list[Path], cache: Path) -> None:
+    """Wrap every event handler of ``blocks``: a file it returns to a file output (a path inside one of ``roots``)
+    is first copied into ``cache``, so Gradio serves the copy, never the original by its path; in what it returns
+    to any other output (a status line, a table, a manifest) a path inside ``roots`` or ``cache`` is cut to its
+    file name, so no message names a server folder. Other values (a ``gr.skip()``, numbers) pass unchanged."""
     from gradio.processing_utils import save_file_to_cache
 
     roots = [Path(r).resolve() for r in roots]
     kinds = _file_components()
+    folders = sorted({str(r) for r in [*roots, Path(cache).resolve()]}, key=len, reverse=True)
+    in_text = re.compile("(?:" + "|".join(re.escape(f) for f in folders) + r")(?:[/\\][^\s'\"`<>()\[\]]*)?")
 
     def to_cache(value):
         if isinstance(value, (str, Path)) and os.path.isabs(value):
@@ -91,40 +95,52 @@ def serve_outputs_from_cache(blocks, roots: list[Path], cache: Path) -> None:
             if any(p.is_relative_to(r) for r in roots) and p.is_file():
                 return save_file_to_cache(p, str(cache))
             return value
-        if isinstance(value, (list, tuple)):
-            return type(value)(to_cache(v) for v in value)
-        if isinstance(value, dict):  # gr.update(value=...), a gallery item as a dict
-            return {k: to_cache(v) for k, v in value.items()}
-        return value
+        return _each(value, to_cache)
+
+    def short(match: re.Match) -> str:
+        path = match.group(0)
+        end = len(path.rstrip(".,;:"))  # a sentence's full stop after the path stays
+        name = Path(path[:end]).name if path[:end].rstrip("/\\") not in folders else "the server's folder"
+        return name + path[end:]
+
+    def scrub(value):
+        return in_text.sub(short, value) if isinstance(value, str) else _each(value, scrub)
 
     def wrap(fn, outputs):
-        files = [isinstance(o, kinds) for o in outputs]
+        mend = [to_cache if isinstance(o, kinds) else scrub for o in outputs]
 
         @functools.wraps(fn)
         def handler(*args, **kwargs):
             result = fn(*args, **kwargs)
             if len(outputs) == 1:
-                return to_cache(result) if files[0] else result
+                return mend[0](result)
             if isinstance(result, (list, tuple)) and len(result) == len(outputs):
-                return type(result)(to_cache(v) if f else v for v, f in zip(result, files, strict=True))
+                return type(result)(m(v) for m, v in zip(mend, result, strict=True))
             return result  # not one value per output: Gradio reports it
 
         return handler
 
     for block_fn in blocks.fns.values():
-        if block_fn.fn is None or not any(isinstance(o, kinds) for o in block_fn.outputs):
+        if block_fn.fn is None or not block_fn.outputs:
             continue
         if block_fn.types_generator or inspect.iscoroutinefunction(block_fn.fn):
             raise TypeError(f"the web app's handler {block_fn.name} is a generator or async function: "
-                            f"serve_outputs_from_cache wraps plain functions only.")
+                            f"guard_handlers wraps plain functions only.")
         block_fn.fn = wrap(block_fn.fn, block_fn.outputs)
 
 
-def read_cached_upload(path, cache: Path, max_bytes: int) -> tuple[str, bytes]:
-    """(file name, bytes) of a browser upload in Gradio's ``cache``, then the cached file deleted (the server
-    keeps only its own re-encoded copy). Refused (InputError, no server path in the message): a path outside
-    the cache (a symlink leading out included), anything but a regular file (a FIFO is never waited on), a
-    file over ``max_bytes``."""
+def _each(value, fn):
+    """``fn`` applied inside lists, tuples and dicts (``gr.update(value=...)``, table rows, a manifest)."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(fn(v) for v in value)
+    if isinstance(value, dict):
+        return {k: fn(v) for k, v in value.items()}
+    return value
+
+
+def _open_upload(path, cache: Path, max_bytes: int):
+    """(file name, cache folder, the path as given, its real path, the file open for reading) of a regular file
+    of at most ``max_bytes`` inside ``cache``; else an InputError without any server path."""
     name = Path(str(path)).name
     refused = InputError(f"file {name!r} was refused: files come only from this browser's uploads. Upload it in the "
                          f"web app (or send it to the HTTP API).")
@@ -140,20 +156,40 @@ def read_cached_upload(path, cache: Path, max_bytes: int) -> tuple[str, bytes]:
         raise InputError(f"file {name!r} is no longer on the server (each upload is read once): upload it again.") from None
     except OSError:
         raise refused from None
-    too_big = InputError(f"file {name!r} is over the upload limit of {max_bytes / 1e6:g} MB: upload a smaller file.")
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise refused
-        if st.st_size > max_bytes:
-            raise too_big
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        f.close()
+        raise refused if not stat.S_ISREG(st.st_mode) else _too_big(name, max_bytes)
+    return name, root, given, real, f
+
+
+def _too_big(name: str, max_bytes: int) -> InputError:
+    return InputError(f"file {name!r} is over the upload limit of {max_bytes / 1e6:g} MB: upload a smaller file.")
+
+
+def read_cached_upload(path, cache: Path, max_bytes: int) -> tuple[str, bytes]:
+    """(file name, bytes) of a browser upload in Gradio's ``cache``, then the cached file deleted (the server
+    keeps only its own re-encoded copy). Refused (InputError, no server path in the message): a path outside
+    the cache (a symlink leading out included), anything but a regular file (a FIFO is never waited on), a
+    file over ``max_bytes``."""
+    name, root, given, real, f = _open_upload(path, cache, max_bytes)
+    with f:
         data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise too_big
+    if len(data) > max_bytes:  # grew since its size was read
+        raise _too_big(name, max_bytes)
     _remove(real, root)
     if given != real and given.is_symlink():
         _remove(given, root)
     return name, data
+
+
+def check_cached_upload(path, cache: Path, max_bytes: int) -> Path:
+    """The real path of a browser upload in ``cache``, checked as :func:`read_cached_upload` does but kept: for a
+    handler that only looks at an upload another event then reads (the Templates tab's face finder)."""
+    *_, real, f = _open_upload(path, cache, max_bytes)
+    f.close()
+    return real
 
 
 def _remove(path: Path, root: Path) -> None:
@@ -196,5 +232,5 @@ def purge_cache(root: str | Path, digests: set[str]) -> list[Path]:
     return removed
 
 
-__all__ = ["CACHE_FOLDER", "cache_dir", "enforce_file_checks", "purge_cache", "read_cached_upload",
-           "serve_outputs_from_cache", "use_cache"]
+__all__ = ["CACHE_FOLDER", "cache_dir", "check_cached_upload", "enforce_file_checks", "guard_handlers", "purge_cache",
+           "read_cached_upload", "use_cache"]

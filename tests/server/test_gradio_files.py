@@ -39,7 +39,8 @@ def server(tmp_path_factory):
     (work / "templates" / "solo.png").write_bytes(_png(1))
     old = os.environ.get("GRADIO_TEMP_DIR")
     # no model is loaded: these tests never run a job
-    cfg = ServeConfig(workdir=work / "wd", base_model="unused", templates_dir=work / "templates", max_upload_mb=1.0)
+    cfg = ServeConfig(workdir=work / "wd", base_model="unused", templates_dir=work / "templates", max_upload_mb=1.0,
+                      face_backend="dlib")
     app, service = build_server(cfg)
     with TestClient(app) as client:
         yield client, service
@@ -165,6 +166,39 @@ def test_genuine_uploads_reach_the_handler_once(server):
     assert not any(Path(p).exists() for p in paths)  # each upload is read once, then deleted
     event, (_, message) = _call(client, "start_train", ["Eve", [_named(paths[0])]])
     assert "no longer on the server" in message and "upload it again" in message
+
+
+def test_face_finder_names_no_server_path(server):
+    client, service = server
+    [path] = _upload(client, [("group.png", _png(4)[:120])])  # a PNG cut short: its header reads, its pixels do not
+    event, (preview, message) = _call(client, "find_faces", [_named(path)])
+    assert event == "complete" and preview is None
+    assert "group.png" in message and "cannot be used" in message, message  # read_image's message, the path cut
+    _no_server_path(message, service.root)
+    assert Path(path).exists()  # looked at, not read: "Put them in" reads it
+
+
+def test_paths_in_messages_are_cut_to_file_names(tmp_path):
+    import gradio as gr
+
+    from facechain.server.gradio_files import guard_handlers
+
+    root, cache = tmp_path / "wd", tmp_path / "wd" / ".web-cache"
+    photo = root / "people" / "p" / "photos" / "a.png"
+    photo.parent.mkdir(parents=True)
+    photo.write_bytes(b"png")
+    cache.mkdir()
+    with gr.Blocks() as blocks:
+        text, table, files = gr.Markdown(), gr.JSON(), gr.File(file_count="multiple")
+        gr.Button().click(lambda: (f"**Error:** photo {photo} cannot be used. In {root}: see {cache}/x/b.png",
+                                   {"lora": str(root / "people" / "p" / "lora"), "steps": 3}, [str(photo)]),
+                          None, [text, table, files])
+    guard_handlers(blocks, [root], cache)
+    [block_fn] = [f for f in blocks.fns.values() if f.outputs]
+    message, manifest, [served] = block_fn.fn()
+    assert message == "**Error:** photo a.png cannot be used. In the server's folder: see b.png"
+    assert manifest == {"lora": "lora", "steps": 3}
+    assert Path(served).is_relative_to(cache) and Path(served).read_bytes() == b"png"  # a copy, served instead
 
 
 def test_read_upload_rules(server, tmp_path):

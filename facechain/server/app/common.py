@@ -4,9 +4,11 @@ preview. A function a tab wires to an event keeps its name: Gradio names the eve
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from facechain.errors import FacechainError
 from facechain.families import FAMILIES
-from facechain.server.gradio_files import cache_dir, read_cached_upload
+from facechain.server.gradio_files import cache_dir, check_cached_upload, read_cached_upload
 from facechain.server.service import DONE, FAILED, Service
 from facechain.generate.poses import named_poses
 from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
@@ -17,6 +19,12 @@ def read_upload(service: Service, path) -> tuple[str, bytes]:
     ``max_upload_mb``; deleted from the cache once read): what the service's calls take. Any other path is an
     InputError saying that files come only from this browser's uploads."""
     return read_cached_upload(path, cache_dir(service.root), int(service.cfg.max_upload_mb * 1e6))
+
+
+def upload_path(service: Service, path) -> Path:
+    """The path of a file this browser uploaded, checked as :func:`read_upload` does but left in the cache (an
+    upload a later event reads)."""
+    return check_cached_upload(path, cache_dir(service.root), int(service.cfg.max_upload_mb * 1e6))
 
 
 def status_line(job: dict) -> str:

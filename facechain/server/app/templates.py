@@ -4,7 +4,7 @@ right, one trained person per face -> the result."""
 from __future__ import annotations
 
 from facechain.errors import FacechainError
-from facechain.server.app.common import people_choices, read_upload, start, templates, when_done
+from facechain.server.app.common import people_choices, read_upload, start, templates, upload_path, when_done
 from facechain.server.service import Service
 
 
@@ -35,7 +35,7 @@ def build_templates_tab(service: Service) -> None:
             if not path:
                 return None, "upload a template photo first."
             try:
-                _, faces, preview = list_template_faces(path, get_analyzer(service.cfg.face_backend))
+                _, faces, preview = list_template_faces(upload_path(service, path), get_analyzer(service.cfg.face_backend))
             except FacechainError as exc:
                 return None, f"**Error:** {exc}"
             return preview, f"{len(faces)} face(s) found; pick one person per face, left to right."
