@@ -284,3 +284,17 @@ def test_gradio_checks_a_mounted_apps_paths_only_with_the_launch_flag(server, tm
         else:
             assert event == "complete" and len(seen) == 1 and Path(seen[0]).read_text() == "not yours", (event, reply)
             Path(seen[0]).unlink()
+
+
+def test_the_cache_goes_in_the_workdir_unless_someone_else_set_it(tmp_path, monkeypatch):
+    from facechain.server.gradio_files import use_cache
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    first = use_cache(tmp_path / "a")
+    assert first == (tmp_path / "a" / ".web-cache").resolve() and first.is_dir()
+    assert os.environ["GRADIO_TEMP_DIR"] == str(first)
+    assert use_cache(tmp_path / "b") == cache_dir(tmp_path / "b")  # a later server may move what we set
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "operator"))
+    with pytest.raises(InputError, match="unset GRADIO_TEMP_DIR"):
+        use_cache(tmp_path / "c")
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "operator")
