@@ -66,7 +66,7 @@ def enforce_file_checks(blocks) -> None:
     if "has_launched" not in vars(blocks):
         raise RuntimeError("this Gradio version has no Blocks.has_launched flag, which facechain sets so that a "
                            "mounted web app checks the file paths clients send (gradio.processing_utils."
-                           "_check_allowed): install the Gradio version pinned in pyproject.toml.")
+                           "_check_allowed): install Gradio 6.31 (tested), or port facechain.server.gradio_files to this version.")
     blocks.has_launched = True
 
 
