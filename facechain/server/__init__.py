@@ -13,6 +13,7 @@ import os
 from facechain.errors import InputError
 from facechain.server.app import build_app, local_theme
 from facechain.server.security import BrowserGuard, guard_settings
+from facechain.server.gradio_files import enforce_file_checks, guard_handlers, use_cache
 from facechain.testing import build_tiny_model
 
 DEMO_TRAIN = {"resolution": 64, "max_train_steps": 20, "checkpointing_steps": 10}
@@ -36,6 +37,7 @@ def demo_config(workdir: str | Path) -> ServeConfig:
 
 def build_server(cfg: ServeConfig, workers: int | None = None, *, bind_host: str = "127.0.0.1"):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    cache = use_cache(cfg.workdir)  # GRADIO_TEMP_DIR=<workdir>/.web-cache for this process, before Gradio reads it
     import gradio as gr
     from fastapi import FastAPI
 
@@ -49,10 +51,13 @@ def build_server(cfg: ServeConfig, workers: int | None = None, *, bind_host: str
     api.include_router(router)
     api.add_exception_handler(InputError, on_error)
     api.add_exception_handler(HTTPException, on_http_error)
+    web = build_app(service)
+    guard_handlers(web, [service.root, service.templates_dir], cache)  # no allowed_paths: cached copies, no paths
     login = service.accounts.check_login if service.accounts.enabled else None  # the web app's login: account + token
-    app = gr.mount_gradio_app(api, build_app(service), path="/", allowed_paths=[str(service.root), str(service.templates_dir)], theme=local_theme(),
-                              max_file_size=int(cfg.max_upload_mb * 1e6), auth=login,
-                              auth_message="Log in with your account name and its token.")
+    # show_error=False: an exception's text (a cache path, a refused path) never reaches the browser; gr.Error's does
+    app = gr.mount_gradio_app(api, web, path="/", theme=local_theme(), max_file_size=int(cfg.max_upload_mb * 1e6),
+                              show_error=False, auth=login, auth_message="Log in with your account name and its token.")
+    enforce_file_checks(web)  # Gradio's own check on the file paths a client names, as launch() would
     app = BrowserGuard(app, **guard_settings(bind_host, cfg.allowed_hosts, cfg.allowed_origins,
                                              max_request_mb=cfg.max_request_mb))  # Host, CSRF, CORS, body size
     return app, service

@@ -141,6 +141,6 @@ def test_train_then_portraits_in_a_browser(server, tmp_path):
     for name in ("01_train.png", "02_portraits.png", "03_runs.png", "04_deleted.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000
     left = [p for p in (work / "wd").rglob("*") if p.is_file()]
-    assert not [p for p in (work / "wd" / "people").iterdir()] and not [p for p in (work / "wd" / "jobs").iterdir()]
+    assert not list((work / "wd" / "people").iterdir()) and not list((work / "wd" / "jobs").iterdir())
     copies = [p for p in left if hashlib.sha256(p.read_bytes()).hexdigest() in digests]
     assert not copies, f"copies of the deleted person's files left: {copies}"  # the web app's cache included

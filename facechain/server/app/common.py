@@ -9,15 +9,23 @@ from pathlib import Path
 from facechain.errors import FacechainError
 from facechain.families import FAMILIES
 from facechain.server.accounts import LOCAL, Account
+from facechain.server.gradio_files import cache_dir, check_cached_upload, read_cached_upload
 from facechain.server.service import DONE, FAILED, Service
 from facechain.generate.poses import named_poses
 from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
 
 
-def read_upload(path) -> tuple[str, bytes]:
-    """(file name, bytes) of a file Gradio saved from an upload: what the service's calls take."""
-    p = Path(path)
-    return p.name, p.read_bytes()
+def read_upload(service: Service, path) -> tuple[str, bytes]:
+    """(file name, bytes) of a file this browser uploaded (in the server's Gradio cache, at most the server's
+    ``max_upload_mb``; deleted from the cache once read): what the service's calls take. Any other path is an
+    InputError saying that files come only from this browser's uploads."""
+    return read_cached_upload(path, cache_dir(service.root), int(service.cfg.max_upload_mb * 1e6))
+
+
+def upload_path(service: Service, path) -> Path:
+    """The path of a file this browser uploaded, checked as :func:`read_upload` does but left in the cache (an
+    upload a later event reads)."""
+    return check_cached_upload(path, cache_dir(service.root), int(service.cfg.max_upload_mb * 1e6))
 
 
 def status_line(job: dict) -> str:
@@ -90,13 +98,3 @@ def account_of(service: Service, request) -> Account:
         raise FacechainError("log in first (reload the page).")
     return account
 
-
-def image_of(data: bytes):
-    """An uploaded image's pixels (RGB uint8) from its bytes: what a handler that only looks at an image reads."""
-    import io
-
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))

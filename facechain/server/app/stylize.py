@@ -15,12 +15,12 @@ def build_stylize_tab(service: Service) -> list:
     with gr.Tab("Stylize", id="stylize"):
         with gr.Row():
             with gr.Column():
-                content = gr.Image(type="filepath", label="Content (a portrait)", elem_id="stylize-content")
-                style_img = gr.Image(type="filepath", label="Style image", elem_id="stylize-style")
+                content = gr.Image(type="filepath", image_mode=None, label="Content (a portrait)", elem_id="stylize-content")
+                style_img = gr.Image(type="filepath", image_mode=None, label="Style image", elem_id="stylize-style")
                 with gr.Row():
-                    content_mask = gr.Image(type="filepath", label="Content mask (optional: white = stylize)",
+                    content_mask = gr.Image(type="filepath", image_mode=None, label="Content mask (optional: white = stylize)",
                                             elem_id="stylize-content-mask")
-                    style_mask = gr.Image(type="filepath", label="Style mask (optional)", elem_id="stylize-style-mask")
+                    style_mask = gr.Image(type="filepath", image_mode=None, label="Style mask (optional)", elem_id="stylize-style-mask")
                 only_mask = gr.Checkbox(label="Only inside the content mask", value=False, elem_id="stylize-only-mask")
                 method = gr.Dropdown(choices=STYLIZE_METHODS, value=STYLIZE_METHODS[0], label="Method",
                                      elem_id="stylize-method")
@@ -33,10 +33,10 @@ def build_stylize_tab(service: Service) -> list:
         def start_stylize(c, s, m, cm, sm, only, request: Request):
             if not c or not s:
                 return None, "**Error:** upload a content image and a style image."
-            return start(lambda: service.start_stylize(
-                read_upload(c), read_upload(s), {"method": m, "only_mask_region": bool(only)},
-                account_of(service, request), content_mask=read_upload(cm) if cm else None,
-                style_mask=read_upload(sm) if sm else None))
+            return start(lambda: service.start_stylize(  # the uploads are read inside start: a refusal is a message
+                read_upload(service, c), read_upload(service, s), {"method": m, "only_mask_region": bool(only)},
+                account_of(service, request), content_mask=read_upload(service, cm) if cm else None,
+                style_mask=read_upload(service, sm) if sm else None))
 
         def refresh_stylize(jid, request: Request):
             who = account_of(service, request)

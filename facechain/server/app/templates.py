@@ -6,7 +6,7 @@ from __future__ import annotations
 from gradio import Request
 
 from facechain.errors import FacechainError
-from facechain.server.app.common import account_of, image_of, read_upload, start, templates, when_done
+from facechain.server.app.common import account_of, read_upload, start, templates, upload_path, when_done
 from facechain.server.service import Service
 
 
@@ -20,7 +20,7 @@ def build_templates_tab(service: Service) -> list:
             with gr.Column():
                 tpl_named = gr.Dropdown(choices=["(upload)"] + templates(service), value="(upload)",
                                         label="Template from templates/", elem_id="template-named")
-                tpl = gr.Image(type="filepath", label="Template photo (upload)", elem_id="template-image")
+                tpl = gr.Image(type="filepath", image_mode=None, label="Template photo (upload)", elem_id="template-image")
                 detect = gr.Button("Find faces", elem_id="template-detect")
                 faces_view = gr.Image(label="Faces, numbered left to right", interactive=False,
                                       elem_id="template-faces")
@@ -39,8 +39,7 @@ def build_templates_tab(service: Service) -> list:
             if not path:
                 return None, "upload a template photo first."
             try:
-                _, faces, preview = list_template_faces(image_of(read_upload(path)[1]),
-                                                        get_analyzer(service.cfg.face_backend))
+                _, faces, preview = list_template_faces(upload_path(service, path), get_analyzer(service.cfg.face_backend))
             except FacechainError as exc:
                 return None, f"**Error:** {exc}"
             return preview, f"{len(faces)} face(s) found; pick one person per face, left to right."
@@ -54,7 +53,7 @@ def build_templates_tab(service: Service) -> list:
                 return start(lambda: service.start_template(named, list(ids or []), who))
             if not path:
                 return None, "**Error:** upload a template photo, or pick one from templates/."
-            return start(lambda: service.start_template(read_upload(path), list(ids or []), who))
+            return start(lambda: service.start_template(read_upload(service, path), list(ids or []), who))
 
         def refresh_template(jid, request: Request):
             who = account_of(service, request)

@@ -34,7 +34,7 @@ def build_train_tab(service: Service) -> list:
         def start_train(name_value, files, agreed, request: Request):
             try:
                 who = account_of(service, request)
-                person = service.add_person(name_value, [read_upload(f) for f in files or []], who,
+                person = service.add_person(name_value, [read_upload(service, f) for f in files or []], who,
                                             consent=bool(agreed))
                 job = service.start_train(person["id"], None, who)
             except FacechainError as exc:
