@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from facechain.errors import InputError
+from facechain.server.accounts import LOCAL
 from facechain.server.gradio_files import cache_dir, purge_cache, read_cached_upload
 
 
@@ -42,7 +43,7 @@ def server(tmp_path_factory):
     cfg = ServeConfig(workdir=work / "wd", base_model="unused", templates_dir=work / "templates", max_upload_mb=1.0,
                       face_backend="dlib")
     app, service = build_server(cfg)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client, service
     if old is None:
         os.environ.pop("GRADIO_TEMP_DIR", None)
@@ -84,7 +85,7 @@ def _no_server_path(reply, *roots: Path) -> None:
 def stored_photo(server) -> Path:
     """Another person's stored photo in the workdir (what the hole turned into a new person's photo)."""
     _, service = server
-    person = service.add_person("Other", [("mine.png", _png(2))])
+    person = service.add_person("Other", [("mine.png", _png(2))], LOCAL, consent=True)
     photo = next(service.workspace(person["id"]).photos.iterdir())
     assert photo.is_file()
     return photo
@@ -93,15 +94,15 @@ def stored_photo(server) -> Path:
 def test_named_server_files_are_refused_by_train_and_stylize(server, stored_photo):
     client, service = server
     cache = cache_dir(service.root)
-    before, people = _files(cache), [p["id"] for p in service.people()]
+    before, people = _files(cache), [p["id"] for p in service.people(LOCAL)]
     for target in ("/etc/passwd", stored_photo):
-        event, reply = _call(client, "start_train", ["Eve", [_named(target)]])
+        event, reply = _call(client, "start_train", ["Eve", [_named(target)], True])
         assert event == "error" and reply == {"error": None}, reply  # Gradio's refusal, its text (a path) hidden
         event, reply = _call(client, "start_stylize", [_named(target), _named(target), "styleid", None, None, False])
         assert event == "error" and reply == {"error": None}, reply
         _no_server_path(reply, service.root)
     assert _files(cache) == before  # nothing copied into the cache
-    assert [p["id"] for p in service.people()] == people  # and no person made of it
+    assert [p["id"] for p in service.people(LOCAL)] == people  # and no person made of it
 
 
 def test_workdir_files_are_not_served_by_path(server, stored_photo):
@@ -131,8 +132,8 @@ def test_a_fifo_is_refused_without_waiting(server, tmp_path):
     results: dict = {}
 
     def calls():
-        results["outside"] = _call(client, "start_train", ["Eve", [_named(outside)]])
-        results["inside"] = _call(client, "start_train", ["Eve", [_named(inside)]])
+        results["outside"] = _call(client, "start_train", ["Eve", [_named(outside)], True])
+        results["inside"] = _call(client, "start_train", ["Eve", [_named(inside)], True])
 
     worker = threading.Thread(target=calls, daemon=True)
     worker.start()
@@ -158,13 +159,13 @@ def test_genuine_uploads_reach_the_handler_once(server):
     client, service = server
     paths = _upload(client, [("a.png", b"not a picture"), ("b.png", b"nor this")])  # image names, text content
     assert all(Path(p).is_relative_to(cache_dir(service.root)) for p in paths)
-    event, (jid, message) = _call(client, "start_train", ["Eve", [_named(p) for p in paths]])
+    event, (jid, message) = _call(client, "start_train", ["Eve", [_named(p) for p in paths], True])
     assert event == "complete" and jid is None
     # read by read_upload and handed to the service, which refused their content (not their origin)
     assert "not an image PIL can read" in message and "browser's uploads" not in message, message
     _no_server_path(message, service.root)
     assert not any(Path(p).exists() for p in paths)  # each upload is read once, then deleted
-    event, (_, message) = _call(client, "start_train", ["Eve", [_named(paths[0])]])
+    event, (_, message) = _call(client, "start_train", ["Eve", [_named(paths[0])], True])
     assert "no longer on the server" in message and "upload it again" in message
 
 
