@@ -41,6 +41,13 @@ CONSENT = ("I am the person in these photos, or I have their permission, to uplo
 DAY = 86400.0
 
 
+def require_consent(consent) -> None:
+    """InputError unless the uploader consented (:data:`CONSENT`)."""
+    if consent is not True:
+        raise InputError("consent is required to store a person's photos: confirm that " + CONSENT[0].lower()
+                         + CONSENT[1:] + " (the API: consent=true; the web app: the consent checkbox).")
+
+
 class Service(Workdir):
     def __init__(self, cfg: ServeConfig, workers: int | None = None, accounts: Accounts | None = None):
         super().__init__(cfg)
@@ -78,9 +85,7 @@ class Service(Workdir):
     def add_person(self, name: str, files: list[tuple[str, bytes]], account: Account, consent: bool = False) -> dict:
         """Store the uploaded photos of a new person, with the uploader's consent: each file checked (size, an
         image), re-encoded without its metadata (EXIF: GPS, camera serial), names made safe."""
-        if consent is not True:
-            raise InputError("consent is required to store a person's photos: confirm that " + CONSENT[0].lower()
-                             + CONSENT[1:] + " (the API: consent=true; the web app: the consent checkbox).")
+        require_consent(consent)
         name = (name or "").strip()[:64] or "person"
         if not files:
             raise InputError("no photos were uploaded. Upload 3-20 photos of one person, one face each.")

@@ -87,6 +87,7 @@ def test_train_then_portraits_in_a_browser(server, tmp_path):
             page.locator("input[type=password]").first.fill("not the token")
             page.get_by_role("button", name="Login").click()
             expect(page.get_by_text("Incorrect", exact=False).first).to_be_visible(timeout=30_000)
+            page.locator("input:not([type=password])").first.fill("admin")  # the page clears it after a refusal
             page.locator("input[type=password]").first.fill(TOKEN)
             page.get_by_role("button", name="Login").click()
             expect(page.locator("#train-button")).to_be_visible(timeout=60_000)

@@ -7,7 +7,7 @@ from gradio import Request
 
 from facechain.errors import FacechainError
 from facechain.server.app.common import account_of, read_upload, status_line
-from facechain.server.service import CONSENT, DONE, Service
+from facechain.server.service import CONSENT, DONE, Service, require_consent
 
 
 def build_train_tab(service: Service) -> list:
@@ -34,6 +34,7 @@ def build_train_tab(service: Service) -> list:
         def start_train(name_value, files, agreed, request: Request):
             try:
                 who = account_of(service, request)
+                require_consent(bool(agreed))  # before the uploads are read (each is read once): they stay for a retry
                 person = service.add_person(name_value, [read_upload(service, f) for f in files or []], who,
                                             consent=bool(agreed))
                 job = service.start_train(person["id"], None, who)
