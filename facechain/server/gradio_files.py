@@ -237,5 +237,25 @@ def purge_cache(root: str | Path, digests: set[str]) -> list[Path]:
     return removed
 
 
-__all__ = ["CACHE_FOLDER", "cache_dir", "check_cached_upload", "enforce_file_checks", "guard_handlers", "purge_cache",
+def expire_cache(root: str | Path, older_than: float) -> list[Path]:
+    """Delete every regular file in this server's Gradio cache last modified before ``older_than`` (a time):
+    uploads never submitted and the copies of what the web app showed (it copies again what it shows next)."""
+    cache = cache_dir(root)
+    removed: list[Path] = []
+    if not cache.is_dir():
+        return removed
+    for folder, _, names in os.walk(cache):
+        for n in names:
+            p = Path(folder) / n
+            try:
+                st = p.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < older_than:
+                    _remove(p, cache)
+                    removed.append(p)
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+__all__ = ["CACHE_FOLDER", "cache_dir", "check_cached_upload", "expire_cache", "enforce_file_checks", "guard_handlers", "purge_cache",
            "read_cached_upload", "use_cache"]

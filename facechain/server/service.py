@@ -65,8 +65,7 @@ class Service(Workdir):
         self.devices = [f"cuda:{i}" for i in range(n)] if self._gpu_count() else ["auto"] * n
         self._threads = [threading.Thread(target=self._work, args=(d,), daemon=True, name=f"facechain-job-{i}")
                          for i, d in enumerate(self.devices)]
-        if cfg.retention_days is not None:
-            self._threads.append(threading.Thread(target=self._retention_loop, daemon=True, name="facechain-retention"))
+        self._threads.append(threading.Thread(target=self._retention_loop, daemon=True, name="facechain-retention"))
         for t in self._threads:
             t.start()
 
@@ -393,10 +392,15 @@ class Service(Workdir):
     # ------------------------------------------------------------------ retention
 
     def expire(self, now: float | None = None) -> dict:
-        """Delete people and finished jobs older than ``retention_days`` (the people with everything of theirs)."""
+        """Delete the web app's cached files older than ``web_cache_hours``, and people and finished jobs older
+        than ``retention_days`` (the people with everything of theirs)."""
+        from facechain.server.gradio_files import expire_cache
+
+        now = now or time.time()
+        cached = expire_cache(self.root, now - self.cfg.web_cache_hours * 3600)
         if self.cfg.retention_days is None:
-            return {"people": [], "jobs": []}
-        cutoff = (now or time.time()) - self.cfg.retention_days * DAY
+            return {"people": [], "jobs": [], "cached": len(cached)}
+        cutoff = now - self.cfg.retention_days * DAY
         admin = Account("retention", admin=True)
         people = [p["id"] for p in self.people(admin) if p.get("created", 0) < cutoff]
         for pid in people:
@@ -407,14 +411,15 @@ class Service(Workdir):
                 self._jobs.pop(job.id, None)
         for job in old:
             shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
-        return {"people": people, "jobs": [j.id for j in old]}
+        return {"people": people, "jobs": [j.id for j in old], "cached": len(cached)}
 
     def _retention_loop(self) -> None:
         while True:
             try:
                 done = self.expire()
-                if done["people"] or done["jobs"]:
-                    logger.info("retention: deleted %d people and %d jobs", len(done["people"]), len(done["jobs"]))
+                if done["people"] or done["jobs"] or done["cached"]:
+                    logger.info("retention: deleted %d people, %d jobs and %d cached web files", len(done["people"]),
+                                len(done["jobs"]), done["cached"])
             except Exception:
                 logger.exception("retention: a sweep failed; the next runs in an hour")
             time.sleep(3600)

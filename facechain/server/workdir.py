@@ -71,6 +71,8 @@ class ServeConfig(model_ref(
                                       default=500)
     job_timeout_s: float = setting("A job still running after this many seconds is stopped and failed.",
                                    default=6 * 3600.0)
+    web_cache_hours: float = setting("Delete the web app's cached uploads and copies older than this many hours "
+                                     "(checked hourly).", default=24.0)
     retention_days: float | None = setting("Delete people and jobs older than this many days (checked hourly); "
                                            "empty = keep until deleted.", default=None)
 
@@ -114,7 +116,10 @@ def safe_name(name: str, fallback: str) -> str:
     """An uploaded file's name reduced to its last component and safe characters (never a path)."""
     base = re.split(r"[\\/]", str(name or ""))[-1]
     base = NAME_RULE.sub("_", base).strip(" .")
-    return base[:80] or fallback
+    if len(base) > 80:  # a long name: the stem is shortened, the extension kept (it says what the file is)
+        stem, dot, ext = base.rpartition(".")
+        base = f"{stem[:80 - len(ext) - 1]}.{ext}" if dot and stem and 0 < len(ext) <= 10 else base[:80]
+    return base or fallback
 
 
 def inside(root: Path, path: Path) -> Path:

@@ -288,14 +288,44 @@ def test_delete_removes_everything_of_the_person(server, photos):
     assert pid in (service.root / "deleted.jsonl").read_text()
 
 
-def test_retention_deletes_old_people(tmp_path_factory, tiny_sd15, photos):
+def test_retention_deletes_old_people_and_old_cached_files(tmp_path_factory, tiny_sd15, photos):
     from facechain.server.accounts import Account
+    from facechain.server.gradio_files import cache_dir
 
     _, service = _server(tmp_path_factory, tiny_sd15, retention_days=30.0)
     ada = Account("ada")
     old = service.add_person("old", photos[:1], ada, consent=True)
+    stale, fresh = cache_dir(service.root) / "h1" / "old.png", cache_dir(service.root) / "h2" / "new.png"
+    for p in (stale, fresh):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    assert service.expire()["people"] == [] and not stale.exists() and fresh.exists()  # cache: older than 24 h
     done = service.expire(now=time.time() + 31 * 86400)
     assert done["people"] == [old["id"]] and not service.person_dir(old["id"]).exists()
+
+
+def test_delete_removes_the_cached_identity_embeddings(tmp_path_factory, tiny_sd15, photos):
+    """The identity adapter caches embeddings of a photo folder in $FACECHAIN_HOME/identity (keyed by the
+    photos' bytes); deleting the person deletes those of their photos, and no one else's."""
+    from facechain.adapters.ip_adapter_faceid import embedding
+    from facechain.images import list_images
+    from facechain.server.accounts import Account
+
+    _, service = _server(tmp_path_factory, tiny_sd15)
+    ada = Account("ada")
+    mine = service.add_person("m", photos[:2], ada, consent=True)["id"]
+    other = service.add_person("o", photos[2:3], ada, consent=True)["id"]
+    folder = embedding.adapters_home().parent / "identity"
+    folder.mkdir(parents=True, exist_ok=True)
+    cached = {}
+    for pid in (mine, other):
+        files = list_images(service.workspace(pid).photos, "photos")
+        cached[pid] = folder / f"{embedding._cache_key(files, 'dlib')}.safetensors"
+        cached[pid].write_bytes(b"cached")
+    assert embedding.cached_embedding_files(service.workspace(mine).photos) == [cached[mine]]
+    service.delete_person(mine, ada)
+    assert not cached[mine].exists() and cached[other].exists()
 
 
 def test_serve_refuses_the_network_without_authentication(tmp_path):
@@ -353,3 +383,17 @@ def test_a_job_past_its_timeout_is_stopped(tmp_path_factory, tiny_sd15, photos):
         time.sleep(0.2)
     job = service.job(jid, ada)
     assert job["state"] == "failed" and "job timeout of 3 s" in job["error"]
+
+
+def test_a_long_upload_name_keeps_its_extension(server):
+    from facechain import samples
+    from facechain.server.workdir import safe_name
+
+    client, _ = server
+    name = "holiday-" + "x" * 120 + ".png"
+    r = client.post("/api/people", data={"name": "long", "consent": "true"}, headers=_auth(ADA),
+                    files=[("photos", (name, _png(samples.astronaut()), "image/png"))])
+    assert r.status_code == 200, r.text
+    [stored] = r.json()["photos"]
+    assert stored.endswith(".png") and stored.startswith("holiday-") and len(stored) == 80
+    assert safe_name("../../" + "y" * 90, "f") == "y" * 80  # no extension: cut, still never a path

@@ -1,9 +1,10 @@
-"""The web app in a real browser: `facechain serve --demo` (the tiny model) with a token
-(FACECHAIN_SERVE_TOKEN), driven by Playwright through the system's headless Chromium (installed by
-scripts/test.sh from the package manager; no browser build is downloaded). Logs in, uploads the sample
-photos with consent, trains, generates portraits, sees the gallery, the manifest and the Runs table, then
-deletes the person with the People tab's button and checks nothing of theirs is left on disk; the
-screenshots are kept in test-artifacts/serve/."""
+"""The web app in a real browser: `facechain serve --demo` (the tiny model) with a tokens file of two
+accounts, driven by Playwright through the system's headless Chromium (installed by scripts/test.sh from
+the package manager; no browser build is downloaded). Logs in (another account's token refused), uploads
+the sample photos with consent, trains, generates portraits, sees the gallery, the manifest and the Runs
+table; the other account, in its own browser, sees none of it; then deletes the person with the People
+tab's button and checks nothing of theirs is left on disk; the screenshots are kept in
+test-artifacts/serve/."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "serve"
-TOKEN = "browser-test-" + "t" * 24  # the account "admin"
+TOKEN, BOB = "browser-test-" + "t" * 24, "browser-bob-" + "b" * 24  # the accounts "ada" and "bob"
 
 
 def _chromium() -> str:
@@ -41,8 +42,12 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("serve")
     port = _free_port()
+    tokens = work / "tokens.txt"
+    tokens.write_text(f"ada:{TOKEN}\nbob:{BOB}\n")
+    tokens.chmod(0o600)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               FACECHAIN_SERVE_TOKEN=TOKEN)
+               FACECHAIN_SERVE_TOKENS_FILE=str(tokens))
+    env.pop("FACECHAIN_SERVE_TOKEN", None)
     log = open(work / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "facechain", "serve", "--demo", "--workdir", str(work / "wd"),
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -83,11 +88,11 @@ def test_train_then_portraits_in_a_browser(server, tmp_path):
             assert page.request.get(url + "/api/people").status == 401  # the API without the token
             page.goto(url, wait_until="domcontentloaded")  # never network-idle: the tabs poll their jobs each second
             page.locator("input[type=password]").first.wait_for(timeout=60_000)  # the login
-            page.locator("input:not([type=password])").first.fill("admin")
-            page.locator("input[type=password]").first.fill("not the token")
+            page.locator("input:not([type=password])").first.fill("ada")
+            page.locator("input[type=password]").first.fill(BOB)  # another account's token
             page.get_by_role("button", name="Login").click()
             expect(page.get_by_text("Incorrect", exact=False).first).to_be_visible(timeout=30_000)
-            page.locator("input:not([type=password])").first.fill("admin")  # the page clears it after a refusal
+            page.locator("input:not([type=password])").first.fill("ada")  # the page clears it after a refusal
             page.locator("input[type=password]").first.fill(TOKEN)
             page.get_by_role("button", name="Login").click()
             expect(page.locator("#train-button")).to_be_visible(timeout=60_000)
@@ -119,6 +124,24 @@ def test_train_then_portraits_in_a_browser(server, tmp_path):
             expect(page.locator("#runs-table")).to_contain_text("train")
             page.screenshot(path=str(ARTIFACTS / "03_runs.png"), full_page=True)
 
+            other = browser.new_page(viewport={"width": 1400, "height": 1000})  # bob, in a browser of his own
+            other.goto(url, wait_until="domcontentloaded")
+            other.locator("input[type=password]").first.wait_for(timeout=60_000)
+            other.locator("input:not([type=password])").first.fill("bob")
+            other.locator("input[type=password]").first.fill(BOB)
+            other.get_by_role("button", name="Login").click()
+            other.get_by_role("tab", name="People").click()
+            other.locator("#people-refresh").click()
+            other.locator("#people-person input").click()
+            other.wait_for_timeout(1500)
+            assert other.get_by_role("option", name="Ada", exact=False).count() == 0  # Ada is not Bob's
+            other.get_by_role("tab", name="Runs").click()
+            other.locator("#runs-refresh").click()
+            other.wait_for_timeout(1500)
+            expect(other.locator("#runs-table")).not_to_contain_text("generate")
+            other.screenshot(path=str(ARTIFACTS / "04_other_account.png"), full_page=True)
+            other.close()
+
             person_dirs = [p for p in (work / "wd" / "people").iterdir() if (p / "person.json").is_file()]
             assert len(person_dirs) == 1
             digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in person_dirs[0].rglob("*") if p.is_file()}
@@ -133,13 +156,13 @@ def test_train_then_portraits_in_a_browser(server, tmp_path):
             page.locator("#people-confirm input").check()
             page.locator("#people-delete").click()
             expect(page.locator("#people-status")).to_contain_text("deleted", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "04_deleted.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / "05_deleted.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
             raise
         finally:
             browser.close()
-    for name in ("01_train.png", "02_portraits.png", "03_runs.png", "04_deleted.png"):
+    for name in ("01_train.png", "02_portraits.png", "03_runs.png", "04_other_account.png", "05_deleted.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000
     left = [p for p in (work / "wd").rglob("*") if p.is_file()]
     assert not list((work / "wd" / "people").iterdir()) and not list((work / "wd" / "jobs").iterdir())
