@@ -48,6 +48,7 @@ def server(tmp_path_factory):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
                FACECHAIN_SERVE_TOKENS_FILE=str(tokens))
     env.pop("FACECHAIN_SERVE_TOKEN", None)
+    env.pop("GRADIO_TEMP_DIR", None)  # an in-process server of another test set it for this process
     log = open(work / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "facechain", "serve", "--demo", "--workdir", str(work / "wd"),
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
