@@ -47,7 +47,7 @@ def run(args) -> int:
     if not is_loopback(args.host) and not accounts.enabled:
         print(f"facechain serve: refusing to serve on {args.host} without authentication: anyone who can reach it "
               f"could read and use every person's photos and models. {HOW_TO}.", file=sys.stderr)
-        return 2
+        return 1
     app, service = build_server(cfg, bind_host=args.host)
     print(f"facechain: the web app on http://{args.host}:{args.port}/ and the API on http://{args.host}:{args.port}/api "
           f"(workdir {service.root})", flush=True)
