@@ -1,7 +1,7 @@
 """The operations the web app and the HTTP API share: people (uploaded photos, with consent), background jobs
 (train = preprocess + train, generate, template, stylize), their status and outputs, cancelling, deleting.
 No pipeline logic: each job builds the stage's config and calls the library, as the CLI does
-(``stages.py``), in its own process (``runner.py``).
+(``stages.py``), in a worker process per device (``runner.py``).
 
 Every call names the :class:`~facechain.server.accounts.Account` asking. A person and a job belong to the
 account that created them; another account gets "not found" for them (404, so ids of others' people are not
@@ -28,7 +28,7 @@ from facechain.errors import InputError
 from facechain.io import write_bytes, write_json
 from facechain.server.accounts import Account, Accounts
 from facechain.server.client_settings import check_client_settings
-from facechain.server.runner import JobProcess
+from facechain.server.runner import WorkerProcess
 from facechain.server.stages import JOB_KINDS
 from facechain.server.uploads import clean_image, sha256
 from facechain.server.workdir import (CANCELLED, DONE, FAILED, FINISHED, ID_RULE, QUEUED, RUNNING, Job, LimitError,
@@ -56,7 +56,7 @@ class Service(Workdir):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
-        self._procs: dict[str, JobProcess] = {}
+        self._procs: dict[str, WorkerProcess] = {}  # a running job's worker
         self._stopping: dict[str, str] = {}  # job id -> why it is being stopped (cancel, deletion)
         self._deleting: set[str] = set()
         self._queue: queue.Queue = queue.Queue()
@@ -339,14 +339,17 @@ class Service(Workdir):
             if job.state != RUNNING:
                 return
             self._stopping[job.id] = reason
-            proc = self._procs.get(job.id)
-        if proc is not None:
-            proc.stop()
-        deadline = time.time() + wait
-        while job.state == RUNNING and time.time() < deadline:  # the worker records the end
+            worker = self._procs.get(job.id)
+            if worker is not None:  # signalled under the lock: it is this job's worker, not the next job's
+                worker.terminate()
+        start = time.time()
+        while job.state == RUNNING and time.time() < start + wait:  # the job's thread records the end
+            if worker is not None and time.time() > start + 10:
+                worker.terminate(force=True)  # SIGTERM was not enough
             time.sleep(0.05)
 
     def _work(self, device: str) -> None:
+        worker = WorkerProcess(self.cfg, device)
         while True:
             jid = self._queue.get()
             with self._lock:
@@ -355,19 +358,18 @@ class Service(Workdir):
                     continue
                 job.state, job.started = RUNNING, time.time()
                 self.save_job(job)
-                proc = self._procs[jid] = JobProcess(self.cfg, job, device)
+                self._procs[jid] = worker
                 try:
-                    proc.start()  # under the lock: a cancel either finds it queued or finds its process started
-                except Exception as exc:  # the process could not start: the job fails, the worker goes on
-                    logger.exception("job %s: its process failed to start", jid)
-                    start_error = f"the job's process failed to start ({type(exc).__name__}: {exc})"
+                    worker.start()  # under the lock: a cancel finds the job queued, or its worker started
+                except Exception as exc:  # the process could not start: the job fails, the thread goes on
+                    logger.exception("job %s: the worker process failed to start", jid)
+                    start_error = f"the worker process failed to start ({type(exc).__name__}: {exc})"
                 else:
                     start_error = None
             if start_error is None:
-                ended = proc.wait(self.cfg.job_timeout_s)
+                ended, result = worker.run(job, self.cfg.job_timeout_s)
                 if not ended:
-                    proc.stop()
-                result = proc.result()
+                    worker.stop()
             else:
                 ended, result = True, {"error": start_error}
             with self._lock:
@@ -379,7 +381,7 @@ class Service(Workdir):
                     state, error = FAILED, (f"stopped: ran past the job timeout of {self.cfg.job_timeout_s:g} s "
                                             "(job_timeout_s in the server config)")
                 elif result is None:
-                    state, error = FAILED, (f"the job's process ended without a result (exit code {proc.exitcode}; "
+                    state, error = FAILED, (f"the job's process ended without a result (exit code {worker.exitcode}; "
                                             "out of memory?); the server log has its output")
                 else:
                     state, error = (FAILED, result["error"]) if result.get("error") else (DONE, None)

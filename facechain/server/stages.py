@@ -1,4 +1,4 @@
-"""What each kind of server job runs, in the job's own process (``runner.py``): the stage's config built from
+"""What each kind of server job runs, in a worker process (``runner.py``): the stage's config built from
 the server's settings and the job's checked client settings, then the library call, as the CLI does.
 
 A run function takes (the :class:`Workdir`, the :class:`Job`, the device) and sets ``job.outputs`` (paths
@@ -131,6 +131,23 @@ def run_stylize(wd: Workdir, job: Job, device: str) -> None:
                              from_dict(StylizeConfig, stylize_settings(wd, job, device), where="stylize settings"),
                              folder / "out", progress=False, **masks)
     job.outputs = [str(Path(p).resolve().relative_to(folder.resolve())) for p in result.outputs]
+
+
+def warm_up(face_backend: str) -> None:
+    """What every job needs, loaded once by a worker process before its first job: the stages' modules (torch,
+    diffusers) and the face models of the server's backend."""
+    import logging
+
+    import facechain.generate  # noqa: F401
+    import facechain.preprocess  # noqa: F401
+    import facechain.train  # noqa: F401
+    from facechain.errors import FacechainError
+    from facechain.face import get_analyzer
+
+    try:
+        get_analyzer(face_backend)
+    except FacechainError as exc:  # the job that needs them says so, with the fix
+        logging.getLogger(__name__).warning("worker: the face models did not load (%s)", exc)
 
 
 def _check(cls_path: str, build: Callable[[Workdir, Job], dict]) -> Callable[[Workdir, Job], None]:
