@@ -169,13 +169,20 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
 def load_mapping(path: str | os.PathLike) -> dict:
     """Read a YAML or JSON file into a dict, with a clear error for a missing or malformed file, a key given twice
     or a YAML alias bomb (:mod:`facechain.configfile`)."""
+    from facechain.configfile import load_json, load_yaml
+    from facechain.io import not_regular_kind
+
     path = Path(path)
+    kind = not_regular_kind(path)
+    if kind is not None:
+        raise InputError(f"config file {path} is {kind}, not a regular file. Pass the path of a .yaml or .json config.")
     if not path.is_file():
         raise InputError(f"config file {path} does not exist. Pass the path of a .yaml or .json config.")
-    from facechain.configfile import load_json, load_yaml
-
-    text = path.read_text(encoding="utf-8")
     source = f"config file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8.") from exc
     data = load_json(text, source) if path.suffix.lower() == ".json" else load_yaml(text, source)
     if data is None:
         data = {}

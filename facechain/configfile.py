@@ -110,6 +110,9 @@ def load_yaml(text: str, source: str):
                              "value can hold. Delete one of them.") from None
         except yaml.YAMLError as exc:
             raise InputError(f"{source} could not be parsed: {exc}") from exc
+        except (ValueError, TypeError, OverflowError) as exc:  # a scalar its tag cannot hold (2001-13-45, !!int x)
+            raise InputError(f"{source} could not be parsed: a value is not what it looks like or is tagged as "
+                             f"({str(exc)[:200]}).") from exc
     finally:
         loader.dispose()
 

@@ -45,6 +45,13 @@ def test_aliases_within_the_limit_and_merge_keys_still_work():
         load_yaml(f"a: {shared}\nb: [" + ", ".join(["*s"] * (MAX_ALIAS_VALUES // 100 + 1)) + "]\n", "c")
 
 
+def test_values_their_tag_cannot_hold_are_input_errors():
+    for text in ("a: 2001-13-45\n", "a: !!int x\n", "a: !!float " + "x" * 10_000 + "\n"):
+        with pytest.raises(InputError, match=r"^c could not be parsed: a value is not what it looks like") as exc:
+            load_yaml(text, "c")
+        assert len(str(exc.value)) < 400
+
+
 def test_an_alias_inside_its_own_value_is_refused():
     with pytest.raises(InputError, match=r"c: line 1: an alias stands for a value that holds it"):
         load_yaml("a: &a [1, *a]\n", "c")
@@ -90,3 +97,11 @@ def test_config_errors_show_an_excerpt_of_a_long_value():
 def test_mixed_key_types_are_listed_not_a_traceback():
     with pytest.raises(InputError, match=r"unknown setting\(s\) \[1, 'zz'\]"):
         from_dict(TrainConfig, {"base_model": "m", "train_data_dir": "d", "output_dir": "o", 1: "a", "zz": 2})
+
+
+def test_a_config_path_that_is_a_device_or_not_text(tmp_path):
+    with pytest.raises(InputError, match=r"config file /dev/zero is a character device, not a regular file"):
+        load_mapping("/dev/zero")
+    (tmp_path / "c.yaml").write_bytes(b"rank: 4\n\xff\xfe")
+    with pytest.raises(InputError, match=r"c\.yaml is not UTF-8 text \(invalid start byte at byte 8\)"):
+        load_mapping(tmp_path / "c.yaml")
