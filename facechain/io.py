@@ -1,5 +1,7 @@
 """Atomic file writing. Everything facechain writes goes through here: temp file in the
-same folder, fsync, then ``os.replace``, so a killed run never leaves a half-written file."""
+same folder, fsync, then ``os.replace``, so a killed run never leaves a half-written file. A write
+that finds the disk full is one :class:`~facechain.errors.DiskFullError` naming the disk and the
+sizes. :func:`not_regular_kind` tells a FIFO or a device from a file without opening it."""
 
 from __future__ import annotations
 
@@ -69,11 +71,14 @@ def disk_full_code(exc: BaseException) -> int | None:
 
 def human_size(n: int) -> str:
     """``n`` bytes as 512 B, 3.4 MB, 1.2 GB (powers of 1000, as disks are sold)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    if n < 1000:
+        return f"{n} B"
+    value, unit = n / 1000, "KB"
+    for bigger in ("MB", "GB", "TB"):
+        if round(value, 1) < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{value:.1f} {unit}"
 
 
 def filesystem_of(folder: Path) -> str:
