@@ -4,7 +4,6 @@ tests/core/test_disk_full.py)."""
 
 from pathlib import Path
 
-import pytest
 from safetensors import SafetensorError
 
 from facechain.cli import main
@@ -14,7 +13,6 @@ FLAGS = ["--resolution", "64", "--aug-variants", "2", "--max-train-steps", "4", 
          "--num-threads", "1", "--no-progress"]
 
 
-@pytest.mark.slow
 def test_full_disk_at_a_checkpoint_is_one_line_and_resume_goes_on(tiny_sd15, tmp_path, monkeypatch, capsys):
     import safetensors.torch
 
