@@ -32,7 +32,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from facechain.errors import InputError
+from facechain.errors import InputError, excerpt
 from facechain.io import write_json
 from facechain.models import VARIANT_HELP, VARIANTS
 
@@ -61,51 +61,51 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except InputError as exc:
                 errors.append(str(exc))
-        raise InputError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise InputError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {excerpt(value)}")
     if origin is typing.Literal:
         if value not in args:
-            raise InputError(f"{where}: must be one of {list(args)}, got {value!r}")
+            raise InputError(f"{where}: must be one of {list(args)}, got {excerpt(value)}")
         return value
     if origin in (list, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise InputError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            raise InputError(f"{where}: expected a list, got {type(value).__name__} {excerpt(value)}")
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise InputError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise InputError(f"{where}: expected a mapping, got {type(value).__name__} {excerpt(value)}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise InputError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise InputError(f"{where}: expected a mapping for {tp.__name__}, got {excerpt(value)}")
         return from_dict(tp, value, where=where)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise InputError(f"{where}: expected true or false, got {value!r}")
+        raise InputError(f"{where}: expected true or false, got {excerpt(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise InputError(f"{where}: must be a finite number, got {value!r}. Give a real number (e.g. 7.5).")
+                raise InputError(f"{where}: must be a finite number, got {excerpt(value)}. Give a real number (e.g. 7.5).")
             return float(value)
-        raise InputError(f"{where}: expected a number, got {value!r}")
+        raise InputError(f"{where}: expected a number, got {excerpt(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise InputError(f"{where}: expected an integer, got {value!r}")
+        raise InputError(f"{where}: expected an integer, got {excerpt(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise InputError(f"{where}: expected a string, got {value!r}")
+        raise InputError(f"{where}: expected a string, got {excerpt(value)}")
     if tp in (Path, os.PathLike):
         if isinstance(value, (str, Path)):
             return Path(value)
-        raise InputError(f"{where}: expected a path, got {value!r}")
+        raise InputError(f"{where}: expected a path, got {excerpt(value)}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise InputError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise InputError(f"{where}: expected {tp.__name__}, got {excerpt(value)}")
     return value
 
 
@@ -141,9 +141,9 @@ def from_dict(cls: type[T], data: dict, where: str | None = None) -> T:
     data = upgrade_names(cls, data, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise InputError(f"{where}: unknown setting(s) {unknown}. Valid settings: {sorted(fields)}")
+        raise InputError(f"{where}: unknown setting(s) {excerpt(unknown, 300)}. Valid settings: {sorted(fields)}")
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
@@ -167,20 +167,23 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
 
 
 def load_mapping(path: str | os.PathLike) -> dict:
-    """Read a YAML or JSON file into a dict, with a clear error for a missing or malformed file."""
+    """Read a YAML or JSON file into a dict, with a clear error for a missing or malformed file, a key given twice
+    or a YAML alias bomb (:mod:`facechain.configfile`)."""
+    from facechain.configfile import load_json, load_yaml
+    from facechain.io import not_regular_kind
+
     path = Path(path)
+    kind = not_regular_kind(path)
+    if kind is not None:
+        raise InputError(f"config file {path} is {kind}, not a regular file. Pass the path of a .yaml or .json config.")
     if not path.is_file():
         raise InputError(f"config file {path} does not exist. Pass the path of a .yaml or .json config.")
-    text = path.read_text(encoding="utf-8")
+    source = f"config file {path}"
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        raise InputError(f"config file {path} could not be parsed: {exc}") from exc
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8.") from exc
+    data = load_json(text, source) if path.suffix.lower() == ".json" else load_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -255,7 +258,7 @@ class Config:
     def __post_init__(self) -> None:
         for name, choices in _literal_fields(type(self)).items():
             if getattr(self, name) not in choices:
-                raise InputError(f"{type(self).__name__}.{name}: must be one of {list(choices)}, got {getattr(self, name)!r}")
+                raise InputError(f"{type(self).__name__}.{name}: must be one of {list(choices)}, got {excerpt(getattr(self, name))}")
 
 
 @dataclasses.dataclass(frozen=True)

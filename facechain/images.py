@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facechain.errors import InputError
+from facechain.io import not_regular_kind
 
 logger = logging.getLogger(__name__)
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -106,10 +107,20 @@ def describe(image: ImageLike) -> str:
     return str(image) if isinstance(image, (str, os.PathLike)) else f"array{tuple(np.asarray(image).shape)}"
 
 
+def check_regular(path: Path) -> None:
+    """Raise ImageRejected("not_a_file") for a FIFO, a device (``/dev/zero``) or a socket, or a link to one,
+    found without opening it (a FIFO blocks the reader until something writes to it)."""
+    kind = not_regular_kind(path)
+    if kind is not None:
+        raise ImageRejected("not_a_file", f"this is {kind}, not a regular file; only image files are read (copy the "
+                                          "photo into the folder as a file)")
+
+
 def _open(path: Path, max_megapixels: float, draft: bool) -> Image.Image:
     """Open, guard and decode: a loaded, EXIF-transposed PIL image."""
     if path.is_dir():
         raise ImageRejected("not_a_file", "this is a folder, not an image; images inside sub-folders are not read (move them up)")
+    check_regular(path)
     try:
         # PIL's own decompression-bomb guard (89 MP warning, 179 MP error) is replaced by ours,
         # max_megapixels, checked from the header below before any pixel is decoded.

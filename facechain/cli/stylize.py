@@ -48,9 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(args):
     """Config file (if any) + the flags that were given -> StylizeConfig."""
-    import yaml
-
     from facechain.config import from_dict, settings_from_sources
+    from facechain.configfile import load_yaml
     from facechain.errors import InputError
     from facechain.stylize.config import StylizeConfig
     from facechain.stylize.registry import METHODS, get_method
@@ -72,7 +71,7 @@ def build_config(args):
         if "=" not in item:
             raise InputError(f"--option {item!r} must look like KEY=VALUE, e.g. --option gamma=0.75.")
         key, value = item.split("=", 1)
-        options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        options[key.strip().replace("-", "_")] = load_yaml(value, f"--option {key.strip()}")
     return from_dict(StylizeConfig, {**data, "options": options}, where=f"config {args._config}" if args._config else "stylize settings")
 
 

@@ -153,8 +153,8 @@ def measure(generated_dir, reference_dir, cfg: EvalConfig | None = None, analyze
     """Measure the images in ``generated_dir`` against the photos in ``reference_dir`` (see the
     module docstring). ``analyzer``: the recogniser to use (default: chosen by ``cfg.face_backend``).
 
-    Raises InputError when either folder is missing or holds no image, or when no reference photo
-    has a face. An unreadable image, or one with no face, is listed with its reason."""
+    Raises InputError when either folder is missing or holds no image, when no generated image can be read,
+    or when no reference photo has a face. An unreadable image, or one with no face, is listed with its reason."""
     cfg = cfg or EvalConfig()
     t_start = time.perf_counter()
     generated_dir, reference_dir = Path(generated_dir), Path(reference_dir)
@@ -250,6 +250,13 @@ def measure(generated_dir, reference_dir, cfg: EvalConfig | None = None, analyze
 
     idents = [e.identity for e in entries if e.identity is not None]
     readable = [e for e in entries if e.status != "unreadable"]
+    if not readable:
+        lines = "\n".join([f"  {e.file}: {e.reason}" for e in entries[:20]]
+                          + ([f"  ... and {len(entries) - 20} more"] if len(entries) > 20 else []))
+        raise InputError(
+            f"no images found in the generated folder {generated_dir}: none of its {len(entries)} file(s) named like an "
+            f"image could be read as one:\n{lines}\nPass the folder of generated portraits (the output folder of "
+            "`facechain generate`).")
     id_div = None
     if len(embs) >= 2:
         d = [1.0 - similarity(embs[i], embs[j]) for i in range(len(embs)) for j in range(i + 1, len(embs))]
@@ -264,9 +271,7 @@ def measure(generated_dir, reference_dir, cfg: EvalConfig | None = None, analyze
         identity_diversity=_r(id_div), pixel_diversity=_r(pixel_diversity(thumbs)),
         reference_spread=_r(spread), reference_spread_measured=measured, copies=len(copies), copy_files=copies,
     )
-    if not readable:
-        caveats.append(f"No image in {generated_dir} could be read; see each file's reason.")
-    elif not idents:
+    if not idents:
         caveats.append(f"No face was found in any image in {generated_dir}.")
     thresholds = {"same_person": SAME_PERSON_THRESHOLD, "copy_identity": cfg.copy_identity_threshold,
                   "copy_pixel": cfg.copy_pixel_threshold}

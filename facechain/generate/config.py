@@ -19,7 +19,7 @@ from facechain.adapters import IdentityConfig
 from facechain.config import (from_dict, load_mapping, merge_settings, model_ref, resolve_config_paths, setting,
                               upgrade_names)
 from facechain.generate.diir import DIIRConfig
-from facechain.errors import InputError
+from facechain.errors import InputError, excerpt
 from facechain.face.fusion import fusion_spec
 from facechain.lora import LORA_FILE
 from facechain.models import DEVICE_HELP, DTYPE_HELP, HUB_REF_HELP, VARIANT_HELP
@@ -192,7 +192,7 @@ class GenerateConfig(model_ref(
             positive(name)
         if self.batch_size != "auto":
             if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool):
-                raise InputError(f"batch_size must be a whole number or auto, got {self.batch_size!r}.")
+                raise InputError(f"batch_size must be a whole number or auto, got {excerpt(self.batch_size)}.")
             positive("batch_size")
         if not self.base_model:
             raise InputError("base_model is empty. Name a hub id, a local diffusers folder or a .safetensors file.")

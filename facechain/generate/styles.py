@@ -29,7 +29,6 @@ dropping a file in a folder; :func:`load_styles` validates every file and refuse
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -223,13 +222,14 @@ def parse_style(data: object, path: Path, family: StyleFamily = "any") -> Style:
 
 
 def load_style_file(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Style:
+    from facechain.configfile import load_json
+
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise InputError(f"style file {path} does not exist.") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"style file {path} is not valid JSON: {exc}") from exc
+    data = load_json(text, f"style file {path}")  # a syntax error or a key given twice: an InputError naming the file
     return parse_style(data, path, _family_of(path, Path(root) if root else path.parent))
 
 

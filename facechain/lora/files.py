@@ -15,7 +15,7 @@ import torch
 
 from facechain.errors import InputError
 from facechain.families import Family, get_family
-from facechain.io import atomic_path, save_safetensors
+from facechain.io import atomic_path, safetensors_size, save_safetensors
 from facechain.lora.formats import (
     COMPONENTS,
     KOHYA_FILE,
@@ -59,7 +59,8 @@ def save_diffusers(folder: str | Path, lora: LoraDict, family: str | Family, ran
         if comp != "unet":  # the classic CLIP names other tools read (transformers 5 dropped ``text_model.``)
             sd = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}
         kwargs[f"{comp}_lora_layers"] = convert_state_dict_to_diffusers({k: v.contiguous() for k, v in sd.items()})
-    with atomic_path(folder / LORA_FILE) as tmp:  # diffusers writes the temporary file beside the old one
+    size = sum(safetensors_size(sd) for key, sd in kwargs.items() if key.endswith("_lora_layers"))
+    with atomic_path(folder / LORA_FILE, size) as tmp:  # diffusers writes the temporary file beside the old one
         cls.save_lora_weights(str(tmp.parent), safe_serialization=True, weight_name=tmp.name, **kwargs)
     return folder / LORA_FILE
 

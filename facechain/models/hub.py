@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from facechain.errors import InputError, ModelNotFoundError, UnsafeCheckpointError
+from facechain.io import not_regular_kind
 from facechain.models.weights import (
     PICKLE_SUFFIXES,
     SAFE_SUFFIXES,
@@ -316,6 +317,9 @@ def resolve_weights_file(
     if local.is_file():
         check_checkpoint_file(local, allow_pickle, what)
         return local
+    kind = not_regular_kind(local)
+    if kind is not None:
+        raise InputError(f"{what} '{local}' is {kind}, not a regular file. Pass the path of the weights file itself.")
     if looks_like_path(ref) or not filename:
         raise ModelNotFoundError(f"{what} '{ref}'{' / ' + filename if filename else ''} does not exist on disk.")
     check_checkpoint_file(Path(filename), allow_pickle, f"{what} '{ref}' file")  # refused before any download

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from facechain.config import setting
-from facechain.errors import InputError
+from facechain.errors import InputError, excerpt
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class PreprocessConfig:
         if self.size < 64 or self.size % 8:
             raise InputError(f"size must be a multiple of 8 and at least 64, got {self.size}")
         if self.mask not in ("auto", "parsing", "landmarks", "none"):
-            raise InputError(f"mask must be one of ['auto', 'parsing', 'landmarks', 'none'], got {self.mask!r}")
+            raise InputError(f"mask must be one of ['auto', 'parsing', 'landmarks', 'none'], got {excerpt(self.mask)}")
         if self.reference_size and (self.reference_size < self.size or self.reference_size % 8):
             raise InputError(f"reference_size must be 0 (none) or a multiple of 8 of at least size ({self.size}), got "
                              f"{self.reference_size}")

@@ -44,7 +44,7 @@ from facechain.face import get_analyzer
 from facechain.face.align import portrait_crop_transform, warp_crop
 from facechain.face.segment import head_mask, whiten_background
 from facechain.face.types import Face, FaceAnalyzer
-from facechain.images import IMAGE_SUFFIXES, ImageRejected, load_photo, sharpness
+from facechain.images import IMAGE_SUFFIXES, ImageRejected, check_regular, load_photo, sharpness
 from facechain.io import save_image
 from facechain.jobs import ItemFailure, exit_code_for
 from facechain.preprocess.artifact import (CONFIG_FILE, FAILED_REPORT, METADATA_FILE, REFERENCE_HIRES, REPORT_FILE,
@@ -108,8 +108,9 @@ def list_photos(inputs) -> list[Path]:
         folder = Path(inputs)
         if not folder.is_dir():
             raise InputError(f"input folder {folder} does not exist or is not a folder. Pass the folder holding the photos.")
-        # folders are listed too, so that one named like a photo shows up in the report with its reason
-        files = [p for p in folder.iterdir() if (p.is_file() or p.is_dir()) and not p.name.startswith(".")]
+        # every entry is listed (folders, FIFOs, devices, broken links too), so that each shows up in the report
+        # with its reason
+        files = [p for p in folder.iterdir() if not p.name.startswith(".")]
     else:
         files = [Path(p) for p in inputs]
     key = lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]  # noqa: E731
@@ -124,6 +125,7 @@ def process_photo(path: Path, analyzer: FaceAnalyzer, cfg: PreprocessConfig) -> 
     entry = PhotoEntry(input=path.name)
     t = time.perf_counter()
     timings = entry.timings
+    check_regular(path)  # first: a FIFO or a device gets this reason whatever its name
     if not path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES:
         raise PhotoRejected("not_an_image", f"file type '{path.suffix}' is not a photo format ({', '.join(IMAGE_SUFFIXES)})")
     image = load_photo(path, cfg.max_megapixels)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from facechain.config import model_ref, setting
-from facechain.errors import InputError
+from facechain.errors import InputError, excerpt
 
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 ValidationBackend = Literal["auto", "dlib", "insightface", "none"]
@@ -119,7 +119,7 @@ class TrainConfig(model_ref(
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise InputError(f"`lora_alpha` has to be positive but is {self.lora_alpha}.")
         if self.lr_scheduler not in LR_SCHEDULERS:
-            raise InputError(f"unknown lr_scheduler {self.lr_scheduler!r}. Choose between {list(LR_SCHEDULERS)}.")
+            raise InputError(f"unknown lr_scheduler {excerpt(self.lr_scheduler)}. Choose between {list(LR_SCHEDULERS)}.")
         if not self.target_modules:
             raise InputError("`target_modules` is empty; name at least one UNet module, e.g. to_q.")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < self.ensemble_top_k:

@@ -92,6 +92,18 @@ def test_unknown_field_and_lora_without_file(tmp_path):
 
 
 @pytest.mark.unit
+def test_key_given_twice_and_bad_json_refused(tmp_path):
+    path = tmp_path / "sd15" / "twice.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(GOOD)[:-1] + ', "multiplier_style": 1.5}')  # the last one used to win silently
+    with pytest.raises(InputError, match=r"twice\.json: key 'multiplier_style' is given twice in one object"):
+        load_styles([tmp_path])
+    path.write_text('{"name": ')
+    with pytest.raises(InputError, match=r"style file .*twice\.json could not be parsed"):
+        load_style_file(path)
+
+
+@pytest.mark.unit
 def test_duplicate_names_refused(tmp_path):
     _write(tmp_path / "sd15", "one", GOOD)
     _write(tmp_path / "sd15", "two", GOOD)
