@@ -24,13 +24,12 @@ token), 404 (no such person, job or file, or not yours), 413 (too large), 415 (n
 """
 
 # no `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime
-import json
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from facechain.configfile import load_json
 from facechain.errors import InputError
 from facechain.generate.poses import named_poses
 from facechain.generate.styles import DEFAULT_STYLES_DIR, load_styles
@@ -66,9 +65,10 @@ def build_api(service: Service):
         if len(raw) > MAX_JSON_BYTES:
             raise HTTPException(413, f"the settings are over {MAX_JSON_BYTES // 1024} KB.")
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise InputError("the request body is not JSON (or is nested too deeply).") from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("the request body is not UTF-8 JSON.") from None
+        body = load_json(text, "the request body")  # a key given twice, bad JSON, deep nesting: a 400 naming it
         if not isinstance(body, dict):
             raise InputError("the request body must be a JSON object of settings.")
         return body

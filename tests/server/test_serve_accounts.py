@@ -181,6 +181,8 @@ def test_bodies_that_are_not_json_settings(server, photos):
     r = client.post(url, content=b'{"seed": [' + b"[" * 5000 + b"]" * 5000 + b"]}",
                     headers={**_auth(ADA), "content-type": "application/json"})
     assert r.status_code == 400
+    r = client.post(url, content=b'{"seed": 1, "seed": 2}', headers={**_auth(ADA), "content-type": "application/json"})
+    assert r.status_code == 400 and "seed" in r.json()["error"] and "twice" in r.json()["error"]
 
 
 def test_stored_photos_have_no_exif_and_are_upright(server):
