@@ -34,6 +34,7 @@ def run(args) -> int:
         if not m.exists():
             print(f"no batch has run in {cfg.output_dir} yet (no {m.path.name})")
             return 1
+        m.check()  # a file that is not our manifest, or a damaged one: what is wrong and what to do
         names = {j.name for j in cfg.people}
         print(status_table([r for r in m.records() if r.person in names]))
         return 0
