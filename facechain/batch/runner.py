@@ -209,7 +209,7 @@ _LOCK_TAG = "facechain batch lock"
 
 
 def _lock_holder(text: str) -> dict | None:
-    """The holder a batch.lock of ours names ({} for the earlier format ``pid N``), or None when the text is
+    """The holder a batch.lock of ours names (just its pid in the earlier format ``pid N``), or None when the text is
     not one of ours (a user's file by that name)."""
     if re.fullmatch(r"pid \d+", text.strip()):
         return {"pid": int(text.split()[1])}

@@ -171,8 +171,11 @@ def stage_inputs(job: PersonJob, stage: str, outputs: dict[str, dict[str, str]])
     sha256, :func:`facechain.models.files_fingerprint`); for the later stages the outputs of every earlier
     stage (``outputs``: stage -> its recorded checksums). A stage is done only for the inputs it ran with."""
     inputs: dict = {"settings": stage_settings(job, stage)}
-    if stage == "preprocess":
-        inputs["photos"] = files_fingerprint(job.photos) if job.photos.is_dir() else f"missing: {job.photos}"
+    if stage == "preprocess":  # a folder that cannot be read: preprocessing then says why
+        try:
+            inputs["photos"] = files_fingerprint(job.photos) if job.photos.is_dir() else f"missing: {job.photos}"
+        except OSError as exc:
+            inputs["photos"] = f"unreadable: {exc.strerror}"
     stages = job.stages
     inputs["upstream"] = {s: outputs_digest(outputs.get(s) or {}) for s in stages[:stages.index(stage)]}
     return inputs
