@@ -201,7 +201,7 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
     blocks = {s: _block(data, s, where) for s in ("preprocess", "train", "generate", "template")}
     eval_on = "eval" not in data or data["eval"] is not None
     blocks["eval"] = _block(data, "eval", where) if eval_on else {}
-    jobs, seen = [], set()
+    jobs, seen = [], {}  # casefolded name -> (index, name)
     for i, person in enumerate(people):
         pw = f"{where}: people[{i}]"
         if not isinstance(person, dict):
@@ -214,9 +214,13 @@ def load_batch(path: str | os.PathLike) -> BatchConfig:
         if not isinstance(name, str) or not NAME_RULE.match(name):
             raise InputError(f"{pw}: name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it names the "
                              "person's folder), starting with a letter or digit.")
-        if name in seen:
+        same = seen.get(name.casefold())
+        if same is not None and same[1] == name:
             raise InputError(f"{pw}: name {name!r} is used twice; each person needs their own name (their folder).")
-        seen.add(name)
+        if same is not None:  # one folder on a case-insensitive disk (macOS, Windows): two people in it
+            raise InputError(f"{pw}: name {name!r} and people[{same[0]}]'s name {same[1]!r} differ only in case; on a "
+                             "case-insensitive disk they name the same folder. Give them names that differ otherwise.")
+        seen[name.casefold()] = (i, name)
         if not person.get("photos"):
             raise InputError(f"{pw} ({name}): photos is missing: the folder of the person's photos.")
         ws = PersonWorkspace(out / name)

@@ -12,16 +12,21 @@ Executors:
 
 The driver submits each person's next stage when the previous one is done, so CPU preprocessing of
 one person overlaps GPU training of another. ``--resume`` reads the manifest: a done stage whose
-outputs still match their checksums is not rerun; a stage left running by a crash, or failed, runs
-again (training resumes from its checkpoint); a stage whose outputs changed runs again with every
-stage after it.
+inputs (photos, settings, the earlier stages' outputs) are still those it ran with and whose outputs
+still match their checksums is not rerun; a stage left running by a crash, or failed, runs again
+(training resumes from its checkpoint when its inputs are the same); a stage whose inputs or outputs
+changed runs again with every stage after it, and the progress output says why.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
+import re
+import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +38,8 @@ from facechain.batch.stages import STAGE_TABLE
 from facechain.errors import InputError
 import importlib.util
 from facechain.batch.stages import run_stage, GenerationWorker, checksums, stage_outputs
+from facechain.batch.stages import changed_inputs, stage_inputs
+from facechain.batch.manifest import sweep_leftovers
 from facechain.errors import MissingDependencyError
 from facechain.outputs import check_writable_folder
 
@@ -197,66 +204,129 @@ def make_executor(address: str, resources: Resources):
     return RayExecutor(address, resources)
 
 
+LOCK_FILE = "batch.lock"
+_LOCK_TAG = "facechain batch lock"
+
+
+def _lock_holder(text: str) -> dict | None:
+    """The holder a batch.lock of ours names (just its pid in the earlier format ``pid N``), or None when the text is
+    not one of ours (a user's file by that name)."""
+    if re.fullmatch(r"pid \d+", text.strip()):
+        return {"pid": int(text.split()[1])}
+    try:
+        holder = json.loads(text.split("\n", 1)[0])
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) and holder.get("lock") == _LOCK_TAG else None
+
+
 class _Lock:
-    """One driver per batch folder: an exclusive lock on ``batch.lock`` (released by the OS if the driver dies)."""
+    """One driver per batch folder: an exclusive lock on ``batch.lock`` (released by the OS if the driver dies).
+
+    The file is ours only while its first line is our JSON (``{"lock": "facechain batch lock", pid, host,
+    started}``): it is created whole (written beside, then linked into place while the name is free) and
+    rewritten in place without a moment of being empty, so a batch.lock of other content is a user's and is
+    refused, untouched."""
 
     def __init__(self, folder: Path):
         import fcntl
 
-        self.fh = open(folder / "batch.lock", "a+")
+        path = folder / LOCK_FILE
+        sweep_leftovers(folder, LOCK_FILE)
+        if not os.path.lexists(path):
+            tmp = folder / f"{LOCK_FILE}.{os.getpid()}.new"
+            tmp.write_text(self._text(), encoding="utf-8")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:  # another driver made it meanwhile: we take it like an existing one
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        try:  # never through a link: the lock file is rewritten with the holder's details
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise InputError(f"{path} cannot be opened as facechain batch's lock file ({exc.strerror}): a link, or not "
+                             "a file. It is left untouched. Move it away, or choose another output_dir.") from None
+        self.fh = os.fdopen(fd, "r+b")
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)  # a FIFO or device is never read (it could block)
+        holder = _lock_holder(self.fh.read(4096).decode("utf-8", "replace")) if regular else None
+        if holder is None:
+            self.fh.close()
+            raise InputError(f"{path} is not facechain batch's lock file (its content is not ours: a file of your own?). "
+                             "It is left untouched. Move it away, or choose another output_dir.")
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "another process"
             self.fh.close()
-            raise InputError(f"another facechain batch is running on {folder} ({holder}). Wait for it, or stop it; "
+            who = f"pid {holder.get('pid')}" + (f" on {holder['host']} since {holder.get('started')}" if "host" in holder else "")
+            raise InputError(f"another facechain batch is running on {folder} ({who}). Wait for it, or stop it; "
                              "then rerun with --resume.") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()}")
-        self.fh.flush()
+        data = self._text().encode("utf-8")  # written over the old text first, then cut: never empty
+        os.pwrite(self.fh.fileno(), data, 0)
+        os.ftruncate(self.fh.fileno(), len(data))
+
+    @staticmethod
+    def _text() -> str:
+        return json.dumps({"lock": _LOCK_TAG, "pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n"
 
     def release(self) -> None:
         self.fh.close()
 
 
-def prepare_manifest(cfg: BatchConfig, resume: bool) -> Manifest:
-    """The manifest with a row per person and stage; on resume, every stage that must run again is pending."""
+def open_manifest(cfg: BatchConfig, resume: bool) -> Manifest:
+    """The manifest (checked to be ours and readable, or created) with a row per person and stage."""
     m = Manifest(cfg.manifest_path)
-    if m.exists() and not resume and any(r.state != PENDING for r in m.records()):
-        raise InputError(f"{cfg.output_dir} already holds a batch ({m.path.name}). Pass --resume to continue it, or "
-                         "choose a new output_dir.")
+    if m.exists():
+        m.check()
+        if not resume and any(r.state != PENDING for r in m.records()):
+            raise InputError(f"{cfg.output_dir} already holds a batch ({m.path.name}). Pass --resume to continue it, "
+                             "or choose a new output_dir.")
     m.create()
     for job in cfg.people:
         m.ensure(job.name, job.stages)
-    if not resume:
-        return m
+    return m
+
+
+def _done_reason(cfg: BatchConfig, job: PersonJob, stage: str, r: StageRecord, outputs: dict) -> str | None:
+    """Why a done stage must run again (its inputs or its outputs changed), or None."""
+    why = changed_inputs(r.inputs, stage_inputs(job, stage, outputs))
+    try:
+        now = checksums(cfg.output_dir, stage_outputs(job, stage))
+    except (OSError, ValueError, KeyError) as exc:
+        now = {"unreadable": str(exc)}
+    if now != r.outputs:
+        changed = sorted(set(now.items()) ^ set(r.outputs.items()))
+        why.append(f"its outputs changed since it was done ({changed[0][0]} ...)")
+    return "; ".join(why) or None
+
+
+def plan_resume(cfg: BatchConfig, m: Manifest) -> None:
+    """Every stage that must run again set pending, with the reason in its event: interrupted or failed; done
+    but its inputs (photos, settings, earlier outputs) or outputs changed; or after a stage that reruns."""
     records = {(r.person, r.stage): r for r in m.records()}
     for job in cfg.people:
         rerun = None  # once a stage runs again, every stage after it does too
+        outputs = {s: records[(job.name, s)].outputs for s in job.stages}
         for stage in job.stages:
             r = records[(job.name, stage)]
-            if rerun is None and r.state == DONE:
-                try:
-                    now = checksums(cfg.output_dir, stage_outputs(job, stage))
-                except (OSError, ValueError, KeyError) as exc:
-                    now = {"unreadable": str(exc)}
-                if now != r.outputs:
-                    changed = sorted(set(now.items()) ^ set(r.outputs.items()))
-                    rerun = f"its outputs changed since it was done ({changed[0][0]} ...)"
-                    m.reset(job.name, stage, rerun)
-                continue
-            if r.state == RUNNING:
+            if r.state == DONE:
+                own = _done_reason(cfg, job, stage, r, outputs)
+                if rerun is None and own is None:
+                    continue
+                m.reset(job.name, stage, "; ".join(w for w in (own, rerun) if w))
+            elif r.state == RUNNING:
                 m.reset(job.name, stage, "interrupted (the driver or its worker stopped); running it again")
-                rerun = rerun or "an earlier stage runs again"
             elif r.state == FAILED:
                 m.reset(job.name, stage, f"failed before ({r.error}); trying again")
-                rerun = rerun or "an earlier stage runs again"
-            elif r.state == DONE:  # an earlier stage runs again: this one must follow it
-                m.reset(job.name, stage, rerun)
-            else:
-                rerun = rerun or "an earlier stage runs again"
+            rerun = rerun or f"{stage} runs again"
+
+
+def prepare_manifest(cfg: BatchConfig, resume: bool) -> Manifest:
+    """The manifest with a row per person and stage; on resume, every stage that must run again is pending."""
+    m = open_manifest(cfg, resume)
+    if resume:
+        plan_resume(cfg, m)
     return m
 
 
@@ -269,8 +339,10 @@ def run_batch(cfg: BatchConfig, address: str = "local", resume: bool = False, pr
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     lock = _Lock(cfg.output_dir)
     try:
-        m = prepare_manifest(cfg, resume)
-        last_event = max((e[0] for e in m.events()), default=0)
+        m = open_manifest(cfg, resume)
+        last_event = m.last_event()  # the reasons plan_resume gives are printed with the rest
+        if resume:
+            plan_resume(cfg, m)
         jobs = {j.name: j for j in cfg.people}
         records = {(r.person, r.stage): r for r in m.records()}
         total = sum(len(j.stages) for j in cfg.people)
@@ -285,7 +357,8 @@ def run_batch(cfg: BatchConfig, address: str = "local", resume: bool = False, pr
             for eid, when, person, stage, state, attempt, detail in m.events(last_event):
                 last_event = eid
                 extra = f" (attempt {attempt})" if state == RUNNING and attempt else ""
-                line = f"{time.strftime('%H:%M:%S', time.localtime(when))} {person}: {stage} {state}{extra}" + \
+                word = "reruns" if state == PENDING else state  # only plan_resume sets a stage back to pending
+                line = f"{time.strftime('%H:%M:%S', time.localtime(when))} {person}: {stage} {word}{extra}" + \
                     (f": {detail}" if detail and state != RUNNING else "")
                 bar.write(line, file=sys.stderr)
 

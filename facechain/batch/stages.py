@@ -1,12 +1,13 @@
 """What runs on a worker: one person's stage, recorded in the manifest by the worker itself.
 
-Each stage marks itself running (one more attempt) when it starts and done, with its outputs' sha256,
-when its outputs are committed; a bad input (FacechainError) or any other error is recorded as failed
+Each stage marks itself running (one more attempt, with its inputs: :func:`stage_inputs`) when it starts
+and done, with its outputs' sha256, when its outputs are committed; a bad input (FacechainError) or any other error is recorded as failed
 with its reason and returned, so one person's failure is data, not a crash. A worker that dies leaves
 the record running; the driver (or Ray's retry of the task) takes it from there.
 
 * preprocess: ``facechain.preprocess.preprocess`` photos -> ``<name>/processed``;
-* train: ``facechain.train.train`` with ``resume=True``: a re-run continues from the last checkpoint;
+* train: ``facechain.train.train`` with ``resume=True``: a re-run with the same inputs continues from the
+  last checkpoint; a first attempt with other inputs (photos, settings) starts over (:func:`_restart_training`);
 * generate: :class:`GenerationWorker`, a long-lived worker (a Ray actor) that keeps the base pipeline
   loaded and swaps the face LoRA between people (:meth:`PortraitGenerator.switch_person`);
 * template (when the batch file has a ``template:`` block): ``facechain.template.run_template`` with the
@@ -17,18 +18,22 @@ the record running; the driver (or Ray's retry of the task) takes it from there.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from facechain.batch.config import PersonJob
+from facechain.batch.config import OWNED, PersonJob
 from facechain.batch.manifest import Manifest
+from facechain.config import to_dict
 from facechain.errors import FacechainError
 from facechain.generate.manifest import MANIFEST_FILE, GenerationManifest
 from facechain.evaluate import evaluate
-from facechain.outputs import sha256_file
+from facechain.models import files_fingerprint
+from facechain.outputs import STATE_DIR, OutputDir, sha256_file
 from facechain.preprocess import preprocess
 
 logger = logging.getLogger(__name__)
@@ -71,6 +76,18 @@ def _run_preprocess(job: PersonJob) -> None:
     preprocess(job.photos, job.processed_dir, job.preprocess, progress=False)
 
 
+def _restart_training(job: PersonJob) -> None:
+    """Training's first attempt with new inputs starts over: the earlier run's outputs in ``lora/`` (the train
+    record's: checkpoints, LoRA, config, log; each only while still as recorded) are removed, so that
+    ``train(resume=True)`` starts at step 0 instead of refusing the new settings or keeping the old LoRA."""
+    if not (job.lora_dir / STATE_DIR / "train.json").is_file():
+        return  # no training ran here
+    with OutputDir.open(job.lora_dir, "train", allow_other_files=job.train.allow_other_files,
+                        what="the person's lora folder") as od:
+        n = od.remove(list(od.files))
+    logger.info("%s: train starts over with its new inputs; removed %d file(s) of the earlier training", job.name, n)
+
+
 def _run_train(job: PersonJob) -> None:
     from facechain.train import train
 
@@ -111,6 +128,8 @@ class Stage:
     run: Callable[[PersonJob], None] | None
     outputs: Callable[[PersonJob], list[Path]]
     on_machine: Callable[[PersonJob], PersonJob] = lambda job: job
+    # before an attempt whose inputs differ from the previous attempt's: clear what a resume would continue
+    restart: Callable[[PersonJob], None] | None = None
 
     @property
     def on_worker(self) -> bool:
@@ -120,19 +139,76 @@ class Stage:
 # every batch stage, in the order a person's stages run (batch.config.STAGES names the same)
 STAGE_TABLE: dict[str, Stage] = {s.name: s for s in (
     Stage("preprocess", _run_preprocess, _processed_outputs),
-    Stage("train", _run_train, _lora_outputs, _train_threads),
+    Stage("train", _run_train, _lora_outputs, _train_threads, _restart_training),
     Stage("generate", None, _portrait_outputs),
     Stage("template", _run_template, _template_outputs),
     Stage("eval", _run_eval, _eval_outputs),
 )}
 
 
-def record(manifest_path: str, batch_root: str, job: PersonJob, stage: str, work) -> dict:
-    """Run ``work()`` as ``job``'s ``stage``, recording it in the manifest; returns {state, attempt, error}."""
+def _without_owned(value):
+    """Settings without the folders the batch sets per person (``output_dir/<name>/...``, also inside nested
+    settings such as the template's person): they follow the output folder, not the batch file."""
+    if isinstance(value, dict):
+        return {k: _without_owned(v) for k, v in value.items() if k not in OWNED}
+    if isinstance(value, list):
+        return [_without_owned(v) for v in value]
+    return value
+
+
+def stage_settings(job: PersonJob, stage: str) -> dict:
+    """The stage's settings as the batch file resolved them (JSON-ready)."""
+    return _without_owned(to_dict(getattr(job, stage)))
+
+
+def outputs_digest(outputs: dict[str, str]) -> str:
+    """One sha256 over a stage's recorded outputs (their paths and checksums)."""
+    return hashlib.sha256(json.dumps(outputs, sort_keys=True).encode()).hexdigest()
+
+
+def stage_inputs(job: PersonJob, stage: str, outputs: dict[str, dict[str, str]]) -> dict:
+    """What ``stage`` is given: its settings; for preprocess the photos' fingerprint (their names, sizes and
+    sha256, :func:`facechain.models.files_fingerprint`); for the later stages the outputs of every earlier
+    stage (``outputs``: stage -> its recorded checksums). A stage is done only for the inputs it ran with."""
+    inputs: dict = {"settings": stage_settings(job, stage)}
+    if stage == "preprocess":  # a folder that cannot be read: preprocessing then says why
+        try:
+            inputs["photos"] = files_fingerprint(job.photos) if job.photos.is_dir() else f"missing: {job.photos}"
+        except OSError as exc:
+            inputs["photos"] = f"unreadable: {exc.strerror}"
+    stages = job.stages
+    inputs["upstream"] = {s: outputs_digest(outputs.get(s) or {}) for s in stages[:stages.index(stage)]}
+    return inputs
+
+
+def changed_inputs(before: dict | None, now: dict) -> list[str]:
+    """Why ``now`` is not what a stage ran with (``before``), in words; [] when it is the same."""
+    if before is None:
+        return ["its inputs were not recorded"]
+    why = []
+    if before.get("photos") != now.get("photos"):
+        why.append("photos changed")
+    old, new = before.get("settings") or {}, now["settings"]
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if keys:
+        why.append(f"settings changed ({', '.join(keys)})")
+    ups = [s for s in now["upstream"] if (before.get("upstream") or {}).get(s) != now["upstream"][s]]
+    if ups:
+        why.append(f"the outputs of {', '.join(ups)} changed")
+    return why
+
+
+def record(manifest_path: str, batch_root: str, job: PersonJob, stage: str, work, inputs: dict) -> dict:
+    """Run ``work()`` as ``job``'s ``stage`` with ``inputs``, recording it in the manifest; returns
+    {state, attempt, error}. A first attempt with other inputs than the previous attempt's runs the stage's
+    ``restart`` first (a Ray retry of the same attempt, or a resume after a crash, continues instead)."""
     manifest = Manifest(manifest_path)
-    attempt = manifest.start(job.name, stage)
+    attempt, before = manifest.start(job.name, stage, inputs)
     t0 = time.perf_counter()
     try:
+        restart = STAGE_TABLE[stage].restart
+        if restart is not None and before != inputs:
+            restart(job)
         work()
         outputs = checksums(Path(batch_root), stage_outputs(job, stage))
     except FacechainError as exc:  # a bad input, with its fix: this person's stage fails, the batch goes on
@@ -150,8 +226,14 @@ def record(manifest_path: str, batch_root: str, job: PersonJob, stage: str, work
 def run_stage(manifest_path: str, batch_root: str, job: PersonJob, stage: str) -> dict:
     """A preprocess, train or eval stage (a Ray task, or a call in the in-process executor)."""
     spec = STAGE_TABLE[stage]
+    inputs = stage_inputs(job, stage, _done_outputs(manifest_path, job))  # as the batch file resolved the job
     job = spec.on_machine(job)
-    return record(manifest_path, batch_root, job, stage, lambda: spec.run(job))
+    return record(manifest_path, batch_root, job, stage, lambda: spec.run(job), inputs)
+
+
+def _done_outputs(manifest_path: str, job: PersonJob) -> dict[str, dict[str, str]]:
+    """{stage: its recorded outputs} of ``job``'s person."""
+    return {r.stage: r.outputs for r in Manifest(manifest_path).records() if r.person == job.name}
 
 
 class GenerationWorker:
@@ -187,4 +269,5 @@ class GenerationWorker:
                 raise FacechainError(f"{len(result.failures)} style(s) failed: "
                                      + "; ".join(f"{f.item}: {f.error}" for f in result.failures))
 
-        return {**record(manifest_path, batch_root, job, "generate", work), "loads": self.loads}
+        inputs = stage_inputs(job, "generate", _done_outputs(manifest_path, job))
+        return {**record(manifest_path, batch_root, job, "generate", work, inputs), "loads": self.loads}

@@ -16,8 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Ray cluster this machine belongs to), ray://HOST:PORT (a remote cluster through Ray Client), "
                         "inprocess (no Ray: the stages one after another in this process)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the batch in output_dir from its manifest: done stages are not rerun, a training "
-                        "resumes from its checkpoint, interrupted or failed stages run again")
+                   help="continue the batch in output_dir from its manifest: done stages are not rerun unless their "
+                        "photos, settings or earlier stages' outputs changed, a training resumes from its checkpoint, "
+                        "interrupted or failed stages run again")
     add_no_progress_argument(p, dest="no_progress", help="no progress bar (the transition lines stay)")
 
 
@@ -34,6 +35,7 @@ def run(args) -> int:
         if not m.exists():
             print(f"no batch has run in {cfg.output_dir} yet (no {m.path.name})")
             return 1
+        m.check()  # a file that is not our manifest, or a damaged one: what is wrong and what to do
         names = {j.name for j in cfg.people}
         print(status_table([r for r in m.records() if r.person in names]))
         return 0

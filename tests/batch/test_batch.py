@@ -292,7 +292,7 @@ def test_one_driver_per_batch_folder(tmp_path, tiny_sd15):
     cfg.output_dir.mkdir(parents=True)
     held = _Lock(cfg.output_dir)
     try:
-        with pytest.raises(InputError, match=f"another facechain batch is running on .* \\(pid {os.getpid()}\\)"):
+        with pytest.raises(InputError, match=f"another facechain batch is running on .* \\(pid {os.getpid()} on "):
             run_batch(cfg, address="inprocess", progress=False)
     finally:
         held.release()
