@@ -234,7 +234,8 @@ def test_outputs_have_normal_permissions(tmp_path):
 # (file, line pattern): every place the package deletes something, and why the rule covers it.
 ALLOWED_DELETIONS = {
     ("facechain/server/service.py", "shutil.rmtree(folder, ignore_errors=False)"):
-        "a person's or a job's folder under the server's workdir (people/<random id>, jobs/<random id>): every file in it was written by the server (delete_person)",
+        "a person's or a job's folder under the server's workdir (people/<random id>, jobs/<random id>): "
+        "every file in it was written by the server (delete_person)",
     ("facechain/server/service.py", "shutil.rmtree(self.job_dir(job.id)"):
         "a job folder the server made: the one submit() just created (refused job), or a finished job past retention_days",
     ("facechain/server/service.py", "path.unlink(missing_ok=True)"):
@@ -242,7 +243,8 @@ ALLOWED_DELETIONS = {
     ("facechain/server/stages.py", "shutil.rmtree(ws.lora)"): "a server person's lora/ folder (written by the server's training), on restart: true",
     ("facechain/server/runner.py", "self._result_path.unlink(missing_ok=True)"): "the job's own result.json in its server-made folder, before the job runs",
     ("facechain/server/gradio_files.py", "path.unlink(missing_ok=True)"):
-        "a file in the server's own Gradio cache (<workdir>/.web-cache, made by use_cache): an upload once read, a copy of a deleted person's file, or one past web_cache_hours",
+        "a file in the server's own Gradio cache (<workdir>/.web-cache, made by use_cache): an upload once read, "
+        "a copy of a deleted person's file, or one past web_cache_hours",
     ("facechain/server/gradio_files.py", "parent.rmdir()"): "an emptied hashed folder inside the server's own Gradio cache",
     ("facechain/outputs/folder.py", "p.unlink()"): "an output the record lists, checksum verified (_delete_owned)",
     ("facechain/outputs/folder.py", "shutil.rmtree(stage, ignore_errors=True)"): "a committed staging folder inside .facechain",
