@@ -33,10 +33,10 @@ def _photos(root: Path) -> Path:
 
 
 def _jobs(folder: Path, model: Path, photos: Path, *, out="out", train="{resolution: 64, max_train_steps: 20, "
-          "checkpointing_steps: 10}", people=("alice", "bob", "carol"), extra="") -> Path:
+          "checkpointing_steps: 10}", people=("alice", "bob", "carol"), extra="", generate=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"base_model: {model}", f"output_dir: {out}", "face_backend: dlib", "seed: 7", f"train: {train}",
-             f"generate: {GENERATE}", extra, "people:"]
+             f"generate: {generate or GENERATE}", extra, "people:"]
     lines += [f"  - {{name: {p}, photos: {photos / p}" + (", generate: {styles: [Cyberpunk]}" if p == "bob" else "")
               + "}" for p in people]
     path = folder / "jobs.yaml"
@@ -122,8 +122,10 @@ def test_batch_file_shares_settings_and_takes_overrides(tmp_path, tiny_sd15):
 def test_bad_batch_files_name_the_setting(tmp_path, tiny_sd15, text, words):
     from facechain.batch import load_batch
 
+    key, _, value = text.partition(": ")
+    kwargs = {key: value} if key in ("train", "generate") else {"extra": text}  # a stage block replaces the shared one
     with pytest.raises(InputError, match=words):
-        load_batch(_jobs(tmp_path, tiny_sd15, Path("photos"), extra=text))
+        load_batch(_jobs(tmp_path, tiny_sd15, Path("photos"), **kwargs))
 
 
 def test_bad_people_are_refused(tmp_path, tiny_sd15):
