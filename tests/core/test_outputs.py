@@ -246,7 +246,6 @@ ALLOWED_DELETIONS = {
     ("facechain/server/service.py", "path.unlink(missing_ok=True)"):
         "the identity adapter's cached embedding of a deleted person's photos (written by identity_embedding, found by its content key)",
     ("facechain/server/stages.py", "shutil.rmtree(ws.lora)"): "a server person's lora/ folder (written by the server's training), on restart: true",
-    ("facechain/server/runner.py", "self._result_path.unlink(missing_ok=True)"): "the job's own result.json in its server-made folder, before the job runs",
     ("facechain/server/gradio_files.py", "path.unlink(missing_ok=True)"):
         "a file in the server's own Gradio cache (<workdir>/.web-cache, made by use_cache): an upload once read, "
         "a copy of a deleted person's file, or one past web_cache_hours",
