@@ -2,7 +2,7 @@
 
     people/<id>/person.json, photos/ (re-encoded, EXIF stripped), processed/, lora/
     jobs/<id>/job.json, out/ (the stage's output folder), inputs/ (uploaded template / style images),
-             info.json (the running job's live report), result.json (what its process returned)
+             info.json (the running job's live report, written by the worker process)
     deleted.jsonl   one line per deletion (ids, account, time; no face data)
 
 Ids are random (``secrets.token_urlsafe``: not guessable) and checked against their pattern before they touch
