@@ -171,8 +171,8 @@ class Service(Workdir):
         """Remove everything of the person: photos, crops, LoRA and checkpoints, every job that used them (a
         running one is stopped first, queued ones cancelled) with its outputs, cached identity embeddings and
         the web app's cached copies. A line in deleted.jsonl records the deletion (ids, account, time)."""
-        record = self._record(pid, account)
-        with self._lock:
+        with self._lock:  # checked and marked at once: a second deletion of the same person is a 404
+            record = self._record(pid, account)
             self._deleting.add(pid)
             jobs = [j for j in self._jobs.values() if pid in self._job_people(j)]
         try:
@@ -187,7 +187,8 @@ class Service(Workdir):
                 for job in jobs:
                     self._jobs.pop(job.id, None)
             for folder in folders:
-                shutil.rmtree(folder, ignore_errors=False)  # the server's own folders (people/<id>, jobs/<id>)
+                if folder.exists():
+                    shutil.rmtree(folder)  # the server's own folders (people/<id>, jobs/<id>)
             for path in identity:
                 path.unlink(missing_ok=True)
             purged = self._purge_web_cache(digests)

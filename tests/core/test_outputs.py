@@ -238,7 +238,7 @@ ALLOWED_DELETIONS = {
     ("facechain/batch/manifest.py", "tmp.unlink(missing_ok=True)"): "the manifest's own <pid>.new name once hard-linked into place",
     ("facechain/batch/runner.py", "tmp.unlink(missing_ok=True)"): "the lock's own temp name once hard-linked into place",
     ("facechain/batch/stages.py", "n = od.remove(list(od.files))"): "OutputDir.remove: training's recorded files, on inputs that changed",
-    ("facechain/server/service.py", "shutil.rmtree(folder, ignore_errors=False)"):
+    ("facechain/server/service.py", "shutil.rmtree(folder)"):
         "a person's or a job's folder under the server's workdir (people/<random id>, jobs/<random id>): "
         "every file in it was written by the server (delete_person)",
     ("facechain/server/service.py", "shutil.rmtree(self.job_dir(job.id)"):
