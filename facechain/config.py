@@ -32,6 +32,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from facechain.configfile import load_mapping  # noqa: F401 (the config files' reader, used as config.load_mapping)
 from facechain.errors import InputError, excerpt
 from facechain.io import write_json
 from facechain.models import VARIANT_HELP, VARIANTS
@@ -164,32 +165,6 @@ def to_dict(cfg: Any) -> dict:
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write ``cfg`` as JSON (atomically) beside the artifact it produced."""
     return write_json(path, {"_type": type(cfg).__name__, **to_dict(cfg)})
-
-
-def load_mapping(path: str | os.PathLike) -> dict:
-    """Read a YAML or JSON file into a dict, with a clear error for a missing or malformed file, a key given twice
-    or a YAML alias bomb (:mod:`facechain.configfile`)."""
-    from facechain.configfile import load_json, load_yaml
-    from facechain.io import not_regular_kind
-
-    path = Path(path)
-    kind = not_regular_kind(path)
-    if kind is not None:
-        raise InputError(f"config file {path} is {kind}, not a regular file. Pass the path of a .yaml or .json config.")
-    if not path.is_file():
-        raise InputError(f"config file {path} does not exist. Pass the path of a .yaml or .json config.")
-    source = f"config file {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8.") from exc
-    data = load_json(text, source) if path.suffix.lower() == ".json" else load_yaml(text, source)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InputError(f"config file {path} must hold a mapping of settings at the top level.")
-    data.pop("_type", None)
-    return data
 
 
 def field_help(cls: type) -> dict[str, str]:

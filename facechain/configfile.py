@@ -7,6 +7,8 @@
   "billion laughs"): harmless while shared, but any code that walks, prints or saves the value pays for all
   of them. The count is made on the composed node graph, before any value is built.
 
+:func:`load_mapping` reads a config file (YAML, or JSON by its suffix) with these rules.
+
 A merge key (``<<: *defaults``) is no duplicate: the keys written beside it override the merged ones, as YAML
 defines.
 """
@@ -14,6 +16,8 @@ defines.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import yaml
 
@@ -139,3 +143,28 @@ def load_json(text: str, source: str):
         raise InputError(f"{source} could not be parsed: {exc}") from exc
     except RecursionError as exc:
         raise InputError(f"{source} could not be parsed: its values are nested too deeply.") from exc
+
+
+def load_mapping(path: str | os.PathLike) -> dict:
+    """Read a YAML or JSON file into a dict, with a clear error for a missing or malformed file, a key given twice
+    or a YAML alias bomb."""
+    from facechain.io import not_regular_kind
+
+    path = Path(path)
+    kind = not_regular_kind(path)
+    if kind is not None:
+        raise InputError(f"config file {path} is {kind}, not a regular file. Pass the path of a .yaml or .json config.")
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist. Pass the path of a .yaml or .json config.")
+    source = f"config file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8.") from exc
+    data = load_json(text, source) if path.suffix.lower() == ".json" else load_yaml(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path} must hold a mapping of settings at the top level.")
+    data.pop("_type", None)
+    return data

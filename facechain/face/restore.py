@@ -1,8 +1,7 @@
 """Optional face restoration after fusion: GFPGAN, RestoreFormer or any image-to-image model spandrel reads.
 
-A fused face can be soft (insightface's swapper outputs 128 px faces; the offline landmark fusion
-warps a reference photo). When the user has a restoration model's weights, each fused face is
-restored the way face restorers expect it and pasted back with a feathered edge.
+A fused face can be soft (the swapper outputs 128 px faces; landmark fusion warps a reference photo); with a
+restoration model's weights, each fused face is restored as face restorers expect and pasted back feathered.
 
 Interface (the whole of it; everything else here is private)::
 
@@ -20,12 +19,11 @@ Interface (the whole of it; everything else here is private)::
   the order given: ``{"index", "restored", "reason", "region", "crop_scale"}``. A face whose
   keypoints are missing, not finite or collapsed (both eyes at one point), or which lies wholly
   outside the image, is skipped with ``restored=False`` and a ``reason``; it never raises.
-* ``FaceRestorer.restore_aligned(crop) -> np.ndarray``: the model alone on an already aligned
-  ``input_size`` square crop (RGB uint8 in, RGB uint8 out, same size).
+* ``FaceRestorer.restore_aligned(crop) -> np.ndarray``: the model alone on an aligned ``input_size`` crop (RGB uint8).
 * ``FaceRestorer.blend_weights(image_shape, face, strength=None)``: the per-pixel blend weight a
   face gets (``(H, W)`` float32, 0 where the image is left bit-identical), and its region.
-* Attributes: ``descriptor`` (spandrel's ImageModelDescriptor), ``architecture`` (spandrel's id,
-  e.g. ``"GFPGAN"``), ``device``, ``dtype``, ``input_size``, ``strength``.
+* Attributes: ``descriptor`` (spandrel's), ``architecture`` (``"GFPGAN"``...), ``device``, ``dtype``,
+  ``input_size``, ``strength``.
 
 Per face: the five keypoints (:attr:`Face.kps`, insightface order) are mapped onto the FFHQ
 five-point template that GFPGAN/RestoreFormer were trained on (:data:`FFHQ_TEMPLATE_512`, scaled
@@ -45,21 +43,15 @@ Weights and safety. ``.safetensors`` files always load. Pickle files (``.pth``, 
 ``.ckpt``, ``.bin``, ``.pkl``) load only with ``allow_pickle=True`` (the project's
 :func:`facechain.models.check_checkpoint_file` refuses them otherwise, with its usual message), and
 then with ``torch.load(path, map_location="cpu", weights_only=True)``: PyTorch's allow-list
-unpickler, which rebuilds tensors and plain containers only; a file that needs any other pickled
-object is refused (:class:`~facechain.errors.UnsafeCheckpointError`), a TorchScript archive too.
-This module does NOT use spandrel's own file loader: in spandrel 0.4.2,
-``ModelLoader.load_from_file`` reads ``.pth``/``.ckpt`` with ``torch.load(path,
-pickle_module=RestrictedUnpickle)`` (spandrel's own restricted unpickler, allowing OrderedDict,
-``torch._utils._rebuild_tensor_v2`` and the storage classes; passing ``pickle_module`` makes torch
-default to ``weights_only=False``, so torch's own weights-only unpickler is not used), tries
-``torch.jit.load`` first for ``.pt`` files, and does not read ``.bin``. Here the file is read as
-said above, unwrapped with ``spandrel.canonicalize_state_dict`` (``params_ema``, ``state_dict``,
-``module.`` ...), and only the tensors are handed to spandrel's architecture registry
-(``MAIN_REGISTRY``), which detects the architecture and hyperparameters from the keys and shapes.
-A missing file raises :class:`~facechain.errors.ModelNotFoundError`; an unreadable file, an
-architecture spandrel does not know, weights that do not fit the detected architecture, or a model
-that is not an RGB image-to-image model (inpainting, grayscale) raise
-:class:`~facechain.errors.InputError`; every message names the file and the fix.
+unpickler (tensors and plain containers only; anything else, TorchScript too, is refused with
+:class:`~facechain.errors.UnsafeCheckpointError`). Spandrel's own file loader is not used: in spandrel
+0.4.2 its restricted unpickler, given to torch as ``pickle_module``, turns torch's weights-only
+unpickler off; it tries TorchScript first for ``.pt`` and does not read ``.bin``. The file is unwrapped
+with ``spandrel.canonicalize_state_dict`` (``params_ema``, ``state_dict``, ``module.`` ...), and only the
+tensors go to spandrel's architecture registry (``MAIN_REGISTRY``), which detects the architecture from the keys and shapes. A missing file raises
+:class:`~facechain.errors.ModelNotFoundError`; an unreadable file, an unknown architecture, weights that
+do not fit it, or a model that is not RGB image-to-image raise :class:`~facechain.errors.InputError`,
+naming the file and the fix.
 
 GFPGAN. spandrel 0.4.2's GFPGAN descriptor passes its [0, 1] input straight to the network and
 clamps the output to [0, 1], while GFPGAN's network is trained on [-1, 1] (its own inference code

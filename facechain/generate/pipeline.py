@@ -4,15 +4,11 @@ mixing through diffusers adapters, fast LCM mode, batching with one seed per can
     gen = PortraitGenerator(cfg)                  # loads the base model, face LoRA, ControlNets
     batch = gen.generate(style, subject)          # -> StyleBatch with cfg.num_candidates images
 
-LoRA mixing (diffusers PEFT integration): the face LoRA is loaded once as adapter "face"; each
-style's LoRA is loaded as adapter "style"; ``set_adapters(["face", "style"], [multiplier_human,
-multiplier_style])`` weights them (FaceChain's weight-space merge W += m * scale * up @ down, done
-by peft), ``fuse_lora`` merges them into the weights so sampling runs at base-model speed, and
-``unfuse_lora`` restores the base weights before the next style. Fast mode adds LCM-LoRA as a third
-adapter at weight 1 and swaps in LCMScheduler (Luo et al. 2023, "LCM-LoRA", Sec. 3).
-
-Seeds: candidate i of a style uses ``torch.Generator().manual_seed(seed + i)`` for its own initial
-latents (one generator per image in the batch), so it is the same image whatever the batch size.
+LoRA mixing (``lora/mixing.py`` AdapterMixer, diffusers' PEFT integration): the face LoRA is adapter
+"face", each style's LoRA adapter "style", weighted with ``set_adapters`` and fused for sampling at
+base-model speed, unfused before the next style; fast mode adds LCM-LoRA at weight 1 with LCMScheduler.
+Seeds: candidate i of a style draws its latents from ``manual_seed(seed + i)`` (a generator per image),
+so it is the same image whatever the batch size.
 """
 
 from __future__ import annotations
@@ -32,16 +28,8 @@ from facechain.generate.config import FACECHAIN_STYLE_LORA, FACECHAIN_STYLE_LORA
 from facechain.generate.control import setup_pose_control
 from facechain.generate.subject import build_prompt, negative_for_subject
 from facechain.lora.mixing import AdapterMixer
-from facechain.models import (
-    ResolvedModel,
-    check_checkpoint_file,
-    load_controlnet,
-    load_pipeline,
-    native_size,
-    resolve_device,
-    resolve_dtype,
-    resolve_model,
-)
+from facechain.models import (ResolvedModel, check_checkpoint_file, load_controlnet, load_pipeline, native_size, resolve_device,
+                              resolve_dtype, resolve_model)
 from facechain.generate.styles import Style
 import dataclasses
 import math

@@ -47,7 +47,7 @@ class ResolvedModel:
 
 
 def native_size(pipe) -> int:
-    """A loaded pipeline's native image side (512 SD1.5, 1024 SDXL), as its family reads it."""
+    """A loaded pipeline's native image side (the size its family was trained at), as its family reads it."""
     return family_of_pipeline(pipe).native_size_of(pipe)
 
 
@@ -134,8 +134,8 @@ def load_pipeline(
     variant: str = "auto",
     **kwargs,
 ):
-    """Load the text-to-image pipeline of ``resolved`` (its family's, e.g. StableDiffusionPipeline or
-    StableDiffusionXLPipeline). Other tasks derive from it with ``Pipeline.from_pipe``.
+    """Load the text-to-image pipeline of ``resolved`` (the class its family names for the task). Other tasks
+    derive from it with ``Pipeline.from_pipe``.
 
     ``single_file_config``: a diffusers folder or hub id whose configs describe a single-file
     checkpoint's architecture (default: the family's reference repo, ``Family.reference_repo``).
