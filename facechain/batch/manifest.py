@@ -30,6 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from facechain.errors import InputError
 
@@ -84,19 +85,35 @@ def _pid_gone(pid: int) -> bool:
     return False
 
 
-def sweep_leftovers(folder: Path, name: str) -> list[Path]:
-    """Remove what a killed run of ours left beside ``folder/name``: ``name.<pid>.new`` (with SQLite's ``-wal``,
-    ``-shm`` and ``-journal`` files beside it) whose pid no longer runs here. This process has not made one
-    yet when it sweeps, so one with its own pid is an earlier process's that had the same pid. Returns them."""
+def ours_or_empty_sqlite(path: Path) -> bool:
+    """Whether ``path`` is an SQLite file with our application id, or empty (killed before SQLite wrote its header)."""
+    with open(path, "rb") as fh:
+        head = fh.read(100)
+    return not head or (head.startswith(_SQLITE_MAGIC) and int.from_bytes(head[68:72], "big") == APPLICATION_ID)
+
+
+def sweep_leftovers(folder: Path, name: str, ours: Callable[[Path], bool] = ours_or_empty_sqlite) -> list[Path]:
+    """Remove what a killed run of ours left beside ``folder/name``: ``name.<pid>.new`` whose pid no longer runs
+    here and whose content ``ours`` recognises as our own (a file of that name with other content is a user's and
+    stays), with SQLite's ``-wal``, ``-shm`` and ``-journal`` files beside such a one. This process has not made
+    one yet when it sweeps, so one with its own pid is an earlier process's that had the same pid. Returns them."""
     pattern = re.compile(re.escape(name) + r"\.(\d+)\.new(-wal|-shm|-journal)?")
-    swept = []
+    found = {}
     for p in sorted(folder.iterdir()) if folder.is_dir() else ():
         match = pattern.fullmatch(p.name)
-        if not match or p.is_symlink() or not p.is_file():
-            continue
-        pid = int(match.group(1))
+        if match and not p.is_symlink() and p.is_file():
+            found[p] = (int(match.group(1)), match.group(2))
+    swept, main_ours = [], {}
+    for p, (pid, side) in sorted(found.items(), key=lambda item: item[1][1] is not None):  # main files first
         if pid != os.getpid() and not _pid_gone(pid):
             logger.info("%s: left in place, its process %d still runs", p, pid)
+            continue
+        if side is None:
+            main_ours[pid] = ours(p)
+            if not main_ours[pid]:
+                logger.info("%s: left in place, its content is not ours", p)
+                continue
+        elif not main_ours.get(pid):  # SQLite's side files go only with a main file of ours
             continue
         p.unlink(missing_ok=True)
         swept.append(p)

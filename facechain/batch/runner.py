@@ -220,6 +220,13 @@ def _lock_holder(text: str) -> dict | None:
     return holder if isinstance(holder, dict) and holder.get("lock") == _LOCK_TAG else None
 
 
+def _our_lock_or_empty(path: Path) -> bool:
+    """Whether a leftover ``batch.lock.<pid>.new`` holds our lock text, or nothing (killed before writing it)."""
+    with open(path, "rb") as fh:
+        text = fh.read(4096).decode("utf-8", "replace")
+    return not text or _lock_holder(text) is not None
+
+
 class _Lock:
     """One driver per batch folder: an exclusive lock on ``batch.lock`` (released by the OS if the driver dies).
 
@@ -232,7 +239,7 @@ class _Lock:
         import fcntl
 
         path = folder / LOCK_FILE
-        sweep_leftovers(folder, LOCK_FILE)
+        sweep_leftovers(folder, LOCK_FILE, ours=_our_lock_or_empty)
         if not os.path.lexists(path):
             tmp = folder / f"{LOCK_FILE}.{os.getpid()}.new"
             tmp.write_text(self._text(), encoding="utf-8")

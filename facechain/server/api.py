@@ -110,10 +110,7 @@ def build_api(service: Service):
 
     @router.get("/settings")
     def settings(who: Account = Depends(account)):
-        def bound(v):
-            return getattr(limits, v) if isinstance(v, str) else v
-
-        return {kind: {name: {"kind": a.kind, "help": a.help, "min": bound(a.lo), "max": bound(a.hi)}
+        return {kind: {name: {"kind": a.kind, "help": a.help, "min": a.bound(a.lo, limits), "max": a.bound(a.hi, limits)}
                        for name, a in fields.items()} for kind, fields in CLIENT_SETTINGS.items()}
 
     @router.post("/people")

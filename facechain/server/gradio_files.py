@@ -25,7 +25,6 @@ and served from there under Gradio's seeded-hash folder names; a server path in 
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import os
 import re
@@ -33,6 +32,7 @@ import stat
 from pathlib import Path
 
 from facechain.errors import FacechainError, InputError
+from facechain.outputs import sha256_file
 
 CACHE_FOLDER = ".web-cache"
 CACHE_VARIABLE = "GRADIO_TEMP_DIR"
@@ -208,14 +208,6 @@ def _remove(path: Path, root: Path) -> None:
             pass
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def purge_cache(root: str | Path, digests: set[str]) -> list[Path]:
     """Delete every file in this server's Gradio cache whose content's sha256 (hex) is in ``digests`` (a
     person's uploads, photos, crops, outputs), and its hashed folder once empty; the deleted paths. Symlinks
@@ -229,7 +221,7 @@ def purge_cache(root: str | Path, digests: set[str]) -> list[Path]:
         for n in names:
             p = Path(folder) / n
             try:
-                if stat.S_ISREG(p.lstat().st_mode) and _sha256(p) in wanted:
+                if stat.S_ISREG(p.lstat().st_mode) and sha256_file(p) in wanted:
                     _remove(p, cache)
                     removed.append(p)
             except FileNotFoundError:  # deleted meanwhile (read once by a handler)

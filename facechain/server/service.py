@@ -26,6 +26,7 @@ from pathlib import Path
 
 from facechain.errors import InputError
 from facechain.io import write_bytes, write_json
+from facechain.outputs import sha256_file
 from facechain.server.accounts import Account, Accounts
 from facechain.server.client_settings import check_client_settings
 from facechain.server.runner import WorkerProcess
@@ -180,8 +181,8 @@ class Service(Workdir):
                 self._stop_job(job, f"cancelled: person {pid} was deleted")
             ws = self.workspace(pid)
             folders = [self.person_dir(pid)] + [self.job_dir(j.id) for j in jobs]
-            digests = set(record.get("upload_sha256", [])) | {sha256(p.read_bytes()) for f in folders
-                                                               for p in f.rglob("*") if p.is_file()}
+            digests = set(record.get("upload_sha256", [])) | {sha256_file(p) for f in folders for p in f.rglob("*")
+                                                               if p.is_file()}
             identity = self._identity_cache_files([ws.photos, ws.processed])
             with self._lock:
                 for job in jobs:

@@ -159,8 +159,8 @@ def test_sqlite_side_files_in_the_way_of_a_new_manifest_are_refused(tmp_path, ti
 
 
 def test_what_a_killed_run_left_beside_the_manifest_is_swept(tmp_path, tiny_sd15):
-    """``batch.sqlite.<pid>.new`` (and its -wal) of a process that is gone: removed; one whose pid runs, and
-    files that only look similar, are left alone."""
+    """``batch.sqlite.<pid>.new`` (and its -wal) of a process that is gone, with our content: removed; one whose
+    pid runs, one whose content is not ours, and files that only look similar, are left alone."""
     from facechain.batch import run_batch
 
     cfg = _cfg(tmp_path, tiny_sd15)
@@ -168,11 +168,24 @@ def test_what_a_killed_run_left_beside_the_manifest_is_swept(tmp_path, tiny_sd15
     dead = int(gone.stdout)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        stale = [cfg.output_dir / f"batch.sqlite.{dead}.new", cfg.output_dir / f"batch.sqlite.{dead}.new-wal",
-                 cfg.output_dir / f"batch.lock.{dead}.new"]
+        import sqlite3
+
+        from facechain.batch.manifest import APPLICATION_ID
+
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        ours = cfg.output_dir / f"batch.sqlite.{dead}.new"  # what our killed creation leaves: our header
+        con = sqlite3.connect(ours)
+        con.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        con.close()
+        (cfg.output_dir / f"batch.sqlite.{dead}.new-wal").write_bytes(b"half written")
+        (cfg.output_dir / f"batch.lock.{dead}.new").write_bytes(b"")  # killed before its text was written
+        stale = [ours, cfg.output_dir / f"batch.sqlite.{dead}.new-wal", cfg.output_dir / f"batch.lock.{dead}.new"]
+        gone2 = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                   text=True).stdout)
         others = [cfg.output_dir / f"batch.sqlite.{alive.pid}.new", cfg.output_dir / "batch.sqlite.mine.new",
-                  cfg.output_dir / f"batch.sqlite.{dead}.new.bak"]
-        for p in stale + others:
+                  cfg.output_dir / f"batch.sqlite.{dead}.new.bak",
+                  cfg.output_dir / f"batch.sqlite.{gone2}.new"]  # our name, a dead pid, but not our content
+        for p in others:
             p.write_bytes(b"half written")
         result = run_batch(cfg, address="inprocess", progress=False)
         assert [r.stage for r in result.records] == ["preprocess", "train", "generate"]

@@ -38,6 +38,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _log_in(page, account: str, token: str) -> None:
+    """Fill Gradio's login form (the account's name, its token) and press Login."""
+    page.locator("input[type=password]").first.wait_for(timeout=60_000)
+    page.locator("input:not([type=password])").first.fill(account)
+    page.locator("input[type=password]").first.fill(token)
+    page.get_by_role("button", name="Login").click()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("serve")
@@ -88,14 +96,9 @@ def test_train_then_portraits_in_a_browser(server, tmp_path):
         try:
             assert page.request.get(url + "/api/people").status == 401  # the API without the token
             page.goto(url, wait_until="domcontentloaded")  # never network-idle: the tabs poll their jobs each second
-            page.locator("input[type=password]").first.wait_for(timeout=60_000)  # the login
-            page.locator("input:not([type=password])").first.fill("ada")
-            page.locator("input[type=password]").first.fill(BOB)  # another account's token
-            page.get_by_role("button", name="Login").click()
+            _log_in(page, "ada", BOB)  # another account's token
             expect(page.get_by_text("Incorrect", exact=False).first).to_be_visible(timeout=30_000)
-            page.locator("input:not([type=password])").first.fill("ada")  # the page clears it after a refusal
-            page.locator("input[type=password]").first.fill(TOKEN)
-            page.get_by_role("button", name="Login").click()
+            _log_in(page, "ada", TOKEN)  # both fields again: the page clears them after a refusal
             expect(page.locator("#train-button")).to_be_visible(timeout=60_000)
             page.locator("#train-name textarea, #train-name input").first.fill("Ada")
             page.locator("#train-photos input[type=file]").set_input_files(photos)
@@ -127,10 +130,7 @@ def test_train_then_portraits_in_a_browser(server, tmp_path):
 
             other = browser.new_page(viewport={"width": 1400, "height": 1000})  # bob, in a browser of his own
             other.goto(url, wait_until="domcontentloaded")
-            other.locator("input[type=password]").first.wait_for(timeout=60_000)
-            other.locator("input:not([type=password])").first.fill("bob")
-            other.locator("input[type=password]").first.fill(BOB)
-            other.get_by_role("button", name="Login").click()
+            _log_in(other, "bob", BOB)
             other.get_by_role("tab", name="People").click()
             other.locator("#people-refresh").click()
             other.locator("#people-person input").click()
