@@ -35,6 +35,7 @@ from facechain.errors import FacechainError, InputError
 from facechain.outputs import sha256_file
 
 CACHE_FOLDER = ".web-cache"
+CACHE_MARKER = ".facechain-web-cache"  # written when the server makes the folder: its sweeps act only where it is
 CACHE_VARIABLE = "GRADIO_TEMP_DIR"
 _ours: set[str] = set()  # the values of GRADIO_TEMP_DIR this module set (a later server in the process may move it)
 
@@ -54,7 +55,13 @@ def use_cache(root: str | Path) -> Path:
         raise InputError(f"the environment variable {CACHE_VARIABLE} is set ({current}), but facechain serve keeps "
                          f"Gradio's cache in its workdir ({cache}), where deleting a person cleans it: unset "
                          f"{CACHE_VARIABLE}.")
+    marker = cache / CACHE_MARKER
+    if cache.is_dir() and not marker.is_file() and any(cache.iterdir()):
+        raise InputError(f"{cache} holds files facechain serve did not put there (no {CACHE_MARKER}); the server empties "
+                         "its web cache there, so it will not use that folder. Move it away, or choose another workdir.")
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not marker.is_file():
+        marker.write_text("facechain serve's web cache: files here are removed after web_cache_hours and on deletion\n")
     os.environ[CACHE_VARIABLE] = str(cache)
     _ours.add(str(cache))
     return cache
@@ -215,7 +222,7 @@ def purge_cache(root: str | Path, digests: set[str]) -> list[Path]:
     cache = cache_dir(root)
     wanted = {d.lower() for d in digests}
     removed: list[Path] = []
-    if not wanted or not cache.is_dir():
+    if not wanted or not (cache / CACHE_MARKER).is_file():  # nothing asked, or not the server's own cache folder
         return removed
     for folder, _, names in os.walk(cache):
         for n in names:
@@ -234,11 +241,13 @@ def expire_cache(root: str | Path, older_than: float) -> list[Path]:
     uploads never submitted and the copies of what the web app showed (it copies again what it shows next)."""
     cache = cache_dir(root)
     removed: list[Path] = []
-    if not cache.is_dir():
+    if not (cache / CACHE_MARKER).is_file():  # not the server's own cache folder
         return removed
     for folder, _, names in os.walk(cache):
         for n in names:
             p = Path(folder) / n
+            if p == cache / CACHE_MARKER:
+                continue
             try:
                 st = p.lstat()
                 if stat.S_ISREG(st.st_mode) and st.st_mtime < older_than:

@@ -16,7 +16,7 @@ import pytest
 
 from facechain.errors import InputError
 from facechain.server.accounts import LOCAL
-from facechain.server.gradio_files import cache_dir, purge_cache, read_cached_upload
+from facechain.server.gradio_files import CACHE_MARKER, cache_dir, purge_cache, read_cached_upload
 
 
 def _png(seed: int = 0) -> bytes:
@@ -243,6 +243,7 @@ def test_purge_cache_removes_exactly_the_given_contents(tmp_path):
     for p, content in files.items():
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(content)
+    (cache / CACHE_MARKER).write_text("made by the server\n")  # as use_cache() makes it
     (cache / "h2" / "other.png").write_bytes(a + b)
     outside = tmp_path / "outside.png"
     outside.write_bytes(a)
@@ -299,3 +300,17 @@ def test_the_cache_goes_in_the_workdir_unless_someone_else_set_it(tmp_path, monk
     with pytest.raises(InputError, match="unset GRADIO_TEMP_DIR"):
         use_cache(tmp_path / "c")
     assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "operator")
+
+
+def test_a_cache_folder_the_server_did_not_make_is_never_swept(tmp_path):
+    from facechain.server.gradio_files import expire_cache, use_cache
+
+    root = tmp_path / "wd"
+    theirs = cache_dir(root) / "keep.png"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"a user's file")
+    os.utime(theirs, (0, 0))
+    assert purge_cache(root, {hashlib.sha256(b"a user's file").hexdigest()}) == []
+    assert expire_cache(root, older_than=1e12) == [] and theirs.read_bytes() == b"a user's file"
+    with pytest.raises(InputError, match="did not put there"):
+        use_cache(root)
